@@ -1,0 +1,1 @@
+"""Hardware adapters that turn devices into Scan events; they know nothing of coupons."""

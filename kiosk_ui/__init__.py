@@ -1,0 +1,1 @@
+"""Local web app: cashier screen, manager dashboard, POS integration API."""

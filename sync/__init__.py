@@ -1,0 +1,1 @@
+"""Sync: wire protocol, terminal-side client, and the reference central service."""

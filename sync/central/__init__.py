@@ -1,0 +1,1 @@
+"""The reference central service: issues coupons, publishes the ledger, reconciles."""

@@ -1,0 +1,165 @@
+"""`redeem-central`: set up the central, add campaigns, issue coupons, publish the ledger."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import segno
+
+from sync.central.store import Central, CentralError
+from terminal.cliutil import EXIT_ERROR, EXIT_OK, UserError, add_json, emit, read_document
+from terminal.keys import PURPOSE_ISSUER, PURPOSE_LEDGER
+from terminal.ledger import ledger_file
+from terminal.ledger_store import write_atomic
+from terminal.rules import InputError
+from terminal.timeutil import clock_from_env
+
+
+def _open(args: argparse.Namespace) -> Central:
+    data = Path(args.data)
+    if not (data / "keys" / "root.key").exists():
+        raise UserError(f"{data} is not a central data directory (run `redeem-central init`)")
+    return Central(data, clock_from_env().now)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    c = Central.init(Path(args.data), clock_from_env().now)
+    anchor = c.anchor
+    emit(args, {"data": args.data, "trust_anchor": str(Path(args.data) / "trust-anchor.json"),
+                "fingerprint": anchor.fingerprint},
+         f"central initialised in {args.data}\ntrust anchor: {args.data}/trust-anchor.json\n"
+         f"fingerprint:  {anchor.fingerprint}")
+    return EXIT_OK
+
+
+def cmd_campaign_add(args: argparse.Namespace) -> int:
+    doc = read_document(args.file)
+    docs = doc.get("campaign", [doc]) if isinstance(doc, dict) else doc
+    if isinstance(docs, dict):
+        docs = [docs]
+    if not isinstance(docs, list):
+        raise UserError(f"{args.file}: expected a campaign or a list of campaigns")
+    c = _open(args)
+    added = [c.add_campaign(d).id for d in docs]
+    emit(args, {"added": added}, "added campaign(s): " + ", ".join(added))
+    return EXIT_OK
+
+
+def cmd_issue(args: argparse.Namespace) -> int:
+    if not 1 <= args.count <= 1_000_000:
+        raise UserError("--count must be between 1 and 1000000")
+    c = _open(args)
+    customer = bytes.fromhex(args.customer) if args.customer else None
+    issued = c.issue(args.campaign, args.count, codes=args.codes, customer=customer)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [i.token or i.code or "" for i in issued]
+    (out / ("codes.txt" if args.codes else "tokens.txt")).write_text("\n".join(lines) + "\n")
+    if not args.no_qr:
+        for i in issued:
+            segno.make(i.token or i.code or "", error="m").save(
+                str(out / f"{i.serial:016x}.png"), scale=4, border=4)
+    emit(args, {"campaign": args.campaign, "count": len(issued), "out": str(out),
+                "serials": [f"{i.serial:016x}" for i in issued],
+                "token_chars": max((len(t) for t in lines), default=0)},
+         f"issued {len(issued)} coupon(s) for {args.campaign} into {out}")
+    return EXIT_OK
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    c = _open(args)
+    if args.no_new_version:
+        latest = c.latest()
+        if latest is None:
+            raise UserError("nothing published yet")
+        version = latest.version
+    else:
+        version = c.publish()
+    updates = c.deltas(args.since) if args.since is not None else [c.snapshot()]
+    write_atomic(Path(args.out), ledger_file(updates))
+    kind = f"deltas after {args.since}" if args.since is not None else "snapshot"
+    emit(args, {"version": version, "out": args.out, "kind": kind, "updates": len(updates)},
+         f"published ledger version {version} ({kind}) to {args.out}")
+    return EXIT_OK
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    c = _open(args)
+    try:
+        serials = [int(s, 16) for s in args.serial]
+    except ValueError:
+        raise UserError("serials are 16 hex digits") from None
+    c.mark(serials, "revoked")
+    emit(args, {"revoked": args.serial},
+         f"revoked {len(serials)} serial(s); publish to tell the terminals")
+    return EXIT_OK
+
+
+def cmd_rotate(args: argparse.Namespace) -> int:
+    kid = _open(args).rotate_key(args.purpose)
+    emit(args, {"purpose": args.purpose, "kid": kid}, f"new {args.purpose} key {kid}")
+    return EXIT_OK
+
+
+def cmd_revoke_key(args: argparse.Namespace) -> int:
+    _open(args).revoke_key(args.kid)
+    emit(args, {"revoked_kid": args.kid}, f"key {args.kid} revoked; publish to tell terminals")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="redeem-central", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def cmd(name: str, func: object, help_: str, parent: argparse._SubParsersAction[
+            argparse.ArgumentParser] = sub) -> argparse.ArgumentParser:
+        sp = parent.add_parser(name, help=help_)
+        sp.add_argument("--data", default=os.environ.get("REDEEM_CENTRAL_DATA"),
+                        required="REDEEM_CENTRAL_DATA" not in os.environ,
+                        help="central data directory (env REDEEM_CENTRAL_DATA)")
+        add_json(sp)
+        sp.set_defaults(func=func)
+        return sp
+
+    cmd("init", cmd_init, "create keys and the trust-anchor file")
+    camp = sub.add_parser("campaign", help="manage campaigns")
+    csub = camp.add_subparsers(dest="campaign_command", required=True)
+    cmd("add", cmd_campaign_add, "add or update campaigns from a TOML or JSON file",
+        csub).add_argument("--file", required=True)
+    sp = cmd("issue", cmd_issue, "issue coupons: tokens.txt and one QR PNG per coupon")
+    sp.add_argument("--campaign", required=True)
+    sp.add_argument("--count", type=int, default=1)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--codes", action="store_true", help="typed codes instead of QR tokens")
+    sp.add_argument("--customer", help="bind to a customer reference (hex hash)")
+    sp.add_argument("--no-qr", action="store_true", help="skip the PNG files")
+    sp = cmd("publish", cmd_publish, "publish a new ledger version and write a ledger file")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--since", type=int, help="write the deltas after this version instead "
+                    "of a snapshot")
+    sp.add_argument("--no-new-version", action="store_true",
+                    help="write the current version without publishing a new one")
+    cmd("revoke", cmd_revoke, "revoke coupon serials").add_argument(
+        "--serial", action="append", required=True)
+    cmd("rotate-key", cmd_rotate, "make a new ledger or issuer key").add_argument(
+        "--purpose", choices=[PURPOSE_ISSUER, PURPOSE_LEDGER], required=True)
+    cmd("revoke-key", cmd_revoke_key, "revoke an issuer key by its id").add_argument(
+        "--kid", required=True)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (UserError, CentralError, InputError) as exc:
+        print(f"redeem-central: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

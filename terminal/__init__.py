@@ -1,0 +1,1 @@
+"""edge-redeem terminal: the offline domain core and the terminal daemon."""

@@ -1,0 +1,209 @@
+"""`redeem`: the terminal's command line (set-up, ledger, decisions, journal)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from terminal import journal, setup
+from terminal.cliutil import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_REFUSED,
+    UserError,
+    add_json,
+    emit,
+    read_document,
+)
+from terminal.engine import Context, Decision, Engine
+from terminal.i18n import normalize_lang
+from terminal.rules import Basket, InputError
+from terminal.timeutil import clock_from_env, parse_time
+
+
+def _engine(args: argparse.Namespace) -> Engine:
+    return setup.open_engine(Path(args.data), clock_from_env())
+
+
+def _basket(path: str) -> Basket:
+    return Basket.from_dict(read_document(path))
+
+
+def _ctx(args: argparse.Namespace) -> Context:
+    tag = bytes.fromhex(args.tag_uid) if getattr(args, "tag_uid", None) else None
+    return Context(source="cli", cashier=getattr(args, "cashier", None), tag_uid=tag,
+                   manager_override=getattr(args, "manager_override", None))
+
+
+def _show(args: argparse.Namespace, d: Decision) -> int:
+    lang = normalize_lang(args.lang)
+    data = d.to_dict(lang)
+    if d.accepted:
+        off = f"{d.discount_minor / 100:.2f} {d.currency}" if d.currency else ""
+        gift = f" + gift {d.gift_sku}" if d.gift_sku else ""
+        text = f"ACCEPTED  {d.campaign_name or d.campaign or ''}  -{off}{gift}"
+    else:
+        text = f"REFUSED   {d.reason.value}: {data['message']}"
+    if d.journal_seq:
+        text += f"  (journal #{d.journal_seq})"
+    emit(args, data, text)
+    return EXIT_OK if d.accepted else EXIT_REFUSED
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    anchor = setup.init(Path(args.data), Path(args.trust_anchor), args.store, args.terminal)
+    emit(args, {"data": args.data, "store": args.store, "terminal": args.terminal,
+                "fingerprint": anchor.fingerprint},
+         f"terminal {args.terminal} of store {args.store} initialised in {args.data}\n"
+         f"trust anchor fingerprint: {anchor.fingerprint}")
+    return EXIT_OK
+
+
+def cmd_ledger_import(args: argparse.Namespace) -> int:
+    try:
+        data = Path(args.file).read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {args.file}: {exc}") from None
+    engine = _engine(args)
+    result = engine.import_ledger(data)
+    refused = [{"kind": r.kind, "detail": r.detail} for r in result.refused]
+    text = [f"applied version(s): {', '.join(map(str, result.applied)) or 'none'}"]
+    text += [f"refused: {r.kind}: {r.detail}" for r in result.refused]
+    text.append(f"ledger is at version {engine.ledger.version}")
+    emit(args, {"applied": result.applied, "refused": refused,
+                "version": engine.ledger.version}, "\n".join(text))
+    return EXIT_OK if not result.refused else EXIT_REFUSED
+
+
+def cmd_ledger_status(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    info: dict[str, Any] = engine.ledger.summary()
+    info["age_s"] = engine.ledger_age_s()
+    info["clock_ok"] = engine.clock_ok(engine.now())
+    info["load_problem"] = engine.ledger_store.load_problem
+    age = f"{info['age_s'] / 3600:.1f} h" if info["age_s"] is not None else "-"
+    emit(args, info, f"ledger version {info['version']} (age {age}), "
+         f"{info['campaigns']} campaigns, {info['revoked_serials']} revoked and "
+         f"{info['redeemed_serials']} redeemed serials"
+         + (f"\nproblem: {info['load_problem']}" if info["load_problem"] else ""))
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    return _show(args, _engine(args).check(args.token, _basket(args.basket), _ctx(args)))
+
+
+def cmd_redeem(args: argparse.Namespace) -> int:
+    return _show(args, _engine(args).redeem(args.token, _basket(args.basket), _ctx(args),
+                                            args.op_id))
+
+
+def cmd_hold(args: argparse.Namespace) -> int:
+    return _show(args, _engine(args).hold(args.checkout, args.token, _basket(args.basket),
+                                          _ctx(args), args.op_id))
+
+
+def _transition(name: str) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        engine = _engine(args)
+        return _show(args, getattr(engine, name)(args.checkout, args.op_id, _ctx(args)))
+    return run
+
+
+def cmd_journal_verify(args: argparse.Namespace) -> int:
+    _engine(args)
+    r = journal.verify()
+    emit(args, {"ok": r.ok, "entries": r.entries, "first_bad_seq": r.first_bad_seq,
+                "problem": r.problem},
+         f"journal OK: {r.entries} entries, chain intact" if r.ok
+         else f"journal TAMPERED: {r.problem}")
+    return EXIT_OK if r.ok else EXIT_REFUSED
+
+
+def cmd_journal_export(args: argparse.Namespace) -> int:
+    _engine(args)
+    since = int(parse_time(args.since) * 1000) if args.since else None
+    until = int(parse_time(args.until) * 1000) if args.until else None
+    if args.out:
+        with open(args.out, "w", encoding="utf-8", newline="") as fh:
+            n = journal.export(args.format, fh, since, until)
+        print(f"exported {n} entries to {args.out}", file=sys.stderr)
+    else:
+        journal.export(args.format, sys.stdout, since, until)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="redeem", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    env_data = os.environ.get("REDEEM_DATA")
+
+    def cmd(parent: Any, name: str, func: Any, help_: str) -> argparse.ArgumentParser:
+        sp: argparse.ArgumentParser = parent.add_parser(name, help=help_)
+        sp.add_argument("--data", default=env_data, required=env_data is None,
+                        help="terminal data directory (env REDEEM_DATA)")
+        sp.add_argument("--lang", default=os.environ.get("REDEEM_LANG", "en"),
+                        help="en or zh_CN (env REDEEM_LANG)")
+        add_json(sp)
+        sp.set_defaults(func=func)
+        return sp
+
+    def decision_args(sp: argparse.ArgumentParser, token: bool = True) -> None:
+        if token:
+            sp.add_argument("token", help="CPN1: token or a typed coupon code")
+            sp.add_argument("--basket", required=True, help="basket JSON file (- for stdin)")
+        sp.add_argument("--cashier")
+        sp.add_argument("--tag-uid", help="NFC tag UID (hex) the token was read from")
+        sp.add_argument("--manager-override", help="manager id approving a stale ledger")
+        sp.add_argument("--op-id", help="idempotency key: a retry returns the first answer")
+
+    sp = cmd(sub, "init", cmd_init, "set up a terminal data directory")
+    sp.add_argument("--trust-anchor", required=True)
+    sp.add_argument("--store", required=True)
+    sp.add_argument("--terminal", required=True)
+
+    led = sub.add_parser("ledger", help="the signed ledger").add_subparsers(
+        dest="ledger_command", required=True)
+    cmd(led, "import", cmd_ledger_import, "apply a ledger file (USB stick)").add_argument("file")
+    cmd(led, "status", cmd_ledger_status, "version, age and size of the ledger")
+
+    sp = cmd(sub, "check", cmd_check, "decide a coupon without recording anything")
+    decision_args(sp)
+    sp = cmd(sub, "redeem", cmd_redeem, "decide and redeem a coupon (standalone mode)")
+    decision_args(sp)
+    sp = cmd(sub, "hold", cmd_hold, "hold a coupon for an open POS checkout")
+    sp.add_argument("--checkout", required=True)
+    decision_args(sp)
+    for name, help_ in (("commit", "payment done: redeem the held coupons"),
+                        ("release", "checkout cancelled: free the held coupons"),
+                        ("reverse", "refund: reverse the redeemed coupons")):
+        sp = cmd(sub, name, _transition(name), help_)
+        sp.add_argument("--checkout", required=True)
+        decision_args(sp, token=False)
+
+    jr = sub.add_parser("journal", help="the tamper-evident journal").add_subparsers(
+        dest="journal_command", required=True)
+    cmd(jr, "verify", cmd_journal_verify, "check the hash chain; name the first bad entry")
+    sp = cmd(jr, "export", cmd_journal_export, "export entries as JSON lines or CSV")
+    sp.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    sp.add_argument("--since", help="ISO time or epoch seconds")
+    sp.add_argument("--until", help="ISO time or epoch seconds")
+    sp.add_argument("--out", help="file to write (default stdout)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (UserError, InputError, setup.NotInitialised, ValueError) as exc:
+        print(f"redeem: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""COSE_Sign1 (RFC 9052) with EdDSA/Ed25519: the one signature envelope for tokens,
+key certificates and ledger updates."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import cbor2
+import nacl.bindings
+import nacl.exceptions
+import nacl.signing
+
+ALG_EDDSA = -8
+HDR_ALG = 1
+HDR_KID = 4
+TAG_SIGN1 = 18
+
+
+class CoseError(ValueError):
+    """The bytes are not a well-formed COSE_Sign1 message we accept."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sign1:
+    protected: bytes
+    kid: bytes
+    payload: bytes
+    signature: bytes
+
+    def to_be_signed(self) -> bytes:
+        return _sig_structure(self.protected, self.payload)
+
+
+def _sig_structure(protected: bytes, payload: bytes) -> bytes:
+    return cbor2.dumps(["Signature1", protected, b"", payload])
+
+
+def key_id(public_key: bytes) -> bytes:
+    """Short, stable key id: 4 bytes of SHA-256 of the raw public key."""
+    return hashlib.sha256(public_key).digest()[:4]
+
+
+class SigningKey:
+    """An Ed25519 private key (32-byte seed) with its key id."""
+
+    def __init__(self, seed: bytes) -> None:
+        self._key = nacl.signing.SigningKey(seed)
+        self.seed = seed
+        self.public = bytes(self._key.verify_key)
+        self.kid = key_id(self.public)
+
+    @classmethod
+    def generate(cls) -> SigningKey:
+        return cls(bytes(nacl.signing.SigningKey.generate()))
+
+    def sign(self, message: bytes) -> bytes:
+        return bytes(self._key.sign(message).signature)
+
+    def sign1(self, payload: bytes) -> bytes:
+        protected = cbor2.dumps({HDR_ALG: ALG_EDDSA, HDR_KID: self.kid})
+        signature = self.sign(_sig_structure(protected, payload))
+        return cbor2.dumps(cbor2.CBORTag(TAG_SIGN1, [protected, {}, payload, signature]))
+
+
+def parse_sign1(data: bytes) -> Sign1:
+    """Structure only; the caller verifies the signature with the key the kid names."""
+    try:
+        obj = cbor2.loads(data, allow_duplicate_keys=False)
+    except Exception as exc:  # cbor2 raises several types on garbage
+        raise CoseError(f"not CBOR: {exc}") from None
+    if isinstance(obj, cbor2.CBORTag):
+        if obj.tag != TAG_SIGN1:
+            raise CoseError(f"unexpected CBOR tag {obj.tag}")
+        obj = obj.value
+    if not isinstance(obj, (list, tuple)) or len(obj) != 4:
+        raise CoseError("COSE_Sign1 must be an array of four")
+    protected, unprotected, payload, signature = obj
+    if not (isinstance(protected, bytes) and isinstance(payload, bytes)
+            and isinstance(signature, bytes) and isinstance(unprotected, Mapping)):
+        raise CoseError("COSE_Sign1 fields have the wrong types")
+    if len(signature) != 64:
+        raise CoseError("signature is not 64 bytes")
+    try:
+        header = cbor2.loads(protected) if protected else {}
+    except Exception:
+        raise CoseError("protected header is not CBOR") from None
+    if not isinstance(header, Mapping) or header.get(HDR_ALG) != ALG_EDDSA:
+        raise CoseError("algorithm is not EdDSA")
+    kid = header.get(HDR_KID, unprotected.get(HDR_KID))
+    if not isinstance(kid, bytes):
+        raise CoseError("no key id")
+    return Sign1(protected, kid, payload, signature)
+
+
+def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    try:
+        nacl.bindings.crypto_sign_open(signature + message, public_key)
+    except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
+        return False
+    return True
+
+
+def verify_sign1(msg: Sign1, public_key: bytes) -> bool:
+    return verify(public_key, msg.to_be_signed(), msg.signature)

@@ -1,0 +1,82 @@
+"""Inline fraud detectors: bursts per coupon, terminal and cashier in a sliding window.
+The other signals (replay, tag mismatch, wrong store, clock rollback, forged tokens, refused
+ledgers) are raised where they are detected and journaled as flags by the engine."""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from dataclasses import dataclass
+
+from terminal.ledger import Policy
+
+FLAG_REPLAY = "replay"
+FLAG_FORGED = "forged_token"
+FLAG_TAG_MISMATCH = "tag_mismatch"
+FLAG_DENIED_TAG = "denied_tag"
+FLAG_DENIED_CUSTOMER = "denied_customer"
+FLAG_WRONG_STORE = "wrong_store"
+FLAG_CLOCK_ROLLBACK = "clock_rollback"
+FLAG_BURST_COUPON = "burst_coupon"
+FLAG_BURST_TERMINAL = "burst_terminal"
+FLAG_BURST_CASHIER = "burst_cashier"
+FLAG_LEDGER_REFUSED = "ledger_refused"
+FLAG_STALE_OVERRIDE = "stale_ledger_override"
+
+
+@dataclass(frozen=True)
+class Flag:
+    kind: str
+    detail: str = ""
+
+
+class _Window:
+    def __init__(self) -> None:
+        self.events: defaultdict[str, deque[float]] = defaultdict(deque)
+
+    def count(self, key: str, now: float, window: float) -> int:
+        q = self.events.get(key)
+        if not q:
+            return 0
+        while q and q[0] <= now - window:
+            q.popleft()
+        if not q:
+            del self.events[key]
+            return 0
+        return len(q)
+
+    def add(self, key: str, now: float) -> None:
+        self.events[key].append(now)
+
+
+class BurstDetector:
+    """Counts in memory; a restart forgets the window, which only ever makes it laxer
+    for one window's length."""
+
+    def __init__(self) -> None:
+        self._attempts = _Window()
+        self._accepts = _Window()
+
+    def on_attempt(self, serial: str, now: float, policy: Policy) -> Flag | None:
+        """Call for every attempt on a coupon; flags a coupon being tried again and again."""
+        n = self._attempts.count(serial, now, policy.burst_window_s)
+        self._attempts.add(serial, now)
+        if policy.burst_per_coupon and n + 1 > policy.burst_per_coupon:
+            return Flag(FLAG_BURST_COUPON, f"{n + 1} attempts on {serial}")
+        return None
+
+    def before_accept(self, terminal: str, cashier: str | None, now: float,
+                      policy: Policy) -> Flag | None:
+        window = policy.burst_window_s
+        if policy.burst_per_terminal and \
+                self._accepts.count("t:" + terminal, now, window) >= policy.burst_per_terminal:
+            return Flag(FLAG_BURST_TERMINAL, f"over {policy.burst_per_terminal} in {window}s")
+        if cashier and policy.burst_per_cashier and \
+                self._accepts.count("c:" + cashier, now, window) >= policy.burst_per_cashier:
+            return Flag(FLAG_BURST_CASHIER, f"cashier {cashier} over "
+                        f"{policy.burst_per_cashier} in {window}s")
+        return None
+
+    def on_accept(self, terminal: str, cashier: str | None, now: float) -> None:
+        self._accepts.add("t:" + terminal, now)
+        if cashier:
+            self._accepts.add("c:" + cashier, now)

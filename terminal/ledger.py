@@ -1,0 +1,254 @@
+"""The signed ledger: numbered versions (snapshots and hash-chained deltas) signed by a
+root-certified ledger key. Verifying and applying updates; building them for the central."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import cbor2
+
+from terminal import cose, serials
+from terminal.keys import PURPOSE_ISSUER, PURPOSE_LEDGER, CertError, KeyCert, TrustAnchor
+from terminal.rules import Campaign, InputError
+from terminal.serials import SerialSet
+
+FILE_FORMAT = "edge-redeem-ledger-file/1"
+UPDATE_FORMAT = "edge-redeem-ledger/1"
+GENESIS = bytes(32)
+
+
+class LedgerRefused(Exception):
+    """An update was not applied; `kind` says why (forged, damaged, rollback, gap, ...)."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Terminal behaviour the central sets through the ledger."""
+
+    stale_warn_hours: int = 24
+    stale_block_hours: int = 72
+    stale_high_value_minor: int = 5_000     # above this, a stale ledger needs a manager
+    clock_tolerance_s: int = 300            # how far behind trusted time the clock may be
+    burst_window_s: int = 60
+    burst_per_coupon: int = 3               # attempts on one serial within the window
+    burst_per_terminal: int = 60            # accepted redemptions per window
+    burst_per_cashier: int = 30
+    hold_ttl_s: int = 900
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Policy:
+        names = {f.name for f in fields(cls)}
+        unknown = set(doc) - names
+        if unknown:
+            raise InputError(f"policy: unknown field '{sorted(unknown)[0]}'")
+        for key, value in doc.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InputError(f"policy: '{key}' must be a non-negative integer")
+        return cls(**doc)
+
+    def to_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class PlainCode:
+    campaign: str
+    serial: int
+
+
+@dataclass
+class LedgerState:
+    version: int = 0
+    chain: bytes = GENESIS
+    issued_at: int = 0
+    issuer_keys: dict[bytes, KeyCert] = field(default_factory=dict)
+    revoked_kids: set[bytes] = field(default_factory=set)
+    campaigns: dict[str, Campaign] = field(default_factory=dict)
+    usage: dict[str, tuple[int, int]] = field(default_factory=dict)  # count, minor elsewhere
+    revoked: SerialSet = field(default_factory=SerialSet)
+    redeemed: SerialSet = field(default_factory=SerialSet)
+    deny_tags: set[bytes] = field(default_factory=set)
+    deny_customers: set[str] = field(default_factory=set)
+    plain_salt: bytes = b""
+    plain_codes: dict[bytes, PlainCode] = field(default_factory=dict)
+    policy: Policy = field(default_factory=Policy)
+
+    def summary(self) -> dict[str, Any]:
+        return {"version": self.version, "chain": self.chain.hex(), "issued_at": self.issued_at,
+                "campaigns": len(self.campaigns), "issuer_keys": len(self.issuer_keys),
+                "revoked_serials": len(self.revoked), "redeemed_serials": len(self.redeemed),
+                "plain_codes": len(self.plain_codes)}
+
+
+def chain_next(prev: bytes, payload: bytes) -> bytes:
+    return hashlib.sha256(prev + hashlib.sha256(payload).digest()).digest()
+
+
+# ---------------------------------------------------------------- building (central side)
+
+def sign_update(ledger_key: cose.SigningKey, ledger_cert: bytes, body: dict[str, Any]) -> bytes:
+    """One signed update: [ledger certificate, COSE_Sign1(body)]."""
+    body = {"format": UPDATE_FORMAT, **body}
+    return cbor2.dumps([ledger_cert, ledger_key.sign1(cbor2.dumps(body, canonical=True))])
+
+
+def ledger_file(updates: Iterable[bytes]) -> bytes:
+    return cbor2.dumps({"format": FILE_FORMAT, "updates": list(updates)})
+
+
+def snapshot_body(state: LedgerState) -> dict[str, Any]:
+    return {
+        "type": "snapshot", "version": state.version, "chain": state.chain,
+        "issued_at": state.issued_at,
+        "issuer_certs": [c.raw for c in state.issuer_keys.values()],
+        "revoked_kids": sorted(state.revoked_kids),
+        "campaigns": [c.to_dict() for c in state.campaigns.values()],
+        "usage": {k: list(v) for k, v in state.usage.items()},
+        "revoked": serials.pack(state.revoked), "redeemed": serials.pack(state.redeemed),
+        "deny_tags": sorted(state.deny_tags), "deny_customers": sorted(state.deny_customers),
+        "plain_salt": state.plain_salt,
+        "plain_codes": [[h, p.campaign, p.serial] for h, p in state.plain_codes.items()],
+        "policy": state.policy.to_dict(),
+    }
+
+
+# ---------------------------------------------------------------- reading (terminal side)
+
+def read_file(data: bytes) -> list[bytes]:
+    try:
+        doc = cbor2.loads(data)
+    except Exception as exc:
+        raise LedgerRefused("damaged", f"ledger file is not readable CBOR ({exc})") from None
+    if not isinstance(doc, Mapping) or doc.get("format") != FILE_FORMAT:
+        raise LedgerRefused("damaged", "not an edge-redeem ledger file")
+    updates = doc.get("updates")
+    if not isinstance(updates, (list, tuple)) or not updates:
+        raise LedgerRefused("damaged", "ledger file holds no updates")
+    if not all(isinstance(u, bytes) for u in updates):
+        raise LedgerRefused("damaged", "ledger file updates are not byte strings")
+    return list(updates)
+
+
+@dataclass(frozen=True)
+class VerifiedUpdate:
+    body: Mapping[str, Any]
+    payload: bytes
+
+
+def verify_update(anchor: TrustAnchor, raw: bytes) -> VerifiedUpdate:
+    """Check certificate chain and signature; return the body. Raises LedgerRefused."""
+    try:
+        cert_raw, signed = cbor2.loads(raw)
+        msg = cose.parse_sign1(signed)
+    except Exception:
+        raise LedgerRefused("damaged", "update is truncated or not an update") from None
+    try:
+        cert = anchor.check_cert(cert_raw)
+    except CertError as exc:
+        raise LedgerRefused("forged", str(exc)) from None
+    if cert.purpose != PURPOSE_LEDGER or cert.kid != msg.kid:
+        raise LedgerRefused("forged", "update not signed by a ledger key")
+    if not cose.verify_sign1(msg, cert.public_key):
+        raise LedgerRefused("forged", "ledger signature does not verify")
+    try:
+        body = cbor2.loads(msg.payload)
+    except Exception:
+        raise LedgerRefused("damaged", "update body is not CBOR") from None
+    if not isinstance(body, Mapping) or body.get("format") != UPDATE_FORMAT:
+        raise LedgerRefused("damaged", "update body has an unknown format")
+    issued = body.get("issued_at")
+    if not isinstance(issued, int) or not cert.valid_at(issued):
+        raise LedgerRefused("forged", "ledger key was not valid when the update was issued")
+    return VerifiedUpdate(body, msg.payload)
+
+
+def _certs(anchor: TrustAnchor, raws: Any) -> dict[bytes, KeyCert]:
+    out: dict[bytes, KeyCert] = {}
+    for raw in raws or ():
+        cert = anchor.check_cert(raw)
+        if cert.purpose == PURPOSE_ISSUER:
+            out[cert.kid] = cert
+    return out
+
+
+def _campaigns(docs: Any) -> dict[str, Campaign]:
+    out = {}
+    for doc in docs or ():
+        c = Campaign.from_dict(dict(doc))
+        out[c.id] = c
+    return out
+
+
+def apply(anchor: TrustAnchor, state: LedgerState, raw: bytes) -> tuple[LedgerState, str]:
+    """Return the state after one update and the update's type ("snapshot" or "delta");
+    `state` itself is never modified."""
+    upd = verify_update(anchor, raw)
+    body = upd.body
+    kind, version = body.get("type"), body.get("version")
+    if not isinstance(version, int):
+        raise LedgerRefused("damaged", "update has no version")
+    if version == state.version and body.get("chain", state.chain) == state.chain:
+        raise LedgerRefused("current", f"already at version {version}")
+    if version <= state.version:
+        raise LedgerRefused("rollback", f"version {version} is not newer than {state.version}")
+    try:
+        if kind == "snapshot":
+            return _from_snapshot(anchor, body), "snapshot"
+        if kind == "delta":
+            if version != state.version + 1 or body.get("prev") != state.chain:
+                raise LedgerRefused(
+                    "gap", f"delta {version} does not follow version {state.version}")
+            return _apply_delta(anchor, state, body, chain_next(state.chain, upd.payload)), "delta"
+    except (InputError, CertError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise LedgerRefused("damaged", f"update content is invalid: {exc}") from None
+    raise LedgerRefused("damaged", f"unknown update type {kind!r}")
+
+
+def _from_snapshot(anchor: TrustAnchor, b: Mapping[str, Any]) -> LedgerState:
+    return LedgerState(
+        version=b["version"], chain=bytes(b["chain"]), issued_at=b["issued_at"],
+        issuer_keys=_certs(anchor, b.get("issuer_certs")),
+        revoked_kids=set(b.get("revoked_kids", ())),
+        campaigns=_campaigns(b.get("campaigns")),
+        usage={k: (int(v[0]), int(v[1])) for k, v in dict(b.get("usage", {})).items()},
+        revoked=SerialSet(serials.unpack(b.get("revoked", b""))),
+        redeemed=SerialSet(serials.unpack(b.get("redeemed", b""))),
+        deny_tags=set(b.get("deny_tags", ())), deny_customers=set(b.get("deny_customers", ())),
+        plain_salt=bytes(b.get("plain_salt", b"")),
+        plain_codes={bytes(h): PlainCode(c, s) for h, c, s in b.get("plain_codes", ())},
+        policy=Policy.from_dict(dict(b.get("policy", {}))),
+    )
+
+
+def _apply_delta(anchor: TrustAnchor, s: LedgerState, b: Mapping[str, Any],
+                 chain: bytes) -> LedgerState:
+    campaigns = dict(s.campaigns)
+    for cid in b.get("removed_campaigns", ()):
+        campaigns.pop(cid, None)
+    campaigns.update(_campaigns(b.get("campaigns")))
+    revoked, redeemed = s.revoked.copy(), s.redeemed.copy()
+    revoked.add_many(serials.unpack(b.get("revoked", b"")))
+    redeemed.add_many(serials.unpack(b.get("redeemed", b"")))
+    redeemed.discard_many(serials.unpack(b.get("unredeemed", b"")))
+    codes = dict(s.plain_codes)
+    codes.update({bytes(h): PlainCode(c, n) for h, c, n in b.get("plain_codes", ())})
+    usage = dict(s.usage)
+    usage.update({k: (int(v[0]), int(v[1])) for k, v in dict(b.get("usage", {})).items()})
+    return replace(
+        s, version=b["version"], chain=chain, issued_at=b["issued_at"],
+        issuer_keys=_certs(anchor, b["issuer_certs"]) if "issuer_certs" in b else s.issuer_keys,
+        revoked_kids=s.revoked_kids | set(b.get("revoked_kids", ())),
+        campaigns=campaigns, usage=usage, revoked=revoked, redeemed=redeemed,
+        deny_tags=s.deny_tags | set(b.get("deny_tags", ())),
+        deny_customers=s.deny_customers | set(b.get("deny_customers", ())),
+        plain_codes=codes,
+        policy=Policy.from_dict(dict(b["policy"])) if "policy" in b else s.policy,
+    )

@@ -1,0 +1,98 @@
+"""The terminal's copy of the ledger on disk: the last snapshot plus the deltas after it,
+each written atomically, replayed and re-verified at start-up."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from terminal import ledger
+from terminal.keys import TrustAnchor
+from terminal.ledger import LedgerRefused, LedgerState
+
+log = logging.getLogger(__name__)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write, fsync, rename, fsync the directory: after a power cut the file is either the
+    old one or the new one, never half of each."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dirfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
+
+
+@dataclass
+class ImportResult:
+    applied: list[int] = field(default_factory=list)
+    refused: list[LedgerRefused] = field(default_factory=list)
+    current: list[int] = field(default_factory=list)  # already held: harmless, not a refusal
+
+
+class LedgerStore:
+    def __init__(self, directory: Path, anchor: TrustAnchor) -> None:
+        self.dir = directory
+        self.anchor = anchor
+        self.state = LedgerState()
+        self.load_problem: str | None = None
+
+    def _files(self) -> list[Path]:
+        return sorted(p for p in self.dir.glob("*.cbor") if p.stem.split("-")[0].isdigit())
+
+    def load(self) -> LedgerState:
+        """Replay what is on disk; stop at the first file that does not verify (the
+        terminal then runs on the last good version and reports the problem)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        state = LedgerState()
+        for path in self._files():
+            try:
+                state, _ = ledger.apply(self.anchor, state, path.read_bytes())
+            except (LedgerRefused, OSError) as exc:
+                self.load_problem = f"{path.name}: {exc}"
+                log.error("stored ledger file %s refused: %s", path.name, exc)
+                break
+        self.state = state
+        return state
+
+    def import_file(self, data: bytes) -> ImportResult:
+        """Apply each update in a ledger file in order; refused ones change nothing."""
+        result = ImportResult()
+        try:
+            updates = ledger.read_file(data)
+        except LedgerRefused as exc:
+            result.refused.append(exc)
+            return result
+        for raw in updates:
+            try:
+                self.apply(raw)
+            except LedgerRefused as exc:
+                if exc.kind == "current":
+                    result.current.append(self.state.version)
+                else:
+                    result.refused.append(exc)
+            else:
+                result.applied.append(self.state.version)
+        return result
+
+    def apply(self, raw: bytes) -> LedgerState:
+        new, kind = ledger.apply(self.anchor, self.state, raw)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        is_snapshot = kind == "snapshot"
+        name = f"{new.version:010d}-{kind}.cbor"
+        write_atomic(self.dir / name, raw)
+        if is_snapshot:
+            for old in self._files():
+                if old.name != name:
+                    old.unlink()
+        self.state = new
+        return new
+

@@ -1,0 +1,82 @@
+"""Stable reason codes for every decision, and the sentence a cashier says for each."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from terminal.i18n import N_, translate
+
+
+class Reason(StrEnum):
+    OK = "ok"
+    MALFORMED = "malformed"
+    BAD_SIGNATURE = "bad_signature"
+    UNKNOWN_KEY = "unknown_key"
+    KEY_REVOKED = "key_revoked"
+    UNKNOWN_CAMPAIGN = "unknown_campaign"
+    NOT_YET_VALID = "not_yet_valid"
+    EXPIRED = "expired"
+    OUTSIDE_HOURS = "outside_hours"
+    REVOKED = "revoked"
+    ALREADY_REDEEMED = "already_redeemed"
+    CUSTOMER_LIMIT = "customer_limit"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    BELOW_MINIMUM = "below_minimum"
+    NO_ELIGIBLE_ITEMS = "no_eligible_items"
+    NOT_FOR_CUSTOMER = "not_for_customer"
+    WRONG_STORE = "wrong_store"
+    WRONG_CURRENCY = "wrong_currency"
+    NOT_STACKABLE = "not_stackable"
+    TAG_MISMATCH = "tag_mismatch"
+    LEDGER_STALE = "ledger_stale"
+    NO_LEDGER = "no_ledger"
+    CLOCK_UNTRUSTED = "clock_untrusted"
+    SUSPECTED_FRAUD = "suspected_fraud"
+    UNKNOWN_CHECKOUT = "unknown_checkout"
+    HOLD_EXPIRED = "hold_expired"
+    NOT_COMMITTED = "not_committed"
+    STORAGE_FAILURE = "storage_failure"
+    INTERNAL_ERROR = "internal_error"
+
+    def message(self, lang: str = "en") -> str:
+        return translate(MESSAGES[self], lang)
+
+
+# What the cashier can say to the shopper. English is the msgid; other languages live in
+# terminal/locale/<lang>.po.
+MESSAGES: dict[Reason, str] = {
+    Reason.OK: N_("Coupon accepted."),
+    Reason.MALFORMED: N_("This code is not a coupon we can read. Please show the coupon again."),
+    Reason.BAD_SIGNATURE: N_("This coupon is not genuine and cannot be used."),
+    Reason.UNKNOWN_KEY: N_("This coupon was issued by a source this till does not recognise."),
+    Reason.KEY_REVOKED: N_("This coupon's issuer has been withdrawn, so it cannot be used."),
+    Reason.UNKNOWN_CAMPAIGN: N_("This promotion is not known at this store."),
+    Reason.NOT_YET_VALID: N_("This coupon is not valid yet."),
+    Reason.EXPIRED: N_("This coupon has expired."),
+    Reason.OUTSIDE_HOURS: N_("This coupon can only be used at certain days or hours."),
+    Reason.REVOKED: N_("This coupon has been cancelled by the issuer."),
+    Reason.ALREADY_REDEEMED: N_("This coupon has already been used."),
+    Reason.CUSTOMER_LIMIT: N_("You have already used this offer the maximum number of times."),
+    Reason.BUDGET_EXHAUSTED: N_("This promotion has run out."),
+    Reason.BELOW_MINIMUM: N_("Your purchase does not reach this coupon's minimum spend yet."),
+    Reason.NO_ELIGIBLE_ITEMS: N_("None of the items in your basket are covered by this coupon."),
+    Reason.NOT_FOR_CUSTOMER: N_("This coupon is reserved for other customers."),
+    Reason.WRONG_STORE: N_("This coupon cannot be used at this store."),
+    Reason.WRONG_CURRENCY: N_("This coupon is for a different currency."),
+    Reason.NOT_STACKABLE: N_("This coupon cannot be combined with the coupons already applied."),
+    Reason.TAG_MISMATCH: N_("This coupon tag is not the original one and cannot be used."),
+    Reason.LEDGER_STALE: N_("This till needs an update before it can accept this coupon. "
+                            "A manager can approve it."),
+    Reason.NO_LEDGER: N_("This till is not ready to accept coupons yet."),
+    Reason.CLOCK_UNTRUSTED: N_("This till's clock needs checking before coupons can be accepted."),
+    Reason.SUSPECTED_FRAUD: N_("This coupon needs a manager's check before it can be used."),
+    Reason.UNKNOWN_CHECKOUT: N_("This till has no open checkout with that number."),
+    Reason.HOLD_EXPIRED: N_("The coupon was held too long and has been released. "
+                            "Please scan it again."),
+    Reason.NOT_COMMITTED: N_("This checkout was not paid with a coupon, so there is "
+                             "nothing to refund."),
+    Reason.STORAGE_FAILURE: N_("This till cannot save coupon records right now. "
+                               "Please try another till."),
+    Reason.INTERNAL_ERROR: N_("Something went wrong at this till. Please try again "
+                              "or ask a manager."),
+}

@@ -1,0 +1,493 @@
+"""The rules engine shared by terminal and central: campaigns, baskets, discounts,
+stacking order and the best combination. Pure functions of their inputs."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from terminal.money import allocate, percent_of
+from terminal.reasons import Reason
+
+KINDS = ("threshold", "percent", "fixed", "gift")
+KIND_ORDER = {"percent": 0, "threshold": 1, "fixed": 2, "gift": 3}
+STACKING = ("exclusive", "group", "any")
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+MAX_LINES = 500
+MAX_PRESENTED = 10  # best combination enumerates subsets: 2**10 is still instant
+
+
+class Refusal(Exception):
+    """A rule says no; carries the reason code."""
+
+    def __init__(self, reason: Reason, detail: str = "") -> None:
+        super().__init__(detail or reason.value)
+        self.reason = reason
+        self.detail = detail
+
+
+class InputError(ValueError):
+    """A campaign or basket document is invalid; the message names the field."""
+
+
+# ---------------------------------------------------------------- reading documents
+
+def _req(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in doc:
+        raise InputError(f"{where}: missing '{key}'")
+    return _typed(doc[key], key, kind, where)
+
+
+def _typed(value: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if isinstance(value, bool) and kind is not bool and bool not in (
+            kind if isinstance(kind, tuple) else (kind,)):
+        raise InputError(f"{where}: '{key}' has the wrong type")
+    if not isinstance(value, kind):
+        raise InputError(f"{where}: '{key}' has the wrong type")
+    return value
+
+
+def _opt(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str,
+         default: Any = None) -> Any:
+    if key not in doc or doc[key] is None:
+        return default
+    return _typed(doc[key], key, kind, where)
+
+
+def _amount(doc: Mapping[str, Any], key: str, where: str, default: int | None = None,
+            ) -> int | None:
+    value = _opt(doc, key, int, where, default)
+    if value is not None and not 0 <= value <= 10**12:
+        raise InputError(f"{where}: '{key}' must be between 0 and 10^12 minor units")
+    return value  # type: ignore[no-any-return]
+
+
+def _timestamp(value: Any, key: str, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        dt = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return int(dt.timestamp())
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise InputError(f"{where}: '{key}' is not an ISO 8601 time") from None
+        return int((dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp())
+    raise InputError(f"{where}: '{key}' is not a time")
+
+
+def _minutes(text: str, where: str) -> int:
+    try:
+        hh, mm = text.split(":")
+        value = int(hh) * 60 + int(mm)
+    except ValueError:
+        raise InputError(f"{where}: hours '{text}' is not HH:MM") from None
+    if not 0 <= value <= 24 * 60:
+        raise InputError(f"{where}: hours '{text}' is out of range")
+    return value
+
+
+def _strset(doc: Mapping[str, Any], key: str, where: str) -> frozenset[str]:
+    values = _opt(doc, key, list, where, [])
+    if not all(isinstance(v, str) for v in values):
+        raise InputError(f"{where}: '{key}' must be a list of strings")
+    return frozenset(values)
+
+
+# ---------------------------------------------------------------- campaigns
+
+@dataclass(frozen=True, slots=True)
+class Campaign:
+    id: str
+    name: str
+    kind: str
+    currency: str
+    amount_minor: int = 0          # threshold and fixed: amount off
+    percent_bp: int = 0            # percent: basis points, 1500 = 15 %
+    cap_minor: int | None = None   # percent: most it can take off
+    min_spend_minor: int = 0       # eligible subtotal needed
+    gift_sku: str | None = None
+    gift_name: str | None = None
+    gift_value_minor: int = 0      # what the gift is worth, for ranking and budgets
+    valid_from: int | None = None
+    valid_until: int | None = None
+    days_of_week: frozenset[int] = frozenset()      # 0 = Monday
+    hours: tuple[tuple[int, int], ...] = ()          # [start, end) minutes since midnight
+    timezone: str = "UTC"
+    include_categories: frozenset[str] = frozenset()
+    include_skus: frozenset[str] = frozenset()
+    exclude_categories: frozenset[str] = frozenset()
+    exclude_skus: frozenset[str] = frozenset()
+    new_customers_only: bool = False
+    tiers: frozenset[str] = frozenset()
+    stores: frozenset[str] = frozenset()
+    uses_per_coupon: int = 1
+    uses_per_customer: int | None = None
+    budget_count: int | None = None
+    budget_minor: int | None = None
+    stacking: str = "exclusive"
+    stack_group: str | None = None
+    order: int | None = None
+    reusable_after_refund: bool = True
+    per_basket: int = 1
+
+    @property
+    def item_level(self) -> bool:
+        return bool(self.include_categories or self.include_skus)
+
+    @property
+    def apply_order(self) -> int:
+        """Item-level before basket-level; percent before threshold before fixed before gift,
+        unless the campaign names its own order."""
+        if self.order is not None:
+            return self.order
+        return (0 if self.item_level else 10) + KIND_ORDER[self.kind]
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Campaign:
+        if not isinstance(doc, Mapping):
+            raise InputError("campaign must be a table/object")
+        cid = _req(doc, "id", str, "campaign")
+        where = f"campaign {cid}"
+        if not cid or len(cid) > 32 or not all(c.isalnum() or c in "-_" for c in cid):
+            raise InputError(f"{where}: 'id' must be 1-32 letters, digits, '-' or '_'")
+        known = set(cls.__dataclass_fields__) | {"percent", "days", "hours"}
+        for key in doc:
+            if key not in known:
+                raise InputError(f"{where}: unknown field '{key}'")
+        kind = _req(doc, "kind", str, where)
+        if kind not in KINDS:
+            raise InputError(f"{where}: 'kind' must be one of {', '.join(KINDS)}")
+        currency = _req(doc, "currency", str, where)
+        if len(currency) != 3 or not currency.isalpha():
+            raise InputError(f"{where}: 'currency' must be an ISO 4217 code")
+        percent_bp = _opt(doc, "percent_bp", int, where)
+        if percent_bp is None and "percent" in doc:
+            percent_bp = int(_typed(doc["percent"], "percent", (int, float), where) * 100)
+        days: frozenset[int] = frozenset()
+        for d in _opt(doc, "days", list, where, []) + _opt(doc, "days_of_week", list, where, []):
+            if isinstance(d, str) and d[:3].lower() in DAYS:
+                days |= {DAYS.index(d[:3].lower())}
+            elif isinstance(d, int) and 0 <= d <= 6:
+                days |= {d}
+            else:
+                raise InputError(f"{where}: day '{d}' is not mon..sun")
+        hours = []
+        for span in _opt(doc, "hours", list, where, []):
+            if not isinstance(span, str) or "-" not in span:
+                raise InputError(f"{where}: hours must look like '10:00-11:00'")
+            start, end = span.split("-", 1)
+            hours.append((_minutes(start.strip(), where), _minutes(end.strip(), where)))
+        tz = _opt(doc, "timezone", str, where, "UTC")
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise InputError(f"{where}: unknown timezone '{tz}'") from None
+        stacking = _opt(doc, "stacking", str, where, "exclusive")
+        if stacking not in STACKING:
+            raise InputError(f"{where}: 'stacking' must be one of {', '.join(STACKING)}")
+        camp = cls(
+            id=cid, name=_opt(doc, "name", str, where, cid), kind=kind, currency=currency.upper(),
+            amount_minor=_amount(doc, "amount_minor", where, 0) or 0,
+            percent_bp=percent_bp or 0,
+            cap_minor=_amount(doc, "cap_minor", where),
+            min_spend_minor=_amount(doc, "min_spend_minor", where, 0) or 0,
+            gift_sku=_opt(doc, "gift_sku", str, where),
+            gift_name=_opt(doc, "gift_name", str, where),
+            gift_value_minor=_amount(doc, "gift_value_minor", where, 0) or 0,
+            valid_from=_timestamp(doc.get("valid_from"), "valid_from", where),
+            valid_until=_timestamp(doc.get("valid_until"), "valid_until", where),
+            days_of_week=days, hours=tuple(hours), timezone=tz,
+            include_categories=_strset(doc, "include_categories", where),
+            include_skus=_strset(doc, "include_skus", where),
+            exclude_categories=_strset(doc, "exclude_categories", where),
+            exclude_skus=_strset(doc, "exclude_skus", where),
+            new_customers_only=_opt(doc, "new_customers_only", bool, where, False),
+            tiers=_strset(doc, "tiers", where), stores=_strset(doc, "stores", where),
+            uses_per_coupon=_opt(doc, "uses_per_coupon", int, where, 1),
+            uses_per_customer=_opt(doc, "uses_per_customer", int, where),
+            budget_count=_opt(doc, "budget_count", int, where),
+            budget_minor=_amount(doc, "budget_minor", where),
+            stacking=stacking, stack_group=_opt(doc, "stack_group", str, where),
+            order=_opt(doc, "order", int, where),
+            reusable_after_refund=_opt(doc, "reusable_after_refund", bool, where, True),
+            per_basket=_opt(doc, "per_basket", int, where, 1),
+        )
+        camp._check(where)
+        return camp
+
+    def _check(self, where: str) -> None:
+        if self.kind in ("threshold", "fixed") and self.amount_minor <= 0:
+            raise InputError(f"{where}: '{self.kind}' needs a positive 'amount_minor'")
+        if self.kind == "threshold" and self.min_spend_minor <= 0:
+            raise InputError(f"{where}: 'threshold' needs a positive 'min_spend_minor'")
+        if self.kind == "percent" and not 0 < self.percent_bp <= 10_000:
+            raise InputError(f"{where}: 'percent' must be above 0 and at most 100")
+        if self.kind == "gift" and not self.gift_sku:
+            raise InputError(f"{where}: 'gift' needs a 'gift_sku'")
+        if self.stacking == "group" and not self.stack_group:
+            raise InputError(f"{where}: stacking 'group' needs a 'stack_group'")
+        if self.uses_per_coupon < 1 or self.per_basket < 1:
+            raise InputError(f"{where}: uses must be at least 1")
+        if self.valid_from is not None and self.valid_until is not None \
+                and self.valid_until <= self.valid_from:
+            raise InputError(f"{where}: 'valid_until' is not after 'valid_from'")
+        for start, end in self.hours:
+            if end <= start:
+                raise InputError(f"{where}: an hours window ends before it starts")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if isinstance(value, frozenset):
+                value = sorted(value)
+            if name == "hours":
+                value = [f"{s // 60:02d}:{s % 60:02d}-{e // 60:02d}:{e % 60:02d}"
+                         for s, e in value]
+            if name == "days_of_week":
+                value = sorted(value)
+            out[name] = value
+        return out
+
+    # ---- checks that do not depend on the basket
+
+    def check_time(self, t: float) -> None:
+        if self.valid_from is not None and t < self.valid_from:
+            raise Refusal(Reason.NOT_YET_VALID)
+        if self.valid_until is not None and t >= self.valid_until:
+            raise Refusal(Reason.EXPIRED)
+        if self.days_of_week or self.hours:
+            local = datetime.fromtimestamp(t, ZoneInfo(self.timezone))
+            if self.days_of_week and local.weekday() not in self.days_of_week:
+                raise Refusal(Reason.OUTSIDE_HOURS)
+            minute = local.hour * 60 + local.minute
+            if self.hours and not any(s <= minute < e for s, e in self.hours):
+                raise Refusal(Reason.OUTSIDE_HOURS)
+
+    def check_store(self, store: str) -> None:
+        if self.stores and store not in self.stores:
+            raise Refusal(Reason.WRONG_STORE)
+
+    def check_audience(self, customer: Customer | None) -> None:
+        if self.new_customers_only and not (customer and customer.new):
+            raise Refusal(Reason.NOT_FOR_CUSTOMER, "new customers only")
+        if self.tiers and not (customer and customer.tier in self.tiers):
+            raise Refusal(Reason.NOT_FOR_CUSTOMER, "member tier")
+        if self.uses_per_customer is not None and not (customer and customer.ref):
+            raise Refusal(Reason.NOT_FOR_CUSTOMER, "needs a customer reference")
+
+    def eligible(self, line: Line) -> bool:
+        if line.sku in self.exclude_skus or line.category in self.exclude_categories:
+            return False
+        if self.item_level:
+            return line.sku in self.include_skus or line.category in self.include_categories
+        return True
+
+
+# ---------------------------------------------------------------- baskets
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    sku: str
+    category: str
+    quantity: int
+    unit_price_minor: int
+    name: str = ""
+
+    @property
+    def total_minor(self) -> int:
+        return self.quantity * self.unit_price_minor
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    ref: str | None = None     # a hash from the POS/loyalty system, never a name or phone
+    tier: str | None = None
+    new: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Basket:
+    currency: str
+    lines: tuple[Line, ...]
+    customer: Customer | None = None
+
+    @property
+    def total_minor(self) -> int:
+        return sum(line.total_minor for line in self.lines)
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> Basket:
+        if not isinstance(doc, Mapping):
+            raise InputError("basket must be a JSON object")
+        for key in doc:
+            if key not in ("currency", "lines", "customer", "total_minor"):
+                raise InputError(f"basket: unknown field '{key}'")
+        currency = _req(doc, "currency", str, "basket")
+        if len(currency) != 3 or not currency.isalpha():
+            raise InputError("basket: 'currency' must be an ISO 4217 code")
+        raw_lines = _opt(doc, "lines", list, "basket", None)
+        lines: list[Line] = []
+        if raw_lines is None:
+            # Standalone mode: the cashier keys in only the total.
+            total = _amount(doc, "total_minor", "basket")
+            if total is None:
+                raise InputError("basket: needs 'lines' or 'total_minor'")
+            lines = [Line("TOTAL", "", 1, total)]
+        else:
+            if len(raw_lines) > MAX_LINES:
+                raise InputError(f"basket: more than {MAX_LINES} lines")
+            for i, raw in enumerate(raw_lines):
+                where = f"basket line {i + 1}"
+                if not isinstance(raw, Mapping):
+                    raise InputError(f"{where}: must be an object")
+                for key in raw:
+                    if key not in ("sku", "category", "quantity", "unit_price_minor", "name"):
+                        raise InputError(f"{where}: unknown field '{key}'")
+                qty = _opt(raw, "quantity", int, where, 1)
+                price = _req(raw, "unit_price_minor", int, where)
+                if not 1 <= qty <= 100_000:
+                    raise InputError(f"{where}: 'quantity' must be 1..100000")
+                if not 0 <= price <= 10**10:
+                    raise InputError(f"{where}: 'unit_price_minor' must be 0..10^10")
+                lines.append(Line(_req(raw, "sku", str, where),
+                                  _opt(raw, "category", str, where, ""),
+                                  qty, price, _opt(raw, "name", str, where, "")))
+        customer = None
+        raw_c = _opt(doc, "customer", Mapping, "basket")
+        if raw_c is not None:
+            for key in raw_c:
+                if key not in ("ref", "tier", "new"):
+                    raise InputError(f"basket customer: unknown field '{key}'")
+            customer = Customer(_opt(raw_c, "ref", str, "basket customer"),
+                                _opt(raw_c, "tier", str, "basket customer"),
+                                _opt(raw_c, "new", bool, "basket customer", False))
+        return cls(currency.upper(), tuple(lines), customer)
+
+
+# ---------------------------------------------------------------- applying coupons
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    key: str                 # the coupon's serial (hex) or code id
+    campaign: Campaign
+    discount_minor: int
+    per_line: tuple[int, ...]
+    gift_sku: str | None = None
+
+    @property
+    def value_minor(self) -> int:
+        return self.discount_minor + (self.campaign.gift_value_minor if self.gift_sku else 0)
+
+
+def apply_one(campaign: Campaign, basket: Basket, remaining: Sequence[int], key: str) -> Applied:
+    """Apply one coupon to what is left of each line after earlier coupons."""
+    if basket.currency != campaign.currency:
+        raise Refusal(Reason.WRONG_CURRENCY)
+    weights = [rest if campaign.eligible(line) else 0
+               for line, rest in zip(basket.lines, remaining, strict=True)]
+    eligible = sum(weights)
+    if eligible <= 0:
+        raise Refusal(Reason.NO_ELIGIBLE_ITEMS)
+    if eligible < campaign.min_spend_minor:
+        raise Refusal(Reason.BELOW_MINIMUM)
+    if campaign.kind == "gift":
+        return Applied(key, campaign, 0, tuple(0 for _ in weights), campaign.gift_sku)
+    if campaign.kind == "percent":
+        off = percent_of(eligible, campaign.percent_bp)
+        if campaign.cap_minor is not None:
+            off = min(off, campaign.cap_minor)
+    else:
+        off = campaign.amount_minor
+    off = max(0, min(off, eligible))
+    return Applied(key, campaign, off, tuple(allocate(off, weights)))
+
+
+def compatible(a: Campaign, b: Campaign) -> bool:
+    if a.stacking == "exclusive" or b.stacking == "exclusive":
+        return False
+    if a.stacking == "group" and b.stack_group != a.stack_group:
+        return False
+    return not (b.stacking == "group" and a.stack_group != b.stack_group)
+
+
+def stack_problem(campaigns: Sequence[Campaign]) -> str | None:
+    """Why this set of coupons cannot share one basket, or None when it can."""
+    counts: dict[str, int] = {}
+    for c in campaigns:
+        counts[c.id] = counts.get(c.id, 0) + 1
+        if counts[c.id] > c.per_basket:
+            return f"campaign {c.id} allows {c.per_basket} per basket"
+    for a, b in itertools.combinations(campaigns, 2):
+        if not compatible(a, b):
+            return f"{a.id} and {b.id} do not stack"
+    return None
+
+
+@dataclass(frozen=True)
+class Combination:
+    applied: tuple[Applied, ...]
+    refused: dict[str, Refusal] = field(default_factory=dict)
+
+    @property
+    def discount_minor(self) -> int:
+        return sum(a.discount_minor for a in self.applied)
+
+    @property
+    def value_minor(self) -> int:
+        return sum(a.value_minor for a in self.applied)
+
+
+def apply_in_order(coupons: Iterable[tuple[str, Campaign]], basket: Basket) -> Combination:
+    """Apply a stackable set in the defined order; a coupon that fails is refused, the rest
+    still apply (each sees what earlier ones left)."""
+    ordered = sorted(coupons, key=lambda kc: (kc[1].apply_order, kc[1].id, kc[0]))
+    problem = stack_problem([c for _, c in ordered])
+    if problem:
+        raise Refusal(Reason.NOT_STACKABLE, problem)
+    remaining = [line.total_minor for line in basket.lines]
+    applied: list[Applied] = []
+    refused: dict[str, Refusal] = {}
+    for key, campaign in ordered:
+        try:
+            a = apply_one(campaign, basket, remaining, key)
+        except Refusal as exc:
+            refused[key] = exc
+            continue
+        remaining = [r - d for r, d in zip(remaining, a.per_line, strict=True)]
+        applied.append(a)
+    return Combination(tuple(applied), refused)
+
+
+def best_combination(coupons: Sequence[tuple[str, Campaign]], basket: Basket) -> Combination:
+    """The stackable subset worth most to the shopper (discount plus gift value); ties go to
+    fewer coupons, so the shopper keeps the rest for another day."""
+    coupons = list(coupons)[:MAX_PRESENTED]
+    best: Combination | None = None
+    best_key: tuple[int, int] = (-1, 0)
+    last_refusals: dict[str, Refusal] = {}
+    for size in range(len(coupons), 0, -1):
+        for subset in itertools.combinations(coupons, size):
+            if stack_problem([c for _, c in subset]):
+                continue
+            combo = apply_in_order(subset, basket)
+            if combo.refused:
+                last_refusals.update(combo.refused)
+                continue
+            key = (combo.value_minor, -len(combo.applied))
+            if key > best_key:
+                best, best_key = combo, key
+    if best is None:
+        return Combination((), last_refusals)
+    chosen = {a.key for a in best.applied}
+    refused = {k: last_refusals.get(k, Refusal(Reason.NOT_STACKABLE))
+               for k, _ in coupons if k not in chosen}
+    return Combination(best.applied, refused)

@@ -1,0 +1,62 @@
+"""Opening a terminal's data directory: identity, trust anchor, ledger and journal."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from terminal.clock import Clock
+from terminal.engine import Engine
+from terminal.journal import open_database
+from terminal.keys import CertError, TrustAnchor
+from terminal.ledger_store import LedgerStore
+
+IDENTITY = "terminal.json"
+ANCHOR = "trust-anchor.json"
+
+
+class NotInitialised(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Identity:
+    store: str
+    terminal: str
+
+    @classmethod
+    def load(cls, data: Path) -> Identity:
+        path = data / IDENTITY
+        try:
+            doc = json.loads(path.read_text())
+            return cls(str(doc["store"]), str(doc["terminal"]))
+        except FileNotFoundError:
+            raise NotInitialised(f"{data} is not a terminal data directory "
+                                 "(run `redeem init`)") from None
+        except (OSError, ValueError, KeyError) as exc:
+            raise NotInitialised(f"{path} is unreadable: {exc}") from None
+
+
+def init(data: Path, anchor_file: Path, store: str, terminal: str) -> TrustAnchor:
+    anchor = TrustAnchor.load(anchor_file)
+    if (data / IDENTITY).exists():
+        raise NotInitialised(f"{data} is already initialised")
+    data.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(anchor_file, data / ANCHOR)
+    (data / IDENTITY).write_text(json.dumps({"store": store, "terminal": terminal}, indent=2))
+    open_database(data / "journal.db").close()
+    return anchor
+
+
+def open_engine(data: Path, clock: Clock) -> Engine:
+    identity = Identity.load(data)
+    try:
+        anchor = TrustAnchor.load(data / ANCHOR)
+    except CertError as exc:
+        raise NotInitialised(str(exc)) from None
+    store = LedgerStore(data / "ledger", anchor)
+    store.load()
+    db = open_database(data / "journal.db")
+    return Engine(store, clock, identity.store, identity.terminal, db)
