@@ -4,6 +4,7 @@ key certificates and ledger updates."""
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -66,10 +67,13 @@ class SigningKey:
 
 def parse_sign1(data: bytes) -> Sign1:
     """Structure only; the caller verifies the signature with the key the kid names."""
+    fp = io.BytesIO(data)
     try:
-        obj = cbor2.loads(data, allow_duplicate_keys=False)
+        obj = cbor2.CBORDecoder(fp, allow_duplicate_keys=False).decode()
     except Exception as exc:  # cbor2 raises several types on garbage
         raise CoseError(f"not CBOR: {exc}") from None
+    if fp.tell() != len(data):  # cbor2.loads ignores them: a second spelling of one message
+        raise CoseError("trailing bytes after the message")
     if isinstance(obj, cbor2.CBORTag):
         if obj.tag != TAG_SIGN1:
             raise CoseError(f"unexpected CBOR tag {obj.tag}")

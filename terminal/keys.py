@@ -77,12 +77,15 @@ class TrustAnchor:
             raise CertError(f"certificate malformed: {exc}") from None
         if msg.kid != self.kid or not cose.verify_sign1(msg, self.public_key):
             raise CertError("certificate not signed by the trust anchor")
-        body: Any = cbor2.loads(msg.payload)
         try:
+            body: Any = cbor2.loads(msg.payload)
             cert = KeyCert(kid=body[1], purpose=body[2], public_key=body[3],
                            not_before=int(body[4]), not_after=int(body[5]), raw=raw)
-        except (KeyError, TypeError, ValueError):
+        except (cbor2.CBORDecodeError, LookupError, TypeError, ValueError):
             raise CertError("certificate fields missing") from None
+        if not (isinstance(cert.kid, bytes) and isinstance(cert.public_key, bytes)
+                and isinstance(cert.purpose, str)):
+            raise CertError("certificate fields have the wrong types")
         if cose.key_id(cert.public_key) != cert.kid:
             raise CertError("certificate key id does not match its key")
         return cert

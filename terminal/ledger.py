@@ -170,6 +170,15 @@ def verify_update(anchor: TrustAnchor, raw: bytes) -> VerifiedUpdate:
     return VerifiedUpdate(body, msg.payload)
 
 
+def _chain_of(body: Mapping[str, Any], payload: bytes) -> bytes | None:
+    """The chain hash the terminal holds after this update: a snapshot names it, a delta's
+    follows from its predecessor and its own payload."""
+    if body.get("type") == "snapshot":
+        return body.get("chain") if isinstance(body.get("chain"), bytes) else None
+    prev = body.get("prev")
+    return chain_next(prev, payload) if isinstance(prev, bytes) else None
+
+
 def _certs(anchor: TrustAnchor, raws: Any) -> dict[bytes, KeyCert]:
     out: dict[bytes, KeyCert] = {}
     for raw in raws or ():
@@ -195,7 +204,7 @@ def apply(anchor: TrustAnchor, state: LedgerState, raw: bytes) -> tuple[LedgerSt
     kind, version = body.get("type"), body.get("version")
     if not isinstance(version, int):
         raise LedgerRefused("damaged", "update has no version")
-    if version == state.version and body.get("chain", state.chain) == state.chain:
+    if version == state.version and _chain_of(body, upd.payload) == state.chain:
         raise LedgerRefused("current", f"already at version {version}")
     if version <= state.version:
         raise LedgerRefused("rollback", f"version {version} is not newer than {state.version}")
@@ -249,6 +258,7 @@ def _apply_delta(anchor: TrustAnchor, s: LedgerState, b: Mapping[str, Any],
         campaigns=campaigns, usage=usage, revoked=revoked, redeemed=redeemed,
         deny_tags=s.deny_tags | set(b.get("deny_tags", ())),
         deny_customers=s.deny_customers | set(b.get("deny_customers", ())),
+        plain_salt=bytes(b["plain_salt"]) if "plain_salt" in b else s.plain_salt,
         plain_codes=codes,
         policy=Policy.from_dict(dict(b["policy"])) if "policy" in b else s.policy,
     )

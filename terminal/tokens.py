@@ -98,6 +98,10 @@ def parse(text: str) -> Token:
             data = inflater.decompress(data, 4096)
         except zlib.error:
             raise TokenMalformed("damaged compressed token") from None
+        # Without these checks a token cut short (checksum missing), one with bytes
+        # appended, or one inflating past the limit would still be read.
+        if not inflater.eof or inflater.unused_data or inflater.unconsumed_tail:
+            raise TokenMalformed("damaged compressed token")
     try:
         message = cose.parse_sign1(data)
     except cose.CoseError as exc:
