@@ -227,13 +227,17 @@ class Engine:
         return Coupon(serial_hex(entry.serial), entry.serial, campaign,
                       basket.customer.ref if basket.customer else None, "code")
 
-    def _check_limits(self, coupon: Coupon, value_minor: int, basket: Basket) -> None:
+    def _check_single_use(self, coupon: Coupon) -> None:
         led, c = self.ledger, coupon.campaign
         if coupon.serial in led.revoked:
             raise _Refuse(Reason.REVOKED, coupon=coupon)
         if coupon.serial in led.redeemed or self.serial_uses[coupon.key] >= c.uses_per_coupon:
             raise _Refuse(Reason.ALREADY_REDEEMED, coupon=coupon,
                           flag=Flag(fraud.FLAG_REPLAY, coupon.key))
+
+    def _check_limits(self, coupon: Coupon, value_minor: int, basket: Basket) -> None:
+        led, c = self.ledger, coupon.campaign
+        self._check_single_use(coupon)
         try:
             c.check_audience(basket.customer if basket.customer else Customer(ref=None))
         except Refusal as exc:
@@ -278,6 +282,9 @@ class Engine:
         if any(o.key == coupon.key for o in others):
             raise _Refuse(Reason.ALREADY_REDEEMED, "already applied to this checkout",
                           coupon=coupon)
+        # Single use before the basket (DESIGN.md's order): a replayed coupon is reported and
+        # flagged as a replay even when the basket would not qualify either.
+        self._check_single_use(coupon)
         try:
             combo = apply_in_order([(o.key, o.campaign) for o in others] + [(coupon.key, c)],
                                    basket)
@@ -286,6 +293,13 @@ class Engine:
         if coupon.key in combo.refused:
             why = combo.refused[coupon.key]
             raise _Refuse(why.reason, why.detail, coupon=coupon)
+        if combo.refused:
+            # Stacking this one would take a held coupon below its own rules (a threshold
+            # after a percent): refuse it rather than keep the held one's stale discount.
+            key, why = next(iter(combo.refused.items()))
+            raise _Refuse(Reason.NOT_STACKABLE,
+                          f"held coupon {key} would no longer apply ({why.reason.value})",
+                          coupon=coupon)
         mine = next(a for a in combo.applied if a.key == coupon.key)
         self._check_limits(coupon, mine.value_minor, basket)
         warnings: list[str] = []
@@ -296,8 +310,10 @@ class Engine:
 
     def check(self, code: str, basket: Basket, ctx: Context = Context()) -> Decision:
         """Decide without recording anything (the `redeem check` command, a till's preview)."""
+        now = self.now()
+        self._expire_holds(now)  # else a lapsed hold still reads as "already used"
         try:
-            decision, _, _, _ = self._decide(code, basket, ctx, self.now(), [])
+            decision, _, _, _ = self._decide(code, basket, ctx, now, [])
         except _Refuse as r:
             return self._refusal(r, basket)
         return decision
@@ -436,6 +452,7 @@ class Engine:
         """Which of the presented coupons to use together for the most value. Records
         nothing; returns (chosen, refused)."""
         now = self.now()
+        self._expire_holds(now)
         coupons: dict[str, Coupon] = {}
         refused: list[Decision] = []
         for code in codes:

@@ -221,7 +221,11 @@ def prune(now_s: float) -> int:
     """Drop entries older than the retention period that the central has acknowledged."""
     acked = int(get_meta("acked_seq", "0") or 0)
     cutoff_ms = int((now_s - RETENTION_S) * 1000)
-    last = (Entry.select().where((Entry.seq <= acked) & (Entry.at_ms < cutoff_ms))
+    # Only the leading run of old entries: one stamped by a wrong clock (a Pi booting at 1970)
+    # must not carry younger entries before it away.
+    young = Entry.select(pw.fn.MIN(Entry.seq)).where(Entry.at_ms >= cutoff_ms).scalar()
+    bound = acked if young is None else min(acked, young - 1)
+    last = (Entry.select().where((Entry.seq <= bound) & (Entry.at_ms < cutoff_ms))
             .order_by(Entry.seq.desc()).first())
     if last is None:
         return 0

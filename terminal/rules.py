@@ -89,7 +89,7 @@ def _minutes(text: str, where: str) -> int:
         value = int(hh) * 60 + int(mm)
     except ValueError:
         raise InputError(f"{where}: hours '{text}' is not HH:MM") from None
-    if not 0 <= value <= 24 * 60:
+    if not 0 <= value <= 24 * 60 or not 0 <= int(mm) < 60:
         raise InputError(f"{where}: hours '{text}' is out of range")
     return value
 
@@ -170,7 +170,10 @@ class Campaign:
             raise InputError(f"{where}: 'currency' must be an ISO 4217 code")
         percent_bp = _opt(doc, "percent_bp", int, where)
         if percent_bp is None and "percent" in doc:
-            percent_bp = int(_typed(doc["percent"], "percent", (int, float), where) * 100)
+            pct = _typed(doc["percent"], "percent", (int, float), where)
+            if not 0 < pct <= 100:  # also refuses NaN and infinity, which round() cannot take
+                raise InputError(f"{where}: 'percent' must be above 0 and at most 100")
+            percent_bp = round(pct * 100)  # 8.7 * 100 is 869.999... in binary floating point
         days: frozenset[int] = frozenset()
         for d in _opt(doc, "days", list, where, []) + _opt(doc, "days_of_week", list, where, []):
             if isinstance(d, str) and d[:3].lower() in DAYS:
