@@ -1,0 +1,68 @@
+"""Every reason a till can give has a sentence a cashier can say, in English and in
+Simplified Chinese."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from terminal import i18n
+from terminal.engine import Decision
+from terminal.reasons import MESSAGES, Reason
+
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+@pytest.mark.parametrize("reason", list(Reason))
+def test_english_message(reason: Reason) -> None:
+    assert reason in MESSAGES
+    text = reason.message("en")
+    assert text == MESSAGES[reason]
+    assert text.strip() == text and len(text) > 5
+    assert text[0].isupper() and text.endswith(".")
+    assert reason.message() == text
+
+
+def test_english_messages_are_distinct() -> None:
+    texts = [MESSAGES[r] for r in Reason]
+    assert len(set(texts)) == len(texts)
+
+
+@pytest.mark.parametrize("reason", list(Reason))
+def test_chinese_translation(reason: Reason) -> None:
+    zh = reason.message("zh_CN")
+    assert zh != MESSAGES[reason], f"no zh_CN translation for {reason.value}"
+    assert CJK.search(zh), f"zh_CN message for {reason.value} has no Chinese: {zh!r}"
+
+
+def test_chinese_catalog_has_no_stale_entries() -> None:
+    # A msgid that matches no English sentence means an English sentence changed and its
+    # translation silently stopped being used.
+    stale = set(i18n.catalog("zh_CN")) - set(MESSAGES.values())
+    assert not stale
+
+
+@pytest.mark.parametrize("lang", ["zh_CN", "zh-CN", "zh", "zh-Hans", "ZH_cn"])
+def test_chinese_language_tags(lang: str) -> None:
+    assert Reason.EXPIRED.message(lang) == Reason.EXPIRED.message("zh_CN")
+
+
+@pytest.mark.parametrize("lang", ["en", "en-GB", "", "fr", "de_DE"])
+def test_other_languages_fall_back_to_english(lang: str) -> None:
+    assert Reason.EXPIRED.message(lang) == MESSAGES[Reason.EXPIRED]
+
+
+def test_decision_carries_the_message() -> None:
+    d = Decision(False, Reason.EXPIRED)
+    assert d.to_dict()["message"] == MESSAGES[Reason.EXPIRED]
+    assert CJK.search(d.to_dict("zh_CN")["message"])
+    assert Decision.from_dict(d.to_dict("zh_CN")) == d
+
+
+def test_po_parser_joins_continued_lines() -> None:
+    catalog = i18n.parse_po(
+        '# comment\nmsgid ""\nmsgstr "header"\n\n'
+        'msgid "Hello "\n"world."\nmsgstr "你好"\n"，世界。"\n'
+    )
+    assert catalog == {"Hello world.": "你好，世界。"}
