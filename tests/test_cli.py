@@ -44,8 +44,16 @@ cap_minor = 3000
 stacking = "any"
 """
 
-DECISION_KEYS = {"accepted", "reason", "message", "discount_minor", "currency", "campaign",
-                 "serial", "journal_seq"}
+DECISION_KEYS = {
+    "accepted",
+    "reason",
+    "message",
+    "discount_minor",
+    "currency",
+    "campaign",
+    "serial",
+    "journal_seq",
+}
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -55,11 +63,18 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run(module: str, *args: str | Path, env: dict[str, str] | None = None,
-        stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)],
-                          env=env or _env(), input=stdin, capture_output=True, text=True,
-                          timeout=60, check=False)
+def run(
+    module: str, *args: str | Path, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        env=env or _env(),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stdout, proc.stdout
     return proc
@@ -82,11 +97,11 @@ class Central:
     dir: Path
     anchor: Path
     ledger: Path
-    spend: list[str]          # SPEND100 tokens
+    spend: list[str]  # SPEND100 tokens
     spend_serials: list[str]
-    pct: list[str]            # PCT15 tokens
-    codes: list[str]          # SPEND100 typed codes
-    big: Path                 # basket files
+    pct: list[str]  # PCT15 tokens
+    codes: list[str]  # SPEND100 typed codes
+    big: Path  # basket files
     small: Path
 
 
@@ -97,43 +112,103 @@ def hq(tmp_path_factory: pytest.TempPathFactory) -> Central:
     info = as_json(central("init", "--data", data, "--json"))
     assert info["fingerprint"].startswith("SHA256:")
     (root / "campaigns.toml").write_text(CAMPAIGNS_TOML)
-    added = central("campaign", "add", "--data", data, "--file", root / "campaigns.toml",
-                    "--json")
+    added = central("campaign", "add", "--data", data, "--file", root / "campaigns.toml", "--json")
     assert added.returncode == 0 and as_json(added) == {"added": ["SPEND100", "PCT15"]}
-    spend = as_json(central("issue", "--data", data, "--campaign", "SPEND100", "--count", "6",
-                            "--out", root / "spend", "--json"))
+    spend = as_json(
+        central(
+            "issue",
+            "--data",
+            data,
+            "--campaign",
+            "SPEND100",
+            "--count",
+            "6",
+            "--out",
+            root / "spend",
+            "--json",
+        )
+    )
     assert spend["count"] == 6 and len(list((root / "spend").glob("*.png"))) == 6
-    central("issue", "--data", data, "--campaign", "PCT15", "--count", "3", "--no-qr",
-            "--out", root / "pct")
+    central(
+        "issue",
+        "--data",
+        data,
+        "--campaign",
+        "PCT15",
+        "--count",
+        "3",
+        "--no-qr",
+        "--out",
+        root / "pct",
+    )
     assert not list((root / "pct").glob("*.png"))
-    central("issue", "--data", data, "--campaign", "SPEND100", "--count", "2", "--codes",
-            "--out", root / "codes")
+    central(
+        "issue",
+        "--data",
+        data,
+        "--campaign",
+        "SPEND100",
+        "--count",
+        "2",
+        "--codes",
+        "--out",
+        root / "codes",
+    )
     pub = central("publish", "--data", data, "--out", root / "ledger.cbor", "--json")
     assert pub.returncode == 0 and as_json(pub)["version"] == 1
     big, small = root / "big.json", root / "small.json"
-    big.write_text(json.dumps({"currency": "CNY", "lines": [
-        {"sku": "RICE-COOKER", "category": "appliance", "quantity": 1,
-         "unit_price_minor": 26000}]}))
+    big.write_text(
+        json.dumps(
+            {
+                "currency": "CNY",
+                "lines": [
+                    {
+                        "sku": "RICE-COOKER",
+                        "category": "appliance",
+                        "quantity": 1,
+                        "unit_price_minor": 26000,
+                    }
+                ],
+            }
+        )
+    )
     small.write_text(json.dumps({"currency": "CNY", "total_minor": 8600}))
-    return Central(data, data / "trust-anchor.json", root / "ledger.cbor",
-                   (root / "spend" / "tokens.txt").read_text().splitlines(), spend["serials"],
-                   (root / "pct" / "tokens.txt").read_text().splitlines(),
-                   (root / "codes" / "codes.txt").read_text().splitlines(), big, small)
+    return Central(
+        data,
+        data / "trust-anchor.json",
+        root / "ledger.cbor",
+        (root / "spend" / "tokens.txt").read_text().splitlines(),
+        spend["serials"],
+        (root / "pct" / "tokens.txt").read_text().splitlines(),
+        (root / "codes" / "codes.txt").read_text().splitlines(),
+        big,
+        small,
+    )
 
 
 @pytest.fixture
 def till(tmp_path: Path, hq: Central) -> Path:
     data = tmp_path / "till"
-    init = redeem("init", "--data", data, "--trust-anchor", hq.anchor, "--store", "S1",
-                  "--terminal", "T1", "--json")
+    init = redeem(
+        "init",
+        "--data",
+        data,
+        "--trust-anchor",
+        hq.anchor,
+        "--store",
+        "S1",
+        "--terminal",
+        "T1",
+        "--json",
+    )
     assert init.returncode == 0 and as_json(init)["store"] == "S1"
     imp = redeem("ledger", "import", hq.ledger, "--data", data, "--json")
-    assert imp.returncode == 0 and as_json(imp) == {"applied": [1], "refused": [],
-                                                    "version": 1}
+    assert imp.returncode == 0 and as_json(imp) == {"applied": [1], "refused": [], "version": 1}
     return data
 
 
 # ---------------------------------------------------------------- the whole flow
+
 
 def test_issue_writes_tokens_qr_codes_and_a_ledger(hq: Central) -> None:
     assert all(t.startswith("CPN1:") for t in hq.spend + hq.pct)
@@ -152,8 +227,9 @@ def test_full_flow_check_redeem_verify_export(till: Path, hq: Central, tmp_path:
     d = as_json(check)
     assert check.returncode == 0 and d["accepted"] and d["journal_seq"] is None
 
-    first = redeem("redeem", hq.spend[0], "--basket", hq.big, "--data", till, "--json",
-                   "--cashier", "C07")
+    first = redeem(
+        "redeem", hq.spend[0], "--basket", hq.big, "--data", till, "--json", "--cashier", "C07"
+    )
     d = as_json(first)
     assert first.returncode == 0
     assert DECISION_KEYS <= d.keys()
@@ -175,8 +251,15 @@ def test_full_flow_check_redeem_verify_export(till: Path, hq: Central, tmp_path:
     assert text.returncode == 0 and text.stdout.startswith("ACCEPTED")
     assert "-30.00 CNY" in text.stdout  # 15 % of 260 is 39, capped at 30
 
-    typed = redeem("redeem", hq.codes[0].lower().replace("-", " "), "--basket", hq.big,
-                   "--data", till, "--json")
+    typed = redeem(
+        "redeem",
+        hq.codes[0].lower().replace("-", " "),
+        "--basket",
+        hq.big,
+        "--data",
+        till,
+        "--json",
+    )
     assert typed.returncode == 0, typed.stdout
     assert as_json(typed)["campaign"] == "SPEND100"
 
@@ -192,7 +275,11 @@ def test_full_flow_check_redeem_verify_export(till: Path, hq: Central, tmp_path:
     assert rows[0]["kind"] == "ledger"
     redeemed = [r for r in rows if r["kind"] == "redeem"]
     assert [(r["accepted"], r["reason"]) for r in redeemed] == [
-        (True, "ok"), (False, "already_redeemed"), (True, "ok"), (True, "ok")]
+        (True, "ok"),
+        (False, "already_redeemed"),
+        (True, "ok"),
+        (True, "ok"),
+    ]
     assert redeemed[0]["cashier"] == "C07" and redeemed[0]["discount_minor"] == 2000
     assert any(r["kind"] == "flag" and r["reason"] == "replay" for r in rows)
 
@@ -205,13 +292,36 @@ def test_full_flow_check_redeem_verify_export(till: Path, hq: Central, tmp_path:
     assert [r["hash"] for r in table] == [r["hash"] for r in rows]
 
 
-def test_two_phase_hold_commit_release_and_retry_by_operation_id(till: Path,
-                                                                  hq: Central) -> None:
-    hold = redeem("hold", hq.pct[1], "--checkout", "POS-1", "--basket", hq.big,
-                  "--data", till, "--op-id", "op-1", "--json")
+def test_two_phase_hold_commit_release_and_retry_by_operation_id(till: Path, hq: Central) -> None:
+    hold = redeem(
+        "hold",
+        hq.pct[1],
+        "--checkout",
+        "POS-1",
+        "--basket",
+        hq.big,
+        "--data",
+        till,
+        "--op-id",
+        "op-1",
+        "--json",
+    )
     assert hold.returncode == 0 and as_json(hold)["checkout_id"] == "POS-1"
-    retry = as_json(redeem("hold", hq.pct[1], "--checkout", "POS-1", "--basket", hq.big,
-                           "--data", till, "--op-id", "op-1", "--json"))
+    retry = as_json(
+        redeem(
+            "hold",
+            hq.pct[1],
+            "--checkout",
+            "POS-1",
+            "--basket",
+            hq.big,
+            "--data",
+            till,
+            "--op-id",
+            "op-1",
+            "--json",
+        )
+    )
     assert retry["accepted"] and retry["replayed"] is True
     assert retry["journal_seq"] == as_json(hold)["journal_seq"]
     redeem("hold", hq.spend[1], "--checkout", "POS-1", "--basket", hq.big, "--data", till)
@@ -231,6 +341,7 @@ def test_two_phase_hold_commit_release_and_retry_by_operation_id(till: Path,
 
 # ---------------------------------------------------------------- exit codes
 
+
 def test_exit_codes_accepted_refused_and_usage(till: Path, hq: Central) -> None:
     assert redeem("check", hq.spend[3], "--basket", hq.big, "--data", till).returncode == 0
     below = redeem("check", hq.spend[3], "--basket", hq.small, "--data", till, "--json")
@@ -238,10 +349,21 @@ def test_exit_codes_accepted_refused_and_usage(till: Path, hq: Central) -> None:
     assert redeem("check", hq.spend[3], "--data", till).returncode == 2  # no --basket
     assert redeem("no-such-command", "--data", till).returncode == 2
     assert redeem().returncode == 2
-    assert central("issue", "--data", hq.dir, "--campaign", "SPEND100", "--count", "0",
-                   "--out", till.parent / "x").returncode == 2
-    unknown = central("issue", "--data", hq.dir, "--campaign", "NOPE", "--out",
-                      till.parent / "x")
+    assert (
+        central(
+            "issue",
+            "--data",
+            hq.dir,
+            "--campaign",
+            "SPEND100",
+            "--count",
+            "0",
+            "--out",
+            till.parent / "x",
+        ).returncode
+        == 2
+    )
+    unknown = central("issue", "--data", hq.dir, "--campaign", "NOPE", "--out", till.parent / "x")
     assert unknown.returncode == 2 and "NOPE" in unknown.stderr
     uninit = redeem("ledger", "status", "--data", till.parent / "nothing-here")
     assert uninit.returncode == 2 and "redeem init" in uninit.stderr
@@ -257,22 +379,29 @@ BAD_BASKETS: list[tuple[str, bytes, str]] = [
     ("list.json", b"[1, 2, 3]", "must be a JSON object"),
     ("string-total.json", b'{"currency": "CNY", "total_minor": "128.00"}', "'total_minor'"),
     ("float-total.json", b'{"currency": "CNY", "total_minor": 128.5}', "'total_minor'"),
-    ("bool-qty.json", b'{"currency": "CNY", "lines": [{"sku": "A", "quantity": true, '
-     b'"unit_price_minor": 100}]}', "'quantity'"),
+    (
+        "bool-qty.json",
+        b'{"currency": "CNY", "lines": [{"sku": "A", "quantity": true, "unit_price_minor": 100}]}',
+        "'quantity'",
+    ),
     ("lines-object.json", b'{"currency": "CNY", "lines": {"sku": "A"}}', "'lines'"),
     ("no-price.json", b'{"currency": "CNY", "lines": [{"sku": "A"}]}', "'unit_price_minor'"),
     ("negative.json", b'{"currency": "CNY", "total_minor": -100}', "'total_minor'"),
     ("no-currency.json", b'{"total_minor": 100}', "'currency'"),
-    ("unknown.json", b'{"currency": "CNY", "total_minor": 100, "coupon": "x"}',
-     "unknown field 'coupon'"),
+    (
+        "unknown.json",
+        b'{"currency": "CNY", "total_minor": 100, "coupon": "x"}',
+        "unknown field 'coupon'",
+    ),
     ("nan.json", b'{"currency": "CNY", "total_minor": NaN}', "'total_minor'"),
     ("huge.json", b'{"currency": "CNY", "total_minor": 1e999}', "'total_minor'"),
     ("bad.toml", b"currency = ", "not valid TOML"),
 ]
 
 
-def test_bad_basket_files_are_input_errors_not_tracebacks(till: Path, hq: Central,
-                                                          tmp_path: Path) -> None:
+def test_bad_basket_files_are_input_errors_not_tracebacks(
+    till: Path, hq: Central, tmp_path: Path
+) -> None:
     for name, content, words in BAD_BASKETS:
         path = tmp_path / name
         path.write_bytes(content)
@@ -280,43 +409,66 @@ def test_bad_basket_files_are_input_errors_not_tracebacks(till: Path, hq: Centra
         assert proc.returncode == 2, (name, proc.stdout, proc.stderr)
         assert proc.stderr.startswith("redeem: ") and words in proc.stderr, (name, proc.stderr)
         assert proc.stdout == ""
-    missing = redeem("check", hq.spend[4], "--basket", tmp_path / "missing.json",
-                     "--data", till)
+    missing = redeem("check", hq.spend[4], "--basket", tmp_path / "missing.json", "--data", till)
     assert missing.returncode == 2 and "cannot read" in missing.stderr
     piped = redeem("check", hq.spend[4], "--basket", "-", "--data", till, stdin="{oops")
     assert piped.returncode == 2 and "not valid JSON" in piped.stderr
-    good = redeem("check", hq.spend[4], "--basket", "-", "--data", till,
-                  stdin='{"currency": "CNY", "total_minor": 12800}')
+    good = redeem(
+        "check",
+        hq.spend[4],
+        "--basket",
+        "-",
+        "--data",
+        till,
+        stdin='{"currency": "CNY", "total_minor": 12800}',
+    )
     assert good.returncode == 0
     # None of it was journaled: the basket is read before the engine decides anything.
     rows = redeem("journal", "export", "--data", till).stdout.splitlines()
     assert [json.loads(r)["kind"] for r in rows] == ["ledger"]
 
 
-@pytest.mark.xfail(reason="core: cliutil.read_document lets json's RecursionError out "
-                   "(a traceback, exit 1) on deeply nested JSON", strict=False)
-def test_deeply_nested_basket_is_an_input_error(till: Path, hq: Central,
-                                                tmp_path: Path) -> None:
+@pytest.mark.xfail(
+    reason="core: cliutil.read_document lets json's RecursionError out "
+    "(a traceback, exit 1) on deeply nested JSON",
+    strict=False,
+)
+def test_deeply_nested_basket_is_an_input_error(till: Path, hq: Central, tmp_path: Path) -> None:
     path = tmp_path / "deep.json"
     path.write_bytes(b"[" * 100_000 + b"]" * 100_000)
     proc = redeem("check", hq.spend[4], "--basket", path, "--data", till)
     assert proc.returncode == 2 and proc.stderr.startswith("redeem: ")
 
 
-@pytest.mark.parametrize(("filename", "content", "words"), [
-    ("c.toml", CAMPAIGNS_TOML.replace('stacking = "any"\n', 'stacking = "any"\ndiscount = 5\n',
-                                      1), "unknown field 'discount'"),
-    ("c.json", json.dumps({"id": "X", "kind": "fixed", "currency": "CNY",
-                           "amount_minor": 100, "max_uses": 3}), "unknown field 'max_uses'"),
-    ("c.json", json.dumps({"id": "X", "kind": "fixed", "currency": "CNY",
-                           "amount_minor": "100"}), "'amount_minor' has the wrong type"),
-    ("c.json", json.dumps({"id": "X", "kind": "bogof", "currency": "CNY"}), "'kind'"),
-    ("c.json", json.dumps([1, 2]), "campaign must be a table/object"),
-    ("c.toml", "[[campaign]\nid = ", "not valid TOML"),
-    ("c.json", '"just a string"', "expected a campaign"),
-])
-def test_bad_campaign_files_name_the_problem(hq: Central, tmp_path: Path, filename: str,
-                                             content: str, words: str) -> None:
+@pytest.mark.parametrize(
+    ("filename", "content", "words"),
+    [
+        (
+            "c.toml",
+            CAMPAIGNS_TOML.replace('stacking = "any"\n', 'stacking = "any"\ndiscount = 5\n', 1),
+            "unknown field 'discount'",
+        ),
+        (
+            "c.json",
+            json.dumps(
+                {"id": "X", "kind": "fixed", "currency": "CNY", "amount_minor": 100, "max_uses": 3}
+            ),
+            "unknown field 'max_uses'",
+        ),
+        (
+            "c.json",
+            json.dumps({"id": "X", "kind": "fixed", "currency": "CNY", "amount_minor": "100"}),
+            "'amount_minor' has the wrong type",
+        ),
+        ("c.json", json.dumps({"id": "X", "kind": "bogof", "currency": "CNY"}), "'kind'"),
+        ("c.json", json.dumps([1, 2]), "campaign must be a table/object"),
+        ("c.toml", "[[campaign]\nid = ", "not valid TOML"),
+        ("c.json", '"just a string"', "expected a campaign"),
+    ],
+)
+def test_bad_campaign_files_name_the_problem(
+    hq: Central, tmp_path: Path, filename: str, content: str, words: str
+) -> None:
     path = tmp_path / filename
     path.write_text(content)
     proc = central("campaign", "add", "--data", hq.dir, "--file", path)
@@ -329,14 +481,16 @@ def test_campaign_file_missing(hq: Central, tmp_path: Path) -> None:
     assert proc.returncode == 2 and "cannot read" in proc.stderr
 
 
-def test_random_ledger_file_is_refused_and_ledger_unchanged(till: Path, hq: Central,
-                                                            tmp_path: Path) -> None:
+def test_random_ledger_file_is_refused_and_ledger_unchanged(
+    till: Path, hq: Central, tmp_path: Path
+) -> None:
     before = as_json(redeem("ledger", "status", "--data", till, "--json"))
     files_before = sorted(p.name for p in (till / "ledger").iterdir())
     rng = random.Random(7)
     real = hq.ledger.read_bytes()
-    for i, junk in enumerate([rng.randbytes(4096), b"", real[: len(real) // 2],
-                              real[:-1] + bytes([real[-1] ^ 1])]):
+    for i, junk in enumerate(
+        [rng.randbytes(4096), b"", real[: len(real) // 2], real[:-1] + bytes([real[-1] ^ 1])]
+    ):
         path = tmp_path / f"junk{i}.cbor"
         path.write_bytes(junk)
         proc = redeem("ledger", "import", path, "--data", till, "--json")
@@ -375,17 +529,23 @@ def test_random_tokens_are_refused_as_unreadable(till: Path, hq: Central) -> Non
 
 # ---------------------------------------------------------------- environment and language
 
+
 def test_data_directories_from_the_environment(hq: Central, tmp_path: Path) -> None:
     data = tmp_path / "env-till"
     env = _env(REDEEM_DATA=str(data))
-    assert redeem("init", "--trust-anchor", hq.anchor, "--store", "S1", "--terminal", "T9",
-                  env=env).returncode == 0
+    assert (
+        redeem(
+            "init", "--trust-anchor", hq.anchor, "--store", "S1", "--terminal", "T9", env=env
+        ).returncode
+        == 0
+    )
     assert (data / "terminal.json").exists()
     assert redeem("ledger", "import", hq.ledger, env=env).returncode == 0
     status = as_json(redeem("ledger", "status", "--json", env=env))
     assert status["version"] == 1
-    assert redeem("ledger", "status", "--data", tmp_path / "elsewhere",
-                  env=env).returncode == 2  # the flag wins over the environment
+    assert (
+        redeem("ledger", "status", "--data", tmp_path / "elsewhere", env=env).returncode == 2
+    )  # the flag wins over the environment
     no_data = redeem("ledger", "status")
     assert no_data.returncode == 2 and "--data" in no_data.stderr
 
@@ -401,8 +561,16 @@ def test_data_directories_from_the_environment(hq: Central, tmp_path: Path) -> N
 def test_redeem_now_pins_the_clock(till: Path, hq: Central) -> None:
     rows = redeem("journal", "export", "--data", till).stdout.splitlines()
     assert json.loads(rows[0])["at_ms"] == 1_795_579_200_000  # 2026-11-25T04:00:00Z
-    early = redeem("check", hq.spend[5], "--basket", hq.big, "--data", till, "--json",
-                   env=_env(REDEEM_NOW="2026-11-24T04:00:00Z"))
+    early = redeem(
+        "check",
+        hq.spend[5],
+        "--basket",
+        hq.big,
+        "--data",
+        till,
+        "--json",
+        env=_env(REDEEM_NOW="2026-11-24T04:00:00Z"),
+    )
     assert early.returncode == 1 and as_json(early)["reason"] == "clock_untrusted"
 
 
@@ -411,19 +579,26 @@ def test_lang_zh_cn_prints_the_chinese_sentence(till: Path, hq: Central) -> None
     zh = redeem("redeem", hq.spend[5], "--basket", hq.big, "--data", till, "--lang", "zh_CN")
     assert zh.returncode == 1
     assert "already_redeemed" in zh.stdout and "这张券已经用过了。" in zh.stdout
-    by_env = redeem("check", hq.spend[4], "--basket", hq.small, "--data", till, "--json",
-                    env=_env(REDEEM_LANG="zh-CN"))
+    by_env = redeem(
+        "check",
+        hq.spend[4],
+        "--basket",
+        hq.small,
+        "--data",
+        till,
+        "--json",
+        env=_env(REDEEM_LANG="zh-CN"),
+    )
     assert as_json(by_env)["message"] == Reason.BELOW_MINIMUM.message("zh_CN")
     assert as_json(by_env)["message"] != Reason.BELOW_MINIMUM.message("en")
-    ok = redeem("check", hq.pct[2], "--basket", hq.big, "--data", till, "--json",
-                "--lang", "zh_CN")
+    ok = redeem("check", hq.pct[2], "--basket", hq.big, "--data", till, "--json", "--lang", "zh_CN")
     assert as_json(ok)["message"] == "优惠券可以使用。"
-    en = redeem("check", hq.pct[2], "--basket", hq.big, "--data", till, "--json",
-                "--lang", "fr")
+    en = redeem("check", hq.pct[2], "--basket", hq.big, "--data", till, "--json", "--lang", "fr")
     assert as_json(en)["message"] == "Coupon accepted."
 
 
 # ---------------------------------------------------------------- tamper evidence
+
 
 def test_journal_verify_names_the_edited_entry(till: Path, hq: Central) -> None:
     for token in (hq.spend[5], hq.pct[2], hq.spend[5]):

@@ -14,15 +14,21 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str],
-                                                             Path]:
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
     cwd = tmp_path_factory.mktemp("demo")
     (cwd / "demo-out").mkdir()
     (cwd / "demo-out" / "stale-file").write_text("from an earlier run")
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDEEM_")}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-m", "demo.run"], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "demo.run"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     return proc, cwd
 
 
@@ -33,19 +39,21 @@ def step(out: str, label: str) -> str:
     return lines[0]
 
 
-def test_demo_exits_zero_without_errors(demo: tuple[subprocess.CompletedProcess[str], Path],
-                                        ) -> None:
+def test_demo_exits_zero_without_errors(
+    demo: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
     proc, _ = demo
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
 def test_demo_story_accepts_and_refuses_for_the_right_reasons(
-        demo: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    demo: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
     out = demo[0].stdout
     assert re.search(r"SPEND100 on a ¥128.00 .*ACCEPTED\s+-¥20.00", out)
     assert "REFUSED   below_minimum" in step(out, "SPEND100 on a ¥86.00")
-    assert "ACCEPTED  -¥30.00" in step(out, "PCT15 on ¥400.00")           # capped at 30
+    assert "ACCEPTED  -¥30.00" in step(out, "PCT15 on ¥400.00")  # capped at 30
     assert "ACCEPTED  -¥30.00" in step(out, "FLASH in the 10:00-11:00 hour")
     assert "REFUSED   not_for_customer" in step(out, "NEW10 shown by a gold member")
     assert "ACCEPTED  -¥10.00" in step(out, "NEW10 shown by a first-time shopper")
@@ -62,12 +70,15 @@ def test_demo_story_accepts_and_refuses_for_the_right_reasons(
     assert "REFUSED   outside_hours" in step(out, "FLASH at 15:30")
     assert "这张券已经用过了。" in step(out, "--lang zh_CN")
     assert "hash chain intact" in step(out, "journal verify")
+    assert "10 coupons redeemed, ¥178.00 off, 2 gift(s); 6 refused" in step(out, "total")
     assert re.search(r"fraud flags: forged_token x2, replay x1", out)
+    assert "今日核销 10 张券，共优惠 ¥178.00" in out
     assert "中文" in out and "这张券不是正规发放的，不能使用。" in out
 
 
 def test_demo_writes_its_artefacts_under_the_working_directory(
-        demo: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    demo: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
     _, cwd = demo
     out = cwd / "demo-out"
     assert not (out / "stale-file").exists()  # wiped at start
