@@ -165,8 +165,11 @@ def verify_update(anchor: TrustAnchor, raw: bytes) -> VerifiedUpdate:
     if not isinstance(body, Mapping) or body.get("format") != UPDATE_FORMAT:
         raise LedgerRefused("damaged", "update body has an unknown format")
     issued = body.get("issued_at")
-    if not isinstance(issued, int) or not cert.valid_at(issued):
-        raise LedgerRefused("forged", "ledger key was not valid when the update was issued")
+    # A snapshot of an older version may be signed later, by a newer ledger key: the
+    # certificate must cover the signing time, which `signed_at` states when it differs.
+    signed = body.get("signed_at", issued)
+    if not isinstance(issued, int) or not isinstance(signed, int) or not cert.valid_at(signed):
+        raise LedgerRefused("forged", "ledger key was not valid when the update was signed")
     return VerifiedUpdate(body, msg.payload)
 
 

@@ -254,12 +254,6 @@ def test_cert_with_wrong_field_types_is_refused(root: cose.SigningKey, payload: 
         TrustAnchor(root.public).check_cert(root.sign1(payload))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known central bug: a snapshot of an already "
-    "published version is signed by the new ledger key, whose certificate "
-    "starts after that version's issued_at, so terminals call it forged",
-)
 def test_snapshot_after_ledger_key_rotation_is_importable(world: World) -> None:
     _setup(world)
     world.clock.advance(24 * 3600)

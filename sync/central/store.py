@@ -294,4 +294,6 @@ class Central:
     def snapshot(self) -> bytes:
         """A signed snapshot of the latest version (same version and chain hash)."""
         key, cert = self._active(PURPOSE_LEDGER)
-        return ledger.sign_update(key, cert, ledger.snapshot_body(self.state()))
+        body = ledger.snapshot_body(self.state())
+        body["signed_at"] = int(self.now())
+        return ledger.sign_update(key, cert, body)
