@@ -169,6 +169,8 @@ class Campaign:
         if len(currency) != 3 or not currency.isalpha():
             raise InputError(f"{where}: 'currency' must be an ISO 4217 code")
         percent_bp = _opt(doc, "percent_bp", int, where)
+        if percent_bp is not None and "percent" in doc:
+            raise InputError(f"{where}: give 'percent' or 'percent_bp', not both")
         if percent_bp is None and "percent" in doc:
             pct = _typed(doc["percent"], "percent", (int, float), where)
             if not 0 < pct <= 100:  # also refuses NaN and infinity, which round() cannot take
@@ -186,8 +188,13 @@ class Campaign:
         for span in _opt(doc, "hours", list, where, []):
             if not isinstance(span, str) or "-" not in span:
                 raise InputError(f"{where}: hours must look like '10:00-11:00'")
-            start, end = span.split("-", 1)
-            hours.append((_minutes(start.strip(), where), _minutes(end.strip(), where)))
+            start, end = (_minutes(t.strip(), where) for t in span.split("-", 1))
+            if end > start:
+                hours.append((start, end))
+            elif end < start:  # a late window past midnight, e.g. 22:00-02:00
+                hours += [(start, 24 * 60), (0, end)] if end else [(start, 24 * 60)]
+            else:
+                raise InputError(f"{where}: hours window '{span}' is empty")
         tz = _opt(doc, "timezone", str, where, "UTC")
         try:
             ZoneInfo(tz)
@@ -237,8 +244,10 @@ class Campaign:
             raise InputError(f"{where}: 'gift' needs a 'gift_sku'")
         if self.stacking == "group" and not self.stack_group:
             raise InputError(f"{where}: stacking 'group' needs a 'stack_group'")
-        if self.uses_per_coupon < 1 or self.per_basket < 1:
-            raise InputError(f"{where}: uses must be at least 1")
+        for name in ("uses_per_coupon", "per_basket", "uses_per_customer", "budget_count"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InputError(f"{where}: '{name}' must be at least 1")
         if self.valid_from is not None and self.valid_until is not None \
                 and self.valid_until <= self.valid_from:
             raise InputError(f"{where}: 'valid_until' is not after 'valid_from'")

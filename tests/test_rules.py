@@ -6,6 +6,7 @@ from __future__ import annotations
 import tomllib
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
@@ -550,7 +551,9 @@ class TestCampaignDocuments:
             ({"hours": ["10-11"]}, "hours"),
             ({"hours": ["1000-1100"]}, "hours"),
             ({"hours": ["25:00-26:00"]}, "hours"),
-            ({"hours": ["11:00-10:00"]}, "hours"),
+            ({"hours": ["10:00-10:00"]}, "hours"),
+            ({"percent": 10, "percent_bp": 1000, "kind": "percent"}, "percent"),
+            ({"budget_count": 0}, "budget_count"),
             ({"hours": ["10:00-10:99"]}, "hours"),
             ({"hours": "10:00-11:00"}, "hours"),
             ({"days": ["someday"]}, "day"),
@@ -825,3 +828,16 @@ def test_stacked_total_never_exceeds_basket(
         except Refusal:
             continue
         assert single.value_minor <= best.value_minor
+
+
+def test_a_window_past_midnight_covers_both_days() -> None:
+    camp = Campaign.from_dict({"id": "LATE", "kind": "fixed", "currency": "CNY",
+                               "amount_minor": 100, "hours": ["22:00-02:00"],
+                               "timezone": "Asia/Shanghai"})
+    tz = ZoneInfo("Asia/Shanghai")
+    camp.check_time(datetime(2026, 11, 25, 23, 30, tzinfo=tz).timestamp())
+    camp.check_time(datetime(2026, 11, 26, 1, 59, tzinfo=tz).timestamp())
+    with pytest.raises(Refusal) as exc:
+        camp.check_time(datetime(2026, 11, 26, 2, 0, tzinfo=tz).timestamp())
+    assert exc.value.reason is Reason.OUTSIDE_HOURS
+    assert Campaign.from_dict(camp.to_dict()) == camp
