@@ -11,13 +11,13 @@ from typing import Any
 
 from terminal import journal, setup
 from terminal.cliutil import (
-    EXIT_ERROR,
     EXIT_OK,
     EXIT_REFUSED,
     UserError,
     add_json,
     emit,
     read_document,
+    run_main,
 )
 from terminal.engine import Context, Decision, Engine
 from terminal.i18n import normalize_lang
@@ -39,13 +39,19 @@ def _ctx(args: argparse.Namespace) -> Context:
                    manager_override=getattr(args, "manager_override", None))
 
 
+VERBS = {"hold": "HELD", "commit": "PAID", "release": "RELEASED", "reverse": "REFUNDED"}
+
+
 def _show(args: argparse.Namespace, d: Decision) -> int:
     lang = normalize_lang(args.lang)
     data = d.to_dict(lang)
     if d.accepted:
         off = f"{d.discount_minor / 100:.2f} {d.currency}" if d.currency else ""
         gift = f" + gift {d.gift_sku}" if d.gift_sku else ""
-        text = f"ACCEPTED  {d.campaign_name or d.campaign or ''}  -{off}{gift}"
+        verb = VERBS.get(args.command, "ACCEPTED")
+        what = d.campaign_name or d.campaign or ", ".join(
+            c["campaign"] for c in d.coupons) or ""
+        text = f"{verb:<9} {what}  -{off}{gift}"
     else:
         text = f"REFUSED   {d.reason.value}: {data['message']}"
     if d.journal_seq:
@@ -198,11 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except (UserError, InputError, setup.NotInitialised, ValueError) as exc:
-        print(f"redeem: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+    return run_main("redeem", args, (UserError, InputError, setup.NotInitialised, ValueError))
 
 
 if __name__ == "__main__":

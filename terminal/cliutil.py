@@ -26,12 +26,16 @@ def read_document(path: str) -> Any:
     if path.endswith(".toml"):
         try:
             return tomllib.loads(text)
+        except RecursionError:
+            raise UserError(f"{path} is nested too deeply") from None
         except tomllib.TOMLDecodeError as exc:
             raise UserError(f"{path} is not valid TOML: {exc}") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise UserError(f"{path} is nested too deeply to be a basket or campaign") from None
 
 
 def emit(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -43,3 +47,23 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 def add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run_main(prog: str, args: argparse.Namespace, expected: tuple[type[Exception], ...]) -> int:
+    """Run a subcommand; expected errors and file-system errors become one line on stderr."""
+    try:
+        return int(args.func(args))
+    except expected as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):  # `... | head` closed the pipe: not an error
+            return EXIT_OK
+        print(f"{prog}: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+              file=sys.stderr)
+    return EXIT_ERROR
+
+
+def writable_dir(path: Path) -> None:
+    """Fail before doing work whose result could not be written."""
+    if not path.is_dir():
+        raise UserError(f"{path} is not a directory")

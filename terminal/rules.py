@@ -373,6 +373,9 @@ class Basket:
                 lines.append(Line(_req(raw, "sku", str, where),
                                   _opt(raw, "category", str, where, ""),
                                   qty, price, _opt(raw, "name", str, where, "")))
+            stated = _amount(doc, "total_minor", "basket")
+            if stated is not None and stated != sum(line.total_minor for line in lines):
+                raise InputError("basket: 'total_minor' does not match the sum of the lines")
         customer = None
         raw_c = _opt(doc, "customer", Mapping, "basket")
         if raw_c is not None:
@@ -482,6 +485,8 @@ def apply_in_order(coupons: Iterable[tuple[str, Campaign]], basket: Basket) -> C
 def best_combination(coupons: Sequence[tuple[str, Campaign]], basket: Basket) -> Combination:
     """The stackable subset worth most to the shopper (discount plus gift value); ties go to
     fewer coupons, so the shopper keeps the rest for another day."""
+    too_many = {k: Refusal(Reason.NOT_STACKABLE, f"at most {MAX_PRESENTED} coupons at once")
+                for k, _ in list(coupons)[MAX_PRESENTED:]}
     coupons = list(coupons)[:MAX_PRESENTED]
     best: Combination | None = None
     best_key: tuple[int, int] = (-1, 0)
@@ -498,8 +503,8 @@ def best_combination(coupons: Sequence[tuple[str, Campaign]], basket: Basket) ->
             if key > best_key:
                 best, best_key = combo, key
     if best is None:
-        return Combination((), last_refusals)
+        return Combination((), {**last_refusals, **too_many})
     chosen = {a.key for a in best.applied}
     refused = {k: last_refusals.get(k, Refusal(Reason.NOT_STACKABLE))
                for k, _ in coupons if k not in chosen}
-    return Combination(best.applied, refused)
+    return Combination(best.applied, {**refused, **too_many})

@@ -428,11 +428,6 @@ def test_bad_basket_files_are_input_errors_not_tracebacks(
     assert [json.loads(r)["kind"] for r in rows] == ["ledger"]
 
 
-@pytest.mark.xfail(
-    reason="core: cliutil.read_document lets json's RecursionError out "
-    "(a traceback, exit 1) on deeply nested JSON",
-    strict=False,
-)
 def test_deeply_nested_basket_is_an_input_error(till: Path, hq: Central, tmp_path: Path) -> None:
     path = tmp_path / "deep.json"
     path.write_bytes(b"[" * 100_000 + b"]" * 100_000)
@@ -620,3 +615,39 @@ def test_journal_verify_names_the_edited_entry(till: Path, hq: Central) -> None:
     gone = as_json(redeem("journal", "verify", "--data", till, "--json"))
     assert gone["ok"] is False and gone["first_bad_seq"] == 2
     assert "entry 2 is missing" in gone["problem"]
+
+
+def test_campaign_file_with_one_bad_campaign_adds_none(tmp_path: Path) -> None:
+    data = tmp_path / "central"
+    assert central("init", "--data", data).returncode == 0
+    path = tmp_path / "two.json"
+    path.write_text(json.dumps([
+        {"id": "GOOD", "kind": "fixed", "currency": "CNY", "amount_minor": 100},
+        {"id": "BAD", "kind": "fixed", "currency": "CNY", "amount_minor": -1}]))
+    proc = central("campaign", "add", "--data", data, "--file", path)
+    assert proc.returncode == 2 and "BAD" in proc.stderr
+    proc = central("issue", "--data", data, "--campaign", "GOOD", "--out", tmp_path / "o")
+    assert proc.returncode == 2 and "no campaign GOOD" in proc.stderr
+
+
+def test_output_that_cannot_be_written_is_one_clear_line(hq: Central, tmp_path: Path) -> None:
+    proc = central("publish", "--data", hq.dir, "--out", tmp_path / "missing" / "l.cbor")
+    assert proc.returncode == 2 and "is not a directory" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_typed_code_qr_is_a_full_size_qr(tmp_path: Path) -> None:
+    import cv2
+
+    data = tmp_path / "central"
+    central("init", "--data", data)
+    camp = tmp_path / "c.json"
+    camp.write_text(json.dumps({"id": "C", "kind": "fixed", "currency": "CNY",
+                                "amount_minor": 100}))
+    central("campaign", "add", "--data", data, "--file", camp)
+    assert central("issue", "--data", data, "--campaign", "C", "--codes",
+                   "--out", tmp_path / "o").returncode == 0
+    (png,) = (tmp_path / "o").glob("*.png")
+    code = (tmp_path / "o" / "codes.txt").read_text().strip()
+    text, _, _ = cv2.QRCodeDetector().detectAndDecode(cv2.imread(str(png)))
+    assert text == code

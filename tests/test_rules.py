@@ -841,3 +841,22 @@ def test_a_window_past_midnight_covers_both_days() -> None:
         camp.check_time(datetime(2026, 11, 26, 2, 0, tzinfo=tz).timestamp())
     assert exc.value.reason is Reason.OUTSIDE_HOURS
     assert Campaign.from_dict(camp.to_dict()) == camp
+
+
+def test_coupons_beyond_ten_are_refused_not_lost() -> None:
+    camps = [(f"{i:016x}", Campaign.from_dict({
+        "id": f"C{i}", "kind": "fixed", "currency": "CNY", "amount_minor": 100 + i,
+        "stacking": "any"})) for i in range(12)]
+    combo = best_combination(camps, Basket.from_dict({"currency": "CNY", "total_minor": 100000}))
+    assert len(combo.applied) == 10
+    assert set(combo.refused) == {camps[10][0], camps[11][0]}
+    assert "at most 10" in combo.refused[camps[11][0]].detail
+
+
+def test_a_stated_total_must_match_the_lines() -> None:
+    with pytest.raises(InputError, match="total_minor"):
+        Basket.from_dict({"currency": "CNY", "total_minor": 999,
+                          "lines": [{"sku": "A", "unit_price_minor": 1000}]})
+    ok = Basket.from_dict({"currency": "CNY", "total_minor": 1000,
+                           "lines": [{"sku": "A", "unit_price_minor": 1000}]})
+    assert ok.total_minor == 1000

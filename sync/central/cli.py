@@ -11,11 +11,19 @@ from pathlib import Path
 import segno
 
 from sync.central.store import Central, CentralError
-from terminal.cliutil import EXIT_ERROR, EXIT_OK, UserError, add_json, emit, read_document
+from terminal.cliutil import (
+    EXIT_OK,
+    UserError,
+    add_json,
+    emit,
+    read_document,
+    run_main,
+    writable_dir,
+)
 from terminal.keys import PURPOSE_ISSUER, PURPOSE_LEDGER
 from terminal.ledger import ledger_file
 from terminal.ledger_store import write_atomic
-from terminal.rules import InputError
+from terminal.rules import Campaign, InputError
 from terminal.timeutil import clock_from_env
 
 
@@ -44,7 +52,8 @@ def cmd_campaign_add(args: argparse.Namespace) -> int:
     if not isinstance(docs, list):
         raise UserError(f"{args.file}: expected a campaign or a list of campaigns")
     c = _open(args)
-    added = [c.add_campaign(d).id for d in docs]
+    campaigns = [Campaign.from_dict(d) for d in docs]  # all valid, or none is added
+    added = [c.add_campaign(camp.to_dict()).id for camp in campaigns]
     emit(args, {"added": added}, "added campaign(s): " + ", ".join(added))
     return EXIT_OK
 
@@ -52,16 +61,19 @@ def cmd_campaign_add(args: argparse.Namespace) -> int:
 def cmd_issue(args: argparse.Namespace) -> int:
     if not 1 <= args.count <= 1_000_000:
         raise UserError("--count must be between 1 and 1000000")
-    c = _open(args)
-    customer = bytes.fromhex(args.customer) if args.customer else None
-    issued = c.issue(args.campaign, args.count, codes=args.codes, customer=customer)
+    try:
+        customer = bytes.fromhex(args.customer) if args.customer else None
+    except ValueError:
+        raise UserError("--customer must be hex (a hash, never a name)") from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    c = _open(args)
+    issued = c.issue(args.campaign, args.count, codes=args.codes, customer=customer)
     lines = [i.token or i.code or "" for i in issued]
     (out / ("codes.txt" if args.codes else "tokens.txt")).write_text("\n".join(lines) + "\n")
     if not args.no_qr:
         for i in issued:
-            segno.make(i.token or i.code or "", error="m").save(
+            segno.make(i.token or i.code or "", error="m", micro=False).save(
                 str(out / f"{i.serial:016x}.png"), scale=4, border=4)
     emit(args, {"campaign": args.campaign, "count": len(issued), "out": str(out),
                 "serials": [f"{i.serial:016x}" for i in issued],
@@ -71,6 +83,7 @@ def cmd_issue(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
+    writable_dir(Path(args.out).resolve().parent)
     c = _open(args)
     if args.no_new_version:
         latest = c.latest()
@@ -154,11 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except (UserError, CentralError, InputError) as exc:
-        print(f"redeem-central: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+    return run_main("redeem-central", args, (UserError, CentralError, InputError))
 
 
 if __name__ == "__main__":
