@@ -18,7 +18,16 @@ import peewee as pw
 from terminal import cose, fraud, tokens
 from terminal.clock import Clock
 from terminal.fraud import Flag
-from terminal.journal import Journal, Operation, Use, database_proxy, get_meta, set_meta
+from terminal.journal import (
+    Journal,
+    Operation,
+    Use,
+    add_use,
+    database_proxy,
+    get_meta,
+    insert_row,
+    set_meta,
+)
 from terminal.ledger import LedgerRefused, LedgerState
 from terminal.ledger_store import ImportResult, LedgerStore
 from terminal.reasons import Reason
@@ -343,8 +352,8 @@ class Engine:
             with self.db.atomic():
                 decision: Decision = work()
                 if op_id:
-                    Operation.insert(op_id=op_id, seq=self.journal.head_seq,
-                                     response=json.dumps(decision.to_dict())).execute()
+                    insert_row(Operation, {"op_id": op_id, "seq": self.journal.head_seq,
+                                           "response": json.dumps(decision.to_dict())})
             return decision
         except (pw.OperationalError, pw.IntegrityError, sqlite3.Error, OSError) as exc:
             log.error("journal write failed, refusing: %s", exc)
@@ -422,12 +431,11 @@ class Engine:
                  now: float) -> None:
         value = d.discount_minor + (coupon.campaign.gift_value_minor if d.gift_sku else 0)
         expires = now + self.ledger.policy.hold_ttl_s if status == "held" else None
-        u = Use.create(serial=coupon.key, campaign=coupon.campaign.id, customer=coupon.customer,
-                       checkout_id=checkout_id, status=status, counts=True,
-                       discount_minor=d.discount_minor, value_minor=value,
-                       currency=d.currency or coupon.campaign.currency, expires_at=expires,
-                       detail=json.dumps({"code": "", "via": coupon.via,
-                                          "gift": d.gift_sku}))
+        u = add_use(serial=coupon.key, campaign=coupon.campaign.id, customer=coupon.customer,
+                    checkout_id=checkout_id, status=status, counts=True,
+                    discount_minor=d.discount_minor, value_minor=value,
+                    currency=d.currency or coupon.campaign.currency, expires_at=expires,
+                    detail=json.dumps({"code": "", "via": coupon.via, "gift": d.gift_sku}))
         self._count(u, +1)
         if expires is not None:
             self._next_expiry = min(self._next_expiry, expires)

@@ -126,23 +126,36 @@ def set_meta(key: str, value: str) -> None:
     Meta.insert(key=key, value=value).on_conflict_replace().execute()
 
 
-@functools.lru_cache(maxsize=32)
-def _insert_sql(columns: tuple[str, ...]) -> str:
-    meta = Entry._meta
+@functools.lru_cache(maxsize=64)
+def _insert_sql(model: type[_Base], columns: tuple[str, ...]) -> str:
+    meta = model._meta
     names = ", ".join(f'"{meta.fields[c].column_name}"' for c in columns)
     marks = ", ".join("?" * len(columns))
     # Names come from the model's own metadata, never from input.
     return f'INSERT INTO "{meta.table_name}" ({names}) VALUES ({marks})'  # noqa: S608
 
 
-def _insert_entry(row: dict[str, Any]) -> None:
-    """Entry.insert(**row).execute() without building the query each time (peewee's query
-    builder cost more than SQLite's own work for this one row). Values go through each
-    field's db_value exactly as peewee would convert them; errors are peewee's, as
-    execute_sql wraps them the same way."""
-    fields = Entry._meta.fields
+def insert_row(model: type[_Base], row: dict[str, Any]) -> int:
+    """model.insert(**row).execute() without building the query each time: on the
+    redemption path peewee's query builder cost more than SQLite's own work for the row.
+    Values go through each field's db_value exactly as peewee converts them, and
+    execute_sql wraps errors the same way. Returns the new rowid."""
+    fields = model._meta.fields
     params = [fields[c].db_value(v) for c, v in row.items()]
-    Entry._meta.database.execute_sql(_insert_sql(tuple(row)), params)
+    cursor = model._meta.database.execute_sql(_insert_sql(model, tuple(row)), params)
+    return int(cursor.lastrowid)
+
+
+def add_use(**values: Any) -> Use:
+    """Use.create(**values): the same row and the same saved instance (defaults filled
+    in, id set, nothing left dirty), through insert_row."""
+    use = Use(**values)
+    row = dict(use.__data__)
+    if row.get("id", 0) is None:  # as Model.save: an unset auto id is left to SQLite
+        del row["id"]
+    use.id = insert_row(Use, row)
+    use._dirty.clear()  # type: ignore[attr-defined]  # peewee keeps no public setter
+    return use
 
 
 class Journal:
@@ -168,7 +181,7 @@ class Journal:
         fields["discount_minor"] = fields.get("discount_minor") or 0
         fields["accepted"] = bool(fields["accepted"])
         digest = entry_hash(fields)
-        _insert_entry({**fields, "hash": digest})
+        insert_row(Entry, {**fields, "hash": digest})
         self.head_seq, self.head_hash = fields["seq"], digest
         self.last_at_ms = max(self.last_at_ms, fields["at_ms"])
         return int(fields["seq"])
