@@ -120,6 +120,15 @@ def _transition(name: str) -> Any:
     return run
 
 
+def cmd_clock_reset(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    d = engine.reset_clock_trust(args.manager)
+    emit(args, d.to_dict(normalize_lang(args.lang)),
+         f"clock trust reset by {args.manager}; trusted time is now the device clock"
+         if d.accepted else f"not reset: {d.detail}")
+    return EXIT_OK if d.accepted else EXIT_REFUSED
+
+
 def cmd_journal_verify(args: argparse.Namespace) -> int:
     _engine(args)
     r = journal.verify()
@@ -190,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp = cmd(sub, name, _transition(name), help_)
         sp.add_argument("--checkout", required=True)
         decision_args(sp, token=False)
+
+    ck = sub.add_parser("clock", help="device clock trust").add_subparsers(
+        dest="clock_command", required=True)
+    cmd(ck, "reset", cmd_clock_reset, "a manager confirms the clock is right after it ran "
+        "ahead").add_argument("--manager", required=True, help="manager id (journaled)")
 
     jr = sub.add_parser("journal", help="the tamper-evident journal").add_subparsers(
         dest="journal_command", required=True)

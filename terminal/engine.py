@@ -5,6 +5,7 @@ reverse, all idempotent by the caller's operation id. One thread calls it (one w
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sqlite3
@@ -334,17 +335,27 @@ class Engine:
 
     # ------------------------------------------------------------ recording
 
-    def _replay(self, op_id: str | None) -> Decision | None:
+    def _replay(self, op_id: str | None, request: str) -> Decision | None:
+        """The stored answer when this operation id was seen before with the same request;
+        a refusal when the id was used for a different request."""
         if not op_id:
             return None
         row = Operation.get_or_none(Operation.op_id == op_id)
         if row is None:
             return None
+        if row.request != request:
+            return Decision(False, Reason.OPERATION_CONFLICT,
+                            detail=f"operation id {op_id} was used for another request")
         d = Decision.from_dict(json.loads(row.response))
         d.replayed = True
         return d
 
-    def _record(self, op_id: str | None, work: Any) -> Decision:
+    @staticmethod
+    def _request(*parts: str) -> str:
+        joined = "\x1f".join(parts).encode("utf-8", "surrogatepass")
+        return hashlib.sha256(joined).hexdigest()[:32]
+
+    def _record(self, op_id: str | None, work: Any, request: str = "") -> Decision:
         """Run `work` (which appends journal entries) in one durable transaction and store
         the answer under op_id. A storage fault refuses (fails closed) and loses nothing."""
         head = (self.journal.head_seq, self.journal.head_hash, self.journal.last_at_ms)
@@ -352,7 +363,8 @@ class Engine:
             with self.db.atomic():
                 decision: Decision = work()
                 if op_id:
-                    insert_row(Operation, {"op_id": op_id, "seq": self.journal.head_seq,
+                    insert_row(Operation, {"op_id": op_id, "request": request,
+                                           "seq": self.journal.head_seq,
                                            "response": json.dumps(decision.to_dict())})
             return decision
         except (pw.OperationalError, pw.IntegrityError, sqlite3.Error, OSError) as exc:
@@ -391,7 +403,7 @@ class Engine:
         return seq
 
     def _attempt(self, kind: str, code: str, basket: Basket, ctx: Context, op_id: str | None,
-                 checkout_id: str, status: str) -> Decision:
+                 checkout_id: str, status: str, request: str) -> Decision:
         now = self.now()
         self._expire_holds(now)
         others = self._held_coupons(checkout_id) if status == "held" else []
@@ -409,23 +421,33 @@ class Engine:
                 burst = self.bursts.on_attempt(coupon.key, now, self.ledger.policy)
                 if burst:
                     flags.append(burst)
-            decision.checkout_id = checkout_id if kind == "hold" else None
+            # A standalone redemption is its own one-coupon checkout: its id is what a refund
+            # (reverse) names.
+            decision.checkout_id = checkout_id
             self._append(kind, decision, basket, ctx, now, op_id, coupon, checkout_id, flags)
             if decision.accepted and coupon is not None:
                 self._add_use(coupon, decision, checkout_id, status, now)
-                for key, off in restacked.items():
-                    if key != coupon.key:
-                        Use.update(discount_minor=off).where(
-                            (Use.checkout_id == checkout_id) & (Use.serial == key)
-                            & (Use.status == "held")).execute()
+                self._restack(checkout_id, coupon.key, restacked)
                 if status == "held":
                     decision.coupons = self._checkout_coupons(checkout_id)
             return decision
 
-        decision = self._record(op_id, work)
+        decision = self._record(op_id, work, request)
         if decision.accepted:
             self.bursts.on_accept(self.terminal, ctx.cashier, now)
         return decision
+
+    def _restack(self, checkout_id: str, new_key: str, discounts: dict[str, int]) -> None:
+        """Held coupons of a checkout take the discounts the new stacking order gives them;
+        their value against the campaign budget follows."""
+        for u in Use.select().where((Use.checkout_id == checkout_id) & (Use.status == "held")
+                                    & (Use.serial != new_key)):
+            off = discounts.get(u.serial, u.discount_minor)
+            if off == u.discount_minor:
+                continue
+            value = u.value_minor - u.discount_minor + off
+            self.campaign_minor[u.campaign] += value - u.value_minor
+            Use.update(discount_minor=off, value_minor=value).where(Use.id == u.id).execute()
 
     def _add_use(self, coupon: Coupon, d: Decision, checkout_id: str, status: str,
                  now: float) -> None:
@@ -445,15 +467,17 @@ class Engine:
     def redeem(self, code: str, basket: Basket, ctx: Context = Context(),
                op_id: str | None = None) -> Decision:
         """Standalone: decide and redeem at once."""
-        return self._replay(op_id) or self._attempt(
-            "redeem", code, basket, ctx, op_id, op_id or uuid.uuid4().hex, "committed")
+        request = self._request("redeem", code)
+        return self._replay(op_id, request) or self._attempt(
+            "redeem", code, basket, ctx, op_id, op_id or uuid.uuid4().hex, "committed", request)
 
     def hold(self, checkout_id: str, code: str, basket: Basket, ctx: Context = Context(),
              op_id: str | None = None) -> Decision:
         """POS step 1: hold a coupon for an open checkout (counts against limits until it is
         committed, released or expires)."""
-        return self._replay(op_id) or self._attempt(
-            "hold", code, basket, ctx, op_id, checkout_id, "held")
+        request = self._request("hold", checkout_id, code)
+        return self._replay(op_id, request) or self._attempt(
+            "hold", code, basket, ctx, op_id, checkout_id, "held", request)
 
     def best(self, codes: list[str], basket: Basket, ctx: Context = Context(),
              ) -> tuple[list[Decision], list[Decision]]:
@@ -497,7 +521,8 @@ class Engine:
 
     def _transition(self, kind: str, checkout_id: str, op_id: str | None, ctx: Context,
                     from_status: str, to_status: str, missing: Reason) -> Decision:
-        cached = self._replay(op_id)
+        request = self._request(kind, checkout_id)
+        cached = self._replay(op_id, request)
         if cached:
             return cached
         now = self.now()
@@ -535,7 +560,7 @@ class Engine:
             return Decision(True, Reason.OK, total, uses[0].currency, checkout_id=checkout_id,
                             journal_seq=seqs[-1], coupons=self._checkout_coupons(checkout_id))
 
-        return self._record(op_id, work)
+        return self._record(op_id, work, request)
 
     def commit(self, checkout_id: str, op_id: str | None = None,
                ctx: Context = Context()) -> Decision:
@@ -576,6 +601,29 @@ class Engine:
         self._next_expiry = nxt if nxt is not None else float("inf")
 
     # ------------------------------------------------------------ ledger
+
+    def reset_clock_trust(self, manager: str) -> Decision:
+        """A manager confirms the device clock is right after it had run ahead (a bad NTP
+        answer, a wrong RTC): trusted time restarts from now. Journaled as a flag."""
+        now = self.now()
+        if now < self.ledger.issued_at:
+            return Decision(False, Reason.CLOCK_UNTRUSTED,
+                            detail="clock is before the ledger's issue time")
+
+        def work() -> Decision:
+            d = Decision(True, Reason.OK, detail=f"trusted time was {self.trusted_time():.0f}")
+            self.journal.append(at_ms=int(now * 1000), kind="flag", accepted=True,
+                                reason=fraud.FLAG_CLOCK_RESET, source="manager",
+                                detail={"manager": manager, "detail": d.detail})
+            set_meta("trusted_time", str(int(now)))
+            set_meta("clock_reset_seq", str(self.journal.head_seq))
+            return d
+
+        decision = self._record(None, work)
+        if decision.accepted:
+            self._trusted_s = now
+            self.journal.last_at_ms = int(now * 1000)
+        return decision
 
     def import_ledger(self, data: bytes) -> ImportResult:
         """Apply a ledger file (USB stick or sync); every refusal is journaled as a flag."""

@@ -21,6 +21,7 @@ FLAG_BURST_TERMINAL = "burst_terminal"
 FLAG_BURST_CASHIER = "burst_cashier"
 FLAG_LEDGER_REFUSED = "ledger_refused"
 FLAG_STALE_OVERRIDE = "stale_ledger_override"
+FLAG_CLOCK_RESET = "clock_reset"
 
 
 @dataclass(frozen=True)

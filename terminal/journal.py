@@ -68,7 +68,8 @@ class Operation(_Base):
     """Idempotency: the first answer to an operation id is the answer forever."""
 
     op_id = pw.CharField(primary_key=True)
-    seq = pw.IntegerField()
+    request = pw.CharField()   # digest of what was asked: reusing an id for another request
+    seq = pw.IntegerField()    # is a conflict, not a replay
     response = pw.TextField()
 
 
@@ -168,13 +169,18 @@ class Journal:
         else:
             self.head_seq = int(get_meta("pruned_seq", "0") or 0)
             self.head_hash = get_meta("pruned_hash", GENESIS_HASH) or GENESIS_HASH
-        self.last_at_ms = last.at_ms if last is not None else 0
+        # The latest time any entry was stamped with since a manager last reset clock trust:
+        # entries a wrong clock stamped earlier must not lower it (one scan at start-up).
+        since = int(get_meta("clock_reset_seq", "0") or 0)
+        latest = Entry.select(pw.fn.MAX(Entry.at_ms)).where(Entry.seq >= since).scalar()
+        self.last_at_ms = int(latest or 0)
 
     def append(self, **fields: Any) -> int:
         fields.setdefault("op_id", None)
         for key in HASHED_FIELDS:
             fields.setdefault(key, None)
         fields["seq"] = self.head_seq + 1
+        fields["at_ms"] = int(fields["at_ms"])
         fields["prev_hash"] = self.head_hash
         fields["detail"] = json.dumps(fields.get("detail") or {}, sort_keys=True,
                                       separators=(",", ":"), ensure_ascii=False)

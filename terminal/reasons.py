@@ -35,6 +35,7 @@ class Reason(StrEnum):
     UNKNOWN_CHECKOUT = "unknown_checkout"
     HOLD_EXPIRED = "hold_expired"
     NOT_COMMITTED = "not_committed"
+    OPERATION_CONFLICT = "operation_conflict"
     STORAGE_FAILURE = "storage_failure"
     INTERNAL_ERROR = "internal_error"
 
@@ -75,6 +76,8 @@ MESSAGES: dict[Reason, str] = {
                             "Please scan it again."),
     Reason.NOT_COMMITTED: N_("This checkout was not paid with a coupon, so there is "
                              "nothing to refund."),
+    Reason.OPERATION_CONFLICT: N_("The till sent this request twice with different details. "
+                                  "Please start the step again."),
     Reason.STORAGE_FAILURE: N_("This till cannot save coupon records right now. "
                                "Please try another till."),
     Reason.INTERNAL_ERROR: N_("Something went wrong at this till. Please try again "

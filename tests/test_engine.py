@@ -692,3 +692,63 @@ def test_multi_use_coupon(world: World) -> None:
     assert world.engine.redeem(tok, basket(5000)).accepted
     assert world.engine.redeem(tok, basket(5000)).accepted
     assert world.engine.redeem(tok, basket(5000)).reason is Reason.ALREADY_REDEEMED
+
+
+def test_an_operation_id_reused_for_another_request_is_a_conflict(world: World) -> None:
+    a, b = setup_coupons(world, 2)
+    first = world.engine.redeem(a, basket(5000), op_id="op-1")
+    other = world.engine.redeem(b, basket(5000), op_id="op-1")
+    assert first.accepted
+    assert not other.accepted and other.reason is Reason.OPERATION_CONFLICT
+    assert counted_uses(b) == 0
+    # The coupon itself is untouched and still redeemable under its own id.
+    assert world.engine.redeem(b, basket(5000), op_id="op-2").accepted
+
+
+def test_a_standalone_redemption_can_be_refunded_by_its_checkout_id(world: World) -> None:
+    (token,) = setup_coupons(world, 1, reusable_after_refund=True)
+    d = world.engine.redeem(token, basket(5000))
+    assert d.accepted and d.checkout_id
+    refund = world.engine.reverse(d.checkout_id)
+    assert refund.accepted and refund.discount_minor == d.discount_minor
+    assert world.engine.redeem(token, basket(5000)).accepted
+
+
+def test_restacking_a_held_coupon_moves_its_budget_value(world: World) -> None:
+    world.campaign(id="PCT", kind="percent", percent=10, stacking="any", order=20)
+    world.campaign(id="FIX", kind="fixed", amount_minor=1000, stacking="any", order=10)
+    (pct,) = world.issue("PCT")
+    (fix,) = world.issue("FIX")
+    world.sync_ledger()
+    b = basket(10000)
+    assert world.engine.hold("co-1", pct, b).discount_minor == 1000
+    assert world.engine.hold("co-1", fix, b).discount_minor == 1000
+    # The fixed coupon now goes first, so the percent one only sees 90.00: 9.00 off.
+    held = {u.campaign: u for u in Use.select().where(Use.checkout_id == "co-1")}
+    assert held["PCT"].discount_minor == held["PCT"].value_minor == 900
+    assert world.engine.campaign_minor["PCT"] == 900
+    assert world.engine.commit("co-1").discount_minor == 1900
+
+
+def test_clock_rollback_is_still_caught_after_a_restart(world: World) -> None:
+    (token,) = setup_coupons(world, 1)
+    world.engine.redeem(token, basket(5000))
+    world.clock.advance(-86400)
+    assert world.engine.check(token, basket(5000)).reason is Reason.CLOCK_UNTRUSTED
+    world.engine.redeem(token, basket(5000))  # journaled with the wrong, earlier time
+    world.reopen()
+    assert world.engine.check(token, basket(5000)).reason is Reason.CLOCK_UNTRUSTED
+
+
+def test_a_manager_can_reset_clock_trust_after_the_clock_ran_ahead(world: World) -> None:
+    a, b = setup_coupons(world, 2)
+    world.clock.advance(30 * 86400)           # a bad NTP answer: a month ahead
+    assert world.engine.redeem(a, basket(5000)).accepted
+    world.clock.advance(-30 * 86400)          # corrected
+    assert world.engine.check(b, basket(5000)).reason is Reason.CLOCK_UNTRUSTED
+    assert world.engine.reset_clock_trust("manager-7").accepted
+    assert world.engine.redeem(b, basket(5000)).accepted
+    assert flags("clock_reset")
+    world.reopen()
+    assert world.engine.clock_ok(world.clock.now())
+    assert journal.verify().ok
