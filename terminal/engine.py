@@ -427,7 +427,8 @@ class Engine:
             self._append(kind, decision, basket, ctx, now, op_id, coupon, checkout_id, flags)
             if decision.accepted and coupon is not None:
                 self._add_use(coupon, decision, checkout_id, status, now)
-                self._restack(checkout_id, coupon.key, restacked)
+                if len(restacked) > 1:
+                    self._restack(checkout_id, coupon.key, restacked)
                 if status == "held":
                     decision.coupons = self._checkout_coupons(checkout_id)
             return decision

@@ -32,11 +32,11 @@ class Entry(_Base):
     at_ms = pw.IntegerField()
     kind = pw.CharField()            # redeem, hold, commit, release, expire, reverse, flag, ledger
     op_id = pw.CharField(null=True)
-    checkout_id = pw.CharField(null=True, index=True)
+    checkout_id = pw.CharField(null=True)
     accepted = pw.BooleanField()
     reason = pw.CharField()
     campaign = pw.CharField(null=True)
-    serial = pw.CharField(null=True, index=True)
+    serial = pw.CharField(null=True)
     customer = pw.CharField(null=True)
     discount_minor = pw.IntegerField(default=0)
     currency = pw.CharField(null=True)
@@ -51,8 +51,8 @@ class Use(_Base):
     """A coupon use that counts against limits: held for a checkout or committed."""
 
     id = pw.AutoField()
-    serial = pw.CharField(index=True)
-    campaign = pw.CharField(index=True)
+    serial = pw.CharField()
+    campaign = pw.CharField()
     customer = pw.CharField(null=True)
     checkout_id = pw.CharField(index=True)
     status = pw.CharField()          # held, committed, released, expired, reversed
