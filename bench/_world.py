@@ -52,9 +52,16 @@ def add_campaigns(central: Central, n: int) -> list[str]:
     with central.db.atomic():
         for i in range(n):
             cid = f"C{i:05d}"
-            central.add_campaign({"id": cid, "name": f"Campaign {i}", "kind": "fixed",
-                                  "currency": "CNY", "amount_minor": 500 + i,
-                                  "stacking": "any"})
+            central.add_campaign(
+                {
+                    "id": cid,
+                    "name": f"Campaign {i}",
+                    "kind": "fixed",
+                    "currency": "CNY",
+                    "amount_minor": 500 + i,
+                    "stacking": "any",
+                }
+            )
             ids.append(cid)
     return ids
 
@@ -88,8 +95,12 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
 def latency_summary(ns: list[int]) -> dict[str, float]:
     """Per-call latencies in ns -> ms figures."""
     s = sorted(ns)
-    return {"p50": percentile(s, 50) / 1e6, "p99": percentile(s, 99) / 1e6,
-            "max": s[-1] / 1e6, "mean": statistics.fmean(s) / 1e6}
+    return {
+        "p50": percentile(s, 50) / 1e6,
+        "p99": percentile(s, 99) / 1e6,
+        "max": s[-1] / 1e6,
+        "mean": statistics.fmean(s) / 1e6,
+    }
 
 
 def goal(name: str, met: bool, detail: str) -> None:
@@ -97,5 +108,4 @@ def goal(name: str, met: bool, detail: str) -> None:
 
 
 def machine() -> str:
-    return (f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
-            f"dir {ROOT}")
+    return f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, dir {ROOT}"

@@ -51,15 +51,19 @@ class RawWriter:
         assert mode == "wal", mode
         self.con.execute("PRAGMA synchronous=FULL")
         assert self.con.execute("PRAGMA synchronous").fetchone()[0] == 2
-        self.con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, at_ms INTEGER, "
-                         "kind TEXT, serial TEXT, detail TEXT, hash TEXT)")
+        self.con.execute(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, at_ms INTEGER, "
+            "kind TEXT, serial TEXT, detail TEXT, hash TEXT)"
+        )
         self.n = 0
 
     def one(self) -> None:
         self.n += 1
         self.con.execute("BEGIN")
-        self.con.execute("INSERT INTO t (at_ms, kind, serial, detail, hash) VALUES (?,?,?,?,?)",
-                         (self.n, "redeem", f"{self.n:016x}", '{"detail":""}' * 8, "0" * 64))
+        self.con.execute(
+            "INSERT INTO t (at_ms, kind, serial, detail, hash) VALUES (?,?,?,?,?)",
+            (self.n, "redeem", f"{self.n:016x}", '{"detail":""}' * 8, "0" * 64),
+        )
         self.con.execute("COMMIT")
 
 
@@ -70,8 +74,12 @@ class ShapedWriter:
 
     def __init__(self, path: Path, schema_from: Path) -> None:
         src = sqlite3.connect(str(schema_from))
-        ddl = [r[0] for r in src.execute(
-            "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY rowid")]
+        ddl = [
+            r[0]
+            for r in src.execute(
+                "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY rowid"
+            )
+        ]
         src.close()
         self.con = sqlite3.connect(str(path), isolation_level=None)
         self.con.execute("PRAGMA journal_mode=wal")
@@ -88,16 +96,44 @@ class ShapedWriter:
             'INSERT INTO "entry" (seq, at_ms, kind, op_id, checkout_id, accepted, reason, '
             "campaign, serial, customer, discount_minor, currency, cashier, source, detail, "
             "prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (self.n, 1795608000000 + self.n, "redeem", None, checkout, 1, "ok", "TEN", key,
-             None, 1000, "CNY", None, "camera",
-             '{"basket_minor":5000,"detail":"","gift":null,"override":null,"tag":null}',
-             "0" * 64, "1" * 64))
+            (
+                self.n,
+                1795608000000 + self.n,
+                "redeem",
+                None,
+                checkout,
+                1,
+                "ok",
+                "TEN",
+                key,
+                None,
+                1000,
+                "CNY",
+                None,
+                "camera",
+                '{"basket_minor":5000,"detail":"","gift":null,"override":null,"tag":null}',
+                "0" * 64,
+                "1" * 64,
+            ),
+        )
         self.con.execute(
             'INSERT INTO "use" (serial, campaign, customer, checkout_id, status, counts, '
             "discount_minor, value_minor, currency, expires_at, detail) "
             "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (key, "TEN", None, checkout, "committed", 1, 1000, 1000, "CNY", None,
-             '{"code": "", "via": "token", "gift": null}'))
+            (
+                key,
+                "TEN",
+                None,
+                checkout,
+                "committed",
+                1,
+                1000,
+                1000,
+                "CNY",
+                None,
+                '{"code": "", "via": "token", "gift": null}',
+            ),
+        )
         self.con.execute("COMMIT")
 
 
@@ -116,18 +152,28 @@ def main() -> None:
     policy = Policy(burst_per_terminal=0, burst_per_cashier=0, burst_per_coupon=0)
     with scratch("durable") as root:
         central = new_central(root, clock, policy)
-        central.add_campaign({"id": "TEN", "kind": "fixed", "currency": "CNY",
-                              "amount_minor": 1000, "stacking": "any"})
-        _, issued = timed(f"issue {total + 200:,} tokens",
-                          lambda: central.issue("TEN", total + 200))
+        central.add_campaign(
+            {
+                "id": "TEN",
+                "kind": "fixed",
+                "currency": "CNY",
+                "amount_minor": 1000,
+                "stacking": "any",
+            }
+        )
+        _, issued = timed(
+            f"issue {total + 200:,} tokens", lambda: central.issue("TEN", total + 200)
+        )
         codes = [i.token or "" for i in issued]
         central.publish()
         data, engine = new_terminal(root, clock)
         res = engine.import_ledger(ledger_file(central.deltas(0)))
         assert not res.refused, res.refused
         db_path = data / "journal.db"
-        pragmas = {k: engine.db.execute_sql(f"PRAGMA {k}").fetchone()[0]
-                   for k in ("journal_mode", "synchronous")}
+        pragmas = {
+            k: engine.db.execute_sql(f"PRAGMA {k}").fetchone()[0]
+            for k in ("journal_mode", "synchronous")
+        }
         print(f"  journal {db_path.relative_to(root.parent)}: {pragmas}")
         assert pragmas == {"journal_mode": "wal", "synchronous": 2}, pragmas
         raw = RawWriter(root / "raw.db")
@@ -171,7 +217,7 @@ def main() -> None:
         # raw floor and the engine alike; the median round counts.
         for r in range(args.rounds):
             for_seconds(RAW, raw.one)
-            refused += redeem_round(REDEEM, codes[r * args.per_round:(r + 1) * args.per_round])
+            refused += redeem_round(REDEEM, codes[r * args.per_round : (r + 1) * args.per_round])
             for_seconds(SHAPED, shaped.one)
 
         journaled = Entry.select().where(Entry.kind == "redeem").count()
@@ -188,7 +234,7 @@ def main() -> None:
         for code in codes[-200:]:
             engine.redeem(code, basket, ctx)
         for r in range(args.rounds):
-            refused += redeem_round(NOSYNC, codes[r * args.per_round:(r + 1) * args.per_round])
+            refused += redeem_round(NOSYNC, codes[r * args.per_round : (r + 1) * args.per_round])
         engine.db.close()
         central.db.close()
 
@@ -197,31 +243,48 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in rates.items()}
     summary = {k: latency_summary(v) for k, v in lat.items()}
     print()
-    print(f"{'operation':<45}{'per second':>11}{'us/op':>8}{'p50 ms':>9}{'p99 ms':>9}"
-          f"{'max ms':>9}{'calls':>8}   per-round rates")
+    print(
+        f"{'operation':<45}{'per second':>11}{'us/op':>8}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'max ms':>9}{'calls':>8}   per-round rates"
+    )
     print("-" * 125)
     for name in (RAW, REDEEM, SHAPED, NOSYNC):
         s = summary[name]
         per_round = " ".join(f"{r:,.0f}" for r in rates[name])
-        print(f"{name:<45}{med[name]:>11,.0f}{1e6 / med[name]:>8.0f}{s['p50']:>9.3f}"
-              f"{s['p99']:>9.3f}{s['max']:>9.3f}{len(lat[name]):>8,}   {per_round}")
+        print(
+            f"{name:<45}{med[name]:>11,.0f}{1e6 / med[name]:>8.0f}{s['p50']:>9.3f}"
+            f"{s['p99']:>9.3f}{s['max']:>9.3f}{len(lat[name]):>8,}   {per_round}"
+        )
     ratio = med[REDEEM] / med[RAW]
     paired = statistics.median(e / r for e, r in zip(rates[REDEEM], rates[RAW], strict=True))
     print()
-    print(f"{args.rounds} interleaved rounds (raw {args.raw_seconds:g} s, {args.per_round} "
-          "redemptions, journal-shaped raw): medians shown; same directory on the real disk")
-    print(f"{journaled:,} redemptions journaled (synchronous=FULL, WAL), all accepted, each "
-          "its own commit")
-    print("journal-shaped txn = plain sqlite3 with the terminal's own schema, one entry + one "
-          "use row per commit: the storage floor of a redemption")
-    print(f"redeem time = {1e6 / med[REDEEM]:.0f} us; CPU alone (sync=OFF run) "
-          f"~{1e6 / med[NOSYNC]:.0f} us; journal-shaped durable commit ~{1e6 / med[SHAPED]:.0f}"
-          f" us; raw 1-row durable commit {1e6 / med[RAW]:.0f} us")
-    print(f"redeem/raw: {ratio:.0%} (ratio of medians), {paired:.0%} (median of per-round "
-          f"ratios); redeem/journal-shaped: {med[REDEEM] / med[SHAPED]:.0%}")
-    goal("durable redeem throughput >= 50% of raw fsync'd SQLite txn rate", paired >= 0.5,
-         f"median per-round ratio {paired:.0%}; medians {med[REDEEM]:,.0f}/s vs "
-         f"{med[RAW]:,.0f}/s = {ratio:.0%}")
+    print(
+        f"{args.rounds} interleaved rounds (raw {args.raw_seconds:g} s, {args.per_round} "
+        "redemptions, journal-shaped raw): medians shown; same directory on the real disk"
+    )
+    print(
+        f"{journaled:,} redemptions journaled (synchronous=FULL, WAL), all accepted, each "
+        "its own commit"
+    )
+    print(
+        "journal-shaped txn = plain sqlite3 with the terminal's own schema, one entry + one "
+        "use row per commit: the storage floor of a redemption"
+    )
+    print(
+        f"redeem time = {1e6 / med[REDEEM]:.0f} us; CPU alone (sync=OFF run) "
+        f"~{1e6 / med[NOSYNC]:.0f} us; journal-shaped durable commit ~{1e6 / med[SHAPED]:.0f}"
+        f" us; raw 1-row durable commit {1e6 / med[RAW]:.0f} us"
+    )
+    print(
+        f"redeem/raw: {ratio:.0%} (ratio of medians), {paired:.0%} (median of per-round "
+        f"ratios); redeem/journal-shaped: {med[REDEEM] / med[SHAPED]:.0%}"
+    )
+    goal(
+        "durable redeem throughput >= 50% of raw fsync'd SQLite txn rate",
+        paired >= 0.5,
+        f"median per-round ratio {paired:.0%}; medians {med[REDEEM]:,.0f}/s vs "
+        f"{med[RAW]:,.0f}/s = {ratio:.0%}",
+    )
 
 
 if __name__ == "__main__":

@@ -68,8 +68,12 @@ print(json.dumps({"base_mb": base, "peak_mb": rss_mb(), "hwm_mb": hwm_mb(), "sec
 
 
 def child(mode: str, data: Path, extra: list[str]) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), mode, str(data), str(T0),
-                          *extra], check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(ROOT), mode, str(data), str(T0), *extra],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
@@ -90,12 +94,16 @@ def work(args: argparse.Namespace, root: Path) -> None:
     clock = FixedClock(T0)
     central = new_central(root, clock)
     timed(f"add {args.campaigns} campaigns", lambda: add_campaigns(central, args.campaigns))
-    timed(f"Central.mark {args.serials:,} serials redeemed",
-          lambda: central.mark(random_serials(args.serials), "redeemed"))
+    timed(
+        f"Central.mark {args.serials:,} serials redeemed",
+        lambda: central.mark(random_serials(args.serials), "redeemed"),
+    )
     timed("Central.publish (version 1)", central.publish)
     _, snap = timed("Central.snapshot (version 1)", central.snapshot)
-    timed(f"Central.mark {args.delta:,} more serials",
-          lambda: central.mark(random_serials(args.delta), "redeemed"))
+    timed(
+        f"Central.mark {args.delta:,} more serials",
+        lambda: central.mark(random_serials(args.delta), "redeemed"),
+    )
     timed("Central.publish (version 2, the delta)", central.publish)
     (delta,) = central.deltas(1)
     anchor = central.anchor
@@ -140,8 +148,9 @@ def work(args: argparse.Namespace, root: Path) -> None:
     eng.db.close()
     setup.init(root / "terminal-fresh", root / "central" / "trust-anchor.json", "S1", "T1")
     (root / "snapshot.ledger").write_bytes(ledger_file([snap]))
-    (root / "results.json").write_text(json.dumps(
-        {"times": times, "snap_bytes": len(snap), "delta_bytes": len(delta)}))
+    (root / "results.json").write_text(
+        json.dumps({"times": times, "snap_bytes": len(snap), "delta_bytes": len(delta)})
+    )
 
 
 def main() -> None:
@@ -158,9 +167,21 @@ def main() -> None:
     with scratch("ledger") as root:
         # The big build runs in its own process: a child forked from a process that once
         # held the central's million rows would inherit that peak in ru_maxrss.
-        subprocess.run([sys.executable, __file__, "--serials", str(args.serials),
-                        "--campaigns", str(args.campaigns), "--delta", str(args.delta),
-                        "--work-dir", str(root)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--serials",
+                str(args.serials),
+                "--campaigns",
+                str(args.campaigns),
+                "--delta",
+                str(args.delta),
+                "--work-dir",
+                str(root),
+            ],
+            check=True,
+        )
         res = json.loads((root / "results.json").read_text())
         rss_load = child("load", root / "terminal-held", [])
         rss_import = child("import", root / "terminal-fresh", [str(root / "snapshot.ledger")])
@@ -168,9 +189,11 @@ def main() -> None:
     assert rss_import["redeemed"] == args.serials
     times = res["times"]
     print()
-    print(f"snapshot: {res['snap_bytes']:,} bytes ({res['snap_bytes'] / 1e6:.1f} MB), "
-          f"{args.serials:,} redeemed serials, {args.campaigns:,} campaigns; delta: "
-          f"{res['delta_bytes']:,} bytes, {args.delta:,} serials")
+    print(
+        f"snapshot: {res['snap_bytes']:,} bytes ({res['snap_bytes'] / 1e6:.1f} MB), "
+        f"{args.serials:,} redeemed serials, {args.campaigns:,} campaigns; delta: "
+        f"{res['delta_bytes']:,} bytes, {args.delta:,} serials"
+    )
     print()
     print(f"{'operation':<62}{'best ms':>9}{'median ms':>11}")
     print("-" * 82)
@@ -187,25 +210,42 @@ def main() -> None:
         best, med = times[key]
         print(f"{name:<62}{best * 1e3:>9.1f}{med * 1e3:>11.1f}")
     print()
-    print(f"{'terminal process (child)':<56}{'ru_maxrss':>10}{'VmHWM':>10}{'at start':>10}"
-          f"{'took s':>8}")
+    print(
+        f"{'terminal process (child)':<56}{'ru_maxrss':>10}{'VmHWM':>10}{'at start':>10}"
+        f"{'took s':>8}"
+    )
     print("-" * 94)
-    for name, r in (("open_engine on a data dir holding snapshot + delta", rss_load),
-                    ("fresh open_engine + import_ledger(snapshot file)", rss_import)):
-        print(f"{name:<56}{r['peak_mb']:>7.1f} MB{r['hwm_mb']:>7.1f} MB"
-              f"{r['base_mb']:>7.1f} MB{r['seconds']:>8.2f}")
-    print("(ru_maxrss = getrusage(RUSAGE_SELF) peak of the child, interpreter and imports "
-          "included; 'at start' = after imports, before the ledger)")
+    for name, r in (
+        ("open_engine on a data dir holding snapshot + delta", rss_load),
+        ("fresh open_engine + import_ledger(snapshot file)", rss_import),
+    ):
+        print(
+            f"{name:<56}{r['peak_mb']:>7.1f} MB{r['hwm_mb']:>7.1f} MB"
+            f"{r['base_mb']:>7.1f} MB{r['seconds']:>8.2f}"
+        )
+    print(
+        "(ru_maxrss = getrusage(RUSAGE_SELF) peak of the child, interpreter and imports "
+        "included; 'at start' = after imports, before the ledger)"
+    )
     print()
     s_med, st_med = times["snap_apply"][1], times["snap_store"][1]
-    goal("1M-serial snapshot verify + apply < 10 s", max(s_med, st_med) < 10,
-         f"ledger.apply median {s_med:.2f} s, with store write {st_med:.2f} s")
+    goal(
+        "1M-serial snapshot verify + apply < 10 s",
+        max(s_med, st_med) < 10,
+        f"ledger.apply median {s_med:.2f} s, with store write {st_med:.2f} s",
+    )
     peak = max(rss_load["peak_mb"], rss_import["peak_mb"])
-    goal("peak RSS of a terminal holding it < 150 MB", peak < 150,
-         f"start-up {rss_load['peak_mb']:.1f} MB, import {rss_import['peak_mb']:.1f} MB")
+    goal(
+        "peak RSS of a terminal holding it < 150 MB",
+        peak < 150,
+        f"start-up {rss_load['peak_mb']:.1f} MB, import {rss_import['peak_mb']:.1f} MB",
+    )
     d_med, ds_med = times["delta_apply"][1], times["delta_store"][1]
-    goal(f"{args.delta:,}-entry delta < 0.5 s", max(d_med, ds_med) < 0.5,
-         f"ledger.apply median {d_med:.3f} s, with store write {ds_med:.3f} s")
+    goal(
+        f"{args.delta:,}-entry delta < 0.5 s",
+        max(d_med, ds_med) < 0.5,
+        f"ledger.apply median {d_med:.3f} s, with store write {ds_med:.3f} s",
+    )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ VARIANTS = [
 
 def describe(token: str) -> tuple[int, int, bool]:
     """(characters, COSE bytes, zlib used) of one token."""
-    data = base45.decode(token[len(tokens.PREFIX):])
+    data = base45.decode(token[len(tokens.PREFIX) :])
     packed = data[:1] == b"\x78"
     raw = zlib.decompress(data) if packed else data
     return len(token), len(raw), packed
@@ -57,8 +57,9 @@ def main() -> None:
     with scratch("tokens") as root:
         central = new_central(root, clock)
         for label, cid, customer, tag in VARIANTS:
-            central.add_campaign({"id": cid, "kind": "fixed", "currency": "CNY",
-                                  "amount_minor": 1000})
+            central.add_campaign(
+                {"id": cid, "kind": "fixed", "currency": "CNY", "amount_minor": 1000}
+            )
             issued = central.issue(cid, args.samples, customer=customer, tag_uid=tag)
             toks = [i.token or "" for i in issued]
             for t in toks:  # they are real tokens: they parse and carry what we asked for
@@ -71,30 +72,42 @@ def main() -> None:
             typical = toks[[s[0] for s in sizes].index(chars[len(chars) // 2])]
             qr = segno.make(typical, error="m")
             qr_plain = segno.make(typical, error="m", micro=False)  # what the CLI writes
-            rows.append((label, chars, cose_bytes, zlib_used, len(toks), qr, qr_plain,
-                         typical))
+            rows.append((label, chars, cose_bytes, zlib_used, len(toks), qr, qr_plain, typical))
         central.db.close()
 
     print()
-    print(f"{'token':<38}{'chars':>9}{'COSE B':>9}{'zlib':>9}{'QR (error=m)':>14}"
-          f"{'modules':>9}{'CLI PNG':>9}")
+    print(
+        f"{'token':<38}{'chars':>9}{'COSE B':>9}{'zlib':>9}{'QR (error=m)':>14}"
+        f"{'modules':>9}{'CLI PNG':>9}"
+    )
     print("-" * 97)
     for label, chars, cose_bytes, zlib_used, n, qr, qr_plain, _ in rows:
         span = f"{chars[0]}" if chars[0] == chars[-1] else f"{chars[0]}-{chars[-1]}"
-        bspan = (f"{cose_bytes[0]}" if cose_bytes[0] == cose_bytes[-1]
-                 else f"{cose_bytes[0]}-{cose_bytes[-1]}")
-        print(f"{label:<38}{span:>9}{bspan:>9}{f'{zlib_used}/{n}':>9}{qr.designator:>14}"
-              f"{qr.symbol_size(border=0)[0]:>9}{qr_plain.designator:>9}")
+        bspan = (
+            f"{cose_bytes[0]}"
+            if cose_bytes[0] == cose_bytes[-1]
+            else f"{cose_bytes[0]}-{cose_bytes[-1]}"
+        )
+        print(
+            f"{label:<38}{span:>9}{bspan:>9}{f'{zlib_used}/{n}':>9}{qr.designator:>14}"
+            f"{qr.symbol_size(border=0)[0]:>9}{qr_plain.designator:>9}"
+        )
     print()
-    print(f"chars/COSE bytes: min-max over {args.samples} tokens issued per row (the serial "
-          "is 64 random bits; one below 2^32 encodes 4 bytes shorter)")
-    print("QR: segno.make(token, error='m') on the median-length token: version-error "
-          "designator (segno raises the error level when it fits the same version); "
-          "modules = side length without quiet zone; CLI PNG = micro=False, as "
-          "`redeem-central issue` writes it")
+    print(
+        f"chars/COSE bytes: min-max over {args.samples} tokens issued per row (the serial "
+        "is 64 random bits; one below 2^32 encodes 4 bytes shorter)"
+    )
+    print(
+        "QR: segno.make(token, error='m') on the median-length token: version-error "
+        "designator (segno raises the error level when it fits the same version); "
+        "modules = side length without quiet zone; CLI PNG = micro=False, as "
+        "`redeem-central issue` writes it"
+    )
     typical = rows[0]
-    print(f"typical token ({typical[0].split(': ')[1]}, no customer, no tag): "
-          f"{typical[1][len(typical[1]) // 2]} characters, QR {typical[5].designator}")
+    print(
+        f"typical token ({typical[0].split(': ')[1]}, no customer, no tag): "
+        f"{typical[1][len(typical[1]) // 2]} characters, QR {typical[5].designator}"
+    )
     print(f"example: {typical[7]}")
     print("(informational: no goal)")
 

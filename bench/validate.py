@@ -59,8 +59,11 @@ def rate_of(fn: Callable[[], object], seconds: float) -> float:
             return n / dt
 
 
-def raw_verifiers(public: bytes, message: bytes, signature: bytes,
-                  ) -> dict[str, Callable[[], object]]:
+def raw_verifiers(
+    public: bytes,
+    message: bytes,
+    signature: bytes,
+) -> dict[str, Callable[[], object]]:
     """One verification of the same (key, message, signature) with each library."""
     smessage = signature + message
     open_ = nacl.bindings.crypto_sign_open
@@ -82,8 +85,9 @@ def main() -> None:
     clock = FixedClock(T0)
     with scratch("validate") as root:
         central = new_central(root, clock)
-        _, cids = timed(f"add {args.campaigns} campaigns",
-                        lambda: add_campaigns(central, args.campaigns))
+        _, cids = timed(
+            f"add {args.campaigns} campaigns", lambda: add_campaigns(central, args.campaigns)
+        )
         valid: list[str] = []
         spent: list[str] = []
 
@@ -96,17 +100,23 @@ def main() -> None:
         timed(f"issue {len(cids) * 3} tokens", issue_all)
         spent_serials = [tokens.parse(t).claims.serial for t in spent]
         filler = random_serials(args.serials - len(spent_serials))
-        timed(f"Central.mark {args.serials:,} serials redeemed",
-              lambda: central.mark(spent_serials + filler, "redeemed"))
+        timed(
+            f"Central.mark {args.serials:,} serials redeemed",
+            lambda: central.mark(spent_serials + filler, "redeemed"),
+        )
         timed("Central.publish", central.publish)
         _, snap = timed("Central.snapshot", central.snapshot)
         data, engine = new_terminal(root, clock)
-        _, res = timed("terminal import (verify + apply + store)",
-                       lambda: engine.import_ledger(ledger_file([snap])))
+        _, res = timed(
+            "terminal import (verify + apply + store)",
+            lambda: engine.import_ledger(ledger_file([snap])),
+        )
         assert not res.refused, res.refused
         led = engine.ledger
-        print(f"  ledger: version {led.version}, {len(led.redeemed):,} redeemed serials, "
-              f"{len(led.campaigns):,} campaigns, snapshot {len(snap):,} bytes")
+        print(
+            f"  ledger: version {led.version}, {len(led.redeemed):,} redeemed serials, "
+            f"{len(led.campaigns):,} campaigns, snapshot {len(snap):,} bytes"
+        )
         assert len(led.redeemed) == args.serials and len(led.campaigns) == args.campaigns
 
         sample = tokens.parse(valid[0]).message
@@ -137,7 +147,9 @@ def main() -> None:
         # a shared machine hits them all alike); the median round counts.
         contenders: dict[str, Callable[[], object]] = {
             **{"raw " + k: v for k, v in verifiers.items()},
-            OK: check_ok, BAD: check_bad}
+            OK: check_ok,
+            BAD: check_bad,
+        }
         rounds: dict[str, list[float]] = {k: [] for k in contenders}
         for _ in range(ROUNDS):
             for name, fn in contenders.items():
@@ -160,22 +172,30 @@ def main() -> None:
     best_name = max(raw, key=raw.__getitem__)
     best = raw[best_name]
     print()
-    print(f"{'operation':<44}{'per second':>12}{'us/op':>8}{'p50 ms':>9}{'p99 ms':>9}"
-          f"{'max ms':>9}{'calls':>9}")
+    print(
+        f"{'operation':<44}{'per second':>12}{'us/op':>8}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'max ms':>9}{'calls':>9}"
+    )
     print("-" * 100)
     for name, rate in rates.items():
         s = summary.get(name)
-        cols = (f"{s['p50']:>9.3f}{s['p99']:>9.3f}{s['max']:>9.3f}{len(lat[name]):>9,}"
-                if s else "")
+        cols = f"{s['p50']:>9.3f}{s['p99']:>9.3f}{s['max']:>9.3f}{len(lat[name]):>9,}" if s else ""
         print(f"{name:<44}{rate:>12,.0f}{1e6 / rate:>8.1f}{cols}")
     print()
     ratio = rates[OK] / best
-    print(f"rates: median of {ROUNDS} interleaved rounds of {args.seconds:g} s each; "
-          f"raw verify on the token's own {len(tbs)}-byte signed message")
-    print(f"check throughput = {ratio:.0%} of the fastest raw verify ({best_name}); ledger "
-          f"{args.serials:,} redeemed serials, {args.campaigns:,} campaigns")
-    goal("check throughput >= 50% of fastest raw Ed25519 verify", ratio >= 0.5,
-         f"{rates[OK]:,.0f}/s vs {best:,.0f}/s = {ratio:.0%}")
+    print(
+        f"rates: median of {ROUNDS} interleaved rounds of {args.seconds:g} s each; "
+        f"raw verify on the token's own {len(tbs)}-byte signed message"
+    )
+    print(
+        f"check throughput = {ratio:.0%} of the fastest raw verify ({best_name}); ledger "
+        f"{args.serials:,} redeemed serials, {args.campaigns:,} campaigns"
+    )
+    goal(
+        "check throughput >= 50% of fastest raw Ed25519 verify",
+        ratio >= 0.5,
+        f"{rates[OK]:,.0f}/s vs {best:,.0f}/s = {ratio:.0%}",
+    )
     worst_p99 = max(s["p99"] for s in summary.values())
     goal("check p99 < 2 ms", worst_p99 < 2.0, f"worst p99 {worst_p99:.3f} ms")
 

@@ -70,8 +70,10 @@ def decode(text: str) -> bytes:
         raise Base45Error("base45 length is invalid")
     vals = raw.translate(_TO_VALUE)
     full = n - n % 3
-    groups = [a + b * 45 + c * 2025
-              for a, b, c in zip(vals[0:full:3], vals[1:full:3], vals[2:full:3], strict=True)]
+    groups = [
+        a + b * 45 + c * 2025
+        for a, b, c in zip(vals[0:full:3], vals[1:full:3], vals[2:full:3], strict=True)
+    ]
     if groups and max(groups) > 0xFFFF:
         raise Base45Error("base45 group out of range")
     out = struct.pack(f">{len(groups)}H", *groups)

@@ -35,8 +35,12 @@ def _basket(path: str) -> Basket:
 
 def _ctx(args: argparse.Namespace) -> Context:
     tag = bytes.fromhex(args.tag_uid) if getattr(args, "tag_uid", None) else None
-    return Context(source="cli", cashier=getattr(args, "cashier", None), tag_uid=tag,
-                   manager_override=getattr(args, "manager_override", None))
+    return Context(
+        source="cli",
+        cashier=getattr(args, "cashier", None),
+        tag_uid=tag,
+        manager_override=getattr(args, "manager_override", None),
+    )
 
 
 VERBS = {"hold": "HELD", "commit": "PAID", "release": "RELEASED", "reverse": "REFUNDED"}
@@ -49,8 +53,7 @@ def _show(args: argparse.Namespace, d: Decision) -> int:
         off = f"{d.discount_minor / 100:.2f} {d.currency}" if d.currency else ""
         gift = f" + gift {d.gift_sku}" if d.gift_sku else ""
         verb = VERBS.get(args.command, "ACCEPTED")
-        what = d.campaign_name or d.campaign or ", ".join(
-            c["campaign"] for c in d.coupons) or ""
+        what = d.campaign_name or d.campaign or ", ".join(c["campaign"] for c in d.coupons) or ""
         text = f"{verb:<9} {what}  -{off}{gift}"
     else:
         text = f"REFUSED   {d.reason.value}: {data['message']}"
@@ -62,10 +65,17 @@ def _show(args: argparse.Namespace, d: Decision) -> int:
 
 def cmd_init(args: argparse.Namespace) -> int:
     anchor = setup.init(Path(args.data), Path(args.trust_anchor), args.store, args.terminal)
-    emit(args, {"data": args.data, "store": args.store, "terminal": args.terminal,
-                "fingerprint": anchor.fingerprint},
-         f"terminal {args.terminal} of store {args.store} initialised in {args.data}\n"
-         f"trust anchor fingerprint: {anchor.fingerprint}")
+    emit(
+        args,
+        {
+            "data": args.data,
+            "store": args.store,
+            "terminal": args.terminal,
+            "fingerprint": anchor.fingerprint,
+        },
+        f"terminal {args.terminal} of store {args.store} initialised in {args.data}\n"
+        f"trust anchor fingerprint: {anchor.fingerprint}",
+    )
     return EXIT_OK
 
 
@@ -80,8 +90,11 @@ def cmd_ledger_import(args: argparse.Namespace) -> int:
     text = [f"applied version(s): {', '.join(map(str, result.applied)) or 'none'}"]
     text += [f"refused: {r.kind}: {r.detail}" for r in result.refused]
     text.append(f"ledger is at version {engine.ledger.version}")
-    emit(args, {"applied": result.applied, "refused": refused,
-                "version": engine.ledger.version}, "\n".join(text))
+    emit(
+        args,
+        {"applied": result.applied, "refused": refused, "version": engine.ledger.version},
+        "\n".join(text),
+    )
     return EXIT_OK if not result.refused else EXIT_REFUSED
 
 
@@ -92,10 +105,14 @@ def cmd_ledger_status(args: argparse.Namespace) -> int:
     info["clock_ok"] = engine.clock_ok(engine.now())
     info["load_problem"] = engine.ledger_store.load_problem
     age = f"{info['age_s'] / 3600:.1f} h" if info["age_s"] is not None else "-"
-    emit(args, info, f"ledger version {info['version']} (age {age}), "
-         f"{info['campaigns']} campaigns, {info['revoked_serials']} revoked and "
-         f"{info['redeemed_serials']} redeemed serials"
-         + (f"\nproblem: {info['load_problem']}" if info["load_problem"] else ""))
+    emit(
+        args,
+        info,
+        f"ledger version {info['version']} (age {age}), "
+        f"{info['campaigns']} campaigns, {info['revoked_serials']} revoked and "
+        f"{info['redeemed_serials']} redeemed serials"
+        + (f"\nproblem: {info['load_problem']}" if info["load_problem"] else ""),
+    )
     return EXIT_OK
 
 
@@ -104,38 +121,49 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_redeem(args: argparse.Namespace) -> int:
-    return _show(args, _engine(args).redeem(args.token, _basket(args.basket), _ctx(args),
-                                            args.op_id))
+    return _show(
+        args, _engine(args).redeem(args.token, _basket(args.basket), _ctx(args), args.op_id)
+    )
 
 
 def cmd_hold(args: argparse.Namespace) -> int:
-    return _show(args, _engine(args).hold(args.checkout, args.token, _basket(args.basket),
-                                          _ctx(args), args.op_id))
+    return _show(
+        args,
+        _engine(args).hold(args.checkout, args.token, _basket(args.basket), _ctx(args), args.op_id),
+    )
 
 
 def _transition(name: str) -> Any:
     def run(args: argparse.Namespace) -> int:
         engine = _engine(args)
         return _show(args, getattr(engine, name)(args.checkout, args.op_id, _ctx(args)))
+
     return run
 
 
 def cmd_clock_reset(args: argparse.Namespace) -> int:
     engine = _engine(args)
     d = engine.reset_clock_trust(args.manager)
-    emit(args, d.to_dict(normalize_lang(args.lang)),
-         f"clock trust reset by {args.manager}; trusted time is now the device clock"
-         if d.accepted else f"not reset: {d.detail}")
+    emit(
+        args,
+        d.to_dict(normalize_lang(args.lang)),
+        f"clock trust reset by {args.manager}; trusted time is now the device clock"
+        if d.accepted
+        else f"not reset: {d.detail}",
+    )
     return EXIT_OK if d.accepted else EXIT_REFUSED
 
 
 def cmd_journal_verify(args: argparse.Namespace) -> int:
     _engine(args)
     r = journal.verify()
-    emit(args, {"ok": r.ok, "entries": r.entries, "first_bad_seq": r.first_bad_seq,
-                "problem": r.problem},
-         f"journal OK: {r.entries} entries, chain intact" if r.ok
-         else f"journal TAMPERED: {r.problem}")
+    emit(
+        args,
+        {"ok": r.ok, "entries": r.entries, "first_bad_seq": r.first_bad_seq, "problem": r.problem},
+        f"journal OK: {r.entries} entries, chain intact"
+        if r.ok
+        else f"journal TAMPERED: {r.problem}",
+    )
     return EXIT_OK if r.ok else EXIT_REFUSED
 
 
@@ -159,10 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     def cmd(parent: Any, name: str, func: Any, help_: str) -> argparse.ArgumentParser:
         sp: argparse.ArgumentParser = parent.add_parser(name, help=help_)
-        sp.add_argument("--data", default=env_data, required=env_data is None,
-                        help="terminal data directory (env REDEEM_DATA)")
-        sp.add_argument("--lang", default=os.environ.get("REDEEM_LANG", "en"),
-                        help="en or zh_CN (env REDEEM_LANG)")
+        sp.add_argument(
+            "--data",
+            default=env_data,
+            required=env_data is None,
+            help="terminal data directory (env REDEEM_DATA)",
+        )
+        sp.add_argument(
+            "--lang",
+            default=os.environ.get("REDEEM_LANG", "en"),
+            help="en or zh_CN (env REDEEM_LANG)",
+        )
         add_json(sp)
         sp.set_defaults(func=func)
         return sp
@@ -182,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--terminal", required=True)
 
     led = sub.add_parser("ledger", help="the signed ledger").add_subparsers(
-        dest="ledger_command", required=True)
+        dest="ledger_command", required=True
+    )
     cmd(led, "import", cmd_ledger_import, "apply a ledger file (USB stick)").add_argument("file")
     cmd(led, "status", cmd_ledger_status, "version, age and size of the ledger")
 
@@ -193,20 +229,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd(sub, "hold", cmd_hold, "hold a coupon for an open POS checkout")
     sp.add_argument("--checkout", required=True)
     decision_args(sp)
-    for name, help_ in (("commit", "payment done: redeem the held coupons"),
-                        ("release", "checkout cancelled: free the held coupons"),
-                        ("reverse", "refund: reverse the redeemed coupons")):
+    for name, help_ in (
+        ("commit", "payment done: redeem the held coupons"),
+        ("release", "checkout cancelled: free the held coupons"),
+        ("reverse", "refund: reverse the redeemed coupons"),
+    ):
         sp = cmd(sub, name, _transition(name), help_)
         sp.add_argument("--checkout", required=True)
         decision_args(sp, token=False)
 
     ck = sub.add_parser("clock", help="device clock trust").add_subparsers(
-        dest="clock_command", required=True)
-    cmd(ck, "reset", cmd_clock_reset, "a manager confirms the clock is right after it ran "
-        "ahead").add_argument("--manager", required=True, help="manager id (journaled)")
+        dest="clock_command", required=True
+    )
+    cmd(
+        ck, "reset", cmd_clock_reset, "a manager confirms the clock is right after it ran ahead"
+    ).add_argument("--manager", required=True, help="manager id (journaled)")
 
     jr = sub.add_parser("journal", help="the tamper-evident journal").add_subparsers(
-        dest="journal_command", required=True)
+        dest="journal_command", required=True
+    )
     cmd(jr, "verify", cmd_journal_verify, "check the hash chain; name the first bad entry")
     sp = cmd(jr, "export", cmd_journal_export, "export entries as JSON lines or CSV")
     sp.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")

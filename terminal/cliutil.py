@@ -58,8 +58,7 @@ def run_main(prog: str, args: argparse.Namespace, expected: tuple[type[Exception
     except OSError as exc:
         if isinstance(exc, BrokenPipeError):  # `... | head` closed the pipe: not an error
             return EXIT_OK
-        print(f"{prog}: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
-              file=sys.stderr)
+        print(f"{prog}: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
     return EXIT_ERROR
 
 

@@ -81,8 +81,12 @@ def parse_sign1(data: bytes) -> Sign1:
     if not isinstance(obj, (list, tuple)) or len(obj) != 4:
         raise CoseError("COSE_Sign1 must be an array of four")
     protected, unprotected, payload, signature = obj
-    if not (isinstance(protected, bytes) and isinstance(payload, bytes)
-            and isinstance(signature, bytes) and isinstance(unprotected, Mapping)):
+    if not (
+        isinstance(protected, bytes)
+        and isinstance(payload, bytes)
+        and isinstance(signature, bytes)
+        and isinstance(unprotected, Mapping)
+    ):
         raise CoseError("COSE_Sign1 fields have the wrong types")
     if len(signature) != 64:
         raise CoseError("signature is not 64 bytes")

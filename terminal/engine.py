@@ -41,9 +41,9 @@ log = logging.getLogger(__name__)
 class Context:
     """Who and where: filled by the daemon, the POS API or the CLI."""
 
-    source: str = "cli"            # camera, nfc, serial, keyboard, pos, cli
+    source: str = "cli"  # camera, nfc, serial, keyboard, pos, cli
     cashier: str | None = None
-    tag_uid: bytes | None = None   # from the NFC reader, for the token's tag binding
+    tag_uid: bytes | None = None  # from the NFC reader, for the token's tag binding
     manager_override: str | None = None  # manager id approving a stale-ledger coupon
 
 
@@ -65,13 +65,23 @@ class Decision:
     replayed: bool = False
 
     def to_dict(self, lang: str = "en") -> dict[str, Any]:
-        return {"accepted": self.accepted, "reason": self.reason.value,
-                "message": self.reason.message(lang), "discount_minor": self.discount_minor,
-                "currency": self.currency, "campaign": self.campaign,
-                "campaign_name": self.campaign_name, "serial": self.serial,
-                "journal_seq": self.journal_seq, "gift_sku": self.gift_sku,
-                "checkout_id": self.checkout_id, "detail": self.detail,
-                "warnings": self.warnings, "coupons": self.coupons, "replayed": self.replayed}
+        return {
+            "accepted": self.accepted,
+            "reason": self.reason.value,
+            "message": self.reason.message(lang),
+            "discount_minor": self.discount_minor,
+            "currency": self.currency,
+            "campaign": self.campaign,
+            "campaign_name": self.campaign_name,
+            "serial": self.serial,
+            "journal_seq": self.journal_seq,
+            "gift_sku": self.gift_sku,
+            "checkout_id": self.checkout_id,
+            "detail": self.detail,
+            "warnings": self.warnings,
+            "coupons": self.coupons,
+            "replayed": self.replayed,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Decision:
@@ -81,16 +91,21 @@ class Decision:
 
 @dataclass(frozen=True)
 class Coupon:
-    key: str                 # serial as 16 hex digits
+    key: str  # serial as 16 hex digits
     serial: int
     campaign: Campaign
-    customer: str | None     # customer ref (hex) from the token, else from the basket
-    via: str                 # token or code
+    customer: str | None  # customer ref (hex) from the token, else from the basket
+    via: str  # token or code
 
 
 class _Refuse(Exception):
-    def __init__(self, reason: Reason, detail: str = "", flag: Flag | None = None,
-                 coupon: Coupon | None = None) -> None:
+    def __init__(
+        self,
+        reason: Reason,
+        detail: str = "",
+        flag: Flag | None = None,
+        coupon: Coupon | None = None,
+    ) -> None:
         super().__init__(detail)
         self.reason, self.detail, self.flag, self.coupon = reason, detail, flag, coupon
 
@@ -100,8 +115,9 @@ def serial_hex(serial: int) -> str:
 
 
 class Engine:
-    def __init__(self, ledger_store: LedgerStore, clock: Clock, store: str, terminal: str,
-                 db: pw.Database) -> None:
+    def __init__(
+        self, ledger_store: LedgerStore, clock: Clock, store: str, terminal: str, db: pw.Database
+    ) -> None:
         self.ledger_store = ledger_store
         self.clock = clock
         self.store = store
@@ -144,8 +160,7 @@ class Engine:
 
     def trusted_time(self) -> float:
         """Latest time we know has passed: last ledger issue time, last journal entry."""
-        return max(self._trusted_s, float(self.ledger.issued_at),
-                   self.journal.last_at_ms / 1000.0)
+        return max(self._trusted_s, float(self.ledger.issued_at), self.journal.last_at_ms / 1000.0)
 
     def clock_ok(self, now: float) -> bool:
         return now >= self.trusted_time() - self.ledger.policy.clock_tolerance_s
@@ -162,9 +177,11 @@ class Engine:
         if not led.version:
             raise _Refuse(Reason.NO_LEDGER, "no ledger imported")
         if not self.clock_ok(now):
-            raise _Refuse(Reason.CLOCK_UNTRUSTED,
-                          f"clock {now:.0f} is before trusted time {self.trusted_time():.0f}",
-                          Flag(fraud.FLAG_CLOCK_ROLLBACK, f"clock {now:.0f}"))
+            raise _Refuse(
+                Reason.CLOCK_UNTRUSTED,
+                f"clock {now:.0f} is before trusted time {self.trusted_time():.0f}",
+                Flag(fraud.FLAG_CLOCK_ROLLBACK, f"clock {now:.0f}"),
+            )
         if tokens.looks_like_token(code):
             coupon, claims = self._from_token(code, basket, ctx, now)
         else:
@@ -175,22 +192,42 @@ class Engine:
         except Refusal as exc:
             raise _Refuse(exc.reason, exc.detail, coupon=coupon) from None
         if c.stores and self.store not in c.stores:
-            raise _Refuse(Reason.WRONG_STORE, f"campaign for {sorted(c.stores)}",
-                          Flag(fraud.FLAG_WRONG_STORE, f"store {self.store}"), coupon)
+            raise _Refuse(
+                Reason.WRONG_STORE,
+                f"campaign for {sorted(c.stores)}",
+                Flag(fraud.FLAG_WRONG_STORE, f"store {self.store}"),
+                coupon,
+            )
         if claims is not None and claims.tag_uid is not None and ctx.tag_uid != claims.tag_uid:
-            raise _Refuse(Reason.TAG_MISMATCH, "token bound to another tag",
-                          Flag(fraud.FLAG_TAG_MISMATCH,
-                               (ctx.tag_uid or b"").hex() or "no tag"), coupon)
+            raise _Refuse(
+                Reason.TAG_MISMATCH,
+                "token bound to another tag",
+                Flag(fraud.FLAG_TAG_MISMATCH, (ctx.tag_uid or b"").hex() or "no tag"),
+                coupon,
+            )
         if ctx.tag_uid is not None and ctx.tag_uid in led.deny_tags:
-            raise _Refuse(Reason.SUSPECTED_FRAUD, "tag is deny-listed",
-                          Flag(fraud.FLAG_DENIED_TAG, ctx.tag_uid.hex()), coupon)
+            raise _Refuse(
+                Reason.SUSPECTED_FRAUD,
+                "tag is deny-listed",
+                Flag(fraud.FLAG_DENIED_TAG, ctx.tag_uid.hex()),
+                coupon,
+            )
         if coupon.customer and coupon.customer in led.deny_customers:
-            raise _Refuse(Reason.SUSPECTED_FRAUD, "customer is deny-listed",
-                          Flag(fraud.FLAG_DENIED_CUSTOMER, coupon.customer), coupon)
+            raise _Refuse(
+                Reason.SUSPECTED_FRAUD,
+                "customer is deny-listed",
+                Flag(fraud.FLAG_DENIED_CUSTOMER, coupon.customer),
+                coupon,
+            )
         return coupon
 
-    def _from_token(self, code: str, basket: Basket, ctx: Context, now: float,
-                    ) -> tuple[Coupon, tokens.Claims]:
+    def _from_token(
+        self,
+        code: str,
+        basket: Basket,
+        ctx: Context,
+        now: float,
+    ) -> tuple[Coupon, tokens.Claims]:
         led = self.ledger
         try:
             tok = tokens.parse(code)
@@ -203,8 +240,11 @@ class Engine:
         if cert is None:
             raise _Refuse(Reason.UNKNOWN_KEY, f"issuer key {kid.hex()} not in ledger")
         if not cose.verify_sign1(tok.message, cert.public_key):
-            raise _Refuse(Reason.BAD_SIGNATURE, "signature does not verify",
-                          Flag(fraud.FLAG_FORGED, f"kid {kid.hex()}"))
+            raise _Refuse(
+                Reason.BAD_SIGNATURE,
+                "signature does not verify",
+                Flag(fraud.FLAG_FORGED, f"kid {kid.hex()}"),
+            )
         claims = tok.claims
         if not cert.valid_at(claims.not_before):
             raise _Refuse(Reason.UNKNOWN_KEY, "issuer key was not valid at issue time")
@@ -212,15 +252,21 @@ class Engine:
         if campaign is None:
             raise _Refuse(Reason.UNKNOWN_CAMPAIGN, f"campaign {claims.campaign}")
         customer = claims.customer_ref.hex() if claims.customer_ref else None
-        coupon = Coupon(serial_hex(claims.serial), claims.serial, campaign,
-                        customer or (basket.customer.ref if basket.customer else None), "token")
+        coupon = Coupon(
+            serial_hex(claims.serial),
+            claims.serial,
+            campaign,
+            customer or (basket.customer.ref if basket.customer else None),
+            "token",
+        )
         if now < claims.not_before:
             raise _Refuse(Reason.NOT_YET_VALID, coupon=coupon)
         if now >= claims.expires:
             raise _Refuse(Reason.EXPIRED, coupon=coupon)
         if customer and not (basket.customer and basket.customer.ref == customer):
-            raise _Refuse(Reason.NOT_FOR_CUSTOMER, "coupon issued to another customer",
-                          coupon=coupon)
+            raise _Refuse(
+                Reason.NOT_FOR_CUSTOMER, "coupon issued to another customer", coupon=coupon
+            )
         return coupon, claims
 
     def _from_code(self, code: str, basket: Basket) -> Coupon:
@@ -234,16 +280,22 @@ class Engine:
         campaign = led.campaigns.get(entry.campaign)
         if campaign is None:
             raise _Refuse(Reason.UNKNOWN_CAMPAIGN, f"campaign {entry.campaign}")
-        return Coupon(serial_hex(entry.serial), entry.serial, campaign,
-                      basket.customer.ref if basket.customer else None, "code")
+        return Coupon(
+            serial_hex(entry.serial),
+            entry.serial,
+            campaign,
+            basket.customer.ref if basket.customer else None,
+            "code",
+        )
 
     def _check_single_use(self, coupon: Coupon) -> None:
         led, c = self.ledger, coupon.campaign
         if coupon.serial in led.revoked:
             raise _Refuse(Reason.REVOKED, coupon=coupon)
         if coupon.serial in led.redeemed or self.serial_uses[coupon.key] >= c.uses_per_coupon:
-            raise _Refuse(Reason.ALREADY_REDEEMED, coupon=coupon,
-                          flag=Flag(fraud.FLAG_REPLAY, coupon.key))
+            raise _Refuse(
+                Reason.ALREADY_REDEEMED, coupon=coupon, flag=Flag(fraud.FLAG_REPLAY, coupon.key)
+            )
 
     def _check_limits(self, coupon: Coupon, value_minor: int, basket: Basket) -> None:
         led, c = self.ledger, coupon.campaign
@@ -252,19 +304,27 @@ class Engine:
             c.check_audience(basket.customer if basket.customer else Customer(ref=None))
         except Refusal as exc:
             raise _Refuse(exc.reason, exc.detail, coupon=coupon) from None
-        if c.uses_per_customer is not None and coupon.customer and \
-                self.customer_uses[(c.id, coupon.customer)] >= c.uses_per_customer:
+        if (
+            c.uses_per_customer is not None
+            and coupon.customer
+            and self.customer_uses[(c.id, coupon.customer)] >= c.uses_per_customer
+        ):
             raise _Refuse(Reason.CUSTOMER_LIMIT, coupon=coupon)
         elsewhere_count, elsewhere_minor = led.usage.get(c.id, (0, 0))
-        if c.budget_count is not None and \
-                elsewhere_count + self.campaign_count[c.id] >= c.budget_count:
+        if (
+            c.budget_count is not None
+            and elsewhere_count + self.campaign_count[c.id] >= c.budget_count
+        ):
             raise _Refuse(Reason.BUDGET_EXHAUSTED, coupon=coupon)
-        if c.budget_minor is not None and \
-                elsewhere_minor + self.campaign_minor[c.id] + value_minor > c.budget_minor:
+        if (
+            c.budget_minor is not None
+            and elsewhere_minor + self.campaign_minor[c.id] + value_minor > c.budget_minor
+        ):
             raise _Refuse(Reason.BUDGET_EXHAUSTED, coupon=coupon)
 
-    def _check_fraud_and_staleness(self, value_minor: int, ctx: Context, now: float,
-                                   coupon: Coupon, warnings: list[str]) -> list[Flag]:
+    def _check_fraud_and_staleness(
+        self, value_minor: int, ctx: Context, now: float, coupon: Coupon, warnings: list[str]
+    ) -> list[Flag]:
         policy = self.ledger.policy
         burst = self.bursts.before_accept(self.terminal, ctx.cashier, now, policy)
         if burst:
@@ -275,29 +335,34 @@ class Engine:
             warnings.append("ledger_stale")
         if age > policy.stale_block_hours * 3600 and value_minor > policy.stale_high_value_minor:
             if not ctx.manager_override:
-                raise _Refuse(Reason.LEDGER_STALE,
-                              f"ledger {age / 3600:.0f} h old; manager override needed",
-                              coupon=coupon)
+                raise _Refuse(
+                    Reason.LEDGER_STALE,
+                    f"ledger {age / 3600:.0f} h old; manager override needed",
+                    coupon=coupon,
+                )
             flags.append(Flag(fraud.FLAG_STALE_OVERRIDE, f"manager {ctx.manager_override}"))
         return flags
 
     # ------------------------------------------------------------ deciding
 
-    def _decide(self, code: str, basket: Basket, ctx: Context, now: float,
-                others: list[Coupon]) -> tuple[Decision, Coupon, list[Flag], dict[str, int]]:
+    def _decide(
+        self, code: str, basket: Basket, ctx: Context, now: float, others: list[Coupon]
+    ) -> tuple[Decision, Coupon, list[Flag], dict[str, int]]:
         """Everything but recording. Returns the decision, the coupon, flags to journal and
         the discount of every coupon in the checkout after restacking."""
         coupon = self._resolve(code, basket, ctx, now)
         c = coupon.campaign
         if any(o.key == coupon.key for o in others):
-            raise _Refuse(Reason.ALREADY_REDEEMED, "already applied to this checkout",
-                          coupon=coupon)
+            raise _Refuse(
+                Reason.ALREADY_REDEEMED, "already applied to this checkout", coupon=coupon
+            )
         # Single use before the basket (DESIGN.md's order): a replayed coupon is reported and
         # flagged as a replay even when the basket would not qualify either.
         self._check_single_use(coupon)
         try:
-            combo = apply_in_order([(o.key, o.campaign) for o in others] + [(coupon.key, c)],
-                                   basket)
+            combo = apply_in_order(
+                [(o.key, o.campaign) for o in others] + [(coupon.key, c)], basket
+            )
         except Refusal as exc:
             raise _Refuse(exc.reason, exc.detail, coupon=coupon) from None
         if coupon.key in combo.refused:
@@ -307,15 +372,26 @@ class Engine:
             # Stacking this one would take a held coupon below its own rules (a threshold
             # after a percent): refuse it rather than keep the held one's stale discount.
             key, why = next(iter(combo.refused.items()))
-            raise _Refuse(Reason.NOT_STACKABLE,
-                          f"held coupon {key} would no longer apply ({why.reason.value})",
-                          coupon=coupon)
+            raise _Refuse(
+                Reason.NOT_STACKABLE,
+                f"held coupon {key} would no longer apply ({why.reason.value})",
+                coupon=coupon,
+            )
         mine = next(a for a in combo.applied if a.key == coupon.key)
         self._check_limits(coupon, mine.value_minor, basket)
         warnings: list[str] = []
         flags = self._check_fraud_and_staleness(mine.value_minor, ctx, now, coupon, warnings)
-        decision = Decision(True, Reason.OK, mine.discount_minor, c.currency, c.id, c.name,
-                            coupon.key, gift_sku=mine.gift_sku, warnings=warnings)
+        decision = Decision(
+            True,
+            Reason.OK,
+            mine.discount_minor,
+            c.currency,
+            c.id,
+            c.name,
+            coupon.key,
+            gift_sku=mine.gift_sku,
+            warnings=warnings,
+        )
         return decision, coupon, flags, {a.key: a.discount_minor for a in combo.applied}
 
     def check(self, code: str, basket: Basket, ctx: Context = Context()) -> Decision:
@@ -330,8 +406,16 @@ class Engine:
 
     def _refusal(self, r: _Refuse, basket: Basket) -> Decision:
         c = r.coupon
-        return Decision(False, r.reason, 0, basket.currency, c.campaign.id if c else None,
-                        c.campaign.name if c else None, c.key if c else None, detail=r.detail)
+        return Decision(
+            False,
+            r.reason,
+            0,
+            basket.currency,
+            c.campaign.id if c else None,
+            c.campaign.name if c else None,
+            c.key if c else None,
+            detail=r.detail,
+        )
 
     # ------------------------------------------------------------ recording
 
@@ -344,8 +428,11 @@ class Engine:
         if row is None:
             return None
         if row.request != request:
-            return Decision(False, Reason.OPERATION_CONFLICT,
-                            detail=f"operation id {op_id} was used for another request")
+            return Decision(
+                False,
+                Reason.OPERATION_CONFLICT,
+                detail=f"operation id {op_id} was used for another request",
+            )
         d = Decision.from_dict(json.loads(row.response))
         d.replayed = True
         return d
@@ -363,9 +450,15 @@ class Engine:
             with self.db.atomic():
                 decision: Decision = work()
                 if op_id:
-                    insert_row(Operation, {"op_id": op_id, "request": request,
-                                           "seq": self.journal.head_seq,
-                                           "response": json.dumps(decision.to_dict())})
+                    insert_row(
+                        Operation,
+                        {
+                            "op_id": op_id,
+                            "request": request,
+                            "seq": self.journal.head_seq,
+                            "response": json.dumps(decision.to_dict()),
+                        },
+                    )
             return decision
         except (pw.OperationalError, pw.IntegrityError, sqlite3.Error, OSError) as exc:
             log.error("journal write failed, refusing: %s", exc)
@@ -378,32 +471,66 @@ class Engine:
         self._rebuild_usage()
         return Decision(False, reason, detail=detail)
 
-    def _append(self, kind: str, decision: Decision, basket: Basket | None, ctx: Context,
-                now: float, op_id: str | None, coupon: Coupon | None = None,
-                checkout_id: str | None = None, flags: list[Flag] = ()) -> int:  # type: ignore[assignment]
+    def _append(
+        self,
+        kind: str,
+        decision: Decision,
+        basket: Basket | None,
+        ctx: Context,
+        now: float,
+        op_id: str | None,
+        coupon: Coupon | None = None,
+        checkout_id: str | None = None,
+        flags: list[Flag] = (),
+    ) -> int:  # type: ignore[assignment]
         seq = self.journal.append(
-            at_ms=int(now * 1000), kind=kind, op_id=op_id, checkout_id=checkout_id,
-            accepted=decision.accepted, reason=decision.reason.value,
-            campaign=decision.campaign, serial=decision.serial,
+            at_ms=int(now * 1000),
+            kind=kind,
+            op_id=op_id,
+            checkout_id=checkout_id,
+            accepted=decision.accepted,
+            reason=decision.reason.value,
+            campaign=decision.campaign,
+            serial=decision.serial,
             customer=coupon.customer if coupon else None,
             discount_minor=decision.discount_minor,
             currency=decision.currency or (basket.currency if basket else None),
-            cashier=ctx.cashier, source=ctx.source,
-            detail={"detail": decision.detail, "gift": decision.gift_sku,
-                    "basket_minor": basket.total_minor if basket else None,
-                    "tag": ctx.tag_uid.hex() if ctx.tag_uid else None,
-                    "override": ctx.manager_override})
+            cashier=ctx.cashier,
+            source=ctx.source,
+            detail={
+                "detail": decision.detail,
+                "gift": decision.gift_sku,
+                "basket_minor": basket.total_minor if basket else None,
+                "tag": ctx.tag_uid.hex() if ctx.tag_uid else None,
+                "override": ctx.manager_override,
+            },
+        )
         decision.journal_seq = seq
         for flag in flags:
-            self.journal.append(at_ms=int(now * 1000), kind="flag", accepted=False,
-                                reason=flag.kind, serial=decision.serial,
-                                campaign=decision.campaign, cashier=ctx.cashier,
-                                source=ctx.source, detail={"detail": flag.detail,
-                                                           "about_seq": seq})
+            self.journal.append(
+                at_ms=int(now * 1000),
+                kind="flag",
+                accepted=False,
+                reason=flag.kind,
+                serial=decision.serial,
+                campaign=decision.campaign,
+                cashier=ctx.cashier,
+                source=ctx.source,
+                detail={"detail": flag.detail, "about_seq": seq},
+            )
         return seq
 
-    def _attempt(self, kind: str, code: str, basket: Basket, ctx: Context, op_id: str | None,
-                 checkout_id: str, status: str, request: str) -> Decision:
+    def _attempt(
+        self,
+        kind: str,
+        code: str,
+        basket: Basket,
+        ctx: Context,
+        op_id: str | None,
+        checkout_id: str,
+        status: str,
+        request: str,
+    ) -> Decision:
         now = self.now()
         self._expire_holds(now)
         others = self._held_coupons(checkout_id) if status == "held" else []
@@ -441,8 +568,9 @@ class Engine:
     def _restack(self, checkout_id: str, new_key: str, discounts: dict[str, int]) -> None:
         """Held coupons of a checkout take the discounts the new stacking order gives them;
         their value against the campaign budget follows."""
-        for u in Use.select().where((Use.checkout_id == checkout_id) & (Use.status == "held")
-                                    & (Use.serial != new_key)):
+        for u in Use.select().where(
+            (Use.checkout_id == checkout_id) & (Use.status == "held") & (Use.serial != new_key)
+        ):
             off = discounts.get(u.serial, u.discount_minor)
             if off == u.discount_minor:
                 continue
@@ -450,38 +578,60 @@ class Engine:
             self.campaign_minor[u.campaign] += value - u.value_minor
             Use.update(discount_minor=off, value_minor=value).where(Use.id == u.id).execute()
 
-    def _add_use(self, coupon: Coupon, d: Decision, checkout_id: str, status: str,
-                 now: float) -> None:
+    def _add_use(
+        self, coupon: Coupon, d: Decision, checkout_id: str, status: str, now: float
+    ) -> None:
         value = d.discount_minor + (coupon.campaign.gift_value_minor if d.gift_sku else 0)
         expires = now + self.ledger.policy.hold_ttl_s if status == "held" else None
-        u = add_use(serial=coupon.key, campaign=coupon.campaign.id, customer=coupon.customer,
-                    checkout_id=checkout_id, status=status, counts=True,
-                    discount_minor=d.discount_minor, value_minor=value,
-                    currency=d.currency or coupon.campaign.currency, expires_at=expires,
-                    detail=json.dumps({"code": "", "via": coupon.via, "gift": d.gift_sku}))
+        u = add_use(
+            serial=coupon.key,
+            campaign=coupon.campaign.id,
+            customer=coupon.customer,
+            checkout_id=checkout_id,
+            status=status,
+            counts=True,
+            discount_minor=d.discount_minor,
+            value_minor=value,
+            currency=d.currency or coupon.campaign.currency,
+            expires_at=expires,
+            detail=json.dumps({"code": "", "via": coupon.via, "gift": d.gift_sku}),
+        )
         self._count(u, +1)
         if expires is not None:
             self._next_expiry = min(self._next_expiry, expires)
 
     # ------------------------------------------------------------ public operations
 
-    def redeem(self, code: str, basket: Basket, ctx: Context = Context(),
-               op_id: str | None = None) -> Decision:
+    def redeem(
+        self, code: str, basket: Basket, ctx: Context = Context(), op_id: str | None = None
+    ) -> Decision:
         """Standalone: decide and redeem at once."""
         request = self._request("redeem", code)
         return self._replay(op_id, request) or self._attempt(
-            "redeem", code, basket, ctx, op_id, op_id or uuid.uuid4().hex, "committed", request)
+            "redeem", code, basket, ctx, op_id, op_id or uuid.uuid4().hex, "committed", request
+        )
 
-    def hold(self, checkout_id: str, code: str, basket: Basket, ctx: Context = Context(),
-             op_id: str | None = None) -> Decision:
+    def hold(
+        self,
+        checkout_id: str,
+        code: str,
+        basket: Basket,
+        ctx: Context = Context(),
+        op_id: str | None = None,
+    ) -> Decision:
         """POS step 1: hold a coupon for an open checkout (counts against limits until it is
         committed, released or expires)."""
         request = self._request("hold", checkout_id, code)
         return self._replay(op_id, request) or self._attempt(
-            "hold", code, basket, ctx, op_id, checkout_id, "held", request)
+            "hold", code, basket, ctx, op_id, checkout_id, "held", request
+        )
 
-    def best(self, codes: list[str], basket: Basket, ctx: Context = Context(),
-             ) -> tuple[list[Decision], list[Decision]]:
+    def best(
+        self,
+        codes: list[str],
+        basket: Basket,
+        ctx: Context = Context(),
+    ) -> tuple[list[Decision], list[Decision]]:
         """Which of the presented coupons to use together for the most value. Records
         nothing; returns (chosen, refused)."""
         now = self.now()
@@ -496,13 +646,26 @@ class Engine:
             except _Refuse as r:
                 refused.append(self._refusal(r, basket))
         combo = best_combination([(k, c.campaign) for k, c in coupons.items()], basket)
-        chosen = [Decision(True, Reason.OK, a.discount_minor, a.campaign.currency,
-                           a.campaign.id, a.campaign.name, a.key, gift_sku=a.gift_sku)
-                  for a in combo.applied]
+        chosen = [
+            Decision(
+                True,
+                Reason.OK,
+                a.discount_minor,
+                a.campaign.currency,
+                a.campaign.id,
+                a.campaign.name,
+                a.key,
+                gift_sku=a.gift_sku,
+            )
+            for a in combo.applied
+        ]
         for key, exc in combo.refused.items():
             c = coupons[key].campaign
-            refused.append(Decision(False, exc.reason, 0, basket.currency, c.id, c.name, key,
-                                    detail=exc.detail))
+            refused.append(
+                Decision(
+                    False, exc.reason, 0, basket.currency, c.id, c.name, key, detail=exc.detail
+                )
+            )
         return chosen, refused
 
     def _held_coupons(self, checkout_id: str) -> list[Coupon]:
@@ -510,18 +673,40 @@ class Engine:
         for u in Use.select().where((Use.checkout_id == checkout_id) & (Use.status == "held")):
             campaign = self.ledger.campaigns.get(u.campaign)
             if campaign is not None:
-                out.append(Coupon(u.serial, int(u.serial, 16), campaign, u.customer,
-                                  json.loads(u.detail).get("via", "token")))
+                out.append(
+                    Coupon(
+                        u.serial,
+                        int(u.serial, 16),
+                        campaign,
+                        u.customer,
+                        json.loads(u.detail).get("via", "token"),
+                    )
+                )
         return out
 
     def _checkout_coupons(self, checkout_id: str) -> list[dict[str, Any]]:
-        return [{"serial": u.serial, "campaign": u.campaign, "status": u.status,
-                 "discount_minor": u.discount_minor, "currency": u.currency,
-                 "gift_sku": json.loads(u.detail).get("gift")}
-                for u in Use.select().where(Use.checkout_id == checkout_id).order_by(Use.id)]
+        return [
+            {
+                "serial": u.serial,
+                "campaign": u.campaign,
+                "status": u.status,
+                "discount_minor": u.discount_minor,
+                "currency": u.currency,
+                "gift_sku": json.loads(u.detail).get("gift"),
+            }
+            for u in Use.select().where(Use.checkout_id == checkout_id).order_by(Use.id)
+        ]
 
-    def _transition(self, kind: str, checkout_id: str, op_id: str | None, ctx: Context,
-                    from_status: str, to_status: str, missing: Reason) -> Decision:
+    def _transition(
+        self,
+        kind: str,
+        checkout_id: str,
+        op_id: str | None,
+        ctx: Context,
+        from_status: str,
+        to_status: str,
+        missing: Reason,
+    ) -> Decision:
         request = self._request(kind, checkout_id)
         cached = self._replay(op_id, request)
         if cached:
@@ -530,13 +715,19 @@ class Engine:
         self._expire_holds(now)
 
         def work() -> Decision:
-            uses = list(Use.select().where((Use.checkout_id == checkout_id)
-                                           & (Use.status == from_status)))
+            uses = list(
+                Use.select().where((Use.checkout_id == checkout_id) & (Use.status == from_status))
+            )
             if not uses:
                 known = Use.select().where(Use.checkout_id == checkout_id).exists()
                 reason = missing if known else Reason.UNKNOWN_CHECKOUT
-                if known and kind == "commit" and Use.select().where(
-                        (Use.checkout_id == checkout_id) & (Use.status == "expired")).exists():
+                if (
+                    known
+                    and kind == "commit"
+                    and Use.select()
+                    .where((Use.checkout_id == checkout_id) & (Use.status == "expired"))
+                    .exists()
+                ):
                     reason = Reason.HOLD_EXPIRED
                 d = Decision(False, reason, checkout_id=checkout_id)
                 self._append(kind, d, None, ctx, now, op_id, checkout_id=checkout_id)
@@ -546,55 +737,91 @@ class Engine:
             for u in uses:
                 campaign = self.ledger.campaigns.get(u.campaign)
                 counts = to_status == "committed" or (
-                    to_status == "reversed" and campaign is not None
-                    and not campaign.reusable_after_refund)
+                    to_status == "reversed"
+                    and campaign is not None
+                    and not campaign.reusable_after_refund
+                )
                 if u.counts and not counts:
                     self._count(u, -1)
                 Use.update(status=to_status, counts=counts, expires_at=None).where(
-                    Use.id == u.id).execute()
-                d = Decision(True, Reason.OK, u.discount_minor, u.currency, u.campaign,
-                             serial=u.serial, checkout_id=checkout_id,
-                             gift_sku=json.loads(u.detail).get("gift"))
-                seqs.append(self._append(kind, d, None, ctx, now, op_id,
-                                         checkout_id=checkout_id))
+                    Use.id == u.id
+                ).execute()
+                d = Decision(
+                    True,
+                    Reason.OK,
+                    u.discount_minor,
+                    u.currency,
+                    u.campaign,
+                    serial=u.serial,
+                    checkout_id=checkout_id,
+                    gift_sku=json.loads(u.detail).get("gift"),
+                )
+                seqs.append(self._append(kind, d, None, ctx, now, op_id, checkout_id=checkout_id))
                 total += u.discount_minor
-            return Decision(True, Reason.OK, total, uses[0].currency, checkout_id=checkout_id,
-                            journal_seq=seqs[-1], coupons=self._checkout_coupons(checkout_id))
+            return Decision(
+                True,
+                Reason.OK,
+                total,
+                uses[0].currency,
+                checkout_id=checkout_id,
+                journal_seq=seqs[-1],
+                coupons=self._checkout_coupons(checkout_id),
+            )
 
         return self._record(op_id, work, request)
 
-    def commit(self, checkout_id: str, op_id: str | None = None,
-               ctx: Context = Context()) -> Decision:
+    def commit(
+        self, checkout_id: str, op_id: str | None = None, ctx: Context = Context()
+    ) -> Decision:
         """POS step 2: payment done; held coupons become redeemed."""
-        return self._transition("commit", checkout_id, op_id, ctx, "held", "committed",
-                                Reason.UNKNOWN_CHECKOUT)
+        return self._transition(
+            "commit", checkout_id, op_id, ctx, "held", "committed", Reason.UNKNOWN_CHECKOUT
+        )
 
-    def release(self, checkout_id: str, op_id: str | None = None,
-                ctx: Context = Context()) -> Decision:
+    def release(
+        self, checkout_id: str, op_id: str | None = None, ctx: Context = Context()
+    ) -> Decision:
         """Checkout cancelled: held coupons are free again."""
-        return self._transition("release", checkout_id, op_id, ctx, "held", "released",
-                                Reason.UNKNOWN_CHECKOUT)
+        return self._transition(
+            "release", checkout_id, op_id, ctx, "held", "released", Reason.UNKNOWN_CHECKOUT
+        )
 
-    def reverse(self, checkout_id: str, op_id: str | None = None,
-                ctx: Context = Context()) -> Decision:
+    def reverse(
+        self, checkout_id: str, op_id: str | None = None, ctx: Context = Context()
+    ) -> Decision:
         """Refund: committed coupons are reversed; the campaign says whether they (and the
         budget) become usable again."""
-        return self._transition("reverse", checkout_id, op_id, ctx, "committed", "reversed",
-                                Reason.NOT_COMMITTED)
+        return self._transition(
+            "reverse", checkout_id, op_id, ctx, "committed", "reversed", Reason.NOT_COMMITTED
+        )
 
     def _expire_holds(self, now: float) -> None:
         if now < self._next_expiry:
             return
+
         def work() -> Decision:
             expired = list(Use.select().where((Use.status == "held") & (Use.expires_at <= now)))
             for u in expired:
                 Use.update(status="expired", counts=False, expires_at=None).where(
-                    Use.id == u.id).execute()
+                    Use.id == u.id
+                ).execute()
                 self._count(u, -1)
-                self._append("expire", Decision(False, Reason.HOLD_EXPIRED, u.discount_minor,
-                                                u.currency, u.campaign, serial=u.serial),
-                             None, Context(source="engine"), now, None,
-                             checkout_id=u.checkout_id)
+                self._append(
+                    "expire",
+                    Decision(
+                        False,
+                        Reason.HOLD_EXPIRED,
+                        u.discount_minor,
+                        u.currency,
+                        u.campaign,
+                        serial=u.serial,
+                    ),
+                    None,
+                    Context(source="engine"),
+                    now,
+                    None,
+                    checkout_id=u.checkout_id,
+                )
             return Decision(True, Reason.OK)
 
         self._record(None, work)
@@ -608,14 +835,20 @@ class Engine:
         answer, a wrong RTC): trusted time restarts from now. Journaled as a flag."""
         now = self.now()
         if now < self.ledger.issued_at:
-            return Decision(False, Reason.CLOCK_UNTRUSTED,
-                            detail="clock is before the ledger's issue time")
+            return Decision(
+                False, Reason.CLOCK_UNTRUSTED, detail="clock is before the ledger's issue time"
+            )
 
         def work() -> Decision:
             d = Decision(True, Reason.OK, detail=f"trusted time was {self.trusted_time():.0f}")
-            self.journal.append(at_ms=int(now * 1000), kind="flag", accepted=True,
-                                reason=fraud.FLAG_CLOCK_RESET, source="manager",
-                                detail={"manager": manager, "detail": d.detail})
+            self.journal.append(
+                at_ms=int(now * 1000),
+                kind="flag",
+                accepted=True,
+                reason=fraud.FLAG_CLOCK_RESET,
+                source="manager",
+                detail={"manager": manager, "detail": d.detail},
+            )
             set_meta("trusted_time", str(int(now)))
             set_meta("clock_reset_seq", str(self.journal.head_seq))
             return d
@@ -640,18 +873,27 @@ class Engine:
     def _journal_ledger(self, result: ImportResult, now: float) -> Decision:
         ctx = Context(source="ledger")
         for version in result.applied:
-            self.journal.append(at_ms=int(now * 1000), kind="ledger", accepted=True,
-                                reason="applied", source=ctx.source,
-                                detail={"version": version})
+            self.journal.append(
+                at_ms=int(now * 1000),
+                kind="ledger",
+                accepted=True,
+                reason="applied",
+                source=ctx.source,
+                detail={"version": version},
+            )
         for exc in result.refused:
             self._flag_ledger(exc, now)
         return Decision(not result.refused, Reason.OK)
 
     def _flag_ledger(self, exc: LedgerRefused, now: float) -> None:
-        self.journal.append(at_ms=int(now * 1000), kind="flag", accepted=False,
-                            reason=fraud.FLAG_LEDGER_REFUSED, source="ledger",
-                            detail={"kind": exc.kind, "detail": exc.detail,
-                                    "have_version": self.ledger.version})
+        self.journal.append(
+            at_ms=int(now * 1000),
+            kind="flag",
+            accepted=False,
+            reason=fraud.FLAG_LEDGER_REFUSED,
+            source="ledger",
+            detail={"kind": exc.kind, "detail": exc.detail, "have_version": self.ledger.version},
+        )
 
 
 __all__ = ["Context", "Decision", "Engine", "database_proxy"]

@@ -65,16 +65,24 @@ class BurstDetector:
             return Flag(FLAG_BURST_COUPON, f"{n + 1} attempts on {serial}")
         return None
 
-    def before_accept(self, terminal: str, cashier: str | None, now: float,
-                      policy: Policy) -> Flag | None:
+    def before_accept(
+        self, terminal: str, cashier: str | None, now: float, policy: Policy
+    ) -> Flag | None:
         window = policy.burst_window_s
-        if policy.burst_per_terminal and \
-                self._accepts.count("t:" + terminal, now, window) >= policy.burst_per_terminal:
+        if (
+            policy.burst_per_terminal
+            and self._accepts.count("t:" + terminal, now, window) >= policy.burst_per_terminal
+        ):
             return Flag(FLAG_BURST_TERMINAL, f"over {policy.burst_per_terminal} in {window}s")
-        if cashier and policy.burst_per_cashier and \
-                self._accepts.count("c:" + cashier, now, window) >= policy.burst_per_cashier:
-            return Flag(FLAG_BURST_CASHIER, f"cashier {cashier} over "
-                        f"{policy.burst_per_cashier} in {window}s")
+        if (
+            cashier
+            and policy.burst_per_cashier
+            and self._accepts.count("c:" + cashier, now, window) >= policy.burst_per_cashier
+        ):
+            return Flag(
+                FLAG_BURST_CASHIER,
+                f"cashier {cashier} over {policy.burst_per_cashier} in {window}s",
+            )
         return None
 
     def on_accept(self, terminal: str, cashier: str | None, now: float) -> None:

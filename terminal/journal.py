@@ -30,7 +30,7 @@ class _Base(pw.Model):
 class Entry(_Base):
     seq = pw.IntegerField(primary_key=True)
     at_ms = pw.IntegerField()
-    kind = pw.CharField()            # redeem, hold, commit, release, expire, reverse, flag, ledger
+    kind = pw.CharField()  # redeem, hold, commit, release, expire, reverse, flag, ledger
     op_id = pw.CharField(null=True)
     checkout_id = pw.CharField(null=True)
     accepted = pw.BooleanField()
@@ -55,8 +55,8 @@ class Use(_Base):
     campaign = pw.CharField()
     customer = pw.CharField(null=True)
     checkout_id = pw.CharField(index=True)
-    status = pw.CharField()          # held, committed, released, expired, reversed
-    counts = pw.BooleanField()       # still counts against uses and budget
+    status = pw.CharField()  # held, committed, released, expired, reversed
+    counts = pw.BooleanField()  # still counts against uses and budget
     discount_minor = pw.IntegerField()
     value_minor = pw.IntegerField()
     currency = pw.CharField()
@@ -68,8 +68,8 @@ class Operation(_Base):
     """Idempotency: the first answer to an operation id is the answer forever."""
 
     op_id = pw.CharField(primary_key=True)
-    request = pw.CharField()   # digest of what was asked: reusing an id for another request
-    seq = pw.IntegerField()    # is a conflict, not a replay
+    request = pw.CharField()  # digest of what was asked: reusing an id for another request
+    seq = pw.IntegerField()  # is a conflict, not a replay
     response = pw.TextField()
 
 
@@ -79,15 +79,32 @@ class Meta(_Base):
 
 
 MODELS = [Entry, Use, Operation, Meta]
-HASHED_FIELDS = ("seq", "at_ms", "kind", "op_id", "checkout_id", "accepted", "reason",
-                 "campaign", "serial", "customer", "discount_minor", "currency", "cashier",
-                 "source", "detail", "prev_hash")
+HASHED_FIELDS = (
+    "seq",
+    "at_ms",
+    "kind",
+    "op_id",
+    "checkout_id",
+    "accepted",
+    "reason",
+    "campaign",
+    "serial",
+    "customer",
+    "discount_minor",
+    "currency",
+    "cashier",
+    "source",
+    "detail",
+    "prev_hash",
+)
 
 
 def open_database(path: Path) -> pw.SqliteDatabase:
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = pw.SqliteDatabase(str(path), pragmas={
-        "journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "busy_timeout": 5000})
+    db = pw.SqliteDatabase(
+        str(path),
+        pragmas={"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "busy_timeout": 5000},
+    )
     database_proxy.initialize(db)
     db.connect(reuse_if_open=True)
     migrate(db)
@@ -113,8 +130,9 @@ def migrate(db: pw.SqliteDatabase) -> None:
 
 
 def entry_hash(fields: dict[str, Any]) -> str:
-    canon = json.dumps([fields[k] for k in HASHED_FIELDS], separators=(",", ":"),
-                       ensure_ascii=False)
+    canon = json.dumps(
+        [fields[k] for k in HASHED_FIELDS], separators=(",", ":"), ensure_ascii=False
+    )
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
@@ -182,8 +200,9 @@ class Journal:
         fields["seq"] = self.head_seq + 1
         fields["at_ms"] = int(fields["at_ms"])
         fields["prev_hash"] = self.head_hash
-        fields["detail"] = json.dumps(fields.get("detail") or {}, sort_keys=True,
-                                      separators=(",", ":"), ensure_ascii=False)
+        fields["detail"] = json.dumps(
+            fields.get("detail") or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
         fields["discount_minor"] = fields.get("discount_minor") or 0
         fields["accepted"] = bool(fields["accepted"])
         digest = entry_hash(fields)
@@ -213,11 +232,19 @@ def verify() -> VerifyResult:
     for row in Entry.select().order_by(Entry.seq).dicts().iterator():
         count += 1
         if row["seq"] != expect_seq:
-            return VerifyResult(False, count, expect_seq,
-                                f"entry {expect_seq} is missing (next stored is {row['seq']})")
+            return VerifyResult(
+                False,
+                count,
+                expect_seq,
+                f"entry {expect_seq} is missing (next stored is {row['seq']})",
+            )
         if row["prev_hash"] != prev:
-            return VerifyResult(False, count, row["seq"],
-                                f"entry {row['seq']} does not follow entry {row['seq'] - 1}")
+            return VerifyResult(
+                False,
+                count,
+                row["seq"],
+                f"entry {row['seq']} does not follow entry {row['seq'] - 1}",
+            )
         if entry_hash(row) != row["hash"]:
             return VerifyResult(False, count, row["seq"], f"entry {row['seq']} was altered")
         prev = row["hash"]
@@ -225,9 +252,25 @@ def verify() -> VerifyResult:
     return VerifyResult(True, count)
 
 
-EXPORT_FIELDS = ("seq", "at_ms", "kind", "op_id", "checkout_id", "accepted", "reason",
-                 "campaign", "serial", "customer", "discount_minor", "currency", "cashier",
-                 "source", "detail", "prev_hash", "hash")
+EXPORT_FIELDS = (
+    "seq",
+    "at_ms",
+    "kind",
+    "op_id",
+    "checkout_id",
+    "accepted",
+    "reason",
+    "campaign",
+    "serial",
+    "customer",
+    "discount_minor",
+    "currency",
+    "cashier",
+    "source",
+    "detail",
+    "prev_hash",
+    "hash",
+)
 
 
 def rows(since_ms: int | None = None, until_ms: int | None = None) -> Iterator[dict[str, Any]]:
@@ -240,8 +283,9 @@ def rows(since_ms: int | None = None, until_ms: int | None = None) -> Iterator[d
         yield {k: row[k] for k in EXPORT_FIELDS}
 
 
-def export(fmt: str, out: io.TextIOBase | Any, since_ms: int | None = None,
-           until_ms: int | None = None) -> int:
+def export(
+    fmt: str, out: io.TextIOBase | Any, since_ms: int | None = None, until_ms: int | None = None
+) -> int:
     n = 0
     if fmt == "csv":
         writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS)
@@ -264,8 +308,12 @@ def prune(now_s: float) -> int:
     # must not carry younger entries before it away.
     young = Entry.select(pw.fn.MIN(Entry.seq)).where(Entry.at_ms >= cutoff_ms).scalar()
     bound = acked if young is None else min(acked, young - 1)
-    last = (Entry.select().where((Entry.seq <= bound) & (Entry.at_ms < cutoff_ms))
-            .order_by(Entry.seq.desc()).first())
+    last = (
+        Entry.select()
+        .where((Entry.seq <= bound) & (Entry.at_ms < cutoff_ms))
+        .order_by(Entry.seq.desc())
+        .first()
+    )
     if last is None:
         return 0
     db = database_proxy.obj

@@ -34,8 +34,9 @@ class KeyCert:
         return self.not_before <= t < self.not_after
 
 
-def make_cert(root: cose.SigningKey, key: cose.SigningKey, purpose: str,
-              not_before: int, not_after: int) -> bytes:
+def make_cert(
+    root: cose.SigningKey, key: cose.SigningKey, purpose: str, not_before: int, not_after: int
+) -> bytes:
     payload = cbor2.dumps({1: key.kid, 2: purpose, 3: key.public, 4: not_before, 5: not_after})
     return root.sign1(payload)
 
@@ -51,12 +52,18 @@ class TrustAnchor:
     @property
     def fingerprint(self) -> str:
         digest = hashlib.sha256(self.public_key).hexdigest()
-        return "SHA256:" + ":".join(digest[i:i + 4] for i in range(0, 32, 4))
+        return "SHA256:" + ":".join(digest[i : i + 4] for i in range(0, 32, 4))
 
     def to_json(self) -> str:
-        return json.dumps({"format": "edge-redeem-trust-anchor/1",
-                           "root_public_key": self.public_key.hex(),
-                           "kid": self.kid.hex(), "fingerprint": self.fingerprint}, indent=2)
+        return json.dumps(
+            {
+                "format": "edge-redeem-trust-anchor/1",
+                "root_public_key": self.public_key.hex(),
+                "kid": self.kid.hex(),
+                "fingerprint": self.fingerprint,
+            },
+            indent=2,
+        )
 
     @classmethod
     def load(cls, path: Path) -> TrustAnchor:
@@ -79,12 +86,21 @@ class TrustAnchor:
             raise CertError("certificate not signed by the trust anchor")
         try:
             body: Any = cbor2.loads(msg.payload)
-            cert = KeyCert(kid=body[1], purpose=body[2], public_key=body[3],
-                           not_before=int(body[4]), not_after=int(body[5]), raw=raw)
+            cert = KeyCert(
+                kid=body[1],
+                purpose=body[2],
+                public_key=body[3],
+                not_before=int(body[4]),
+                not_after=int(body[5]),
+                raw=raw,
+            )
         except (cbor2.CBORDecodeError, LookupError, TypeError, ValueError):
             raise CertError("certificate fields missing") from None
-        if not (isinstance(cert.kid, bytes) and isinstance(cert.public_key, bytes)
-                and isinstance(cert.purpose, str)):
+        if not (
+            isinstance(cert.kid, bytes)
+            and isinstance(cert.public_key, bytes)
+            and isinstance(cert.purpose, str)
+        ):
             raise CertError("certificate fields have the wrong types")
         if cose.key_id(cert.public_key) != cert.kid:
             raise CertError("certificate key id does not match its key")

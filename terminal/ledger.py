@@ -35,11 +35,11 @@ class Policy:
 
     stale_warn_hours: int = 24
     stale_block_hours: int = 72
-    stale_high_value_minor: int = 5_000     # above this, a stale ledger needs a manager
-    clock_tolerance_s: int = 300            # how far behind trusted time the clock may be
+    stale_high_value_minor: int = 5_000  # above this, a stale ledger needs a manager
+    clock_tolerance_s: int = 300  # how far behind trusted time the clock may be
     burst_window_s: int = 60
-    burst_per_coupon: int = 3               # attempts on one serial within the window
-    burst_per_terminal: int = 60            # accepted redemptions per window
+    burst_per_coupon: int = 3  # attempts on one serial within the window
+    burst_per_terminal: int = 60  # accepted redemptions per window
     burst_per_cashier: int = 30
     hold_ttl_s: int = 900
 
@@ -82,10 +82,16 @@ class LedgerState:
     policy: Policy = field(default_factory=Policy)
 
     def summary(self) -> dict[str, Any]:
-        return {"version": self.version, "chain": self.chain.hex(), "issued_at": self.issued_at,
-                "campaigns": len(self.campaigns), "issuer_keys": len(self.issuer_keys),
-                "revoked_serials": len(self.revoked), "redeemed_serials": len(self.redeemed),
-                "plain_codes": len(self.plain_codes)}
+        return {
+            "version": self.version,
+            "chain": self.chain.hex(),
+            "issued_at": self.issued_at,
+            "campaigns": len(self.campaigns),
+            "issuer_keys": len(self.issuer_keys),
+            "revoked_serials": len(self.revoked),
+            "redeemed_serials": len(self.redeemed),
+            "plain_codes": len(self.plain_codes),
+        }
 
 
 def chain_next(prev: bytes, payload: bytes) -> bytes:
@@ -93,6 +99,7 @@ def chain_next(prev: bytes, payload: bytes) -> bytes:
 
 
 # ---------------------------------------------------------------- building (central side)
+
 
 def sign_update(ledger_key: cose.SigningKey, ledger_cert: bytes, body: dict[str, Any]) -> bytes:
     """One signed update: [ledger certificate, COSE_Sign1(body)]."""
@@ -106,14 +113,18 @@ def ledger_file(updates: Iterable[bytes]) -> bytes:
 
 def snapshot_body(state: LedgerState) -> dict[str, Any]:
     return {
-        "type": "snapshot", "version": state.version, "chain": state.chain,
+        "type": "snapshot",
+        "version": state.version,
+        "chain": state.chain,
         "issued_at": state.issued_at,
         "issuer_certs": [c.raw for c in state.issuer_keys.values()],
         "revoked_kids": sorted(state.revoked_kids),
         "campaigns": [c.to_dict() for c in state.campaigns.values()],
         "usage": {k: list(v) for k, v in state.usage.items()},
-        "revoked": serials.pack(state.revoked), "redeemed": serials.pack(state.redeemed),
-        "deny_tags": sorted(state.deny_tags), "deny_customers": sorted(state.deny_customers),
+        "revoked": serials.pack(state.revoked),
+        "redeemed": serials.pack(state.redeemed),
+        "deny_tags": sorted(state.deny_tags),
+        "deny_customers": sorted(state.deny_customers),
         "plain_salt": state.plain_salt,
         "plain_codes": [[h, p.campaign, p.serial] for h, p in state.plain_codes.items()],
         "policy": state.policy.to_dict(),
@@ -121,6 +132,7 @@ def snapshot_body(state: LedgerState) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- reading (terminal side)
+
 
 def read_file(data: bytes) -> list[bytes]:
     try:
@@ -217,7 +229,8 @@ def apply(anchor: TrustAnchor, state: LedgerState, raw: bytes) -> tuple[LedgerSt
         if kind == "delta":
             if version != state.version + 1 or body.get("prev") != state.chain:
                 raise LedgerRefused(
-                    "gap", f"delta {version} does not follow version {state.version}")
+                    "gap", f"delta {version} does not follow version {state.version}"
+                )
             return _apply_delta(anchor, state, body, chain_next(state.chain, upd.payload)), "delta"
     except (InputError, CertError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise LedgerRefused("damaged", f"update content is invalid: {exc}") from None
@@ -226,22 +239,26 @@ def apply(anchor: TrustAnchor, state: LedgerState, raw: bytes) -> tuple[LedgerSt
 
 def _from_snapshot(anchor: TrustAnchor, b: Mapping[str, Any]) -> LedgerState:
     return LedgerState(
-        version=b["version"], chain=bytes(b["chain"]), issued_at=b["issued_at"],
+        version=b["version"],
+        chain=bytes(b["chain"]),
+        issued_at=b["issued_at"],
         issuer_keys=_certs(anchor, b.get("issuer_certs")),
         revoked_kids=set(b.get("revoked_kids", ())),
         campaigns=_campaigns(b.get("campaigns")),
         usage={k: (int(v[0]), int(v[1])) for k, v in dict(b.get("usage", {})).items()},
         revoked=SerialSet(serials.unpack(b.get("revoked", b""))),
         redeemed=SerialSet(serials.unpack(b.get("redeemed", b""))),
-        deny_tags=set(b.get("deny_tags", ())), deny_customers=set(b.get("deny_customers", ())),
+        deny_tags=set(b.get("deny_tags", ())),
+        deny_customers=set(b.get("deny_customers", ())),
         plain_salt=bytes(b.get("plain_salt", b"")),
         plain_codes={bytes(h): PlainCode(c, s) for h, c, s in b.get("plain_codes", ())},
         policy=Policy.from_dict(dict(b.get("policy", {}))),
     )
 
 
-def _apply_delta(anchor: TrustAnchor, s: LedgerState, b: Mapping[str, Any],
-                 chain: bytes) -> LedgerState:
+def _apply_delta(
+    anchor: TrustAnchor, s: LedgerState, b: Mapping[str, Any], chain: bytes
+) -> LedgerState:
     campaigns = dict(s.campaigns)
     for cid in b.get("removed_campaigns", ()):
         campaigns.pop(cid, None)
@@ -255,10 +272,16 @@ def _apply_delta(anchor: TrustAnchor, s: LedgerState, b: Mapping[str, Any],
     usage = dict(s.usage)
     usage.update({k: (int(v[0]), int(v[1])) for k, v in dict(b.get("usage", {})).items()})
     return replace(
-        s, version=b["version"], chain=chain, issued_at=b["issued_at"],
+        s,
+        version=b["version"],
+        chain=chain,
+        issued_at=b["issued_at"],
         issuer_keys=_certs(anchor, b["issuer_certs"]) if "issuer_certs" in b else s.issuer_keys,
         revoked_kids=s.revoked_kids | set(b.get("revoked_kids", ())),
-        campaigns=campaigns, usage=usage, revoked=revoked, redeemed=redeemed,
+        campaigns=campaigns,
+        usage=usage,
+        revoked=revoked,
+        redeemed=redeemed,
         deny_tags=s.deny_tags | set(b.get("deny_tags", ())),
         deny_customers=s.deny_customers | set(b.get("deny_customers", ())),
         plain_salt=bytes(b["plain_salt"]) if "plain_salt" in b else s.plain_salt,

@@ -95,4 +95,3 @@ class LedgerStore:
                     old.unlink()
         self.state = new
         return new
-

@@ -66,20 +66,26 @@ MESSAGES: dict[Reason, str] = {
     Reason.WRONG_CURRENCY: N_("This coupon is for a different currency."),
     Reason.NOT_STACKABLE: N_("This coupon cannot be combined with the coupons already applied."),
     Reason.TAG_MISMATCH: N_("This coupon tag is not the original one and cannot be used."),
-    Reason.LEDGER_STALE: N_("This till needs an update before it can accept this coupon. "
-                            "A manager can approve it."),
+    Reason.LEDGER_STALE: N_(
+        "This till needs an update before it can accept this coupon. A manager can approve it."
+    ),
     Reason.NO_LEDGER: N_("This till is not ready to accept coupons yet."),
     Reason.CLOCK_UNTRUSTED: N_("This till's clock needs checking before coupons can be accepted."),
     Reason.SUSPECTED_FRAUD: N_("This coupon needs a manager's check before it can be used."),
     Reason.UNKNOWN_CHECKOUT: N_("This till has no open checkout with that number."),
-    Reason.HOLD_EXPIRED: N_("The coupon was held too long and has been released. "
-                            "Please scan it again."),
-    Reason.NOT_COMMITTED: N_("This checkout was not paid with a coupon, so there is "
-                             "nothing to refund."),
-    Reason.OPERATION_CONFLICT: N_("The till sent this request twice with different details. "
-                                  "Please start the step again."),
-    Reason.STORAGE_FAILURE: N_("This till cannot save coupon records right now. "
-                               "Please try another till."),
-    Reason.INTERNAL_ERROR: N_("Something went wrong at this till. Please try again "
-                              "or ask a manager."),
+    Reason.HOLD_EXPIRED: N_(
+        "The coupon was held too long and has been released. Please scan it again."
+    ),
+    Reason.NOT_COMMITTED: N_(
+        "This checkout was not paid with a coupon, so there is nothing to refund."
+    ),
+    Reason.OPERATION_CONFLICT: N_(
+        "The till sent this request twice with different details. Please start the step again."
+    ),
+    Reason.STORAGE_FAILURE: N_(
+        "This till cannot save coupon records right now. Please try another till."
+    ),
+    Reason.INTERNAL_ERROR: N_(
+        "Something went wrong at this till. Please try again or ask a manager."
+    ),
 }

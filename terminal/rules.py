@@ -36,6 +36,7 @@ class InputError(ValueError):
 
 # ---------------------------------------------------------------- reading documents
 
+
 def _req(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
     if key not in doc:
         raise InputError(f"{where}: missing '{key}'")
@@ -43,23 +44,31 @@ def _req(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where:
 
 
 def _typed(value: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if isinstance(value, bool) and kind is not bool and bool not in (
-            kind if isinstance(kind, tuple) else (kind,)):
+    if (
+        isinstance(value, bool)
+        and kind is not bool
+        and bool not in (kind if isinstance(kind, tuple) else (kind,))
+    ):
         raise InputError(f"{where}: '{key}' has the wrong type")
     if not isinstance(value, kind):
         raise InputError(f"{where}: '{key}' has the wrong type")
     return value
 
 
-def _opt(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str,
-         default: Any = None) -> Any:
+def _opt(
+    doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any = None
+) -> Any:
     if key not in doc or doc[key] is None:
         return default
     return _typed(doc[key], key, kind, where)
 
 
-def _amount(doc: Mapping[str, Any], key: str, where: str, default: int | None = None,
-            ) -> int | None:
+def _amount(
+    doc: Mapping[str, Any],
+    key: str,
+    where: str,
+    default: int | None = None,
+) -> int | None:
     value = _opt(doc, key, int, where, default)
     if value is not None and not 0 <= value <= 10**12:
         raise InputError(f"{where}: '{key}' must be between 0 and 10^12 minor units")
@@ -103,23 +112,24 @@ def _strset(doc: Mapping[str, Any], key: str, where: str) -> frozenset[str]:
 
 # ---------------------------------------------------------------- campaigns
 
+
 @dataclass(frozen=True, slots=True)
 class Campaign:
     id: str
     name: str
     kind: str
     currency: str
-    amount_minor: int = 0          # threshold and fixed: amount off
-    percent_bp: int = 0            # percent: basis points, 1500 = 15 %
-    cap_minor: int | None = None   # percent: most it can take off
-    min_spend_minor: int = 0       # eligible subtotal needed
+    amount_minor: int = 0  # threshold and fixed: amount off
+    percent_bp: int = 0  # percent: basis points, 1500 = 15 %
+    cap_minor: int | None = None  # percent: most it can take off
+    min_spend_minor: int = 0  # eligible subtotal needed
     gift_sku: str | None = None
     gift_name: str | None = None
-    gift_value_minor: int = 0      # what the gift is worth, for ranking and budgets
+    gift_value_minor: int = 0  # what the gift is worth, for ranking and budgets
     valid_from: int | None = None
     valid_until: int | None = None
-    days_of_week: frozenset[int] = frozenset()      # 0 = Monday
-    hours: tuple[tuple[int, int], ...] = ()          # [start, end) minutes since midnight
+    days_of_week: frozenset[int] = frozenset()  # 0 = Monday
+    hours: tuple[tuple[int, int], ...] = ()  # [start, end) minutes since midnight
     timezone: str = "UTC"
     include_categories: frozenset[str] = frozenset()
     include_skus: frozenset[str] = frozenset()
@@ -204,7 +214,10 @@ class Campaign:
         if stacking not in STACKING:
             raise InputError(f"{where}: 'stacking' must be one of {', '.join(STACKING)}")
         camp = cls(
-            id=cid, name=_opt(doc, "name", str, where, cid), kind=kind, currency=currency.upper(),
+            id=cid,
+            name=_opt(doc, "name", str, where, cid),
+            kind=kind,
+            currency=currency.upper(),
             amount_minor=_amount(doc, "amount_minor", where, 0) or 0,
             percent_bp=percent_bp or 0,
             cap_minor=_amount(doc, "cap_minor", where),
@@ -214,18 +227,22 @@ class Campaign:
             gift_value_minor=_amount(doc, "gift_value_minor", where, 0) or 0,
             valid_from=_timestamp(doc.get("valid_from"), "valid_from", where),
             valid_until=_timestamp(doc.get("valid_until"), "valid_until", where),
-            days_of_week=days, hours=tuple(hours), timezone=tz,
+            days_of_week=days,
+            hours=tuple(hours),
+            timezone=tz,
             include_categories=_strset(doc, "include_categories", where),
             include_skus=_strset(doc, "include_skus", where),
             exclude_categories=_strset(doc, "exclude_categories", where),
             exclude_skus=_strset(doc, "exclude_skus", where),
             new_customers_only=_opt(doc, "new_customers_only", bool, where, False),
-            tiers=_strset(doc, "tiers", where), stores=_strset(doc, "stores", where),
+            tiers=_strset(doc, "tiers", where),
+            stores=_strset(doc, "stores", where),
             uses_per_coupon=_opt(doc, "uses_per_coupon", int, where, 1),
             uses_per_customer=_opt(doc, "uses_per_customer", int, where),
             budget_count=_opt(doc, "budget_count", int, where),
             budget_minor=_amount(doc, "budget_minor", where),
-            stacking=stacking, stack_group=_opt(doc, "stack_group", str, where),
+            stacking=stacking,
+            stack_group=_opt(doc, "stack_group", str, where),
             order=_opt(doc, "order", int, where),
             reusable_after_refund=_opt(doc, "reusable_after_refund", bool, where, True),
             per_basket=_opt(doc, "per_basket", int, where, 1),
@@ -248,8 +265,11 @@ class Campaign:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise InputError(f"{where}: '{name}' must be at least 1")
-        if self.valid_from is not None and self.valid_until is not None \
-                and self.valid_until <= self.valid_from:
+        if (
+            self.valid_from is not None
+            and self.valid_until is not None
+            and self.valid_until <= self.valid_from
+        ):
             raise InputError(f"{where}: 'valid_until' is not after 'valid_from'")
         for start, end in self.hours:
             if end <= start:
@@ -262,8 +282,7 @@ class Campaign:
             if isinstance(value, frozenset):
                 value = sorted(value)
             if name == "hours":
-                value = [f"{s // 60:02d}:{s % 60:02d}-{e // 60:02d}:{e % 60:02d}"
-                         for s, e in value]
+                value = [f"{s // 60:02d}:{s % 60:02d}-{e // 60:02d}:{e % 60:02d}" for s, e in value]
             if name == "days_of_week":
                 value = sorted(value)
             out[name] = value
@@ -306,6 +325,7 @@ class Campaign:
 
 # ---------------------------------------------------------------- baskets
 
+
 @dataclass(frozen=True, slots=True)
 class Line:
     sku: str
@@ -321,7 +341,7 @@ class Line:
 
 @dataclass(frozen=True, slots=True)
 class Customer:
-    ref: str | None = None     # a hash from the POS/loyalty system, never a name or phone
+    ref: str | None = None  # a hash from the POS/loyalty system, never a name or phone
     tier: str | None = None
     new: bool = False
 
@@ -370,9 +390,15 @@ class Basket:
                     raise InputError(f"{where}: 'quantity' must be 1..100000")
                 if not 0 <= price <= 10**10:
                     raise InputError(f"{where}: 'unit_price_minor' must be 0..10^10")
-                lines.append(Line(_req(raw, "sku", str, where),
-                                  _opt(raw, "category", str, where, ""),
-                                  qty, price, _opt(raw, "name", str, where, "")))
+                lines.append(
+                    Line(
+                        _req(raw, "sku", str, where),
+                        _opt(raw, "category", str, where, ""),
+                        qty,
+                        price,
+                        _opt(raw, "name", str, where, ""),
+                    )
+                )
             stated = _amount(doc, "total_minor", "basket")
             if stated is not None and stated != sum(line.total_minor for line in lines):
                 raise InputError("basket: 'total_minor' does not match the sum of the lines")
@@ -382,17 +408,20 @@ class Basket:
             for key in raw_c:
                 if key not in ("ref", "tier", "new"):
                     raise InputError(f"basket customer: unknown field '{key}'")
-            customer = Customer(_opt(raw_c, "ref", str, "basket customer"),
-                                _opt(raw_c, "tier", str, "basket customer"),
-                                _opt(raw_c, "new", bool, "basket customer", False))
+            customer = Customer(
+                _opt(raw_c, "ref", str, "basket customer"),
+                _opt(raw_c, "tier", str, "basket customer"),
+                _opt(raw_c, "new", bool, "basket customer", False),
+            )
         return cls(currency.upper(), tuple(lines), customer)
 
 
 # ---------------------------------------------------------------- applying coupons
 
+
 @dataclass(frozen=True, slots=True)
 class Applied:
-    key: str                 # the coupon's serial (hex) or code id
+    key: str  # the coupon's serial (hex) or code id
     campaign: Campaign
     discount_minor: int
     per_line: tuple[int, ...]
@@ -407,8 +436,10 @@ def apply_one(campaign: Campaign, basket: Basket, remaining: Sequence[int], key:
     """Apply one coupon to what is left of each line after earlier coupons."""
     if basket.currency != campaign.currency:
         raise Refusal(Reason.WRONG_CURRENCY)
-    weights = [rest if campaign.eligible(line) else 0
-               for line, rest in zip(basket.lines, remaining, strict=True)]
+    weights = [
+        rest if campaign.eligible(line) else 0
+        for line, rest in zip(basket.lines, remaining, strict=True)
+    ]
     eligible = sum(weights)
     if eligible <= 0:
         raise Refusal(Reason.NO_ELIGIBLE_ITEMS)
@@ -485,8 +516,10 @@ def apply_in_order(coupons: Iterable[tuple[str, Campaign]], basket: Basket) -> C
 def best_combination(coupons: Sequence[tuple[str, Campaign]], basket: Basket) -> Combination:
     """The stackable subset worth most to the shopper (discount plus gift value); ties go to
     fewer coupons, so the shopper keeps the rest for another day."""
-    too_many = {k: Refusal(Reason.NOT_STACKABLE, f"at most {MAX_PRESENTED} coupons at once")
-                for k, _ in list(coupons)[MAX_PRESENTED:]}
+    too_many = {
+        k: Refusal(Reason.NOT_STACKABLE, f"at most {MAX_PRESENTED} coupons at once")
+        for k, _ in list(coupons)[MAX_PRESENTED:]
+    }
     coupons = list(coupons)[:MAX_PRESENTED]
     best: Combination | None = None
     best_key: tuple[int, int] = (-1, 0)
@@ -505,6 +538,9 @@ def best_combination(coupons: Sequence[tuple[str, Campaign]], basket: Basket) ->
     if best is None:
         return Combination((), {**last_refusals, **too_many})
     chosen = {a.key for a in best.applied}
-    refused = {k: last_refusals.get(k, Refusal(Reason.NOT_STACKABLE))
-               for k, _ in coupons if k not in chosen}
+    refused = {
+        k: last_refusals.get(k, Refusal(Reason.NOT_STACKABLE))
+        for k, _ in coupons
+        if k not in chosen
+    }
     return Combination(best.applied, {**refused, **too_many})

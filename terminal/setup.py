@@ -33,8 +33,9 @@ class Identity:
             doc = json.loads(path.read_text())
             return cls(str(doc["store"]), str(doc["terminal"]))
         except FileNotFoundError:
-            raise NotInitialised(f"{data} is not a terminal data directory "
-                                 "(run `redeem init`)") from None
+            raise NotInitialised(
+                f"{data} is not a terminal data directory (run `redeem init`)"
+            ) from None
         except (OSError, ValueError, KeyError) as exc:
             raise NotInitialised(f"{path} is unreadable: {exc}") from None
 

@@ -38,8 +38,12 @@ class Claims:
     tag_uid: bytes | None = None
 
     def to_cbor(self) -> bytes:
-        body: dict[int, Any] = {CLAIM_CAMPAIGN: self.campaign, CLAIM_SERIAL: self.serial,
-                                CLAIM_NBF: self.not_before, CLAIM_EXP: self.expires}
+        body: dict[int, Any] = {
+            CLAIM_CAMPAIGN: self.campaign,
+            CLAIM_SERIAL: self.serial,
+            CLAIM_NBF: self.not_before,
+            CLAIM_EXP: self.expires,
+        }
         if self.customer_ref is not None:
             body[CLAIM_CUSTOMER] = self.customer_ref
         if self.tag_uid is not None:
@@ -50,16 +54,25 @@ class Claims:
     def from_cbor(cls, data: bytes) -> Claims:
         try:
             body = cbor2.loads(data)
-            claims = cls(campaign=body[CLAIM_CAMPAIGN], serial=body[CLAIM_SERIAL],
-                         not_before=body[CLAIM_NBF], expires=body[CLAIM_EXP],
-                         customer_ref=body.get(CLAIM_CUSTOMER), tag_uid=body.get(CLAIM_TAG_UID))
+            claims = cls(
+                campaign=body[CLAIM_CAMPAIGN],
+                serial=body[CLAIM_SERIAL],
+                not_before=body[CLAIM_NBF],
+                expires=body[CLAIM_EXP],
+                customer_ref=body.get(CLAIM_CUSTOMER),
+                tag_uid=body.get(CLAIM_TAG_UID),
+            )
         except Exception:
             raise TokenMalformed("claims are not a valid coupon") from None
-        if not (isinstance(claims.campaign, str) and isinstance(claims.serial, int)
-                and isinstance(claims.not_before, int) and isinstance(claims.expires, int)
-                and 0 <= claims.serial < 2**64
-                and isinstance(claims.customer_ref, (bytes, type(None)))
-                and isinstance(claims.tag_uid, (bytes, type(None)))):
+        if not (
+            isinstance(claims.campaign, str)
+            and isinstance(claims.serial, int)
+            and isinstance(claims.not_before, int)
+            and isinstance(claims.expires, int)
+            and 0 <= claims.serial < 2**64
+            and isinstance(claims.customer_ref, (bytes, type(None)))
+            and isinstance(claims.tag_uid, (bytes, type(None)))
+        ):
             raise TokenMalformed("claims have the wrong types")
         return claims
 
@@ -89,7 +102,7 @@ def parse(text: str) -> Token:
     if not text.upper().startswith(PREFIX):
         raise TokenMalformed("not a coupon token")
     try:
-        data = base45.decode(text[len(PREFIX):])
+        data = base45.decode(text[len(PREFIX) :])
     except base45.Base45Error as exc:
         raise TokenMalformed(str(exc)) from None
     if data[:1] == b"\x78":  # zlib header; a COSE_Sign1 starts with 0xD2 or 0x84

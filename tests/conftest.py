@@ -22,8 +22,12 @@ from terminal.rules import Basket
 T0 = 1795_608_000.0
 
 
-def basket(total_minor: int | None = None, currency: str = "CNY",
-           lines: list[dict[str, Any]] | None = None, **customer: Any) -> Basket:
+def basket(
+    total_minor: int | None = None,
+    currency: str = "CNY",
+    lines: list[dict[str, Any]] | None = None,
+    **customer: Any,
+) -> Basket:
     doc: dict[str, Any] = {"currency": currency}
     if lines is not None:
         doc["lines"] = lines

@@ -14,21 +14,36 @@ from terminal.rules import Basket, Campaign, InputError
 from tests.conftest import World, basket
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.text(max_size=20)
     | st.floats(allow_nan=True),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
-                                                                max_size=6),
-    max_leaves=20)
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=6)
+    ),
+    max_leaves=20,
+)
 
 basket_like = st.fixed_dictionaries(
     {"currency": st.sampled_from(["CNY", "EUR", "", "cny1", 5])},
-    optional={"lines": st.lists(st.dictionaries(
-        st.sampled_from(["sku", "category", "quantity", "unit_price_minor", "name", "x"]),
-        json_values, max_size=5), max_size=4),
-        "total_minor": json_values, "customer": json_values})
+    optional={
+        "lines": st.lists(
+            st.dictionaries(
+                st.sampled_from(["sku", "category", "quantity", "unit_price_minor", "name", "x"]),
+                json_values,
+                max_size=5,
+            ),
+            max_size=4,
+        ),
+        "total_minor": json_values,
+        "customer": json_values,
+    },
+)
 
-quiet = settings(max_examples=200, deadline=None,
-                 suppress_health_check=[HealthCheck.function_scoped_fixture])
+quiet = settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @quiet
@@ -43,11 +58,24 @@ def test_any_basket_document_is_read_or_named_as_invalid(doc: Any) -> None:
 
 
 @quiet
-@given(doc=json_values | st.fixed_dictionaries(
-    {"id": st.text(max_size=8), "kind": st.sampled_from(["fixed", "percent", "gift", "x"]),
-     "currency": st.sampled_from(["CNY", "XX"])},
-    optional={"amount_minor": json_values, "percent": json_values, "hours": json_values,
-              "days": json_values, "stacking": json_values, "gift_sku": json_values}))
+@given(
+    doc=json_values
+    | st.fixed_dictionaries(
+        {
+            "id": st.text(max_size=8),
+            "kind": st.sampled_from(["fixed", "percent", "gift", "x"]),
+            "currency": st.sampled_from(["CNY", "XX"]),
+        },
+        optional={
+            "amount_minor": json_values,
+            "percent": json_values,
+            "hours": json_values,
+            "days": json_values,
+            "stacking": json_values,
+            "gift_sku": json_values,
+        },
+    )
+)
 def test_any_campaign_document_is_read_or_named_as_invalid(doc: Any) -> None:
     try:
         c = Campaign.from_dict(doc)

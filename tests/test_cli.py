@@ -621,9 +621,14 @@ def test_campaign_file_with_one_bad_campaign_adds_none(tmp_path: Path) -> None:
     data = tmp_path / "central"
     assert central("init", "--data", data).returncode == 0
     path = tmp_path / "two.json"
-    path.write_text(json.dumps([
-        {"id": "GOOD", "kind": "fixed", "currency": "CNY", "amount_minor": 100},
-        {"id": "BAD", "kind": "fixed", "currency": "CNY", "amount_minor": -1}]))
+    path.write_text(
+        json.dumps(
+            [
+                {"id": "GOOD", "kind": "fixed", "currency": "CNY", "amount_minor": 100},
+                {"id": "BAD", "kind": "fixed", "currency": "CNY", "amount_minor": -1},
+            ]
+        )
+    )
     proc = central("campaign", "add", "--data", data, "--file", path)
     assert proc.returncode == 2 and "BAD" in proc.stderr
     proc = central("issue", "--data", data, "--campaign", "GOOD", "--out", tmp_path / "o")
@@ -642,11 +647,16 @@ def test_typed_code_qr_is_a_full_size_qr(tmp_path: Path) -> None:
     data = tmp_path / "central"
     central("init", "--data", data)
     camp = tmp_path / "c.json"
-    camp.write_text(json.dumps({"id": "C", "kind": "fixed", "currency": "CNY",
-                                "amount_minor": 100}))
+    camp.write_text(
+        json.dumps({"id": "C", "kind": "fixed", "currency": "CNY", "amount_minor": 100})
+    )
     central("campaign", "add", "--data", data, "--file", camp)
-    assert central("issue", "--data", data, "--campaign", "C", "--codes",
-                   "--out", tmp_path / "o").returncode == 0
+    assert (
+        central(
+            "issue", "--data", data, "--campaign", "C", "--codes", "--out", tmp_path / "o"
+        ).returncode
+        == 0
+    )
     (png,) = (tmp_path / "o").glob("*.png")
     code = (tmp_path / "o" / "codes.txt").read_text().strip()
     text, _, _ = cv2.QRCodeDetector().detectAndDecode(cv2.imread(str(png)))

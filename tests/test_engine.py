@@ -742,9 +742,9 @@ def test_clock_rollback_is_still_caught_after_a_restart(world: World) -> None:
 
 def test_a_manager_can_reset_clock_trust_after_the_clock_ran_ahead(world: World) -> None:
     a, b = setup_coupons(world, 2)
-    world.clock.advance(30 * 86400)           # a bad NTP answer: a month ahead
+    world.clock.advance(30 * 86400)  # a bad NTP answer: a month ahead
     assert world.engine.redeem(a, basket(5000)).accepted
-    world.clock.advance(-30 * 86400)          # corrected
+    world.clock.advance(-30 * 86400)  # corrected
     assert world.engine.check(b, basket(5000)).reason is Reason.CLOCK_UNTRUSTED
     assert world.engine.reset_clock_trust("manager-7").accepted
     assert world.engine.redeem(b, basket(5000)).accepted

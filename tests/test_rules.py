@@ -831,9 +831,16 @@ def test_stacked_total_never_exceeds_basket(
 
 
 def test_a_window_past_midnight_covers_both_days() -> None:
-    camp = Campaign.from_dict({"id": "LATE", "kind": "fixed", "currency": "CNY",
-                               "amount_minor": 100, "hours": ["22:00-02:00"],
-                               "timezone": "Asia/Shanghai"})
+    camp = Campaign.from_dict(
+        {
+            "id": "LATE",
+            "kind": "fixed",
+            "currency": "CNY",
+            "amount_minor": 100,
+            "hours": ["22:00-02:00"],
+            "timezone": "Asia/Shanghai",
+        }
+    )
     tz = ZoneInfo("Asia/Shanghai")
     camp.check_time(datetime(2026, 11, 25, 23, 30, tzinfo=tz).timestamp())
     camp.check_time(datetime(2026, 11, 26, 1, 59, tzinfo=tz).timestamp())
@@ -844,9 +851,21 @@ def test_a_window_past_midnight_covers_both_days() -> None:
 
 
 def test_coupons_beyond_ten_are_refused_not_lost() -> None:
-    camps = [(f"{i:016x}", Campaign.from_dict({
-        "id": f"C{i}", "kind": "fixed", "currency": "CNY", "amount_minor": 100 + i,
-        "stacking": "any"})) for i in range(12)]
+    camps = [
+        (
+            f"{i:016x}",
+            Campaign.from_dict(
+                {
+                    "id": f"C{i}",
+                    "kind": "fixed",
+                    "currency": "CNY",
+                    "amount_minor": 100 + i,
+                    "stacking": "any",
+                }
+            ),
+        )
+        for i in range(12)
+    ]
     combo = best_combination(camps, Basket.from_dict({"currency": "CNY", "total_minor": 100000}))
     assert len(combo.applied) == 10
     assert set(combo.refused) == {camps[10][0], camps[11][0]}
@@ -855,8 +874,14 @@ def test_coupons_beyond_ten_are_refused_not_lost() -> None:
 
 def test_a_stated_total_must_match_the_lines() -> None:
     with pytest.raises(InputError, match="total_minor"):
-        Basket.from_dict({"currency": "CNY", "total_minor": 999,
-                          "lines": [{"sku": "A", "unit_price_minor": 1000}]})
-    ok = Basket.from_dict({"currency": "CNY", "total_minor": 1000,
-                           "lines": [{"sku": "A", "unit_price_minor": 1000}]})
+        Basket.from_dict(
+            {
+                "currency": "CNY",
+                "total_minor": 999,
+                "lines": [{"sku": "A", "unit_price_minor": 1000}],
+            }
+        )
+    ok = Basket.from_dict(
+        {"currency": "CNY", "total_minor": 1000, "lines": [{"sku": "A", "unit_price_minor": 1000}]}
+    )
     assert ok.total_minor == 1000

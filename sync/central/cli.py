@@ -37,10 +37,16 @@ def _open(args: argparse.Namespace) -> Central:
 def cmd_init(args: argparse.Namespace) -> int:
     c = Central.init(Path(args.data), clock_from_env().now)
     anchor = c.anchor
-    emit(args, {"data": args.data, "trust_anchor": str(Path(args.data) / "trust-anchor.json"),
-                "fingerprint": anchor.fingerprint},
-         f"central initialised in {args.data}\ntrust anchor: {args.data}/trust-anchor.json\n"
-         f"fingerprint:  {anchor.fingerprint}")
+    emit(
+        args,
+        {
+            "data": args.data,
+            "trust_anchor": str(Path(args.data) / "trust-anchor.json"),
+            "fingerprint": anchor.fingerprint,
+        },
+        f"central initialised in {args.data}\ntrust anchor: {args.data}/trust-anchor.json\n"
+        f"fingerprint:  {anchor.fingerprint}",
+    )
     return EXIT_OK
 
 
@@ -74,11 +80,19 @@ def cmd_issue(args: argparse.Namespace) -> int:
     if not args.no_qr:
         for i in issued:
             segno.make(i.token or i.code or "", error="m", micro=False).save(
-                str(out / f"{i.serial:016x}.png"), scale=4, border=4)
-    emit(args, {"campaign": args.campaign, "count": len(issued), "out": str(out),
-                "serials": [f"{i.serial:016x}" for i in issued],
-                "token_chars": max((len(t) for t in lines), default=0)},
-         f"issued {len(issued)} coupon(s) for {args.campaign} into {out}")
+                str(out / f"{i.serial:016x}.png"), scale=4, border=4
+            )
+    emit(
+        args,
+        {
+            "campaign": args.campaign,
+            "count": len(issued),
+            "out": str(out),
+            "serials": [f"{i.serial:016x}" for i in issued],
+            "token_chars": max((len(t) for t in lines), default=0),
+        },
+        f"issued {len(issued)} coupon(s) for {args.campaign} into {out}",
+    )
     return EXIT_OK
 
 
@@ -95,8 +109,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
     updates = c.deltas(args.since) if args.since is not None else [c.snapshot()]
     write_atomic(Path(args.out), ledger_file(updates))
     kind = f"deltas after {args.since}" if args.since is not None else "snapshot"
-    emit(args, {"version": version, "out": args.out, "kind": kind, "updates": len(updates)},
-         f"published ledger version {version} ({kind}) to {args.out}")
+    emit(
+        args,
+        {"version": version, "out": args.out, "kind": kind, "updates": len(updates)},
+        f"published ledger version {version} ({kind}) to {args.out}",
+    )
     return EXIT_OK
 
 
@@ -107,8 +124,11 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     except ValueError:
         raise UserError("serials are 16 hex digits") from None
     c.mark(serials, "revoked")
-    emit(args, {"revoked": args.serial},
-         f"revoked {len(serials)} serial(s); publish to tell the terminals")
+    emit(
+        args,
+        {"revoked": args.serial},
+        f"revoked {len(serials)} serial(s); publish to tell the terminals",
+    )
     return EXIT_OK
 
 
@@ -128,12 +148,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="redeem-central", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    def cmd(name: str, func: object, help_: str, parent: argparse._SubParsersAction[
-            argparse.ArgumentParser] = sub) -> argparse.ArgumentParser:
+    def cmd(
+        name: str,
+        func: object,
+        help_: str,
+        parent: argparse._SubParsersAction[argparse.ArgumentParser] = sub,
+    ) -> argparse.ArgumentParser:
         sp = parent.add_parser(name, help=help_)
-        sp.add_argument("--data", default=os.environ.get("REDEEM_CENTRAL_DATA"),
-                        required="REDEEM_CENTRAL_DATA" not in os.environ,
-                        help="central data directory (env REDEEM_CENTRAL_DATA)")
+        sp.add_argument(
+            "--data",
+            default=os.environ.get("REDEEM_CENTRAL_DATA"),
+            required="REDEEM_CENTRAL_DATA" not in os.environ,
+            help="central data directory (env REDEEM_CENTRAL_DATA)",
+        )
         add_json(sp)
         sp.set_defaults(func=func)
         return sp
@@ -141,8 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("init", cmd_init, "create keys and the trust-anchor file")
     camp = sub.add_parser("campaign", help="manage campaigns")
     csub = camp.add_subparsers(dest="campaign_command", required=True)
-    cmd("add", cmd_campaign_add, "add or update campaigns from a TOML or JSON file",
-        csub).add_argument("--file", required=True)
+    cmd(
+        "add", cmd_campaign_add, "add or update campaigns from a TOML or JSON file", csub
+    ).add_argument("--file", required=True)
     sp = cmd("issue", cmd_issue, "issue coupons: tokens.txt and one QR PNG per coupon")
     sp.add_argument("--campaign", required=True)
     sp.add_argument("--count", type=int, default=1)
@@ -152,16 +180,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-qr", action="store_true", help="skip the PNG files")
     sp = cmd("publish", cmd_publish, "publish a new ledger version and write a ledger file")
     sp.add_argument("--out", required=True)
-    sp.add_argument("--since", type=int, help="write the deltas after this version instead "
-                    "of a snapshot")
-    sp.add_argument("--no-new-version", action="store_true",
-                    help="write the current version without publishing a new one")
+    sp.add_argument(
+        "--since", type=int, help="write the deltas after this version instead of a snapshot"
+    )
+    sp.add_argument(
+        "--no-new-version",
+        action="store_true",
+        help="write the current version without publishing a new one",
+    )
     cmd("revoke", cmd_revoke, "revoke coupon serials").add_argument(
-        "--serial", action="append", required=True)
+        "--serial", action="append", required=True
+    )
     cmd("rotate-key", cmd_rotate, "make a new ledger or issuer key").add_argument(
-        "--purpose", choices=[PURPOSE_ISSUER, PURPOSE_LEDGER], required=True)
+        "--purpose", choices=[PURPOSE_ISSUER, PURPOSE_LEDGER], required=True
+    )
     cmd("revoke-key", cmd_revoke_key, "revoke an issuer key by its id").add_argument(
-        "--kid", required=True)
+        "--kid", required=True
+    )
     return p
 
 

@@ -36,7 +36,7 @@ class KeyRow(_M):
     purpose = pw.CharField()
     cert = pw.BlobField()
     created = pw.IntegerField()
-    active = pw.BooleanField(default=True)    # the key new signatures use
+    active = pw.BooleanField(default=True)  # the key new signatures use
     revoked = pw.BooleanField(default=False)
     published_in = pw.IntegerField(null=True)
 
@@ -108,8 +108,9 @@ class Central:
         self.data = data
         self.now = now
         self.keys_dir = data / "keys"
-        self.db = pw.SqliteDatabase(str(data / "central.db"),
-                                    pragmas={"journal_mode": "wal", "synchronous": 1})
+        self.db = pw.SqliteDatabase(
+            str(data / "central.db"), pragmas={"journal_mode": "wal", "synchronous": 1}
+        )
         db_proxy.initialize(self.db)
         self.db.connect(reuse_if_open=True)
         self.db.create_tables(MODELS)
@@ -183,10 +184,11 @@ class Central:
 
     def add_campaign(self, doc: dict[str, Any]) -> Campaign:
         campaign = Campaign.from_dict(doc)
-        CampaignRow.insert(id=campaign.id, doc=json.dumps(campaign.to_dict()), removed=False
-                           ).on_conflict(conflict_target=[CampaignRow.id],
-                                         preserve=[CampaignRow.doc, CampaignRow.removed]
-                                         ).execute()
+        CampaignRow.insert(
+            id=campaign.id, doc=json.dumps(campaign.to_dict()), removed=False
+        ).on_conflict(
+            conflict_target=[CampaignRow.id], preserve=[CampaignRow.doc, CampaignRow.removed]
+        ).execute()
         return campaign
 
     def campaign(self, cid: str) -> Campaign:
@@ -195,9 +197,15 @@ class Central:
             raise CentralError(f"no campaign {cid}")
         return Campaign.from_dict(json.loads(row.doc))
 
-    def issue(self, cid: str, count: int, codes: bool = False,
-              customer: bytes | None = None, tag_uid: bytes | None = None,
-              validity_s: int = 90 * 24 * 3600) -> list[Issued]:
+    def issue(
+        self,
+        cid: str,
+        count: int,
+        codes: bool = False,
+        customer: bytes | None = None,
+        tag_uid: bytes | None = None,
+        validity_s: int = 90 * 24 * 3600,
+    ) -> list[Issued]:
         campaign = self.campaign(cid)
         key, _ = self._active(PURPOSE_ISSUER)
         salt = bytes.fromhex(self._get("plain_salt") or "")
@@ -210,13 +218,19 @@ class Central:
                 serial = secrets.randbits(64)
                 code = None
                 if codes:
-                    code = "-".join("".join(secrets.choice(CODE_ALPHABET) for _ in range(4))
-                                    for _ in range(3))
-                CouponRow.create(serial=_db_serial(serial), campaign=cid, issued_at=now,
-                                 code_hash=plain_code_hash(salt, code) if code else None,
-                                 customer=customer.hex() if customer else None)
-                token = None if codes else issue(key, Claims(cid, serial, nbf, exp, customer,
-                                                             tag_uid))
+                    code = "-".join(
+                        "".join(secrets.choice(CODE_ALPHABET) for _ in range(4)) for _ in range(3)
+                    )
+                CouponRow.create(
+                    serial=_db_serial(serial),
+                    campaign=cid,
+                    issued_at=now,
+                    code_hash=plain_code_hash(salt, code) if code else None,
+                    customer=customer.hex() if customer else None,
+                )
+                token = (
+                    None if codes else issue(key, Claims(cid, serial, nbf, exp, customer, tag_uid))
+                )
                 out.append(Issued(serial, token, code))
         return out
 
@@ -224,7 +238,7 @@ class Central:
         rows = [{"serial": _db_serial(s), "kind": kind} for s in serials_]
         with self.db.atomic():
             for chunk in range(0, len(rows), 500):
-                SerialMark.insert_many(rows[chunk:chunk + 500]).on_conflict_ignore().execute()
+                SerialMark.insert_many(rows[chunk : chunk + 500]).on_conflict_ignore().execute()
         return len(rows)
 
     def set_policy(self, policy: Policy) -> None:
@@ -233,8 +247,7 @@ class Central:
     # ---------------------------------------------------------------- ledger
 
     def latest(self) -> VersionRow | None:
-        row: VersionRow | None = VersionRow.select().order_by(
-            VersionRow.version.desc()).first()
+        row: VersionRow | None = VersionRow.select().order_by(VersionRow.version.desc()).first()
         return row
 
     def publish(self) -> int:
@@ -245,43 +258,68 @@ class Central:
             last = self.latest()
             version = (last.version if last else 0) + 1
             prev = bytes(last.chain) if last else GENESIS
-            body: dict[str, Any] = {"type": "delta", "version": version, "prev": prev,
-                                    "issued_at": int(self.now())}
-            changed = [r for r in CampaignRow.select() if r.doc != r.published_doc
-                       and not r.removed]
+            body: dict[str, Any] = {
+                "type": "delta",
+                "version": version,
+                "prev": prev,
+                "issued_at": int(self.now()),
+            }
+            changed = [
+                r for r in CampaignRow.select() if r.doc != r.published_doc and not r.removed
+            ]
             body["campaigns"] = [json.loads(r.doc) for r in changed]
-            body["removed_campaigns"] = [r.id for r in CampaignRow.select().where(
-                CampaignRow.removed & CampaignRow.published_doc.is_null(False))]
+            body["removed_campaigns"] = [
+                r.id
+                for r in CampaignRow.select().where(
+                    CampaignRow.removed & CampaignRow.published_doc.is_null(False)
+                )
+            ]
             for kind in ("revoked", "redeemed"):
                 new = SerialMark.select(SerialMark.serial).where(
-                    (SerialMark.kind == kind) & SerialMark.published_in.is_null())
+                    (SerialMark.kind == kind) & SerialMark.published_in.is_null()
+                )
                 body[kind] = serials.pack(_serial(r.serial) for r in new)
-            body["issuer_certs"] = [bytes(r.cert) for r in KeyRow.select().where(
-                (KeyRow.purpose == PURPOSE_ISSUER) & ~KeyRow.revoked)]
-            body["revoked_kids"] = [bytes.fromhex(r.kid) for r in KeyRow.select().where(
-                KeyRow.revoked)]
+            body["issuer_certs"] = [
+                bytes(r.cert)
+                for r in KeyRow.select().where((KeyRow.purpose == PURPOSE_ISSUER) & ~KeyRow.revoked)
+            ]
+            body["revoked_kids"] = [
+                bytes.fromhex(r.kid) for r in KeyRow.select().where(KeyRow.revoked)
+            ]
             body["plain_salt"] = bytes.fromhex(self._get("plain_salt") or "")
             body["plain_codes"] = [
                 [bytes(r.code_hash or b""), r.campaign, _serial(r.serial)]
-                for r in CouponRow.select().where(CouponRow.code_hash.is_null(False)
-                                                  & CouponRow.published_in.is_null())]
+                for r in CouponRow.select().where(
+                    CouponRow.code_hash.is_null(False) & CouponRow.published_in.is_null()
+                )
+            ]
             body["policy"] = json.loads(self._get("policy") or "{}")
             raw = ledger.sign_update(key, cert, body)
             payload = ledger.verify_update(self.anchor, raw).payload
-            VersionRow.create(version=version, chain=ledger.chain_next(prev, payload),
-                              issued_at=body["issued_at"], signed=raw)
+            VersionRow.create(
+                version=version,
+                chain=ledger.chain_next(prev, payload),
+                issued_at=body["issued_at"],
+                signed=raw,
+            )
             for r in changed:
                 CampaignRow.update(published_doc=r.doc).where(CampaignRow.id == r.id).execute()
             CampaignRow.delete().where(CampaignRow.removed).execute()
             SerialMark.update(published_in=version).where(
-                SerialMark.published_in.is_null()).execute()
+                SerialMark.published_in.is_null()
+            ).execute()
             CouponRow.update(published_in=version).where(
-                CouponRow.code_hash.is_null(False) & CouponRow.published_in.is_null()).execute()
+                CouponRow.code_hash.is_null(False) & CouponRow.published_in.is_null()
+            ).execute()
         return version
 
     def deltas(self, since: int) -> list[bytes]:
-        return [bytes(r.signed) for r in VersionRow.select().where(VersionRow.version > since)
-                .order_by(VersionRow.version)]
+        return [
+            bytes(r.signed)
+            for r in VersionRow.select()
+            .where(VersionRow.version > since)
+            .order_by(VersionRow.version)
+        ]
 
     def state(self) -> LedgerState:
         """The ledger as of the latest version, by replaying the signed deltas."""
