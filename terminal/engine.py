@@ -11,6 +11,7 @@ import logging
 import sqlite3
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -481,8 +482,8 @@ class Engine:
         op_id: str | None,
         coupon: Coupon | None = None,
         checkout_id: str | None = None,
-        flags: list[Flag] = (),
-    ) -> int:  # type: ignore[assignment]
+        flags: Sequence[Flag] = (),
+    ) -> int:
         seq = self.journal.append(
             at_ms=int(now * 1000),
             kind=kind,
