@@ -5,6 +5,7 @@ reverse, all idempotent by the caller's operation id. One thread calls it (one w
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -24,10 +25,10 @@ from terminal.journal import (
     Journal,
     Operation,
     Use,
-    add_use,
     database_proxy,
     get_meta,
-    insert_row,
+    insert_operation,
+    insert_use,
     set_meta,
 )
 from terminal.ledger import LedgerRefused, LedgerState
@@ -115,6 +116,16 @@ def serial_hex(serial: int) -> str:
     return f"{serial:016x}"
 
 
+@functools.lru_cache(maxsize=256)
+def _use_detail(via: str, gift_sku: str | None) -> str:
+    """A coupon use's detail column (json.dumps's default spelling, as it always was)."""
+    return json.dumps({"code": "", "via": via, "gift": gift_sku})
+
+
+# What _record tells peewee while its transaction is open (see there).
+_TRANSACTION = object()
+
+
 class Engine:
     def __init__(
         self, ledger_store: LedgerStore, clock: Clock, store: str, terminal: str, db: pw.Database
@@ -148,11 +159,16 @@ class Engine:
                 self._next_expiry = min(self._next_expiry, u.expires_at)
 
     def _count(self, u: Use, sign: int) -> None:
-        self.serial_uses[u.serial] += sign
-        if u.customer:
-            self.customer_uses[(u.campaign, u.customer)] += sign
-        self.campaign_count[u.campaign] += sign
-        self.campaign_minor[u.campaign] += sign * u.value_minor
+        self._count_use(u.serial, u.campaign, u.customer, u.value_minor, sign)
+
+    def _count_use(
+        self, serial: str, campaign: str, customer: str | None, value_minor: int, sign: int
+    ) -> None:
+        self.serial_uses[serial] += sign
+        if customer:
+            self.customer_uses[(campaign, customer)] += sign
+        self.campaign_count[campaign] += sign
+        self.campaign_minor[campaign] += sign * value_minor
 
     # ------------------------------------------------------------ time
 
@@ -298,9 +314,12 @@ class Engine:
                 Reason.ALREADY_REDEEMED, coupon=coupon, flag=Flag(fraud.FLAG_REPLAY, coupon.key)
             )
 
-    def _check_limits(self, coupon: Coupon, value_minor: int, basket: Basket) -> None:
+    def _check_limits(
+        self, coupon: Coupon, value_minor: int, basket: Basket, single_use_checked: bool = False
+    ) -> None:
         led, c = self.ledger, coupon.campaign
-        self._check_single_use(coupon)
+        if not single_use_checked:
+            self._check_single_use(coupon)
         try:
             c.check_audience(basket.customer if basket.customer else Customer(ref=None))
         except Refusal as exc:
@@ -379,7 +398,7 @@ class Engine:
                 coupon=coupon,
             )
         mine = next(a for a in combo.applied if a.key == coupon.key)
-        self._check_limits(coupon, mine.value_minor, basket)
+        self._check_limits(coupon, mine.value_minor, basket, single_use_checked=True)
         warnings: list[str] = []
         flags = self._check_fraud_and_staleness(mine.value_minor, ctx, now, coupon, warnings)
         decision = Decision(
@@ -446,20 +465,28 @@ class Engine:
     def _record(self, op_id: str | None, work: Any, request: str = "") -> Decision:
         """Run `work` (which appends journal entries) in one durable transaction and store
         the answer under op_id. A storage fault refuses (fails closed) and loses nothing."""
-        head = (self.journal.head_seq, self.journal.head_hash, self.journal.last_at_ms)
+        journal = self.journal
+        head = (journal.head_seq, journal.head_hash, journal.last_at_ms)
+        db = self.db
         try:
-            with self.db.atomic():
-                decision: Decision = work()
-                if op_id:
-                    insert_row(
-                        Operation,
-                        {
-                            "op_id": op_id,
-                            "request": request,
-                            "seq": self.journal.head_seq,
-                            "response": json.dumps(decision.to_dict()),
-                        },
-                    )
+            if db.transaction_depth():  # inside a caller's transaction: a savepoint, as ever
+                with db.atomic():
+                    return self._work_and_remember(op_id, work, request)
+            # db.atomic() without its bookkeeping: BEGIN and COMMIT on the connection, rolled
+            # back on any error. Peewee is told a transaction is open, so that an atomic()
+            # inside `work` nests as a savepoint as it would have.
+            conn = db.connection()
+            conn.execute("BEGIN")
+            db.push_transaction(_TRANSACTION)
+            try:
+                decision = self._work_and_remember(op_id, work, request)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            finally:
+                db.pop_transaction()
             return decision
         except (pw.OperationalError, pw.IntegrityError, sqlite3.Error, OSError) as exc:
             log.error("journal write failed, refusing: %s", exc)
@@ -468,9 +495,15 @@ class Engine:
             # A bug must not accept a coupon or kill the terminal: refuse and keep the trace.
             log.exception("engine fault, refusing")
             reason, detail = Reason.INTERNAL_ERROR, ""
-        self.journal.head_seq, self.journal.head_hash, self.journal.last_at_ms = head
+        journal.head_seq, journal.head_hash, journal.last_at_ms = head
         self._rebuild_usage()
         return Decision(False, reason, detail=detail)
+
+    def _work_and_remember(self, op_id: str | None, work: Any, request: str) -> Decision:
+        decision: Decision = work()
+        if op_id:
+            insert_operation(op_id, request, self.journal.head_seq, json.dumps(decision.to_dict()))
+        return decision
 
     def _append(
         self,
@@ -484,21 +517,22 @@ class Engine:
         checkout_id: str | None = None,
         flags: Sequence[Flag] = (),
     ) -> int:
-        seq = self.journal.append(
-            at_ms=int(now * 1000),
-            kind=kind,
-            op_id=op_id,
-            checkout_id=checkout_id,
-            accepted=decision.accepted,
-            reason=decision.reason.value,
-            campaign=decision.campaign,
-            serial=decision.serial,
-            customer=coupon.customer if coupon else None,
-            discount_minor=decision.discount_minor,
-            currency=decision.currency or (basket.currency if basket else None),
-            cashier=ctx.cashier,
-            source=ctx.source,
-            detail={
+        at_ms = int(now * 1000)
+        seq = self.journal.write(
+            at_ms,
+            kind,
+            op_id,
+            checkout_id,
+            decision.accepted,
+            decision.reason.value,
+            decision.campaign,
+            decision.serial,
+            coupon.customer if coupon else None,
+            decision.discount_minor,
+            decision.currency or (basket.currency if basket else None),
+            ctx.cashier,
+            ctx.source,
+            {
                 "detail": decision.detail,
                 "gift": decision.gift_sku,
                 "basket_minor": basket.total_minor if basket else None,
@@ -509,7 +543,7 @@ class Engine:
         decision.journal_seq = seq
         for flag in flags:
             self.journal.append(
-                at_ms=int(now * 1000),
+                at_ms=at_ms,
                 kind="flag",
                 accepted=False,
                 reason=flag.kind,
@@ -582,22 +616,23 @@ class Engine:
     def _add_use(
         self, coupon: Coupon, d: Decision, checkout_id: str, status: str, now: float
     ) -> None:
-        value = d.discount_minor + (coupon.campaign.gift_value_minor if d.gift_sku else 0)
+        c = coupon.campaign
+        value = d.discount_minor + (c.gift_value_minor if d.gift_sku else 0)
         expires = now + self.ledger.policy.hold_ttl_s if status == "held" else None
-        u = add_use(
-            serial=coupon.key,
-            campaign=coupon.campaign.id,
-            customer=coupon.customer,
-            checkout_id=checkout_id,
-            status=status,
-            counts=True,
-            discount_minor=d.discount_minor,
-            value_minor=value,
-            currency=d.currency or coupon.campaign.currency,
-            expires_at=expires,
-            detail=json.dumps({"code": "", "via": coupon.via, "gift": d.gift_sku}),
+        insert_use(
+            coupon.key,
+            c.id,
+            coupon.customer,
+            checkout_id,
+            status,
+            True,
+            d.discount_minor,
+            value,
+            d.currency or c.currency,
+            expires,
+            _use_detail(coupon.via, d.gift_sku),
         )
-        self._count(u, +1)
+        self._count_use(coupon.key, c.id, coupon.customer, value, +1)
         if expires is not None:
             self._next_expiry = min(self._next_expiry, expires)
 

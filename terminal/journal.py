@@ -5,7 +5,6 @@ and idempotency tables that the engine keeps in the same transaction."""
 from __future__ import annotations
 
 import csv
-import functools
 import hashlib
 import io
 import json
@@ -129,10 +128,14 @@ def migrate(db: pw.SqliteDatabase) -> None:
                 db.execute_sql(f"PRAGMA user_version = {number}")
 
 
+# The exact encoders json.dumps would build for these arguments, built once: the entry hash
+# and the stored detail must stay byte-for-byte what they were (existing journals verify).
+_canon_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_detail_json = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
 def entry_hash(fields: dict[str, Any]) -> str:
-    canon = json.dumps(
-        [fields[k] for k in HASHED_FIELDS], separators=(",", ":"), ensure_ascii=False
-    )
+    canon = _canon_json([fields[k] for k in HASHED_FIELDS])
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
@@ -145,7 +148,6 @@ def set_meta(key: str, value: str) -> None:
     Meta.insert(key=key, value=value).on_conflict_replace().execute()
 
 
-@functools.lru_cache(maxsize=64)
 def _insert_sql(model: type[_Base], columns: tuple[str, ...]) -> str:
     meta = model._meta
     names = ", ".join(f'"{meta.fields[c].column_name}"' for c in columns)
@@ -154,27 +156,71 @@ def _insert_sql(model: type[_Base], columns: tuple[str, ...]) -> str:
     return f'INSERT INTO "{meta.table_name}" ({names}) VALUES ({marks})'  # noqa: S608
 
 
-def insert_row(model: type[_Base], row: dict[str, Any]) -> int:
-    """model.insert(**row).execute() without building the query each time: on the
-    redemption path peewee's query builder cost more than SQLite's own work for the row.
-    Values go through each field's db_value exactly as peewee converts them, and
-    execute_sql wraps errors the same way. Returns the new rowid."""
-    fields = model._meta.fields
-    params = [fields[c].db_value(v) for c, v in row.items()]
-    cursor = model._meta.database.execute_sql(_insert_sql(model, tuple(row)), params)
+_ENTRY_SQL = _insert_sql(Entry, (*HASHED_FIELDS, "hash"))
+_USE_SQL = _insert_sql(
+    Use,
+    (
+        "serial",
+        "campaign",
+        "customer",
+        "checkout_id",
+        "status",
+        "counts",
+        "discount_minor",
+        "value_minor",
+        "currency",
+        "expires_at",
+        "detail",
+    ),
+)
+_OPERATION_SQL = _insert_sql(Operation, ("op_id", "request", "seq", "response"))
+_ENTRY_KEYS = frozenset(Entry._meta.fields)
+# Rows written straight through the connection raise what peewee's execute_sql would.
+_db_errors: pw.ExceptionWrapper = pw.__dict__["__exception_wrapper__"]
+
+
+def insert_use(
+    serial: str,
+    campaign: str,
+    customer: str | None,
+    checkout_id: str,
+    status: str,
+    counts: bool,
+    discount_minor: int,
+    value_minor: int,
+    currency: str,
+    expires_at: float | None,
+    detail: str,
+) -> int:
+    """Use.create(...) for a new coupon use: the same row (every column given, converted as
+    the fields would: int, bool, float, str), written straight through the connection.
+    Returns the new id."""
+    with _db_errors:
+        cursor = database_proxy.obj.connection().execute(
+            _USE_SQL,
+            (
+                serial,
+                campaign,
+                customer,
+                checkout_id,
+                status,
+                bool(counts),
+                int(discount_minor),
+                int(value_minor),
+                currency,
+                None if expires_at is None else float(expires_at),
+                detail,
+            ),
+        )
     return int(cursor.lastrowid)
 
 
-def add_use(**values: Any) -> Use:
-    """Use.create(**values): the same row and the same saved instance (defaults filled
-    in, id set, nothing left dirty), through insert_row."""
-    use = Use(**values)
-    row = dict(use.__data__)
-    if row.get("id", 0) is None:  # as Model.save: an unset auto id is left to SQLite
-        del row["id"]
-    use.id = insert_row(Use, row)
-    use._dirty.clear()  # type: ignore[attr-defined]  # peewee keeps no public setter
-    return use
+def insert_operation(op_id: str, request: str, seq: int, response: str) -> None:
+    """Operation.insert(...).execute(), straight through the connection."""
+    with _db_errors:
+        database_proxy.obj.connection().execute(
+            _OPERATION_SQL, (op_id, request, int(seq), response)
+        )
 
 
 class Journal:
@@ -194,22 +240,75 @@ class Journal:
         self.last_at_ms = int(latest or 0)
 
     def append(self, **fields: Any) -> int:
-        fields.setdefault("op_id", None)
-        for key in HASHED_FIELDS:
-            fields.setdefault(key, None)
-        fields["seq"] = self.head_seq + 1
-        fields["at_ms"] = int(fields["at_ms"])
-        fields["prev_hash"] = self.head_hash
-        fields["detail"] = json.dumps(
-            fields.get("detail") or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        """Journal one entry; fields are Entry's (seq, prev_hash and hash are the chain's
+        own, whatever is passed). Returns its seq."""
+        unknown = fields.keys() - _ENTRY_KEYS
+        if unknown:
+            raise KeyError(sorted(unknown)[0])
+        return self.write(
+            fields["at_ms"],
+            fields.get("kind"),
+            fields.get("op_id"),
+            fields.get("checkout_id"),
+            fields.get("accepted"),
+            fields.get("reason"),
+            fields.get("campaign"),
+            fields.get("serial"),
+            fields.get("customer"),
+            fields.get("discount_minor"),
+            fields.get("currency"),
+            fields.get("cashier"),
+            fields.get("source"),
+            fields.get("detail"),
         )
-        fields["discount_minor"] = fields.get("discount_minor") or 0
-        fields["accepted"] = bool(fields["accepted"])
-        digest = entry_hash(fields)
-        insert_row(Entry, {**fields, "hash": digest})
-        self.head_seq, self.head_hash = fields["seq"], digest
-        self.last_at_ms = max(self.last_at_ms, fields["at_ms"])
-        return int(fields["seq"])
+
+    def write(
+        self,
+        at_ms: int,
+        kind: str | None,
+        op_id: str | None,
+        checkout_id: str | None,
+        accepted: bool | None,
+        reason: str | None,
+        campaign: str | None,
+        serial: str | None,
+        customer: str | None,
+        discount_minor: int | None,
+        currency: str | None,
+        cashier: str | None,
+        source: str | None,
+        detail: dict[str, Any] | None,
+    ) -> int:
+        """append() with the fields in HASHED_FIELDS order: one list serves as the hashed
+        values and, with the hash, as the row written through the connection."""
+        seq: int = self.head_seq + 1
+        at_ms = int(at_ms)
+        values: list[Any] = [
+            seq,
+            at_ms,
+            kind,
+            op_id,
+            checkout_id,
+            bool(accepted),
+            reason,
+            campaign,
+            serial,
+            customer,
+            discount_minor or 0,
+            currency,
+            cashier,
+            source,
+            _detail_json(detail or {}),
+            self.head_hash,
+        ]
+        digest = hashlib.sha256(_canon_json(values).encode()).hexdigest()
+        values.append(digest)
+        with _db_errors:
+            database_proxy.obj.connection().execute(_ENTRY_SQL, values)
+        self.head_seq, self.head_hash = seq, digest
+        if at_ms > self.last_at_ms:
+            self.last_at_ms = at_ms
+        return seq
 
     def rollback_head(self, seq: int, digest: str) -> None:
         """Restore the head after a failed transaction."""
