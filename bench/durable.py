@@ -31,7 +31,7 @@ from bench._world import (  # noqa: E402
     timed,
 )
 from terminal.clock import FixedClock  # noqa: E402
-from terminal.engine import Context  # noqa: E402
+from terminal.decision import Context  # noqa: E402
 from terminal.journal import Entry, Use  # noqa: E402
 from terminal.ledger import Policy, ledger_file  # noqa: E402
 from terminal.rules import Basket  # noqa: E402

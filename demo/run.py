@@ -25,7 +25,8 @@ import cbor2
 
 from terminal import base45, cose, setup, tokens
 from terminal.clock import FixedClock
-from terminal.engine import Context, Decision, Engine
+from terminal.decision import Context, Decision
+from terminal.engine import Engine
 from terminal.reasons import Reason
 from terminal.rules import Basket
 

@@ -19,7 +19,8 @@ from terminal.cliutil import (
     read_document,
     run_main,
 )
-from terminal.engine import Context, Decision, Engine
+from terminal.decision import Context, Decision
+from terminal.engine import Engine
 from terminal.i18n import normalize_lang
 from terminal.rules import Basket, InputError
 from terminal.timeutil import clock_from_env, parse_time

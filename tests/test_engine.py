@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from sync.central.store import Central
 from terminal import journal, setup, tokens
 from terminal.clock import FixedClock
-from terminal.engine import Context, Decision, serial_hex
+from terminal.decision import Context, Decision, serial_hex
 from terminal.journal import Entry, Use
 from terminal.ledger import Policy
 from terminal.reasons import Reason

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from terminal import base45, cose, tokens
-from terminal.engine import Context
+from terminal.decision import Context
 from terminal.journal import Entry
 from terminal.reasons import Reason
 from terminal.tokens import PREFIX, Claims, TokenMalformed

@@ -1,0 +1,88 @@
+"""What the engine answers (Decision), what it is told about the scan (Context), and the
+coupon it resolved a scanned code to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from terminal.fraud import Flag
+from terminal.reasons import Reason
+from terminal.rules import Campaign
+
+
+@dataclass(frozen=True)
+class Context:
+    """Who and where: filled by the daemon, the POS API or the CLI."""
+
+    source: str = "cli"  # camera, nfc, serial, keyboard, pos, cli
+    cashier: str | None = None
+    tag_uid: bytes | None = None  # from the NFC reader, for the token's tag binding
+    manager_override: str | None = None  # manager id approving a stale-ledger coupon
+
+
+@dataclass
+class Decision:
+    accepted: bool
+    reason: Reason
+    discount_minor: int = 0
+    currency: str | None = None
+    campaign: str | None = None
+    campaign_name: str | None = None
+    serial: str | None = None
+    journal_seq: int | None = None
+    gift_sku: str | None = None
+    checkout_id: str | None = None
+    detail: str = ""
+    warnings: list[str] = field(default_factory=list)
+    coupons: list[dict[str, Any]] = field(default_factory=list)
+    replayed: bool = False
+
+    def to_dict(self, lang: str = "en") -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "reason": self.reason.value,
+            "message": self.reason.message(lang),
+            "discount_minor": self.discount_minor,
+            "currency": self.currency,
+            "campaign": self.campaign,
+            "campaign_name": self.campaign_name,
+            "serial": self.serial,
+            "journal_seq": self.journal_seq,
+            "gift_sku": self.gift_sku,
+            "checkout_id": self.checkout_id,
+            "detail": self.detail,
+            "warnings": self.warnings,
+            "coupons": self.coupons,
+            "replayed": self.replayed,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Decision:
+        keep = {k: v for k, v in d.items() if k not in ("message", "reason")}
+        return cls(reason=Reason(d["reason"]), **keep)
+
+
+@dataclass(frozen=True)
+class Coupon:
+    key: str  # serial as 16 hex digits
+    serial: int
+    campaign: Campaign
+    customer: str | None  # customer ref (hex) from the token, else from the basket
+    via: str  # token or code
+
+
+class _Refuse(Exception):
+    def __init__(
+        self,
+        reason: Reason,
+        detail: str = "",
+        flag: Flag | None = None,
+        coupon: Coupon | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.reason, self.detail, self.flag, self.coupon = reason, detail, flag, coupon
+
+
+def serial_hex(serial: int) -> str:
+    return f"{serial:016x}"
