@@ -26,7 +26,6 @@ from terminal.journal import (
     Journal,
     Operation,
     Use,
-    database_proxy,
     get_meta,
     insert_operation,
     insert_use,
