@@ -225,10 +225,15 @@ class Engine(Checks):
         checkout_id: str,
         status: str,
         request: str,
+        same_sale: bool = False,
     ) -> Decision:
         now = self.now()
         self._expire_holds(now)
-        others = self._held_coupons(checkout_id) if status == "held" else []
+        others = (
+            self._held_coupons(checkout_id, committed=same_sale)
+            if status == "held" or same_sale
+            else []
+        )
 
         def work() -> Decision:
             flags: list[Flag] = []
@@ -299,12 +304,27 @@ class Engine(Checks):
     # ------------------------------------------------------------ public operations
 
     def redeem(
-        self, code: str, basket: Basket, ctx: Context = Context(), op_id: str | None = None
+        self,
+        code: str,
+        basket: Basket,
+        ctx: Context = Context(),
+        op_id: str | None = None,
+        checkout_id: str | None = None,
     ) -> Decision:
-        """Standalone: decide and redeem at once."""
-        request = self._request("redeem", code)
+        """Standalone: decide and redeem at once. Coupons redeemed under one `checkout_id`
+        (one sale at the till) must stack with each other."""
+        request = self._request("redeem", checkout_id or "", code)
+        sale = checkout_id or op_id or uuid.uuid4().hex
         return self._replay(op_id, request) or self._attempt(
-            "redeem", code, basket, ctx, op_id, op_id or uuid.uuid4().hex, "committed", request
+            "redeem",
+            code,
+            basket,
+            ctx,
+            op_id,
+            sale,
+            "committed",
+            request,
+            same_sale=checkout_id is not None,
         )
 
     def hold(
@@ -364,9 +384,11 @@ class Engine(Checks):
             )
         return chosen, refused
 
-    def _held_coupons(self, checkout_id: str) -> list[Coupon]:
+    def _held_coupons(self, checkout_id: str, committed: bool = False) -> list[Coupon]:
+        """Coupons held for a checkout (and, for a standalone sale, already redeemed in it)."""
+        statuses = ("held", "committed") if committed else ("held",)
         out = []
-        for u in Use.select().where((Use.checkout_id == checkout_id) & (Use.status == "held")):
+        for u in Use.select().where((Use.checkout_id == checkout_id) & Use.status.in_(statuses)):
             campaign = self.ledger.campaigns.get(u.campaign)
             if campaign is not None:
                 out.append(

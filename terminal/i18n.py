@@ -10,8 +10,13 @@ LOCALE_DIR = Path(__file__).parent / "locale"
 LANGUAGES = ("en", "zh_CN")
 
 
+MARKED: set[str] = set()
+
+
 def N_(message: str) -> str:
-    """Mark a string for translation without translating it yet."""
+    """Mark a string for translation without translating it yet (and remember it, so a
+    test can hold the catalogs to exactly the marked strings)."""
+    MARKED.add(message)
     return message
 
 

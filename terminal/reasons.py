@@ -36,6 +36,7 @@ class Reason(StrEnum):
     HOLD_EXPIRED = "hold_expired"
     NOT_COMMITTED = "not_committed"
     OPERATION_CONFLICT = "operation_conflict"
+    NEEDS_TOTAL = "needs_total"
     STORAGE_FAILURE = "storage_failure"
     INTERNAL_ERROR = "internal_error"
 
@@ -82,6 +83,7 @@ MESSAGES: dict[Reason, str] = {
     Reason.OPERATION_CONFLICT: N_(
         "The till sent this request twice with different details. Please start the step again."
     ),
+    Reason.NEEDS_TOTAL: N_("The coupon is ready. Please enter the purchase total to apply it."),
     Reason.STORAGE_FAILURE: N_(
         "This till cannot save coupon records right now. Please try another till."
     ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import urllib.parse
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -129,3 +130,25 @@ def normalize_code(code: str) -> str:
 
 def plain_code_hash(salt: bytes, code: str) -> bytes:
     return hashlib.sha256(salt + normalize_code(code).encode()).digest()[:16]
+
+
+_CODE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 -")
+
+
+def extract(text: str) -> str | None:
+    """What in a scanned text could be a coupon: a `CPN1:` token (also inside a URL, where it
+    is percent-encoded, as NFC URI records and phone links carry it) or something shaped
+    like a typed code. None for anything else (a product barcode, a plain URL), which the
+    terminal ignores rather than refuses."""
+    text = text.strip()
+    upper = text.upper()
+    if upper.startswith(PREFIX):
+        return text
+    if "://" in text:
+        url = urllib.parse.unquote(text)
+        at = url.upper().find(PREFIX)
+        return url[at:].split("&", 1)[0].split("#", 1)[0] if at >= 0 else None
+    if set(upper) <= _CODE_CHARS and any(c.isalpha() for c in upper):
+        if 8 <= len(normalize_code(upper)) <= 24:
+            return text
+    return None

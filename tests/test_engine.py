@@ -754,3 +754,20 @@ def test_a_manager_can_reset_clock_trust_after_the_clock_ran_ahead(world: World)
     world.reopen()
     assert world.engine.clock_ok(world.clock.now())
     assert journal.verify().ok
+
+
+def test_coupons_in_one_standalone_sale_must_stack(world: World) -> None:
+    world.campaign(id="EXCL", kind="fixed", amount_minor=500, stacking="exclusive")
+    world.campaign(id="ANY", kind="fixed", amount_minor=300, stacking="any")
+    (excl,) = world.issue("EXCL")
+    (any1,) = world.issue("ANY")
+    world.campaign(id="ANY2", kind="fixed", amount_minor=200, stacking="any")
+    (other,) = world.issue("ANY2")
+    world.sync_ledger()
+    b = basket(5000)
+    assert world.engine.redeem(any1, b, checkout_id="sale-1").accepted
+    refused = world.engine.redeem(excl, b, checkout_id="sale-1")
+    assert refused.reason is Reason.NOT_STACKABLE
+    assert world.engine.redeem(other, b, checkout_id="sale-1").accepted
+    # A new sale starts clean: the exclusive coupon was not used up by its refusal.
+    assert world.engine.redeem(excl, b, checkout_id="sale-2").accepted

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from terminal import i18n
-from terminal.engine import Decision
+from terminal.decision import Decision
 from terminal.reasons import MESSAGES, Reason
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
@@ -37,10 +37,19 @@ def test_chinese_translation(reason: Reason) -> None:
 
 
 def test_chinese_catalog_has_no_stale_entries() -> None:
-    # A msgid that matches no English sentence means an English sentence changed and its
+    # A msgid that matches no marked English string means an English string changed and its
     # translation silently stopped being used.
-    stale = set(i18n.catalog("zh_CN")) - set(MESSAGES.values())
+    import terminal.daemon.feedback  # noqa: F401  (marks the display strings)
+
+    stale = set(i18n.catalog("zh_CN")) - i18n.MARKED
     assert not stale
+
+
+def test_every_marked_string_is_translated() -> None:
+    import terminal.daemon.feedback  # noqa: F401
+
+    missing = {m for m in i18n.MARKED if i18n.translate(m, "zh_CN") == m}
+    assert not missing
 
 
 @pytest.mark.parametrize("lang", ["zh_CN", "zh-CN", "zh", "zh-Hans", "ZH_cn"])

@@ -1,0 +1,201 @@
+"""The daemon's one TOML config, validated strictly: an unknown key, a wrong type or a bad
+value is an error that names the key, the file and the line."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from drivers import registry
+from drivers.options import OptionError, parse_options
+
+
+class ConfigError(ValueError):
+    def __init__(self, path: Path, line: int | None, key: str, message: str) -> None:
+        where = f"{path}:{line}" if line else str(path)
+        super().__init__(f"{where}: {key}: {message}")
+        self.path, self.line, self.key = path, line, key
+
+
+@dataclass(frozen=True)
+class TerminalSection:
+    data: str = "/var/lib/edge-redeem"  # all state lives here (systemd StateDirectory)
+    lang: str = "en"  # language of cashier sentences: en or zh_CN
+    mode: str = "standalone"  # standalone (cashier enters the total) or pos (till API)
+    currency: str = "CNY"
+    cashier: str | None = None  # default cashier id when the till does not say
+
+    def check(self) -> None:
+        if self.mode not in ("standalone", "pos"):
+            raise OptionError("mode", "must be 'standalone' or 'pos'")
+        if self.lang not in ("en", "zh_CN"):
+            raise OptionError("lang", "must be 'en' or 'zh_CN'")
+
+
+@dataclass(frozen=True)
+class OutputSection:
+    name: str
+    kind: str  # pole-display, beeper, log
+    port: str | None = None  # serial port of a pole display or beeper
+    baudrate: int = 9600
+    width: int = 20  # characters per line of a pole display
+    gpio: int | None = None  # GPIO line of a buzzer/LED (Raspberry Pi)
+    enabled: bool = True
+
+    def check(self) -> None:
+        if self.kind not in ("pole-display", "beeper", "log"):
+            raise OptionError("kind", "must be pole-display, beeper or log")
+
+
+@dataclass(frozen=True)
+class KioskSection:
+    host: str = "127.0.0.1"  # never all interfaces unless an installer says so
+    port: int = 8080
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class SyncSection:
+    central: str | None = None  # https URL of the central service; none: USB ledgers only
+    interval_s: float = 60.0
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class WatchdogSection:
+    stall_s: float = 10.0  # an input that delivers nothing for this long is restarted
+    restart_budget: int = 5  # restarts allowed per window before the daemon gives up
+    window_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class LogSection:
+    format: str = "auto"  # json under systemd (JOURNAL_STREAM set), text otherwise
+    level: str = "INFO"
+    device_traffic: bool = False  # raw bytes from devices on the edge_redeem.traffic logger
+
+    def check(self) -> None:
+        if self.format not in ("auto", "json", "text"):
+            raise OptionError("format", "must be auto, json or text")
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    name: str
+    kind: str
+    enabled: bool
+    options: Any
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    terminal: TerminalSection = field(default_factory=TerminalSection)
+    inputs: tuple[InputConfig, ...] = ()
+    outputs: tuple[OutputSection, ...] = ()
+    kiosk: KioskSection = field(default_factory=KioskSection)
+    sync: SyncSection = field(default_factory=SyncSection)
+    watchdog: WatchdogSection = field(default_factory=WatchdogSection)
+    log: LogSection = field(default_factory=LogSection)
+
+
+SECTIONS: dict[str, type] = {
+    "terminal": TerminalSection,
+    "kiosk": KioskSection,
+    "sync": SyncSection,
+    "watchdog": WatchdogSection,
+    "log": LogSection,
+}
+_HEADER = re.compile(r"^\s*\[(\[)?\s*([A-Za-z0-9_.-]+)\s*\]?\]\s*(#.*)?$")
+
+
+def locate(text: str, table: str, index: int | None, key: str | None) -> int | None:
+    """Line number of `key` in table `table` (the index-th `[[table]]`), or of the header."""
+    seen = -1
+    inside = table == ""
+    header_line = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        m = _HEADER.match(line)
+        if m:
+            name, is_array = m.group(2), bool(m.group(1))
+            if name == table and (not is_array or index is None):
+                inside, header_line = True, number
+            elif name == table and is_array:
+                seen += 1
+                inside = seen == index
+                header_line = number if inside else header_line
+            else:
+                inside = False
+            continue
+        if inside and key and re.match(rf"^\s*\"?{re.escape(key)}\"?\s*=", line):
+            return number
+    return header_line
+
+
+def load(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, None, "file", f"cannot read: {exc}") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = getattr(exc, "lineno", None)
+        raise ConfigError(path, line, "syntax", str(exc)) from None
+    return parse(doc, path, text)
+
+
+def parse(doc: dict[str, Any], path: Path, text: str = "") -> Config:
+    def fail(table: str, index: int | None, key: str, message: str) -> ConfigError:
+        shown = f"{table}[{index}].{key}" if index is not None else f"{table}.{key}"
+        return ConfigError(path, locate(text, table, index, key), shown.strip("."), message)
+
+    sections: dict[str, Any] = {}
+    for top, value in doc.items():
+        if top in SECTIONS:
+            if not isinstance(value, dict):
+                raise fail("", None, top, "must be a table")
+            try:
+                sections[top] = parse_options(SECTIONS[top], value)
+            except OptionError as exc:
+                raise fail(top, None, exc.key, str(exc).split(": ", 1)[1]) from None
+        elif top not in ("input", "output"):
+            raise fail(
+                "",
+                None,
+                top,
+                f"unknown section (known: {', '.join(sorted([*SECTIONS, 'input', 'output']))})",
+            )
+    inputs = []
+    names: set[str] = set()
+    for i, raw in enumerate(doc.get("input", [])):
+        if not isinstance(raw, dict):
+            raise fail("input", i, "input", "must be a table ([[input]])")
+        for key in ("name", "kind"):
+            if not isinstance(raw.get(key), str) or not raw[key]:
+                raise fail("input", i, key, "is required (a string)")
+        if raw["name"] in names:
+            raise fail("input", i, "name", f"'{raw['name']}' is used twice")
+        names.add(raw["name"])
+        enabled = raw.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise fail("input", i, "enabled", "must be true or false")
+        try:
+            options = registry.options_for(raw["kind"], raw)
+        except KeyError as exc:
+            raise fail("input", i, "kind", str(exc.args[0])) from None
+        except OptionError as exc:
+            raise fail("input", i, exc.key, str(exc).split(": ", 1)[1]) from None
+        inputs.append(InputConfig(raw["name"], raw["kind"], enabled, options))
+    outputs = []
+    for i, raw in enumerate(doc.get("output", [])):
+        if not isinstance(raw, dict):
+            raise fail("output", i, "output", "must be a table ([[output]])")
+        try:
+            outputs.append(parse_options(OutputSection, raw))
+        except OptionError as exc:
+            raise fail("output", i, exc.key, str(exc).split(": ", 1)[1]) from None
+    return Config(path, inputs=tuple(inputs), outputs=tuple(outputs), **sections)

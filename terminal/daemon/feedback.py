@@ -1,0 +1,98 @@
+"""What the shopper and cashier see and hear after a decision: a customer pole display and
+a beeper/LED, driven through drivers/feedback, or the log. Outputs never block the engine:
+each has its own small queue and thread."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any, Protocol
+
+from terminal.daemon.config import OutputSection
+from terminal.decision import Decision
+from terminal.i18n import N_, translate
+
+log = logging.getLogger(__name__)
+ACCEPTED = N_("Coupon accepted")
+REFUSED = N_("Coupon refused")
+GIFT = N_("Free gift")
+
+
+class Output(Protocol):
+    name: str
+
+    def start(self) -> None: ...
+
+    def show(self, decision: Decision) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def money(minor: int, currency: str | None) -> str:
+    return f"{minor // 100}.{minor % 100:02d}{' ' + currency if currency else ''}"
+
+
+def lines_for(decision: Decision, lang: str) -> tuple[str, str]:
+    """Two short lines for a customer display: the verdict, then the amount or the reason."""
+    if decision.accepted:
+        head = translate(ACCEPTED, lang)
+        if decision.gift_sku:
+            return head, translate(GIFT, lang) + f": {decision.gift_sku}"
+        return head, f"-{money(decision.discount_minor, decision.currency)}"
+    return translate(REFUSED, lang), decision.reason.message(lang)
+
+
+class _Queued:
+    """Runs a device's show() on its own thread so a slow or unplugged device never holds
+    up the engine; keeps only the latest few decisions."""
+
+    def __init__(self, name: str, device: Any, lang: str) -> None:
+        self.name = name
+        self.device = device
+        self.lang = lang
+        self._queue: queue.Queue[Decision | None] = queue.Queue(maxsize=8)
+        self._thread = threading.Thread(target=self._run, name=f"output-{name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def show(self, decision: Decision) -> None:
+        try:
+            self._queue.put_nowait(decision)
+        except queue.Full:
+            log.warning("output %s is behind; dropping a display update", self.name)
+
+    def _run(self) -> None:
+        while (decision := self._queue.get()) is not None:
+            try:
+                self.device.show(decision.accepted, lines_for(decision, self.lang))
+            except Exception as exc:  # an unplugged display is a warning, not a fault
+                log.warning("output %s failed: %s", self.name, exc)
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(1.0)
+        close = getattr(self.device, "close", None)
+        if close is not None:
+            close()
+
+
+class LogDevice:
+    def show(self, accepted: bool, lines: tuple[str, str]) -> None:
+        log.info("display: %s | %s", *lines)
+
+
+def create(spec: OutputSection, lang: str) -> Output:
+    device: Any
+    if spec.kind == "log":
+        device = LogDevice()
+    elif spec.kind == "pole-display":
+        from drivers.feedback.pole import PoleDisplay
+
+        device = PoleDisplay(spec.port or "", spec.baudrate, spec.width)
+    else:
+        from drivers.feedback.beeper import Beeper
+
+        device = Beeper(port=spec.port, gpio=spec.gpio, baudrate=spec.baudrate)
+    return _Queued(spec.name, device, lang)

@@ -1,0 +1,295 @@
+"""`redeem run`: the daemon. Starts in order (engine, worker, outputs, inputs), feeds every
+scan to the one engine worker, publishes each decision to the outputs and listeners,
+restarts stalled inputs within a budget, pings systemd's watchdog only while healthy,
+reloads on SIGHUP and stops in reverse order on SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from drivers import registry
+from drivers.scan import DOWN, Scan
+
+from terminal import setup, tokens
+from terminal.clock import Clock
+from terminal.daemon import config as config_mod
+from terminal.daemon import feedback, logs
+from terminal.daemon.notify import Notifier
+from terminal.daemon.worker import EngineWorker
+from terminal.decision import Context, Decision
+from terminal.engine import Engine
+from terminal.reasons import Reason
+from terminal.rules import Basket
+
+log = logging.getLogger(__name__)
+SHUTDOWN_S = 4.5  # SIGTERM to exit, inside systemd's and the issue's 5 s
+
+
+@dataclass
+class Published:
+    scan: Scan
+    decision: Decision | None  # None: not a coupon, ignored
+    at: float
+    latency_s: float  # from the scan's arrival to the decision being committed
+
+
+@dataclass
+class Till:
+    """The standalone sale the cashier is ringing up: its basket (the total they keyed in)
+    and the coupons scanned before the total was known."""
+
+    basket: Basket | None = None
+    checkout_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    pending: list[Scan] = field(default_factory=list)
+
+
+class Daemon:
+    def __init__(
+        self, cfg: config_mod.Config, clock: Clock, notifier: Notifier | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.notifier = notifier or Notifier()
+        self.engine: Engine | None = None
+        self.worker: EngineWorker | None = None
+        self.inputs: list[Any] = []
+        self.outputs: list[feedback.Output] = []
+        self.till = Till()
+        self.recent: deque[Published] = deque(maxlen=200)
+        self.listeners: list[Callable[[Published], None]] = []
+        self.ignored = 0
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._restarts: dict[str, deque[float]] = {}
+        self._last_scan: dict[str, float] = {}
+        self.exit_code = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        data = Path(self.cfg.terminal.data)
+        self.engine = setup.open_engine(data, self.clock)
+        self.worker = EngineWorker(self.engine)
+        self.worker.start()
+        self.outputs = [
+            feedback.create(o, self.cfg.terminal.lang) for o in self.cfg.outputs if o.enabled
+        ]
+        for out in self.outputs:
+            out.start()
+        self._start_inputs()
+        log.info(
+            "terminal %s of store %s running: ledger v%s, %d input(s), %d output(s)",
+            self.engine.terminal,
+            self.engine.store,
+            self.engine.ledger.version,
+            len(self.inputs),
+            len(self.outputs),
+        )
+        self.notifier.ready(f"ledger v{self.engine.ledger.version}")
+
+    def _start_inputs(self) -> None:
+        for spec in self.cfg.inputs:
+            if not spec.enabled:
+                continue
+            driver = registry.create(spec.name, spec.kind, spec.options, self.clock.now)
+            driver.start(self.on_scan)
+            self.inputs.append(driver)
+
+    def _stop_inputs(self) -> None:
+        for driver in reversed(self.inputs):
+            try:
+                driver.stop(1.0)
+            except Exception:  # one broken driver must not keep the others running
+                log.exception("input %s did not stop cleanly", driver.name)
+        self.inputs = []
+
+    def stop(self) -> None:
+        """Reverse order: no new scans, finish the ones in flight, then outputs, then DB."""
+        self.notifier.stopping()
+        self._stop_inputs()
+        if self.worker is not None and not self.worker.stop(SHUTDOWN_S - 1.5):
+            log.error("engine worker did not finish in time")
+        for out in reversed(self.outputs):
+            out.stop()
+        if self.engine is not None:
+            self.engine.db.close()
+        log.info("stopped")
+
+    def reload(self) -> None:
+        """SIGHUP: read the config again; inputs and outputs restart with it. The engine,
+        the journal and the till's sale are kept."""
+        self.notifier.reloading()
+        try:
+            cfg = config_mod.load(self.cfg.path)
+        except config_mod.ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            self.notifier.ready()
+            return
+        self._stop_inputs()
+        for out in reversed(self.outputs):
+            out.stop()
+        self.cfg = cfg
+        self.outputs = [feedback.create(o, cfg.terminal.lang) for o in cfg.outputs if o.enabled]
+        for out in self.outputs:
+            out.start()
+        self._start_inputs()
+        log.info("config reloaded: %d input(s)", len(self.inputs))
+        self.notifier.ready()
+
+    # ------------------------------------------------------------------ scans
+
+    def on_scan(self, scan: Scan) -> None:
+        """Called on a driver's thread: hand the scan to the engine worker and return."""
+        arrived = time.perf_counter()
+        self._last_scan[scan.source] = arrived
+        assert self.worker is not None
+        fut = self.worker.submit(lambda engine: self._decide(engine, scan))
+        fut.add_done_callback(lambda f: self._publish(scan, f, arrived))
+
+    def _decide(self, engine: Engine, scan: Scan) -> Decision | None:
+        code = tokens.extract(scan.text())
+        if code is None:
+            return None
+        tag = scan.meta.get("tag_uid")
+        ctx = Context(
+            source=scan.kind,
+            cashier=self.cfg.terminal.cashier,
+            tag_uid=bytes.fromhex(tag) if isinstance(tag, str) else None,
+        )
+        till = self.till
+        if till.basket is None:
+            # Scanned before the total was keyed in: a good coupon waits for the total; a
+            # bad one is refused (and journaled) now.
+            zero = Basket(self.cfg.terminal.currency, ())
+            preview = engine.check(code, zero, ctx)
+            if preview.reason in (Reason.NO_ELIGIBLE_ITEMS, Reason.BELOW_MINIMUM):
+                till.pending.append(scan)
+                preview.reason, preview.accepted = Reason.NEEDS_TOTAL, False
+                return preview
+            return engine.redeem(code, zero, ctx)
+        return engine.redeem(code, till.basket, ctx, checkout_id=till.checkout_id)
+
+    def _publish(self, scan: Scan, fut: Any, arrived: float) -> None:
+        try:
+            decision = fut.result()
+        except Exception:
+            log.exception("scan from %s could not be decided", scan.source)
+            decision = Decision(False, Reason.INTERNAL_ERROR)
+        self._emit(scan, decision, arrived)
+
+    def _emit(self, scan: Scan, decision: Decision | None, arrived: float) -> None:
+        pub = Published(scan, decision, self.clock.now(), time.perf_counter() - arrived)
+        self.recent.append(pub)
+        if decision is None:
+            self.ignored += 1
+            log.info("ignored a scan from %s: not a coupon", scan.source)
+            return
+        lang = self.cfg.terminal.lang
+        log.info(
+            "%s from %s: %s %s (%s)",
+            "ACCEPTED" if decision.accepted else "REFUSED",
+            scan.source,
+            decision.reason.value,
+            decision.discount_minor,
+            decision.reason.message(lang),
+            extra={
+                "scan_source": scan.source,
+                "reason": decision.reason.value,
+                "journal_seq": decision.journal_seq,
+            },
+        )
+        for out in self.outputs:
+            out.show(decision)
+        for listener in list(self.listeners):
+            try:
+                listener(pub)
+            except Exception:
+                log.exception("decision listener failed")
+
+    # ------------------------------------------------------------------ the till
+
+    def set_basket(self, basket: Basket | None) -> list[Decision]:
+        """The cashier keyed in a total (or cleared it: None). A new sale starts; coupons
+        scanned before the total are decided against it now."""
+        assert self.worker is not None
+        arrived = time.perf_counter()
+
+        def job(engine: Engine) -> list[tuple[Scan, Decision | None]]:
+            pending = self.till.pending
+            self.till = Till(basket)
+            return [(scan, self._decide(engine, scan)) for scan in pending]
+
+        results = self.worker.call(job)
+        for scan, decision in results:
+            self._emit(scan, decision, arrived)
+        return [d for _, d in results if d is not None]
+
+    # ------------------------------------------------------------------ supervision
+
+    def health(self) -> dict[str, Any]:
+        return {d.name: d.health().to_dict() for d in self.inputs}
+
+    def healthy(self) -> bool:
+        if self.worker is None or not self.worker.healthy():
+            return False
+        return all(d.health().state != DOWN for d in self.inputs)
+
+    def supervise_once(self) -> None:
+        """Restart inputs that went down, within the budget; past it, exit non-zero and let
+        systemd restart the whole daemon."""
+        budget, window = self.cfg.watchdog.restart_budget, self.cfg.watchdog.window_s
+        now = time.monotonic()
+        for i, driver in enumerate(list(self.inputs)):
+            if driver.health().state != DOWN or isinstance(driver, registry.FailedDriver):
+                continue
+            times = self._restarts.setdefault(driver.name, deque())
+            while times and times[0] < now - window:
+                times.popleft()
+            if len(times) >= budget:
+                log.error(
+                    "input %s failed %d times in %.0f s: giving up", driver.name, len(times), window
+                )
+                self.exit_code = 3
+                self._stop.set()
+                return
+            times.append(now)
+            log.warning("restarting input %s: %s", driver.name, driver.health().detail)
+            driver.stop(1.0)
+            spec = next(s for s in self.cfg.inputs if s.name == driver.name)
+            fresh = registry.create(spec.name, spec.kind, spec.options, self.clock.now)
+            fresh.start(self.on_scan)
+            self.inputs[i] = fresh
+        if self.notifier.watchdog_s and self.healthy():
+            self.notifier.watchdog()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def run_forever(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+        self.start()
+        tick = min(1.0, (self.notifier.watchdog_s or 2.0) / 2)
+        while not self._stop.wait(tick):
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            self.supervise_once()
+        self.stop()
+        return self.exit_code
+
+
+def run(config_path: Path, clock: Clock) -> int:
+    cfg = config_mod.load(config_path)
+    logs.setup(cfg.log.format, cfg.log.level, cfg.log.device_traffic)
+    return Daemon(cfg, clock).run_forever()

@@ -1,0 +1,76 @@
+"""The engine worker: the one thread that calls the engine (the journal's one writer).
+Inputs, the kiosk and the POS API hand it work through a queue and wait on a future."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from terminal.engine import Engine
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_STOP = object()
+
+
+class WorkerStopped(RuntimeError):
+    pass
+
+
+class EngineWorker:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="engine-worker", daemon=True)
+        self._accepting = False
+        self.last_beat = time.monotonic()
+        self.jobs_done = 0
+
+    def start(self) -> None:
+        self._accepting = True
+        self._thread.start()
+
+    def submit(self, job: Callable[[Engine], T]) -> Future[T]:
+        """Queue a job; the future resolves with its result or its exception."""
+        fut: Future[T] = Future()
+        if not self._accepting:
+            fut.set_exception(WorkerStopped("the terminal is shutting down"))
+            return fut
+        self._queue.put((job, fut))
+        return fut
+
+    def call(self, job: Callable[[Engine], T], timeout: float = 10.0) -> T:
+        return self.submit(job).result(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            job, fut = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(job(self.engine))
+            except BaseException as exc:  # handed to the caller, who decides
+                fut.set_exception(exc)
+            self.jobs_done += 1
+            self.last_beat = time.monotonic()
+
+    def healthy(self, within_s: float = 30.0) -> bool:
+        """Alive, and either idle or making progress."""
+        if not self._thread.is_alive():
+            return False
+        return self._queue.empty() or time.monotonic() - self.last_beat < within_s
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Finish everything already queued (no scan in flight is lost), then stop."""
+        self._accepting = False
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
