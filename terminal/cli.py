@@ -246,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
         ck, "reset", cmd_clock_reset, "a manager confirms the clock is right after it ran ahead"
     ).add_argument("--manager", required=True, help="manager id (journaled)")
 
+    from terminal.daemon.commands import add_commands
+
+    add_commands(sub, cmd)
+
     jr = sub.add_parser("journal", help="the tamper-evident journal").add_subparsers(
         dest="journal_command", required=True
     )
