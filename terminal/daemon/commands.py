@@ -13,8 +13,9 @@ from typing import Any
 from drivers import registry
 from drivers.scan import Scan
 
-from terminal.cliutil import EXIT_ERROR, EXIT_OK, UserError
+from terminal.cliutil import EXIT_ERROR, EXIT_OK, EXIT_REFUSED, UserError, emit, read_document
 from terminal.daemon import config as config_mod
+from terminal.daemon import control
 from terminal.timeutil import clock_from_env
 
 
@@ -89,6 +90,89 @@ def cmd_scan_test(args: argparse.Namespace) -> int:
     return EXIT_OK if count[0] else EXIT_ERROR
 
 
+def _ask(args: argparse.Namespace, req: dict[str, Any]) -> dict[str, Any]:
+    try:
+        reply = control.request(Path(args.data), {**req, "lang": args.lang})
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"the daemon is not answering on {control.socket_path(Path(args.data))}"
+            f" ({exc}); is `redeem run` running?"
+        ) from None
+    if not reply.get("ok"):
+        raise UserError(str(reply.get("error")))
+    return reply
+
+
+def _line(pub: dict[str, Any]) -> str:
+    d = pub.get("decision")
+    if d is None:
+        return f"#{pub['number']} {pub['source']}: not a coupon, ignored"
+    verdict = "ACCEPTED" if d["accepted"] else "REFUSED "
+    amount = f" -{d['discount_minor'] / 100:.2f} {d['currency']}" if d["accepted"] else ""
+    gift = f" + gift {d['gift_sku']}" if d.get("gift_sku") else ""
+    what = d.get("campaign_name") or d.get("campaign") or ""
+    return (
+        f"#{pub['number']} {pub['source']}: {verdict} {what}{amount}{gift}  "
+        f"[{d['reason']}] {d['message']}  ({pub['latency_ms']:.1f} ms)"
+    )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    reply = _ask(args, {"op": "status"})
+    led = reply["ledger"]
+    lines = [
+        f"terminal {reply['terminal']} of store {reply['store']}: "
+        f"{'healthy' if reply['healthy'] else 'NOT healthy'}",
+        f"ledger v{led['version']}, age {led['age_s'] or 0:.0f} s; clock "
+        f"{'ok' if reply['clock_ok'] else 'UNTRUSTED'}",
+        f"decisions {reply['decisions']}, ignored scans {reply['ignored']}",
+    ]
+    lines += [f"input {name}: {h['state']} {h['detail']}" for name, h in reply["inputs"].items()]
+    emit(args, reply, "\n".join(lines))
+    return EXIT_OK if reply["healthy"] else EXIT_REFUSED
+
+
+def cmd_till(args: argparse.Namespace) -> int:
+    if args.clear:
+        basket = None
+    elif args.basket:
+        basket = read_document(args.basket)
+    elif args.total is not None:
+        basket = {"currency": args.currency, "total_minor": args.total}
+    else:
+        raise UserError("give --total MINOR, --basket FILE or --clear")
+    reply = _ask(args, {"op": "basket", "basket": basket})
+    emit(
+        args,
+        reply,
+        "\n".join(
+            ["sale cleared" if basket is None else "new sale"]
+            + [
+                _line({"number": i + 1, "source": "pending", "latency_ms": 0, "decision": d})
+                for i, d in enumerate(reply["decisions"])
+            ]
+        ),
+    )
+    return EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Print decisions as the daemon publishes them."""
+    after = 0 if args.all else int(_ask(args, {"op": "decisions", "after": 1 << 62})["count"])
+    shown = 0
+    deadline = time.monotonic() + args.seconds if args.seconds else None
+    while (not args.count or shown < args.count) and (
+        deadline is None or time.monotonic() < deadline
+    ):
+        wait = 5.0 if deadline is None else max(0.0, min(5.0, deadline - time.monotonic()))
+        reply = _ask(args, {"op": "decisions", "after": after, "wait_s": wait})
+        for pub in reply["decisions"]:
+            print(json.dumps(pub, ensure_ascii=False) if args.json else _line(pub), flush=True)
+            after = pub["number"]
+            shown += 1
+    return EXIT_OK
+
+
 def add_commands(sub: Any, cmd: Any) -> None:
     """Register on the `redeem` parser; `cmd` is its helper that adds --data/--lang/--json."""
     sp = sub.add_parser("run", help="run the terminal daemon")
@@ -109,3 +193,13 @@ def add_commands(sub: Any, cmd: Any) -> None:
     sp.add_argument("--count", type=int, default=0, help="stop after this many scans")
     sp.add_argument("--verbose", action="store_true")
     sp.set_defaults(func=cmd_scan_test)
+    cmd(sub, "status", cmd_status, "ask the running daemon how it is")
+    sp = cmd(sub, "till", cmd_till, "start a standalone sale: the total the cashier keyed in")
+    sp.add_argument("--total", type=int, help="purchase total in minor units")
+    sp.add_argument("--currency", default="CNY")
+    sp.add_argument("--basket", help="a basket JSON file instead of a total")
+    sp.add_argument("--clear", action="store_true", help="end the sale")
+    sp = cmd(sub, "watch", cmd_watch, "print the daemon's decisions as they happen")
+    sp.add_argument("--count", type=int, default=0, help="stop after this many")
+    sp.add_argument("--seconds", type=float, default=0, help="stop after this long")
+    sp.add_argument("--all", action="store_true", help="start with the decisions kept so far")

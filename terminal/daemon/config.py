@@ -121,6 +121,8 @@ def locate(text: str, table: str, index: int | None, key: str | None) -> int | N
         m = _HEADER.match(line)
         if m:
             name, is_array = m.group(2), bool(m.group(1))
+            if table == "" and name == key:  # a whole section that should not be there
+                return number
             if name == table and (not is_array or index is None):
                 inside, header_line = True, number
             elif name == table and is_array:
@@ -143,8 +145,10 @@ def load(path: Path) -> Config:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        line = getattr(exc, "lineno", None)
-        raise ConfigError(path, line, "syntax", str(exc)) from None
+        found = re.search(r"at line (\d+)", str(exc))  # tomllib states the line in its message
+        raise ConfigError(
+            path, int(found.group(1)) if found else None, "syntax", str(exc)
+        ) from None
     return parse(doc, path, text)
 
 

@@ -12,11 +12,13 @@ from typing import Any, Protocol
 from terminal.daemon.config import OutputSection
 from terminal.decision import Decision
 from terminal.i18n import N_, translate
+from terminal.reasons import Reason
 
 log = logging.getLogger(__name__)
 ACCEPTED = N_("Coupon accepted")
 REFUSED = N_("Coupon refused")
 GIFT = N_("Free gift")
+READY = N_("Coupon ready")
 
 
 class Output(Protocol):
@@ -40,6 +42,8 @@ def lines_for(decision: Decision, lang: str) -> tuple[str, str]:
         if decision.gift_sku:
             return head, translate(GIFT, lang) + f": {decision.gift_sku}"
         return head, f"-{money(decision.discount_minor, decision.currency)}"
+    if decision.reason is Reason.NEEDS_TOTAL:
+        return translate(READY, lang), decision.reason.message(lang)
     return translate(REFUSED, lang), decision.reason.message(lang)
 
 

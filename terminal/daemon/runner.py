@@ -22,7 +22,9 @@ from drivers.scan import DOWN, Scan
 from terminal import setup, tokens
 from terminal.clock import Clock
 from terminal.daemon import config as config_mod
+from terminal.daemon import control as control_mod
 from terminal.daemon import feedback, logs
+from terminal.daemon.control import Control
 from terminal.daemon.notify import Notifier
 from terminal.daemon.worker import EngineWorker
 from terminal.decision import Context, Decision
@@ -36,10 +38,22 @@ SHUTDOWN_S = 4.5  # SIGTERM to exit, inside systemd's and the issue's 5 s
 
 @dataclass
 class Published:
+    number: int  # 1, 2, 3... in the order decisions were published since start
     scan: Scan
     decision: Decision | None  # None: not a coupon, ignored
     at: float
     latency_s: float  # from the scan's arrival to the decision being committed
+
+    def to_dict(self, lang: str = "en") -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "at": self.at,
+            "source": self.scan.source,
+            "kind": self.scan.kind,
+            "latency_ms": round(self.latency_s * 1000, 3),
+            "ignored": self.decision is None,
+            "decision": self.decision.to_dict(lang) if self.decision else None,
+        }
 
 
 @dataclass
@@ -64,11 +78,15 @@ class Daemon:
         self.inputs: list[Any] = []
         self.outputs: list[feedback.Output] = []
         self.till = Till()
-        self.recent: deque[Published] = deque(maxlen=200)
+        self.recent: deque[Published] = deque(maxlen=500)
+        self.published_count = 0
+        self.control: Control | None = None
         self.listeners: list[Callable[[Published], None]] = []
         self.ignored = 0
         self._stop = threading.Event()
+        self._publish_lock = threading.Lock()
         self._reload = threading.Event()
+        self._wake = threading.Event()
         self._restarts: dict[str, deque[float]] = {}
         self._last_scan: dict[str, float] = {}
         self.exit_code = 0
@@ -86,6 +104,8 @@ class Daemon:
         for out in self.outputs:
             out.start()
         self._start_inputs()
+        self.control = Control(self, control_mod.socket_path(data))
+        self.control.start()
         log.info(
             "terminal %s of store %s running: ledger v%s, %d input(s), %d output(s)",
             self.engine.terminal,
@@ -116,6 +136,8 @@ class Daemon:
         """Reverse order: no new scans, finish the ones in flight, then outputs, then DB."""
         self.notifier.stopping()
         self._stop_inputs()
+        if self.control is not None:
+            self.control.stop()
         if self.worker is not None and not self.worker.stop(SHUTDOWN_S - 1.5):
             log.error("engine worker did not finish in time")
         for out in reversed(self.outputs):
@@ -187,8 +209,11 @@ class Daemon:
         self._emit(scan, decision, arrived)
 
     def _emit(self, scan: Scan, decision: Decision | None, arrived: float) -> None:
-        pub = Published(scan, decision, self.clock.now(), time.perf_counter() - arrived)
-        self.recent.append(pub)
+        latency = time.perf_counter() - arrived
+        with self._publish_lock:
+            self.published_count += 1
+            pub = Published(self.published_count, scan, decision, self.clock.now(), latency)
+            self.recent.append(pub)
         if decision is None:
             self.ignored += 1
             log.info("ignored a scan from %s: not a coupon", scan.source)
@@ -233,6 +258,33 @@ class Daemon:
             self._emit(scan, decision, arrived)
         return [d for _, d in results if d is not None]
 
+    def published_after(self, number: int) -> list[Published]:
+        with self._publish_lock:
+            return [p for p in self.recent if p.number > number]
+
+    def status(self) -> dict[str, Any]:
+        engine = self.engine
+        assert engine is not None
+        basket = self.till.basket
+        return {
+            "store": engine.store,
+            "terminal": engine.terminal,
+            "ledger": {
+                "version": engine.ledger.version,
+                "age_s": engine.ledger_age_s(),
+                "problem": engine.ledger_store.load_problem,
+            },
+            "clock_ok": engine.clock_ok(engine.now()),
+            "inputs": self.health(),
+            "healthy": self.healthy(),
+            "decisions": self.published_count,
+            "ignored": self.ignored,
+            "till": {
+                "total_minor": basket.total_minor if basket else None,
+                "pending": len(self.till.pending),
+            },
+        }
+
     # ------------------------------------------------------------------ supervision
 
     def health(self) -> dict[str, Any]:
@@ -259,7 +311,7 @@ class Daemon:
                     "input %s failed %d times in %.0f s: giving up", driver.name, len(times), window
                 )
                 self.exit_code = 3
-                self._stop.set()
+                self.request_stop()
                 return
             times.append(now)
             log.warning("restarting input %s: %s", driver.name, driver.health().detail)
@@ -273,14 +325,23 @@ class Daemon:
 
     def request_stop(self) -> None:
         self._stop.set()
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+        self._wake.set()
 
     def run_forever(self) -> int:
-        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
-        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
+        signal.signal(signal.SIGINT, lambda *_: self.request_stop())
+        signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
         self.start()
         tick = min(1.0, (self.notifier.watchdog_s or 2.0) / 2)
-        while not self._stop.wait(tick):
+        while not self._stop.is_set():
+            self._wake.wait(tick)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
