@@ -264,3 +264,38 @@ def write_anchor(tmp_path: Path) -> Path:
     path = tmp_path / "anchor.json"
     path.write_text(TrustAnchor(cose.SigningKey.generate().public).to_json())
     return path
+
+
+def test_a_driver_that_cannot_load_is_a_health_warning_not_a_crash(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from drivers import registry
+
+    (token, *_) = prepare(world)
+    # As when libzbar is missing: the family's module fails to import.
+    monkeypatch.setitem(
+        registry.FAMILIES,
+        "broken",
+        registry.Family("drivers.fake:FakeOptions", "drivers.no_such_module:Driver"),
+    )
+    cfg = config_mod.load(
+        write_config(
+            tmp_path / "d.toml",
+            world.data,
+            fifo_input(tmp_path / "f") + '\n[[input]]\nname = "cam"\nkind = "broken"\n',
+        )
+    )
+    daemon = Daemon(cfg, FixedClock(T0))
+    daemon.start()
+    try:
+        health = daemon.health()
+        assert health["cam"]["state"] == "down" and "could not load" in health["cam"]["detail"]
+        assert daemon.healthy()  # a warning, not a reason for systemd to restart us
+        daemon.supervise_once()  # a driver that cannot load is not restarted in a loop
+        assert daemon.exit_code == 0
+        daemon.set_basket(Basket.from_dict({"currency": "CNY", "total_minor": 12800}))
+        daemon.inputs[0].feed(token)
+        wait_for(lambda: daemon.published_count == 1)
+        assert daemon.recent[0].decision and daemon.recent[0].decision.accepted
+    finally:
+        daemon.stop()

@@ -291,9 +291,16 @@ class Daemon:
         return {d.name: d.health().to_dict() for d in self.inputs}
 
     def healthy(self) -> bool:
+        """What systemd's watchdog hears: the engine worker makes progress and no running
+        input is down. An input that could not load at all (no reader plugged in, a
+        missing library) is a warning on the dashboard, not a reason to be restarted."""
         if self.worker is None or not self.worker.healthy():
             return False
-        return all(d.health().state != DOWN for d in self.inputs)
+        return all(
+            d.health().state != DOWN
+            for d in self.inputs
+            if not isinstance(d, registry.FailedDriver)
+        )
 
     def supervise_once(self) -> None:
         """Restart inputs that went down, within the budget; past it, exit non-zero and let
