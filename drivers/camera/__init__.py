@@ -1,0 +1,1 @@
+"""The camera input: OpenCV capture, barcode decoding, debounce and a frame watchdog."""

@@ -1,0 +1,173 @@
+"""Frames to codes: grayscale, region of interest, downscale, then pyzbar, zxing-cpp or the
+cascade of a quick zxing-cpp pass and a thorough pass on hard frames only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import zxingcpp
+from pyzbar import pyzbar
+
+# Our symbology names (zbar's spelling) to each library's.
+_ZBAR = {
+    "QRCODE": pyzbar.ZBarSymbol.QRCODE,
+    "EAN13": pyzbar.ZBarSymbol.EAN13,
+    "EAN8": pyzbar.ZBarSymbol.EAN8,
+    "UPCA": pyzbar.ZBarSymbol.UPCA,
+    "UPCE": pyzbar.ZBarSymbol.UPCE,
+    "CODE128": pyzbar.ZBarSymbol.CODE128,
+    "CODE39": pyzbar.ZBarSymbol.CODE39,
+    "I25": pyzbar.ZBarSymbol.I25,
+}
+_ZXING = {
+    "QRCODE": zxingcpp.BarcodeFormat.QRCode,
+    "EAN13": zxingcpp.BarcodeFormat.EAN13,
+    "EAN8": zxingcpp.BarcodeFormat.EAN8,
+    "UPCA": zxingcpp.BarcodeFormat.UPCA,
+    "UPCE": zxingcpp.BarcodeFormat.UPCE,
+    "CODE128": zxingcpp.BarcodeFormat.Code128,
+    "CODE39": zxingcpp.BarcodeFormat.Code39,
+    "I25": zxingcpp.BarcodeFormat.ITF,
+}
+_ZXING_NAMES = {"QRCODE": "QRCODE", "QRCODEMODEL2": "QRCODE", "ITF": "I25"}
+
+Image = np.ndarray
+
+
+@dataclass(frozen=True)
+class Code:
+    payload: bytes
+    symbology: str  # QRCODE, EAN13, CODE128, ...
+
+
+def gray(frame: Image) -> Image:
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
+
+
+def crop(image: Image, roi: Sequence[float] | None) -> Image:
+    """The region of interest (fractions x, y, w, h) as a view, no copy."""
+    if roi is None:
+        return image
+    h, w = image.shape[:2]
+    x0, y0 = int(roi[0] * w), int(roi[1] * h)
+    x1, y1 = max(x0 + 1, int((roi[0] + roi[2]) * w)), max(y0 + 1, int((roi[1] + roi[3]) * h))
+    return image[y0:y1, x0:x1]
+
+
+def shrink(image: Image, max_width: int) -> Image:
+    h, w = image.shape[:2]
+    if not max_width or w <= max_width:
+        return image
+    size = (max_width, max(1, round(h * max_width / w)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def _unique(codes: list[Code]) -> list[Code]:
+    """One code per payload: both libraries may report a code twice (e.g. at two scales)."""
+    seen: set[tuple[str, bytes]] = set()
+    out = []
+    for c in codes:
+        if (c.symbology, c.payload) not in seen:
+            seen.add((c.symbology, c.payload))
+            out.append(c)
+    return out
+
+
+class Pyzbar:
+    """zbar through pyzbar, limited to the configured symbologies."""
+
+    name = "pyzbar"
+
+    def __init__(self, symbologies: Sequence[str]) -> None:
+        self.symbols = [_ZBAR[s] for s in symbologies]
+
+    def read(self, image: Image) -> list[Code]:
+        found = pyzbar.decode(image, symbols=self.symbols)
+        return _unique([Code(bytes(d.data), d.type) for d in found])
+
+
+class Zxing:
+    """zxing-cpp; `thorough` adds its rotated, downscaled and inverted tries."""
+
+    def __init__(self, symbologies: Sequence[str], thorough: bool) -> None:
+        self.formats = zxingcpp.BarcodeFormats([_ZXING[s] for s in symbologies])
+        self.thorough = thorough
+        self.name = "zxing" if thorough else "zxing-quick"
+
+    def scan(self, image: Image) -> tuple[list[Code], bool]:
+        """The codes read, and whether the detector saw a code it could not read."""
+        found = zxingcpp.read_barcodes(
+            image,
+            formats=self.formats,
+            try_rotate=self.thorough,
+            try_downscale=self.thorough,
+            try_invert=self.thorough,
+            return_errors=True,
+        )
+        codes = []
+        for b in found:
+            if b.valid:
+                name = b.format.name.upper()
+                codes.append(Code(bytes(b.bytes), _ZXING_NAMES.get(name, name)))
+        return _unique(codes), len(codes) < len(found)
+
+    def read(self, image: Image) -> list[Code]:
+        return self.scan(image)[0]
+
+
+class Pipeline:
+    """Decodes one frame at a time; keeps the cascade's frame counter and pass statistics."""
+
+    def __init__(
+        self,
+        decoder: str,
+        symbologies: Sequence[str],
+        max_width: int = 640,
+        roi: Sequence[float] | None = None,
+        hard_every: int = 8,
+    ) -> None:
+        if decoder not in ("cascade", "zxing", "pyzbar"):
+            raise ValueError(f"unknown decoder {decoder!r}")
+        self.decoder = decoder
+        self.max_width = max_width
+        self.roi = list(roi) if roi is not None else None
+        self.hard_every = hard_every
+        self.quick = Zxing(symbologies, thorough=False)
+        self.thorough = Zxing(symbologies, thorough=True)
+        self.zbar = Pyzbar(symbologies)
+        self.frames = 0
+        self.hard_passes = 0  # thorough passes the cascade ran
+        self.rescued = 0  # frames only the thorough pass (or zbar after it) could read
+
+    def describe(self) -> str:
+        size = f"max_width {self.max_width}" if self.max_width else "full size"
+        roi = f", roi {self.roi}" if self.roi else ""
+        return f"{self.decoder}, {size}{roi}"
+
+    def __call__(self, frame: Image) -> list[Code]:
+        self.frames += 1
+        full = crop(gray(frame), self.roi)
+        small = shrink(full, self.max_width)
+        if self.decoder == "pyzbar":
+            return self.zbar.read(small)
+        if self.decoder == "zxing":
+            return self.thorough.read(small)
+        codes, hint = self.quick.scan(small)
+        if codes:
+            return codes
+        periodic = self.hard_every > 0 and self.frames % self.hard_every == 0
+        if not (hint or periodic):
+            return []
+        # A hard frame: the detector saw something it could not read, or it is time for
+        # the periodic look for codes the quick pass cannot see at all (too small at this
+        # scale, light on dark). Look at the full-size frame, with every try.
+        self.hard_passes += 1
+        codes = self.thorough.read(full)
+        if not codes and hint:
+            codes = self.zbar.read(full)
+        if codes:
+            self.rescued += 1
+        return codes

@@ -1,0 +1,152 @@
+"""The camera driver: capture thread -> newest frame -> decode -> debounce -> Scan, with a
+frame watchdog that restarts a stalled capture within a budget and then gives up (DOWN)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+from drivers.camera.capture import Capture, FrameSlot, classify, is_file
+from drivers.camera.debounce import Debouncer
+from drivers.camera.decode import Pipeline
+from drivers.camera.options import CameraOptions
+from drivers.scan import DEGRADED, DOWN, OK, STOPPED, LoopDriver, Now
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.1  # how often the loop looks at stop and the watchdog when no frame comes
+HEALTH_EVERY_S = 1.0
+
+
+class CameraDriver(LoopDriver):
+    kind = "camera"
+
+    def __init__(self, name: str, options: CameraOptions, now: Now = time.time) -> None:
+        super().__init__(name, now)
+        self.options = options
+        self.source = str(options.source).strip()
+        self.source_kind = classify(options.source)
+        self.pipeline = Pipeline(
+            options.decoder,
+            options.symbologies,
+            options.max_width,
+            options.roi,
+            options.hard_every,
+        )
+        self.debounce = Debouncer(options.debounce_s)
+        self.slot = FrameSlot()
+        self._capture: Capture | None = None
+        self._restarts: deque[float] = deque()
+        self._frames = 0  # frames decoded since start
+        self._next_n = 0
+        self._fresh = True
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, stop: threading.Event) -> None:
+        self.state.set(DEGRADED, f"opening {self.source}")
+        capture = self._start_capture()
+        rate_t, rate_n = time.monotonic(), 0
+        try:
+            while not stop.is_set():
+                frame = self.slot.take(TICK_S)
+                if frame is not None and not stop.is_set():
+                    if self._fresh:  # first frame since (re)opening
+                        self._fresh = False
+                        self.state.set(OK, f"receiving frames ({self.pipeline.describe()})")
+                    self._decode(frame.n, frame.t, frame.image)
+                    rate_n += 1
+                elapsed = time.monotonic() - rate_t
+                if elapsed >= HEALTH_EVERY_S:
+                    self._report(capture, rate_n / elapsed)
+                    rate_t, rate_n = time.monotonic(), 0
+                if frame is not None:
+                    continue
+                # No frame this tick: has the capture ended, failed or stalled?
+                if capture.status == "eof":
+                    self.state.set(STOPPED, "stopped: end of file")
+                    return
+                reason = self._fault(capture)
+                if reason is None:
+                    continue
+                if capture.status == "failed" and self._frames == 0 and not self._restarts:
+                    # Never worked (wrong path, no such device): say so now; the daemon's
+                    # supervisor decides whether to try again.
+                    self.state.set(DOWN, reason)
+                    return
+                if not self._may_restart():
+                    self.state.set(
+                        DOWN,
+                        f"{reason}; gave up after {len(self._restarts)} restart(s) "
+                        f"in {self.options.restart_window_s:g} s",
+                    )
+                    log.error("camera %s is down: %s", self.name, reason)
+                    return
+                log.warning("camera %s: %s; restarting the capture", self.name, reason)
+                self.state.count("restarts")
+                self.state.set(DEGRADED, f"restarting capture: {reason}")
+                capture.retire()
+                if capture.status == "failed" and stop.wait(min(1.0, self.options.stall_s)):
+                    return
+                capture = self._start_capture()
+        finally:
+            capture.retire()
+            capture.join(0.5)  # a read blocked for good stays behind (daemon thread)
+
+    def _start_capture(self) -> Capture:
+        if self._capture is not None:
+            self._next_n = max(self._next_n, self._capture.next_n)
+        self._capture = Capture(
+            self.options.source, self.source_kind, self.options, self.slot, self._next_n
+        )
+        self._capture.start()
+        self._fresh = True
+        return self._capture
+
+    def _fault(self, capture: Capture) -> str | None:
+        if capture.status == "failed":
+            return capture.reason
+        quiet = time.monotonic() - capture.last_frame_at
+        if quiet > self.options.stall_s:
+            doing = "opening" if capture.status == "opening" else "reading"
+            return f"no frames from {self.source} for {quiet:.1f} s ({doing})"
+        return None
+
+    def _may_restart(self) -> bool:
+        now = time.monotonic()
+        while self._restarts and self._restarts[0] < now - self.options.restart_window_s:
+            self._restarts.popleft()
+        if len(self._restarts) >= self.options.restart_budget:
+            return False
+        self._restarts.append(now)
+        return True
+
+    def _decode(self, n: int, t: float, image: np.ndarray) -> None:
+        self._frames += 1
+        self.state.count("frames")
+        codes = self.pipeline(image)
+        for code in codes:
+            if self.debounce.admit((code.symbology, code.payload), t):
+                self.emit(code.payload, camera=self.source, symbology=code.symbology, frame=n)
+        if self._frames % 64 == 0:
+            self.debounce.forget_old(t)
+
+    def _report(self, capture: Capture, fps: float) -> None:
+        dropped = self.slot.dropped
+        counters = self.state.get().counters
+        if dropped > counters.get("dropped", 0):
+            self.state.count("dropped", dropped - counters.get("dropped", 0))
+        hard = self.pipeline.hard_passes - counters.get("hard_passes", 0)
+        if hard > 0:
+            self.state.count("hard_passes", hard)
+        if capture.status == "running" and time.monotonic() - capture.last_frame_at < 1.0:
+            source = f" of {capture.fps:g}" if is_file(self.source_kind) else ""
+            self.state.set(OK, f"{fps:.1f}{source} fps decoded ({self.pipeline.describe()})")
+
+    def wake(self) -> None:
+        if self._capture is not None:
+            self._capture.retire()
