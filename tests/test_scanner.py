@@ -18,39 +18,9 @@ from drivers import registry
 from drivers.scan import DEGRADED, OK, STOPPED, Scan
 from drivers.scanner.driver import SerialScannerDriver
 from drivers.scanner.options import SerialOptions
+from tests.ptys import Pty, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Pty:
-    """A pseudo-terminal behind a stable path (a symlink, as udev's /dev/serial/by-id/...),
-    so a test can unplug it and plug a new one in at the same path."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.master = self.slave = -1
-        self.plug()
-
-    def plug(self) -> None:
-        self.master, self.slave = os.openpty()
-        tmp = self.path.with_name(self.path.name + ".new")
-        tmp.symlink_to(os.ttyname(self.slave))
-        os.replace(tmp, self.path)
-
-    def unplug(self) -> None:
-        self.path.unlink()
-        os.close(self.master)
-        os.close(self.slave)
-        self.master = self.slave = -1
-
-    def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.master, view) :]
-
-    def close(self) -> None:
-        if self.master >= 0:
-            self.unplug()
 
 
 @pytest.fixture
@@ -58,13 +28,6 @@ def pty(tmp_path: Path) -> Iterator[Pty]:
     p = Pty(tmp_path / "scanner")
     yield p
     p.close()
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 class Reader:
