@@ -42,12 +42,26 @@ class OutputSection:
     port: str | None = None  # serial port of a pole display or beeper
     baudrate: int = 9600
     width: int = 20  # characters per line of a pole display
+    encoding: str = "ascii"  # the display's character set: "gb18030" for Chinese VFDs
+    protocol: str = "epson"  # pole display command set: epson (ESC/POS) or cd5220
     gpio: int | None = None  # GPIO line of a buzzer/LED (Raspberry Pi)
+    chip: str = "/dev/gpiochip0"  # the GPIO character device holding `gpio`
+    active_low: bool = False  # the buzzer/LED sounds when the line is low
+    accept_hex: list[str] | None = None  # serial beeper: byte strings (hex) for an accept
+    refuse_hex: list[str] | None = None  # ... and for a refusal
     enabled: bool = True
 
     def check(self) -> None:
         if self.kind not in ("pole-display", "beeper", "log"):
             raise OptionError("kind", "must be pole-display, beeper or log")
+        if self.protocol not in ("epson", "cd5220"):
+            raise OptionError("protocol", "must be epson or cd5220")
+        for key in ("accept_hex", "refuse_hex"):
+            for value in getattr(self, key) or ():
+                try:
+                    bytes.fromhex(value)
+                except ValueError:
+                    raise OptionError(key, f"{value!r} is not hex bytes") from None
 
 
 @dataclass(frozen=True)

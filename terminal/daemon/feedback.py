@@ -94,9 +94,27 @@ def create(spec: OutputSection, lang: str) -> Output:
     elif spec.kind == "pole-display":
         from drivers.feedback.pole import PoleDisplay
 
-        device = PoleDisplay(spec.port or "", spec.baudrate, spec.width)
+        device = PoleDisplay(
+            spec.port or "",
+            spec.baudrate,
+            spec.width,
+            encoding=spec.encoding,
+            protocol=spec.protocol,
+        )
     else:
-        from drivers.feedback.beeper import Beeper
+        from drivers.feedback.beeper import ACCEPT_BYTES, REFUSE_BYTES, Beeper
 
-        device = Beeper(port=spec.port, gpio=spec.gpio, baudrate=spec.baudrate)
+        device = Beeper(
+            port=spec.port,
+            gpio=spec.gpio,
+            baudrate=spec.baudrate,
+            chip=spec.chip,
+            active_low=spec.active_low,
+            accept_bytes=[bytes.fromhex(h) for h in spec.accept_hex]
+            if spec.accept_hex
+            else ACCEPT_BYTES,
+            refuse_bytes=[bytes.fromhex(h) for h in spec.refuse_hex]
+            if spec.refuse_hex
+            else REFUSE_BYTES,
+        )
     return _Queued(spec.name, device, lang)
