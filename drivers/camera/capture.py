@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import stat
 import threading
 import time
@@ -20,10 +21,7 @@ log = logging.getLogger(__name__)
 
 DEVICE, FILE, IMAGES, URL, PIPELINE, PIPE = "device", "file", "images", "url", "pipeline", "pipe"
 DEFAULT_FPS = 30.0
-# Low-latency FFmpeg input settings for a named pipe of MJPEG (e.g. `rpicam-vid --codec
-# mjpeg -o FIFO`): without them FFmpeg probes several megabytes before the first frame.
-_PIPE_FFMPEG = "input_format;mjpeg|probesize;32|analyzeduration;0|fflags;nobuffer"
-_ENV_LOCK = threading.Lock()  # OpenCV reads its FFmpeg options from the environment
+PIPE_BUFFER_MAX = 16 << 20  # bytes of a pipe without one whole JPEG: not MJPEG, start over
 
 
 class CaptureError(Exception):
@@ -53,6 +51,59 @@ def is_file(kind: str) -> bool:
     return kind in (FILE, IMAGES)
 
 
+class PipeReader:
+    """MJPEG from a named pipe, as `rpicam-vid -t 0 --codec mjpeg -o FIFO` writes it (the Pi
+    camera without GStreamer): JPEG after JPEG, split at the JPEG markers, decoded with
+    cv2.imdecode. Opened read-write so a writer that comes and goes is silence (a stall for
+    the watchdog), never an end of file, and a read never blocks past its timeout."""
+
+    def __init__(self, path: str) -> None:
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+        except OSError as exc:
+            raise CaptureError(f"cannot open {path}: {exc.strerror}") from None
+        self.buf = bytearray()
+        self.skipped = 0  # whole frames passed over for a newer one
+
+    def read(self, retired: threading.Event, wait_s: float) -> np.ndarray | None:
+        """The newest complete frame, or None if none came within wait_s."""
+        deadline = time.monotonic() + wait_s
+        while not retired.is_set():
+            jpegs = self._split()
+            if jpegs:
+                self.skipped += len(jpegs) - 1
+                image = cv2.imdecode(np.frombuffer(jpegs[-1], np.uint8), cv2.IMREAD_COLOR)
+                if image is not None:
+                    return image
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([self.fd], [], [], min(left, 0.1))
+            if ready:
+                self.buf += os.read(self.fd, 1 << 20)
+        return None
+
+    def _split(self) -> list[bytes]:
+        jpegs: list[bytes] = []
+        while True:
+            start = self.buf.find(b"\xff\xd8")
+            if start < 0:
+                del self.buf[:-1]  # keep a trailing 0xff: it may start a marker
+                return jpegs
+            end = self.buf.find(b"\xff\xd9", start + 2)
+            if end < 0:
+                del self.buf[:start]
+                if len(self.buf) > PIPE_BUFFER_MAX:
+                    self.buf.clear()
+                return jpegs
+            jpegs.append(bytes(self.buf[start : end + 2]))
+            del self.buf[: end + 2]
+
+    def release(self) -> None:
+        os.close(self.fd)
+
+
 def open_source(source: str | int, kind: str, options: CameraOptions) -> cv2.VideoCapture:
     """A VideoCapture that is open, or CaptureError saying why not."""
     text = str(source).strip()
@@ -79,17 +130,6 @@ def open_source(source: str | int, kind: str, options: CameraOptions) -> cv2.Vid
         if not Path(text % 0).parent.is_dir():
             raise CaptureError(f"cannot open {text}: no such directory")
         cap = cv2.VideoCapture(text, cv2.CAP_IMAGES)
-    elif kind == PIPE:
-        with _ENV_LOCK:
-            before = os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS")
-            os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = _PIPE_FFMPEG
-            try:
-                cap = cv2.VideoCapture(text, cv2.CAP_FFMPEG)
-            finally:
-                if before is None:
-                    del os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"]
-                else:
-                    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = before
     else:
         if not Path(text).is_file():
             raise CaptureError(f"cannot open {text}: no such file")
@@ -129,6 +169,10 @@ class FrameSlot:
             self._frame = frame
             self._cond.notify_all()
 
+    def skip(self, n: int) -> None:
+        with self._cond:
+            self.dropped += n
+
     def take(self, timeout: float) -> Frame | None:
         with self._cond:
             if self._frame is None:
@@ -167,6 +211,9 @@ class Capture(threading.Thread):
         self.retired.set()
 
     def run(self) -> None:
+        if self.kind == PIPE:
+            self._run_pipe()
+            return
         try:
             cap = open_source(self.source, self.kind, self.options)
         except CaptureError as exc:
@@ -181,6 +228,27 @@ class Capture(threading.Thread):
             self.reason, self.status = f"{self.source}: {exc}", "failed"
         finally:
             cap.release()
+
+    def _run_pipe(self) -> None:
+        try:
+            pipe = PipeReader(str(self.source))
+        except CaptureError as exc:
+            self.reason, self.status = str(exc), "failed"
+            return
+        self.status = "running"
+        try:
+            while not self.retired.is_set():
+                image = pipe.read(self.retired, 0.2)
+                if pipe.skipped:
+                    self.slot.skip(pipe.skipped)
+                    pipe.skipped = 0
+                if image is None:
+                    continue  # silence: the watchdog decides when it is a stall
+                self.last_frame_at = now = time.monotonic()
+                self.slot.put(Frame(self.next_n, now, image))
+                self.next_n += 1
+        finally:
+            pipe.release()
 
     def _read(self, cap: cv2.VideoCapture) -> None:
         file = is_file(self.kind)

@@ -94,7 +94,9 @@ class Zxing:
     """zxing-cpp; `thorough` adds its rotated, downscaled and inverted tries."""
 
     def __init__(self, symbologies: Sequence[str], thorough: bool) -> None:
-        self.formats = zxingcpp.BarcodeFormats([_ZXING[s] for s in symbologies])
+        # A plain list: a BarcodeFormats object alive at interpreter exit makes nanobind
+        # print leak warnings.
+        self.formats = [_ZXING[s] for s in symbologies]
         self.thorough = thorough
         self.name = "zxing" if thorough else "zxing-quick"
 
@@ -102,7 +104,7 @@ class Zxing:
         """The codes read, and whether the detector saw a code it could not read."""
         found = zxingcpp.read_barcodes(
             image,
-            formats=self.formats,
+            formats=zxingcpp.BarcodeFormats(self.formats),
             try_rotate=self.thorough,
             try_downscale=self.thorough,
             try_invert=self.thorough,

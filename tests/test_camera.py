@@ -1,0 +1,334 @@
+"""The camera driver end to end: generated videos, image sequences and a named pipe of MJPEG
+read through cv2.VideoCapture, decoded by pyzbar / zxing-cpp, and the Scans that come out."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from drivers import registry
+from drivers.camera.driver import CameraDriver
+from drivers.options import OptionError
+from drivers.scan import DEGRADED, DOWN, OK, STOPPED, Health, Scan
+from tests.camera_media import (
+    code128,
+    coupon_text,
+    ean13,
+    jpeg_bytes,
+    put,
+    qr,
+    scene,
+    write_sequence,
+    write_video,
+)
+
+COUPON = coupon_text(1)
+OTHER = coupon_text(2)
+URL = "https://shop.example/promo?c=SPRING26&store=0042"
+BG = scene(0)
+
+
+def driver(source: str | Path, **options: Any) -> CameraDriver:
+    """Built the way the daemon builds it: options through the registry, then create()."""
+    opts = registry.options_for("camera", {"source": str(source), **options})
+    made = registry.create("front-camera", "camera", opts, time.time)
+    assert isinstance(made, CameraDriver), made.health()
+    return made
+
+
+def run_to_end(
+    source: str | Path, timeout: float = 10.0, **options: Any
+) -> tuple[list[Scan], Health]:
+    """Run the driver on a file until it ends (or `timeout`); the scans and final health."""
+    options.setdefault("realtime", False)
+    d = driver(source, **options)
+    scans: list[Scan] = []
+    d.start(scans.append)
+    deadline = time.monotonic() + timeout
+    while d.alive and time.monotonic() < deadline:
+        time.sleep(0.02)
+    d.stop(1.0)
+    return scans, d.health()
+
+
+def texts(scans: list[Scan]) -> list[str]:
+    return [s.text() for s in scans]
+
+
+def wait_for(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+# --------------------------------------------------------------------------- what comes out
+
+
+@pytest.fixture(scope="module")
+def till_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30 fps: nothing; a coupon held 1 s with a 0.3 s hand-over-code gap; gone 1.5 s; the
+    same coupon again; a damaged code; a coupon and a URL side by side; an EAN-13."""
+    coupon = put(BG, qr(COUPON, 5), 320, 240)
+    damaged = coupon.copy()
+    damaged[150:330, 230:330] = 40  # a thumb over two finder patterns and the data
+    two = put(put(BG, qr(COUPON, 3), 170, 240), qr(URL, 4), 480, 240)
+    product = put(BG, ean13("590123412345"), 320, 240)
+    frames = (
+        [BG] * 10  # 0-9
+        + [coupon] * 15  # 10-24 held ...
+        + [BG] * 9  # 25-33 ... a hand passes (0.3 s) ...
+        + [coupon] * 15  # 34-48 ... still the same showing: counted once
+        + [BG] * 45  # 49-93 gone for 1.5 s
+        + [coupon] * 10  # 94-103 shown again: counted again
+        + [BG] * 40  # 104-143
+        + [damaged] * 15  # 144-158 nothing
+        + [BG] * 5  # 159-163
+        + [two] * 10  # 164-173 both
+        + [BG] * 5  # 174-178
+        + [product] * 10  # 179-188
+        + [BG] * 5  # 189-193
+    )
+    return write_video(tmp_path_factory.mktemp("video") / "till.avi", frames)
+
+
+@pytest.mark.parametrize("decoder", ["cascade", "zxing", "pyzbar"])
+def test_a_till_video_gives_one_scan_per_showing(till_video: Path, decoder: str) -> None:
+    scans, health = run_to_end(till_video, decoder=decoder)
+    assert texts(scans) == [COUPON, COUPON, COUPON, URL, "5901234123457"]
+    first, again, pair_a, pair_b, product = scans
+    assert 10 <= first.meta["frame"] <= 12
+    assert 94 <= again.meta["frame"] <= 96
+    assert pair_a.meta["frame"] == pair_b.meta["frame"] and 164 <= pair_a.meta["frame"] <= 166
+    assert product.meta["symbology"] == "EAN13"
+    assert {s.meta["symbology"] for s in scans[:4]} == {"QRCODE"}
+    assert all(s.meta["camera"] == str(till_video) for s in scans)
+    assert all(s.kind == "camera" and s.source == "front-camera" for s in scans)
+    assert (health.state, health.detail) == (STOPPED, "stopped: end of file")
+    assert health.counters["frames"] == 194  # not paced: every frame decoded
+
+
+def test_no_code_and_a_damaged_code_give_nothing(tmp_path: Path) -> None:
+    code = qr(COUPON, 5)
+    torn = put(BG, code, 320, 240)
+    torn[140:340, 300:340] = 255  # a torn-off strip through the middle, quiet-zone white
+    smudged = put(BG, code, 320, 240)
+    smudged[200:300, 200:440] = 90
+    frames = [scene(s) for s in range(1, 20)] + [torn] * 10 + [smudged] * 10
+    scans, health = run_to_end(write_video(tmp_path / "nothing.avi", frames))
+    assert scans == []
+    assert health.state == STOPPED
+
+
+def test_code128_on_a_printed_coupon(tmp_path: Path) -> None:
+    frames = [BG] * 3 + [put(BG, code128("CPN-2026-0042", 2), 320, 240)] * 5
+    for decoder in ("cascade", "pyzbar"):
+        scans, _ = run_to_end(write_video(tmp_path / "c128.avi", frames), decoder=decoder)
+        assert [(s.text(), s.meta["symbology"]) for s in scans] == [("CPN-2026-0042", "CODE128")]
+
+
+def test_an_inverted_code_is_read_by_the_periodic_thorough_pass(tmp_path: Path) -> None:
+    """Light on dark, as some phones show codes in dark mode: the quick pass cannot see
+    it; within `hard_every` frames the thorough pass reads it, once per showing."""
+    inverted = put(BG, 255 - qr(COUPON, 5), 320, 240)
+    frames = [BG] * 5 + [inverted] * 12
+    scans, _ = run_to_end(write_video(tmp_path / "dark.avi", frames), hard_every=8)
+    assert texts(scans) == [COUPON]
+    assert scans[0].meta["frame"] < 5 + 8 + 1
+
+
+def test_roi_limits_decoding_to_part_of_the_frame(tmp_path: Path) -> None:
+    two = put(put(BG, qr(COUPON, 3), 170, 240), qr(OTHER, 3), 470, 240)
+    video = write_video(tmp_path / "two.avi", [two] * 4)
+    left, _ = run_to_end(video, roi=[0.0, 0.0, 0.5, 1.0])
+    both, _ = run_to_end(video)
+    assert texts(left) == [COUPON]
+    assert sorted(texts(both)) == sorted([COUPON, OTHER])
+
+
+def test_an_image_sequence_loops_and_each_pass_counts_again(tmp_path: Path) -> None:
+    coupon = put(BG, qr(URL, 4), 320, 240)
+    pattern = write_sequence(tmp_path / "frames", [coupon] * 3 + [BG] * 40)  # 1.3 s gone
+    d = driver(pattern, loop=True, realtime=False)
+    scans: list[Scan] = []
+    d.start(scans.append)
+    assert wait_for(lambda: len(scans) >= 3, 10.0)
+    t = time.monotonic()
+    d.stop(2.0)
+    assert time.monotonic() - t < 1.0
+    assert set(texts(scans)) == {URL}
+    frames = [s.meta["frame"] for s in scans[:3]]
+    assert frames == [0, 43, 86]  # the n-th pass starts at frame 43 * n
+    assert d.health().state == STOPPED
+
+
+def test_a_file_plays_in_real_time_and_reports_fps(tmp_path: Path) -> None:
+    frames = [put(BG, qr(COUPON, 4), 320, 240)] * 2 + [BG] * 43
+    video = write_video(tmp_path / "rt.avi", frames, fps=30)
+    d = driver(video)  # realtime is the default for files
+    scans: list[Scan] = []
+    t0 = time.monotonic()
+    d.start(scans.append)
+    assert wait_for(lambda: d.health().state == OK and "fps" in d.health().detail, 1.5)
+    health = d.health()
+    assert "cascade" in health.detail and "of 30 fps" in health.detail
+    assert wait_for(lambda: not d.alive, 3.0)
+    took = time.monotonic() - t0
+    assert 1.3 < took < 2.5  # 45 frames at 30 fps
+    assert texts(scans) == [COUPON]
+    assert d.health().detail == "stopped: end of file"
+
+
+def test_stop_is_prompt_while_playing(tmp_path: Path) -> None:
+    video = write_video(tmp_path / "long.avi", [BG] * 10, fps=5)
+    d = driver(video, loop=True)
+    d.start(lambda scan: None)
+    time.sleep(0.3)
+    t = time.monotonic()
+    d.stop(2.0)
+    assert time.monotonic() - t < 1.0
+    assert not d.alive and d.health().state == STOPPED
+
+
+# --------------------------------------------------------------------------- failures
+
+
+@pytest.mark.parametrize(
+    ("source", "detail"),
+    [
+        ("/dev/video37", "cannot open /dev/video37"),
+        ("37", "cannot open 37"),
+        ("/nonexistent/coupon.avi", "cannot open /nonexistent/coupon.avi: no such file"),
+        ("/nonexistent/%04d.png", "cannot open /nonexistent/%04d.png: no such directory"),
+        ("libcamerasrc ! videoconvert ! appsink", "GStreamer"),
+    ],
+)
+def test_a_source_that_cannot_open_is_down_and_says_why(source: str, detail: str) -> None:
+    errors: list[threading.ExceptHookArgs] = []
+    hook, threading.excepthook = threading.excepthook, errors.append
+    try:
+        scans, health = run_to_end(source, timeout=5.0)
+    finally:
+        threading.excepthook = hook
+    assert health.state == DOWN
+    assert detail in health.detail
+    assert scans == [] and errors == []
+
+
+def test_a_file_that_is_not_a_video_is_down(tmp_path: Path) -> None:
+    junk = tmp_path / "coupon.avi"
+    junk.write_bytes(b"not a video" * 100)
+    _, health = run_to_end(junk, timeout=5.0)
+    assert (health.state, health.detail) == (DOWN, f"cannot open {junk}")
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "camera.mjpeg"
+    os.mkfifo(path)
+    yield path
+
+
+class PipeCamera:
+    """What `rpicam-vid --codec mjpeg -o FIFO` does: JPEG after JPEG into a named pipe."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = -1
+        self.opened = threading.Event()
+        threading.Thread(target=self._open, daemon=True).start()
+
+    def _open(self) -> None:
+        self.fd = os.open(self.path, os.O_WRONLY)  # blocks until the driver opens it
+        self.opened.set()
+
+    def send(self, frames: list[np.ndarray], fps: float = 30.0) -> None:
+        assert self.opened.wait(5.0), "the driver never opened the pipe"
+        for f in frames:
+            os.write(self.fd, jpeg_bytes(f))
+            time.sleep(1 / fps)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+
+
+def test_a_stalled_camera_is_restarted_within_budget_then_down(fifo: Path) -> None:
+    d = driver(fifo, stall_s=0.4, restart_budget=2, restart_window_s=30)
+    scans: list[Scan] = []
+    seen: list[str] = []
+    d.start(scans.append)
+    camera = PipeCamera(fifo)
+    try:
+        camera.send([BG] * 3 + [put(BG, qr(COUPON, 4), 320, 240)] * 8)
+        assert wait_for(lambda: d.health().state == OK, 2.0)
+        assert texts(scans) == [COUPON]
+        # The camera stops sending but keeps the pipe open: reads block, no frames.
+        assert wait_for(lambda: seen.append(d.health().state) or d.health().state == DOWN, 5.0), (
+            d.health()
+        )
+        health = d.health()
+        assert DEGRADED in seen  # while restarting
+        assert health.counters["restarts"] == 2
+        assert "no frames from" in health.detail and "gave up after 2 restart(s)" in health.detail
+        assert wait_for(lambda: not d.alive, 1.0)  # run() returned: the supervisor's turn
+    finally:
+        camera.close()
+        d.stop(1.0)
+
+
+def test_stop_is_prompt_while_the_camera_is_stalled(fifo: Path) -> None:
+    d = driver(fifo, stall_s=5.0)
+    d.start(lambda scan: None)
+    camera = PipeCamera(fifo)
+    try:
+        camera.send([BG] * 4)
+        time.sleep(0.3)
+        t = time.monotonic()
+        d.stop(2.0)
+        assert time.monotonic() - t < 1.0
+        assert d.health().state == STOPPED
+    finally:
+        camera.close()
+
+
+# --------------------------------------------------------------------------- options
+
+
+@pytest.mark.parametrize(
+    ("doc", "key"),
+    [
+        ({"source": "0", "decoder": "zbar"}, "decoder"),
+        ({"source": "0", "roi": [0.5, 0, 0.6, 1]}, "roi"),
+        ({"source": "0", "roi": [0, 0, 1]}, "roi"),
+        ({"source": "0", "symbologies": ["QRCODE", "AZTEC"]}, "symbologies"),
+        ({"source": "0", "stall_s": 0}, "stall_s"),
+        ({"source": "0", "max_width": 100}, "max_width"),
+        ({"source": "0", "fps_limit": 10}, "fps_limit"),
+        ({"source": "0", "loop": "yes"}, "loop"),
+        ({}, "source"),
+    ],
+)
+def test_bad_options_name_the_key(doc: dict[str, Any], key: str) -> None:
+    with pytest.raises(OptionError) as caught:
+        registry.options_for("camera", doc)
+    assert caught.value.key == key
+
+
+def test_options_defaults() -> None:
+    opts = registry.options_for("camera", {"name": "cam", "kind": "camera", "source": 0})
+    assert (opts.decoder, opts.max_width, opts.debounce_s, opts.realtime) == (
+        "cascade",
+        640,
+        1.0,
+        True,
+    )
