@@ -4,6 +4,8 @@ read through cv2.VideoCapture, decoded by pyzbar / zxing-cpp, and the Scans that
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -286,6 +288,27 @@ def test_a_stalled_camera_is_restarted_within_budget_then_down(fifo: Path) -> No
         d.stop(1.0)
 
 
+def test_a_camera_that_comes_back_after_a_restart_is_ok_again(fifo: Path) -> None:
+    d = driver(fifo, stall_s=0.3, restart_budget=3, debounce_s=0.2)
+    scans: list[Scan] = []
+    d.start(scans.append)
+    camera = PipeCamera(fifo)
+    coupon = put(BG, qr(COUPON, 4), 320, 240)
+    try:
+        camera.send([coupon] * 5)
+        assert wait_for(lambda: d.health().counters.get("restarts") == 1, 3.0)
+        assert d.health().state == DEGRADED
+        assert "restarting capture: no frames from" in d.health().detail
+        camera.send([BG] * 3 + [coupon] * 5)
+        assert wait_for(lambda: len(scans) == 2, 2.0)
+        assert texts(scans) == [COUPON, COUPON]  # out of view 0.3 s+ while stalled
+        assert d.health().state == OK
+        assert d.health().counters["restarts"] == 1 and d.alive
+    finally:
+        d.stop(1.0)
+        camera.close()
+
+
 def test_stop_is_prompt_while_the_camera_is_stalled(fifo: Path) -> None:
     d = driver(fifo, stall_s=5.0)
     d.start(lambda scan: None)
@@ -299,6 +322,37 @@ def test_stop_is_prompt_while_the_camera_is_stalled(fifo: Path) -> None:
         assert d.health().state == STOPPED
     finally:
         camera.close()
+
+
+def test_scan_test_command_shows_what_the_camera_reads(till_video: Path) -> None:
+    """`redeem scan-test --camera FILE`, as an installer runs it."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "terminal.cli",
+            "scan-test",
+            "--camera",
+            str(till_video),
+            "--option",
+            "realtime=false",
+            "--option",
+            "decoder=pyzbar",
+            "--count",
+            "5",
+            "--seconds",
+            "20",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert f"camera: '{URL}' camera={till_video} symbology=QRCODE" in lines[3]
+    assert "'5901234123457'" in lines[4] and "symbology=EAN13" in lines[4]
+    assert lines[-1].startswith("5 scan(s); input health:")
 
 
 # --------------------------------------------------------------------------- options

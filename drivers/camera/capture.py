@@ -81,7 +81,10 @@ class PipeReader:
                 return None
             ready, _, _ = select.select([self.fd], [], [], min(left, 0.1))
             if ready:
-                self.buf += os.read(self.fd, 1 << 20)
+                try:
+                    self.buf += os.read(self.fd, 1 << 20)
+                except BlockingIOError:  # another reader (a retiring capture) took it
+                    continue
         return None
 
     def _split(self) -> list[bytes]:
@@ -211,9 +214,13 @@ class Capture(threading.Thread):
         self.retired.set()
 
     def run(self) -> None:
-        if self.kind == PIPE:
-            self._run_pipe()
-            return
+        try:
+            self._run_pipe() if self.kind == PIPE else self._run_capture()
+        except Exception as exc:  # reported to the watchdog, which restarts or gives up
+            log.exception("capture of %s failed", self.source)
+            self.reason, self.status = f"{self.source}: {type(exc).__name__}: {exc}", "failed"
+
+    def _run_capture(self) -> None:
         try:
             cap = open_source(self.source, self.kind, self.options)
         except CaptureError as exc:
