@@ -187,9 +187,10 @@ class FrameSlot:
 
 
 class Capture(threading.Thread):
-    """One opening of the source, read until the end, a failure or `retire()`. A read
-    that blocks for good (a stalled pipe) leaves this thread waiting; the watchdog simply
-    starts another, and this one releases its capture if the read ever returns."""
+    """One opening of the source, read until the end, a failure or `retire()`. A read that
+    blocks (a camera or URL gone quiet: V4L2 gives up after 10 s, a URL after stall_s)
+    leaves this thread waiting; the watchdog does not wait for it but starts another, and
+    this one releases its capture when the read returns."""
 
     def __init__(
         self,

@@ -96,6 +96,7 @@ class CameraDriver(LoopDriver):
         finally:
             capture.retire()
             capture.join(0.5)  # a read blocked for good stays behind (daemon thread)
+            self._sync_counters()
 
     def _start_capture(self) -> Capture:
         if self._capture is not None:
@@ -135,14 +136,17 @@ class CameraDriver(LoopDriver):
         if self._frames % 64 == 0:
             self.debounce.forget_old(t)
 
-    def _report(self, capture: Capture, fps: float) -> None:
-        dropped = self.slot.dropped
+    def _sync_counters(self) -> None:
         counters = self.state.get().counters
-        if dropped > counters.get("dropped", 0):
-            self.state.count("dropped", dropped - counters.get("dropped", 0))
-        hard = self.pipeline.hard_passes - counters.get("hard_passes", 0)
-        if hard > 0:
-            self.state.count("hard_passes", hard)
+        for name, value in (
+            ("dropped", self.slot.dropped),
+            ("hard_passes", self.pipeline.hard_passes),
+        ):
+            if value > counters.get(name, 0):
+                self.state.count(name, value - counters.get(name, 0))
+
+    def _report(self, capture: Capture, fps: float) -> None:
+        self._sync_counters()
         if capture.status == "running" and time.monotonic() - capture.last_frame_at < 1.0:
             source = f" of {capture.fps:g}" if is_file(self.source_kind) else ""
             self.state.set(OK, f"{fps:.1f}{source} fps decoded ({self.pipeline.describe()})")
