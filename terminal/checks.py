@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from collections import Counter
 
-from terminal import cose, fraud, tokens
+from terminal import cose, fraud, sun, tokens
 from terminal.clock import Clock
 from terminal.decision import Context, Coupon, Decision, _Refuse, serial_hex
 from terminal.fraud import Flag
-from terminal.journal import Journal
+from terminal.journal import Journal, tag_counter
 from terminal.ledger import LedgerState
 from terminal.ledger_store import LedgerStore
 from terminal.reasons import Reason
@@ -65,10 +65,14 @@ class Checks:
                 f"clock {now:.0f} is before trusted time {self.trusted_time():.0f}",
                 Flag(fraud.FLAG_CLOCK_ROLLBACK, f"clock {now:.0f}"),
             )
+        claims: tokens.Claims | None = None
+        tap: sun.SunRead | None = None
         if tokens.looks_like_token(code):
             coupon, claims = self._from_token(code, basket, ctx, now)
+        elif sun.looks_like_sun(code):
+            coupon, tap = self._from_sun(code, basket)
         else:
-            coupon, claims = self._from_code(code, basket), None
+            coupon = self._from_code(code, basket)
         c = coupon.campaign
         try:
             c.check_time(now)
@@ -88,13 +92,31 @@ class Checks:
                 Flag(fraud.FLAG_TAG_MISMATCH, (ctx.tag_uid or b"").hex() or "no tag"),
                 coupon,
             )
-        if ctx.tag_uid is not None and ctx.tag_uid in led.deny_tags:
+        if tap is not None and ctx.tag_uid is not None and ctx.tag_uid != tap.uid:
+            # The URL of one SUN tag, written onto another (or mirrored by a phone).
+            raise _Refuse(
+                Reason.TAG_MISMATCH,
+                "SUN URL of another tag",
+                Flag(fraud.FLAG_TAG_MISMATCH, f"read from {ctx.tag_uid.hex()}"),
+                coupon,
+            )
+        tag_uid = tap.uid if tap is not None else ctx.tag_uid
+        if tag_uid is not None and tag_uid in led.deny_tags:
             raise _Refuse(
                 Reason.SUSPECTED_FRAUD,
                 "tag is deny-listed",
-                Flag(fraud.FLAG_DENIED_TAG, ctx.tag_uid.hex()),
+                Flag(fraud.FLAG_DENIED_TAG, tag_uid.hex()),
                 coupon,
             )
+        if tap is not None:
+            high = tag_counter(c.id, tap.uid)
+            if high is not None and tap.counter <= high:
+                raise _Refuse(
+                    Reason.TAG_REPLAYED,
+                    f"read counter {tap.counter}, already redeemed up to {high}",
+                    Flag(sun.FLAG_REPLAY, f"counter {tap.counter} <= {high}"),
+                    coupon,
+                )
         if coupon.customer and coupon.customer in led.deny_customers:
             raise _Refuse(
                 Reason.SUSPECTED_FRAUD,
@@ -151,6 +173,39 @@ class Checks:
                 Reason.NOT_FOR_CUSTOMER, "coupon issued to another customer", coupon=coupon
             )
         return coupon, claims
+
+    def _sun_read(self, code: str) -> tuple[sun.SunMessage, sun.SunRead]:
+        """A SUN URL parsed and verified with its campaign's SDM key from the ledger."""
+        try:
+            msg = sun.parse(code)
+        except sun.SunMalformed as exc:
+            raise _Refuse(Reason.MALFORMED, str(exc)) from None
+        key = self.ledger.sun_keys.get(msg.campaign)
+        if key is None:
+            raise _Refuse(Reason.UNKNOWN_KEY, f"no SUN key for campaign {msg.campaign}")
+        try:
+            return msg, sun.verify(msg, key)
+        except sun.SunError as exc:
+            raise _Refuse(
+                Reason.BAD_SIGNATURE,
+                str(exc),
+                Flag(fraud.FLAG_FORGED, f"SUN tag of campaign {msg.campaign}"),
+            ) from None
+
+    def _from_sun(self, code: str, basket: Basket) -> tuple[Coupon, sun.SunRead]:
+        msg, tap = self._sun_read(code)
+        campaign = self.ledger.campaigns.get(msg.campaign)
+        if campaign is None:
+            raise _Refuse(Reason.UNKNOWN_CAMPAIGN, f"campaign {msg.campaign}")
+        serial = sun.serial_for(campaign.id, tap.uid)
+        coupon = Coupon(
+            serial_hex(serial),
+            serial,
+            campaign,
+            basket.customer.ref if basket.customer else None,
+            "sun",
+        )
+        return coupon, tap
 
     def _from_code(self, code: str, basket: Basket) -> Coupon:
         led = self.ledger

@@ -29,6 +29,7 @@ from terminal.journal import (
     get_meta,
     insert_operation,
     insert_use,
+    raise_tag_counter,
     set_meta,
 )
 from terminal.ledger import LedgerRefused
@@ -254,6 +255,11 @@ class Engine(Checks):
             self._append(kind, decision, basket, ctx, now, op_id, coupon, checkout_id, flags)
             if decision.accepted and coupon is not None:
                 self._add_use(coupon, decision, checkout_id, status, now)
+                if coupon.via == "sun":
+                    # The tap's read counter, with the use it allowed: a copy of this
+                    # URL (same counter or older) is refused from now on.
+                    _, tap = self._sun_read(code)
+                    raise_tag_counter(coupon.campaign.id, tap.uid, tap.counter)
                 if len(restacked) > 1:
                     self._restack(checkout_id, coupon.key, restacked)
                 if status == "held":

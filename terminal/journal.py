@@ -77,7 +77,19 @@ class Meta(_Base):
     value = pw.TextField()
 
 
-MODELS = [Entry, Use, Operation, Meta]
+class TagCounter(_Base):
+    """The highest SUN read counter redeemed per tag and campaign: a URL with a counter at
+    or below it was copied from an earlier tap. Written with the redemption it allowed."""
+
+    campaign = pw.CharField()
+    uid = pw.CharField()  # hex
+    counter = pw.IntegerField()
+
+    class Meta:
+        primary_key = pw.CompositeKey("campaign", "uid")
+
+
+MODELS = [Entry, Use, Operation, Meta, TagCounter]
 HASHED_FIELDS = (
     "seq",
     "at_ms",
@@ -110,7 +122,14 @@ def open_database(path: Path) -> pw.SqliteDatabase:
     return db
 
 
-MIGRATIONS: list[list[str]] = []  # numbered schema changes after version 1 go here
+# Numbered schema changes after version 1 (a new database gets MODELS at once; these
+# bring an older one up to them). 2: TagCounter.
+MIGRATIONS: list[list[str]] = [
+    [
+        'CREATE TABLE IF NOT EXISTS "tagcounter" ("campaign" VARCHAR(255) NOT NULL, '
+        '"uid" VARCHAR(255) NOT NULL, "counter" INTEGER NOT NULL, PRIMARY KEY ("campaign", "uid"))'
+    ],
+]
 
 
 def migrate(db: pw.SqliteDatabase) -> None:
@@ -146,6 +165,21 @@ def get_meta(key: str, default: str | None = None) -> str | None:
 
 def set_meta(key: str, value: str) -> None:
     Meta.insert(key=key, value=value).on_conflict_replace().execute()
+
+
+def tag_counter(campaign: str, uid: bytes) -> int | None:
+    """The highest SUN read counter redeemed for this tag in this campaign, if any."""
+    row = TagCounter.get_or_none((TagCounter.campaign == campaign) & (TagCounter.uid == uid.hex()))
+    return None if row is None else int(row.counter)
+
+
+def raise_tag_counter(campaign: str, uid: bytes, counter: int) -> None:
+    """Record a redeemed SUN read counter (never lowers the mark). Call inside the
+    redemption's transaction."""
+    TagCounter.insert(campaign=campaign, uid=uid.hex(), counter=counter).on_conflict(
+        conflict_target=[TagCounter.campaign, TagCounter.uid],
+        update={TagCounter.counter: pw.fn.MAX(TagCounter.counter, pw.EXCLUDED.counter)},
+    ).execute()
 
 
 def _insert_sql(model: type[_Base], columns: tuple[str, ...]) -> str:

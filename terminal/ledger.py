@@ -80,6 +80,8 @@ class LedgerState:
     plain_salt: bytes = b""
     plain_codes: dict[bytes, PlainCode] = field(default_factory=dict)
     policy: Policy = field(default_factory=Policy)
+    # Per campaign, the AES-128 SDM key of its NTAG 424 DNA (SUN) tags.
+    sun_keys: dict[str, bytes] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -91,6 +93,7 @@ class LedgerState:
             "revoked_serials": len(self.revoked),
             "redeemed_serials": len(self.redeemed),
             "plain_codes": len(self.plain_codes),
+            "sun_keys": len(self.sun_keys),
         }
 
 
@@ -128,6 +131,7 @@ def snapshot_body(state: LedgerState) -> dict[str, Any]:
         "plain_salt": state.plain_salt,
         "plain_codes": [[h, p.campaign, p.serial] for h, p in state.plain_codes.items()],
         "policy": state.policy.to_dict(),
+        "sun_keys": dict(sorted(state.sun_keys.items())),
     }
 
 
@@ -203,6 +207,15 @@ def _certs(anchor: TrustAnchor, raws: Any) -> dict[bytes, KeyCert]:
     return out
 
 
+def _sun_keys(doc: Any) -> dict[str, bytes]:
+    out = {}
+    for cid, key in dict(doc or {}).items():
+        if not isinstance(cid, str) or not isinstance(key, bytes) or len(key) != 16:
+            raise InputError("sun_keys: each is a campaign id and a 16-byte AES key")
+        out[cid] = key
+    return out
+
+
 def _campaigns(docs: Any) -> dict[str, Campaign]:
     out = {}
     for doc in docs or ():
@@ -253,6 +266,7 @@ def _from_snapshot(anchor: TrustAnchor, b: Mapping[str, Any]) -> LedgerState:
         plain_salt=bytes(b.get("plain_salt", b"")),
         plain_codes={bytes(h): PlainCode(c, s) for h, c, s in b.get("plain_codes", ())},
         policy=Policy.from_dict(dict(b.get("policy", {}))),
+        sun_keys=_sun_keys(b.get("sun_keys")),
     )
 
 
@@ -287,4 +301,5 @@ def _apply_delta(
         plain_salt=bytes(b["plain_salt"]) if "plain_salt" in b else s.plain_salt,
         plain_codes=codes,
         policy=Policy.from_dict(dict(b["policy"])) if "policy" in b else s.policy,
+        sun_keys={**s.sun_keys, **_sun_keys(b.get("sun_keys"))},
     )

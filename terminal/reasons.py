@@ -28,6 +28,7 @@ class Reason(StrEnum):
     WRONG_CURRENCY = "wrong_currency"
     NOT_STACKABLE = "not_stackable"
     TAG_MISMATCH = "tag_mismatch"
+    TAG_REPLAYED = "tag_replayed"
     LEDGER_STALE = "ledger_stale"
     NO_LEDGER = "no_ledger"
     CLOCK_UNTRUSTED = "clock_untrusted"
@@ -67,6 +68,9 @@ MESSAGES: dict[Reason, str] = {
     Reason.WRONG_CURRENCY: N_("This coupon is for a different currency."),
     Reason.NOT_STACKABLE: N_("This coupon cannot be combined with the coupons already applied."),
     Reason.TAG_MISMATCH: N_("This coupon tag is not the original one and cannot be used."),
+    Reason.TAG_REPLAYED: N_(
+        "This tag reading was already used. Please hold the coupon tag to the reader again."
+    ),
     Reason.LEDGER_STALE: N_(
         "This till needs an update before it can accept this coupon. A manager can approve it."
     ),

@@ -10,7 +10,7 @@ from typing import Any
 
 import cbor2
 
-from terminal import base45, cose
+from terminal import base45, cose, sun
 
 PREFIX = "CPN1:"
 MAX_TOKEN_CHARS = 1024  # far above any token we issue; bounds work on garbage input
@@ -137,9 +137,9 @@ _CODE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 -")
 
 def extract(text: str) -> str | None:
     """What in a scanned text could be a coupon: a `CPN1:` token (also inside a URL, where it
-    is percent-encoded, as NFC URI records and phone links carry it) or something shaped
-    like a typed code. None for anything else (a product barcode, a plain URL), which the
-    terminal ignores rather than refuses."""
+    is percent-encoded, as NFC URI records and phone links carry it), the URL of an NTAG 424
+    DNA SUN tag (terminal/sun.py), or something shaped like a typed code. None for anything
+    else (a product barcode, a plain URL), which the terminal ignores rather than refuses."""
     text = text.strip()
     upper = text.upper()
     if upper.startswith(PREFIX):
@@ -147,7 +147,9 @@ def extract(text: str) -> str | None:
     if "://" in text:
         url = urllib.parse.unquote(text)
         at = url.upper().find(PREFIX)
-        return url[at:].split("&", 1)[0].split("#", 1)[0] if at >= 0 else None
+        if at >= 0:
+            return url[at:].split("&", 1)[0].split("#", 1)[0]
+        return text if sun.looks_like_sun(text) else None
     if set(upper) <= _CODE_CHARS and any(c.isalpha() for c in upper):
         if 8 <= len(normalize_code(upper)) <= 24:
             return text

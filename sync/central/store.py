@@ -80,7 +80,15 @@ class Setting(_M):
     value = pw.TextField()
 
 
-MODELS = [KeyRow, CampaignRow, CouponRow, SerialMark, VersionRow, Setting]
+class SunKeyRow(_M):
+    """A campaign's NTAG 424 DNA SDM key (AES-128), sent to terminals in the ledger."""
+
+    campaign = pw.CharField(primary_key=True)
+    key = pw.BlobField()
+    published_in = pw.IntegerField(null=True)
+
+
+MODELS = [KeyRow, CampaignRow, CouponRow, SerialMark, VersionRow, Setting, SunKeyRow]
 
 
 def _db_serial(serial: int) -> int:
@@ -241,6 +249,14 @@ class Central:
                 SerialMark.insert_many(rows[chunk : chunk + 500]).on_conflict_ignore().execute()
         return len(rows)
 
+    def set_sun_key(self, cid: str, key: bytes) -> None:
+        """The SDM key a campaign's SUN tags were personalised with; the next published
+        version carries it to the terminals (a new key replaces the old one there)."""
+        self.campaign(cid)
+        if len(key) != 16:
+            raise CentralError("an SDM key is 16 bytes (AES-128)")
+        SunKeyRow.insert(campaign=cid, key=key, published_in=None).on_conflict_replace().execute()
+
     def set_policy(self, policy: Policy) -> None:
         self._set("policy", json.dumps(policy.to_dict()))
 
@@ -294,6 +310,10 @@ class Central:
                 )
             ]
             body["policy"] = json.loads(self._get("policy") or "{}")
+            body["sun_keys"] = {
+                r.campaign: bytes(r.key)
+                for r in SunKeyRow.select().where(SunKeyRow.published_in.is_null())
+            }
             raw = ledger.sign_update(key, cert, body)
             payload = ledger.verify_update(self.anchor, raw).payload
             VersionRow.create(
@@ -311,6 +331,7 @@ class Central:
             CouponRow.update(published_in=version).where(
                 CouponRow.code_hash.is_null(False) & CouponRow.published_in.is_null()
             ).execute()
+            SunKeyRow.update(published_in=version).where(SunKeyRow.published_in.is_null()).execute()
         return version
 
     def deltas(self, since: int) -> list[bytes]:
