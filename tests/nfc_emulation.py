@@ -6,8 +6,8 @@ on nfcpy; these play the card side of the same datagram protocol ("<brty> <hex f
 - Type4Tag: an NTAG 424 DNA-like ISO-DEP card (RATS, I/R/S blocks with response chaining,
   the NFC Forum NDEF application: SELECT by AID, CC file E103, NDEF file E104, READ BINARY).
   Its message may be a function called at every tap, as SUN (SDM) tags produce a fresh URL.
-- Type3Tag: nfcpy's own Type 3 Tag emulation (FeliCa, NDEF services 0x0009/0x000B) over its
-  udp listener.
+- Type3Tag: a FeliCa card with the NDEF system, its commands answered by nfcpy's own
+  Type3TagEmulation (polling, request response, read without encryption).
 
 Each holds a UID and an NDEF message (None: not NDEF formatted); it can be removed (stops
 answering) and placed again, pulled away in the middle of a read, stopped and restarted on
@@ -42,14 +42,16 @@ def _xor(data: bytes) -> int:
 
 
 class _Emulator:
-    """Common life cycle: a thread serving one UDP port, a tag that may be in the field."""
+    """A thread answering the reader's datagrams on one UDP port for a tag that may be in
+    the field."""
+
+    brty = "106A"
 
     def __init__(self, uid: bytes, ndef: NdefSource, port: int = 0) -> None:
         self.uid = uid
         self.ndef = ndef
         self.port = port or free_udp_port()
         self.present = True
-        self.taps = 0  # activations seen (each anticollision or polling that selected us)
         self._cut = False  # leave the field at the next NDEF data read
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -86,25 +88,6 @@ class _Emulator:
         """The field went off or the tag was (re)placed: back to the idle state."""
 
     def start(self) -> None:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> _Emulator:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-class _DatagramTag(_Emulator):
-    """A card that answers the reader's datagrams itself."""
-
-    brty = "106A"
-
-    def start(self) -> None:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._sock.bind(("127.0.0.1", self.port))
         self._stop.clear()
@@ -117,6 +100,13 @@ class _DatagramTag(_Emulator):
             self._thread.join(2.0)
             self._thread = None
         self._sock.close()
+
+    def __enter__(self) -> _Emulator:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def _serve(self) -> None:
         while not self._stop.is_set():
@@ -152,7 +142,7 @@ class _DatagramTag(_Emulator):
         raise NotImplementedError
 
 
-class _TypeA(_DatagramTag):
+class _TypeA(_Emulator):
     """ISO 14443-3A: SENS_REQ/ALL_REQ, anticollision and select for 4- or 7-byte UIDs."""
 
     sens_res = b"\x44\x00"
@@ -180,7 +170,6 @@ class _TypeA(_DatagramTag):
                 if n < len(levels) - 1:
                     return b"\x04"  # cascade bit: the UID is not complete yet
                 self.active = True
-                self.taps += 1
                 self._selected()
                 return bytes([self.sel_res])
         if frame[:1] == b"\x50":  # HLTA
@@ -202,7 +191,7 @@ NTAG = {
     "NTAG213": (bytes.fromhex("0004040201000f03"), 144, 45),
     "NTAG215": (bytes.fromhex("0004040201001103"), 496, 135),
 }
-ACK, NAK = b"\x0a", b"\x00"
+NAK = b"\x00"
 
 
 class Type2Tag(_TypeA):
@@ -283,12 +272,11 @@ class Type4Tag(_TypeA):
 
     sens_res = b"\x44\x03"
     sel_res = 0x20  # ISO/IEC 14443-4 compliant
-    ats = bytes.fromhex("0677778102 80".replace(" ", ""))
+    ats = bytes.fromhex("067777810280")
 
     def __init__(self, uid: bytes, ndef: NdefSource, port: int = 0) -> None:
         super().__init__(uid, ndef, port)
         self.active = False
-        self.apdus: list[bytes] = []  # what the reader asked, for tests that look
         self._reset()
 
     def _reset(self) -> None:
@@ -357,7 +345,6 @@ class Type4Tag(_TypeA):
         return self._last
 
     def _apdu(self, apdu: bytes) -> bytes | None:
-        self.apdus.append(apdu)
         cla, ins, p1, p2 = apdu[:4]
         body = apdu[5 : 5 + apdu[4]] if len(apdu) > 5 else b""
         if ins == 0xA4 and p1 == 0x04:  # SELECT by name
@@ -393,7 +380,7 @@ class Type4Tag(_TypeA):
 FELICA_PMM = bytes.fromhex("03014b8f4f8f93ff")
 
 
-class Type3Tag(_DatagramTag):
+class Type3Tag(_Emulator):
     """A FeliCa card with the NFC Forum NDEF system (12FC); `ndef=None` makes one without it
     (a transit card, system 0003). The commands (polling, request response, read without
     encryption) are answered by nfcpy's own Type3TagEmulation.
@@ -420,8 +407,6 @@ class Type3Tag(_DatagramTag):
         if self._card is None:
             self._card = self._emulation()
         rsp = self._card.process_command(bytearray(frame))
-        if rsp is not None and frame[1] == 0x00 and self._card.services:
-            self.taps += 1
         return None if rsp is None or not self.present else bytes(rsp)
 
     def _emulation(self) -> Any:
