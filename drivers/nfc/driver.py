@@ -191,7 +191,9 @@ class NfcDriver(LoopDriver):
             log.info("nfc %s: tag %s (%s) holds no NDEF message", self.name, uid.hex(), tag)
             return True
         try:
-            records = list(ndef.message_decoder(octets, errors="strict"))
+            # Relaxed as nfcpy reads: a writer that forgot the message begin/end flags still
+            # gives its records; a record running past the data is malformed either way.
+            records = list(ndef.message_decoder(octets, errors="relax"))
         except ndef.DecodeError as exc:
             self.state.count("malformed_ndef")
             log.warning(
