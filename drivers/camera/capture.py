@@ -9,7 +9,7 @@ import select
 import stat
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -148,6 +148,9 @@ class Frame:
     n: int  # frames read from the source since the driver started (0, 1, 2, ...)
     t: float  # the camera's time in seconds: file position for files, monotonic if live
     image: np.ndarray
+    # When the frame became available to the decoder (time.monotonic): the start of the
+    # scan-to-decision latency.
+    ready: float = field(default_factory=time.monotonic)
 
 
 class FrameSlot:

@@ -58,7 +58,7 @@ class CameraDriver(LoopDriver):
                     if self._fresh:  # first frame since (re)opening
                         self._fresh = False
                         self.state.set(OK, f"receiving frames ({self.pipeline.describe()})")
-                    self._decode(frame.n, frame.t, frame.image)
+                    self._decode(frame.n, frame.t, frame.image, frame.ready)
                     rate_n += 1
                 elapsed = time.monotonic() - rate_t
                 if elapsed >= HEALTH_EVERY_S:
@@ -126,13 +126,19 @@ class CameraDriver(LoopDriver):
         self._restarts.append(now)
         return True
 
-    def _decode(self, n: int, t: float, image: np.ndarray) -> None:
+    def _decode(self, n: int, t: float, image: np.ndarray, ready: float = 0.0) -> None:
         self._frames += 1
         self.state.count("frames")
         codes = self.pipeline(image)
         for code in codes:
             if self.debounce.admit((code.symbology, code.payload), t):
-                self.emit(code.payload, camera=self.source, symbology=code.symbology, frame=n)
+                self.emit(
+                    code.payload,
+                    camera=self.source,
+                    symbology=code.symbology,
+                    frame=n,
+                    frame_ready=ready,
+                )
         if self._frames % 64 == 0:
             self.debounce.forget_old(t)
 

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ class Published:
     scan: Scan
     decision: Decision | None  # None: not a coupon, ignored
     at: float
-    latency_s: float  # from the scan's arrival to the decision being committed
+    latency_s: float  # from the frame (or read) being available to the decision committed
 
     def to_dict(self, lang: str = "en") -> dict[str, Any]:
         return {
@@ -88,7 +89,6 @@ class Daemon:
         self._reload = threading.Event()
         self._wake = threading.Event()
         self._restarts: dict[str, deque[float]] = {}
-        self._last_scan: dict[str, float] = {}
         self.exit_code = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -171,8 +171,8 @@ class Daemon:
 
     def on_scan(self, scan: Scan) -> None:
         """Called on a driver's thread: hand the scan to the engine worker and return."""
-        arrived = time.perf_counter()
-        self._last_scan[scan.source] = arrived
+        ready = scan.meta.get("frame_ready")
+        arrived = ready if isinstance(ready, float) else time.monotonic()
         assert self.worker is not None
         fut = self.worker.submit(lambda engine: self._decide(engine, scan))
         fut.add_done_callback(lambda f: self._publish(scan, f, arrived))
@@ -209,7 +209,7 @@ class Daemon:
         self._emit(scan, decision, arrived)
 
     def _emit(self, scan: Scan, decision: Decision | None, arrived: float) -> None:
-        latency = time.perf_counter() - arrived
+        latency = time.monotonic() - arrived
         with self._publish_lock:
             self.published_count += 1
             pub = Published(self.published_count, scan, decision, self.clock.now(), latency)
@@ -242,21 +242,28 @@ class Daemon:
 
     # ------------------------------------------------------------------ the till
 
-    def set_basket(self, basket: Basket | None) -> list[Decision]:
-        """The cashier keyed in a total (or cleared it: None). A new sale starts; coupons
-        scanned before the total are decided against it now."""
+    def start_sale(self, basket: Basket | None) -> Future[list[Decision]]:
+        """The cashier keyed in a total (or cleared it: None): a new sale starts, and coupons
+        scanned before the total are decided against it. Queued behind scans already in
+        flight; the future resolves with those coupons' decisions."""
         assert self.worker is not None
-        arrived = time.perf_counter()
+        arrived = time.monotonic()
 
-        def job(engine: Engine) -> list[tuple[Scan, Decision | None]]:
+        def job(engine: Engine) -> list[Decision]:
             pending = self.till.pending
             self.till = Till(basket)
-            return [(scan, self._decide(engine, scan)) for scan in pending]
+            decided = []
+            for scan in pending:
+                decision = self._decide(engine, scan)
+                self._emit(scan, decision, arrived)
+                if decision is not None:
+                    decided.append(decision)
+            return decided
 
-        results = self.worker.call(job)
-        for scan, decision in results:
-            self._emit(scan, decision, arrived)
-        return [d for _, d in results if d is not None]
+        return self.worker.submit(job)
+
+    def set_basket(self, basket: Basket | None) -> list[Decision]:
+        return self.start_sale(basket).result(10.0)
 
     def published_after(self, number: int) -> list[Published]:
         with self._publish_lock:
