@@ -1,5 +1,5 @@
 """The NFC input end to end at byte level: the real NfcDriver on nfcpy's `udp:` frontend
-against tag emulators on loopback (tests/nfc_emulation.py) that speak the same datagrams
+against tag emulators on loopback (drivers/nfc/emulator.py) that speak the same datagrams
 a card would. What is checked is what a cashier or installer would notice: a tap gives one
 scan with the tag's UID, a tag left on the reader is not redeemed twice, a bad tag gives
 nothing and the reader keeps going, an unplugged reader comes back by itself."""

@@ -1,6 +1,7 @@
-"""NFC tags on loopback for nfcpy's `udp:` frontend: the reader side is the real NfcDriver
-on nfcpy; these play the card side of the same datagram protocol ("<brty> <hex frame>",
-"RFOFF" when the reader's field goes off; see nfc/clf/udp.py).
+"""The NFC input's simulated twin: tags on loopback for nfcpy's `udp:` frontend. The reader
+side is the real NfcDriver on nfcpy (`path = "udp:127.0.0.1:PORT"`); these play the card side
+of the same datagram protocol ("<brty> <hex frame>", "RFOFF" when the reader's field goes
+off; see nfc/clf/udp.py), for tests, demos and installers with no tag at hand.
 
 - Type2Tag: an NXP NTAG213/215 (ISO 14443-3A anticollision, READ, GET_VERSION, READ_SIG).
 - Type4Tag: an NTAG 424 DNA-like ISO-DEP card (RATS, I/R/S blocks with response chaining,

@@ -22,7 +22,7 @@ class NfcOptions:
     # nfcpy device path: "usb" (first supported USB reader), "usb:054c:06c3" (vendor and
     # product id, here a Sony RC-S380), "usb:001:023" (bus and device), "tty:AMA0:pn532"
     # (a PN532 on the Pi's UART), or "udp:127.0.0.1:PORT", nfcpy's simulated frontend that
-    # talks to a tag emulator over UDP (the simulated twin; see tests/nfc_emulation.py).
+    # talks to a tag emulator over UDP (the simulated twin: drivers/nfc/emulator.py).
     path: str
     # What to poll for, in order. Each technology with no tag costs one sensing timeout
     # per round (microseconds on a USB reader, a whole second on udp:), so list only the
