@@ -406,6 +406,42 @@ def summary(entries: list[dict[str, Any]]) -> None:
             say("中文", f"    {reason.value} x{refusals[reason.value]}：{reason.message('zh_CN')}")
 
 
+LIVE_AT = "2026-11-25T16:00:00+08:00"  # the daemon's afternoon, after the session above
+
+
+def live_part(coupons: dict[str, list[str]]) -> int:
+    """The same till as a running daemon with a camera and an NFC reader."""
+    from demo.live import run_live
+
+    fresh: dict[str, str] = {}
+    for cid in ("SPEND100", "PCT15", "NEW10"):
+        out = OUT / "coupons" / f"{cid}-live"
+        run_json(
+            "redeem-central",
+            "issue",
+            "--data",
+            str(OUT / "central"),
+            "--campaign",
+            cid,
+            "--out",
+            str(out),
+            "--no-qr",
+            now=CENTRAL_AT,
+        )
+        fresh[cid] = (out / "tokens.txt").read_text().splitlines()[0]
+    say("live", "redeem-central issue: one more SPEND100, PCT15 and NEW10 for the live till")
+    good = run_live(
+        OUT, OUT / "terminal", TOOLS, LIVE_AT, fresh, tamper_one_char(fresh["SPEND100"]), say
+    )
+    verify = run_json("redeem", "journal", "verify", "--data", str(OUT / "terminal"), now=LIVE_AT)
+    say(
+        "close",
+        f"redeem journal verify after the live part: {verify['entries']} entries, "
+        f"hash chain {'intact' if verify['ok'] else 'BROKEN'}",
+    )
+    return good if verify["ok"] else -1
+
+
 def main() -> int:
     if OUT.exists():
         shutil.rmtree(OUT)
@@ -464,6 +500,8 @@ def main() -> int:
         ]
         summary(entries)
         if not verify["ok"]:
+            return 1
+        if live_part(coupons) != 5:
             return 1
     except DemoFailed as exc:
         print(f"demo failed: {exc}", file=sys.stderr)

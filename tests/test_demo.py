@@ -76,6 +76,20 @@ def test_demo_story_accepts_and_refuses_for_the_right_reasons(
     assert "中文" in out and "这张券不是正规发放的，不能使用。" in out
 
 
+def test_demo_live_part_runs_the_real_daemon_with_camera_and_nfc(
+    demo: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    out = demo[0].stdout
+    assert "ACCEPTED  -¥20.00  [counter-camera" in step(out, "camera: SPEND100 on a phone")
+    assert "ACCEPTED  -¥30.00  [counter-camera" in step(out, "camera: PCT15 on paper")
+    assert "not a coupon (a web link), ignored" in out
+    assert "REFUSED   already_redeemed" in step(out, "SPEND100 phone again")
+    assert "REFUSED   bad_signature" in step(out, "a forged SPEND100")
+    assert "ACCEPTED  -¥10.00  [nfc-reader" in step(out, "NEW10 card tapped")
+    assert re.search(r"SIGTERM: the daemon stopped in [0-4]\.\d\d s with exit code 0", out)
+    assert "after the live part: 32 entries, hash chain intact" in out
+
+
 def test_demo_writes_its_artefacts_under_the_working_directory(
     demo: tuple[subprocess.CompletedProcess[str], Path],
 ) -> None:
