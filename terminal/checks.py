@@ -27,6 +27,7 @@ class Checks:
     journal: Journal
     bursts: fraud.BurstDetector
     _trusted_s: float
+    clock_offset_s: float | None  # central time minus ours, as the last sync measured it
     serial_uses: Counter[str]
     customer_uses: Counter[tuple[str, str]]
     campaign_count: Counter[str]
@@ -45,8 +46,16 @@ class Checks:
         """Latest time we know has passed: last ledger issue time, last journal entry."""
         return max(self._trusted_s, float(self.ledger.issued_at), self.journal.last_at_ms / 1000.0)
 
+    def clock_offset_ok(self) -> bool:
+        """The last sync found the device clock near the central's (or none measured yet)."""
+        limit = self.ledger.policy.max_clock_offset_s
+        return self.clock_offset_s is None or not limit or abs(self.clock_offset_s) <= limit
+
     def clock_ok(self, now: float) -> bool:
-        return now >= self.trusted_time() - self.ledger.policy.clock_tolerance_s
+        return (
+            now >= self.trusted_time() - self.ledger.policy.clock_tolerance_s
+            and self.clock_offset_ok()
+        )
 
     def ledger_age_s(self, now: float | None = None) -> float | None:
         if not self.ledger.version:
@@ -59,6 +68,13 @@ class Checks:
         led = self.ledger
         if not led.version:
             raise _Refuse(Reason.NO_LEDGER, "no ledger imported")
+        if not self.clock_offset_ok():
+            # Measured against the central by sync: already journaled when it went wrong.
+            raise _Refuse(
+                Reason.CLOCK_UNTRUSTED,
+                f"clock is {-(self.clock_offset_s or 0.0):+.0f} s off the central's time "
+                f"(limit {self.ledger.policy.max_clock_offset_s} s)",
+            )
         if not self.clock_ok(now):
             raise _Refuse(
                 Reason.CLOCK_UNTRUSTED,

@@ -247,8 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     ).add_argument("--manager", required=True, help="manager id (journaled)")
 
     from terminal.daemon.commands import add_commands
+    from terminal.daemon.sync_commands import add_commands as add_sync_commands
 
     add_commands(sub, cmd)
+    add_sync_commands(sub, cmd)
 
     jr = sub.add_parser("journal", help="the tamper-evident journal").add_subparsers(
         dest="journal_command", required=True

@@ -48,6 +48,11 @@ def _use_detail(via: str, gift_sku: str | None) -> str:
 
 # What _record tells peewee while its transaction is open (see there).
 _TRANSACTION = object()
+# The device clock measured against the central's by sync (central minus ours, seconds)
+# and when; a flag is journaled each time the measurement crosses the policy's limit.
+META_CLOCK_OFFSET = "clock_offset_s"
+META_CLOCK_OFFSET_AT = "clock_offset_at"
+FLAG_CLOCK_OFFSET = "clock_offset"
 
 
 class Engine(Checks):
@@ -62,6 +67,8 @@ class Engine(Checks):
         self.journal = Journal()
         self.bursts = fraud.BurstDetector()
         self._trusted_s = float(get_meta("trusted_time", "0") or 0)
+        offset = get_meta(META_CLOCK_OFFSET)
+        self.clock_offset_s = float(offset) if offset else None
         self._rebuild_usage()
 
     # ------------------------------------------------------------ usage cache
@@ -582,6 +589,49 @@ class Engine(Checks):
             self._trusted_s = now
             self.journal.last_at_ms = int(now * 1000)
         return decision
+
+    def record_clock_offset(self, offset_s: float, uncertainty_s: float = 0.0) -> bool:
+        """Sync measured the central's time minus ours. Beyond the policy's limit the clock
+        is untrusted (coupons are refused with clock_untrusted) until a later measurement is
+        back in range; each crossing is journaled as a flag. Returns whether it is in range."""
+        was_ok = self.clock_offset_ok()
+        previous = self.clock_offset_s
+        self.clock_offset_s = float(offset_s)
+        ok = self.clock_offset_ok()
+        now = self.now()
+
+        def work() -> Decision:
+            set_meta(META_CLOCK_OFFSET, f"{offset_s:.3f}")
+            set_meta(META_CLOCK_OFFSET_AT, f"{now:.3f}")
+            if ok != was_ok:
+                limit = self.ledger.policy.max_clock_offset_s
+                self.journal.append(
+                    at_ms=int(now * 1000),
+                    kind="flag",
+                    accepted=ok,
+                    reason=FLAG_CLOCK_OFFSET,
+                    source="sync",
+                    detail={
+                        "offset_s": round(offset_s, 3),
+                        "uncertainty_s": round(uncertainty_s, 3),
+                        "limit_s": limit,
+                        "detail": "clock back in range" if ok else "clock untrusted",
+                    },
+                )
+            return Decision(True, Reason.OK)
+
+        decision = self._record(None, work)
+        if not decision.accepted:  # not stored: keep what the journal and Meta still say
+            self.clock_offset_s = previous
+            return was_ok
+        if ok != was_ok:
+            log.warning(
+                "device clock is %+.1f s off the central's (limit %s s): %s",
+                -offset_s,
+                self.ledger.policy.max_clock_offset_s,
+                "back in range" if ok else "clock untrusted",
+            )
+        return ok
 
     def import_ledger(self, data: bytes) -> ImportResult:
         """Apply a ledger file (USB stick or sync); every refusal is journaled as a flag."""

@@ -42,6 +42,9 @@ class Policy:
     burst_per_terminal: int = 60  # accepted redemptions per window
     burst_per_cashier: int = 30
     hold_ttl_s: int = 900
+    # How far the device clock may be from the central's time as a sync measured it;
+    # beyond it the clock is untrusted until a later sync measures it back in range. 0: off.
+    max_clock_offset_s: int = 300
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> Policy:

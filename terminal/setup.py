@@ -42,13 +42,31 @@ class Identity:
 
 def init(data: Path, anchor_file: Path, store: str, terminal: str) -> TrustAnchor:
     anchor = TrustAnchor.load(anchor_file)
-    if (data / IDENTITY).exists():
-        raise NotInitialised(f"{data} is already initialised")
+    check_not_initialised(data)
     data.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(anchor_file, data / ANCHOR)
-    (data / IDENTITY).write_text(json.dumps({"store": store, "terminal": terminal}, indent=2))
-    open_database(data / "journal.db").close()
+    _write_identity(data, store, terminal)
     return anchor
+
+
+def check_not_initialised(data: Path) -> None:
+    if (data / IDENTITY).exists():
+        raise NotInitialised(f"{data} is already initialised")
+
+
+def init_enrolled(data: Path, anchor: TrustAnchor, store: str, terminal: str) -> None:
+    """`redeem init` for a terminal that enrollment named: the trust anchor comes from the
+    central (checked against the pinned fingerprint by the caller), not from a file."""
+    check_not_initialised(data)
+    data.mkdir(parents=True, exist_ok=True)
+    (data / ANCHOR).write_text(anchor.to_json())
+    _write_identity(data, store, terminal)
+
+
+def _write_identity(data: Path, store: str, terminal: str) -> None:
+    # terminal.json last: its presence is what "initialised" means.
+    open_database(data / "journal.db").close()
+    (data / IDENTITY).write_text(json.dumps({"store": store, "terminal": terminal}, indent=2))
 
 
 def open_engine(data: Path, clock: Clock) -> Engine:

@@ -1,0 +1,550 @@
+"""The terminal's sync client: one round pushes the journal (acknowledged high-water mark,
+gaps resent), pulls the ledger (ETag, gzip, resumable) into the engine, pulls the central's
+decisions on fraud flags, and measures the clock offset. Network I/O happens on the calling
+thread; every engine and journal access goes through `local.call` (the daemon's one writer)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import random
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import cbor2
+
+from sync import protocol, status
+from sync.device import Settings, read_device_key
+from sync.http import CentralLink, Link, Offset, SyncError
+from terminal import ledger
+from terminal.engine import Engine
+from terminal.journal import EXPORT_FIELDS, Entry, get_meta, set_meta
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+CHUNK = 64 * 1024
+IMPORT_TIMEOUT_S = 120.0  # verifying a big snapshot on a Pi takes a while
+
+
+class Local(Protocol):
+    """Runs a job against the engine: directly (CLI) or on the daemon's engine worker."""
+
+    def call(self, job: Callable[[Engine], T], timeout: float = ...) -> T: ...
+
+
+class Direct:
+    """The engine used in this thread (`redeem sync --once`, no daemon running)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def call(self, job: Callable[[Engine], T], timeout: float = 0.0) -> T:
+        return job(self.engine)
+
+
+@dataclass
+class RoundResult:
+    ok: bool = False
+    error: str | None = None
+    error_kind: str | None = None
+    started_at: float = 0.0
+    duration_s: float = 0.0
+    journal: dict[str, Any] = field(default_factory=dict)
+    ledger: dict[str, Any] = field(default_factory=dict)
+    flags: dict[str, Any] = field(default_factory=dict)
+    clock: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        lines = []
+        j, led = self.journal, self.ledger
+        if j:
+            lines.append(
+                f"journal: sent {j.get('sent', 0)}, central stored {j.get('accepted', 0)} new;"
+                f" acknowledged up to #{j.get('acked_seq', 0)}, backlog {j.get('backlog', 0)}"
+            )
+        if led:
+            if led.get("not_modified"):
+                lines.append(f"ledger: version {led.get('to')} is current (not modified)")
+            else:
+                applied = ", ".join(map(str, led.get("applied", []))) or "none"
+                lines.append(
+                    f"ledger: version {led.get('from')} -> {led.get('to')} (applied {applied})"
+                )
+            for r in led.get("refused", []):
+                lines.append(f"ledger REFUSED: {r['kind']}: {r['detail']}")
+        if self.flags:
+            lines.append(f"flag decisions: {self.flags.get('received', 0)} new")
+        if self.clock:
+            c = self.clock
+            lines.append(
+                f"clock: {-c['offset_s']:+.1f} s off the central's (+-{c['uncertainty_s']:.2f} s)"
+                + ("" if c["ok"] else " -> clock UNTRUSTED, coupons are refused")
+            )
+        lines.append("sync OK" if self.ok else f"sync FAILED ({self.error_kind}): {self.error}")
+        return "\n".join(lines)
+
+
+class Backoff:
+    """Exponential backoff with full jitter between failed rounds: the n-th failure in a
+    row waits uniform(0, min(cap, base * 2**(n-1))); success goes back to the interval."""
+
+    def __init__(self, base_s: float = 5.0, cap_s: float = 300.0, seed: int | None = None):
+        self.base_s = base_s
+        self.cap_s = cap_s
+        self.failures = 0
+        self._rng = random.Random(seed)
+
+    def ceiling(self) -> float:
+        return min(self.cap_s, self.base_s * 2.0 ** max(0, self.failures - 1))
+
+    def next_delay(self, interval_s: float) -> float:
+        if self.failures == 0:
+            return interval_s
+        delay: float = self._rng.uniform(0.0, self.ceiling())
+        return delay
+
+    def record(self, ok: bool) -> None:
+        self.failures = 0 if ok else self.failures + 1
+
+
+class SyncClient:
+    def __init__(
+        self,
+        data: Path,
+        link: CentralLink,
+        local: Local,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.data = data
+        self.link = link
+        self.local = local
+        self.stop = stop or threading.Event()
+        self.work_dir = data / "sync"
+
+    # ------------------------------------------------------------------ the round
+
+    def run_round(self) -> RoundResult:
+        """Push, pull, measure. Any failure ends the round cleanly: what was acknowledged
+        stays acknowledged, nothing is applied twice, and the next round picks up."""
+        result = RoundResult(started_at=self.link.clock.now())
+        t0 = time.monotonic()
+        self.link.reset_offset()
+        try:
+            self._check_stop()
+            result.journal = self.push_journal()
+            self._check_stop()
+            result.ledger = self.pull_ledger()
+            self._check_stop()
+            result.flags = self.pull_flags()
+            # A ledger applied (or a clock flag) journals an entry: send it now too.
+            if self.local.call(_backlog) > 0:
+                self._check_stop()
+                result.journal = _merge_push(result.journal, self.push_journal())
+            result.ok = True
+        except SyncError as exc:
+            result.error, result.error_kind = exc.message, exc.kind
+            log.warning("sync round failed (%s): %s", exc.kind, exc.message)
+        result.clock = self._record_offset(self.link.best)
+        result.duration_s = round(time.monotonic() - t0, 3)
+        if not self.stop.is_set():
+            counts = self.local.call(_journal_counts)
+            result.journal = {"sent": 0, "accepted": 0, **result.journal, **counts}
+        return result
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise SyncError("stopped", "sync stopped (the terminal is shutting down)")
+
+    def _record_offset(self, best: Offset | None) -> dict[str, Any] | None:
+        if best is None or self.stop.is_set():
+            return None
+        try:
+            ok = self.local.call(lambda e: e.record_clock_offset(best.offset_s, best.uncertainty_s))
+        except Exception as exc:  # the worker stopping: the measurement is simply lost
+            log.warning("clock offset not recorded: %s", exc)
+            return None
+        return {
+            "offset_s": round(best.offset_s, 3),
+            "uncertainty_s": round(best.uncertainty_s, 3),
+            "ok": ok,
+        }
+
+    # ------------------------------------------------------------------ journal
+
+    def push_journal(self) -> dict[str, Any]:
+        """Send every entry after the acknowledged mark in batches of MAX_BATCH; the central
+        answers with its mark and any gaps, and we resend from the first gap."""
+        counts = self.local.call(_journal_counts)
+        acked, head = counts["acked_seq"], counts["head_seq"]
+        out: dict[str, Any] = {"sent": 0, "accepted": 0, "resent_from": []}
+        start = acked + 1
+        stalls = 0
+        while start <= head:
+            self._check_stop()
+            batch = self.local.call(_rows_job(start, protocol.MAX_BATCH))
+            if not batch or batch[0]["seq"] != start:
+                raise SyncError(
+                    "protocol",
+                    f"journal entries from #{start} are no longer on this terminal "
+                    f"(pruned); the central needs them",
+                )
+            answer = self.link.post_json(protocol.JOURNAL, {"entries": batch})
+            reply = _journal_reply(answer.json())
+            out["sent"] += len(batch)
+            out["accepted"] += reply["accepted"]
+            central_acked = reply["acked_seq"]
+            if central_acked > head:
+                raise SyncError(
+                    "protocol",
+                    f"the central acknowledges #{central_acked} but this terminal has only "
+                    f"written up to #{head}: is it the right central?",
+                )
+            if central_acked != acked:
+                self.local.call(_set_acked_job(central_acked))
+                acked = central_acked
+            if reply["problem"]:
+                raise SyncError(
+                    "refused", f"the central refused journal entries: {reply['problem']}"
+                )
+            nxt = reply["gaps"][0][0] if reply["gaps"] else acked + 1
+            if reply["gaps"]:
+                out["resent_from"].append(nxt)
+            stalls = stalls + 1 if nxt <= start and not reply["accepted"] else 0
+            if stalls >= 2:
+                raise SyncError(
+                    "protocol", f"the central does not take the journal from #{start} on"
+                )
+            start = nxt
+        out["acked_seq"] = acked
+        out["head_seq"] = head
+        out["backlog"] = head - acked
+        return out
+
+    # ------------------------------------------------------------------ ledger
+
+    def pull_ledger(self) -> dict[str, Any]:
+        since = self.local.call(lambda e: e.ledger.version)
+        out: dict[str, Any] = {"from": since, "to": since, "applied": [], "refused": []}
+        partial = _Partial(self.work_dir)
+        part = partial.load(since)
+        headers = {"Accept": protocol.LEDGER_MEDIA_TYPE, "Accept-Encoding": "gzip"}
+        cached = _etag_for(self.local.call(lambda e: get_meta(status.LEDGER_ETAG)), since)
+        if part is not None:
+            headers["Range"] = f"bytes={part.size}-"
+            headers["If-Range"] = part.etag
+            out["resumed_at"] = part.size
+        elif cached:
+            headers["If-None-Match"] = cached
+        answer = self.link.request(
+            "GET", protocol.LEDGER, params={"since": since}, headers=headers, stream=True
+        )
+        resp = answer.response
+        try:
+            if answer.status in (304, 204):
+                out["not_modified"] = True
+                return out
+            if answer.status == 416:
+                partial.drop()
+                raise SyncError("protocol", "the central refused to resume the ledger download")
+            etag = resp.headers.get("ETag", "")
+            encoding = resp.headers.get("Content-Encoding", "identity").lower()
+            if answer.status == 206 and part is not None:
+                start = _content_range_start(resp.headers.get("Content-Range", ""))
+                if start != part.size:
+                    partial.drop()
+                    raise SyncError("protocol", "the central resumed the ledger at the wrong byte")
+                append = True
+            else:
+                out.pop("resumed_at", None)
+                append = False
+            raw = partial.receive(resp, since, etag, encoding, append, self.stop)
+        finally:
+            resp.close()
+        out["bytes"] = len(raw)
+        data = _decode(raw, encoding)
+        if _no_updates(data):
+            partial.drop()
+            out["not_modified"] = True
+            return out
+        result = self.local.call(lambda e: _import(e, data), IMPORT_TIMEOUT_S)
+        partial.drop()
+        if etag:
+            self.local.call(
+                lambda e: set_meta(status.LEDGER_ETAG, json.dumps({"since": since, "etag": etag}))
+            )
+        out.update(result)
+        if result["refused"]:
+            first = result["refused"][0]
+            raise SyncError("refused", f"ledger update refused: {first['kind']}: {first['detail']}")
+        return out
+
+    # ------------------------------------------------------------------ flags
+
+    def pull_flags(self) -> dict[str, Any]:
+        """The central's decisions on fraud flags (acknowledged, resolved, deny-listed),
+        kept for the manager's screen; deny-lists themselves arrive in the ledger."""
+        since = self.local.call(lambda e: get_meta(status.FLAGS_SINCE, "0")) or "0"
+        answer = self.link.get_json(protocol.FLAGS, params={"since": since})
+        doc = answer.json()
+        items, cursor = _flag_reply(doc, since)
+        if items or cursor != since:
+            self.local.call(lambda e: status.store_flag_decisions(items, cursor))
+        return {"received": len(items), "since": cursor}
+
+
+# ---------------------------------------------------------------------- engine jobs
+
+
+def _journal_counts(engine: Engine) -> dict[str, int]:
+    acked = int(get_meta("acked_seq", "0") or 0)
+    head = engine.journal.head_seq
+    return {"acked_seq": acked, "head_seq": head, "backlog": max(0, head - acked)}
+
+
+def _backlog(engine: Engine) -> int:
+    return _journal_counts(engine)["backlog"]
+
+
+def _rows_job(start: int, limit: int) -> Callable[[Engine], list[dict[str, Any]]]:
+    def job(engine: Engine) -> list[dict[str, Any]]:
+        query = Entry.select().where(Entry.seq >= start).order_by(Entry.seq).limit(limit)
+        rows: list[dict[str, Any]] = list(query.dicts())  # type: ignore[arg-type]
+        return [{k: row[k] for k in EXPORT_FIELDS} for row in rows]
+
+    return job
+
+
+def _set_acked_job(acked: int) -> Callable[[Engine], None]:
+    def job(engine: Engine) -> None:
+        set_meta("acked_seq", str(acked))
+
+    return job
+
+
+def _import(engine: Engine, data: bytes) -> dict[str, Any]:
+    result = engine.import_ledger(data)
+    return {
+        "applied": list(result.applied),
+        "refused": [{"kind": r.kind, "detail": r.detail} for r in result.refused],
+        "to": engine.ledger.version,
+    }
+
+
+def _merge_push(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(second)
+    merged["sent"] = first.get("sent", 0) + second.get("sent", 0)
+    merged["accepted"] = first.get("accepted", 0) + second.get("accepted", 0)
+    merged["resent_from"] = first.get("resent_from", []) + second.get("resent_from", [])
+    return merged
+
+
+# ---------------------------------------------------------------------- replies
+
+
+def _journal_reply(doc: Any) -> dict[str, Any]:
+    """Check the central's answer to a batch (protocol.py); raise on a malformed one."""
+    if not isinstance(doc, dict):
+        raise SyncError("protocol", "journal reply is not a JSON object")
+    acked, accepted = doc.get("acked_seq"), doc.get("accepted", 0)
+    gaps, problem = doc.get("gaps") or [], doc.get("problem")
+    if not isinstance(acked, int) or isinstance(acked, bool) or acked < 0:
+        raise SyncError("protocol", "journal reply has no acked_seq")
+    if not isinstance(accepted, int):
+        raise SyncError("protocol", "journal reply: accepted is not a number")
+    if not isinstance(gaps, list) or not all(
+        isinstance(g, list) and len(g) == 2 and all(isinstance(x, int) for x in g) for g in gaps
+    ):
+        raise SyncError("protocol", "journal reply: gaps are not [[a, b], ...]")
+    return {
+        "acked_seq": acked,
+        "accepted": accepted,
+        "gaps": sorted(gaps),
+        "problem": None if problem is None else str(problem),
+    }
+
+
+def _flag_reply(doc: Any, since: str) -> tuple[list[dict[str, Any]], str]:
+    items: Any
+    cursor: Any
+    if isinstance(doc, list):
+        items, cursor = doc, None
+    elif isinstance(doc, dict):
+        items = doc.get("decisions", doc.get("flags", []))
+        cursor = doc.get("next", doc.get("since"))
+    else:
+        raise SyncError("protocol", "flags reply is neither a list nor an object")
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise SyncError("protocol", "flags reply: decisions are not objects")
+    if cursor is None:
+        ids = [i.get("id") for i in items if isinstance(i.get("id"), int)]
+        cursor = max(ids) if ids else since
+    return items, str(cursor)
+
+
+def _etag_for(stored: str | None, since: int) -> str | None:
+    if not stored:
+        return None
+    try:
+        doc = json.loads(stored)
+    except ValueError:
+        return None
+    if isinstance(doc, dict) and doc.get("since") == since and isinstance(doc.get("etag"), str):
+        return str(doc["etag"])
+    return None
+
+
+def _content_range_start(value: str) -> int | None:
+    # "bytes 1000-4999/5000"
+    try:
+        unit, rng = value.split(" ", 1)
+        return int(rng.split("-", 1)[0]) if unit == "bytes" else None
+    except ValueError:
+        return None
+
+
+def _decode(raw: bytes, encoding: str) -> bytes:
+    try:
+        if encoding == "gzip":
+            return gzip.decompress(raw)
+        if encoding == "deflate":
+            return zlib.decompress(raw)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise SyncError("protocol", f"ledger download is damaged ({exc})") from None
+    if encoding not in ("identity", ""):
+        raise SyncError("protocol", f"ledger download uses an unknown encoding {encoding!r}")
+    return raw
+
+
+def _no_updates(data: bytes) -> bool:
+    """A well-formed ledger file holding nothing new (not a refusal worth journaling)."""
+    try:
+        doc = cbor2.loads(data)
+    except Exception:
+        return False
+    return (
+        isinstance(doc, dict)
+        and doc.get("format") == ledger.FILE_FORMAT
+        and doc.get("updates") in ([], ())
+    )
+
+
+# ---------------------------------------------------------------------- resumable download
+
+
+@dataclass(frozen=True)
+class _Part:
+    since: int
+    etag: str
+    encoding: str
+    size: int
+
+
+class _Partial:
+    """An interrupted ledger download under <data>/sync/: the bytes as they came over the
+    wire (still compressed) and which request they answer, so the next round resumes it
+    with Range/If-Range instead of starting over."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.body = directory / "ledger.partial"
+        self.meta = directory / "ledger.partial.json"
+
+    def load(self, since: int) -> _Part | None:
+        try:
+            doc = json.loads(self.meta.read_text())
+            size = self.body.stat().st_size
+        except (OSError, ValueError):
+            return None
+        if doc.get("since") != since or not doc.get("etag") or size == 0:
+            self.drop()
+            return None
+        return _Part(since, str(doc["etag"]), str(doc.get("encoding", "identity")), size)
+
+    def receive(
+        self,
+        resp: Any,
+        since: int,
+        etag: str,
+        encoding: str,
+        append: bool,
+        stop: threading.Event,
+    ) -> bytes:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not append:
+            self.drop()
+            if etag:  # without a validator a resumed download could mix two versions
+                self.meta.write_text(
+                    json.dumps({"since": since, "etag": etag, "encoding": encoding})
+                )
+        mode = "ab" if append else "wb"
+        try:
+            with open(self.body, mode) as fh:
+                for chunk in resp.raw.stream(CHUNK, decode_content=False):
+                    fh.write(chunk)
+                    if stop.is_set():
+                        raise SyncError("stopped", "sync stopped during the ledger download")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except SyncError:
+            raise
+        except Exception as exc:  # urllib3 ProtocolError (cut off), read timeout, reset
+            raise SyncError(
+                "protocol" if "IncompleteRead" in repr(exc) else "network",
+                f"ledger download interrupted after {self._size()} bytes ({type(exc).__name__});"
+                " the next round resumes it",
+            ) from None
+        return self.body.read_bytes()
+
+    def _size(self) -> int:
+        try:
+            return self.body.stat().st_size
+        except OSError:
+            return 0
+
+    def drop(self) -> None:
+        self.body.unlink(missing_ok=True)
+        self.meta.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------- one-shot use
+
+
+def open_link(
+    data: Path,
+    engine: Engine,
+    central: str | None = None,
+    ca: str | None = None,
+    connect_timeout_s: float = 5.0,
+    read_timeout_s: float = 20.0,
+) -> CentralLink:
+    """A signed link for this terminal: the central and CA pinned at enrollment unless
+    given (the daemon's [sync] section, `--central`)."""
+    settings = Settings.load(data)
+    url = central or (settings.central if settings else None)
+    if not url:
+        raise SyncError("refused", f"{data} has no central: enroll it or give --central")
+    if ca is None and settings is not None and url == settings.central:
+        ca = settings.ca_path(data)
+    link = Link(url, ca, connect_timeout_s=connect_timeout_s, read_timeout_s=read_timeout_s)
+    return CentralLink(link, read_device_key(data), engine.terminal, engine.clock)
+
+
+def run_once(data: Path, engine: Engine, link: CentralLink | None = None) -> RoundResult:
+    """One round with the engine used directly (no daemon), its outcome kept in Meta."""
+    link = link or open_link(data, engine)
+    try:
+        result = SyncClient(data, link, Direct(engine)).run_round()
+    finally:
+        link.close()
+    status.record_round(engine, result)
+    return result

@@ -1,0 +1,104 @@
+"""What enrollment leaves in the terminal's data directory for sync: the device key
+(<data>/device.key, or systemd's $CREDENTIALS_DIRECTORY/device-key) and sync.json (the
+central's URL, the pinned CA bundle, the trust anchor's fingerprint)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from terminal import cose
+
+KEY_FILE = "device.key"
+CREDENTIAL = "device-key"
+SETTINGS = "sync.json"
+CA_FILE = "central-ca.pem"
+
+
+class DeviceKeyError(Exception):
+    pass
+
+
+def credential_path() -> Path | None:
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not creds:
+        return None
+    path = Path(creds) / CREDENTIAL
+    return path if path.exists() else None
+
+
+def _parse_key(raw: bytes, where: Path) -> cose.SigningKey:
+    text = raw.strip()
+    try:
+        seed = bytes.fromhex(text.decode("ascii")) if len(text) == 64 else raw
+    except (UnicodeDecodeError, ValueError):
+        seed = raw
+    if len(seed) != 32:
+        raise DeviceKeyError(f"{where} does not hold an Ed25519 key (hex seed)")
+    return cose.SigningKey(seed)
+
+
+def read_device_key(data: Path) -> cose.SigningKey:
+    """The credential systemd passes in wins over the file in the data directory."""
+    path = credential_path() or data / KEY_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DeviceKeyError(
+            f"no device key at {path}: enroll the terminal first (`redeem enroll`)"
+        ) from None
+    except OSError as exc:
+        raise DeviceKeyError(f"cannot read the device key {path}: {exc}") from None
+    return _parse_key(raw, path)
+
+
+def ensure_device_key(data: Path) -> tuple[cose.SigningKey, Path, bool]:
+    """The key to enroll with: the systemd credential or an existing <data>/device.key, or
+    a new one written there with mode 0600. Returns (key, where, created)."""
+    cred = credential_path()
+    if cred is not None:
+        return read_device_key(data), cred, False
+    path = data / KEY_FILE
+    if path.exists():
+        return read_device_key(data), path, False
+    data.mkdir(parents=True, exist_ok=True)
+    key = cose.SigningKey.generate()
+    # O_EXCL with the mode given at creation: the seed is never readable by others, not
+    # even between open and chmod.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key.seed.hex() + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return key, path, True
+
+
+@dataclass(frozen=True)
+class Settings:
+    central: str
+    ca: str | None = None  # file name in the data directory (a copy of --ca), if pinned
+    fingerprint: str = ""
+    enrolled_at: float = 0.0
+
+    def ca_path(self, data: Path) -> str | None:
+        return str(data / self.ca) if self.ca else None
+
+    def save(self, data: Path) -> None:
+        (data / SETTINGS).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, data: Path) -> Settings | None:
+        try:
+            doc = json.loads((data / SETTINGS).read_text())
+            return cls(
+                central=str(doc["central"]),
+                ca=doc.get("ca"),
+                fingerprint=str(doc.get("fingerprint", "")),
+                enrolled_at=float(doc.get("enrolled_at", 0.0)),
+            )
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DeviceKeyError(f"{data / SETTINGS} is unreadable: {exc}") from None

@@ -1,0 +1,157 @@
+"""`redeem enroll`: the terminal makes (or is given) its own Ed25519 device key, registers
+it with a one-time code, receives its terminal id, store and the trust anchor, checks the
+anchor against the fingerprint the installer was given (or pins it on first use), writes
+its data directory as `redeem init` does, and pulls the first ledger."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sync import protocol
+from sync.client import RoundResult, run_once
+from sync.device import CA_FILE, Settings, ensure_device_key
+from sync.http import CentralLink, Link, SyncError
+from terminal import setup
+from terminal.clock import Clock
+from terminal.keys import CertError, TrustAnchor
+
+
+class EnrollError(Exception):
+    pass
+
+
+@dataclass
+class Enrolled:
+    terminal: str
+    store: str
+    fingerprint: str
+    pinned: str  # "fingerprint", "trust-anchor" or "tofu" (trust on first use)
+    key_path: str
+    key_created: bool
+    first_round: RoundResult | None
+
+
+def normalise_fingerprint(text: str) -> str:
+    """'SHA256:356a:a7d9:...' as printed, any case, colons or spaces or none."""
+    text = text.strip().lower()
+    if text.startswith("sha256:"):
+        text = text[len("sha256:") :]
+    return re.sub(r"[\s:]", "", text)
+
+
+def fingerprint_matches(anchor: TrustAnchor, given: str) -> bool:
+    want = normalise_fingerprint(given)
+    full = normalise_fingerprint(anchor.fingerprint)
+    # The printed fingerprint is the first 128 bits of SHA-256; the whole digest also works.
+    digest = hashlib.sha256(anchor.public_key).hexdigest()
+    return bool(want) and want in (full, digest)
+
+
+def _reply(doc: Any) -> tuple[str, str, TrustAnchor]:
+    if not isinstance(doc, dict):
+        raise EnrollError("the central's enrollment answer is not a JSON object")
+    terminal = doc.get("terminal") or doc.get("terminal_id")
+    store = doc.get("store")
+    anchor_doc = doc.get("trust_anchor", doc.get("root_public_key"))
+    if isinstance(anchor_doc, dict):
+        anchor_doc = anchor_doc.get("root_public_key")
+    if not isinstance(terminal, str) or not isinstance(store, str) or not terminal or not store:
+        raise EnrollError("the central's enrollment answer names no terminal id and store")
+    try:
+        key = bytes.fromhex(anchor_doc) if isinstance(anchor_doc, str) else b""
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise EnrollError("the central's enrollment answer holds no trust anchor (root key)")
+    return terminal, store, TrustAnchor(key)
+
+
+def enroll(
+    data: Path,
+    central: str,
+    code: str,
+    clock: Clock,
+    store: str | None = None,
+    fingerprint: str | None = None,
+    anchor_file: Path | None = None,
+    ca: Path | None = None,
+    connect_timeout_s: float = 5.0,
+    read_timeout_s: float = 20.0,
+    first_sync: bool = True,
+) -> Enrolled:
+    setup.check_not_initialised(data)
+    expected: TrustAnchor | None = None
+    if anchor_file is not None:
+        try:
+            expected = TrustAnchor.load(anchor_file)
+        except CertError as exc:
+            raise EnrollError(str(exc)) from None
+    if ca is not None and not ca.is_file():
+        raise EnrollError(f"CA bundle {ca} is not a file")
+    link = Link(
+        central,
+        str(ca) if ca else None,
+        connect_timeout_s=connect_timeout_s,
+        read_timeout_s=read_timeout_s,
+    )
+    key, key_path, created = ensure_device_key(data)
+    try:
+        # Not retried: the code is good for one enrollment; a lost answer needs a new code.
+        http = CentralLink(link, None, None, clock, retry=False)
+        try:
+            answer = http.post_json(
+                protocol.ENROLL, {"code": code, "device_key": key.public.hex()}, signed=False
+            )
+        finally:
+            http.close()
+        terminal, got_store, anchor = _reply(answer.json())
+        if fingerprint is not None and not fingerprint_matches(anchor, fingerprint):
+            raise EnrollError(
+                f"the central's trust anchor {anchor.fingerprint} does not match the "
+                f"fingerprint given ({fingerprint}): not enrolled; is this the right central?"
+            )
+        if expected is not None and expected.public_key != anchor.public_key:
+            raise EnrollError(
+                f"the central's trust anchor {anchor.fingerprint} is not the one in "
+                f"{anchor_file} ({expected.fingerprint}): not enrolled"
+            )
+        if store is not None and store != got_store:
+            raise EnrollError(f"the code enrolls into store {got_store}, not {store}: not enrolled")
+    except SyncError as exc:
+        _forget(key_path, created)
+        raise EnrollError(f"enrollment failed: {exc.message}") from None
+    except EnrollError:
+        _forget(key_path, created)
+        raise
+    pinned = "fingerprint" if fingerprint else "trust-anchor" if expected else "tofu"
+    data.mkdir(parents=True, exist_ok=True)
+    if ca is not None:
+        shutil.copyfile(ca, data / CA_FILE)
+    setup.init_enrolled(data, anchor, got_store, terminal)
+    Settings(
+        central=central,
+        ca=CA_FILE if ca is not None else None,
+        fingerprint=anchor.fingerprint,
+        enrolled_at=clock.now(),
+    ).save(data)
+    first = first_round(data, clock) if first_sync else None
+    return Enrolled(terminal, got_store, anchor.fingerprint, pinned, str(key_path), created, first)
+
+
+def _forget(key_path: Path, created: bool) -> None:
+    """A refused enrollment leaves the data directory as it was."""
+    if created:
+        key_path.unlink(missing_ok=True)
+
+
+def first_round(data: Path, clock: Clock) -> RoundResult:
+    engine = setup.open_engine(data, clock)
+    try:
+        return run_once(data, engine)
+    finally:
+        engine.db.close()

@@ -1,0 +1,305 @@
+"""The terminal's HTTP link to the central: one requests.Session with timeouts, urllib3
+Retry for the idempotent requests, an optional pinned CA bundle, every request signed with
+the device key (sync/protocol.py), and the clock offset read off each answer."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from sync import protocol
+from terminal import cose
+from terminal.clock import Clock
+
+log = logging.getLogger(__name__)
+
+
+class SyncError(Exception):
+    """A sync request or round that failed; `kind` sorts the cause for the status line:
+    network (no connection, reset), timeout, server (5xx), refused (4xx: the central said
+    no), protocol (an answer we cannot use: truncated, malformed), stopped (shutdown)."""
+
+    def __init__(self, kind: str, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Link:
+    """Where the central is and how to reach it."""
+
+    central: str  # base URL: https://central.example/ (http only on loopback)
+    ca: str | None = None  # PEM bundle to pin the central's CA; None: the system's
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 20.0  # longest silence while waiting for or reading an answer
+    retries: int = 2  # urllib3 retries of one idempotent request (connect, read, 5xx)
+
+    def check(self) -> None:
+        parts = urlsplit(self.central)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise SyncError("refused", f"central URL {self.central!r} is not an http(s) URL")
+        if parts.scheme == "http" and not _loopback(parts.hostname):
+            raise SyncError(
+                "refused",
+                f"central URL {self.central} is plain http: use https (http only on loopback)",
+            )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One answer: status, headers, and (unless streamed) the body already read."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    response: requests.Response  # for streamed bodies (ledger download)
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body)
+        except ValueError as exc:
+            raise SyncError("protocol", f"answer is not JSON: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Offset:
+    """Central time minus ours, from one answer; the true value lies within +-uncertainty."""
+
+    offset_s: float
+    uncertainty_s: float  # half the round trip
+
+
+class CentralLink:
+    """Signed requests to one central. Thread-safe enough for one round at a time; `close`
+    may be called from another thread to abandon a round on shutdown."""
+
+    def __init__(
+        self,
+        link: Link,
+        key: cose.SigningKey | None,
+        terminal: str | None,
+        clock: Clock,
+        retry: bool = True,
+    ) -> None:
+        link.check()
+        self.link = link
+        self.key = key
+        self.terminal = terminal
+        self.clock = clock
+        self.base = link.central.rstrip("/")
+        self.session = requests.Session()
+        # Proxies from the environment apply (a store behind an HTTPS proxy); nothing else.
+        self.session.headers["User-Agent"] = "edge-redeem-terminal"
+        if retry:
+            methods = frozenset({"GET", "POST"})  # POST only for the journal: idempotent
+            self.retry = Retry(
+                total=link.retries,
+                connect=link.retries,
+                read=link.retries,
+                status=link.retries,
+                backoff_factor=0.2,
+                backoff_max=2.0,
+                status_forcelist=(500, 502, 503, 504),
+                allowed_methods=methods,
+                raise_on_status=False,  # the last answer comes back; we name it
+                respect_retry_after_header=False,  # a round stays short; the loop backs off
+            )
+        else:
+            self.retry = Retry(total=0, connect=0, read=0, status=0, raise_on_status=False)
+        adapter = HTTPAdapter(max_retries=self.retry, pool_maxsize=2)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
+        self.best: Offset | None = None  # the tightest offset measured since reset_offset()
+        self._correction_s = 0.0  # added to our clock when signing after a 401 for time
+        self._closed = threading.Event()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.session.close()
+
+    def reset_offset(self) -> None:
+        self.best = None
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+        stream: bool = False,
+        signed: bool = True,
+    ) -> Answer:
+        """Send one request; raise SyncError for a network fault or a 4xx/5xx answer
+        (except 304, 206 and 416, which callers read). A 401 for our timestamp is retried
+        once with the clock corrected by the offset that answer showed."""
+        answer = self._send(method, path, params, body, headers, stream, signed)
+        if answer.status == 401 and signed and self.best is not None:
+            fix = self.best.offset_s
+            if abs(fix - self._correction_s) > protocol.REPLAY_WINDOW_S / 2:
+                log.warning("central refused our timestamp; signing with its time (%+.0f s)", fix)
+                self._correction_s = fix
+                answer = self._send(method, path, params, body, headers, stream, signed)
+        if answer.status >= 400 and answer.status != 416:
+            raise _refusal(method, path, answer)
+        return answer
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None,
+        body: bytes,
+        headers: Mapping[str, str] | None,
+        stream: bool,
+        signed: bool,
+    ) -> Answer:
+        if self._closed.is_set():
+            raise SyncError("stopped", "sync stopped")
+        req = requests.Request(
+            method, self.base + path, params=dict(params or {}), headers=dict(headers or {})
+        )
+        if body:
+            req.data = body
+        prepared = self.session.prepare_request(req)
+        if signed:
+            if self.key is None or self.terminal is None:
+                raise SyncError("refused", "this terminal is not enrolled (no device key)")
+            # What the central sees: the path and query as sent, relative to the host.
+            path_qs = prepared.path_url
+            prepared.headers.update(
+                protocol.sign_headers(
+                    self.key,
+                    self.terminal,
+                    method,
+                    path_qs,
+                    body,
+                    self.clock.now() + self._correction_s,
+                )
+            )
+        where = f"{method} {path}"
+        verify: bool | str = self.link.ca or True
+        settings = self.session.merge_environment_settings(
+            prepared.url or self.base, {}, stream, verify, None
+        )
+        wall = self.clock.now()
+        t0 = time.monotonic()
+        try:
+            resp = self.session.send(
+                prepared,
+                timeout=(self.link.connect_timeout_s, self.link.read_timeout_s),
+                allow_redirects=False,
+                **settings,
+            )
+            rtt = time.monotonic() - t0
+            self._measure(resp, wall, rtt)
+            data = b"" if stream and resp.status_code < 400 else resp.content
+        except requests.exceptions.RequestException as exc:
+            raise _network_error(where, exc, self.link) from None
+        except Exception as exc:  # urllib3 under requests can still raise its own on reads
+            if self._closed.is_set():
+                raise SyncError("stopped", "sync stopped") from None
+            raise SyncError("protocol", f"{where}: {type(exc).__name__}: {exc}") from None
+        return Answer(resp.status_code, resp.headers, data, resp)
+
+    def _measure(self, resp: requests.Response, wall: float, rtt: float) -> None:
+        raw = resp.headers.get(protocol.HEADER_SERVER_TIME)
+        if raw is None:
+            return
+        try:
+            server = float(raw)
+        except ValueError:
+            return
+        # The central stamped its answer somewhere inside our round trip: the middle is the
+        # best guess, half the round trip the error bound.
+        measured = Offset(server - (wall + rtt / 2), rtt / 2)
+        if self.best is None or measured.uncertainty_s <= self.best.uncertainty_s:
+            self.best = measured
+
+    def get_json(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        return self.request("GET", path, params=params, headers={"Accept": "application/json"})
+
+    def post_json(self, path: str, doc: Any, signed: bool = True) -> Answer:
+        body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+        return self.request(
+            "POST",
+            path,
+            body=body,
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+            signed=signed,
+        )
+
+
+def _refusal(method: str, path: str, answer: Answer) -> SyncError:
+    detail = ""
+    try:
+        doc = json.loads(answer.body or b"{}")
+        if isinstance(doc, dict):
+            detail = str(doc.get("detail") or doc.get("title") or "")
+    except ValueError:
+        detail = answer.body[:200].decode("utf-8", "replace").strip()
+    reason = getattr(answer.response, "reason", "") or ""
+    text = f"central answered {answer.status} {reason}".rstrip() + f" to {method} {path}"
+    if detail:
+        text += f": {detail}"
+    kind = "server" if answer.status >= 500 else "refused"
+    return SyncError(kind, text, answer.status)
+
+
+def _network_error(where: str, exc: requests.exceptions.RequestException, link: Link) -> SyncError:
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return SyncError(
+            "timeout",
+            f"{where}: no connection to {link.central} within {link.connect_timeout_s:g} s",
+        )
+    reason = getattr(exc.args[0] if exc.args else None, "reason", None)
+    if isinstance(exc, requests.exceptions.ReadTimeout) or isinstance(
+        reason, urllib3.exceptions.ReadTimeoutError
+    ):
+        return SyncError(
+            "timeout", f"{where}: the central did not answer within {link.read_timeout_s:g} s"
+        )
+    if isinstance(exc, requests.exceptions.SSLError):
+        return SyncError("refused", f"{where}: TLS check failed: {exc}")
+    if isinstance(exc, requests.exceptions.RetryError):
+        return SyncError("server", f"{where}: gave up after retries: {exc}")
+    if isinstance(exc, (requests.exceptions.ChunkedEncodingError,)):
+        return SyncError("protocol", f"{where}: the answer was cut off ({exc})")
+    if isinstance(exc, requests.exceptions.ContentDecodingError):
+        return SyncError("protocol", f"{where}: the answer could not be decoded ({exc})")
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return SyncError("network", f"{where}: connection failed ({_short(exc)})")
+    return SyncError("network", f"{where}: {type(exc).__name__}: {exc}")
+
+
+def _short(exc: Exception) -> str:
+    """The innermost reason of a requests/urllib3 connection error, not the whole chain."""
+    text = str(exc)
+    for marker in ("Caused by ", "reason: "):
+        if marker in text:
+            text = text.rsplit(marker, 1)[1]
+    return text.strip("()'\" ")[:200]

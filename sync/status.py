@@ -1,0 +1,139 @@
+"""Sync status kept in the journal database's Meta table, so `redeem sync status` can answer
+with the daemon stopped: last attempt and success, last error, backlog, ledger version and
+age, clock offset, and the central's decisions on fraud flags. Engine jobs: call them on
+the engine's thread (the daemon's worker) or with the engine the CLI opened."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from terminal.engine import META_CLOCK_OFFSET_AT, Engine
+from terminal.journal import database_proxy, get_meta, set_meta
+
+LAST_ATTEMPT = "sync.last_attempt"
+LAST_SUCCESS = "sync.last_success"
+LAST_ERROR = "sync.last_error"  # JSON {"at", "kind", "message"}; cleared by a success
+FAILURES = "sync.failures"  # failed rounds in a row
+LEDGER_ETAG = "sync.ledger_etag"  # JSON {"since", "etag"}: If-None-Match for that version
+FLAGS_SINCE = "sync.flags_since"
+FLAG_DECISIONS = "sync.flag_decisions"  # JSON list, newest last, the last KEEP_DECISIONS
+KEEP_DECISIONS = 200
+
+
+def record_round(engine: Engine, result: Any) -> None:
+    """Remember how a round ended (a RoundResult)."""
+    with database_proxy.obj.atomic():
+        set_meta(LAST_ATTEMPT, f"{result.started_at:.3f}")
+        if result.ok:
+            set_meta(LAST_SUCCESS, f"{result.started_at:.3f}")
+            set_meta(LAST_ERROR, "")
+            set_meta(FAILURES, "0")
+        else:
+            doc = {"at": result.started_at, "kind": result.error_kind, "message": result.error}
+            set_meta(LAST_ERROR, json.dumps(doc))
+            set_meta(FAILURES, str(int(get_meta(FAILURES, "0") or 0) + 1))
+
+
+def store_flag_decisions(items: list[dict[str, Any]], cursor: str) -> None:
+    with database_proxy.obj.atomic():
+        kept = _json(get_meta(FLAG_DECISIONS), [])
+        kept = (kept + items)[-KEEP_DECISIONS:]
+        set_meta(FLAG_DECISIONS, json.dumps(kept))
+        set_meta(FLAGS_SINCE, cursor)
+
+
+def _json(text: str | None, default: Any) -> Any:
+    if not text:
+        return default
+    try:
+        return json.loads(text)
+    except ValueError:
+        return default
+
+
+def _float(key: str) -> float | None:
+    value = get_meta(key)
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def snapshot(engine: Engine) -> dict[str, Any]:
+    """Everything a status line or the manager's screen shows about sync."""
+    now = engine.now()
+    acked = int(get_meta("acked_seq", "0") or 0)
+    head = engine.journal.head_seq
+    last_success = _float(LAST_SUCCESS)
+    offset = engine.clock_offset_s
+    return {
+        "last_attempt": _float(LAST_ATTEMPT),
+        "last_success": last_success,
+        "since_success_s": None if last_success is None else max(0.0, now - last_success),
+        "last_error": _json(get_meta(LAST_ERROR), None),
+        "failures_in_a_row": int(get_meta(FAILURES, "0") or 0),
+        "acked_seq": acked,
+        "head_seq": head,
+        "backlog": max(0, head - acked),
+        "ledger_version": engine.ledger.version,
+        "ledger_issued_at": engine.ledger.issued_at or None,
+        "ledger_age_s": engine.ledger_age_s(now),
+        "clock_offset_s": offset,  # central minus ours: negative when ours runs ahead
+        "clock_offset_at": _float(META_CLOCK_OFFSET_AT),
+        "max_clock_offset_s": engine.ledger.policy.max_clock_offset_s,
+        "clock_ok": engine.clock_ok(now),
+        "flag_decisions": len(_json(get_meta(FLAG_DECISIONS), [])),
+        "flags_since": get_meta(FLAGS_SINCE),
+    }
+
+
+def flag_decisions(engine: Engine) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = _json(get_meta(FLAG_DECISIONS), [])
+    return result
+
+
+def describe(s: dict[str, Any]) -> str:
+    """The status as a few lines for a person."""
+
+    def ago(seconds: float | None) -> str:
+        if seconds is None:
+            return "never"
+        if seconds < 120:
+            return f"{seconds:.0f} s ago"
+        if seconds < 7200:
+            return f"{seconds / 60:.0f} min ago"
+        return f"{seconds / 3600:.1f} h ago"
+
+    lines = []
+    central = s.get("central")
+    if central:
+        state = "running" if s.get("running") else "not running"
+        lines.append(f"central {central} (sync loop {state})")
+    lines.append(f"last success: {ago(s.get('since_success_s'))}")
+    err = s.get("last_error")
+    if err:
+        lines.append(
+            f"last error ({err.get('kind')}), {s.get('failures_in_a_row', 0)} failed round(s)"
+            f" in a row: {err.get('message')}"
+        )
+    lines.append(
+        f"journal: {s['backlog']} entr{'y' if s['backlog'] == 1 else 'ies'} not yet "
+        f"acknowledged (head #{s['head_seq']}, acknowledged #{s['acked_seq']})"
+    )
+    age = s.get("ledger_age_s")
+    lines.append(
+        f"ledger version {s['ledger_version']}, age "
+        + (f"{age / 3600:.1f} h" if age is not None else "-")
+    )
+    offset = s.get("clock_offset_s")
+    if offset is None:
+        lines.append("clock offset: not measured yet")
+    else:
+        lines.append(
+            f"clock: {-offset:+.1f} s off the central's (limit {s['max_clock_offset_s']} s)"
+        )
+    lines.append("clock " + ("ok" if s.get("clock_ok") else "UNTRUSTED: coupons are refused"))
+    if s.get("next_round_in_s") is not None:
+        lines.append(f"next round in {s['next_round_in_s']:.0f} s")
+    return "\n".join(lines)
