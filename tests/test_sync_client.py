@@ -212,3 +212,32 @@ def test_a_central_that_never_answers_fails_the_round_quickly_and_loses_nothing(
     assert "did not answer within 0.3 s" in (result.error or "")
     assert get_meta("acked_seq", "0") == "0"
     assert result.journal["backlog"] == head
+
+
+def test_the_daemon_stops_within_its_budget_while_a_round_hangs(
+    world: World, hanging: str, tmp_path: Path
+) -> None:
+    from terminal.daemon import config as config_mod
+    from terminal.daemon.runner import Daemon
+
+    ensure_device_key(world.data)
+    world.engine.db.close()
+    cfg_path = tmp_path / "d.toml"
+    cfg_path.write_text(
+        f'[terminal]\ndata = "{world.data}"\n\n[sync]\ncentral = "{hanging}"\n'
+        "interval_s = 1\nread_timeout_s = 30\n"
+    )
+    daemon = Daemon(config_mod.load(cfg_path), world.clock)
+    daemon.start()
+    try:
+        assert daemon.sync is not None
+        deadline = time.monotonic() + 5
+        while daemon.sync.status()["next_round_in_s"] != 0.0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # the first round is now waiting on the central
+        assert daemon.status()["sync"]["running"]
+    finally:
+        t0 = time.monotonic()
+        daemon.stop()
+        took = time.monotonic() - t0
+    assert took < 2.0

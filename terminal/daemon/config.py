@@ -74,8 +74,22 @@ class KioskSection:
 @dataclass(frozen=True)
 class SyncSection:
     central: str | None = None  # https URL of the central service; none: USB ledgers only
-    interval_s: float = 60.0
+    interval_s: float = 60.0  # between rounds that succeeded
     enabled: bool = True
+    ca: str | None = None  # PEM bundle pinning the central's CA (default: the one enrolled)
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 20.0  # longest silence from the central before a round fails
+    retry_base_s: float = 5.0  # after failures: full jitter up to base * 2**(n-1) ...
+    max_backoff_s: float = 300.0  # ... capped here
+
+    def check(self) -> None:
+        if self.central is not None and not self.central.startswith(("https://", "http://")):
+            raise OptionError("central", "must be an https:// URL")
+        for key in ("interval_s", "connect_timeout_s", "read_timeout_s", "retry_base_s"):
+            if getattr(self, key) <= 0:
+                raise OptionError(key, "must be positive")
+        if self.max_backoff_s < self.retry_base_s:
+            raise OptionError("max_backoff_s", "must not be below retry_base_s")
 
 
 @dataclass(frozen=True)

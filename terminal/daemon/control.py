@@ -1,6 +1,7 @@
 """The daemon's local control socket (<data>/control.sock, owner-only): JSON lines for
-`redeem status`, `redeem till` and `redeem watch`. The kiosk talks to the daemon in
-process; this is for installers, the ops team and scripted tills on the same device."""
+`redeem status`, `redeem till`, `redeem watch` and `redeem sync`. The kiosk talks to the
+daemon in process; this is for installers, the ops team and scripted tills on the same
+device."""
 
 from __future__ import annotations
 
@@ -102,7 +103,14 @@ class Control:
                 "count": d.published_count,
                 "decisions": [p.to_dict(lang) for p in d.published_after(after)],
             }
-        raise ValueError(f"unknown op {op!r} (status, basket, decisions)")
+        if op == "sync":
+            if req.get("run"):
+                if d.sync is None:
+                    raise ValueError("sync is off: no [sync] central in the daemon's config")
+                result = d.sync.run_round()
+                return {"ok": True, "round": result.to_dict(), "status": d.sync_status()}
+            return {"ok": True, "status": d.sync_status()}
+        raise ValueError(f"unknown op {op!r} (status, basket, decisions, sync)")
 
 
 def request(data: Path, req: dict[str, Any], timeout: float = 35.0) -> dict[str, Any]:

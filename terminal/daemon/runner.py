@@ -19,12 +19,13 @@ from typing import Any
 
 from drivers import registry
 from drivers.scan import DOWN, Scan
+from sync import status as sync_status
 
 from terminal import setup, tokens
 from terminal.clock import Clock
 from terminal.daemon import config as config_mod
 from terminal.daemon import control as control_mod
-from terminal.daemon import feedback, logs
+from terminal.daemon import feedback, logs, sync_loop
 from terminal.daemon.control import Control
 from terminal.daemon.notify import Notifier
 from terminal.daemon.worker import EngineWorker
@@ -82,6 +83,7 @@ class Daemon:
         self.recent: deque[Published] = deque(maxlen=500)
         self.published_count = 0
         self.control: Control | None = None
+        self.sync: sync_loop.SyncLoop | None = None
         self.listeners: list[Callable[[Published], None]] = []
         self.ignored = 0
         self._stop = threading.Event()
@@ -106,6 +108,7 @@ class Daemon:
         self._start_inputs()
         self.control = Control(self, control_mod.socket_path(data))
         self.control.start()
+        self.sync = sync_loop.create(self.cfg.sync, data, self.worker)
         log.info(
             "terminal %s of store %s running: ledger v%s, %d input(s), %d output(s)",
             self.engine.terminal,
@@ -135,6 +138,8 @@ class Daemon:
     def stop(self) -> None:
         """Reverse order: no new scans, finish the ones in flight, then outputs, then DB."""
         self.notifier.stopping()
+        if self.sync is not None:  # first: a round in flight is abandoned, never awaited
+            self.sync.stop()
         self._stop_inputs()
         if self.control is not None:
             self.control.stop()
@@ -159,11 +164,16 @@ class Daemon:
         self._stop_inputs()
         for out in reversed(self.outputs):
             out.stop()
-        self.cfg = cfg
+        old_sync, self.cfg = self.cfg.sync, cfg
         self.outputs = [feedback.create(o, cfg.terminal.lang) for o in cfg.outputs if o.enabled]
         for out in self.outputs:
             out.start()
         self._start_inputs()
+        if cfg.sync != old_sync:
+            if self.sync is not None:
+                self.sync.stop()
+            assert self.worker is not None
+            self.sync = sync_loop.create(cfg.sync, Path(cfg.terminal.data), self.worker)
         log.info("config reloaded: %d input(s)", len(self.inputs))
         self.notifier.ready()
 
@@ -290,7 +300,21 @@ class Daemon:
                 "total_minor": basket.total_minor if basket else None,
                 "pending": len(self.till.pending),
             },
+            "sync": self.sync_status(brief=True),
         }
+
+    def sync_status(self, brief: bool = False) -> dict[str, Any]:
+        """Sync as the loop sees it; from Meta alone when sync is off."""
+        if self.sync is not None:
+            full = self.sync.status()
+        else:
+            assert self.worker is not None
+            full = self.worker.call(sync_status.snapshot)
+            full.update({"central": self.cfg.sync.central, "running": False})
+        if not brief:
+            return full
+        keys = ("central", "running", "last_success", "last_error", "backlog", "clock_offset_s")
+        return {k: full.get(k) for k in keys}
 
     # ------------------------------------------------------------------ supervision
 
