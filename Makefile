@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := libzbar0 python3-venv
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench deps venv clean
+.PHONY: test demo lint bench deps venv clean postgres
 
 deps:
 	@if command -v apt-get >/dev/null; then \
@@ -23,10 +23,23 @@ $(STAMP): pyproject.toml
 
 venv: deps $(STAMP)
 
-test: venv
+# PostgreSQL for the central's tests: Debian's server package, without the "main" cluster
+# it would start on port 5432 (documented in postgresql-common). The tests run their own
+# throwaway cluster on 127.0.0.1 (tests/postgres.py), started below and removed after.
+postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO mkdir -p /etc/postgresql-common; \
+	  [ -e /etc/postgresql-common/createcluster.conf ] || \
+	    echo "create_main_cluster = false" | $$SUDO tee /etc/postgresql-common/createcluster.conf >/dev/null; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    -o Dpkg::Options::=--force-confold postgresql; \
+	fi
+
+test: venv postgres
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest
+	$(PY) -m tests.postgres run -- $(VENV)/bin/pytest
 
 lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy

@@ -1,4 +1,5 @@
-"""`redeem-central`: set up the central, add campaigns, issue coupons, publish the ledger."""
+"""`redeem-central`: set up the central, add campaigns, issue coupons, publish the ledger,
+serve terminals (enrollment, ledger, journal upload), admin tokens and reports."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import segno
 
+from sync.central import report, terminals
 from sync.central.store import Central, CentralError
 from terminal.cliutil import (
     EXIT_OK,
@@ -31,11 +33,11 @@ def _open(args: argparse.Namespace) -> Central:
     data = Path(args.data)
     if not (data / "keys" / "root.key").exists():
         raise UserError(f"{data} is not a central data directory (run `redeem-central init`)")
-    return Central(data, clock_from_env().now)
+    return Central(data, clock_from_env().now, args.database)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    c = Central.init(Path(args.data), clock_from_env().now)
+    c = Central.init(Path(args.data), clock_from_env().now, args.database)
     anchor = c.anchor
     emit(
         args,
@@ -144,6 +146,87 @@ def cmd_revoke_key(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from sync.central.app import create_app
+
+    c = _open(args)
+    if args.port < 0 or args.port > 65535:
+        raise UserError("--port must be 0..65535")
+    c.publish_if_changed()  # a fresh central has a version 1 before the first terminal asks
+    app = create_app(c)
+    log_level = os.environ.get("REDEEM_CENTRAL_LOG_LEVEL", "info").lower()
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=log_level,
+        ssl_certfile=args.tls_cert,
+        ssl_keyfile=args.tls_key,
+        proxy_headers=False,
+        server_header=False,
+    )
+    c.close()
+    return EXIT_OK
+
+
+def cmd_enroll_code(args: argparse.Namespace) -> int:
+    c = _open(args)
+    code, expires = terminals.new_enroll_code(c, args.store, args.ttl)
+    emit(
+        args,
+        {"code": code, "store": args.store, "expires_at": expires},
+        f"{code}\n(one use, for store {args.store}, expires in {args.ttl} s)",
+    )
+    return EXIT_OK
+
+
+def cmd_terminals(args: argparse.Namespace) -> int:
+    items = terminals.list_terminals(_open(args))
+    lines = [
+        f"{t['terminal']:<16} store {t['store']:<10} "
+        f"{'REVOKED ' if t['revoked'] else ''}acked #{t['acked_seq']} "
+        f"ledger v{t['ledger_version'] or 0} last seen {t['last_seen'] or 'never'}"
+        for t in items
+    ]
+    emit(args, {"terminals": items}, "\n".join(lines) or "no terminals enrolled")
+    return EXIT_OK
+
+
+def cmd_revoke_terminal(args: argparse.Namespace) -> int:
+    terminals.revoke_terminal(_open(args), args.terminal)
+    emit(args, {"revoked": args.terminal}, f"terminal {args.terminal} revoked")
+    return EXIT_OK
+
+
+def cmd_admin_token(args: argparse.Namespace) -> int:
+    token = terminals.new_admin_token(_open(args), args.label)
+    emit(args, {"token": token, "label": args.label}, token)
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    doc = report.build(_open(args))
+    t = doc["totals"]
+    text = [
+        f"ledger version {doc['ledger_version']}: {t['redemptions']} redemption(s) of "
+        f"{t['issued']} coupon(s) issued, {t['terminals']} terminal(s), "
+        f"{t['open_flags']} open flag(s)"
+    ]
+    for item in doc["by_campaign"]:
+        rate = item["redemption_rate"]
+        text.append(
+            f"  {item['campaign']:<16} {item['redemptions']:>7} redeemed "
+            f"{item['discount_minor']:>12} {item['currency'] or '':<3} off"
+            + (f"  rate {rate:.1%}" if rate is not None else "")
+        )
+    for s in doc["stale_terminals"]:
+        text.append(f"  not synced for a day: {s['terminal']} (store {s['store']})")
+    emit(args, doc, "\n".join(text))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="redeem-central", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -160,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
             default=os.environ.get("REDEEM_CENTRAL_DATA"),
             required="REDEEM_CENTRAL_DATA" not in os.environ,
             help="central data directory (env REDEEM_CENTRAL_DATA)",
+        )
+        sp.add_argument(
+            "--database",
+            default=os.environ.get("REDEEM_CENTRAL_DATABASE"),
+            help="postgresql://user:password@host:port/name instead of SQLite in the data "
+            "directory (env REDEEM_CENTRAL_DATABASE)",
         )
         add_json(sp)
         sp.set_defaults(func=func)
@@ -197,6 +286,22 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("revoke-key", cmd_revoke_key, "revoke an issuer key by its id").add_argument(
         "--kid", required=True
     )
+    sp = cmd("serve", cmd_serve, "serve terminals over HTTP(S): enrollment, ledger, journal")
+    sp.add_argument("--host", default=os.environ.get("REDEEM_CENTRAL_HOST", "127.0.0.1"))
+    sp.add_argument("--port", type=int, default=int(os.environ.get("REDEEM_CENTRAL_PORT", "8700")))
+    sp.add_argument("--tls-cert", help="PEM certificate (chain) to serve HTTPS")
+    sp.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    sp = cmd("enroll-code", cmd_enroll_code, "print a one-time code that enrolls one terminal")
+    sp.add_argument("--store", required=True)
+    sp.add_argument("--ttl", type=int, default=terminals.DEFAULT_TTL_S, help="seconds")
+    cmd("terminals", cmd_terminals, "list enrolled terminals")
+    cmd("revoke-terminal", cmd_revoke_terminal, "refuse a terminal from now on").add_argument(
+        "--terminal", required=True
+    )
+    cmd("admin-token", cmd_admin_token, "print a new admin API token").add_argument(
+        "--label", help="who or what the token is for"
+    )
+    cmd("report", cmd_report, "redemptions, redemption rate, open flags, quiet terminals")
     return p
 
 

@@ -1,5 +1,6 @@
 """The central's state: keys, campaigns, issued coupons, revocations, and the published
-ledger versions (each a signed delta in one hash chain, snapshots made on demand)."""
+ledger versions (each a signed delta in one hash chain, snapshots signed once per version).
+Every write that two instances on one database could race on runs under a database lock."""
 
 from __future__ import annotations
 
@@ -7,97 +8,46 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import peewee as pw
 
+from sync.central.models import (
+    CampaignRow,
+    CampaignUsage,
+    CouponRow,
+    DenyRow,
+    KeyRow,
+    SerialMark,
+    Setting,
+    SnapshotRow,
+    SunKeyRow,
+    VersionRow,
+    create_schema,
+    db_proxy,
+    db_serial,
+    from_db_serial,
+    is_postgres,
+    open_database,
+)
 from terminal import cose, ledger, serials
 from terminal.keys import PURPOSE_ISSUER, PURPOSE_LEDGER, TrustAnchor, make_cert
 from terminal.ledger import GENESIS, LedgerState, Policy
 from terminal.rules import Campaign
 from terminal.tokens import Claims, issue, plain_code_hash
 
+__all__ = ["Central", "CentralError", "Issued", "db_proxy"]
+
 KEY_YEARS = 5 * 365 * 24 * 3600
 CODE_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"  # no 0/O, 1/I: cashiers type these
+LOCK_PUBLISH = 0x45445245  # PostgreSQL advisory lock id for publishing ("EDRE")
 
-db_proxy = pw.DatabaseProxy()
-
-
-class _M(pw.Model):
-    class Meta:
-        database = db_proxy
-
-
-class KeyRow(_M):
-    kid = pw.CharField(primary_key=True)
-    purpose = pw.CharField()
-    cert = pw.BlobField()
-    created = pw.IntegerField()
-    active = pw.BooleanField(default=True)  # the key new signatures use
-    revoked = pw.BooleanField(default=False)
-    published_in = pw.IntegerField(null=True)
-
-
-class CampaignRow(_M):
-    id = pw.CharField(primary_key=True)
-    doc = pw.TextField()
-    published_doc = pw.TextField(null=True)
-    removed = pw.BooleanField(default=False)
-
-
-class CouponRow(_M):
-    serial = pw.BigIntegerField(primary_key=True)  # stored signed; see _db_serial
-    campaign = pw.CharField(index=True)
-    issued_at = pw.IntegerField()
-    code_hash = pw.BlobField(null=True)
-    customer = pw.CharField(null=True)
-    published_in = pw.IntegerField(null=True)  # for typed codes: the version that listed it
-
-
-class SerialMark(_M):
-    """A serial every terminal must refuse: revoked, or redeemed somewhere already."""
-
-    serial = pw.BigIntegerField()
-    kind = pw.CharField()  # revoked | redeemed
-    published_in = pw.IntegerField(null=True, index=True)
-
-    class Meta:
-        primary_key = pw.CompositeKey("serial", "kind")
-
-
-class VersionRow(_M):
-    version = pw.IntegerField(primary_key=True)
-    chain = pw.BlobField()
-    issued_at = pw.IntegerField()
-    signed = pw.BlobField()  # the signed delta
-
-
-class Setting(_M):
-    key = pw.CharField(primary_key=True)
-    value = pw.TextField()
-
-
-class SunKeyRow(_M):
-    """A campaign's NTAG 424 DNA SDM key (AES-128), sent to terminals in the ledger."""
-
-    campaign = pw.CharField(primary_key=True)
-    key = pw.BlobField()
-    published_in = pw.IntegerField(null=True)
-
-
-MODELS = [KeyRow, CampaignRow, CouponRow, SerialMark, VersionRow, Setting, SunKeyRow]
-
-
-def _db_serial(serial: int) -> int:
-    """SQLite and PostgreSQL integers are signed 64-bit; store serials two's-complement."""
-    return serial - 2**64 if serial >= 2**63 else serial
-
-
-def _serial(stored: int) -> int:
-    return stored + 2**64 if stored < 0 else stored
+# Kept for callers of the old names.
+_db_serial, _serial = db_serial, from_db_serial
 
 
 class CentralError(Exception):
@@ -112,26 +62,83 @@ class Issued:
 
 
 class Central:
-    def __init__(self, data: Path, now: Any = time.time) -> None:
+    def __init__(
+        self,
+        data: Path,
+        now: Any = time.time,
+        database: str | None = None,
+        pool_size: int = 16,
+    ) -> None:
         self.data = data
         self.now = now
         self.keys_dir = data / "keys"
-        self.db = pw.SqliteDatabase(
-            str(data / "central.db"), pragmas={"journal_mode": "wal", "synchronous": 1}
-        )
+        self.database_url = database
+        try:
+            self.db = open_database(data, database, pool_size)
+        except ValueError as exc:
+            raise CentralError(str(exc)) from None
         db_proxy.initialize(self.db)
-        self.db.connect(reuse_if_open=True)
-        self.db.create_tables(MODELS)
+        try:
+            self.db.connect(reuse_if_open=True)
+        except pw.OperationalError as exc:
+            raise CentralError(f"cannot open the database: {exc}".strip()) from None
+        create_schema(self.db)
+        self.postgres = is_postgres(self.db)
+
+    def close(self) -> None:
+        if not self.db.is_closed():
+            self.db.close()
+        if self.postgres:
+            self.db.close_all()  # type: ignore[attr-defined]
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """A connection for one request (returned to the pool after), in any thread."""
+        opened = self.db.is_closed()
+        if opened:
+            self.db.connect()
+        try:
+            yield
+        finally:
+            if opened and not self.db.is_closed():
+                self.db.close()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """A transaction that holds the central's publish lock: on SQLite the write lock
+        (BEGIN IMMEDIATE), on PostgreSQL a transaction-scoped advisory lock."""
+        if self.postgres:
+            with self.db.atomic():
+                self.db.execute_sql(  # type: ignore[no-untyped-call]
+                    "SELECT pg_advisory_xact_lock(%s)", (LOCK_PUBLISH,)
+                )
+                yield
+        else:
+            with self.db.atomic("IMMEDIATE"):
+                yield
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """A write transaction; on SQLite it takes the write lock at once, so a read done
+        inside it cannot go stale before the write."""
+        if self.postgres:
+            with self.db.atomic():
+                yield
+        else:
+            with self.db.atomic("IMMEDIATE"):
+                yield
 
     # ---------------------------------------------------------------- keys
 
     @classmethod
-    def init(cls, data: Path, now: Any = time.time) -> Central:
+    def init(cls, data: Path, now: Any = time.time, database: str | None = None) -> Central:
         if (data / "keys" / "root.key").exists():
             raise CentralError(f"{data} is already initialised")
         (data / "keys").mkdir(parents=True, exist_ok=True)
         os.chmod(data / "keys", 0o700)
-        c = cls(data, now)
+        c = cls(data, now, database)
+        if KeyRow.select().exists():
+            raise CentralError("the database already holds another central's keys")
         root = cose.SigningKey.generate()
         c._save_key("root", root)
         anchor = TrustAnchor(root.public)
@@ -165,14 +172,19 @@ class Central:
         key = cose.SigningKey.generate()
         now = int(self.now())
         cert = make_cert(root, key, purpose, now - 60, now + KEY_YEARS)
+        self._save_key(key.kid.hex(), key)
         with self.db.atomic():
             KeyRow.update(active=False).where(KeyRow.purpose == purpose).execute()
             KeyRow.create(kid=key.kid.hex(), purpose=purpose, cert=cert, created=now)
-            self._save_key(key.kid.hex(), key)
         return key.kid.hex()
 
     def revoke_key(self, kid: str) -> None:
-        if KeyRow.update(revoked=True, active=False).where(KeyRow.kid == kid).execute() == 0:
+        n = (
+            KeyRow.update(revoked=True, active=False, published_in=None)
+            .where(KeyRow.kid == kid)
+            .execute()
+        )
+        if n == 0:
             raise CentralError(f"no key {kid}")
 
     def _active(self, purpose: str) -> tuple[cose.SigningKey, bytes]:
@@ -186,7 +198,9 @@ class Central:
         return row.value if row else default
 
     def _set(self, key: str, value: str) -> None:
-        Setting.insert(key=key, value=value).on_conflict_replace().execute()
+        Setting.insert(key=key, value=value).on_conflict(
+            conflict_target=[Setting.key], update={Setting.value: value}
+        ).execute()
 
     # ---------------------------------------------------------------- campaigns and coupons
 
@@ -230,7 +244,7 @@ class Central:
                         "".join(secrets.choice(CODE_ALPHABET) for _ in range(4)) for _ in range(3)
                     )
                 CouponRow.create(
-                    serial=_db_serial(serial),
+                    serial=db_serial(serial),
                     campaign=cid,
                     issued_at=now,
                     code_hash=plain_code_hash(salt, code) if code else None,
@@ -243,11 +257,18 @@ class Central:
         return out
 
     def mark(self, serials_: Iterable[int], kind: str) -> int:
-        rows = [{"serial": _db_serial(s), "kind": kind} for s in serials_]
+        rows = [{"serial": db_serial(s), "kind": kind} for s in serials_]
         with self.db.atomic():
             for chunk in range(0, len(rows), 500):
                 SerialMark.insert_many(rows[chunk : chunk + 500]).on_conflict_ignore().execute()
         return len(rows)
+
+    def deny(self, kind: str, value: str) -> bool:
+        """Put a tag UID (hex) or a customer reference on the ledger's deny lists."""
+        if kind not in ("tag", "customer"):
+            raise CentralError(f"no deny list {kind!r}")
+        n = DenyRow.insert(kind=kind, value=value).on_conflict_ignore().execute()
+        return bool(n)
 
     def set_sun_key(self, cid: str, key: bytes) -> None:
         """The SDM key a campaign's SUN tags were personalised with; the next published
@@ -255,7 +276,10 @@ class Central:
         self.campaign(cid)
         if len(key) != 16:
             raise CentralError("an SDM key is 16 bytes (AES-128)")
-        SunKeyRow.insert(campaign=cid, key=key, published_in=None).on_conflict_replace().execute()
+        SunKeyRow.insert(campaign=cid, key=key, published_in=None).on_conflict(
+            conflict_target=[SunKeyRow.campaign],
+            update={SunKeyRow.key: key, SunKeyRow.published_in: None},
+        ).execute()
 
     def set_policy(self, policy: Policy) -> None:
         self._set("policy", json.dumps(policy.to_dict()))
@@ -269,90 +293,172 @@ class Central:
     def publish(self) -> int:
         """Make the next ledger version: a signed delta of everything that changed since the
         last one (possibly nothing: a heartbeat that tells terminals they are current)."""
-        key, cert = self._active(PURPOSE_LEDGER)
-        with self.db.atomic():
-            last = self.latest()
-            version = (last.version if last else 0) + 1
-            prev = bytes(last.chain) if last else GENESIS
-            body: dict[str, Any] = {
-                "type": "delta",
-                "version": version,
-                "prev": prev,
-                "issued_at": int(self.now()),
-            }
-            changed = [
-                r for r in CampaignRow.select() if r.doc != r.published_doc and not r.removed
-            ]
-            body["campaigns"] = [json.loads(r.doc) for r in changed]
-            body["removed_campaigns"] = [
-                r.id
-                for r in CampaignRow.select().where(
-                    CampaignRow.removed & CampaignRow.published_doc.is_null(False)
-                )
-            ]
-            for kind in ("revoked", "redeemed"):
-                new = SerialMark.select(SerialMark.serial).where(
-                    (SerialMark.kind == kind) & SerialMark.published_in.is_null()
-                )
-                body[kind] = serials.pack(_serial(r.serial) for r in new)
-            body["issuer_certs"] = [
-                bytes(r.cert)
-                for r in KeyRow.select().where((KeyRow.purpose == PURPOSE_ISSUER) & ~KeyRow.revoked)
-            ]
-            body["revoked_kids"] = [
-                bytes.fromhex(r.kid) for r in KeyRow.select().where(KeyRow.revoked)
-            ]
-            body["plain_salt"] = bytes.fromhex(self._get("plain_salt") or "")
-            body["plain_codes"] = [
-                [bytes(r.code_hash or b""), r.campaign, _serial(r.serial)]
-                for r in CouponRow.select().where(
-                    CouponRow.code_hash.is_null(False) & CouponRow.published_in.is_null()
-                )
-            ]
-            body["policy"] = json.loads(self._get("policy") or "{}")
-            body["sun_keys"] = {
-                r.campaign: bytes(r.key)
-                for r in SunKeyRow.select().where(SunKeyRow.published_in.is_null())
-            }
-            raw = ledger.sign_update(key, cert, body)
-            payload = ledger.verify_update(self.anchor, raw).payload
-            VersionRow.create(
-                version=version,
-                chain=ledger.chain_next(prev, payload),
-                issued_at=body["issued_at"],
-                signed=raw,
+        with self.exclusive():
+            return self._publish_locked()
+
+    def publish_if_changed(self) -> int | None:
+        """Publish a new version when anything terminals must hear of changed (campaigns,
+        keys, policy, revoked or redeemed serials, usage, deny lists, typed codes, SUN keys)
+        or nothing was published yet; returns the new version, else None."""
+        with self.exclusive():
+            if not self.changed():
+                return None
+            return self._publish_locked()
+
+    def changed(self) -> bool:
+        """Whether a new version would carry anything (read-only; publish_if_changed checks
+        again under the lock)."""
+        campaigns = CampaignRow.select().where(
+            (CampaignRow.published_doc.is_null() & ~CampaignRow.removed)
+            | (CampaignRow.doc != CampaignRow.published_doc)
+            | (CampaignRow.removed & CampaignRow.published_doc.is_null(False))
+        )
+        return bool(
+            self.latest() is None
+            or campaigns.exists()
+            or SerialMark.select().where(SerialMark.published_in.is_null()).exists()
+            or CouponRow.select()
+            .where(CouponRow.code_hash.is_null(False) & CouponRow.published_in.is_null())
+            .exists()
+            or SunKeyRow.select().where(SunKeyRow.published_in.is_null()).exists()
+            or KeyRow.select().where(KeyRow.published_in.is_null()).exists()
+            or DenyRow.select().where(DenyRow.published_in.is_null()).exists()
+            or CampaignUsage.select()
+            .where(
+                (CampaignUsage.count != CampaignUsage.pub_count)
+                | (CampaignUsage.minor != CampaignUsage.pub_minor)
             )
-            for r in changed:
-                CampaignRow.update(published_doc=r.doc).where(CampaignRow.id == r.id).execute()
-            CampaignRow.delete().where(CampaignRow.removed).execute()
-            SerialMark.update(published_in=version).where(
-                SerialMark.published_in.is_null()
+            .exists()
+            or self._get("policy") != self._get("published_policy")
+        )
+
+    def _publish_locked(self) -> int:
+        key, cert = self._active(PURPOSE_LEDGER)
+        last = self.latest()
+        version = (last.version if last else 0) + 1
+        prev = bytes(last.chain) if last else GENESIS
+        body: dict[str, Any] = {
+            "type": "delta",
+            "version": version,
+            "prev": prev,
+            "issued_at": int(self.now()),
+        }
+        changed = [r for r in CampaignRow.select() if r.doc != r.published_doc and not r.removed]
+        body["campaigns"] = [json.loads(r.doc) for r in changed]
+        removed = CampaignRow.select().where(
+            CampaignRow.removed & CampaignRow.published_doc.is_null(False)
+        )
+        body["removed_campaigns"] = [r.id for r in removed]
+        # Claim what is new (stamp it with this version), then read what was claimed: a
+        # row another instance adds meanwhile waits for the next version, never gets lost.
+        SerialMark.update(published_in=version).where(SerialMark.published_in.is_null()).execute()
+        for kind in ("revoked", "redeemed", "unredeemed"):
+            new = SerialMark.select(SerialMark.serial).where(
+                (SerialMark.kind == kind) & (SerialMark.published_in == version)
+            )
+            packed = serials.pack(from_db_serial(r.serial) for r in new)
+            if packed or kind != "unredeemed":
+                body[kind] = packed
+        body["issuer_certs"] = [
+            bytes(r.cert)
+            for r in KeyRow.select().where((KeyRow.purpose == PURPOSE_ISSUER) & ~KeyRow.revoked)
+        ]
+        body["revoked_kids"] = [bytes.fromhex(r.kid) for r in KeyRow.select().where(KeyRow.revoked)]
+        body["plain_salt"] = bytes.fromhex(self._get("plain_salt") or "")
+        CouponRow.update(published_in=version).where(
+            CouponRow.code_hash.is_null(False) & CouponRow.published_in.is_null()
+        ).execute()
+        body["plain_codes"] = [
+            [bytes(r.code_hash or b""), r.campaign, from_db_serial(r.serial)]
+            for r in CouponRow.select().where(CouponRow.published_in == version)
+        ]
+        policy = self._get("policy") or "{}"
+        body["policy"] = json.loads(policy)
+        SunKeyRow.update(published_in=version).where(SunKeyRow.published_in.is_null()).execute()
+        body["sun_keys"] = {
+            r.campaign: bytes(r.key)
+            for r in SunKeyRow.select().where(SunKeyRow.published_in == version)
+        }
+        CampaignUsage.update(
+            pub_count=CampaignUsage.count, pub_minor=CampaignUsage.minor, published_in=version
+        ).where(
+            (CampaignUsage.count != CampaignUsage.pub_count)
+            | (CampaignUsage.minor != CampaignUsage.pub_minor)
+        ).execute()
+        usage = {
+            r.campaign: [int(r.pub_count), int(r.pub_minor)]
+            for r in CampaignUsage.select().where(CampaignUsage.published_in == version)
+        }
+        if usage:
+            body["usage"] = usage
+        DenyRow.update(published_in=version).where(DenyRow.published_in.is_null()).execute()
+        denied = list(DenyRow.select().where(DenyRow.published_in == version))
+        tags = sorted(bytes.fromhex(r.value) for r in denied if r.kind == "tag")
+        customers = sorted(r.value for r in denied if r.kind == "customer")
+        if tags:
+            body["deny_tags"] = tags
+        if customers:
+            body["deny_customers"] = customers
+        raw = ledger.sign_update(key, cert, body)
+        payload = ledger.verify_update(self.anchor, raw).payload
+        VersionRow.create(
+            version=version,
+            chain=ledger.chain_next(prev, payload),
+            issued_at=body["issued_at"],
+            signed=raw,
+        )
+        for r in changed:
+            CampaignRow.update(published_doc=r.doc).where(
+                (CampaignRow.id == r.id) & (CampaignRow.doc == r.doc)
             ).execute()
-            CouponRow.update(published_in=version).where(
-                CouponRow.code_hash.is_null(False) & CouponRow.published_in.is_null()
-            ).execute()
-            SunKeyRow.update(published_in=version).where(SunKeyRow.published_in.is_null()).execute()
+        CampaignRow.delete().where(CampaignRow.removed).execute()
+        KeyRow.update(published_in=version).where(KeyRow.published_in.is_null()).execute()
+        self._set("published_policy", policy)
         return version
 
-    def deltas(self, since: int) -> list[bytes]:
-        return [
-            bytes(r.signed)
-            for r in VersionRow.select()
-            .where(VersionRow.version > since)
-            .order_by(VersionRow.version)
-        ]
+    def deltas(self, since: int, until: int | None = None) -> list[bytes]:
+        query = VersionRow.select(VersionRow.signed).where(VersionRow.version > since)
+        if until is not None:
+            query = query.where(VersionRow.version <= until)
+        return [bytes(r.signed) for r in query.order_by(VersionRow.version)]
 
     def state(self) -> LedgerState:
-        """The ledger as of the latest version, by replaying the signed deltas."""
+        """The ledger as of the latest version."""
+        latest = self.latest()
+        return self.state_at(latest.version) if latest else LedgerState()
+
+    def state_at(self, version: int) -> LedgerState:
+        """The ledger as of a version: the nearest signed snapshot before it (if any) and
+        the deltas after that, each verified as a terminal would."""
         state = LedgerState()
         anchor = self.anchor
-        for raw in self.deltas(0):
+        base = (
+            SnapshotRow.select()
+            .where(SnapshotRow.version <= version)
+            .order_by(SnapshotRow.version.desc())
+            .first()
+        )
+        if base is not None:
+            state, _ = ledger.apply(anchor, state, bytes(base.signed))
+        for raw in self.deltas(state.version, version):
             state, _ = ledger.apply(anchor, state, raw)
         return state
 
     def snapshot(self) -> bytes:
-        """A signed snapshot of the latest version (same version and chain hash)."""
+        """The signed snapshot of the latest version (same version and chain hash)."""
+        latest = self.latest()
+        if latest is None:
+            raise CentralError("nothing published yet")
+        return self.snapshot_of(latest.version)
+
+    def snapshot_of(self, version: int) -> bytes:
+        """A version's signed snapshot, signed once and kept: the same bytes every time."""
+        row = SnapshotRow.get_or_none(SnapshotRow.version == version)
+        if row is not None:
+            return bytes(row.signed)
         key, cert = self._active(PURPOSE_LEDGER)
-        body = ledger.snapshot_body(self.state())
+        body = ledger.snapshot_body(self.state_at(version))
         body["signed_at"] = int(self.now())
-        return ledger.sign_update(key, cert, body)
+        raw = ledger.sign_update(key, cert, body)
+        SnapshotRow.insert(version=version, signed=raw).on_conflict_ignore().execute()
+        return bytes(SnapshotRow.get(SnapshotRow.version == version).signed)

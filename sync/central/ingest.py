@@ -1,0 +1,258 @@
+"""Journal upload at the central (POST /v1/journal): a terminal's batch is checked (each
+entry's hash, the prev_hash chain continuing from what is stored, resent entries unchanged),
+stored exactly once, and reconciled across terminals (see reconcile.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import peewee as pw
+
+from sync import protocol
+from sync.central import flags
+from sync.central.models import JournalRow, TerminalRow, TerminalUsage
+from sync.central.reconcile import reconcile
+from sync.central.store import Central
+from terminal.journal import EXPORT_FIELDS, entry_hash
+
+log = logging.getLogger(__name__)
+
+INT_LIMIT = 2**62
+MAX_TEXT = 1024
+MAX_DETAIL = 64 * 1024
+RETRIES = 8
+_INT, _BOOL, _STR = int, bool, str
+# field: (type, may be null, longest text)
+FIELDS: dict[str, tuple[type, bool, int]] = {
+    "seq": (_INT, False, 0),
+    "at_ms": (_INT, False, 0),
+    "kind": (_STR, False, MAX_TEXT),
+    "op_id": (_STR, True, MAX_TEXT),
+    "checkout_id": (_STR, True, MAX_TEXT),
+    "accepted": (_BOOL, False, 0),
+    "reason": (_STR, False, MAX_TEXT),
+    "campaign": (_STR, True, MAX_TEXT),
+    "serial": (_STR, True, MAX_TEXT),
+    "customer": (_STR, True, MAX_TEXT),
+    "discount_minor": (_INT, False, 0),
+    "currency": (_STR, True, MAX_TEXT),
+    "cashier": (_STR, True, MAX_TEXT),
+    "source": (_STR, True, MAX_TEXT),
+    "detail": (_STR, False, MAX_DETAIL),
+    "prev_hash": (_STR, False, 64),
+    "hash": (_STR, False, 64),
+}
+_HEX = frozenset("0123456789abcdef")
+
+
+class BatchInvalid(ValueError):
+    """The request body is not a journal batch: status 400, 413 or 422 with a problem code."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+def _check_entry(doc: Any, i: int) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise BatchInvalid(422, "invalid-batch", f"entries[{i}] is not an object")
+    out: dict[str, Any] = {}
+    for name in EXPORT_FIELDS:
+        kind, nullable, longest = FIELDS[name]
+        if name not in doc:
+            raise BatchInvalid(422, "invalid-batch", f"entries[{i}] has no '{name}'")
+        value = doc[name]
+        if value is None and nullable:
+            out[name] = None
+            continue
+        if type(value) is not kind:  # bool is not an int here, nor an int a bool
+            raise BatchInvalid(422, "invalid-batch", f"entries[{i}].{name} has the wrong type")
+        if isinstance(value, int) and not -INT_LIMIT <= value <= INT_LIMIT:
+            raise BatchInvalid(422, "invalid-batch", f"entries[{i}].{name} is out of range")
+        if isinstance(value, str):
+            if len(value) > longest or "\x00" in value:
+                raise BatchInvalid(422, "invalid-batch", f"entries[{i}].{name} is too long")
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise BatchInvalid(
+                    422, "invalid-batch", f"entries[{i}].{name} is not valid Unicode"
+                ) from None
+        out[name] = value
+    for name in ("prev_hash", "hash"):
+        if len(out[name]) != 64 or not _HEX.issuperset(out[name]):
+            raise BatchInvalid(422, "invalid-batch", f"entries[{i}].{name} is not 64 hex digits")
+    if out["seq"] < 1:
+        raise BatchInvalid(422, "invalid-batch", f"entries[{i}].seq must be at least 1")
+    return out
+
+
+def parse_batch(body: bytes) -> list[dict[str, Any]]:
+    """The entries of a POST /v1/journal body, checked for shape (not yet for their hashes)."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        raise BatchInvalid(400, "malformed-json", "the body is not valid JSON") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("entries"), list):
+        raise BatchInvalid(422, "invalid-batch", 'the body must be {"entries": [...]}')
+    raw = doc["entries"]
+    if len(raw) > protocol.MAX_BATCH:
+        raise BatchInvalid(
+            413, "batch-too-large", f"at most {protocol.MAX_BATCH} entries per request"
+        )
+    entries = [_check_entry(e, i) for i, e in enumerate(raw)]
+    for a, b in zip(entries, entries[1:], strict=False):
+        if b["seq"] <= a["seq"]:
+            raise BatchInvalid(422, "invalid-batch", "entries must be in ascending seq order")
+    return entries
+
+
+@dataclass
+class Reply:
+    acked_seq: int
+    accepted: int = 0
+    gaps: list[list[int]] = field(default_factory=list)
+    problem: str | None = None
+    usage: dict[str, list[int]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "acked_seq": self.acked_seq,
+            "accepted": self.accepted,
+            "gaps": self.gaps,
+            "problem": self.problem,
+            "usage": self.usage,
+        }
+
+
+def _retryable(exc: Exception) -> bool:
+    """A PostgreSQL serialization failure or deadlock, or SQLite busy: run it again."""
+    orig = exc.args[0] if exc.args else None
+    code = getattr(orig, "pgcode", None)
+    if code in ("40001", "40P01"):
+        return True
+    return "database is locked" in str(exc)
+
+
+def ingest(central: Central, terminal: str, entries: list[dict[str, Any]]) -> Reply:
+    """Store and reconcile one batch in one transaction (the terminal's row locked, so two
+    instances never interleave one terminal's batches); publish if the ledger changed."""
+    for attempt in range(RETRIES):
+        try:
+            with central.writing():
+                term = _lock_terminal(central, terminal)
+                reply, changed = _ingest(central, term, entries)
+            break
+        except (pw.OperationalError, pw.IntegrityError) as exc:
+            if attempt == RETRIES - 1 or not _retryable(exc):
+                raise
+            log.info("ingest for %s retried after %s", terminal, exc)
+            time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+    if changed:
+        central.publish_if_changed()
+    reply.usage = {
+        u.campaign: [int(u.count), int(u.minor)]
+        for u in TerminalUsage.select().where(TerminalUsage.terminal == terminal)
+    }
+    return reply
+
+
+def _lock_terminal(central: Central, terminal: str) -> TerminalRow:
+    query = TerminalRow.select().where(TerminalRow.id == terminal)
+    if central.postgres:
+        query = query.for_update()
+    row: TerminalRow = query.get()
+    return row
+
+
+def _refuse(
+    central: Central, term: TerminalRow, entry: dict[str, Any], kind: str, problem: str
+) -> str:
+    flags.raise_flag(
+        central,
+        f"{kind}:{term.id}:{entry['seq']}:{entry['hash']}:{entry['prev_hash']}",
+        kind,
+        "central",
+        store=term.store,
+        terminal=term.id,
+        seq=entry["seq"],
+        campaign=entry["campaign"],
+        serial=entry["serial"],
+        detail={"detail": problem, "hash": entry["hash"], "prev_hash": entry["prev_hash"]},
+    )
+    log.warning("journal of %s refused: %s", term.id, problem)
+    return problem
+
+
+def _ingest(
+    central: Central, term: TerminalRow, entries: list[dict[str, Any]]
+) -> tuple[Reply, bool]:
+    acked, head = int(term.acked_seq), str(term.head_hash)
+    reply = Reply(acked)
+    old = [e for e in entries if e["seq"] <= acked]
+    if old:
+        query: Any = (
+            JournalRow.select(JournalRow.seq, JournalRow.hash)
+            .where(
+                (JournalRow.terminal == term.id)
+                & (JournalRow.seq >= old[0]["seq"])
+                & (JournalRow.seq <= old[-1]["seq"])
+            )
+            .tuples()
+        )
+        stored: dict[int, str] = dict(query)
+        for e in old:
+            if entry_hash(e) != e["hash"] or stored.get(e["seq"]) != e["hash"]:
+                reply.problem = _refuse(
+                    central,
+                    term,
+                    e,
+                    flags.JOURNAL_ALTERED,
+                    f"entry {e['seq']} differs from the entry {e['seq']} already received",
+                )
+                return reply, False
+    expect, taken = acked + 1, []
+    for e in entries[len(old) :]:
+        if e["seq"] != expect:
+            reply.gaps.append([expect, e["seq"] - 1])
+            break
+        if entry_hash(e) != e["hash"]:
+            reply.problem = _refuse(
+                central,
+                term,
+                e,
+                flags.JOURNAL_ALTERED,
+                f"entry {e['seq']} was altered: its hash does not match its content",
+            )
+            break
+        if e["prev_hash"] != head:
+            reply.problem = _refuse(
+                central,
+                term,
+                e,
+                flags.JOURNAL_CHAIN,
+                f"entry {e['seq']} does not follow entry {e['seq'] - 1} (broken hash chain)",
+            )
+            break
+        taken.append(e)
+        head = e["hash"]
+        expect += 1
+    if not taken:
+        return reply, False
+    rows = [{"terminal": term.id, **e} for e in taken]
+    for i in range(0, len(rows), 400):
+        JournalRow.insert_many(rows[i : i + 400]).execute()
+    changed = reconcile(central, term, taken)
+    TerminalRow.update(acked_seq=expect - 1, head_hash=head, last_upload=int(central.now())).where(
+        TerminalRow.id == term.id
+    ).execute()
+    reply.acked_seq = expect - 1
+    reply.accepted = len(taken)
+    return reply, changed

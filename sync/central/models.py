@@ -1,0 +1,313 @@
+"""The central's tables (peewee models bound to one proxy) and opening its database:
+SQLite in the data directory by default, PostgreSQL when a URL is given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import peewee as pw
+from playhouse.db_url import parse as parse_db_url
+from playhouse.pool import PooledPostgresqlDatabase
+
+db_proxy = pw.DatabaseProxy()
+SCHEMA_VERSION = 2  # 1: keys, campaigns, coupons, marks, versions; 2: sync tables
+
+
+class _M(pw.Model):
+    class Meta:
+        database = db_proxy
+
+
+# ---------------------------------------------------------------- ledger (schema 1)
+
+
+class KeyRow(_M):
+    kid = pw.CharField(primary_key=True)
+    purpose = pw.CharField()
+    cert = pw.BlobField()
+    created = pw.IntegerField()
+    active = pw.BooleanField(default=True)  # the key new signatures use
+    revoked = pw.BooleanField(default=False)
+    published_in = pw.IntegerField(null=True)
+
+
+class CampaignRow(_M):
+    id = pw.CharField(primary_key=True)
+    doc = pw.TextField()
+    published_doc = pw.TextField(null=True)
+    removed = pw.BooleanField(default=False)
+
+
+class CouponRow(_M):
+    serial = pw.BigIntegerField(primary_key=True)  # stored signed; see db_serial
+    campaign = pw.CharField(index=True)
+    issued_at = pw.IntegerField()
+    code_hash = pw.BlobField(null=True)
+    customer = pw.CharField(null=True)
+    published_in = pw.IntegerField(null=True)  # for typed codes: the version that listed it
+
+
+class SerialMark(_M):
+    """A serial every terminal must refuse (revoked, redeemed somewhere already), or one
+    that is usable again after a refund (unredeemed)."""
+
+    serial = pw.BigIntegerField()
+    kind = pw.CharField()  # revoked | redeemed | unredeemed
+    published_in = pw.IntegerField(null=True, index=True)
+
+    class Meta:
+        primary_key = pw.CompositeKey("serial", "kind")
+
+
+class VersionRow(_M):
+    version = pw.IntegerField(primary_key=True)
+    chain = pw.BlobField()
+    issued_at = pw.IntegerField()
+    signed = pw.BlobField()  # the signed delta
+
+
+class Setting(_M):
+    key = pw.CharField(primary_key=True)
+    value = pw.TextField()
+
+
+class SunKeyRow(_M):
+    """A campaign's NTAG 424 DNA SDM key (AES-128), sent to terminals in the ledger."""
+
+    campaign = pw.CharField(primary_key=True)
+    key = pw.BlobField()
+    published_in = pw.IntegerField(null=True)
+
+
+# ---------------------------------------------------------------- sync (schema 2)
+
+
+class SnapshotRow(_M):
+    """The signed snapshot of a version, made once: every instance serves the same bytes,
+    so a download resumed with a Range request elsewhere still fits together."""
+
+    version = pw.IntegerField(primary_key=True)
+    signed = pw.BlobField()
+
+
+class DenyRow(_M):
+    kind = pw.CharField()  # tag (hex UID) | customer (reference)
+    value = pw.CharField()
+    published_in = pw.IntegerField(null=True, index=True)
+
+    class Meta:
+        primary_key = pw.CompositeKey("kind", "value")
+
+
+class EnrollCode(_M):
+    code_hash = pw.CharField(primary_key=True)  # SHA-256 of the normalised code
+    store = pw.CharField()
+    created_at = pw.BigIntegerField()
+    expires_at = pw.BigIntegerField()
+    used_at = pw.BigIntegerField(null=True)
+    terminal = pw.CharField(null=True)
+
+
+class TerminalRow(_M):
+    id = pw.CharField(primary_key=True)
+    store = pw.CharField(index=True)
+    public_key = pw.CharField()  # hex Ed25519
+    enrolled_at = pw.BigIntegerField()
+    revoked = pw.BooleanField(default=False)
+    revoked_at = pw.BigIntegerField(null=True)
+    acked_seq = pw.BigIntegerField(default=0)  # journal high-water mark
+    head_hash = pw.CharField()  # hash of the entry at acked_seq
+    last_seen = pw.BigIntegerField(null=True)  # last signed request
+    last_upload = pw.BigIntegerField(null=True)  # last journal batch that stored entries
+    ledger_version = pw.IntegerField(null=True)  # the version it said it holds
+
+
+class JournalRow(_M):
+    """A terminal's journal entry exactly as uploaded (and verified)."""
+
+    terminal = pw.CharField()
+    seq = pw.BigIntegerField()
+    at_ms = pw.BigIntegerField()
+    kind = pw.TextField()
+    op_id = pw.TextField(null=True)
+    checkout_id = pw.TextField(null=True)
+    accepted = pw.BooleanField()
+    reason = pw.TextField()
+    campaign = pw.TextField(null=True)
+    serial = pw.TextField(null=True)
+    customer = pw.TextField(null=True)
+    discount_minor = pw.BigIntegerField()
+    currency = pw.TextField(null=True)
+    cashier = pw.TextField(null=True)
+    source = pw.TextField(null=True)
+    detail = pw.TextField()
+    prev_hash = pw.TextField()
+    hash = pw.TextField()
+
+    class Meta:
+        primary_key = pw.CompositeKey("terminal", "seq")
+        indexes = ((("terminal", "checkout_id"), False),)
+
+
+class Redemption(_M):
+    """A coupon use the central counts: an accepted redeem or commit with a serial."""
+
+    terminal = pw.CharField()
+    seq = pw.BigIntegerField()
+    store = pw.CharField(index=True)
+    campaign = pw.CharField(index=True)
+    serial = pw.BigIntegerField(index=True)  # stored signed; see db_serial
+    checkout_id = pw.TextField(null=True)
+    customer = pw.TextField(null=True)
+    tag = pw.TextField(null=True)
+    discount_minor = pw.BigIntegerField()
+    value_minor = pw.BigIntegerField()  # discount plus gift value: what budgets count
+    currency = pw.TextField(null=True)
+    at_ms = pw.BigIntegerField()
+    reversed_seq = pw.BigIntegerField(null=True)
+    counts = pw.BooleanField(default=True)  # false once a refund made it reusable
+
+    class Meta:
+        primary_key = pw.CompositeKey("terminal", "seq")
+
+
+class SerialUse(_M):
+    serial = pw.BigIntegerField(primary_key=True)
+    count = pw.IntegerField()
+
+
+class CustomerUse(_M):
+    campaign = pw.CharField()
+    customer = pw.CharField()
+    count = pw.IntegerField()
+
+    class Meta:
+        primary_key = pw.CompositeKey("campaign", "customer")
+
+
+class CampaignUsage(_M):
+    """Uses counted across all terminals; the ledger's `usage` map carries them."""
+
+    campaign = pw.CharField(primary_key=True)
+    count = pw.BigIntegerField(default=0)
+    minor = pw.BigIntegerField(default=0)
+    pub_count = pw.BigIntegerField(default=0)
+    pub_minor = pw.BigIntegerField(default=0)
+    published_in = pw.IntegerField(null=True)
+
+
+class TerminalUsage(_M):
+    terminal = pw.CharField()
+    campaign = pw.CharField()
+    count = pw.BigIntegerField(default=0)
+    minor = pw.BigIntegerField(default=0)
+
+    class Meta:
+        primary_key = pw.CompositeKey("terminal", "campaign")
+
+
+class FlagRow(_M):
+    id = pw.AutoField()
+    key = pw.CharField(unique=True)  # what makes a flag the same flag when seen again
+    kind = pw.CharField(index=True)
+    store = pw.CharField(null=True, index=True)
+    terminal = pw.CharField(null=True)
+    seq = pw.BigIntegerField(null=True)
+    campaign = pw.TextField(null=True)
+    serial = pw.TextField(null=True)
+    customer = pw.TextField(null=True)
+    tag = pw.TextField(null=True)
+    detail = pw.TextField(default="{}")
+    source = pw.CharField()  # terminal (a journal flag entry) | central (reconciliation)
+    status = pw.CharField(default="open", index=True)
+    note = pw.TextField(null=True)
+    created_at = pw.BigIntegerField()
+    updated_at = pw.BigIntegerField()
+
+
+class FlagUpdate(_M):
+    """A decision on a flag, in the order terminals read them (GET /v1/flags?since=)."""
+
+    id = pw.AutoField()
+    flag = pw.IntegerField(index=True)
+    store = pw.CharField(null=True, index=True)
+    status = pw.CharField()
+    note = pw.TextField(null=True)
+    at = pw.BigIntegerField()
+
+
+class AdminToken(_M):
+    token_hash = pw.CharField(primary_key=True)
+    label = pw.CharField(null=True)
+    created_at = pw.BigIntegerField()
+
+
+LEDGER_MODELS: list[type[_M]] = [
+    KeyRow,
+    CampaignRow,
+    CouponRow,
+    SerialMark,
+    VersionRow,
+    Setting,
+    SunKeyRow,
+]
+SYNC_MODELS: list[type[_M]] = [
+    SnapshotRow,
+    DenyRow,
+    EnrollCode,
+    TerminalRow,
+    JournalRow,
+    Redemption,
+    SerialUse,
+    CustomerUse,
+    CampaignUsage,
+    TerminalUsage,
+    FlagRow,
+    FlagUpdate,
+    AdminToken,
+]
+MODELS = LEDGER_MODELS + SYNC_MODELS
+
+
+def db_serial(serial: int) -> int:
+    """SQLite and PostgreSQL integers are signed 64-bit; store serials two's-complement."""
+    return serial - 2**64 if serial >= 2**63 else serial
+
+
+def from_db_serial(stored: int) -> int:
+    return stored + 2**64 if stored < 0 else stored
+
+
+def is_postgres(db: pw.Database) -> bool:
+    return isinstance(db, pw.PostgresqlDatabase)
+
+
+def open_database(data: Path, url: str | None = None, pool_size: int = 16) -> pw.Database:
+    """SQLite at DATA/central.db, or the PostgreSQL database a URL names
+    (postgresql://user:password@127.0.0.1:5432/name); pooled, one connection per request."""
+    if not url:
+        return pw.SqliteDatabase(
+            str(data / "central.db"),
+            pragmas={"journal_mode": "wal", "synchronous": 1, "busy_timeout": 30_000},
+            timeout=30,
+        )
+    scheme = urlparse(url).scheme
+    if scheme not in ("postgres", "postgresql"):
+        raise ValueError(f"unsupported database URL scheme {scheme!r} (use postgresql://)")
+    params: dict[str, Any] = parse_db_url(url)
+    name = params.pop("database")
+    db: pw.Database = PooledPostgresqlDatabase(
+        name, max_connections=pool_size, stale_timeout=300, timeout=30, **params
+    )
+    return db
+
+
+def create_schema(db: pw.Database) -> None:
+    """Create missing tables (a schema-1 data directory gains the sync tables)."""
+    with db.atomic():
+        db.create_tables(MODELS, safe=True)
+        Setting.insert(key="schema", value=str(SCHEMA_VERSION)).on_conflict(
+            conflict_target=[Setting.key], update={Setting.value: str(SCHEMA_VERSION)}
+        ).execute()

@@ -1,0 +1,174 @@
+"""Who may talk to the central: one-time enrollment codes, enrolled terminals (their device
+keys, revocation) and admin tokens. Codes and tokens are stored only as hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import peewee as pw
+
+from sync import protocol
+from sync.central.models import AdminToken, EnrollCode, TerminalRow
+from sync.central.store import CODE_ALPHABET, Central, CentralError
+from terminal.journal import GENESIS_HASH
+
+ID_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
+TERMINAL_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+CODE_GROUPS = 4  # 4 groups of 4 from a 32-letter alphabet: 80 bits
+SEEN_EVERY_S = 60  # last_seen is written at most this often per terminal
+DEFAULT_TTL_S = 3600
+ADMIN_TOKEN_PREFIX = "era_"
+
+
+class EnrollRefused(CentralError):
+    """The code is unknown, used or expired (deliberately one answer for all three)."""
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def normalise_code(code: str) -> str:
+    """Codes are read aloud and typed: case, spaces and dashes do not matter."""
+    return "".join(ch for ch in code.upper() if ch.isalnum())
+
+
+def check_store(store: str) -> str:
+    if not ID_RE.fullmatch(store):
+        raise CentralError("a store id is 1-32 letters, digits, '-' or '_'")
+    return store
+
+
+# ---------------------------------------------------------------- enrollment
+
+
+def new_enroll_code(central: Central, store: str, ttl_s: int = DEFAULT_TTL_S) -> tuple[str, int]:
+    """A one-time code for enrolling one terminal into `store`; returns it and its expiry."""
+    check_store(store)
+    if not 1 <= ttl_s <= 30 * 24 * 3600:
+        raise CentralError("--ttl must be between 1 second and 30 days")
+    code = "-".join(
+        "".join(secrets.choice(CODE_ALPHABET) for _ in range(4)) for _ in range(CODE_GROUPS)
+    )
+    now = int(central.now())
+    EnrollCode.create(
+        code_hash=_digest(normalise_code(code)),
+        store=store,
+        created_at=now,
+        expires_at=now + ttl_s,
+    )
+    return code, now + ttl_s
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    terminal: str
+    store: str
+
+
+def enroll(central: Central, code: str, device_key: bytes) -> Enrolled:
+    """Spend a code (atomically: two instances cannot both use it) and register the key."""
+    if len(device_key) != 32:
+        raise CentralError("device_key must be a 32-byte Ed25519 public key (64 hex digits)")
+    digest = _digest(normalise_code(code))
+    now = int(central.now())
+    for _ in range(5):
+        try:
+            with central.writing():
+                spent = (
+                    EnrollCode.update(used_at=now)
+                    .where(
+                        (EnrollCode.code_hash == digest)
+                        & EnrollCode.used_at.is_null()
+                        & (EnrollCode.expires_at > now)
+                    )
+                    .execute()
+                )
+                if spent != 1:
+                    raise EnrollRefused("enrollment code is unknown, already used or expired")
+                store = EnrollCode.get(EnrollCode.code_hash == digest).store
+                number = TerminalRow.select().where(TerminalRow.store == store).count() + 1
+                terminal = f"{store}-{number:03d}"
+                TerminalRow.create(
+                    id=terminal,
+                    store=store,
+                    public_key=device_key.hex(),
+                    enrolled_at=now,
+                    head_hash=GENESIS_HASH,
+                )
+                EnrollCode.update(terminal=terminal).where(EnrollCode.code_hash == digest).execute()
+            return Enrolled(terminal, store)
+        except pw.IntegrityError:
+            continue  # another instance took that number meanwhile: count again
+    raise CentralError("could not assign a terminal id; try again")
+
+
+def list_terminals(central: Central) -> list[dict[str, Any]]:
+    return [
+        {
+            "terminal": t.id,
+            "store": t.store,
+            "enrolled_at": t.enrolled_at,
+            "revoked": bool(t.revoked),
+            "acked_seq": int(t.acked_seq),
+            "last_seen": t.last_seen,
+            "last_upload": t.last_upload,
+            "ledger_version": t.ledger_version,
+            "fingerprint": "SHA256:" + hashlib.sha256(bytes.fromhex(t.public_key)).hexdigest()[:32],
+        }
+        for t in TerminalRow.select().order_by(TerminalRow.store, TerminalRow.id)
+    ]
+
+
+def revoke_terminal(central: Central, terminal: str) -> None:
+    n = (
+        TerminalRow.update(revoked=True, revoked_at=int(central.now()))
+        .where(TerminalRow.id == terminal)
+        .execute()
+    )
+    if n == 0:
+        raise CentralError(f"no terminal {terminal}")
+
+
+# ---------------------------------------------------------------- signed requests
+
+
+def authenticate(
+    central: Central, headers: Mapping[str, str], method: str, path_qs: str, body: bytes
+) -> TerminalRow:
+    """The enrolled, unrevoked terminal that signed this request (protocol.check_signature);
+    raises protocol.AuthError (401 unknown or badly signed, 403 revoked)."""
+    tid = headers.get(protocol.HEADER_TERMINAL, "")
+    row = TerminalRow.get_or_none(TerminalRow.id == tid) if TERMINAL_RE.fullmatch(tid) else None
+    key = bytes.fromhex(row.public_key) if row is not None else None
+    now = central.now()
+    protocol.check_signature(headers, method, path_qs, body, key, now)
+    assert row is not None  # check_signature refuses an unknown terminal
+    if row.revoked:
+        raise protocol.AuthError(403, f"terminal {row.id} is revoked")
+    if row.last_seen is None or row.last_seen < now - SEEN_EVERY_S:
+        TerminalRow.update(last_seen=int(now)).where(TerminalRow.id == row.id).execute()
+    return row
+
+
+# ---------------------------------------------------------------- admin tokens
+
+
+def new_admin_token(central: Central, label: str | None = None) -> str:
+    token = ADMIN_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    AdminToken.create(token_hash=_digest(token), label=label, created_at=int(central.now()))
+    return token
+
+
+def admin_allowed(authorization: str | None) -> bool:
+    if not authorization:
+        return False
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return False
+    return AdminToken.select().where(AdminToken.token_hash == _digest(token.strip())).exists()
