@@ -92,7 +92,7 @@ def _byte_range(header: str, size: int) -> tuple[int, int] | None | bool:
         return max(0, size - n), size - 1
     first = int(m.group(1))
     last = int(m.group(2)) if m.group(2) else size - 1
-    if last < first:
+    if m.group(2) and last < first:
         return None
     if first >= size:
         return False

@@ -1,0 +1,270 @@
+"""The real central on loopback for tests: a backend (SQLite in the data directory, or a
+fresh database on the test PostgreSQL cluster), uvicorn serving create_app() in a thread on
+127.0.0.1 at a free port, devices that sign their requests, and tills (real terminal
+engines) that enroll, pull the ledger and upload their journal over HTTP.
+
+A process holds one terminal journal open at a time (the journal's models share one proxy):
+open a Till with `with till.opened():`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import uvicorn
+
+from sync import protocol
+from sync.central.app import create_app
+from sync.central.store import Central
+from terminal import cose, journal, setup
+from terminal.clock import Clock, FixedClock
+from terminal.engine import Engine
+from terminal.ledger_store import ImportResult
+from tests import postgres
+
+BACKENDS = ["sqlite", "postgresql"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def database_for(backend: str, label: str) -> str | None:
+    """None for SQLite; else a new database's URL (skips when PostgreSQL is unavailable and
+    not required)."""
+    if backend == "sqlite":
+        return None
+    try:
+        return postgres.create_database(label)
+    except postgres.Unavailable as exc:
+        if postgres.required():
+            raise
+        pytest.skip(str(exc))
+
+
+class Thread:
+    """uvicorn in a thread, on 127.0.0.1 at a free port."""
+
+    def __init__(self, app: Any) -> None:
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", access_log=False
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        self.port = int(self.server.servers[0].sockets[0].getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@dataclass
+class Device:
+    """A terminal's device key and id; makes signed requests."""
+
+    url: str
+    clock: Clock
+    key: cose.SigningKey
+    terminal: str = ""
+    store: str = ""
+    session: requests.Session = field(default_factory=requests.Session)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        at: float | None = None,
+        key: cose.SigningKey | None = None,
+        terminal: str | None = None,
+    ) -> requests.Response:
+        signed = protocol.sign_headers(
+            key or self.key,
+            self.terminal if terminal is None else terminal,
+            method,
+            path,
+            body,
+            self.clock.now() if at is None else at,
+        )
+        return self.session.request(
+            method,
+            self.url + path,
+            data=body,
+            headers={**signed, **(headers or {})},
+            timeout=30,
+        )
+
+    def get(self, path: str, **kw: Any) -> requests.Response:
+        return self.request("GET", path, **kw)
+
+    def post_json(self, path: str, doc: Any, **kw: Any) -> requests.Response:
+        return self.request(
+            "POST",
+            path,
+            json.dumps(doc).encode(),
+            headers={"Content-Type": "application/json"},
+            **kw,
+        )
+
+    def push(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        r = self.post_json(protocol.JOURNAL, {"entries": entries})
+        assert r.status_code == 200, r.text
+        reply: dict[str, Any] = r.json()
+        return reply
+
+    def ledger(self, since: int, **headers: str) -> requests.Response:
+        return self.get(f"{protocol.LEDGER}?since={since}", headers=headers)
+
+
+@dataclass
+class Running:
+    central: Central
+    url: str
+    clock: Clock
+    data: Path
+    database: str | None
+    work: Path
+    session: requests.Session = field(default_factory=requests.Session)
+
+    def enroll_code(self, store: str = "S1", ttl: int = 3600) -> str:
+        from sync.central.terminals import new_enroll_code
+
+        return new_enroll_code(self.central, store, ttl)[0]
+
+    def device(self, store: str = "S1") -> Device:
+        key = cose.SigningKey.generate()
+        r = self.session.post(
+            self.url + protocol.ENROLL,
+            json={"code": self.enroll_code(store), "device_key": key.public.hex()},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        doc = r.json()
+        return Device(self.url, self.clock, key, doc["terminal"], doc["store"])
+
+    def till(self, store: str = "S1") -> Till:
+        return Till(self, self.device(store))
+
+    def admin_token(self) -> str:
+        from sync.central.terminals import new_admin_token
+
+        return new_admin_token(self.central, "tests")
+
+    def cli(self, *args: str, now: str | None = None) -> subprocess.CompletedProcess[str]:
+        """`redeem-central` against this central's data directory and database."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REDEEM_")}
+        if now:
+            env["REDEEM_NOW"] = now
+        extra = ["--database", self.database] if self.database else []
+        return subprocess.run(
+            [sys.executable, "-m", "sync.central.cli", *args, "--data", str(self.data), *extra],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=60,
+        )
+
+
+class Till:
+    """A real terminal (its own data directory and engine) enrolled at the central."""
+
+    def __init__(self, running: Running, device: Device) -> None:
+        self.running = running
+        self.device = device
+        self.data = running.work / f"till-{device.terminal}"
+        setup.init(self.data, running.data / "trust-anchor.json", device.store, device.terminal)
+        self.engine: Engine | None = None
+
+    @contextmanager
+    def opened(self) -> Iterator[Engine]:
+        self.engine = setup.open_engine(self.data, self.running.clock)
+        try:
+            yield self.engine
+        finally:
+            self.engine.db.close()
+            self.engine = None
+
+    @property
+    def terminal(self) -> str:
+        return self.device.terminal
+
+    def pull(self) -> ImportResult | None:
+        """GET the ledger after the engine's version and import it (None when current)."""
+        assert self.engine is not None
+        r = self.device.ledger(self.engine.ledger.version)
+        assert r.status_code in (200, 204), r.text
+        if r.status_code == 204:
+            return None
+        result = self.engine.import_ledger(r.content)
+        assert not result.refused, result.refused
+        return result
+
+    def rows(self, start: int = 1) -> list[dict[str, Any]]:
+        return [r for r in journal.rows() if r["seq"] >= start]
+
+    def push(self, start: int = 1) -> dict[str, Any]:
+        return self.device.push(self.rows(start))
+
+
+@contextmanager
+def running_central(backend: str, work: Path, clock: Clock | None = None) -> Iterator[Running]:
+    from tests.conftest import T0
+
+    clock = clock or FixedClock(T0)
+    database = database_for(backend, work.name)
+    central = Central.init(work / "central", clock.now, database)
+    server = Thread(create_app(central))
+    try:
+        yield Running(central, server.url, clock, work / "central", database, work)
+    finally:
+        server.stop()
+        central.close()
+        if database:
+            postgres.drop_database(database)
+
+
+def serve_process(data: Path, database: str | None, env: dict[str, str] | None = None) -> Any:
+    """`redeem-central serve` as its own process on a free port; returns (process, url)."""
+    port = postgres.free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("REDEEM_")}
+    cmd = [sys.executable, "-m", "sync.central.cli", "serve", "--data", str(data)]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    if database:
+        cmd += ["--database", database]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**base, "REDEEM_CENTRAL_LOG_LEVEL": "warning", **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if requests.get(url + "/healthz", timeout=1).status_code == 200:
+                return proc, url
+        except requests.ConnectionError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"redeem-central serve did not start: {proc.stderr.read()}")
+        time.sleep(0.05)
