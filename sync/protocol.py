@@ -131,3 +131,28 @@ def check_signature(
 #             "problem": str | null} why entries were refused (broken chain, altered entry)
 # Sending a batch twice changes nothing; entries at or below acked_seq are compared with
 # what is stored, and a differing one is refused and raises a fraud flag.
+# The reply also carries "usage": {campaign: [count, minor]}: this terminal's uses that the
+# central counted. The ledger's `usage` map is the total over all terminals, these included.
+#
+# Ledger pull (GET /v1/ledger?since=N), signed; answers:
+#   200  a ledger file (LEDGER_MEDIA_TYPE): the deltas after N, or a snapshot when N is 0 or
+#        more than SNAPSHOT_AFTER versions behind. X-Ledger-Kind: delta | snapshot,
+#        X-Ledger-Version: the latest version (where the file brings the terminal).
+#   204  N is the latest version (ETag as below, no body)
+#   304  If-None-Match names the latest version ("<version>-<chain>" prefix of an ETag)
+#   206  Range: a single bytes= range of the representation the ETag names (gzip when
+#        Accept-Encoding allows it, so ranges count compressed bytes); If-Range with the
+#        ETag resumes, a stale If-Range gets the whole new body (200)
+#   416  the range starts past the end;  409  N is newer than anything published
+# ETag: "<version>-<first 32 hex digits of the chain hash>-<s | d<N>>[-gz]". A version's
+# bytes never change (its snapshot is signed once), on any instance.
+#
+# Flag decisions (GET /v1/flags?since=<decision id>), signed: decisions on the flags of the
+# terminal's store, oldest first:
+#   {"decisions": [{"id", "flag", "kind", "terminal", "seq", "serial", "status", "note",
+#                   "at"}, ...],
+#    "next": <id to send as since next time>}
+#
+# Errors are problem+json (RFC 9457) with a "code" member: 400 malformed-json/bad-request,
+# 401 unauthorized, 403 forbidden (revoked) or enroll-code, 409 ledger-ahead, 413 too-large
+# or batch-too-large, 422 invalid-batch.
