@@ -14,7 +14,7 @@ from typing import Any
 import peewee as pw
 
 from sync import protocol
-from sync.central import flags
+from sync.central import bulk, flags
 from sync.central.models import JournalRow, TerminalRow, TerminalUsage
 from sync.central.reconcile import reconcile
 from sync.central.store import Central
@@ -246,9 +246,12 @@ def _ingest(
         expect += 1
     if not taken:
         return reply, False
-    rows = [{"terminal": term.id, **e} for e in taken]
-    for i in range(0, len(rows), 400):
-        JournalRow.insert_many(rows[i : i + 400]).execute()
+    bulk.insert(
+        central.db,
+        JournalRow,
+        ("terminal", *EXPORT_FIELDS),
+        [(term.id, *(e[k] for k in EXPORT_FIELDS)) for e in taken],
+    )
     changed = reconcile(central, term, taken)
     TerminalRow.update(acked_seq=expect - 1, head_hash=head, last_upload=int(central.now())).where(
         TerminalRow.id == term.id

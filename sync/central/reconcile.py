@@ -15,7 +15,7 @@ from typing import Any
 
 import peewee as pw
 
-from sync.central import flags
+from sync.central import bulk, flags
 from sync.central.models import (
     CampaignRow,
     CampaignUsage,
@@ -34,6 +34,19 @@ from terminal.rules import Campaign, InputError
 
 log = logging.getLogger(__name__)
 CHUNK = 400
+_REDEMPTION = (
+    "terminal",
+    "seq",
+    "store",
+    "campaign",
+    "checkout_id",
+    "customer",
+    "tag",
+    "discount_minor",
+    "value_minor",
+    "currency",
+    "at_ms",
+)
 
 
 @dataclass
@@ -186,15 +199,20 @@ def reconcile(central: Central, term: TerminalRow, entries: list[dict[str, Any]]
                 )
 
     if pending:
-        rows = []
-        for u in pending:
-            row = dict(u.row)
-            row["serial"] = db_serial(row["serial"])
-            row.setdefault("reversed_seq", None)
-            row["counts"] = u.counts
-            rows.append(row)
-        for chunk in _chunks(rows):
-            Redemption.insert_many(chunk).execute()
+        bulk.insert(
+            central.db,
+            Redemption,
+            (*_REDEMPTION, "serial", "reversed_seq", "counts"),
+            [
+                (
+                    *(u.row[k] for k in _REDEMPTION),
+                    db_serial(u.row["serial"]),
+                    u.row.get("reversed_seq"),
+                    u.counts,
+                )
+                for u in pending
+            ],
+        )
     if not serial_delta and not usage_delta:
         return False
     _serials(central, term, serial_delta, campaigns, pending, last_seq)
@@ -266,13 +284,13 @@ def _serials(
     changed = sorted(s for s, d in delta.items() if d)
     if not changed:
         return
-    for chunk in _chunks(changed):
-        SerialUse.insert_many(
-            [{"serial": db_serial(s), "count": delta[s]} for s in chunk]
-        ).on_conflict(
-            conflict_target=[SerialUse.serial],
-            update={SerialUse.count: SerialUse.count + pw.EXCLUDED.count},
-        ).execute()
+    bulk.insert(
+        central.db,
+        SerialUse,
+        ("serial", "count"),
+        [(db_serial(s), delta[s]) for s in changed],
+        'ON CONFLICT ("serial") DO UPDATE SET "count" = "serialuse"."count" + excluded."count"',
+    )
     counts: dict[int, int] = {}
     for chunk in _chunks(changed):
         query: Any = (
@@ -303,9 +321,13 @@ def _serials(
             & (SerialMark.kind == "unredeemed")
             & SerialMark.published_in.is_null()
         ).execute()
-        SerialMark.insert_many(
-            [{"serial": s, "kind": "redeemed"} for s in stored]
-        ).on_conflict_ignore().execute()
+        bulk.insert(
+            central.db,
+            SerialMark,
+            ("serial", "kind"),
+            [(s, "redeemed") for s in stored],
+            "ON CONFLICT DO NOTHING",
+        )
     for chunk in _chunks(unredeemed):
         stored = [db_serial(s) for s in chunk]
         SerialMark.delete().where(
