@@ -268,3 +268,38 @@ def serve_process(data: Path, database: str | None, env: dict[str, str] | None =
             proc.kill()
             raise RuntimeError(f"redeem-central serve did not start: {proc.stderr.read()}")
         time.sleep(0.05)
+
+
+def chain(
+    *entries: dict[str, Any], start: int = 1, prev: str | None = None
+) -> list[dict[str, Any]]:
+    """Journal rows with these fields (the rest defaulted), numbered from `start` and
+    hash-chained as a terminal writes them."""
+    from terminal.journal import GENESIS_HASH, entry_hash
+
+    prev = prev or GENESIS_HASH
+    out = []
+    for seq, fields in enumerate(entries, start=start):
+        e: dict[str, Any] = {
+            "seq": seq,
+            "at_ms": 1_795_608_000_000 + seq,
+            "kind": "ledger",
+            "op_id": None,
+            "checkout_id": None,
+            "accepted": True,
+            "reason": "applied",
+            "campaign": None,
+            "serial": None,
+            "customer": None,
+            "discount_minor": 0,
+            "currency": None,
+            "cashier": None,
+            "source": "tests",
+            "detail": "{}",
+            **fields,
+            "prev_hash": prev,
+        }
+        e["hash"] = entry_hash(e)
+        prev = e["hash"]
+        out.append(e)
+    return out

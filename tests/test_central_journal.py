@@ -14,7 +14,7 @@ from sync import protocol
 from sync.central.models import JournalRow
 from terminal.clock import FixedClock
 from terminal.journal import entry_hash
-from tests.central_server import BACKENDS, Running, Till, running_central
+from tests.central_server import BACKENDS, Running, Till, chain, running_central
 from tests.conftest import T0, basket
 
 
@@ -185,3 +185,30 @@ def test_wrong_types_oversized_and_out_of_order_batches(central: Running) -> Non
     assert till.device.request("POST", protocol.JOURNAL, text).status_code == 422
     # Nothing of that was stored.
     assert _stored(central, till.terminal) == []
+
+
+def test_long_texts_and_unknown_campaigns_are_stored(central: Running) -> None:
+    """Whatever a terminal's journal holds within the limits is taken, on PostgreSQL too."""
+    long = "x" * 1024
+    entries = chain(
+        {
+            "kind": "redeem",
+            "reason": "ok",
+            "campaign": long,
+            "serial": "00000000000000ff",
+            "customer": long,
+            "checkout_id": long,
+            "op_id": long,
+            "cashier": "收银员 1",
+            "discount_minor": 100,
+            "detail": json.dumps({"tag": "04" * 400}),
+        },
+        {"kind": "flag", "accepted": False, "reason": long, "detail": '{"about_seq": 1}'},
+        {"kind": "reverse", "reason": "ok", "serial": "00000000000000ff", "checkout_id": long},
+    )
+    dev = central.device()
+    reply = dev.push(entries)
+    assert reply["problem"] is None and reply["acked_seq"] == 3
+    token = central.admin_token()
+    [flag] = [f for f in _flags(central, token) if f["terminal"] == dev.terminal]
+    assert flag["kind"] == long and flag["customer"] == long

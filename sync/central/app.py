@@ -333,8 +333,8 @@ def create_app(central: Central, max_body: int = MAX_BODY) -> FastAPI:
     async def admin_flags(
         request: Request,
         status: str | None = Query(None, pattern="^(open|acknowledged|resolved|deny_listed)$"),
-        kind: str | None = Query(None, max_length=64),
-        store: str | None = Query(None, max_length=64),
+        kind: str | None = Query(None, pattern="^[A-Za-z0-9_.-]{1,64}$"),
+        store: str | None = Query(None, pattern="^[A-Za-z0-9_.-]{1,64}$"),
         after: int = Query(0, ge=0, le=2**62),
         limit: int = Query(500, ge=1, le=5000),
     ) -> Response:

@@ -4,6 +4,7 @@ back to the terminals of the flag's store, deny-listing through the ledger."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -39,7 +40,7 @@ def raise_flag(
     """Record a flag once: the same key (a resent batch, a retried request) adds nothing."""
     now = int(central.now())
     FlagRow.insert(
-        key=key,
+        key=hashlib.sha256(key.encode()).hexdigest(),
         kind=kind,
         source=source,
         store=store,

@@ -94,7 +94,7 @@ class SnapshotRow(_M):
 
 class DenyRow(_M):
     kind = pw.CharField()  # tag (hex UID) | customer (reference)
-    value = pw.CharField()
+    value = pw.TextField()
     published_in = pw.IntegerField(null=True, index=True)
 
     class Meta:
@@ -157,7 +157,7 @@ class Redemption(_M):
     terminal = pw.CharField()
     seq = pw.BigIntegerField()
     store = pw.CharField(index=True)
-    campaign = pw.CharField(index=True)
+    campaign = pw.TextField(index=True)
     serial = pw.BigIntegerField(index=True)  # stored signed; see db_serial
     checkout_id = pw.TextField(null=True)
     customer = pw.TextField(null=True)
@@ -179,8 +179,8 @@ class SerialUse(_M):
 
 
 class CustomerUse(_M):
-    campaign = pw.CharField()
-    customer = pw.CharField()
+    campaign = pw.TextField()
+    customer = pw.TextField()
     count = pw.IntegerField()
 
     class Meta:
@@ -190,7 +190,7 @@ class CustomerUse(_M):
 class CampaignUsage(_M):
     """Uses counted across all terminals; the ledger's `usage` map carries them."""
 
-    campaign = pw.CharField(primary_key=True)
+    campaign = pw.TextField(primary_key=True)
     count = pw.BigIntegerField(default=0)
     minor = pw.BigIntegerField(default=0)
     pub_count = pw.BigIntegerField(default=0)
@@ -200,7 +200,7 @@ class CampaignUsage(_M):
 
 class TerminalUsage(_M):
     terminal = pw.CharField()
-    campaign = pw.CharField()
+    campaign = pw.TextField()
     count = pw.BigIntegerField(default=0)
     minor = pw.BigIntegerField(default=0)
 
@@ -210,8 +210,8 @@ class TerminalUsage(_M):
 
 class FlagRow(_M):
     id = pw.AutoField()
-    key = pw.CharField(unique=True)  # what makes a flag the same flag when seen again
-    kind = pw.CharField(index=True)
+    key = pw.CharField(unique=True)  # SHA-256 of what makes it the same flag when seen again
+    kind = pw.TextField(index=True)
     store = pw.CharField(null=True, index=True)
     terminal = pw.CharField(null=True)
     seq = pw.BigIntegerField(null=True)
