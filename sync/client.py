@@ -249,8 +249,12 @@ class SyncClient:
             "GET", protocol.LEDGER, params={"since": since}, headers=headers, stream=True
         )
         resp = answer.response
+        out["status"] = answer.status
         try:
             if answer.status in (304, 204):
+                # 204: we hold the latest; its ETag makes the next pull a 304.
+                if answer.status == 204 and resp.headers.get("ETag"):
+                    self.local.call(_remember_etag(resp.headers["ETag"], since))
                 out["not_modified"] = True
                 return out
             if answer.status == 416:
@@ -279,9 +283,9 @@ class SyncClient:
         result = self.local.call(lambda e: _import(e, data), IMPORT_TIMEOUT_S)
         partial.drop()
         if etag:
-            self.local.call(
-                lambda e: set_meta(status.LEDGER_ETAG, json.dumps({"since": since, "etag": etag}))
-            )
+            # Kept even when the file was refused: the same refused file is then not fetched,
+            # re-imported and flagged again every round, only a newer version is.
+            self.local.call(_remember_etag(etag, result["to"]))
         out.update(result)
         if result["refused"]:
             first = result["refused"][0]
@@ -389,6 +393,16 @@ def _flag_reply(doc: Any, since: str) -> tuple[list[dict[str, Any]], str]:
         ids = [i.get("id") for i in items if isinstance(i.get("id"), int)]
         cursor = max(ids) if ids else since
     return items, str(cursor)
+
+
+def _remember_etag(etag: str, version: int) -> Callable[[Engine], None]:
+    """The ETag names the central's latest version; it is sent back (If-None-Match) while
+    the terminal still holds `version`, what that answer left it with."""
+
+    def job(engine: Engine) -> None:
+        set_meta(status.LEDGER_ETAG, json.dumps({"since": version, "etag": etag}))
+
+    return job
 
 
 def _etag_for(stored: str | None, since: int) -> str | None:

@@ -38,10 +38,8 @@ class Enrolled:
 
 def normalise_fingerprint(text: str) -> str:
     """'SHA256:356a:a7d9:...' as printed, any case, colons or spaces or none."""
-    text = text.strip().lower()
-    if text.startswith("sha256:"):
-        text = text[len("sha256:") :]
-    return re.sub(r"[\s:]", "", text)
+    text = re.sub(r"[\s:]", "", text.lower())
+    return text.removeprefix("sha256")  # "s" is not a hex digit: never part of the digest
 
 
 def fingerprint_matches(anchor: TrustAnchor, given: str) -> bool:

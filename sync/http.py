@@ -118,7 +118,7 @@ class CentralLink:
             self.retry = Retry(
                 total=link.retries,
                 connect=link.retries,
-                read=link.retries,
+                read=min(1, link.retries),  # a hanging central: one more wait, not more
                 status=link.retries,
                 backoff_factor=0.2,
                 backoff_max=2.0,
@@ -298,8 +298,10 @@ def _network_error(where: str, exc: requests.exceptions.RequestException, link: 
 
 def _short(exc: Exception) -> str:
     """The innermost reason of a requests/urllib3 connection error, not the whole chain."""
-    text = str(exc)
-    for marker in ("Caused by ", "reason: "):
-        if marker in text:
-            text = text.rsplit(marker, 1)[1]
-    return text.strip("()'\" ")[:200]
+    cur: object = exc.args[0] if exc.args else exc
+    cur = getattr(cur, "reason", cur)  # MaxRetryError: what the last attempt ran into
+    if isinstance(cur, urllib3.exceptions.ProtocolError) and len(cur.args) > 1:
+        return f"{str(cur.args[0]).rstrip('.').lower()}: {cur.args[1]}"
+    if isinstance(cur, urllib3.exceptions.NewConnectionError):
+        return str(cur).rsplit(": ", 1)[-1]
+    return str(cur)[:200]

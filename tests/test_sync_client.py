@@ -1,29 +1,46 @@
 """The terminal's sync client: signed requests, backoff, the device key, the clock-offset
-policy, and rounds against the real central on loopback (uvicorn, SQLite) with faults:
-500s, hangs, resets, truncated answers. Nothing lost, nothing applied twice."""
+policy, and rounds against the real central on loopback (uvicorn in a thread, SQLite):
+enrollment (`redeem enroll`), journal push, ledger pull (ETag, ranges), flag decisions, and
+faults between them (500s, hangs, resets, truncated answers). Nothing lost, nothing applied
+twice, and the next round succeeds."""
 
 from __future__ import annotations
 
+import gzip
 import http.server
+import json
 import os
 import socket
 import stat
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from sync import protocol
-from sync.client import Backoff, Direct, SyncClient
+from sync.central.flags import decide
+from sync.central.models import FlagRow, JournalRow
+from sync.central.store import Central
+from sync.client import Backoff, Direct, RoundResult, SyncClient, open_link, run_once
 from sync.device import ensure_device_key, read_device_key
+from sync.enroll import enroll
 from sync.http import CentralLink, Link, SyncError
-from terminal import cose
+from sync.status import flag_decisions
+from terminal import cose, setup
 from terminal.clock import FixedClock
-from terminal.journal import get_meta
+from terminal.engine import Engine
+from terminal.journal import get_meta, rows, set_meta
 from terminal.reasons import Reason
+from tests.central_server import Device, Running, running_central
 from tests.conftest import T0, World, basket
+from tests.faultproxy import FaultProxy
+
+REPO = Path(__file__).resolve().parent.parent
 
 # ---------------------------------------------------------------- no central needed
 
@@ -160,8 +177,6 @@ def test_a_large_clock_offset_refuses_coupons_until_a_sync_measures_it_back(
 
 
 def _entries() -> list[dict[str, object]]:
-    from terminal.journal import rows
-
     return list(rows())
 
 
@@ -241,3 +256,320 @@ def test_the_daemon_stops_within_its_budget_while_a_round_hangs(
         daemon.stop()
         took = time.monotonic() - t0
     assert took < 2.0
+
+
+# ---------------------------------------------------------------- against the real central
+
+
+@dataclass
+class Till:
+    running: Running
+    clock: FixedClock  # the terminal's; the central has its own
+    data: Path
+    engine: Engine
+    tokens: list[str]
+
+    def round(self, url: str | None = None, read_timeout_s: float = 20.0) -> RoundResult:
+        link = open_link(self.data, self.engine, central=url, read_timeout_s=read_timeout_s)
+        return run_once(self.data, self.engine, link)
+
+    def redeem(self, n: int) -> None:
+        for token in self.tokens[:n]:
+            assert self.engine.redeem(token, basket(5000)).accepted
+        del self.tokens[:n]
+
+    def hashes_at_central(self) -> list[str]:
+        return [
+            r.hash
+            for r in JournalRow.select()
+            .where(JournalRow.terminal == self.engine.terminal)
+            .order_by(JournalRow.seq)
+        ]
+
+    def stored(self) -> list[int]:
+        """The seqs the central holds for this terminal, in order."""
+        return [
+            r.seq
+            for r in JournalRow.select(JournalRow.seq)
+            .where(JournalRow.terminal == self.engine.terminal)
+            .order_by(JournalRow.seq)
+        ]
+
+
+def _issue(c: Central, campaign: str, n: int) -> list[str]:
+    return [i.token or "" for i in c.issue(campaign, n)]
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Running]:
+    with running_central("sqlite", tmp_path, FixedClock(T0)) as r:
+        r.central.add_campaign(
+            {"id": "C1", "kind": "fixed", "currency": "CNY", "amount_minor": 500}
+        )
+        yield r
+
+
+@pytest.fixture
+def till(running: Running, tmp_path: Path) -> Iterator[Till]:
+    clock = FixedClock(T0)
+    data = tmp_path / "till"
+    done = enroll(
+        data,
+        running.url,
+        running.enroll_code("S1"),
+        clock,
+        fingerprint=running.central.anchor.fingerprint,
+    )
+    assert done.first_round is not None and done.first_round.ok, done.first_round
+    engine = setup.open_engine(data, clock)
+    t = Till(running, clock, data, engine, _issue(running.central, "C1", 8))
+    # The coupons were issued after the first pull: bring the ledger that lists them.
+    assert t.round().ok
+    yield t
+    t.engine.db.close()
+
+
+def _redeem_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("REDEEM_")}
+    base.pop("CREDENTIALS_DIRECTORY", None)
+    return subprocess.run(
+        [sys.executable, "-m", "terminal.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**base, "REDEEM_NOW": str(T0), **(env or {})},
+        timeout=60,
+    )
+
+
+def test_enroll_checks_the_fingerprint_and_pulls_the_first_ledger(
+    running: Running, tmp_path: Path
+) -> None:
+    anchor = running.central.anchor
+    data = tmp_path / "t1"
+    ok = _redeem_cli(
+        "enroll", "--data", str(data), "--central", running.url,
+        "--code", running.enroll_code("S1"), "--store", "S1",
+        "--fingerprint", anchor.fingerprint.lower().replace(":", " "),
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert "enrolled as terminal S1-" in ok.stdout and "it matches" in ok.stdout
+    assert "sync OK" in ok.stdout and "TRUST ON FIRST USE" not in ok.stdout
+    assert stat.S_IMODE(os.stat(data / "device.key").st_mode) == 0o600
+    status = _redeem_cli("ledger", "status", "--data", str(data), "--json")
+    assert json.loads(status.stdout)["version"] >= 1
+
+    # A wrong fingerprint: refused, and the data directory is left as it was.
+    bad = tmp_path / "t2"
+    wrong = "SHA256:" + ":".join(["0000"] * 8)
+    no = _redeem_cli(
+        "enroll", "--data", str(bad), "--central", running.url,
+        "--code", running.enroll_code("S1"), "--fingerprint", wrong,
+    )  # fmt: skip
+    assert no.returncode == 2 and "does not match" in no.stderr, no.stderr
+    assert not (bad / "terminal.json").exists() and not (bad / "device.key").exists()
+
+    # Another store's code when --store says S1: refused too.
+    other = _redeem_cli(
+        "enroll", "--data", str(bad), "--central", running.url,
+        "--code", running.enroll_code("S2"), "--store", "S1", "--no-sync",
+    )  # fmt: skip
+    assert other.returncode == 2 and "store S2, not S1" in other.stderr
+
+
+def test_enroll_without_a_fingerprint_trusts_on_first_use_and_says_so(
+    running: Running, tmp_path: Path
+) -> None:
+    data = tmp_path / "t3"
+    out = _redeem_cli(
+        "enroll", "--data", str(data), "--central", running.url,
+        "--code", running.enroll_code("S1"),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "TRUST ON FIRST USE" in out.stdout
+    assert running.central.anchor.fingerprint in out.stdout
+    pinned = json.loads((data / "trust-anchor.json").read_text())
+    assert pinned["root_public_key"] == running.central.anchor.public_key.hex()
+
+
+def test_sync_once_uploads_the_journal_and_resending_is_harmless(till: Till) -> None:
+    till.redeem(3)
+    result = till.round()
+    assert result.ok, result.error
+    head = till.engine.journal.head_seq
+    assert result.journal["acked_seq"] == head and result.journal["backlog"] == 0
+    assert get_meta("acked_seq") == str(head)
+    assert till.stored() == list(range(1, head + 1))
+
+    # The acknowledgment was lost (say, the answer never arrived): everything is sent again,
+    # the central stores nothing twice, and the mark comes back.
+    set_meta("acked_seq", "0")
+    again = till.round()
+    assert again.ok and again.journal["sent"] == head and again.journal["accepted"] == 0
+    assert till.stored() == list(range(1, head + 1))
+    assert get_meta("acked_seq") == str(head)
+
+    # Status without a daemon, from the command line.
+    till.engine.db.close()
+    out = _redeem_cli("sync", "status", "--data", str(till.data), "--json")
+    doc = json.loads(out.stdout)
+    assert doc["backlog"] == 0 and doc["last_success"] is not None and not doc["running"]
+    till.engine = setup.open_engine(till.data, till.clock)
+
+
+def test_a_revocation_reaches_the_till_and_an_unchanged_ledger_is_a_304(till: Till) -> None:
+    c = till.running.central
+    [issued] = c.issue("C1", 1)
+    assert till.round().ok  # the ledger that lists it
+    before = till.engine.ledger.version
+    c.mark([issued.serial], "revoked")
+    result = till.round()
+    assert result.ok and result.ledger["to"] > before and result.ledger["applied"]
+    d = till.engine.redeem(issued.token or "", basket(5000))
+    assert d.reason == Reason.REVOKED
+    # Nothing new since: the ETag of the last download makes it a 304, no body.
+    same = till.round()
+    assert same.ok and same.ledger["status"] == 304 and same.ledger["not_modified"]
+
+
+def test_an_interrupted_ledger_download_resumes_where_it_stopped(till: Till) -> None:
+    c = till.running.central
+    for i in range(3):  # something worth compressing and resuming
+        c.add_campaign({"id": f"R{i}", "kind": "fixed", "currency": "CNY", "amount_minor": 100})
+        c.issue(f"R{i}", 300, codes=True)
+    since = till.engine.ledger.version
+    dev = Device(till.running.url, till.running.clock, read_device_key(till.data))
+    dev.terminal = till.engine.terminal
+    full = dev.ledger(since, **{"Accept-Encoding": "gzip"})
+    assert full.status_code == 200 and full.headers["Content-Encoding"] == "gzip"
+    raw = gzip.compress(full.content, compresslevel=6, mtime=0)  # the bytes on the wire
+    # What a download cut off halfway leaves behind.
+    work = till.data / "sync"
+    work.mkdir(exist_ok=True)
+    (work / "ledger.partial").write_bytes(raw[: len(raw) // 2])
+    (work / "ledger.partial.json").write_text(
+        json.dumps({"since": since, "etag": full.headers["ETag"], "encoding": "gzip"})
+    )
+    result = till.round()
+    assert result.ok, result.error
+    assert result.ledger["status"] == 206 and result.ledger["resumed_at"] == len(raw) // 2
+    assert {"R0", "R1", "R2"} <= set(till.engine.ledger.campaigns)
+    assert not (work / "ledger.partial").exists()
+
+
+def test_flag_decisions_made_at_the_central_reach_the_till(till: Till) -> None:
+    token = till.tokens[0]
+    till.redeem(1)
+    assert not till.engine.redeem(token, basket(5000)).accepted  # a second use: a flag
+    assert till.round().ok
+    flag = FlagRow.select().where(FlagRow.terminal == till.engine.terminal).first()
+    assert flag is not None
+    decide(till.running.central, flag.id, "acknowledged", "seen by the area manager")
+    result = till.round()
+    assert result.ok and result.flags["received"] == 1
+    assert flag_decisions(till.engine)[-1]["note"] == "seen by the area manager"
+    assert till.round().flags["received"] == 0
+
+
+@pytest.mark.parametrize("fault", ["http500", "hang", "reset", "truncate", "drop"])
+def test_a_faulty_central_fails_the_round_cleanly_and_the_next_round_succeeds(
+    till: Till, fault: str
+) -> None:
+    host, port = till.running.url.removeprefix("http://").split(":")
+    proxy = FaultProxy((host, int(port))).start()
+    try:
+        till.redeem(2)
+        head = till.engine.journal.head_seq
+        proxy.mode = fault
+        bad = till.round(proxy.url, read_timeout_s=0.5)
+        assert not bad.ok and bad.error
+        assert bad.error_kind in {"server", "timeout", "network", "protocol"}
+        if fault == "http500":
+            assert "500" in bad.error
+        if fault == "hang":
+            assert "did not answer within 0.5 s" in bad.error
+        acked = int(get_meta("acked_seq") or 0)
+        assert acked <= head  # only what the central confirmed
+        proxy.mode = "pass"
+        good = till.round(proxy.url)
+        assert good.ok, good.error
+        assert till.stored() == list(range(1, till.engine.journal.head_seq + 1))
+        assert good.journal["backlog"] == 0
+    finally:
+        proxy.stop()
+    assert till.hashes_at_central() == [r["hash"] for r in rows()]
+
+
+def test_rounds_through_flapping_wifi_lose_nothing_and_store_nothing_twice(till: Till) -> None:
+    host, port = till.running.url.removeprefix("http://").split(":")
+    proxy = FaultProxy((host, int(port)), seed=7).start()
+    proxy.mode, proxy.fault_rate, proxy.delay_s = "random", 0.5, 0.2
+    outcomes = []
+    try:
+        for _ in range(8):
+            till.redeem(1)
+            outcomes.append(till.round(proxy.url, read_timeout_s=0.4).ok)
+        proxy.mode = "pass"
+        assert till.round(proxy.url).ok
+    finally:
+        proxy.stop()
+    assert False in outcomes  # the faults did hit some rounds
+    assert till.hashes_at_central() == [r["hash"] for r in rows()]
+    assert get_meta("acked_seq") == str(till.engine.journal.head_seq)
+
+
+def test_a_central_clock_far_off_makes_the_till_refuse_coupons_until_it_is_back(
+    till: Till,
+) -> None:
+    central_clock = till.running.clock
+    assert isinstance(central_clock, FixedClock)
+    central_clock.advance(-3600)  # our clock now runs an hour ahead of the central's
+    result = till.round()
+    assert result.ok, result.error  # signed with the central's time after its 401
+    assert result.clock is not None and not result.clock["ok"]
+    assert result.clock["offset_s"] == pytest.approx(-3600, abs=5)
+    d = till.engine.redeem(till.tokens[0], basket(5000))
+    assert d.reason == Reason.CLOCK_UNTRUSTED
+    central_clock.advance(3600)
+    back = till.round()
+    assert back.ok and back.clock is not None and back.clock["ok"]
+    assert back.clock["offset_s"] == pytest.approx(0, abs=5)
+    till.redeem(1)
+    crossings = [(e["accepted"], e["source"]) for e in rows() if e["reason"] == "clock_offset"]
+    assert crossings == [(False, "sync"), (True, "sync")]
+
+
+def test_the_daemon_syncs_on_its_own_and_answers_sync_commands(till: Till, tmp_path: Path) -> None:
+    from terminal.daemon import config as config_mod
+    from terminal.daemon.runner import Daemon
+
+    till.redeem(2)
+    till.engine.db.close()
+    cfg_path = tmp_path / "d.toml"
+    cfg_path.write_text(
+        f'[terminal]\ndata = "{till.data}"\n\n[sync]\ncentral = "{till.running.url}"\n'
+        "interval_s = 0.2\n"
+    )
+    daemon = Daemon(config_mod.load(cfg_path), till.clock)
+    daemon.start()
+    try:
+        assert daemon.sync is not None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            s = daemon.sync.status()
+            if s["last_success"] and s["backlog"] == 0:
+                break
+            time.sleep(0.05)
+        assert s["backlog"] == 0 and s["running"], s
+        once = _redeem_cli("sync", "--once", "--data", str(till.data))
+        assert once.returncode == 0 and "run by the daemon" in once.stdout, once.stderr
+        status = _redeem_cli("sync", "status", "--data", str(till.data), "--json")
+        doc = json.loads(status.stdout)
+        assert doc["running"] and doc["central"] == till.running.url and doc["backlog"] == 0
+        assert daemon.status()["sync"]["backlog"] == 0
+    finally:
+        t0 = time.monotonic()
+        daemon.stop()
+        assert time.monotonic() - t0 < 2.0
+        till.engine = setup.open_engine(till.data, till.clock)
+    assert till.hashes_at_central() == [r["hash"] for r in rows()]
