@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Mapping
@@ -284,7 +285,7 @@ def _network_error(where: str, exc: requests.exceptions.RequestException, link: 
             "timeout", f"{where}: the central did not answer within {link.read_timeout_s:g} s"
         )
     if isinstance(exc, requests.exceptions.SSLError):
-        return SyncError("refused", f"{where}: TLS check failed: {exc}")
+        return SyncError("refused", f"{where}: TLS check failed: {_tls_reason(exc)}")
     if isinstance(exc, requests.exceptions.RetryError):
         return SyncError("server", f"{where}: gave up after retries: {exc}")
     if isinstance(exc, (requests.exceptions.ChunkedEncodingError,)):
@@ -294,6 +295,21 @@ def _network_error(where: str, exc: requests.exceptions.RequestException, link: 
     if isinstance(exc, requests.exceptions.ConnectionError):
         return SyncError("network", f"{where}: connection failed ({_short(exc)})")
     return SyncError("network", f"{where}: {type(exc).__name__}: {exc}")
+
+
+def _tls_reason(exc: Exception) -> str:
+    """'certificate verify failed: unable to get local issuer certificate' and the like."""
+    cur: object = exc
+    for _ in range(6):
+        if isinstance(cur, ssl.SSLCertVerificationError):
+            return f"certificate verify failed: {cur.verify_message}"
+        nxt = getattr(cur, "reason", None)
+        if nxt is None and isinstance(cur, BaseException) and cur.args:
+            nxt = cur.args[0]
+        if not isinstance(nxt, BaseException):
+            break
+        cur = nxt
+    return str(cur)[:200]
 
 
 def _short(exc: Exception) -> str:

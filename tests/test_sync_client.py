@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,7 @@ from sync.central.models import FlagRow, JournalRow
 from sync.central.store import Central
 from sync.client import Backoff, Direct, RoundResult, SyncClient, open_link, run_once
 from sync.device import ensure_device_key, read_device_key
-from sync.enroll import enroll
+from sync.enroll import EnrollError, enroll
 from sync.http import CentralLink, Link, SyncError
 from sync.status import flag_decisions
 from terminal import cose, setup
@@ -573,3 +574,100 @@ def test_the_daemon_syncs_on_its_own_and_answers_sync_commands(till: Till, tmp_p
         assert time.monotonic() - t0 < 2.0
         till.engine = setup.open_engine(till.data, till.clock)
     assert till.hashes_at_central() == [r["hash"] for r in rows()]
+
+
+# ---------------------------------------------------------------- HTTPS with a pinned CA
+
+
+def _ca_and_leaf(tmp: Path, name: str) -> tuple[Path, Path, Path]:
+    """A CA and a certificate it signs for 127.0.0.1: (ca.pem, cert.pem, key.pem)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def cert(
+        subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, signer: Any, ca: bool
+    ) -> x509.Certificate:
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            b = b.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+        return b.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = cert(f"{name} CA", ca_key, f"{name} CA", ca_key, True)
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = cert("127.0.0.1", leaf_key, f"{name} CA", ca_key, False)
+    pem = serialization.Encoding.PEM
+    paths = tmp / f"{name}-ca.pem", tmp / f"{name}-cert.pem", tmp / f"{name}-key.pem"
+    paths[0].write_bytes(ca_cert.public_bytes(pem))
+    paths[1].write_bytes(leaf.public_bytes(pem))
+    paths[2].write_bytes(
+        leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return paths
+
+
+def test_https_with_the_pinned_ca_works_and_another_ca_is_refused(
+    running: Running, tmp_path: Path
+) -> None:
+    import uvicorn
+
+    from sync.central.app import create_app
+
+    ca, cert, key = _ca_and_leaf(tmp_path, "central")
+    other_ca, _, _ = _ca_and_leaf(tmp_path, "other")
+    config = uvicorn.Config(
+        create_app(running.central),
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="off",
+        ssl_certfile=str(cert),
+        ssl_keyfile=str(key),
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    url = f"https://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    clock = FixedClock(T0)
+    data = tmp_path / "tls-till"
+    try:
+        # Without the CA the certificate is not trusted: nothing is enrolled.
+        with pytest.raises(EnrollError, match="TLS check failed"):
+            enroll(data, url, running.enroll_code("S1"), clock)
+        done = enroll(data, url, running.enroll_code("S1"), clock, ca=ca)
+        assert done.first_round is not None and done.first_round.ok
+        assert (data / "central-ca.pem").read_bytes() == ca.read_bytes()
+        engine = setup.open_engine(data, clock)
+        try:
+            assert run_once(data, engine).ok  # the CA pinned at enrollment is used
+            wrong = open_link(data, engine, central=url, ca=str(other_ca))
+            result = run_once(data, engine, wrong)
+            assert not result.ok and result.error_kind == "refused"
+            assert "TLS check failed: certificate verify failed" in (result.error or "")
+        finally:
+            engine.db.close()
+    finally:
+        server.should_exit = True
+        thread.join(10)
