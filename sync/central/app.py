@@ -301,8 +301,7 @@ def create_app(central: Central, max_body: int = MAX_BODY) -> FastAPI:
     )
     async def post_journal(request: Request) -> Response:
         row, body = await signed(request)
-        entries = parse_batch(body)
-        reply = await db(ingest, central, row.id, entries)
+        reply = await db(lambda: ingest(central, row.id, parse_batch(body)))
         return JSONResponse(reply.to_dict())
 
     @app.get(

@@ -12,6 +12,7 @@ from playhouse.db_url import parse as parse_db_url
 from playhouse.pool import PooledPostgresqlDatabase
 
 db_proxy = pw.DatabaseProxy()
+SCHEMA_LOCK = 0x45445246  # PostgreSQL advisory lock id for schema changes
 SCHEMA_VERSION = 2  # 1: keys, campaigns, coupons, marks, versions; 2: sync tables
 
 
@@ -307,6 +308,9 @@ def open_database(data: Path, url: str | None = None, pool_size: int = 16) -> pw
 def create_schema(db: pw.Database) -> None:
     """Create missing tables (a schema-1 data directory gains the sync tables)."""
     with db.atomic():
+        if is_postgres(db):  # instances starting together must not race on CREATE TABLE
+            lock = "SELECT pg_advisory_xact_lock(%s)"
+            db.execute_sql(lock, (SCHEMA_LOCK,))  # type: ignore[no-untyped-call]
         db.create_tables(MODELS, safe=True)
         Setting.insert(key="schema", value=str(SCHEMA_VERSION)).on_conflict(
             conflict_target=[Setting.key], update={Setting.value: str(SCHEMA_VERSION)}
