@@ -146,8 +146,8 @@ class SyncClient:
             result.ledger = self.pull_ledger()
             self._check_stop()
             result.flags = self.pull_flags()
-            # A ledger applied (or a clock flag) journals an entry: send it now too.
-            if self.local.call(_backlog) > 0:
+            # A ledger applied journals an entry: send it now too.
+            if self.local.call(_journal_counts)["backlog"] > 0:
                 self._check_stop()
                 result.journal = _merge_push(result.journal, self.push_journal())
             result.ok = True
@@ -191,7 +191,8 @@ class SyncClient:
         stalls = 0
         while start <= head:
             self._check_stop()
-            batch = self.local.call(_rows_job(start, protocol.MAX_BATCH))
+            # Not past `head`: scans journaled meanwhile go with the next round.
+            batch = self.local.call(_rows_job(start, head, protocol.MAX_BATCH))
             if not batch or batch[0]["seq"] != start:
                 raise SyncError(
                     "protocol",
@@ -225,9 +226,6 @@ class SyncClient:
                     "protocol", f"the central does not take the journal from #{start} on"
                 )
             start = nxt
-        out["acked_seq"] = acked
-        out["head_seq"] = head
-        out["backlog"] = head - acked
         return out
 
     # ------------------------------------------------------------------ ledger
@@ -315,13 +313,14 @@ def _journal_counts(engine: Engine) -> dict[str, int]:
     return {"acked_seq": acked, "head_seq": head, "backlog": max(0, head - acked)}
 
 
-def _backlog(engine: Engine) -> int:
-    return _journal_counts(engine)["backlog"]
-
-
-def _rows_job(start: int, limit: int) -> Callable[[Engine], list[dict[str, Any]]]:
+def _rows_job(start: int, until: int, limit: int) -> Callable[[Engine], list[dict[str, Any]]]:
     def job(engine: Engine) -> list[dict[str, Any]]:
-        query = Entry.select().where(Entry.seq >= start).order_by(Entry.seq).limit(limit)
+        query = (
+            Entry.select()
+            .where((Entry.seq >= start) & (Entry.seq <= until))
+            .order_by(Entry.seq)
+            .limit(limit)
+        )
         rows: list[dict[str, Any]] = list(query.dicts())  # type: ignore[arg-type]
         return [{k: row[k] for k in EXPORT_FIELDS} for row in rows]
 
@@ -345,11 +344,7 @@ def _import(engine: Engine, data: bytes) -> dict[str, Any]:
 
 
 def _merge_push(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(second)
-    merged["sent"] = first.get("sent", 0) + second.get("sent", 0)
-    merged["accepted"] = first.get("accepted", 0) + second.get("accepted", 0)
-    merged["resent_from"] = first.get("resent_from", []) + second.get("resent_from", [])
-    return merged
+    return {k: first[k] + second[k] for k in ("sent", "accepted", "resent_from")}
 
 
 # ---------------------------------------------------------------------- replies

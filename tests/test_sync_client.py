@@ -34,8 +34,11 @@ from sync.http import CentralLink, Link, SyncError
 from sync.status import flag_decisions
 from terminal import cose, setup
 from terminal.clock import FixedClock
+from terminal.daemon import config as config_mod
+from terminal.daemon.runner import Daemon
 from terminal.engine import Engine
 from terminal.journal import get_meta, rows, set_meta
+from terminal.keys import TrustAnchor
 from terminal.reasons import Reason
 from tests.central_server import Device, Running, running_central
 from tests.conftest import T0, World, basket
@@ -230,21 +233,23 @@ def test_a_central_that_never_answers_fails_the_round_quickly_and_loses_nothing(
     assert result.journal["backlog"] == head
 
 
+def _daemon(tmp_path: Path, data: Path, clock: FixedClock, central: str, sync: str) -> Daemon:
+    """The real daemon (no inputs) on a terminal data directory, syncing with `central`."""
+    path = tmp_path / "d.toml"
+    path.write_text(f'[terminal]\ndata = "{data}"\n\n[sync]\ncentral = "{central}"\n{sync}\n')
+    daemon = Daemon(config_mod.load(path), clock)
+    daemon.start()
+    return daemon
+
+
 def test_the_daemon_stops_within_its_budget_while_a_round_hangs(
     world: World, hanging: str, tmp_path: Path
 ) -> None:
-    from terminal.daemon import config as config_mod
-    from terminal.daemon.runner import Daemon
-
     ensure_device_key(world.data)
     world.engine.db.close()
-    cfg_path = tmp_path / "d.toml"
-    cfg_path.write_text(
-        f'[terminal]\ndata = "{world.data}"\n\n[sync]\ncentral = "{hanging}"\n'
-        "interval_s = 1\nread_timeout_s = 30\n"
+    daemon = _daemon(
+        tmp_path, world.data, world.clock, hanging, "interval_s = 1\nread_timeout_s = 30"
     )
-    daemon = Daemon(config_mod.load(cfg_path), world.clock)
-    daemon.start()
     try:
         assert daemon.sync is not None
         deadline = time.monotonic() + 5
@@ -263,7 +268,7 @@ def test_the_daemon_stops_within_its_budget_while_a_round_hangs(
 
 
 @dataclass
-class Till:
+class SyncedTill:
     running: Running
     clock: FixedClock  # the terminal's; the central has its own
     data: Path
@@ -311,7 +316,7 @@ def running(tmp_path: Path) -> Iterator[Running]:
 
 
 @pytest.fixture
-def till(running: Running, tmp_path: Path) -> Iterator[Till]:
+def till(running: Running, tmp_path: Path) -> Iterator[SyncedTill]:
     clock = FixedClock(T0)
     data = tmp_path / "till"
     done = enroll(
@@ -323,7 +328,7 @@ def till(running: Running, tmp_path: Path) -> Iterator[Till]:
     )
     assert done.first_round is not None and done.first_round.ok, done.first_round
     engine = setup.open_engine(data, clock)
-    t = Till(running, clock, data, engine, _issue(running.central, "C1", 8))
+    t = SyncedTill(running, clock, data, engine, _issue(running.central, "C1", 8))
     # The coupons were issued after the first pull: bring the ledger that lists them.
     assert t.round().ok
     yield t
@@ -378,6 +383,18 @@ def test_enroll_checks_the_fingerprint_and_pulls_the_first_ledger(
     assert other.returncode == 2 and "store S2, not S1" in other.stderr
 
 
+def test_enroll_checks_a_trust_anchor_file(running: Running, tmp_path: Path) -> None:
+    stranger = tmp_path / "stranger-anchor.json"
+    stranger.write_text(TrustAnchor(cose.SigningKey.generate().public).to_json())
+    with pytest.raises(EnrollError, match="is not the one in"):
+        enroll(tmp_path / "t4", running.url, running.enroll_code("S1"), FixedClock(T0),
+               anchor_file=stranger, first_sync=False)  # fmt: skip
+    assert not (tmp_path / "t4" / "terminal.json").exists()
+    done = enroll(tmp_path / "t4", running.url, running.enroll_code("S1"), FixedClock(T0),
+                  anchor_file=running.data / "trust-anchor.json", first_sync=False)  # fmt: skip
+    assert done.pinned == "trust-anchor" and done.first_round is None
+
+
 def test_enroll_without_a_fingerprint_trusts_on_first_use_and_says_so(
     running: Running, tmp_path: Path
 ) -> None:
@@ -393,7 +410,7 @@ def test_enroll_without_a_fingerprint_trusts_on_first_use_and_says_so(
     assert pinned["root_public_key"] == running.central.anchor.public_key.hex()
 
 
-def test_sync_once_uploads_the_journal_and_resending_is_harmless(till: Till) -> None:
+def test_sync_once_uploads_the_journal_and_resending_is_harmless(till: SyncedTill) -> None:
     till.redeem(3)
     result = till.round()
     assert result.ok, result.error
@@ -418,7 +435,7 @@ def test_sync_once_uploads_the_journal_and_resending_is_harmless(till: Till) -> 
     till.engine = setup.open_engine(till.data, till.clock)
 
 
-def test_a_revocation_reaches_the_till_and_an_unchanged_ledger_is_a_304(till: Till) -> None:
+def test_a_revocation_reaches_the_till_and_an_unchanged_ledger_is_a_304(till: SyncedTill) -> None:
     c = till.running.central
     [issued] = c.issue("C1", 1)
     assert till.round().ok  # the ledger that lists it
@@ -433,7 +450,7 @@ def test_a_revocation_reaches_the_till_and_an_unchanged_ledger_is_a_304(till: Ti
     assert same.ok and same.ledger["status"] == 304 and same.ledger["not_modified"]
 
 
-def test_an_interrupted_ledger_download_resumes_where_it_stopped(till: Till) -> None:
+def test_an_interrupted_ledger_download_resumes_where_it_stopped(till: SyncedTill) -> None:
     c = till.running.central
     for i in range(3):  # something worth compressing and resuming
         c.add_campaign({"id": f"R{i}", "kind": "fixed", "currency": "CNY", "amount_minor": 100})
@@ -458,7 +475,7 @@ def test_an_interrupted_ledger_download_resumes_where_it_stopped(till: Till) -> 
     assert not (work / "ledger.partial").exists()
 
 
-def test_flag_decisions_made_at_the_central_reach_the_till(till: Till) -> None:
+def test_flag_decisions_made_at_the_central_reach_the_till(till: SyncedTill) -> None:
     token = till.tokens[0]
     till.redeem(1)
     assert not till.engine.redeem(token, basket(5000)).accepted  # a second use: a flag
@@ -474,7 +491,7 @@ def test_flag_decisions_made_at_the_central_reach_the_till(till: Till) -> None:
 
 @pytest.mark.parametrize("fault", ["http500", "hang", "reset", "truncate", "drop"])
 def test_a_faulty_central_fails_the_round_cleanly_and_the_next_round_succeeds(
-    till: Till, fault: str
+    till: SyncedTill, fault: str
 ) -> None:
     host, port = till.running.url.removeprefix("http://").split(":")
     proxy = FaultProxy((host, int(port))).start()
@@ -501,7 +518,9 @@ def test_a_faulty_central_fails_the_round_cleanly_and_the_next_round_succeeds(
     assert till.hashes_at_central() == [r["hash"] for r in rows()]
 
 
-def test_rounds_through_flapping_wifi_lose_nothing_and_store_nothing_twice(till: Till) -> None:
+def test_rounds_through_flapping_wifi_lose_nothing_and_store_nothing_twice(
+    till: SyncedTill,
+) -> None:
     host, port = till.running.url.removeprefix("http://").split(":")
     proxy = FaultProxy((host, int(port)), seed=7).start()
     proxy.mode, proxy.fault_rate, proxy.delay_s = "random", 0.5, 0.2
@@ -520,7 +539,7 @@ def test_rounds_through_flapping_wifi_lose_nothing_and_store_nothing_twice(till:
 
 
 def test_a_central_clock_far_off_makes_the_till_refuse_coupons_until_it_is_back(
-    till: Till,
+    till: SyncedTill,
 ) -> None:
     central_clock = till.running.clock
     assert isinstance(central_clock, FixedClock)
@@ -540,19 +559,12 @@ def test_a_central_clock_far_off_makes_the_till_refuse_coupons_until_it_is_back(
     assert crossings == [(False, "sync"), (True, "sync")]
 
 
-def test_the_daemon_syncs_on_its_own_and_answers_sync_commands(till: Till, tmp_path: Path) -> None:
-    from terminal.daemon import config as config_mod
-    from terminal.daemon.runner import Daemon
-
+def test_the_daemon_syncs_on_its_own_and_answers_sync_commands(
+    till: SyncedTill, tmp_path: Path
+) -> None:
     till.redeem(2)
     till.engine.db.close()
-    cfg_path = tmp_path / "d.toml"
-    cfg_path.write_text(
-        f'[terminal]\ndata = "{till.data}"\n\n[sync]\ncentral = "{till.running.url}"\n'
-        "interval_s = 0.2\n"
-    )
-    daemon = Daemon(config_mod.load(cfg_path), till.clock)
-    daemon.start()
+    daemon = _daemon(tmp_path, till.data, till.clock, till.running.url, "interval_s = 0.2")
     try:
         assert daemon.sync is not None
         deadline = time.monotonic() + 10
