@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from terminal.engine import Engine
 from terminal.journal import get_meta, rows, set_meta
 from terminal.keys import TrustAnchor
 from terminal.reasons import Reason
+from terminal.rules import Basket
 from tests.central_server import Device, Running, running_central
 from tests.conftest import T0, World, basket
 from tests.faultproxy import FaultProxy
@@ -559,21 +560,27 @@ def test_a_central_clock_far_off_makes_the_till_refuse_coupons_until_it_is_back(
     assert crossings == [(False, "sync"), (True, "sync")]
 
 
-def test_the_daemon_syncs_on_its_own_and_answers_sync_commands(
+def test_the_daemon_syncs_while_it_redeems_and_answers_sync_commands(
     till: SyncedTill, tmp_path: Path
 ) -> None:
     till.redeem(2)
     till.engine.db.close()
-    daemon = _daemon(tmp_path, till.data, till.clock, till.running.url, "interval_s = 0.2")
+    fifo = tmp_path / "scan.fifo"
+    pipe = f'\n[[input]]\nname = "pipe"\nkind = "fake"\nfifo = "{fifo}"\n'
+    daemon = _daemon(tmp_path, till.data, till.clock, till.running.url, "interval_s = 0.1" + pipe)
     try:
         assert daemon.sync is not None
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            s = daemon.sync.status()
-            if s["last_success"] and s["backlog"] == 0:
-                break
-            time.sleep(0.05)
-        assert s["backlog"] == 0 and s["running"], s
+        # Scans and sync rounds interleave; the engine worker is the journal's one user.
+        (scanner,) = daemon.inputs
+        for n, token in enumerate(till.tokens[:5], start=1):
+            daemon.set_basket(Basket.from_dict({"currency": "CNY", "total_minor": 5000}))
+            scanner.feed(token)
+            _wait(lambda n=n: daemon.published_count == n)
+            time.sleep(0.3)  # the first round starts 1 s after start-up
+        assert [bool(p.decision and p.decision.accepted) for p in daemon.recent] == [True] * 5
+        loop = daemon.sync
+        _wait(lambda: loop.status()["backlog"] == 0 and bool(loop.last and loop.last.ok))
+        assert loop.rounds >= 2
         once = _redeem_cli("sync", "--once", "--data", str(till.data))
         assert once.returncode == 0 and "run by the daemon" in once.stdout, once.stderr
         status = _redeem_cli("sync", "status", "--data", str(till.data), "--json")
@@ -586,6 +593,14 @@ def test_the_daemon_syncs_on_its_own_and_answers_sync_commands(
         assert time.monotonic() - t0 < 2.0
         till.engine = setup.open_engine(till.data, till.clock)
     assert till.hashes_at_central() == [r["hash"] for r in rows()]
+    assert till.engine.journal.head_seq > 2 * 3  # the daemon's redemptions are among them
+
+
+def _wait(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
 
 
 # ---------------------------------------------------------------- HTTPS with a pinned CA
