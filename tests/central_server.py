@@ -240,14 +240,22 @@ def running_central(backend: str, work: Path, clock: Clock | None = None) -> Ite
             postgres.drop_database(database)
 
 
-def serve_process(data: Path, database: str | None, env: dict[str, str] | None = None) -> Any:
-    """`redeem-central serve` as its own process on a free port; returns (process, url)."""
+def serve_process(
+    data: Path,
+    database: str | None,
+    env: dict[str, str] | None = None,
+    tls: tuple[Path, Path] | None = None,
+) -> Any:
+    """`redeem-central serve` as its own process on a free port (HTTPS with a (cert, key)
+    pair); returns (process, url)."""
     port = postgres.free_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith("REDEEM_")}
     cmd = [sys.executable, "-m", "sync.central.cli", "serve", "--data", str(data)]
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
     if database:
         cmd += ["--database", database]
+    if tls:
+        cmd += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,
@@ -256,17 +264,18 @@ def serve_process(data: Path, database: str | None, env: dict[str, str] | None =
         stderr=subprocess.PIPE,
         text=True,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    verify: Any = str(tls[0]) if tls else True
     deadline = time.monotonic() + 20
     while True:
         try:
-            if requests.get(url + "/healthz", timeout=1).status_code == 200:
+            if requests.get(url + "/healthz", timeout=1, verify=verify).status_code == 200:
                 return proc, url
         except requests.ConnectionError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError(f"redeem-central serve did not start: {proc.stderr.read()}")
+            raise RuntimeError(f"redeem-central serve did not start: {proc.communicate()[1]}")
         time.sleep(0.05)
 
 

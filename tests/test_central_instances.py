@@ -154,3 +154,59 @@ def test_a_snapshot_download_resumes_on_the_other_instance(
     [update] = read_file(whole)
     state, kind = ledger.apply(running.central.anchor, LedgerState(), update)
     assert kind == "snapshot" and 5 * 10**12 in state.revoked
+
+
+def _self_signed(where: Path) -> tuple[Path, Path]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "central.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = where / "central.pem", where / "central.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+def test_serve_https_with_the_central_certificate(tmp_path: Path) -> None:
+    Central.init(tmp_path / "central").close()
+    cert, key = _self_signed(tmp_path)
+    proc, url = serve_process(tmp_path / "central", None, tls=(cert, key))
+    try:
+        assert url.startswith("https://")
+        with requests.Session() as session:
+            ok = session.get(url + "/healthz", verify=str(cert), timeout=10)
+            assert ok.status_code == 200 and protocol.HEADER_SERVER_TIME in ok.headers
+            ok.close()
+        with requests.Session() as session, pytest.raises(requests.exceptions.SSLError):
+            session.get(url + "/healthz", timeout=10)  # not signed by a CA we trust
+    finally:
+        proc.kill()  # uvicorn lets a closed TLS connection run out its graceful shutdown
+        proc.wait(10)

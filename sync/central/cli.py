@@ -166,6 +166,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ssl_keyfile=args.tls_key,
         proxy_headers=False,
         server_header=False,
+        timeout_graceful_shutdown=10,
     )
     c.close()
     return EXIT_OK
