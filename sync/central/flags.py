@@ -99,7 +99,9 @@ def decide(central: Central, flag_id: int, status: str, note: str | None) -> dic
     if status not in DECISIONS:
         raise CentralError(f"status must be one of {', '.join(DECISIONS)}")
     now = int(central.now())
-    with central.writing():
+    # Under the central's lock: decision ids become visible in the order they were made, so
+    # a terminal reading ?since= never skips one committed late by another instance.
+    with central.exclusive():
         flag = FlagRow.get_or_none(FlagRow.id == flag_id)
         if flag is None:
             raise LookupError(f"no flag {flag_id}")
