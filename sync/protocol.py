@@ -29,6 +29,7 @@ ENROLL = f"{PREFIX}/enroll"  # POST {"code", "device_key" (hex)} -> EnrollReply
 LEDGER = f"{PREFIX}/ledger"  # GET ?since=N -> ledger file (CBOR): deltas after N or a snapshot
 JOURNAL = f"{PREFIX}/journal"  # POST {"entries": [...]} -> JournalReply
 FLAGS = f"{PREFIX}/flags"  # GET ?since=<update id> -> central decisions on fraud flags
+CHECK = f"{PREFIX}/check"  # POST {"code", "basket"} -> a decision, records nothing (online)
 ADMIN_PREFIX = "/admin/v1"  # admin endpoints: bearer token, never a device key
 
 LEDGER_MEDIA_TYPE = "application/vnd.edge-redeem.ledger+cbor"

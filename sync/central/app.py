@@ -23,7 +23,9 @@ from sync.central import flags, report, schemas, terminals
 from sync.central.delivery import Ahead, Delivery
 from sync.central.ingest import BatchInvalid, ingest, parse_batch
 from sync.central.models import TerminalRow
+from sync.central.online import Online
 from sync.central.store import Central, CentralError
+from terminal.rules import InputError
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +179,7 @@ def create_app(central: Central, max_body: int = MAX_BODY) -> FastAPI:
         redoc_url=None,
     )
     delivery = Delivery(central)
+    online = Online(central)
 
     async def db(fn: Callable[..., T], *args: Any) -> T:
         def work() -> T:
@@ -318,6 +321,22 @@ def create_app(central: Central, max_body: int = MAX_BODY) -> FastAPI:
     ) -> Response:
         row, _ = await signed(request)
         return JSONResponse(await db(flags.updates_for_store, row.store, since))
+
+    @app.post(
+        protocol.CHECK,
+        tags=["terminal"],
+        summary="Check a coupon online with the terminal's own rules (records nothing)",
+        responses=schemas.problems(400, 401, 403, 413, 422),
+        openapi_extra=schemas.signed(),
+    )
+    async def post_check(request: Request) -> Response:
+        row, body = await signed(request)
+        try:
+            doc = json.loads(body)
+            answer = await db(online.check, row.store, doc)
+        except (ValueError, InputError) as exc:
+            return problem(400, "bad-check", str(exc), request.url.path)
+        return JSONResponse(answer)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the database answers")
     async def health() -> Response:
