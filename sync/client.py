@@ -86,8 +86,9 @@ class RoundResult:
             lines.append(f"flag decisions: {self.flags.get('received', 0)} new")
         if self.clock:
             c = self.clock
+            ahead = round(-c["offset_s"], 1) + 0.0  # + 0.0: never print "-0.0"
             lines.append(
-                f"clock: {-c['offset_s']:+.1f} s off the central's (+-{c['uncertainty_s']:.2f} s)"
+                f"clock: {ahead:+.1f} s off the central's (+-{c['uncertainty_s']:.2f} s)"
                 + ("" if c["ok"] else " -> clock UNTRUSTED, coupons are refused")
             )
         lines.append("sync OK" if self.ok else f"sync FAILED ({self.error_kind}): {self.error}")

@@ -130,9 +130,8 @@ def describe(s: dict[str, Any]) -> str:
     if offset is None:
         lines.append("clock offset: not measured yet")
     else:
-        lines.append(
-            f"clock: {-offset:+.1f} s off the central's (limit {s['max_clock_offset_s']} s)"
-        )
+        ahead = round(-offset, 1) + 0.0  # + 0.0: never print "-0.0"
+        lines.append(f"clock: {ahead:+.1f} s off the central's (limit {s['max_clock_offset_s']} s)")
     lines.append("clock " + ("ok" if s.get("clock_ok") else "UNTRUSTED: coupons are refused"))
     if s.get("next_round_in_s") is not None:
         lines.append(f"next round in {s['next_round_in_s']:.0f} s")
