@@ -332,8 +332,9 @@ def create_app(central: Central, max_body: int = MAX_BODY) -> FastAPI:
     async def post_check(request: Request) -> Response:
         row, body = await signed(request)
         try:
-            doc = json.loads(body)
-            answer = await db(online.check, row.store, doc)
+            answer = await db(lambda: online.check(row.store, json.loads(body)))
+        except RecursionError:
+            return problem(400, "bad-check", "the body is nested too deeply", request.url.path)
         except (ValueError, InputError) as exc:
             return problem(400, "bad-check", str(exc), request.url.path)
         return JSONResponse(answer)
