@@ -1,6 +1,7 @@
 """A fault-injecting TCP proxy on loopback, between a terminal and the central: it passes
 connections through, or drops them, delays them, resets them, truncates the response,
-answers 500 itself, or accepts and hangs. Faults are chosen per connection, from a fixed
+answers 500 itself, accepts and hangs, or cuts a kept-alive connection after a random
+amount of traffic. Faults are chosen per connection, from a fixed
 mode or at random with a seed, and can be switched while traffic flows."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import threading
 import time
 from collections import Counter
 
-FAULTS = ("drop", "delay", "reset", "truncate", "http500", "hang")
+FAULTS = ("drop", "delay", "reset", "truncate", "http500", "hang", "cut")
 _500 = (
     b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n"
     b"Content-Length: 21\r\nConnection: close\r\n\r\ninjected server error"
@@ -22,7 +23,8 @@ _500 = (
 class FaultProxy:
     def __init__(self, upstream: tuple[str, int], seed: int = 1) -> None:
         self.upstream = upstream
-        self.mode = "pass"  # pass, one of FAULTS, or "random"
+        self.mode = "pass"  # pass, slow, one of FAULTS, or "random"
+        self.script: list[str] = []  # faults for the next connections, before `mode` applies
         self.fault_rate = 0.3  # for "random": share of connections that get a fault
         self.delay_s = 0.5
         self.rng = random.Random(seed)
@@ -50,6 +52,8 @@ class FaultProxy:
 
     def _pick(self) -> str:
         with self._lock:
+            if self.script:
+                return self.script.pop(0)
             if self.mode != "random":
                 return self.mode
             if self.rng.random() >= self.fault_rate:
@@ -87,24 +91,30 @@ class FaultProxy:
             if fault == "delay":
                 time.sleep(self.delay_s)
             upstream = socket.create_connection(self.upstream, timeout=30)
-            limit = None
-            if fault == "truncate":
+            limit = cut = None
+            if fault == "truncate":  # the answer stops short
                 limit = self.rng.randint(1, 300)
-            t = threading.Thread(target=_pump, args=(client, upstream, None), daemon=True)
+            if fault == "cut":  # Wi-Fi drops after a while: kept-alive requests die mid-way
+                cut = self.rng.randint(5_000, 150_000)
+            pause = self.delay_s if fault == "slow" else 0.0  # a slow link, every chunk
+            t = threading.Thread(target=_pump, args=(client, upstream, cut, pause), daemon=True)
             t.start()
-            _pump(upstream, client, limit)
+            _pump(upstream, client, limit, pause)
             upstream.close()
             client.close()
         except OSError:
             client.close()
 
 
-def _pump(src: socket.socket, dst: socket.socket, limit: int | None) -> None:
-    """Copy src to dst until EOF, or until `limit` bytes have gone (then cut both)."""
+def _pump(src: socket.socket, dst: socket.socket, limit: int | None, pause: float = 0.0) -> None:
+    """Copy src to dst until EOF, or until `limit` bytes have gone (then cut both); `pause`
+    after every chunk makes a slow link."""
     sent = 0
     try:
         while True:
-            data = src.recv(65536)
+            data = src.recv(16384 if pause else 65536)
+            if pause:
+                time.sleep(pause)
             if not data:
                 dst.shutdown(socket.SHUT_WR)
                 return
