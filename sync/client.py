@@ -131,6 +131,7 @@ class SyncClient:
         self.local = local
         self.stop = stop or threading.Event()
         self.work_dir = data / "sync"
+        self._own_usage: dict[str, list[int]] | None = None
 
     # ------------------------------------------------------------------ the round
 
@@ -145,6 +146,11 @@ class SyncClient:
             result.journal = self.push_journal()
             self._check_stop()
             result.ledger = self.pull_ledger()
+            if self._own_usage is not None:
+                # The ledger just pulled counts every use the central has from us: from now
+                # on the budget check takes our own uses out of the ledger's totals.
+                own = self._own_usage
+                self.local.call(lambda e: e.record_own_usage(own))
             self._check_stop()
             result.flags = self.pull_flags()
             # A ledger applied journals an entry: send it now too.
@@ -204,6 +210,8 @@ class SyncClient:
             reply = _journal_reply(answer.json())
             out["sent"] += len(batch)
             out["accepted"] += reply["accepted"]
+            if reply["usage"] is not None:
+                self._own_usage = reply["usage"]
             central_acked = reply["acked_seq"]
             if central_acked > head:
                 raise SyncError(
@@ -365,11 +373,19 @@ def _journal_reply(doc: Any) -> dict[str, Any]:
         isinstance(g, list) and len(g) == 2 and all(isinstance(x, int) for x in g) for g in gaps
     ):
         raise SyncError("protocol", "journal reply: gaps are not [[a, b], ...]")
+    usage = doc.get("usage")
+    own: dict[str, list[int]] | None = None
+    if isinstance(usage, dict) and all(
+        isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) for x in v)
+        for v in usage.values()
+    ):
+        own = {str(k): [int(v[0]), int(v[1])] for k, v in usage.items()}
     return {
         "acked_seq": acked,
         "accepted": accepted,
         "gaps": sorted(gaps),
         "problem": None if problem is None else str(problem),
+        "usage": own,
     }
 
 

@@ -28,6 +28,7 @@ class Checks:
     bursts: fraud.BurstDetector
     _trusted_s: float
     clock_offset_s: float | None  # central time minus ours, as the last sync measured it
+    own_usage: dict[str, tuple[int, int]]  # our uses the newest ledger's usage already counts
     serial_uses: Counter[str]
     customer_uses: Counter[tuple[str, str]]
     campaign_count: Counter[str]
@@ -267,7 +268,12 @@ class Checks:
             and self.customer_uses[(c.id, coupon.customer)] >= c.uses_per_customer
         ):
             raise _Refuse(Reason.CUSTOMER_LIMIT, coupon=coupon)
-        elsewhere_count, elsewhere_minor = led.usage.get(c.id, (0, 0))
+        # The ledger's usage counts the whole chain, this till's synced uses included; those
+        # are also in this till's own counters, so take them out once.
+        total_count, total_minor = led.usage.get(c.id, (0, 0))
+        own_count, own_minor = self.own_usage.get(c.id, (0, 0))
+        elsewhere_count = max(0, total_count - own_count)
+        elsewhere_minor = max(0, total_minor - own_minor)
         if (
             c.budget_count is not None
             and elsewhere_count + self.campaign_count[c.id] >= c.budget_count

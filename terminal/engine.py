@@ -67,6 +67,10 @@ class Engine(Checks):
         self.journal = Journal()
         self.bursts = fraud.BurstDetector()
         self._trusted_s = float(get_meta("trusted_time", "0") or 0)
+        self.own_usage = {
+            k: (int(v[0]), int(v[1]))
+            for k, v in json.loads(get_meta("own_usage", "{}") or "{}").items()
+        }
         offset = get_meta(META_CLOCK_OFFSET)
         self.clock_offset_s = float(offset) if offset else None
         self._rebuild_usage()
@@ -632,6 +636,12 @@ class Engine(Checks):
                 "back in range" if ok else "clock untrusted",
             )
         return ok
+
+    def record_own_usage(self, usage: dict[str, list[int]]) -> None:
+        """What the central counts of this till's uses, as of the ledger just pulled (the
+        sync client calls this after a round's push and pull both succeeded)."""
+        set_meta("own_usage", json.dumps(usage, sort_keys=True))
+        self.own_usage = {k: (int(v[0]), int(v[1])) for k, v in usage.items()}
 
     def import_ledger(self, data: bytes) -> ImportResult:
         """Apply a ledger file (USB stick or sync); every refusal is journaled as a flag."""

@@ -698,3 +698,28 @@ def test_https_with_the_pinned_ca_works_and_another_ca_is_refused(
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_after_a_sync_the_till_does_not_count_its_own_uses_twice_against_a_budget(
+    till: SyncedTill,
+) -> None:
+    till.running.central.add_campaign(
+        {
+            "id": "B3",
+            "kind": "fixed",
+            "currency": "CNY",
+            "amount_minor": 100,
+            "budget_count": 3,
+            "stacking": "any",
+        }
+    )
+    coupons = _issue(till.running.central, "B3", 4)
+    assert till.round().ok  # the ledger that lists B3
+    for token in coupons[:2]:
+        assert till.engine.redeem(token, basket(5000)).accepted
+    assert till.round().ok  # the central now counts our 2 uses in the ledger's usage
+    assert till.engine.ledger.usage.get("B3", (0, 0))[0] == 2
+    third = till.engine.redeem(coupons[2], basket(5000))
+    fourth = till.engine.redeem(coupons[3], basket(5000))
+    assert third.accepted, third  # 2 used + this one = 3: within the budget
+    assert fourth.reason.value == "budget_exhausted"

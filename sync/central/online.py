@@ -50,6 +50,7 @@ class OnlineChecker(Checks):
         self.bursts = fraud.BurstDetector()
         self._trusted_s = 0.0
         self.clock_offset_s = None  # the central's clock is the reference
+        self.own_usage = {}  # the central's totals are the whole truth
         self.serial_uses = Counter()
         self.customer_uses = Counter()
         self.campaign_count = Counter()
