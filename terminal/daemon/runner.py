@@ -83,6 +83,7 @@ class Daemon:
         self.recent: deque[Published] = deque(maxlen=500)
         self.published_count = 0
         self.control: Control | None = None
+        self.kiosk: Any = None
         self.sync: sync_loop.SyncLoop | None = None
         self.listeners: list[Callable[[Published], None]] = []
         self.ignored = 0
@@ -108,6 +109,7 @@ class Daemon:
         self._start_inputs()
         self.control = Control(self, control_mod.socket_path(data))
         self.control.start()
+        self._start_kiosk()
         self.sync = sync_loop.create(self.cfg.sync, data, self.worker)
         log.info(
             "terminal %s of store %s running: ledger v%s, %d input(s), %d output(s)",
@@ -118,6 +120,25 @@ class Daemon:
             len(self.outputs),
         )
         self.notifier.ready(f"ledger v{self.engine.ledger.version}")
+
+    def _start_kiosk(self) -> None:
+        """The cashier screen, manager dashboard and POS API. A port in use is an error in
+        the log, not a reason to stop taking coupons from the devices."""
+        if not self.cfg.kiosk.enabled:
+            return
+        try:
+            from kiosk_ui.app import KioskServer
+
+            self.kiosk = KioskServer(self, self.cfg.kiosk.host, self.cfg.kiosk.port)
+            self.kiosk.start()
+        except Exception as exc:
+            log.error(
+                "kiosk web app not started on %s:%s: %s",
+                self.cfg.kiosk.host,
+                self.cfg.kiosk.port,
+                exc,
+            )
+            self.kiosk = None
 
     def _start_inputs(self) -> None:
         for spec in self.cfg.inputs:
@@ -141,6 +162,8 @@ class Daemon:
         if self.sync is not None:  # first: a round in flight is abandoned, never awaited
             self.sync.stop()
         self._stop_inputs()
+        if self.kiosk is not None:
+            self.kiosk.stop()
         if self.control is not None:
             self.control.stop()
         if self.worker is not None and not self.worker.stop(SHUTDOWN_S - 1.5):

@@ -1,0 +1,64 @@
+"""The daemon's local web app: the cashier screen and manager dashboard (pages), the POS
+integration API (/api/v1) and /metrics, served by uvicorn on the [kiosk] address (loopback
+unless an installer says otherwise). Every asset ships in the package."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+
+
+def create_app(daemon: Any) -> FastAPI:
+    from kiosk_ui import api, metrics, pages
+
+    app = FastAPI(title="edge-redeem terminal", docs_url=None, redoc_url=None)
+    app.include_router(api.router(daemon))
+    app.include_router(metrics.router(daemon))
+    app.include_router(pages.router(daemon))
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+class KioskServer:
+    """uvicorn in a thread; stops with the daemon."""
+
+    def __init__(self, daemon: Any, host: str, port: int) -> None:
+        config = uvicorn.Config(
+            create_app(daemon),
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
+        self.server = uvicorn.Server(config)
+        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self.thread = threading.Thread(target=self.server.run, name="kiosk", daemon=True)
+        self.host = host
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started and self.thread.is_alive():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the kiosk web server did not start")
+            time.sleep(0.02)
+        if not self.thread.is_alive():
+            raise RuntimeError("the kiosk web server could not start (is the port in use?)")
+        sock = self.server.servers[0].sockets[0].getsockname()
+        self.url = f"http://{sock[0]}:{sock[1]}"
+        log.info("kiosk on %s", self.url)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(3.0)
