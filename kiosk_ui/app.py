@@ -4,6 +4,7 @@ unless an installer says otherwise). Every asset ships in the package."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 import time
@@ -19,12 +20,10 @@ STATIC = Path(__file__).parent / "static"
 
 
 def create_app(daemon: Any) -> FastAPI:
-    from kiosk_ui import api, metrics, pages
-
     app = FastAPI(title="edge-redeem terminal", docs_url=None, redoc_url=None)
-    app.include_router(api.router(daemon))
-    app.include_router(metrics.router(daemon))
-    app.include_router(pages.router(daemon))
+    for name in ("api", "metrics", "pages"):  # each exposes router(daemon)
+        module = importlib.import_module(f"kiosk_ui.{name}")
+        app.include_router(module.router(daemon))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
@@ -42,7 +41,6 @@ class KioskServer:
             lifespan="off",
         )
         self.server = uvicorn.Server(config)
-        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self.thread = threading.Thread(target=self.server.run, name="kiosk", daemon=True)
         self.host = host
 
