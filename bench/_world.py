@@ -24,7 +24,7 @@ from sync.central.store import Central  # noqa: E402
 from terminal import setup  # noqa: E402
 from terminal.clock import FixedClock  # noqa: E402
 from terminal.engine import Engine  # noqa: E402
-from terminal.ledger import Policy  # noqa: E402
+from terminal.ledger import Policy, ledger_file  # noqa: E402
 
 # Wednesday 2026-11-25 12:00 UTC, as in tests/conftest.py.
 T0 = 1795_608_000.0
@@ -74,6 +74,18 @@ def new_terminal(root: Path, clock: FixedClock, name: str = "terminal") -> tuple
     data = root / name
     setup.init(data, root / "central" / "trust-anchor.json", "S1", "T1")
     return data, setup.open_engine(data, clock)
+
+
+def terminal_for_daemon(root: Path, clock: FixedClock, central: Central) -> Path:
+    """A terminal data directory holding the central's newest ledger, closed again so a
+    daemon can own its journal."""
+    central.publish()
+    data = root / "terminal"
+    setup.init(data, root / "central" / "trust-anchor.json", "S1", "T1")
+    engine = setup.open_engine(data, clock)
+    engine.import_ledger(ledger_file([central.snapshot()]))
+    engine.db.close()
+    return data
 
 
 def timed(label: str, fn: Callable[[], object]) -> tuple[float, object]:

@@ -21,10 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench._world import T0, goal, machine, new_central, scratch  # noqa: E402
-from terminal import setup  # noqa: E402
+from bench._world import T0, goal, machine, new_central, scratch, terminal_for_daemon  # noqa: E402
 from terminal.clock import FixedClock  # noqa: E402
-from terminal.ledger import ledger_file  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -54,13 +52,7 @@ def main() -> None:
     print(f"bench/daemon_cpu.py: {machine()}")
     with scratch("cpu") as root:
         clock = FixedClock(T0)
-        central = new_central(root, clock)
-        central.publish()
-        data = root / "terminal"
-        setup.init(data, root / "central" / "trust-anchor.json", "S1", "T1")
-        engine = setup.open_engine(data, clock)
-        engine.import_ledger(ledger_file([central.snapshot()]))
-        engine.db.close()
+        data = terminal_for_daemon(root, clock, new_central(root, clock))
         video = root / "counter.avi"
         empty_counter_video(video)
         cfg = root / "daemon.toml"

@@ -22,12 +22,20 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import segno  # noqa: E402
 
-from bench._world import T0, goal, machine, new_central, percentile, scratch, timed  # noqa: E402
-from terminal import setup  # noqa: E402
+from bench._world import (  # noqa: E402
+    T0,
+    goal,
+    machine,
+    new_central,
+    percentile,
+    scratch,
+    terminal_for_daemon,
+    timed,
+)
 from terminal.clock import FixedClock  # noqa: E402
 from terminal.daemon import config as config_mod  # noqa: E402
 from terminal.daemon.runner import Daemon, Published  # noqa: E402
-from terminal.ledger import Policy, ledger_file  # noqa: E402
+from terminal.ledger import Policy  # noqa: E402
 from terminal.rules import Basket  # noqa: E402
 
 
@@ -62,12 +70,7 @@ def main() -> None:
         )
         _, issued = timed(f"issue {args.scans} coupons", lambda: central.issue("FIVE", args.scans))
         tokens = [i.token for i in issued]  # type: ignore[attr-defined]
-        central.publish()
-        data = root / "terminal"
-        setup.init(data, root / "central" / "trust-anchor.json", "S1", "T1")
-        engine = setup.open_engine(data, clock)
-        engine.import_ledger(ledger_file([central.snapshot()]))
-        engine.db.close()
+        data = terminal_for_daemon(root, clock, central)
         frames = root / "frames"
         frames.mkdir()
 
