@@ -1,0 +1,503 @@
+"""The POS integration API under /api/v1: tills open a checkout with its basket, apply
+coupons (the engine's hold), read the best combination, and commit, release or reverse.
+Bearer token per till, Idempotency-Key on every POST, errors as RFC 9457 problem+json.
+Every engine call goes through the daemon's one engine worker."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from kiosk_ui.tills import Tills
+from terminal import tokens
+from terminal.decision import Context, Decision
+from terminal.engine import Engine
+from terminal.journal import Use
+from terminal.reasons import Reason
+from terminal.rules import Basket, InputError, best_combination
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/api/v1"
+MAX_BODY = 64 * 1024
+PROBLEM = "application/problem+json"
+TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    404: "Not found",
+    409: "Conflict",
+    413: "Content too large",
+    422: "Unprocessable content",
+    503: "Service unavailable",
+}
+KEY_PATTERN = r"^[\x21-\x7e]{1,128}$"
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+# Engine answers to a commit/release/reverse that are the checkout's state, not a coupon's.
+CONFLICTS = {
+    Reason.OPERATION_CONFLICT,
+    Reason.UNKNOWN_CHECKOUT,
+    Reason.NOT_COMMITTED,
+    Reason.HOLD_EXPIRED,
+}
+UNAVAILABLE = {Reason.STORAGE_FAILURE, Reason.INTERNAL_ERROR}
+
+
+# ---------------------------------------------------------------- documents
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BasketLine(_Doc):
+    sku: str = Field(max_length=64)
+    category: str | None = Field(None, max_length=64)
+    quantity: int = Field(1, ge=1, le=100_000)
+    unit_price_minor: int = Field(ge=0, le=10**10)
+    name: str | None = Field(None, max_length=200)
+
+
+class Customer(_Doc):
+    ref: str | None = Field(None, max_length=64, description="customer reference (hex)")
+    tier: str | None = Field(None, max_length=32)
+    new: bool = False
+
+
+class BasketDoc(_Doc):
+    """Lines, or only `total_minor` (a till that sends totals only)."""
+
+    currency: str = Field(pattern=r"^[A-Za-z]{3}$", description="ISO 4217")
+    lines: list[BasketLine] | None = Field(None, max_length=500)
+    total_minor: int | None = Field(None, ge=0, le=10**12)
+    customer: Customer | None = None
+
+
+class OpenCheckout(_Doc):
+    basket: BasketDoc
+    cashier: str | None = Field(None, max_length=64, description="journaled with each step")
+
+
+class ApplyCoupon(_Doc):
+    code: str = Field(
+        min_length=1, max_length=4096, description="a scanned CPN1: token or a typed code"
+    )
+
+
+class CouponOut(BaseModel):
+    serial: str
+    campaign: str
+    status: str  # held, committed, released, expired, reversed
+    discount_minor: int
+    currency: str
+    gift_sku: str | None = None
+
+
+class DecisionOut(BaseModel):
+    accepted: bool
+    reason: str
+    message: str = Field(description="the sentence the cashier says")
+    discount_minor: int
+    currency: str | None = None
+    campaign: str | None = None
+    campaign_name: str | None = None
+    serial: str | None = None
+    journal_seq: int | None = None
+    gift_sku: str | None = None
+    checkout_id: str | None = None
+    detail: str = ""
+    warnings: list[str] = []
+    coupons: list[CouponOut] = []
+    replayed: bool = False
+
+
+class BestOut(BaseModel):
+    discount_minor: int
+    value_minor: int
+    coupons: list[str] = Field(description="serials to use together")
+    refused: dict[str, str] = Field(description="serial -> reason it is left out")
+
+
+class CheckoutOut(BaseModel):
+    checkout_id: str
+    state: str  # open, committed, released, reversed, or unknown after a restart
+    basket_total_minor: int | None = None
+    currency: str | None = None
+    coupons: list[CouponOut]
+    best: BestOut | None = None
+
+
+class ApplyOut(BaseModel):
+    decision: DecisionOut
+    coupons: list[CouponOut]
+
+
+class ProblemDoc(BaseModel):
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    code: str
+    reason: str | None = None
+    message: str | None = None
+
+
+def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {
+        c: {"description": TITLES[c], "model": ProblemDoc, "content": {PROBLEM: {}}} for c in codes
+    }
+
+
+# ---------------------------------------------------------------- errors
+
+
+class Problem(Exception):
+    def __init__(
+        self, status: int, code: str, detail: str, decision: Decision | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.decision = status, code, detail, decision
+
+    def response(self, instance: str, lang: str) -> Response:
+        doc: dict[str, Any] = {
+            "type": f"urn:edge-redeem:problem:{self.code}",
+            "title": TITLES.get(self.status, "Error"),
+            "status": self.status,
+            "detail": self.detail,
+            "instance": instance,
+            "code": self.code,
+        }
+        if self.decision is not None:
+            doc["reason"] = self.decision.reason.value
+            doc["message"] = self.decision.reason.message(lang)
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        return Response(json.dumps(doc), self.status, headers, media_type=PROBLEM)
+
+
+def _validation(exc: RequestValidationError) -> Problem:
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    msg = f"{where}: {first.get('msg', 'invalid')}"
+    if first.get("type") == "json_invalid" or (first.get("loc") or ("",))[0] == "header":
+        return Problem(400, "bad-request", msg)
+    return Problem(422, "invalid", msg)
+
+
+async def _read_limited(request: Request) -> None:
+    """The body, at most MAX_BODY bytes, cached where FastAPI will look for it."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+        raise Problem(413, "too-large", f"bodies are at most {MAX_BODY} bytes")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise Problem(413, "too-large", f"bodies are at most {MAX_BODY} bytes")
+    request._body = body
+
+
+# ---------------------------------------------------------------- checkouts
+
+
+@dataclass
+class Checkout:
+    id: str
+    till: str
+    basket: Basket
+    cashier: str | None
+    state: str = "open"
+
+
+@dataclass
+class State:
+    checkouts: dict[str, Checkout] = field(default_factory=dict)
+    # op_id -> (request fingerprint, stored answer or None when the engine keeps it)
+    keys: dict[str, tuple[str, dict[str, Any] | None]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _fingerprint(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _coupons(checkout_id: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "serial": u.serial,
+            "campaign": u.campaign,
+            "status": u.status,
+            "discount_minor": u.discount_minor,
+            "currency": u.currency,
+            "gift_sku": json.loads(u.detail).get("gift"),
+        }
+        for u in Use.select().where(Use.checkout_id == checkout_id).order_by(Use.id)
+    ]
+
+
+def _best(engine: Engine, coupons: list[dict[str, Any]], basket: Basket) -> dict[str, Any]:
+    held = [
+        (c["serial"], engine.ledger.campaigns[c["campaign"]])
+        for c in coupons
+        if c["status"] in ("held", "committed") and c["campaign"] in engine.ledger.campaigns
+    ]
+    combo = best_combination(held, basket)
+    return {
+        "discount_minor": combo.discount_minor,
+        "value_minor": combo.value_minor,
+        "coupons": [a.key for a in combo.applied],
+        "refused": {k: r.reason.value for k, r in combo.refused.items()},
+    }
+
+
+def router(daemon: Any) -> APIRouter:
+    """The /api/v1 routes over a started Daemon (its worker, config and data directory)."""
+    state = State()
+    tills = Tills(Path(daemon.cfg.terminal.data))
+
+    def lang() -> str:
+        return str(daemon.cfg.terminal.lang)
+
+    class PosRoute(APIRoute):
+        """Authenticate, bound the body, and turn every error into problem+json (a router
+        cannot carry exception handlers, so the route does)."""
+
+        def get_route_handler(self) -> Any:
+            inner = super().get_route_handler()
+
+            async def handler(request: Request) -> Response:
+                try:
+                    till = tills.till_for(request.headers.get("authorization"))
+                    if till is None:
+                        raise Problem(401, "unauthorized", "a valid till bearer token is required")
+                    request.state.till = till
+                    if request.method == "POST":
+                        await _read_limited(request)
+                    response: Response = await inner(request)
+                    return response
+                except Problem as exc:
+                    return exc.response(request.url.path, lang())
+                except RequestValidationError as exc:
+                    return _validation(exc).response(request.url.path, lang())
+                except HTTPException as exc:
+                    code = Problem(exc.status_code, "http", str(exc.detail))
+                    return code.response(request.url.path, lang())
+
+            return handler
+
+    bearer = HTTPBearer(auto_error=False, description="the till's token (redeem pos-token)")
+    api = APIRouter(
+        prefix=PREFIX,
+        tags=["pos"],
+        route_class=PosRoute,
+        dependencies=[Depends(bearer)],
+        responses=_problems(401),
+    )
+    Key = Header(
+        alias="Idempotency-Key",
+        pattern=KEY_PATTERN,
+        description="unique per request; a retry with the same key gets the same answer",
+    )
+    CheckoutId = PathParam(pattern=ID_PATTERN)
+
+    def op_id(request: Request, key: str) -> str:
+        return f"{request.state.till}:{key}"
+
+    def claim(op: str, fingerprint: str) -> dict[str, Any] | None:
+        """A key is for one request: the stored answer for a retry, 409 for another."""
+        with state.lock:
+            seen = state.keys.get(op)
+            if seen is None:
+                state.keys[op] = (fingerprint, None)
+                return None
+        if seen[0] != fingerprint:
+            raise Problem(
+                409,
+                "operation-conflict",
+                "this Idempotency-Key was used for another request",
+                Decision(False, Reason.OPERATION_CONFLICT),
+            )
+        return seen[1]
+
+    def own(request: Request, checkout_id: str) -> Checkout | None:
+        co = state.checkouts.get(checkout_id)
+        if co is not None and co.till != request.state.till:
+            return None  # another till's checkout is not this till's business
+        return co
+
+    def not_found(checkout_id: str) -> Problem:
+        return Problem(
+            404,
+            "unknown-checkout",
+            f"no checkout {checkout_id} at this terminal",
+            Decision(False, Reason.UNKNOWN_CHECKOUT),
+        )
+
+    def call(job: Any) -> Any:
+        try:
+            return daemon.worker.call(job)
+        except Exception as exc:
+            log.exception("POS API engine call failed")
+            raise Problem(503, "unavailable", "the terminal cannot answer right now") from exc
+
+    @api.post(
+        "/checkouts",
+        status_code=201,
+        response_model=CheckoutOut,
+        summary="Open a checkout with its basket",
+        responses=_problems(400, 409, 413, 422),
+    )
+    def open_checkout(
+        request: Request, body: OpenCheckout, idempotency_key: str = Key
+    ) -> dict[str, Any]:
+        doc = body.basket.model_dump(exclude_none=True)
+        try:
+            basket = Basket.from_dict(doc)
+        except InputError as exc:
+            raise Problem(422, "invalid-basket", str(exc)) from None
+        op = op_id(request, idempotency_key)
+        fp = _fingerprint("open", json.dumps(body.model_dump(), sort_keys=True))
+        stored = claim(op, fp)
+        if stored is not None:
+            return stored
+        co = Checkout(uuid.uuid4().hex, request.state.till, basket, body.cashier)
+        answer = {
+            "checkout_id": co.id,
+            "state": co.state,
+            "basket_total_minor": basket.total_minor,
+            "currency": basket.currency,
+            "coupons": [],
+            "best": {"discount_minor": 0, "value_minor": 0, "coupons": [], "refused": {}},
+        }
+        with state.lock:
+            state.checkouts[co.id] = co
+            state.keys[op] = (fp, answer)
+        return answer
+
+    @api.post(
+        "/checkouts/{checkout_id}/coupons",
+        response_model=ApplyOut,
+        summary="Apply a coupon (token or typed code): held until commit or release",
+        description="A refused coupon is not an HTTP error: 200 with decision.accepted false, "
+        "its reason code and the sentence the cashier says.",
+        responses=_problems(400, 404, 409, 413, 422, 503),
+    )
+    def apply_coupon(
+        request: Request,
+        body: ApplyCoupon,
+        checkout_id: str = CheckoutId,
+        idempotency_key: str = Key,
+    ) -> dict[str, Any]:
+        co = own(request, checkout_id)
+        if co is None:
+            raise not_found(checkout_id)
+        if co.state != "open":
+            raise Problem(409, "checkout-closed", f"checkout {checkout_id} is {co.state}")
+        code = tokens.extract(body.code) or body.code.strip()
+        op = op_id(request, idempotency_key)
+        claim(op, _fingerprint("hold", checkout_id, code))
+        ctx = Context(source="pos", cashier=co.cashier or co.till)
+
+        def job(engine: Engine) -> tuple[Decision, list[dict[str, Any]]]:
+            d = engine.hold(checkout_id, code, co.basket, ctx, op)
+            return d, _coupons(checkout_id)
+
+        decision, coupons = call(job)
+        if decision.reason is Reason.OPERATION_CONFLICT:
+            raise Problem(409, "operation-conflict", decision.detail, decision)
+        if decision.reason in UNAVAILABLE:
+            raise Problem(503, "unavailable", decision.detail or "try again", decision)
+        return {"decision": decision.to_dict(lang()), "coupons": coupons}
+
+    @api.get(
+        "/checkouts/{checkout_id}",
+        response_model=CheckoutOut,
+        summary="The checkout's coupons and the best combination of them for its basket",
+        responses=_problems(404, 422, 503),
+    )
+    def get_checkout(request: Request, checkout_id: str = CheckoutId) -> dict[str, Any]:
+        co = own(request, checkout_id)
+        if co is None and checkout_id in state.checkouts:
+            raise not_found(checkout_id)
+
+        def job(engine: Engine) -> dict[str, Any]:
+            coupons = _coupons(checkout_id)
+            best = _best(engine, coupons, co.basket) if co is not None else None
+            return {"coupons": coupons, "best": best}
+
+        found = call(job)
+        if co is None and not found["coupons"]:
+            raise not_found(checkout_id)
+        return {
+            "checkout_id": checkout_id,
+            "state": co.state if co else "unknown",
+            "basket_total_minor": co.basket.total_minor if co else None,
+            "currency": co.basket.currency if co else None,
+            **found,
+        }
+
+    def transition(kind: str, done: str, summary: str) -> None:
+        def endpoint(
+            request: Request, checkout_id: str = CheckoutId, idempotency_key: str = Key
+        ) -> dict[str, Any]:
+            co = own(request, checkout_id)
+            if co is None and checkout_id in state.checkouts:
+                raise not_found(checkout_id)
+            op = op_id(request, idempotency_key)
+            claim(op, _fingerprint(kind, checkout_id))
+            ctx = Context(source="pos", cashier=(co.cashier or co.till) if co else None)
+
+            def job(engine: Engine) -> Decision | None:
+                if not Use.select().where(Use.checkout_id == checkout_id).exists():
+                    if co is None:
+                        return None  # unknown: nothing journaled, nothing changed
+                    if kind != "reverse":  # a sale without coupons: nothing to hold back
+                        return Decision(
+                            True, Reason.OK, 0, co.basket.currency, checkout_id=checkout_id
+                        )
+                method = getattr(engine, kind)
+                d: Decision = method(checkout_id, op, ctx)
+                return d
+
+            decision: Decision | None = call(job)
+            if decision is None:
+                raise not_found(checkout_id)
+            if decision.reason in UNAVAILABLE:
+                raise Problem(503, "unavailable", decision.detail or "try again", decision)
+            if not decision.accepted:
+                status = 409 if decision.reason in CONFLICTS else 422
+                detail = decision.detail or f"cannot {kind} checkout {checkout_id}"
+                raise Problem(status, decision.reason.value.replace("_", "-"), detail, decision)
+            if co is not None:
+                co.state = done
+            return decision.to_dict(lang())
+
+        endpoint.__name__ = f"{kind}_checkout"
+        api.add_api_route(
+            f"/checkouts/{{checkout_id}}/{kind}",
+            endpoint,
+            methods=["POST"],
+            response_model=DecisionOut,
+            summary=summary,
+            responses=_problems(400, 404, 409, 413, 422, 503),
+        )
+
+    transition("commit", "committed", "Payment done: the held coupons are redeemed")
+    transition("release", "released", "Checkout cancelled: the held coupons are free again")
+    transition("reverse", "reversed", "Refund: the redeemed coupons are reversed")
+    return api

@@ -1,0 +1,86 @@
+"""/metrics in Prometheus text format, from its own registry: decisions by reason and scan
+latency (a daemon listener), sync backlog, ledger age and device up/down (read at scrape)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
+
+
+class DaemonCollector(Collector):
+    """Gauges read from the daemon when scraped; a part that cannot answer is left out
+    rather than failing the whole scrape."""
+
+    def __init__(self, daemon: Any) -> None:
+        self.daemon = daemon
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        daemon = self.daemon
+        try:
+            backlog = daemon.sync_status(brief=True).get("backlog")
+        except Exception:
+            log.warning("metrics: sync status unavailable", exc_info=True)
+            backlog = None
+        if isinstance(backlog, int | float):
+            yield GaugeMetricFamily(
+                "redeem_sync_backlog", "journal entries not yet pushed to the central", backlog
+            )
+        try:
+            age = daemon.worker.call(lambda engine: engine.ledger_age_s(), 2.0)
+        except Exception:
+            log.warning("metrics: ledger age unavailable", exc_info=True)
+            age = None
+        if age is not None:
+            yield GaugeMetricFamily(
+                "redeem_ledger_age_seconds", "seconds since the ledger in use was issued", age
+            )
+        up = GaugeMetricFamily(
+            "redeem_device_up", "1 when an input is working (ok or degraded)", labels=["input"]
+        )
+        for name, health in daemon.health().items():
+            up.add_metric([name], 0.0 if health.get("state") in ("down", "stopped") else 1.0)
+        yield up
+
+
+def router(daemon: Any) -> APIRouter:
+    """GET /metrics over a started Daemon; registers its decision listener."""
+    registry = CollectorRegistry(auto_describe=True)
+    decisions = Counter(
+        "redeem_decisions",
+        "coupon decisions published, by reason",
+        ["reason", "accepted"],
+        registry=registry,
+    )
+    latency = Histogram(
+        "redeem_scan_latency_seconds",
+        "from a scan being available to its decision committed",
+        buckets=LATENCY_BUCKETS,
+        registry=registry,
+    )
+    registry.register(DaemonCollector(daemon))
+
+    def on_publish(pub: Any) -> None:
+        if pub.decision is None:
+            return
+        decisions.labels(pub.decision.reason.value, str(pub.decision.accepted).lower()).inc()
+        latency.observe(pub.latency_s)
+
+    daemon.listeners.append(on_publish)
+    api = APIRouter()
+
+    @api.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return api

@@ -1,0 +1,313 @@
+"""The POS API (/api/v1) and /metrics over a real in-process daemon, served by uvicorn on
+loopback: checkouts, holds, the best combination, commit/release/reverse, idempotency keys,
+till tokens and problem+json errors that change nothing."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from kiosk_ui import api, metrics, tills
+from terminal.daemon import config as config_mod
+from terminal.daemon.runner import Daemon
+from tests.conftest import World
+from tests.test_daemon import fifo_input, wait_for, write_config
+
+BASKET = {"currency": "CNY", "total_minor": 12800}
+
+
+@dataclass
+class Pos:
+    daemon: Daemon
+    url: str
+    token: str
+    spend: list[str]  # SPEND100: 20.00 off 100.00, stacks with anything
+    ten: list[str]  # TENOFF: 10 % off, stacks with anything
+    client: httpx.Client
+
+    def post(self, path: str, body: Any = None, key: str | None = None, **kw: Any) -> Any:
+        headers = {"Authorization": f"Bearer {self.token}", **kw.pop("headers", {})}
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        return self.client.post(self.url + path, json=body, headers=headers, **kw)
+
+    def get(self, path: str) -> Any:
+        return self.client.get(self.url + path, headers={"Authorization": f"Bearer {self.token}"})
+
+    def open(self, key: str = "open-1", basket: Any = None) -> str:
+        r = self.post("/api/v1/checkouts", {"basket": basket or BASKET}, key)
+        assert r.status_code == 201, r.text
+        return str(r.json()["checkout_id"])
+
+    def seq(self) -> int:
+        return int(self.daemon.worker.call(lambda e: e.journal.head_seq))  # type: ignore[union-attr]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Served:
+    server: uvicorn.Server
+    thread: threading.Thread
+    url: str
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(5)
+
+
+def serve(app: FastAPI) -> Served:
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, 10)
+    return Served(server, thread, f"http://127.0.0.1:{port}")
+
+
+def make_app(daemon: Daemon) -> FastAPI:
+    """What kiosk_ui/app.py does with these two routers."""
+    app = FastAPI(title="edge-redeem terminal", version="1")
+    app.include_router(api.router(daemon))
+    app.include_router(metrics.router(daemon))
+    return app
+
+
+@pytest.fixture
+def pos(world: World, tmp_path: Path) -> Iterator[Pos]:
+    world.campaign(
+        id="SPEND100", kind="threshold", amount_minor=2000, min_spend_minor=10000, stacking="any"
+    )
+    world.campaign(id="TENOFF", kind="percent", percent=10, stacking="any")
+    spend, ten = world.issue("SPEND100", 4), world.issue("TENOFF", 2)
+    world.sync_ledger()
+    world.engine.db.close()
+    cfg = config_mod.load(write_config(tmp_path / "d.toml", world.data, fifo_input(tmp_path / "f")))
+    daemon = Daemon(cfg, world.clock)
+    daemon.start()
+    token = tills.issue(world.data, "till1")
+    served = serve(make_app(daemon))
+    try:
+        with httpx.Client(timeout=10) as client:
+            yield Pos(daemon, served.url, token, spend, ten, client)
+    finally:
+        served.stop()
+        daemon.stop()
+
+
+# ---------------------------------------------------------------- the happy path
+
+
+def test_open_apply_commit(pos: Pos) -> None:
+    cid = pos.open()
+    r = pos.post(f"/api/v1/checkouts/{cid}/coupons", {"code": pos.spend[0]}, "apply-1")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["decision"]["accepted"] and body["decision"]["discount_minor"] == 2000
+    assert [c["status"] for c in body["coupons"]] == ["held"]
+    r = pos.post(f"/api/v1/checkouts/{cid}/commit", key="commit-1")
+    assert r.status_code == 200, r.text
+    assert r.json()["accepted"] and r.json()["discount_minor"] == 2000
+    got = pos.get(f"/api/v1/checkouts/{cid}").json()
+    assert got["state"] == "committed" and got["coupons"][0]["status"] == "committed"
+    # The same coupon at another checkout: refused, as a 200 with the cashier's sentence.
+    other = pos.open("open-2")
+    r = pos.post(f"/api/v1/checkouts/{other}/coupons", {"code": pos.spend[0]}, "apply-2")
+    assert r.status_code == 200
+    d = r.json()["decision"]
+    assert not d["accepted"] and d["reason"] == "already_redeemed"
+    assert d["message"] == "This coupon has already been used."
+
+
+def test_two_coupons_stack_and_the_best_combination(pos: Pos) -> None:
+    cid = pos.open()
+    a = pos.post(f"/api/v1/checkouts/{cid}/coupons", {"code": pos.ten[0]}, "a").json()
+    b = pos.post(f"/api/v1/checkouts/{cid}/coupons", {"code": pos.spend[0]}, "b").json()
+    assert a["decision"]["accepted"] and b["decision"]["accepted"]
+    assert len(b["coupons"]) == 2
+    got = pos.get(f"/api/v1/checkouts/{cid}").json()
+    best = got["best"]
+    # 10 % of 128.00 first (12.80), then 20.00 off the threshold: 32.80 together.
+    assert sorted(best["coupons"]) == sorted(c["serial"] for c in got["coupons"])
+    assert best["discount_minor"] == 1280 + 2000
+    r = pos.post(f"/api/v1/checkouts/{cid}/commit", key="c")
+    assert r.json()["discount_minor"] == 3280
+
+
+def test_release_then_commit_is_409_with_the_engine_reason(pos: Pos) -> None:
+    cid = pos.open()
+    pos.post(f"/api/v1/checkouts/{cid}/coupons", {"code": pos.spend[0]}, "a")
+    r = pos.post(f"/api/v1/checkouts/{cid}/release", key="rel")
+    assert r.status_code == 200 and r.json()["accepted"]
+    r = pos.post(f"/api/v1/checkouts/{cid}/commit", key="com")
+    assert r.status_code == 409
+    assert r.headers["content-type"].startswith("application/problem+json")
+    p = r.json()
+    assert p["status"] == 409 and p["reason"] == "unknown_checkout" and p["message"]
+    assert p["instance"] == f"/api/v1/checkouts/{cid}/commit" and p["type"] and p["title"]
+    # Released: the coupon is free for the next sale.
+    nxt = pos.open("open-2")
+    r = pos.post(f"/api/v1/checkouts/{nxt}/coupons", {"code": pos.spend[0]}, "b")
+    assert r.json()["decision"]["accepted"]
+
+
+def test_reverse_after_commit_and_not_before(pos: Pos) -> None:
+    cid = pos.open()
+    pos.post(f"/api/v1/checkouts/{cid}/coupons", {"code": pos.spend[0]}, "a")
+    r = pos.post(f"/api/v1/checkouts/{cid}/reverse", key="early")
+    assert r.status_code == 409 and r.json()["reason"] == "not_committed"
+    pos.post(f"/api/v1/checkouts/{cid}/commit", key="c")
+    r = pos.post(f"/api/v1/checkouts/{cid}/reverse", key="refund")
+    assert r.status_code == 200 and r.json()["accepted"]
+    got = pos.get(f"/api/v1/checkouts/{cid}").json()
+    assert got["state"] == "reversed" and got["coupons"][0]["status"] == "reversed"
+
+
+def test_retry_gets_the_same_answer_and_a_reused_key_is_409(pos: Pos) -> None:
+    cid = pos.open("k-open")
+    assert pos.open("k-open") == cid  # a retried open is the same checkout
+    first = pos.post(f"/api/v1/checkouts/{cid}/coupons", {"code": pos.spend[0]}, "k1").json()
+    seq = pos.seq()
+    again = pos.post(f"/api/v1/checkouts/{cid}/coupons", {"code": pos.spend[0]}, "k1").json()
+    assert again["decision"]["replayed"] and pos.seq() == seq
+    strip = {k: v for k, v in first["decision"].items() if k != "replayed"}
+    assert {k: v for k, v in again["decision"].items() if k != "replayed"} == strip
+    r = pos.post(f"/api/v1/checkouts/{cid}/coupons", {"code": pos.spend[1]}, "k1")
+    assert r.status_code == 409 and r.json()["code"] == "operation-conflict"
+    r = pos.post("/api/v1/checkouts", {"basket": {"currency": "CNY", "total_minor": 1}}, "k-open")
+    assert r.status_code == 409
+    assert pos.seq() == seq
+    assert len(pos.get(f"/api/v1/checkouts/{cid}").json()["coupons"]) == 1
+    c1 = pos.post(f"/api/v1/checkouts/{cid}/commit", key="k2").json()
+    c2 = pos.post(f"/api/v1/checkouts/{cid}/commit", key="k2").json()
+    assert c2["replayed"] and c1["journal_seq"] == c2["journal_seq"]
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_missing_or_wrong_token_is_401_and_changes_nothing(pos: Pos) -> None:
+    cid = pos.open()
+    seq = pos.seq()
+    apply = f"{pos.url}/api/v1/checkouts/{cid}/coupons"
+    for headers in (
+        {},
+        {"Authorization": "Bearer pos_not-a-real-token"},
+        {"Authorization": f"Basic {pos.token}"},
+        {"Authorization": f"Bearer {pos.token}x"},
+    ):
+        r = pos.client.post(
+            apply, json={"code": pos.spend[0]}, headers={**headers, "Idempotency-Key": "z"}
+        )
+        assert r.status_code == 401, headers
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert (
+            pos.client.get(f"{pos.url}/api/v1/checkouts/{cid}", headers=headers).status_code == 401
+        )
+    assert pos.seq() == seq and pos.get(f"/api/v1/checkouts/{cid}").json()["coupons"] == []
+    # A new token replaces the till's old one.
+    old, pos.token = pos.token, tills.issue(pos.daemon.cfg.terminal.data, "till1")
+    assert pos.get(f"/api/v1/checkouts/{cid}").status_code == 200
+    pos.token = old
+    assert pos.get(f"/api/v1/checkouts/{cid}").status_code == 401
+
+
+def test_unknown_checkout_is_404(pos: Pos) -> None:
+    seq = pos.seq()
+    for r in (
+        pos.get("/api/v1/checkouts/nosuch"),
+        pos.post("/api/v1/checkouts/nosuch/coupons", {"code": pos.spend[0]}, "a"),
+        pos.post("/api/v1/checkouts/nosuch/commit", key="b"),
+        pos.post("/api/v1/checkouts/nosuch/release", key="c"),
+        pos.post("/api/v1/checkouts/nosuch/reverse", key="d"),
+    ):
+        assert r.status_code == 404, r.text
+        assert r.json()["reason"] == "unknown_checkout"
+    assert pos.seq() == seq
+
+
+def test_oversized_and_malformed_bodies(pos: Pos) -> None:
+    cid = pos.open()
+    seq = pos.seq()
+    url = f"/api/v1/checkouts/{cid}/coupons"
+    big = pos.post(url, {"code": "A" * 70_000}, "big")
+    assert big.status_code == 413 and big.json()["status"] == 413
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit holds while reading
+        for _ in range(80):
+            yield b"x" * 1024
+
+    streamed = pos.client.post(
+        pos.url + url,
+        content=chunks(),
+        headers={"Authorization": f"Bearer {pos.token}", "Idempotency-Key": "s"},
+    )
+    assert streamed.status_code == 413
+    bad_json = pos.post(
+        url, content=b"{not json", key="j", headers={"Content-Type": "application/json"}
+    )
+    assert bad_json.status_code == 400 and bad_json.json()["code"] == "bad-request"
+    for body in ({}, {"code": 5}, {"code": "x", "extra": 1}, [1, 2]):
+        r = pos.post(url, body, "v")
+        assert r.status_code == 422, body
+        assert r.headers["content-type"].startswith("application/problem+json")
+    no_key = pos.post(url, {"code": pos.spend[0]})
+    assert no_key.status_code == 400 and "Idempotency-Key" in no_key.json()["detail"]
+    mismatch = {"currency": "CNY", "lines": [{"sku": "a", "unit_price_minor": 5}], "total_minor": 9}
+    r = pos.post("/api/v1/checkouts", {"basket": mismatch}, "m")
+    assert r.status_code == 422 and "total_minor" in r.json()["detail"]
+    assert pos.seq() == seq and pos.get(f"/api/v1/checkouts/{cid}").json()["coupons"] == []
+
+
+def test_metrics_show_decisions_by_reason(pos: Pos) -> None:
+    pos.daemon.set_basket(api.Basket.from_dict(BASKET))
+    (pipe,) = pos.daemon.inputs
+    pipe.feed(pos.spend[0])
+    wait_for(lambda: pos.daemon.published_count == 1)
+    r = pos.client.get(pos.url + "/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert 'redeem_decisions_total{accepted="true",reason="ok"} 1.0' in text
+    assert "redeem_scan_latency_seconds_count 1.0" in text
+    assert "redeem_ledger_age_seconds" in text and "redeem_sync_backlog" in text
+    assert 'redeem_device_up{input="pipe"} 1.0' in text
+
+
+def test_pos_token_command_stores_only_a_salted_hash(world: World, capsys: Any) -> None:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def cmd(parent: Any, name: str, func: Any, help_: str) -> argparse.ArgumentParser:
+        sp: argparse.ArgumentParser = parent.add_parser(name, help=help_)
+        sp.add_argument("--data", required=True)
+        sp.set_defaults(func=func)
+        return sp
+
+    tills.add_commands(sub, cmd)
+    args = parser.parse_args(["pos-token", "--data", str(world.data), "--till", "till7"])
+    assert args.func(args) == 0
+    token = capsys.readouterr().out.strip()
+    path = world.data / tills.FILE
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert token not in path.read_text()
+    assert tills.Tills(world.data).till_for(f"Bearer {token}") == "till7"
+    assert tills.Tills(world.data).till_for(f"Bearer {token[:-1]}") is None
+    with pytest.raises(ValueError):
+        tills.issue(world.data, "no spaces")
