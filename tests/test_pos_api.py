@@ -98,7 +98,9 @@ def pos(world: World, tmp_path: Path) -> Iterator[Pos]:
     spend, ten = world.issue("SPEND100", 4), world.issue("TENOFF", 2)
     world.sync_ledger()
     world.engine.db.close()
-    cfg = config_mod.load(write_config(tmp_path / "d.toml", world.data, fifo_input(tmp_path / "f")))
+    # The daemon's own kiosk server is off: the test serves its own app with these routers.
+    body = "\n[kiosk]\nenabled = false\n" + fifo_input(tmp_path / "f")
+    cfg = config_mod.load(write_config(tmp_path / "d.toml", world.data, body))
     daemon = Daemon(cfg, world.clock)
     daemon.start()
     token = tills.issue(world.data, "till1")
