@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1"
 MAX_BODY = 64 * 1024
+# Memory bounds for a terminal that runs for weeks: the oldest keys and closed checkouts go
+# first (the engine keeps every operation's answer in its journal regardless).
+MAX_KEYS = 20_000
+MAX_CHECKOUTS = 5_000
 PROBLEM = "application/problem+json"
 TITLES = {
     400: "Bad request",
@@ -231,6 +235,16 @@ class State:
     keys: dict[str, tuple[str, dict[str, Any] | None]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def trim(self) -> None:
+        """Called with the lock held; dicts keep insertion order, so the oldest go first."""
+        while len(self.keys) > MAX_KEYS:
+            del self.keys[next(iter(self.keys))]
+        if len(self.checkouts) > MAX_CHECKOUTS:
+            for cid in [c.id for c in self.checkouts.values() if c.state != "open"]:
+                del self.checkouts[cid]
+                if len(self.checkouts) <= MAX_CHECKOUTS // 2:
+                    break
+
 
 def _fingerprint(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
@@ -324,6 +338,7 @@ def router(daemon: Any) -> APIRouter:
             seen = state.keys.get(op)
             if seen is None:
                 state.keys[op] = (fingerprint, None)
+                state.trim()
                 return None
         if seen[0] != fingerprint:
             raise Problem(
@@ -387,6 +402,7 @@ def router(daemon: Any) -> APIRouter:
         with state.lock:
             state.checkouts[co.id] = co
             state.keys[op] = (fp, answer)
+            state.trim()
         return answer
 
     @api.post(

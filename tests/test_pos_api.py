@@ -128,6 +128,14 @@ def test_open_apply_commit(pos: Pos) -> None:
     assert r.json()["accepted"] and r.json()["discount_minor"] == 2000
     got = pos.get(f"/api/v1/checkouts/{cid}").json()
     assert got["state"] == "committed" and got["coupons"][0]["status"] == "committed"
+    late = pos.post(f"/api/v1/checkouts/{cid}/coupons", {"code": pos.spend[1]}, "late")
+    assert late.status_code == 409 and late.json()["code"] == "checkout-closed"
+    # Another till does not see this till's checkout.
+    other_till = tills.issue(pos.daemon.cfg.terminal.data, "till2")
+    peek = pos.client.get(
+        f"{pos.url}/api/v1/checkouts/{cid}", headers={"Authorization": f"Bearer {other_till}"}
+    )
+    assert peek.status_code == 404
     # The same coupon at another checkout: refused, as a 200 with the cashier's sentence.
     other = pos.open("open-2")
     r = pos.post(f"/api/v1/checkouts/{other}/coupons", {"code": pos.spend[0]}, "apply-2")
