@@ -175,6 +175,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any, cmd: Any) -> None:
     """Register on the `redeem` parser; `cmd` is its helper that adds --data/--lang/--json."""
+    from kiosk_ui import tills
+
+    tills.add_commands(sub, cmd)  # redeem pos-token
     sp = sub.add_parser("run", help="run the terminal daemon")
     sp.add_argument("--config", required=True, help="the daemon's TOML config")
     sp.set_defaults(func=cmd_run)
