@@ -1,0 +1,182 @@
+"""The kiosk's pages over real HTTP: both languages render, the PIN lock-out holds, a wrong
+PIN never logs in, the journal exports as CSV, and every template string is translated."""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from kiosk_ui import manager, pages
+from terminal import i18n
+from terminal.clock import FixedClock
+from terminal.daemon import config as config_mod
+from terminal.daemon.runner import Daemon
+from terminal.rules import Basket
+from tests.conftest import T0, World
+from tests.test_daemon import prepare, wait_for, write_config
+
+PIN = "2468"
+KIOSK = Path(pages.__file__).parent
+
+
+@dataclass
+class Kiosk:
+    url: str
+    daemon: Daemon
+    tokens: list[str]
+
+    def feed(self, payload: str) -> None:
+        (sim,) = self.daemon.inputs
+        sim.feed(payload)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def kiosk(world: World, tmp_path: Path) -> Iterator[Kiosk]:
+    tokens = prepare(world, 4)
+    body = '\n[[input]]\nname = "sim"\nkind = "fake"\n'
+    cfg = config_mod.load(write_config(tmp_path / "d.toml", world.data, body))
+    daemon = Daemon(cfg, FixedClock(T0))
+    daemon.start()
+    manager.set_pin(world.data, PIN)
+    app = FastAPI()
+    app.include_router(pages.router(daemon))
+    app.mount("/static", StaticFiles(directory=KIOSK / "static"), name="static")
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started)
+    try:
+        yield Kiosk(f"http://127.0.0.1:{port}", daemon, tokens)
+    finally:
+        server.should_exit = True
+        thread.join(5)
+        daemon.stop()
+
+
+def test_pages_render_in_both_languages(kiosk: Kiosk) -> None:
+    with httpx.Client(base_url=kiosk.url) as c:
+        en = c.get("/")
+        assert en.status_code == 200 and "Waiting for a coupon" in en.text
+        zh = c.get("/?lang=zh_CN")
+        assert "等待扫描优惠券" in zh.text and zh.cookies.get("lang") == "zh_CN"
+        again = c.get("/manager")  # the cookie keeps the language
+        assert "店长密码" in again.text
+        assert c.get("/static/htmx.min.js").status_code == 200
+        assert c.get("/static/sse.min.js").status_code == 200
+
+
+def test_wrong_pin_never_logs_in_and_five_lock_out(kiosk: Kiosk) -> None:
+    with httpx.Client(base_url=kiosk.url) as c:
+        for _ in range(4):
+            r = c.post("/manager/login", data={"pin": "0000"})
+            assert r.status_code == 401 and "Wrong PIN." in r.text
+            assert pages.COOKIE_SESSION not in c.cookies
+        r = c.post("/manager/login", data={"pin": "1111"})
+        assert r.status_code == 429 and "Too many wrong PINs" in r.text
+        r = c.post("/manager/login", data={"pin": PIN})  # even the right PIN, while locked
+        assert r.status_code == 429 and pages.COOKIE_SESSION not in c.cookies
+        assert "Manager PIN" in c.get("/manager").text  # still the login page
+        assert c.get("/manager/export.csv").status_code == 303
+
+
+def test_session_cookie_is_checked(kiosk: Kiosk) -> None:
+    with httpx.Client(base_url=kiosk.url, cookies={pages.COOKIE_SESSION: "forged"}) as c:
+        assert "Manager PIN" in c.get("/manager").text
+
+
+def test_manager_dashboard_and_csv_export(kiosk: Kiosk) -> None:
+    kiosk.daemon.set_basket(Basket.from_dict({"currency": "CNY", "total_minor": 12800}))
+    kiosk.feed(kiosk.tokens[0])
+    kiosk.feed(kiosk.tokens[0])  # refused: already redeemed
+    wait_for(lambda: kiosk.daemon.published_count == 2)
+    with httpx.Client(base_url=kiosk.url, follow_redirects=True) as c:
+        r = c.post("/manager/login", data={"pin": PIN})
+        assert r.status_code == 200 and "Acceptance rate" in r.text
+        assert "<svg" in r.text and "50%" in r.text  # one of two accepted
+        assert "already_redeemed" in r.text
+        csv = c.get("/manager/export.csv", params={"since": "2026-11-25", "until": "2026-11-25"})
+        assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
+        lines = csv.text.strip().splitlines()
+        assert lines[0].startswith("seq,at_ms,kind") and len(lines) >= 3
+        empty = c.get("/manager/export.csv", params={"since": "2026-11-20", "until": "2026-11-20"})
+        assert len(empty.text.strip().splitlines()) == 1
+        assert c.get("/manager/export.csv", params={"since": "yesterday"}).status_code == 400
+
+
+def test_keypad_and_basket_posts_reach_the_daemon(kiosk: Kiosk) -> None:
+    with httpx.Client(base_url=kiosk.url) as c:
+        assert c.post("/basket", data={"total": "128.00"}).status_code == 303
+        assert kiosk.daemon.till.basket is not None
+        assert kiosk.daemon.till.basket.total_minor == 12800
+        assert c.post("/basket", data={"total": "12x"}).status_code == 400
+        r = c.post("/scan", data={"code": kiosk.tokens[1]}, headers={"HX-Request": "true"})
+        assert r.status_code == 204
+        wait_for(lambda: kiosk.daemon.published_count == 1)
+        pub = kiosk.daemon.recent[-1]
+        assert pub.scan.source == "keypad" and pub.decision and pub.decision.accepted
+        assert "CNY 20.00" in c.get("/fragments/sale").text
+
+
+def test_pin_hash_is_salted_scrypt(tmp_path: Path) -> None:
+    manager.set_pin(tmp_path, "123456")
+    text = (tmp_path / manager.PIN_FILE).read_text()
+    assert "123456" not in text and '"scrypt"' in text
+    assert manager.check_pin(tmp_path, "123456") and not manager.check_pin(tmp_path, "123457")
+    with pytest.raises(manager.PinError):
+        manager.set_pin(tmp_path, "12")
+
+
+def test_session_times_out(tmp_path: Path) -> None:
+    now = [1000.0]
+    manager.set_pin(tmp_path, "1234")
+    m = manager.Manager(tmp_path, now=lambda: now[0], session_s=60)
+    token = m.login("1234")
+    assert token and m.valid(token)
+    now[0] += 61
+    assert not m.valid(token)
+
+
+def test_every_template_string_is_marked_and_translated() -> None:
+    used: set[str] = set()
+    for path in (KIOSK / "templates").glob("*.html"):
+        used |= set(re.findall(r'_\("([^"]+)"\)', path.read_text(encoding="utf-8")))
+        used |= set(re.findall(r"_\('([^']+)'\)", path.read_text(encoding="utf-8")))
+    assert used and used <= i18n.MARKED
+    missing = {s for s in pages.UI_STRINGS if i18n.translate(s, "zh_CN") == s}
+    assert not missing
+
+
+def test_sse_stream_sends_a_decision(kiosk: Kiosk) -> None:
+    got: list[str] = []
+    with httpx.Client(base_url=kiosk.url, timeout=5) as c:
+        with c.stream("GET", "/events") as r:
+            kiosk.feed(kiosk.tokens[2])  # no total yet: waits for it
+            deadline = time.monotonic() + 3
+            for line in r.iter_lines():
+                got.append(line)
+                if "needs_total" in line or time.monotonic() > deadline:
+                    break
+    assert any("needs_total" in line for line in got)
