@@ -180,3 +180,26 @@ def test_sse_stream_sends_a_decision(kiosk: Kiosk) -> None:
                 if "needs_total" in line or time.monotonic() > deadline:
                     break
     assert any("needs_total" in line for line in got)
+
+
+def test_set_pin_command_registers_and_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+    from typing import Any
+
+    parser = argparse.ArgumentParser(prog="redeem")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def cmd(parent: Any, name: str, func: Any, help_: str) -> argparse.ArgumentParser:
+        sp: argparse.ArgumentParser = parent.add_parser(name, help=help_)
+        sp.add_argument("--data", required=True)
+        sp.set_defaults(func=func)
+        return sp
+
+    manager.add_commands(sub, cmd)
+    args = parser.parse_args(["manager", "set-pin", "--data", str(tmp_path)])
+    monkeypatch.setenv("REDEEM_MANAGER_PIN", "97531")
+    assert args.func(args) == 0 and manager.check_pin(tmp_path, "97531")
+    monkeypatch.setenv("REDEEM_MANAGER_PIN", "12")
+    assert args.func(args) == 2 and manager.check_pin(tmp_path, "97531")
