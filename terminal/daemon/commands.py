@@ -175,9 +175,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any, cmd: Any) -> None:
     """Register on the `redeem` parser; `cmd` is its helper that adds --data/--lang/--json."""
-    from kiosk_ui import tills
+    from kiosk_ui import manager, tills
 
     tills.add_commands(sub, cmd)  # redeem pos-token
+    manager.add_commands(sub, cmd)  # redeem manager set-pin
     sp = sub.add_parser("run", help="run the terminal daemon")
     sp.add_argument("--config", required=True, help="the daemon's TOML config")
     sp.set_defaults(func=cmd_run)
