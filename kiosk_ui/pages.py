@@ -28,7 +28,6 @@ from terminal.rules import Basket
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 COOKIE_LANG, COOKIE_SESSION = "lang", "kiosk_manager"
 DAY_MS = 86_400_000
-STALE_WARN_S = 24 * 3600
 
 # Every string the templates show through _(...): marked here so the catalog test sees them.
 UI_STRINGS = (
@@ -189,7 +188,8 @@ def router(daemon: Any) -> APIRouter:
         out = []
         ledger = status.get("ledger") or {}
         age = ledger.get("age_s")
-        if ledger.get("problem") or (age is not None and age > STALE_WARN_S):
+        warn_s = daemon.worker.call(lambda e: e.ledger.policy.stale_warn_hours * 3600.0)
+        if ledger.get("problem") or (age is not None and age > warn_s):
             out.append(N_("The coupon ledger is out of date: connect the terminal to sync."))
         if not status.get("clock_ok", True):
             out.append(N_("The clock is not trusted: ask the manager to check the time."))

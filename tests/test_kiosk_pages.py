@@ -203,3 +203,11 @@ def test_set_pin_command_registers_and_runs(
     assert args.func(args) == 0 and manager.check_pin(tmp_path, "97531")
     monkeypatch.setenv("REDEEM_MANAGER_PIN", "12")
     assert args.func(args) == 2 and manager.check_pin(tmp_path, "97531")
+
+
+def test_stale_ledger_banner(kiosk: Kiosk) -> None:
+    with httpx.Client(base_url=kiosk.url) as c:
+        assert "out of date" not in c.get("/").text
+        kiosk.daemon.clock.advance(25 * 3600)  # type: ignore[attr-defined]
+        assert "The coupon ledger is out of date" in c.get("/").text
+        assert "优惠券数据已过期" in c.get("/?lang=zh_CN").text
