@@ -39,6 +39,7 @@ class KioskServer:
             log_level="warning",
             access_log=False,
             lifespan="off",
+            timeout_graceful_shutdown=1,  # open live feeds must not hold up a shutdown
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="kiosk", daemon=True)

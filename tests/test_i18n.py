@@ -39,6 +39,7 @@ def test_chinese_translation(reason: Reason) -> None:
 def test_chinese_catalog_has_no_stale_entries() -> None:
     # A msgid that matches no marked English string means an English string changed and its
     # translation silently stopped being used.
+    import kiosk_ui.pages  # noqa: F401  (marks the kiosk's strings)
     import terminal.daemon.feedback  # noqa: F401  (marks the display strings)
 
     stale = set(i18n.catalog("zh_CN")) - i18n.MARKED
@@ -46,6 +47,7 @@ def test_chinese_catalog_has_no_stale_entries() -> None:
 
 
 def test_every_marked_string_is_translated() -> None:
+    import kiosk_ui.pages  # noqa: F401
     import terminal.daemon.feedback  # noqa: F401
 
     missing = {m for m in i18n.MARKED if i18n.translate(m, "zh_CN") == m}
