@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from drivers.scan import Scan
 from kiosk_ui.tills import Tills
 from terminal import tokens
 from terminal.decision import Context, Decision
@@ -429,8 +431,13 @@ def router(daemon: Any) -> APIRouter:
         claim(op, _fingerprint("hold", checkout_id, code))
         ctx = Context(source="pos", cashier=co.cashier or co.till)
 
+        arrived = time.monotonic()
+
         def job(engine: Engine) -> tuple[Decision, list[dict[str, Any]]]:
             d = engine.hold(checkout_id, code, co.basket, ctx, op)
+            if not d.replayed:  # the cashier screen and /metrics see POS coupons too
+                scan = Scan(f"pos:{co.till}", "pos", code.encode(), engine.now())
+                daemon.publish(scan, d, arrived)
             return d, _coupons(checkout_id)
 
         decision, coupons = call(job)

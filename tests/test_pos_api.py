@@ -321,3 +321,14 @@ def test_pos_token_command_stores_only_a_salted_hash(world: World, capsys: Any) 
     assert tills.Tills(world.data).till_for(f"Bearer {token[:-1]}") is None
     with pytest.raises(ValueError):
         tills.issue(world.data, "no spaces")
+
+
+def test_coupons_applied_by_the_till_reach_metrics_once_however_often_retried(pos: Pos) -> None:
+    cid = pos.open()
+    for _ in range(2):  # the till retries with the same key: one decision, counted once
+        r = pos.post(f"/api/v1/checkouts/{cid}/coupons", {"code": pos.spend[0]}, "apply-m")
+        assert r.status_code == 200 and r.json()["decision"]["accepted"]
+    wait_for(lambda: pos.daemon.published_count == 1)
+    assert pos.daemon.recent[-1].scan.kind == "pos"
+    text = pos.client.get(pos.url + "/metrics").text
+    assert 'redeem_decisions_total{accepted="true",reason="ok"} 1.0' in text

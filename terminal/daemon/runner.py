@@ -241,6 +241,11 @@ class Daemon:
             decision = Decision(False, Reason.INTERNAL_ERROR)
         self._emit(scan, decision, arrived)
 
+    def publish(self, scan: Scan, decision: Decision | None, arrived: float) -> None:
+        """Publish a decision made on the worker thread outside the scan path (the POS API)
+        to the outputs, the kiosk and /metrics, as a scan's decision is."""
+        self._emit(scan, decision, arrived)
+
     def _emit(self, scan: Scan, decision: Decision | None, arrived: float) -> None:
         latency = time.monotonic() - arrived
         with self._publish_lock:
