@@ -252,20 +252,6 @@ def _fingerprint(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _coupons(checkout_id: str) -> list[dict[str, Any]]:
-    return [
-        {
-            "serial": u.serial,
-            "campaign": u.campaign,
-            "status": u.status,
-            "discount_minor": u.discount_minor,
-            "currency": u.currency,
-            "gift_sku": json.loads(u.detail).get("gift"),
-        }
-        for u in Use.select().where(Use.checkout_id == checkout_id).order_by(Use.id)
-    ]
-
-
 def _best(engine: Engine, coupons: list[dict[str, Any]], basket: Basket) -> dict[str, Any]:
     held = [
         (c["serial"], engine.ledger.campaigns[c["campaign"]])
@@ -438,7 +424,7 @@ def router(daemon: Any) -> APIRouter:
             if not d.replayed:  # the cashier screen and /metrics see POS coupons too
                 scan = Scan(f"pos:{co.till}", "pos", code.encode(), engine.now())
                 daemon.publish(scan, d, arrived)
-            return d, _coupons(checkout_id)
+            return d, engine.checkout_coupons(checkout_id)
 
         decision, coupons = call(job)
         if decision.reason is Reason.OPERATION_CONFLICT:
@@ -459,7 +445,7 @@ def router(daemon: Any) -> APIRouter:
             raise not_found(checkout_id)
 
         def job(engine: Engine) -> dict[str, Any]:
-            coupons = _coupons(checkout_id)
+            coupons = engine.checkout_coupons(checkout_id)
             best = _best(engine, coupons, co.basket) if co is not None else None
             return {"coupons": coupons, "best": best}
 

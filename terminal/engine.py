@@ -274,7 +274,7 @@ class Engine(Checks):
                 if len(restacked) > 1:
                     self._restack(checkout_id, coupon.key, restacked)
                 if status == "held":
-                    decision.coupons = self._checkout_coupons(checkout_id)
+                    decision.coupons = self.checkout_coupons(checkout_id)
             return decision
 
         decision = self._record(op_id, work, request)
@@ -419,7 +419,8 @@ class Engine(Checks):
                 )
         return out
 
-    def _checkout_coupons(self, checkout_id: str) -> list[dict[str, Any]]:
+    def checkout_coupons(self, checkout_id: str) -> list[dict[str, Any]]:
+        """Every coupon a checkout has had, with its status (held, committed, ...)."""
         return [
             {
                 "serial": u.serial,
@@ -500,7 +501,7 @@ class Engine(Checks):
                 uses[0].currency,
                 checkout_id=checkout_id,
                 journal_seq=seqs[-1],
-                coupons=self._checkout_coupons(checkout_id),
+                coupons=self.checkout_coupons(checkout_id),
             )
 
         return self._record(op_id, work, request)
