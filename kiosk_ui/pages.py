@@ -85,6 +85,14 @@ UI_STRINGS = (
     N_("Sync is off."),
     N_("hours"),
     N_("Language"),
+    N_("Take back last coupon"),
+    N_("Coupon taken back"),
+    N_("Ask a manager to approve it on the manager screen."),
+    N_("Stale-ledger approvals"),
+    N_("No coupon is waiting for approval."),
+    N_("Approve"),
+    N_("That coupon is no longer waiting for approval."),
+    N_("No picture yet."),
 )
 
 
@@ -164,12 +172,19 @@ def router(daemon: Any) -> APIRouter:
 
     def sale(lang: str) -> dict[str, Any]:
         till = daemon.till
+        live = {
+            c["serial"]
+            for c in daemon.worker.call(lambda e: e.checkout_coupons(till.checkout_id))
+            if c["status"] in ("held", "committed")
+        }
         coupons = [
             p.decision.to_dict(lang)
             for p in list(daemon.recent)
             if p.decision is not None
             and p.decision.accepted
+            and p.decision.reason == Reason.OK
             and p.decision.checkout_id == till.checkout_id
+            and p.decision.serial in live
         ]
         basket = till.basket
         return {
@@ -177,6 +192,7 @@ def router(daemon: Any) -> APIRouter:
             "currency": daemon.cfg.terminal.currency,
             "coupons": coupons,
             "pending": len(till.pending),
+            "voidable": bool(coupons) and daemon.voidable(),
         }
 
     def last(lang: str) -> tuple[int, dict[str, Any] | None]:
@@ -246,6 +262,11 @@ def router(daemon: Any) -> APIRouter:
         daemon.set_basket(Basket.from_dict(doc))
         return _done(request)
 
+    @r.post("/void")
+    def void(request: Request) -> Response:
+        daemon.void_last()  # published: the screen shows the answer either way
+        return _done(request)
+
     @r.get("/fragments/sale", response_class=HTMLResponse)
     def sale_fragment(request: Request) -> HTMLResponse:
         return render(request, "_sale.html", sale=sale(lang_of(request)))
@@ -294,13 +315,17 @@ def router(daemon: Any) -> APIRouter:
         if not session_ok(request):
             return render(request, "login.html", error=None, has_pin=mgr.has_pin())
         status = daemon.status()
+        lang = lang_of(request)
         return render(
             request,
             "manager.html",
-            stats=stats(lang_of(request)),
+            stats=stats(lang),
             status=status,
             faults=faults(status),
             today=dt.datetime.fromtimestamp(daemon.clock.now(), dt.UTC).date().isoformat(),
+            overrides=[p.to_dict(lang) for p in daemon.awaiting_override()],
+            cameras={d.name for d in daemon.inputs if hasattr(d, "snapshot")},
+            notice=request.query_params.get("notice"),
         )
 
     @r.post("/manager/login", response_class=HTMLResponse)
@@ -349,6 +374,27 @@ def router(daemon: Any) -> APIRouter:
             return Response("unknown action", status_code=400)
         reviews.set(seq, status, note, daemon.clock.now())
         return RedirectResponse("/manager#flags", status_code=303)
+
+    @r.post("/manager/override/{number}")
+    def override(request: Request, number: int) -> Response:
+        """Approve a coupon refused for a stale ledger; the cashier screen shows the new
+        decision at once."""
+        if not session_ok(request):
+            return RedirectResponse("/manager", status_code=303)
+        decision = daemon.override(number, "kiosk-manager")
+        where = "/manager#overrides" if decision is not None else "/manager?notice=gone#overrides"
+        return RedirectResponse(where, status_code=303)
+
+    @r.get("/manager/snapshot/{name}.jpg")
+    def snapshot(request: Request, name: str) -> Response:
+        """The camera's newest frame, so a manager can see what the camera sees."""
+        if not session_ok(request):
+            return Response(status_code=401)
+        driver = next((d for d in daemon.inputs if d.name == name), None)
+        jpeg = driver.snapshot() if driver is not None and hasattr(driver, "snapshot") else None
+        if jpeg is None:
+            return Response(status_code=404)
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
     @r.get("/manager/export.csv")
     def export(request: Request, since: str = "", until: str = "") -> Response:

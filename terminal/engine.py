@@ -23,6 +23,7 @@ from terminal.clock import Clock
 from terminal.decision import Context, Coupon, Decision, _Refuse
 from terminal.fraud import Flag
 from terminal.journal import (
+    Entry,
     Journal,
     Operation,
     Use,
@@ -442,18 +443,23 @@ class Engine(Checks):
         from_status: str,
         to_status: str,
         missing: Reason,
+        use_id: int | None = None,
+        answer: Reason = Reason.OK,
     ) -> Decision:
-        request = self._request(kind, checkout_id)
+        parts = (kind, checkout_id) if use_id is None else (kind, checkout_id, f"use {use_id}")
+        request = self._request(*parts)
         cached = self._replay(op_id, request)
         if cached:
             return cached
         now = self.now()
         self._expire_holds(now)
+        detail = "void" if use_id is not None else ""
 
         def work() -> Decision:
-            uses = list(
-                Use.select().where((Use.checkout_id == checkout_id) & (Use.status == from_status))
-            )
+            which = (Use.checkout_id == checkout_id) & (Use.status == from_status)
+            if use_id is not None:
+                which &= Use.id == use_id
+            uses = list(Use.select().where(which))
             if not uses:
                 known = Use.select().where(Use.checkout_id == checkout_id).exists()
                 reason = missing if known else Reason.UNKNOWN_CHECKOUT
@@ -491,15 +497,19 @@ class Engine(Checks):
                     serial=u.serial,
                     checkout_id=checkout_id,
                     gift_sku=json.loads(u.detail).get("gift"),
+                    detail=detail,
                 )
                 seqs.append(self._append(kind, d, None, ctx, now, op_id, checkout_id=checkout_id))
                 total += u.discount_minor
             return Decision(
                 True,
-                Reason.OK,
+                answer,
                 total,
                 uses[0].currency,
+                uses[0].campaign if use_id is not None else None,
+                serial=uses[0].serial if use_id is not None else None,
                 checkout_id=checkout_id,
+                detail=detail,
                 journal_seq=seqs[-1],
                 coupons=self.checkout_coupons(checkout_id),
             )
@@ -529,6 +539,64 @@ class Engine(Checks):
         budget) become usable again."""
         return self._transition(
             "reverse", checkout_id, op_id, ctx, "committed", "reversed", Reason.NOT_COMMITTED
+        )
+
+    def voidable(self, checkout_id: str, window_s: float) -> tuple[Any, str]:
+        """The coupon a cashier may take back from a standalone sale, or why not: it must be
+        the sale's last redemption, made less than `window_s` ago, of a campaign whose
+        coupons are usable again after a refund (a void is journaled as a reverse, so the
+        central counts it exactly as it counts a refund)."""
+        last = (
+            Use.select()
+            .where((Use.checkout_id == checkout_id) & Use.status.in_(("held", "committed")))
+            .order_by(Use.id.desc())
+            .first()
+        )
+        if last is None:
+            return None, "no coupon in this sale"
+        if last.status != "committed":
+            return None, "held for the till: the till releases it"
+        campaign = self.ledger.campaigns.get(last.campaign)
+        if campaign is None or not campaign.reusable_after_refund:
+            return None, "the campaign does not let this coupon be used again"
+        at_ms = (
+            Entry.select(pw.fn.MAX(Entry.at_ms))
+            .where(
+                (Entry.checkout_id == checkout_id)
+                & (Entry.serial == last.serial)
+                & Entry.accepted
+                & Entry.kind.in_(("redeem", "commit"))
+            )
+            .scalar()
+        )
+        if at_ms is None or self.now() * 1000 - at_ms > window_s * 1000:
+            return None, f"more than {window_s:.0f} s ago"
+        return last, ""
+
+    def void(
+        self,
+        checkout_id: str,
+        window_s: float,
+        op_id: str | None = None,
+        ctx: Context = Context(),
+    ) -> Decision:
+        """The cashier takes back the last coupon of a standalone sale (scanned by mistake,
+        or the shopper changed their mind) while the sale is still open: the redemption is
+        reversed and the coupon and budget are free again. Refused (VOID_REFUSED) where
+        `voidable` says no; nothing is recorded then."""
+        use, why = self.voidable(checkout_id, window_s)
+        if use is None:
+            return Decision(False, Reason.VOID_REFUSED, checkout_id=checkout_id, detail=why)
+        return self._transition(
+            "reverse",
+            checkout_id,
+            op_id,
+            ctx,
+            "committed",
+            "reversed",
+            Reason.NOT_COMMITTED,
+            use_id=use.id,
+            answer=Reason.VOIDED,
         )
 
     def _expire_holds(self, now: float) -> None:

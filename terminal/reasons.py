@@ -36,6 +36,8 @@ class Reason(StrEnum):
     UNKNOWN_CHECKOUT = "unknown_checkout"
     HOLD_EXPIRED = "hold_expired"
     NOT_COMMITTED = "not_committed"
+    VOIDED = "voided"
+    VOID_REFUSED = "void_refused"
     OPERATION_CONFLICT = "operation_conflict"
     NEEDS_TOTAL = "needs_total"
     STORAGE_FAILURE = "storage_failure"
@@ -83,6 +85,10 @@ MESSAGES: dict[Reason, str] = {
     ),
     Reason.NOT_COMMITTED: N_(
         "This checkout was not paid with a coupon, so there is nothing to refund."
+    ),
+    Reason.VOIDED: N_("The coupon was taken off this sale. It can be used another time."),
+    Reason.VOID_REFUSED: N_(
+        "This coupon can no longer be taken off the sale here. A manager can refund it."
     ),
     Reason.OPERATION_CONFLICT: N_(
         "The till sent this request twice with different details. Please start the step again."

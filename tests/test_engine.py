@@ -771,3 +771,54 @@ def test_coupons_in_one_standalone_sale_must_stack(world: World) -> None:
     assert world.engine.redeem(other, b, checkout_id="sale-1").accepted
     # A new sale starts clean: the exclusive coupon was not used up by its refusal.
     assert world.engine.redeem(excl, b, checkout_id="sale-2").accepted
+
+
+# ---------------------------------------------------------------- the cashier's void
+
+
+def test_void_takes_back_only_the_last_coupon_and_frees_it(world: World) -> None:
+    world.campaign(id="A", amount_minor=500, stacking="any")
+    world.campaign(id="B", amount_minor=1000, stacking="any", budget_count=1)
+    (a,) = world.issue("A")
+    b, b2 = world.issue("B", 2)
+    world.sync_ledger()
+    sale = basket(5000)
+    assert world.engine.redeem(a, sale, checkout_id="sale-1").accepted
+    assert world.engine.redeem(b, sale, checkout_id="sale-1").accepted
+    world.clock.advance(60)
+    d = world.engine.void("sale-1", 300)
+    assert d.accepted and d.reason is Reason.VOIDED and d.serial == key_of(b)
+    assert d.discount_minor == 1000
+    assert {c["serial"]: c["status"] for c in world.engine.checkout_coupons("sale-1")} == {
+        key_of(a): "committed",
+        key_of(b): "reversed",
+    }
+    # The journal says reverse (so the central counts it like a refund), marked as a void.
+    last = Entry.select().order_by(Entry.seq.desc()).first()
+    assert last.kind == "reverse" and last.serial == key_of(b) and '"void"' in last.detail
+    # b is free again, and so is the campaign's budget of one; a is still used.
+    assert world.engine.redeem(b2, basket(5000)).accepted
+    assert world.engine.redeem(a, basket(5000)).reason is Reason.ALREADY_REDEEMED
+    assert journal.verify().ok
+
+
+def test_void_is_refused_where_the_rules_do_not_allow_it(world: World) -> None:
+    world.campaign(id="KEEP", amount_minor=500, stacking="any", reusable_after_refund=False)
+    world.campaign(id="FREE", amount_minor=500, stacking="any")
+    (keep,) = world.issue("KEEP")
+    free1, free2 = world.issue("FREE", 2)
+    world.sync_ledger()
+    sale = basket(5000)
+    before = Entry.select().count()
+    assert world.engine.void("sale-0", 300).reason is Reason.VOID_REFUSED  # nothing to void
+    assert world.engine.redeem(keep, sale, checkout_id="sale-1").accepted
+    no = world.engine.void("sale-1", 300)  # would burn a coupon the campaign keeps used
+    assert no.reason is Reason.VOID_REFUSED and not no.accepted and "campaign" in no.detail
+    assert world.engine.redeem(free1, sale, checkout_id="sale-2").accepted
+    world.clock.advance(301)
+    late = world.engine.void("sale-2", 300)
+    assert late.reason is Reason.VOID_REFUSED and "300 s" in late.detail
+    assert world.engine.hold("co-1", free2, sale).accepted
+    assert world.engine.void("co-1", 300).reason is Reason.VOID_REFUSED  # the till's to release
+    assert Entry.select().count() == before + 3  # the three redemptions, no void entries
+    assert world.engine.redeem(free1, basket(5000)).reason is Reason.ALREADY_REDEEMED

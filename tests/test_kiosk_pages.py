@@ -3,6 +3,7 @@ PIN never logs in, the journal exports as CSV, and every template string is tran
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import threading
@@ -11,7 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import httpx
+import numpy as np
 import pytest
 import uvicorn
 from fastapi import FastAPI
@@ -22,7 +25,9 @@ from terminal import i18n
 from terminal.clock import FixedClock
 from terminal.daemon import config as config_mod
 from terminal.daemon.runner import Daemon
+from terminal.ledger import ledger_file
 from terminal.rules import Basket
+from tests import camera_media
 from tests.conftest import T0, World
 from tests.test_daemon import prepare, wait_for, write_config
 
@@ -50,8 +55,13 @@ def free_port() -> int:
 
 @pytest.fixture
 def kiosk(world: World, tmp_path: Path) -> Iterator[Kiosk]:
+    with serve(world, tmp_path, '\n[[input]]\nname = "sim"\nkind = "fake"\n') as k:
+        yield k
+
+
+@contextlib.contextmanager
+def serve(world: World, tmp_path: Path, body: str) -> Iterator[Kiosk]:
     tokens = prepare(world, 4)
-    body = '\n[[input]]\nname = "sim"\nkind = "fake"\n'
     cfg = config_mod.load(write_config(tmp_path / "d.toml", world.data, body))
     daemon = Daemon(cfg, FixedClock(T0))
     daemon.start()
@@ -211,3 +221,93 @@ def test_stale_ledger_banner(kiosk: Kiosk) -> None:
         kiosk.daemon.clock.advance(25 * 3600)  # type: ignore[attr-defined]
         assert "The coupon ledger is out of date" in c.get("/").text
         assert "优惠券数据已过期" in c.get("/?lang=zh_CN").text
+
+
+def login(c: httpx.Client) -> None:
+    c.post("/manager/login", data={"pin": PIN})
+    assert pages.COOKIE_SESSION in c.cookies
+
+
+def test_the_cashier_takes_back_the_last_coupon_within_the_window(kiosk: Kiosk) -> None:
+    kiosk.daemon.set_basket(Basket.from_dict({"currency": "CNY", "total_minor": 12800}))
+    kiosk.feed(kiosk.tokens[0])
+    wait_for(lambda: kiosk.daemon.published_count == 1)
+    with httpx.Client(base_url=kiosk.url) as c:
+        sale = c.get("/fragments/sale").text
+        assert "CNY 20.00" in sale and "Take back last coupon" in sale
+        assert c.post("/void", headers={"HX-Request": "true"}).status_code == 204
+        page = c.get("/").text
+        assert "Coupon taken back" in page and "+CNY 20.00" in page
+        assert 'data-reason="voided"' in page
+        sale = c.get("/fragments/sale").text
+        assert "CNY 20.00" not in sale and "Take back last coupon" not in sale
+        # Nothing left to take back: a second void is refused, and says so.
+        c.post("/void", headers={"HX-Request": "true"})
+        assert 'data-reason="void_refused"' in c.get("/").text
+    # The coupon is free again in the next sale.
+    kiosk.daemon.set_basket(Basket.from_dict({"currency": "CNY", "total_minor": 12800}))
+    kiosk.feed(kiosk.tokens[0])
+    wait_for(lambda: kiosk.daemon.published_count == 4)  # scan, void, refused void, scan
+    last = kiosk.daemon.recent[-1].decision
+    assert last is not None and last.accepted
+
+
+def test_the_void_button_goes_once_the_window_has_passed(kiosk: Kiosk) -> None:
+    kiosk.daemon.set_basket(Basket.from_dict({"currency": "CNY", "total_minor": 12800}))
+    kiosk.feed(kiosk.tokens[1])
+    wait_for(lambda: kiosk.daemon.published_count == 1)
+    kiosk.daemon.clock.advance(kiosk.daemon.cfg.terminal.void_window_s + 1)  # type: ignore[attr-defined]
+    with httpx.Client(base_url=kiosk.url) as c:
+        assert "Take back last coupon" not in c.get("/fragments/sale").text
+        c.post("/void", headers={"HX-Request": "true"})
+        assert "void_refused" in c.get("/").text
+        assert "CNY 20.00" in c.get("/fragments/sale").text  # still applied
+
+
+def test_a_manager_approves_a_coupon_refused_for_a_stale_ledger(kiosk: Kiosk, world: World) -> None:
+    world.campaign(id="BIG", amount_minor=6000, stacking="any")
+    (big,) = world.issue("BIG")
+    daemon = kiosk.daemon
+    before = daemon.worker.call(lambda e: e.ledger.version)  # type: ignore[union-attr]
+    world.central.publish()
+    update = ledger_file(world.central.deltas(before))
+    assert not daemon.worker.call(lambda e: e.import_ledger(update)).refused  # type: ignore[union-attr]
+    daemon.clock.advance(73 * 3600)  # type: ignore[attr-defined]
+    daemon.set_basket(Basket.from_dict({"currency": "CNY", "total_minor": 12800}))
+    kiosk.feed(big)
+    wait_for(lambda: daemon.published_count == 1)
+    with httpx.Client(base_url=kiosk.url, follow_redirects=True) as c:
+        cashier = c.get("/").text
+        assert 'data-reason="ledger_stale"' in cashier and "Ask a manager to approve" in cashier
+        assert c.post("/manager/override/1").url.path == "/manager"  # no session: no approval
+        assert daemon.published_count == 1
+        login(c)
+        page = c.get("/manager").text
+        assert 'id="override-1"' in page and "BIG" in page
+        r = c.post("/manager/override/1")
+        assert r.status_code == 200 and 'id="override-1"' not in r.text
+        assert "No coupon is waiting for approval." in r.text
+        assert "stale_ledger_override" in r.text  # the approval is a flag to review
+        cashier = c.get("/").text
+        assert 'data-reason="ok"' in cashier and "CNY 60.00" in cashier
+        again = c.post("/manager/override/1")
+        assert "no longer waiting for approval" in again.text
+        assert daemon.published_count == 2
+
+
+def test_device_health_shows_what_the_camera_sees(world: World, tmp_path: Path) -> None:
+    frame = camera_media.scene(3)
+    pattern = camera_media.write_sequence(tmp_path / "frames", [frame] * 3)
+    body = f'\n[[input]]\nname = "cam"\nkind = "camera"\nsource = "{pattern}"\n'
+    with serve(world, tmp_path, body) as k, httpx.Client(base_url=k.url) as c:
+        wait_for(lambda: k.daemon.health()["cam"]["counters"].get("frames", 0) >= 1)
+        assert c.get("/manager/snapshot/cam.jpg").status_code == 401  # manager only
+        login(c)
+        assert 'src="/manager/snapshot/cam.jpg"' in c.get("/manager").text
+        r = c.get("/manager/snapshot/cam.jpg")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+        seen = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR)
+        assert seen.shape[1] == 320  # shrunk for the dashboard
+        small = cv2.resize(frame, (seen.shape[1], seen.shape[0]), interpolation=cv2.INTER_AREA)
+        assert np.abs(seen.astype(int) - small.astype(int)).mean() < 8  # the real picture
+        assert c.get("/manager/snapshot/nope.jpg").status_code == 404

@@ -8,6 +8,7 @@ import threading
 import time
 from collections import deque
 
+import cv2
 import numpy as np
 
 from drivers.camera.capture import Capture, FrameSlot, classify, is_file
@@ -44,6 +45,20 @@ class CameraDriver(LoopDriver):
         self._frames = 0  # frames decoded since start
         self._next_n = 0
         self._fresh = True
+        self._last_image: np.ndarray | None = None  # newest decoded frame, for snapshots
+
+    def snapshot(self, max_width: int = 320) -> bytes | None:
+        """The newest frame as a small JPEG, for the manager's device-health card (is the
+        camera pointed at the counter, in focus, lit?). None before the first frame."""
+        image = self._last_image
+        if image is None:
+            return None
+        height, width = image.shape[:2]
+        if width > max_width:
+            size = (max_width, max(1, round(height * max_width / width)))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 70])
+        return jpeg.tobytes() if ok else None
 
     # ------------------------------------------------------------------ the loop
 
@@ -128,6 +143,7 @@ class CameraDriver(LoopDriver):
 
     def _decode(self, n: int, t: float, image: np.ndarray, ready: float = 0.0) -> None:
         self._frames += 1
+        self._last_image = image
         self.state.count("frames")
         codes = self.pipeline(image)
         for code in codes:

@@ -27,8 +27,11 @@ class TerminalSection:
     mode: str = "standalone"  # standalone (cashier enters the total) or pos (till API)
     currency: str = "CNY"
     cashier: str | None = None  # default cashier id when the till does not say
+    void_window_s: float = 300.0  # how long the cashier screen can take back the last coupon
 
     def check(self) -> None:
+        if self.void_window_s < 0:
+            raise OptionError("void_window_s", "must be 0 (no voids) or more seconds")
         if self.mode not in ("standalone", "pos"):
             raise OptionError("mode", "must be 'standalone' or 'pos'")
         if self.lang not in ("en", "zh_CN"):

@@ -210,7 +210,9 @@ class Daemon:
         fut = self.worker.submit(lambda engine: self._decide(engine, scan))
         fut.add_done_callback(lambda f: self._publish(scan, f, arrived))
 
-    def _decide(self, engine: Engine, scan: Scan) -> Decision | None:
+    def _decide(
+        self, engine: Engine, scan: Scan, manager_override: str | None = None
+    ) -> Decision | None:
         code = tokens.extract(scan.text())
         if code is None:
             return None
@@ -219,6 +221,7 @@ class Daemon:
             source=scan.kind,
             cashier=self.cfg.terminal.cashier,
             tag_uid=bytes.fromhex(tag) if isinstance(tag, str) else None,
+            manager_override=manager_override,
         )
         till = self.till
         if till.basket is None:
@@ -299,6 +302,54 @@ class Daemon:
             return decided
 
         return self.worker.submit(job)
+
+    def void_last(self) -> Decision:
+        """The cashier screen's void: take back the open sale's last coupon where the rules
+        allow (Engine.void); published like a scan's decision."""
+        assert self.worker is not None
+        arrived = time.monotonic()
+        scan = Scan("kiosk", "void", b"", self.clock.now())
+        ctx = Context(source="kiosk", cashier=self.cfg.terminal.cashier)
+        window = self.cfg.terminal.void_window_s
+        decision = self.worker.call(
+            lambda engine: engine.void(self.till.checkout_id, window, ctx=ctx)
+        )
+        self._emit(scan, decision, arrived)
+        return decision
+
+    def voidable(self) -> bool:
+        assert self.worker is not None
+        window = self.cfg.terminal.void_window_s
+        use, _ = self.worker.call(lambda engine: engine.voidable(self.till.checkout_id, window))
+        return use is not None
+
+    def awaiting_override(self) -> list[Published]:
+        """Coupons refused for a stale ledger that a manager may still approve: the newest
+        refusal of each coupon, unless that coupon was decided again since."""
+        with self._publish_lock:
+            recent = list(self.recent)
+        out: dict[str, Published] = {}
+        for pub in recent:
+            d = pub.decision
+            if d is None or d.serial is None:
+                continue
+            out.pop(d.serial, None)
+            if d.reason == Reason.LEDGER_STALE:
+                out[d.serial] = pub
+        return sorted(out.values(), key=lambda p: -p.number)
+
+    def override(self, number: int, manager: str) -> Decision | None:
+        """A manager approves a coupon refused for a stale ledger: the same scan is decided
+        again, for the open sale, with the manager's override (journaled and flagged as
+        `stale_ledger_override`). None when that refusal is not awaiting an override."""
+        assert self.worker is not None
+        pub = next((p for p in self.awaiting_override() if p.number == number), None)
+        if pub is None:
+            return None
+        arrived = time.monotonic()
+        decision = self.worker.call(lambda engine: self._decide(engine, pub.scan, manager))
+        self._emit(pub.scan, decision, arrived)
+        return decision
 
     def set_basket(self, basket: Basket | None) -> list[Decision]:
         return self.start_sale(basket).result(10.0)
