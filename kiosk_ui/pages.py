@@ -93,7 +93,41 @@ UI_STRINGS = (
     N_("Approve"),
     N_("That coupon is no longer waiting for approval."),
     N_("No picture yet."),
+    N_("Minimum spend"),
+    N_("Valid until"),
+    N_("Only on some items"),
+    N_("New customers only"),
+    N_("Members only"),
+    N_("Not combinable with other coupons"),
+    N_("Combines with other coupons"),
 )
+
+
+def conditions(campaign: Any, lang: str) -> list[str]:
+    """The campaign's conditions in the few words a cashier reads out."""
+    if campaign is None:
+        return []
+
+    def _(text: str) -> str:
+        return translate(text, lang)
+
+    out = []
+    if campaign.min_spend_minor:
+        out.append(f"{_('Minimum spend')} {money(campaign.min_spend_minor, campaign.currency)}")
+    if campaign.valid_until is not None:
+        until = dt.datetime.fromtimestamp(campaign.valid_until, dt.UTC).date().isoformat()
+        out.append(f"{_('Valid until')} {until}")
+    if campaign.item_level or campaign.exclude_categories or campaign.exclude_skus:
+        out.append(_("Only on some items"))
+    if campaign.new_customers_only:
+        out.append(_("New customers only"))
+    if campaign.tiers:
+        out.append(_("Members only"))
+    exclusive = campaign.stacking == "exclusive"
+    out.append(
+        _("Not combinable with other coupons") if exclusive else _("Combines with other coupons")
+    )
+    return out
 
 
 def lang_of(request: Request) -> str:
@@ -198,7 +232,17 @@ def router(daemon: Any) -> APIRouter:
     def last(lang: str) -> tuple[int, dict[str, Any] | None]:
         recent = [p for p in list(daemon.recent) if p.decision is not None]
         number = daemon.published_count
-        return number, (recent[-1].to_dict(lang) if recent else None)
+        return number, (described(recent[-1], lang) if recent else None)
+
+    def described(pub: Any, lang: str) -> dict[str, Any]:
+        doc: dict[str, Any] = pub.to_dict(lang)
+        campaign = pub.decision.campaign if pub.decision else None
+        if campaign:
+            # A plain read, not a worker call: it runs in the SSE stream's event loop too.
+            # An import swaps the engine's whole ledger object, so the read sees one or
+            # the other, never half.
+            doc["conditions"] = conditions(daemon.engine.ledger.campaigns.get(campaign), lang)
+        return doc
 
     def banners(status: dict[str, Any]) -> list[str]:
         out = []
@@ -280,7 +324,7 @@ def router(daemon: Any) -> APIRouter:
 
         def frame(pub: Any) -> str:
             html = env.get_template("_decision.html").render(
-                pub=pub.to_dict(lang), _=lambda s: translate(s, lang), money=money
+                pub=described(pub, lang), _=lambda s: translate(s, lang), money=money
             )
             lines = "".join(f"data: {line}\n" for line in html.splitlines() or [""])
             payload = json.dumps(pub.to_dict(lang), ensure_ascii=False)

@@ -235,6 +235,9 @@ def test_the_cashier_takes_back_the_last_coupon_within_the_window(kiosk: Kiosk) 
     with httpx.Client(base_url=kiosk.url) as c:
         sale = c.get("/fragments/sale").text
         assert "CNY 20.00" in sale and "Take back last coupon" in sale
+        # The decision names the campaign's conditions, in the shopper's language too.
+        assert "Minimum spend CNY 100.00" in c.get("/").text
+        assert "最低消费 CNY 100.00" in httpx.get(kiosk.url + "/?lang=zh_CN").text
         assert c.post("/void", headers={"HX-Request": "true"}).status_code == 204
         page = c.get("/").text
         assert "Coupon taken back" in page and "+CNY 20.00" in page
