@@ -2,10 +2,10 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := libzbar0 python3-venv chromium
+APT_PACKAGES := libzbar0 python3-venv chromium systemd shellcheck
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench deps venv clean postgres
+.PHONY: test demo lint bench deps venv clean postgres soak
 
 deps:
 	@if command -v apt-get >/dev/null; then \
@@ -41,6 +41,11 @@ test: venv postgres
 	$(VENV)/bin/mypy
 	$(PY) -m tests.postgres run -- $(VENV)/bin/pytest
 
+# The full reliability suite (tests/reliability): 50 power-cut rounds, storage and clock
+# faults, and over 1,000,000 fuzzed inputs. `make test` runs a short version of each.
+soak: venv postgres
+	REDEEM_SOAK=1 $(PY) -m tests.postgres run -- $(VENV)/bin/pytest tests/reliability -s -p no:cacheprovider
+
 lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
 
@@ -52,6 +57,7 @@ bench: venv
 	$(PY) bench/durable.py
 	$(PY) bench/ledger.py
 	$(PY) bench/token_size.py
+	$(PY) bench/systemd_security.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache
