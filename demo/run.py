@@ -1,109 +1,94 @@
-"""The demo: set up a central and a till through the real command lines, then play a
-Wednesday of checkouts through the real engine, one line per step (`python -m demo.run`).
+"""`make demo` (`python -m demo.run`): one command starts the central service, enrolls two
+tills, runs terminal A as the real daemon with a simulated camera (a generated video), an
+NFC reader (nfcpy's udp: emulation) and a serial scanner (a pty), serves its kiosk, and
+plays a day of shopping with an offline period and a double redemption caught at sync.
+Then it keeps the kiosk up until Ctrl-C (not with --no-wait or DEMO_WAIT=0).
 
-Everything is written under ./demo-out/ (relative to the working directory), which is
-wiped first. The clock is pinned (REDEEM_NOW for the command lines, a FixedClock for the
-session), so the story is the same on every run.
-"""
+Everything is written under ./demo-out/ (wiped first). Every process runs on the real
+clock (no REDEEM_NOW): the campaigns' validity is set around today when they are loaded.
+Servers bind to 127.0.0.1 only."""
 
 from __future__ import annotations
 
-import hashlib
+import argparse
 import json
 import os
+import secrets
 import shutil
-import subprocess
+import signal
 import sys
-import unicodedata
-from collections import Counter
-from datetime import datetime
+import time
+import tomllib
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import FrameType
 from typing import Any
-from zoneinfo import ZoneInfo
 
-import cbor2
+import requests
 
-from terminal import base45, cose, setup, tokens
-from terminal.clock import FixedClock
-from terminal.decision import Context, Decision
-from terminal.engine import Engine
-from terminal.reasons import Reason
-from terminal.rules import Basket
+from demo import live
+from demo.procs import Child, Children, free_port, port_free
+from demo.story import Day, play
+from demo.tools import TOOLS, DemoFailed, clean_env, run, run_json, say, yuan
+from drivers.nfc.emulator import Type2Tag
+from drivers.scanner.pty import Pty
+from terminal.daemon import control
 
 OUT = Path("demo-out")
 CAMPAIGNS = Path(__file__).with_name("campaigns.toml")
-TZ = ZoneInfo("Asia/Shanghai")
-STORE, TILL, CASHIER = "SH-PD-001", "TILL-01", "C07"
-
-# Wednesday 25 November 2026, Shanghai time.
-CENTRAL_AT = "2026-11-25T08:30:00+08:00"  # head office issues coupons, publishes the ledger
-IMPORT_AT = "2026-11-25T08:45:00+08:00"  # the till takes the ledger before opening
-MORNING = datetime(2026, 11, 25, 10, 15, tzinfo=TZ).timestamp()  # inside the flash hour
-AFTERNOON = datetime(2026, 11, 25, 15, 30, tzinfo=TZ).timestamp()  # outside it
-
-ISSUE = {"SPEND100": 3, "PCT15": 3, "NEW10": 3, "TOTE200": 2, "FLASH": 2}
+STORE = "SH-PD-001"
+ISSUE = {"SPEND100": 5, "PCT15": 2, "NEW10": 1}
+CENTRAL_PORT = 8700
 
 
-class DemoFailed(Exception):
-    pass
+class Stop(Exception):
+    """SIGINT or SIGTERM: stop everything in order and exit 0."""
 
 
-def yuan(minor: int) -> str:
-    return f"¥{minor // 100}.{minor % 100:02d}"
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    raise Stop(signal.Signals(signum).name)
 
 
-def customer_ref(loyalty_id: str) -> str:
-    """What the POS sends: a hash of the loyalty id, never the phone number itself."""
-    return hashlib.sha256(f"demo-loyalty:{loyalty_id}".encode()).hexdigest()[:32]
-
-
-# ---------------------------------------------------------------- the command lines
-
-
-def _tool(name: str, module: str) -> list[str]:
-    script = Path(sys.executable).parent / name
-    return [str(script)] if script.exists() else [sys.executable, "-m", module]
-
-
-TOOLS = {
-    "redeem": _tool("redeem", "terminal.cli"),
-    "redeem-central": _tool("redeem-central", "sync.central.cli"),
-}
-
-
-def run(
-    tool: str,
-    *args: str,
-    now: str | None = None,
-    ok_codes: tuple[int, ...] = (0,),
-) -> subprocess.CompletedProcess[str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("REDEEM_DATA", "REDEEM_CENTRAL_DATA", "REDEEM_LANG", "REDEEM_NOW")
-    }
-    if now:
-        env["REDEEM_NOW"] = now
-    proc = subprocess.run(
-        [*TOOLS[tool], *args], env=env, capture_output=True, text=True, timeout=60, check=False
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m demo.run", description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        default=os.environ.get("DEMO_WAIT", "1") == "0",
+        help="exit after the summary instead of keeping the kiosk up (env DEMO_WAIT=0)",
     )
-    if proc.returncode not in ok_codes:
-        raise DemoFailed(
-            f"`{tool} {' '.join(args)}` exited {proc.returncode}: "
-            f"{proc.stderr.strip() or proc.stdout.strip()}"
-        )
-    return proc
+    p.add_argument(
+        "--kiosk-port", type=int, default=8080, help="default 8080 (a free port if taken)"
+    )
+    p.add_argument(
+        "--central-port",
+        type=int,
+        default=CENTRAL_PORT,
+        help=f"default {CENTRAL_PORT} (a free port if taken)",
+    )
+    return p.parse_args(argv)
 
 
-def run_json(tool: str, *args: str, now: str | None = None) -> Any:
-    return json.loads(run(tool, *args, "--json", now=now).stdout)
+# ---------------------------------------------------------------- the central
 
 
-def set_up() -> dict[str, list[str]]:
-    """Central and till, through `redeem-central` and `redeem`; returns the coupons."""
-    central, till = OUT / "central", OUT / "terminal"
-    info = run_json("redeem-central", "init", "--data", str(central), now=CENTRAL_AT)
-    say("setup", f"redeem-central init: root key made, trust anchor {info['fingerprint'][:26]}…")
+def campaigns_for_today(out: Path) -> Path:
+    """demo/campaigns.toml with the validity window moved around today, as JSON (what
+    `redeem-central campaign add` takes besides TOML): the demo runs on the real clock."""
+    doc = tomllib.loads(CAMPAIGNS.read_text(encoding="utf-8"))
+    now = datetime.now(UTC).replace(microsecond=0)
+    for camp in doc["campaign"]:
+        if "valid_from" in camp or "valid_until" in camp:
+            camp["valid_from"] = (now - timedelta(days=7)).isoformat()
+            camp["valid_until"] = (now + timedelta(days=30)).isoformat()
+    path = out / "campaigns.json"
+    path.write_text(json.dumps(doc, ensure_ascii=False, indent=2), encoding="utf-8")
+    return path
+
+
+def set_up_central(central: Path) -> tuple[dict[str, list[str]], str]:
+    info = run_json("redeem-central", "init", "--data", str(central))
+    say("setup", f"redeem-central init: root key made, trust anchor {info['fingerprint']}")
     added = run_json(
         "redeem-central",
         "campaign",
@@ -111,8 +96,7 @@ def set_up() -> dict[str, list[str]]:
         "--data",
         str(central),
         "--file",
-        str(CAMPAIGNS),
-        now=CENTRAL_AT,
+        str(campaigns_for_today(OUT)),
     )["added"]
     say("setup", f"redeem-central campaign add: {', '.join(added)}")
     coupons: dict[str, list[str]] = {}
@@ -129,384 +113,247 @@ def set_up() -> dict[str, list[str]]:
             str(count),
             "--out",
             str(out),
-            now=CENTRAL_AT,
         )
         coupons[cid] = (out / "tokens.txt").read_text().splitlines()
-        say(
-            "setup",
-            f"redeem-central issue {cid}: {res['count']} QR coupon(s), "
-            f"{res['token_chars']} chars each -> {out}/",
-        )
-    out = OUT / "coupons" / "SPEND100-codes"
-    run_json(
-        "redeem-central",
-        "issue",
-        "--data",
-        str(central),
-        "--campaign",
-        "SPEND100",
-        "--count",
-        "2",
-        "--codes",
-        "--out",
-        str(out),
-        now=CENTRAL_AT,
+        say("setup", f"redeem-central issue {cid}: {res['count']} QR coupon(s) -> {out}/")
+    return coupons, str(info["fingerprint"])
+
+
+def start_central(children: Children, central: Path, port: int) -> tuple[Child, str]:
+    cmd = [*TOOLS["redeem-central"], "serve", "--data", str(central)]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    child = children.start(
+        "central",
+        cmd,
+        clean_env(REDEEM_CENTRAL_LOG_LEVEL="warning"),
+        OUT / "central.log",
     )
-    coupons["codes"] = (out / "codes.txt").read_text().splitlines()
-    say("setup", f"redeem-central issue SPEND100 --codes: 2 printed flyer codes -> {out}/")
-    ledger = OUT / "ledger.cbor"
-    pub = run_json(
-        "redeem-central", "publish", "--data", str(central), "--out", str(ledger), now=CENTRAL_AT
-    )
-    say("setup", f"redeem-central publish: signed ledger version {pub['version']} -> {ledger}")
-    run_json(
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            health = requests.get(url + "/healthz", timeout=1)
+            if health.status_code == 200:
+                return child, url
+        except requests.ConnectionError:
+            pass
+        if child.proc.poll() is not None or time.monotonic() > deadline:
+            raise DemoFailed(f"redeem-central serve did not start; see {OUT}/central.log")
+        time.sleep(0.05)
+
+
+def enroll(central: Path, url: str, till: Path, fingerprint: str) -> str:
+    code = run_json("redeem-central", "enroll-code", "--data", str(central), "--store", STORE)
+    done = run_json(
         "redeem",
-        "init",
+        "enroll",
         "--data",
         str(till),
-        "--trust-anchor",
-        str(central / "trust-anchor.json"),
+        "--central",
+        url,
+        "--code",
+        code["code"],
         "--store",
         STORE,
-        "--terminal",
-        TILL,
-        now=IMPORT_AT,
+        "--fingerprint",
+        fingerprint,
     )
-    say("setup", f"redeem init: till {TILL} of store {STORE} trusts only the root key")
-    imp = run_json("redeem", "ledger", "import", str(ledger), "--data", str(till), now=IMPORT_AT)
+    first = done["first_sync"] or {}
+    version = (first.get("ledger") or {}).get("to")
     say(
         "setup",
-        f"redeem ledger import: applied version {imp['applied']}, the till is "
-        f"at version {imp['version']} and can work offline",
+        f"redeem enroll --code {code['code']}: terminal {done['terminal']} of store "
+        f"{done['store']}, anchor checked, ledger v{version}",
     )
-    return coupons
+    return str(done["terminal"])
 
 
-# ---------------------------------------------------------------- forgeries
+# ---------------------------------------------------------------- terminal A
 
 
-def tamper_one_char(token: str) -> str:
-    """Change one character of a real token so it still decodes but the signature (the
-    last 64 bytes) no longer matches: what a photocopier fault or a forger produces."""
-    original = base45.decode(token[len(tokens.PREFIX) :])
-    body = token[len(tokens.PREFIX) :]
-    for i in range(len(body) - 1, 0, -1):
-        for ch in base45.ALPHABET:
-            if ch == body[i]:
-                continue
-            candidate = body[:i] + ch + body[i + 1 :]
-            try:
-                data = base45.decode(candidate)
-            except base45.Base45Error:
-                continue
-            diff = [k for k, (a, b) in enumerate(zip(data, original, strict=True)) if a != b]
-            if len(data) == len(original) and diff and min(diff) >= len(data) - 64:
-                return tokens.PREFIX + candidate
-    raise DemoFailed("could not tamper with the token")
-
-
-def attacker_token(genuine: str, campaign: str) -> str:
-    """A well-formed token for `campaign` that names our issuer's key id but is signed
-    with the attacker's own Ed25519 key."""
-    kid = tokens.parse(genuine).message.kid
-    claims = tokens.Claims(
-        campaign, 0x0BADC0DE0BADC0DE, int(MORNING) - 3600, int(MORNING) + 30 * 86400
+def start_daemon(children: Children, cfg: Path, till: Path) -> Child:
+    child = children.start(
+        "daemon", [*TOOLS["redeem"], "run", "--config", str(cfg)], clean_env(), OUT / "daemon.log"
     )
-    protected = cbor2.dumps({cose.HDR_ALG: cose.ALG_EDDSA, cose.HDR_KID: kid})
-    payload = claims.to_cbor()
-    attacker = cose.SigningKey.generate()
-    signature = attacker.sign(cbor2.dumps(["Signature1", protected, b"", payload]))
-    raw = cbor2.dumps(cbor2.CBORTag(cose.TAG_SIGN1, [protected, {}, payload, signature]))
-    return tokens.PREFIX + base45.encode(raw)
-
-
-# ---------------------------------------------------------------- the story
-
-CLOCK = FixedClock(MORNING)
-STEP = [0]
-
-
-def say(when: str, text: str) -> None:
-    wide = sum(unicodedata.east_asian_width(ch) in "WF" for ch in when)  # 2 columns each
-    print(f"{when:<{6 - wide}} {text}", flush=True)
-
-
-def step(label: str, d: Decision, done: str = "ACCEPTED") -> Decision:
-    STEP[0] += 1
-    at = datetime.fromtimestamp(CLOCK.now(), TZ).strftime("%H:%M")
-    if d.accepted:
-        parts = [f"-{yuan(d.discount_minor)}"] if d.discount_minor or not d.gift_sku else []
-        parts += [f"gift {d.gift_sku}"] if d.gift_sku else []
-        if done == "RELEASED":
-            freed = [x["campaign"] for x in d.coupons if x["status"] == "released"]
-            parts = [f"{', '.join(freed)} free to use again"]
-        outcome = f"{done:<9} {' + '.join(parts)}"
-    else:
-        outcome = f'REFUSED   {d.reason.value}: "{d.reason.message()}"'
-    seq = f"  [journal #{d.journal_seq}]" if d.journal_seq else ""
-    say(at, f"{STEP[0]:>2}. {label:<50} {outcome}{seq}")
-    CLOCK.advance(45)
-    return d
-
-
-def basket(name: str, lines: list[tuple[str, str, str, int, int]], **customer: Any) -> Basket:
-    doc: dict[str, Any] = {
-        "currency": "CNY",
-        "lines": [
-            {"sku": sku, "category": cat, "name": nm, "quantity": qty, "unit_price_minor": price}
-            for sku, cat, nm, qty, price in lines
-        ],
-    }
-    if customer:
-        doc["customer"] = customer
-    path = OUT / "baskets" / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, ensure_ascii=False, indent=2))
-    return Basket.from_dict(doc)
-
-
-def session(engine: Engine, c: dict[str, list[str]]) -> None:
-    scan = Context(source="camera", cashier=CASHIER)
-    pos = Context(source="pos", cashier=CASHIER)
-    groceries = basket(
-        "groceries-128",
-        [("MILK-1L", "dairy", "Milk 1 L", 4, 1800), ("RICE-5KG", "grocery", "Rice 5 kg", 1, 5600)],
-    )
-    small = basket(
-        "snacks-86",
-        [
-            ("TEA-OOLONG", "drinks", "Oolong tea", 2, 2900),
-            ("NUTS-MIX", "snacks", "Mixed nuts", 1, 2800),
-        ],
-    )
-    headphones = basket("headphones-400", [("HP-BT-200", "3c", "BT headphones", 1, 40000)])
-    flash = basket("flash-188", [("SKIN-SERUM", "beauty", "Serum", 1, 18800)])
-    gold = customer_ref("13800000001")
-    regular = basket(
-        "regular-customer-60",
-        [("COFFEE-BEANS", "drinks", "Coffee", 1, 6000)],
-        ref=gold,
-        tier="gold",
-        new=False,
-    )
-    newbie = basket(
-        "new-customer-45",
-        [("BREAD", "bakery", "Sourdough", 1, 4500)],
-        ref=customer_ref("13900000002"),
-        new=True,
-    )
-    tote = basket(
-        "gift-236",
-        [("SHAMPOO", "care", "Shampoo", 2, 6800), ("TOWEL", "home", "Bath towel", 1, 10000)],
-    )
-    big = basket(
-        "stack-300",
-        [
-            ("RICE-COOKER", "appliance", "Rice cooker", 1, 26000),
-            ("LADLE", "home", "Ladle", 2, 2000),
-        ],
-    )
-    cancel = basket("cancelled-120", [("DETERGENT", "home", "Detergent", 2, 6000)])
-    typed = basket("flyer-150", [("FRUIT-BOX", "fresh", "Fruit box", 1, 15000)])
-
-    step("SPEND100 on a ¥128.00 grocery basket", engine.redeem(c["SPEND100"][0], groceries, scan))
-    step("SPEND100 on a ¥86.00 basket", engine.redeem(c["SPEND100"][1], small, scan))
-    step(
-        "PCT15 on ¥400.00 headphones (15% is ¥60: capped)",
-        engine.redeem(c["PCT15"][0], headphones, scan),
-    )
-    step("FLASH in the 10:00-11:00 hour, ¥188.00 serum", engine.redeem(c["FLASH"][0], flash, scan))
-    step("NEW10 shown by a gold member (not new)", engine.redeem(c["NEW10"][0], regular, scan))
-    step("NEW10 shown by a first-time shopper", engine.redeem(c["NEW10"][1], newbie, scan))
-    step("TOTE200 on a ¥236.00 basket", engine.redeem(c["TOTE200"][0], tote, scan))
-    step(
-        "FORGED: SPEND100 token, one character changed",
-        engine.redeem(tamper_one_char(c["SPEND100"][2]), groceries, scan),
-    )
-    step(
-        "FORGED: PCT15 token signed with an attacker's key",
-        engine.redeem(attacker_token(c["PCT15"][0], "PCT15"), headphones, scan),
-    )
-    step(
-        "REPLAY: the SPEND100 coupon from step 1 again",
-        engine.redeem(c["SPEND100"][0], groceries, scan),
-    )
-
-    # One shopper, four coupons, a ¥300.00 basket: the till picks the best stack.
-    presented = [c["FLASH"][1], c["SPEND100"][2], c["PCT15"][1], c["TOTE200"][1]]
-    chosen, refused = engine.best(presented, big, pos)
-    value = sum(d.discount_minor for d in chosen)
-    names = " + ".join(d.campaign or "" for d in chosen)
-    say(
-        "",
-        f"    best of 4 coupons for a ¥300.00 basket: {names} = -{yuan(value)}"
-        + "".join(f"; {d.campaign} left out ({d.reason.value})" for d in refused),
-    )
-    by_serial = {f"{tokens.parse(t).claims.serial:016x}": t for t in presented}
-    for d in chosen:
-        step(
-            f"POS-1001 hold {d.campaign}",
-            engine.hold("POS-1001", by_serial[d.serial or ""], big, pos),
-        )
-    done = step(
-        "POS-1001 paid: commit the held coupons", engine.commit("POS-1001", ctx=pos), "PAID"
-    )
-    say(
-        "",
-        "    committed: "
-        + ", ".join(
-            f"{x['campaign']} "
-            + (f"gift {x['gift_sku']}" if x["gift_sku"] else f"-{yuan(x['discount_minor'])}")
-            for x in done.coupons
-        ),
-    )
-
-    step(
-        "POS-1002 hold PCT15 on ¥120.00 detergent",
-        engine.hold("POS-1002", c["PCT15"][2], cancel, pos),
-    )
-    step("POS-1002 shopper walks away: release", engine.release("POS-1002", ctx=pos), "RELEASED")
-    step("the released PCT15 coupon, next shopper", engine.redeem(c["PCT15"][2], cancel, scan))
-    spoken = c["codes"][0].lower().replace("-", " ")
-    step(
-        f"typed flyer code '{spoken}'",
-        engine.redeem(spoken, typed, Context(source="keyboard", cashier=CASHIER)),
-    )
-
-    CLOCK.at = AFTERNOON
-    step("FLASH at 15:30, ¥188.00 serum", engine.redeem(c["FLASH"][1], flash, scan))
-
-
-# ---------------------------------------------------------------- after closing
-
-
-def summary(entries: list[dict[str, Any]]) -> None:
-    final = [e for e in entries if e["kind"] in ("redeem", "commit") and e["accepted"]]
-    refusals = Counter(
-        e["reason"] for e in entries if e["kind"] in ("redeem", "hold") and not e["accepted"]
-    )
-    flags = Counter(e["reason"] for e in entries if e["kind"] == "flag")
-    total = sum(e["discount_minor"] for e in final)
-    gifts = sum(1 for e in final if json.loads(e["detail"]).get("gift"))
-    say(
-        "total",
-        f"{len(final)} coupons redeemed, {yuan(total)} off, {gifts} gift(s); "
-        f"{sum(refusals.values())} refused; fraud flags: "
-        + ", ".join(f"{k} x{n}" for k, n in sorted(flags.items())),
-    )
-    for reason, n in sorted(refusals.items()):
-        say("", f'    refused {reason} x{n}: "{Reason(reason).message()}"')
-    say(
-        "中文",
-        f"今日核销 {len(final)} 张券，共优惠 {yuan(total)}，送出赠品 {gifts} 份；"
-        f"拒收 {sum(refusals.values())} 次。",
-    )
-    for reason in (Reason.BAD_SIGNATURE, Reason.ALREADY_REDEEMED):
-        if refusals.get(reason.value):
-            say("中文", f"    {reason.value} x{refusals[reason.value]}：{reason.message('zh_CN')}")
-
-
-LIVE_AT = "2026-11-25T16:00:00+08:00"  # the daemon's afternoon, after the session above
-
-
-def live_part(coupons: dict[str, list[str]]) -> int:
-    """The same till as a running daemon with a camera and an NFC reader."""
-    from demo.live import run_live
-
-    fresh: dict[str, str] = {}
-    for cid in ("SPEND100", "PCT15", "NEW10"):
-        out = OUT / "coupons" / f"{cid}-live"
-        run_json(
-            "redeem-central",
-            "issue",
-            "--data",
-            str(OUT / "central"),
-            "--campaign",
-            cid,
-            "--out",
-            str(out),
-            "--no-qr",
-            now=CENTRAL_AT,
-        )
-        fresh[cid] = (out / "tokens.txt").read_text().splitlines()[0]
-    say("live", "redeem-central issue: one more SPEND100, PCT15 and NEW10 for the live till")
-    good = run_live(
-        OUT, OUT / "terminal", TOOLS, LIVE_AT, fresh, tamper_one_char(fresh["SPEND100"]), say
-    )
-    verify = run_json("redeem", "journal", "verify", "--data", str(OUT / "terminal"), now=LIVE_AT)
-    say(
-        "close",
-        f"redeem journal verify after the live part: {verify['entries']} entries, "
-        f"hash chain {'intact' if verify['ok'] else 'BROKEN'}",
-    )
-    return good if verify["ok"] else -1
-
-
-def main() -> int:
-    if OUT.exists():
-        shutil.rmtree(OUT)
-    OUT.mkdir()
-    print(
-        f"edge-redeem demo: store {STORE}, till {TILL}, Wednesday 25 Nov 2026, "
-        "Asia/Shanghai, prices in CNY",
-        flush=True,
-    )
-    try:
-        coupons = set_up()
-        engine = setup.open_engine(OUT / "terminal", CLOCK)
+    deadline = time.monotonic() + 20
+    while True:
         try:
-            session(engine, coupons)
-        finally:
-            engine.db.close()
-        till = str(OUT / "terminal")
-        now = datetime.fromtimestamp(CLOCK.now(), TZ).isoformat()
-        zh = run(
-            "redeem",
-            "check",
-            coupons["SPEND100"][0],
-            "--basket",
-            str(OUT / "baskets" / "groceries-128.json"),
-            "--data",
-            till,
-            "--lang",
-            "zh_CN",
-            now=now,
-            ok_codes=(1,),
-        )
-        say("", f"    redeem check --lang zh_CN on the step-1 coupon: {zh.stdout.strip()}")
-        verify = run_json("redeem", "journal", "verify", "--data", till, now=now)
+            if control.request(till, {"op": "status"}, timeout=2).get("ok"):
+                return child
+        except (OSError, ValueError):
+            pass
+        if child.proc.poll() is not None or time.monotonic() > deadline:
+            raise DemoFailed(f"the daemon did not start; see {OUT}/daemon.log")
+        time.sleep(0.05)
+
+
+def kiosk_port(wanted: int) -> int:
+    if port_free(wanted):
+        return wanted
+    port = free_port()
+    say("setup", f"NOTE: port {wanted} is taken on 127.0.0.1; the kiosk uses port {port}")
+    return port
+
+
+# ---------------------------------------------------------------- the summary
+
+
+def summary(day: Day, report: dict[str, Any], central_dir: Path) -> None:
+    say("summary", f"central report (redeem-central report --data {central_dir} --json):")
+    for t in report["by_terminal"]:
+        till = next(k for k, v in day.names.items() if v == t["terminal"])
         say(
-            "close",
-            f"redeem journal verify: {verify['entries']} entries, hash chain "
-            f"{'intact' if verify['ok'] else 'BROKEN: ' + str(verify['problem'])}",
+            "",
+            f"    terminal {till} {t['terminal']}: {t['redemptions']} redemptions, "
+            f"{yuan(t['discount_minor'])} off",
         )
-        for fmt in ("jsonl", "csv"):
-            run(
-                "redeem",
-                "journal",
-                "export",
-                "--data",
-                till,
-                "--format",
-                fmt,
-                "--out",
-                str(OUT / f"journal.{fmt}"),
-                now=now,
+    for till in ("A", "B"):
+        reasons = ", ".join(f"{r} x{n}" for r, n in sorted(day.refusals[till].items()))
+        say("", f"    refused at {till}: {reasons or 'none'}")
+    kinds = report["open_flags_by_kind"]
+    say(
+        "",
+        "    fraud flags at the central: "
+        + ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items())),
+    )
+    for till in ("A", "B"):
+        s = day.backlog(till)
+        say(
+            "",
+            f"    sync {till}: backlog {s['backlog']}, acknowledged #{s['acked_seq']} of "
+            f"#{s['head_seq']}, ledger v{s['ledger_version']}, clock "
+            f"{'ok' if s['clock_ok'] else 'UNTRUSTED'}",
+        )
+    say("", f"    central ledger version: v{report['ledger_version']}")
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    children = Children()
+    tag: Type2Tag | None = None
+    scanner: Pty | None = None
+    code = 0
+    try:
+        if OUT.exists():
+            shutil.rmtree(OUT)
+        OUT.mkdir()
+        out = OUT.resolve()
+        central_dir, a, b = out / "central", out / "terminal-a", out / "terminal-b"
+        print(f"edge-redeem demo: store {STORE}, two tills, one central; output in {out}/")
+        coupons, fingerprint = set_up_central(central_dir)
+        port = args.central_port if port_free(args.central_port) else free_port()
+        holder: dict[str, Child] = {}
+        holder["central"], url = start_central(children, central_dir, port)
+        say("setup", f"redeem-central serve: {url} (pid {holder['central'].pid})")
+        names = {"A": enroll(central_dir, url, a, fingerprint)}
+        names["B"] = enroll(central_dir, url, b, fingerprint)
+
+        pin = f"{secrets.randbelow(10**6):06d}"
+        run("redeem", "manager", "set-pin", "--data", str(a), env=clean_env(REDEEM_MANAGER_PIN=pin))
+        pos_token = run_json("redeem", "pos-token", "--data", str(a), "--till", "pos-1")["token"]
+
+        shown = [coupons["SPEND100"][0], "https://shop.example.com/menu", coupons["PCT15"][0]]
+        video, frames = live.make_video(out / "video", shown)
+        tag = Type2Tag(
+            bytes.fromhex("04a1b2c3d4e5f6"), live.tag_message(coupons["NEW10"][0]), "NTAG215"
+        )
+        tag.start()
+        tag.remove()  # on the counter, not on the reader yet
+        scanner = Pty(out / "scanner")
+        kport = kiosk_port(args.kiosk_port)
+        cfg = live.write_config(
+            out / "terminal-a.toml", a, video, tag.port, scanner.path, kport, url
+        )
+        daemon = start_daemon(children, cfg, a)
+        kiosk = f"http://127.0.0.1:{kport}"
+        say(
+            "setup",
+            f"redeem run --config {cfg} (pid {daemon.pid}): camera plays {frames} frames at "
+            f"{live.FPS} fps, NFC on udp:127.0.0.1:{tag.port}, scanner on {scanner.path}",
+        )
+        print(
+            "\n"
+            + "=" * 72
+            + f"\n  Kiosk (terminal A):  {kiosk}/\n  Manager dashboard:   {kiosk}/manager"
+            + f"\n  Manager PIN:         {pin}\n"
+            + "=" * 72
+            + f"\npids: central {holder['central'].pid} daemon {daemon.pid}\n",
+            flush=True,
+        )
+
+        def central_down() -> None:
+            stopped = children.stop(holder["central"])
+            say(
+                "offline",
+                f"the central goes away: SIGTERM, pid {stopped.pid} {stopped.ended()} "
+                f"in {stopped.took_s:.2f} s",
             )
-        say("close", f"redeem journal export: {OUT}/journal.jsonl and {OUT}/journal.csv")
-        entries = [
-            json.loads(line)
-            for line in (OUT / "journal.jsonl").read_text(encoding="utf-8").splitlines()
-        ]
-        summary(entries)
-        if not verify["ok"]:
-            return 1
-        if live_part(coupons) != 5:
-            return 1
-    except DemoFailed as exc:
-        print(f"demo failed: {exc}", file=sys.stderr)
-        return 1
-    return 0
+
+        def central_up() -> None:
+            holder["central"], _ = start_central(children, central_dir, port)
+            say("online", f"the central is back on {url} (pid {holder['central'].pid})")
+            print(f"pids: central {holder['central'].pid}", flush=True)
+
+        def central_report() -> dict[str, Any]:
+            doc: dict[str, Any] = run_json("redeem-central", "report", "--data", str(central_dir))
+            return doc
+
+        day = Day(
+            out=out,
+            a=a,
+            b=b,
+            names=names,
+            coupons=coupons,
+            decisions=live.Decisions(a, say),
+            tag=tag,
+            scanner=scanner,
+            kiosk_url=kiosk,
+            pos_token=pos_token,
+            central_down=central_down,
+            central_up=central_up,
+        )
+        play(day, central_report)
+        summary(day, central_report(), central_dir)
+        say("", f"    elapsed: {time.monotonic() - started:.1f} s")
+        if not args.no_wait:
+            print(
+                f"\nThe kiosk stays up at {kiosk}/ (manager PIN {pin}). Press Ctrl-C to stop.",
+                flush=True,
+            )
+            while True:
+                for child in children.running:
+                    if child.proc.poll() is not None:
+                        raise DemoFailed(f"the {child.name} exited {child.proc.returncode}")
+                time.sleep(0.5)
+    except Stop as why:
+        print(f"\n{why}: stopping", flush=True)
+    except (DemoFailed, TimeoutError, OSError, ValueError, requests.RequestException) as exc:
+        print(f"demo failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        print(f"(logs: {OUT}/central.log, {OUT}/daemon.log)", file=sys.stderr, flush=True)
+        code = 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut cleanup
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for child in children.stop_all():
+            say(
+                "stop",
+                f"{child.name} (pid {child.pid}) {child.ended()} in {child.took_s:.2f} s",
+            )
+            if not child.clean:
+                code = 1
+        if tag is not None:
+            tag.stop()
+            say("stop", "NFC tag emulator stopped")
+        if scanner is not None:
+            scanner.close()
+    say("stop", f"done in {time.monotonic() - started:.1f} s, exit code {code}")
+    return code
 
 
 if __name__ == "__main__":

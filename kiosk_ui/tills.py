@@ -102,7 +102,10 @@ def cmd_pos_token(args: argparse.Namespace) -> int:
         token = issue(data, args.till)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    print(token)
+    if getattr(args, "json", False):
+        print(json.dumps({"till": args.till, "token": token}))
+    else:
+        print(token)
     return 0
 
 

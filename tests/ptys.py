@@ -1,60 +1,14 @@
-"""Pseudo-terminals standing in for serial devices in the driver tests: the driver opens a
-stable path (a symlink, like udev's /dev/serial/by-id/...) and the test works the master."""
+"""Pseudo-terminals standing in for serial devices in the driver tests (the simulator itself
+lives in drivers/scanner/pty.py, which the demo uses too)."""
 
 from __future__ import annotations
 
-import os
-import select
 import time
 from collections.abc import Callable
-from pathlib import Path
 
+from drivers.scanner.pty import Pty
 
-class Pty:
-    """A pty behind `path`; unplug() makes the device vanish, plug() brings a new one back
-    at the same path."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.master = self.slave = -1
-        self.plug()
-
-    def plug(self) -> None:
-        self.master, self.slave = os.openpty()
-        tmp = self.path.with_name(self.path.name + ".new")
-        tmp.symlink_to(os.ttyname(self.slave))
-        os.replace(tmp, self.path)
-
-    def unplug(self) -> None:
-        self.path.unlink()
-        os.close(self.master)
-        os.close(self.slave)
-        self.master = self.slave = -1
-
-    def write(self, data: bytes) -> None:
-        """What the device sends to the driver."""
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.master, view) :]
-
-    def read(self, n: int, timeout: float = 5.0) -> bytes:
-        """Exactly `n` bytes the driver sent to the device (fewer only on timeout)."""
-        out = b""
-        deadline = time.monotonic() + timeout
-        while len(out) < n:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.master], [], [], left)[0]:
-                break
-            out += os.read(self.master, n - len(out))
-        return out
-
-    def idle(self, wait: float = 0.2) -> bool:
-        """True if the driver sends nothing more within `wait` seconds."""
-        return not select.select([self.master], [], [], wait)[0]
-
-    def close(self) -> None:
-        if self.master >= 0:
-            self.unplug()
+__all__ = ["Pty", "wait_for"]
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -1,0 +1,259 @@
+"""The scripted day at two tills of one store: terminal A is the real daemon (camera, NFC,
+serial scanner, kiosk and POS API), terminal B a second till driven through `redeem redeem`
+and `redeem sync --once`. The central goes away in the middle of the day; both tills keep
+redeeming, and the same single-use coupon is accepted at both. When the central is back,
+reconciliation catches it."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from demo.live import Decisions
+from demo.tools import DemoFailed, run_json, say, yuan
+from drivers.nfc.emulator import Type2Tag
+from drivers.scanner.pty import Pty
+from terminal import base45, tokens
+
+
+def tamper_one_char(token: str) -> str:
+    """Change one character of a real token so it still decodes but the signature (the
+    last 64 bytes) no longer matches: what a photocopier fault or a forger produces."""
+    original = base45.decode(token[len(tokens.PREFIX) :])
+    body = token[len(tokens.PREFIX) :]
+    for i in range(len(body) - 1, 0, -1):
+        for ch in base45.ALPHABET:
+            if ch == body[i]:
+                continue
+            candidate = body[:i] + ch + body[i + 1 :]
+            try:
+                data = base45.decode(candidate)
+            except base45.Base45Error:
+                continue
+            diff = [k for k, (a, b) in enumerate(zip(data, original, strict=True)) if a != b]
+            if len(data) == len(original) and diff and min(diff) >= len(data) - 64:
+                return tokens.PREFIX + candidate
+    raise DemoFailed("could not tamper with the token")
+
+
+@dataclass
+class Day:
+    """What the story needs from the set-up: the two tills and terminal A's devices."""
+
+    out: Path
+    a: Path  # terminal A's data directory (the daemon owns it)
+    b: Path  # terminal B's data directory
+    names: dict[str, str]  # "A"/"B" -> the terminal id the central gave
+    coupons: dict[str, list[str]]
+    decisions: Decisions
+    tag: Type2Tag
+    scanner: Pty
+    kiosk_url: str
+    pos_token: str
+    central_down: Callable[[], None]
+    central_up: Callable[[], None]
+    phase: str = "morning"
+    number: int = 0
+    refusals: dict[str, Counter[str]] = field(
+        default_factory=lambda: {"A": Counter(), "B": Counter()}
+    )
+    outcomes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ printing
+
+    def show(
+        self, till: str, channel: str, label: str, d: dict[str, Any], done: str = ""
+    ) -> dict[str, Any]:
+        self.number += 1
+        if d["accepted"]:
+            verdict = f"{done or 'ACCEPTED':<9} -{yuan(d['discount_minor'])}"
+        else:
+            verdict = f"REFUSED   {d['reason']}"
+            self.refusals[till][d["reason"]] += 1
+        say(
+            self.phase,
+            f'{self.number:>2}. {till} {channel:<7} {label:<46} {verdict:<26} "{d["message"]}"',
+        )
+        self.outcomes.append((till, d))
+        return d
+
+    def expect(self, d: dict[str, Any], reason: str) -> None:
+        """The story only goes on when the real components decided as it says."""
+        if d["reason"] != reason:
+            raise DemoFailed(f"step {self.number}: expected {reason}, got {d['reason']}")
+
+    # ------------------------------------------------------------------ terminal A
+
+    def camera(self, label: str, total: int) -> dict[str, Any]:
+        self.decisions.sale(total)
+        return self.show("A", "camera", label, self.decisions.next("counter-camera")["decision"])
+
+    def nfc(self, label: str, total: int, **customer: Any) -> dict[str, Any]:
+        self.decisions.sale(total, **customer)
+        self.tag.place()
+        try:
+            return self.show("A", "nfc", label, self.decisions.next("nfc-reader")["decision"])
+        finally:
+            self.tag.remove()
+
+    def serial(self, label: str, total: int, token: str) -> dict[str, Any]:
+        self.decisions.sale(total)
+        self.scanner.write(token.encode() + b"\r")  # a scanner in USB-COM mode ends with CR
+        return self.show("A", "serial", label, self.decisions.next("hand-scanner")["decision"])
+
+    def pos_checkout(self, token: str) -> None:
+        """The till software's two-phase checkout over the POS API: open, apply (hold),
+        read the best combination, commit on payment."""
+        api = f"{self.kiosk_url}/api/v1"
+        auth = {"Authorization": f"Bearer {self.pos_token}"}
+
+        def post(path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+            headers = {**auth, "Idempotency-Key": uuid.uuid4().hex}
+            r = requests.post(api + path, json=body, headers=headers, timeout=10)
+            if r.status_code >= 400:
+                raise DemoFailed(f"POS API {path}: {r.status_code} {r.text}")
+            doc: dict[str, Any] = r.json()
+            return doc
+
+        basket = {
+            "currency": "CNY",
+            "lines": [
+                {"sku": "SHAMPOO", "category": "care", "quantity": 2, "unit_price_minor": 6800},
+                {"sku": "TOWEL", "category": "home", "quantity": 1, "unit_price_minor": 10000},
+            ],
+        }
+        opened = post("/checkouts", {"basket": basket, "cashier": "C07"})
+        cid = opened["checkout_id"]
+        applied = post(f"/checkouts/{cid}/coupons", {"code": token})
+        total = yuan(opened["basket_total_minor"])
+        label = f"checkout {total}: apply PCT15 (held)"
+        self.expect(self.show("A", "pos-api", label, applied["decision"], "HELD"), "ok")
+        paid = post(f"/checkouts/{cid}/commit")
+        self.expect(
+            self.show("A", "pos-api", "payment done: commit the held coupon", paid, "PAID"), "ok"
+        )
+
+    # ------------------------------------------------------------------ terminal B
+
+    def till_b(self, label: str, total: int, token: str) -> dict[str, Any]:
+        basket = self.out / "baskets" / f"b-{self.number + 1:02d}.json"
+        basket.parent.mkdir(parents=True, exist_ok=True)
+        basket.write_text(json.dumps({"currency": "CNY", "total_minor": total}))
+        d = run_json(
+            "redeem",
+            "redeem",
+            token,
+            "--basket",
+            str(basket),
+            "--data",
+            str(self.b),
+            "--cashier",
+            "C12",
+            ok_codes=(0, 1),
+        )
+        return self.show("B", "cli", label, d)
+
+    # ------------------------------------------------------------------ sync
+
+    def sync(self, till: str) -> dict[str, Any]:
+        """`redeem sync --once`: for A the daemon runs the round (it owns the journal)."""
+        data = self.a if till == "A" else self.b
+        r = run_json("redeem", "sync", "--once", "--data", str(data), ok_codes=(0, 1))
+        j, led = r.get("journal") or {}, r.get("ledger") or {}
+        if r["ok"]:
+            ledger = (
+                f"ledger v{led.get('to')} current"
+                if led.get("not_modified") or led.get("from") == led.get("to")
+                else f"ledger v{led.get('from')} -> v{led.get('to')}"
+            )
+            text = (
+                f"sent {entries(j.get('sent', 0))}, central stored "
+                f"{j.get('accepted', 0)} new, backlog {j.get('backlog', 0)}; {ledger}"
+            )
+        else:
+            text = f"FAILED ({r['error_kind']}): {r['error']}"
+        say(self.phase, f"    sync {till} ({self.names[till]}): {text}")
+        return r  # type: ignore[no-any-return]
+
+    def backlog(self, till: str) -> dict[str, Any]:
+        data = self.a if till == "A" else self.b
+        return run_json("redeem", "sync", "status", "--data", str(data))  # type: ignore[no-any-return]
+
+
+def play(day: Day, central_report: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The scripted day. Returns what the summary needs besides the report."""
+    c = day.coupons
+    spend, pct = c["SPEND100"], c["PCT15"]
+    x, y = spend[2], spend[3]  # x: redeemed twice while offline; y: once, at B
+
+    def ok(d: dict[str, Any]) -> None:
+        day.expect(d, "ok")
+
+    def no(d: dict[str, Any], reason: str) -> None:
+        day.expect(d, reason)
+
+    ok(day.camera("SPEND100 on a phone, ¥128.00 sale", 12800))
+    ok(day.camera("PCT15 on paper, ¥400.00 sale (15% capped)", 40000))
+    ok(day.nfc("NEW10 card tapped, new shopper, ¥50.00", 5000, new=True))
+    ok(day.serial("SPEND100 flyer, ¥150.00 sale", 15000, spend[1]))
+    forged = tamper_one_char(spend[4])
+    no(day.serial("FORGED SPEND100 (one character changed)", 15000, forged), "bad_signature")
+    day.pos_checkout(pct[1])
+    ok(day.till_b("SPEND100 at the second till, ¥200.00", 20000, spend[4]))
+    say(day.phase, "    both tills sync with the central (online):")
+    day.sync("A")
+    day.sync("B")
+    used = day.till_b("the SPEND100 from step 1 (used at A), ¥160.00", 16000, spend[0])
+    no(used, "already_redeemed")
+
+    day.phase = "offline"
+    day.central_down()
+    failed = day.sync("A")
+    if failed["ok"]:
+        raise DemoFailed("a sync round succeeded with the central stopped")
+    ok(day.serial("SPEND100 coupon X, ¥168.00 sale", 16800, x))
+    ok(day.till_b("the SAME coupon X at the second till, ¥120.00", 12000, x))
+    ok(day.till_b("SPEND100 coupon Y, ¥300.00", 30000, y))
+    waiting = {t: day.backlog(t)["backlog"] for t in ("A", "B")}
+    say(
+        day.phase,
+        f"    both tills accepted coupon X (the offline trade-off); waiting to sync: "
+        f"A {entries(waiting['A'])}, B {entries(waiting['B'])}",
+    )
+
+    day.phase = "online"
+    day.central_up()
+    day.sync("A")
+    day.sync("B")
+    report = central_report()
+    doubles = [f for f in report["open_flags"] if f["kind"] == "double_redemption"]
+    serial_x = f"{tokens.parse(x).claims.serial:016x}"
+    caught = [f for f in doubles if f["serial"] == serial_x]
+    for f in caught:
+        say(
+            day.phase,
+            f"    central reconciliation: FRAUD FLAG double_redemption of coupon X "
+            f"(serial {f['serial']}, campaign {f['campaign']}), raised on {f['terminal']}'s "
+            f"upload; ledger v{report['ledger_version']} lists the serial",
+        )
+    if not caught:
+        raise DemoFailed("the central did not flag the double redemption of coupon X")
+    day.sync("A")
+    no(day.serial("coupon X a third time, ¥168.00", 16800, x), "already_redeemed")
+    no(day.serial("coupon Y (used offline at B), ¥300.00", 30000, y), "already_redeemed")
+    no(day.till_b("coupon X again at the second till, ¥120.00", 12000, x), "already_redeemed")
+    say(day.phase, "    closing: both tills sync")
+    day.sync("A")
+    day.sync("B")
+    return {"serial_x": serial_x}
+
+
+def entries(n: int) -> str:
+    return f"{n} journal {'entry' if n == 1 else 'entries'}"
