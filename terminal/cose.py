@@ -67,6 +67,8 @@ class SigningKey:
 
 def parse_sign1(data: bytes) -> Sign1:
     """Structure only; the caller verifies the signature with the key the kid names."""
+    if not isinstance(data, bytes):  # a field of a damaged CBOR document: any type at all
+        raise CoseError(f"not a byte string but {type(data).__name__}")
     fp = io.BytesIO(data)
     try:
         obj = cbor2.CBORDecoder(fp, allow_duplicate_keys=False).decode()

@@ -61,7 +61,10 @@ def _query(text: str) -> dict[str, list[str]] | None:
     text = text.strip()
     if len(text) > MAX_URL_CHARS:
         return None
-    parts = urllib.parse.urlsplit(text)
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError:  # "Invalid IPv6 URL" for a stray bracket: not a SUN URL
+        return None
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
         return None
     return urllib.parse.parse_qs(parts.query, keep_blank_values=True)

@@ -443,3 +443,9 @@ def test_tag_bound_token_needs_its_tag(world: World) -> None:
     assert not other.accepted and other.reason is Reason.TAG_MISMATCH
     printed = world.engine.check(token, basket(5000))
     assert not printed.accepted and printed.reason is Reason.TAG_MISMATCH
+
+
+def test_a_url_with_a_stray_bracket_is_not_a_coupon_and_does_not_crash() -> None:
+    # Found by the fuzzer: urlsplit raises "Invalid IPv6 URL" for these.
+    assert tokens.extract("https://e[xample.com/x") is None
+    assert tokens.extract("http://[::1/?picc_data=00&cmac=00") is None

@@ -194,7 +194,9 @@ class NfcDriver(LoopDriver):
             # Relaxed as nfcpy reads: a writer that forgot the message begin/end flags still
             # gives its records; a record running past the data is malformed either way.
             records = list(ndef.message_decoder(octets, errors="relax"))
-        except ndef.DecodeError as exc:
+        except (ndef.DecodeError, ValueError) as exc:
+            # ndeflib lets a ValueError through for some damage even when relaxed (a record
+            # type that is not ASCII: UnicodeDecodeError); the tag is malformed all the same.
             self.state.count("malformed_ndef")
             log.warning(
                 "nfc %s: tag %s has a malformed NDEF message: %s", self.name, uid.hex(), exc

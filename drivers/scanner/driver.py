@@ -57,7 +57,9 @@ class LineSplitter:
                 self._too_long()
             else:
                 lines.append(line)
-        if len(self._buf) > self._max:
+        # The tail may be a line of max_line bytes plus the start of a multi-byte
+        # terminator whose end is still on the wire: only past both is the line too long.
+        if len(self._buf) > self._max + self._keep:
             if not self._skipping:
                 self._too_long()
             self._skipping = True
