@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Protocol
 
 
@@ -28,3 +29,23 @@ class FixedClock:
 
     def advance(self, seconds: float) -> None:
         self.at += seconds
+
+
+class OffsetFileClock:
+    """Another clock moved by the seconds written in a file, read on every call: a drill or
+    a test moves a running daemon's clock back or forward, as a bad RTC or NTP answer
+    would, without a second source of time. An unreadable file keeps the last offset."""
+
+    def __init__(self, base: Clock, path: Path) -> None:
+        self.base = base
+        self.path = path
+        self.offset = 0.0
+
+    def now(self) -> float:
+        try:
+            self.offset = float(self.path.read_text().strip() or 0)
+        except FileNotFoundError:
+            self.offset = 0.0
+        except (OSError, ValueError):
+            pass  # a half-written file: keep the last offset
+        return self.base.now() + self.offset

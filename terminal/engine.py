@@ -78,6 +78,12 @@ class Engine(Checks):
 
     # ------------------------------------------------------------ usage cache
 
+    def reload(self) -> None:
+        """Another process wrote this terminal's journal or ledger (a `redeem` command run
+        beside the daemon): re-read both and start again from what is on disk."""
+        self.ledger_store.load()
+        Engine.__init__(self, self.ledger_store, self.clock, self.store, self.terminal, self.db)
+
     def _rebuild_usage(self) -> None:
         """In-memory counters of uses that count; the Use table is the truth."""
         self.serial_uses: Counter[str] = Counter()

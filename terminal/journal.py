@@ -8,6 +8,8 @@ import csv
 import hashlib
 import io
 import json
+import os
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,16 +112,50 @@ HASHED_FIELDS = (
 )
 
 
+class JournalUnavailable(Exception):
+    """The journal cannot record redemptions: its directory is not writable or its file is
+    damaged. The terminal must not redeem on it (fail closed, with a sentence that says
+    why, not a traceback)."""
+
+
 def open_database(path: Path) -> pw.SqliteDatabase:
     path.parent.mkdir(parents=True, exist_ok=True)
+    _check_writable(path.parent)
     db = pw.SqliteDatabase(
         str(path),
         pragmas={"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "busy_timeout": 5000},
     )
     database_proxy.initialize(db)
-    db.connect(reuse_if_open=True)
-    migrate(db)
+    try:
+        db.connect(reuse_if_open=True)
+        _check_integrity(db)
+        migrate(db)
+    # OperationalError too (a subclass): unreadable is as bad as damaged. sqlite3's own
+    # errors come from rows fetched outside peewee's wrapper.
+    except (pw.DatabaseError, sqlite3.DatabaseError) as exc:
+        db.close()
+        raise JournalUnavailable(
+            f"{path} is damaged ({exc}): not redeeming on it; restore the data directory "
+            "from a backup or re-enroll (the central holds every entry it received)"
+        ) from None
     return db
+
+
+def _check_writable(directory: Path) -> None:
+    """SQLite would open a read-only journal and fail at the first write; say so first."""
+    if os.statvfs(directory).f_flag & os.ST_RDONLY:
+        raise JournalUnavailable(f"{directory}: Read-only file system: the journal cannot record")
+    if not os.access(directory, os.W_OK):
+        raise JournalUnavailable(f"{directory} is not writable: the journal cannot record")
+
+
+def _check_integrity(db: pw.SqliteDatabase) -> None:
+    """SQLite's quick_check (structure of every page, not index contents): a page of garbage
+    in the file is found before a coupon is decided on it, not at some later query. WAL
+    frames a power cut tore were already dropped by recovery when the file was opened."""
+    rows = db.execute_sql("PRAGMA quick_check").fetchall()
+    if rows != [("ok",)]:
+        raise pw.DatabaseError("; ".join(str(r[0]) for r in rows[:3]))
 
 
 # Numbered schema changes after version 1 (a new database gets MODELS at once; these

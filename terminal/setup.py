@@ -9,7 +9,7 @@ from pathlib import Path
 
 from terminal.clock import Clock
 from terminal.engine import Engine
-from terminal.journal import open_database
+from terminal.journal import JournalUnavailable, open_database
 from terminal.keys import CertError, TrustAnchor
 from terminal.ledger_store import LedgerStore
 
@@ -19,6 +19,11 @@ ANCHOR = "trust-anchor.json"
 
 class NotInitialised(Exception):
     pass
+
+
+class DataUnusable(NotInitialised):
+    """The data directory is there but cannot be redeemed on (a damaged or read-only
+    journal): the daemon and every command stop with this sentence."""
 
 
 @dataclass(frozen=True)
@@ -77,5 +82,8 @@ def open_engine(data: Path, clock: Clock) -> Engine:
         raise NotInitialised(str(exc)) from None
     store = LedgerStore(data / "ledger", anchor)
     store.load()
-    db = open_database(data / "journal.db")
+    try:
+        db = open_database(data / "journal.db")
+    except JournalUnavailable as exc:
+        raise DataUnusable(str(exc)) from None
     return Engine(store, clock, identity.store, identity.terminal, db)

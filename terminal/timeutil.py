@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime
+from pathlib import Path
 
-from terminal.clock import Clock, FixedClock, SystemClock
+from terminal.clock import Clock, FixedClock, OffsetFileClock, SystemClock
 
 
 def parse_time(text: str) -> float:
@@ -19,6 +20,10 @@ def parse_time(text: str) -> float:
 
 
 def clock_from_env() -> Clock:
-    """REDEEM_NOW pins the clock (demos, tests, replaying a day); otherwise system time."""
+    """REDEEM_NOW pins the clock (demos, tests, replaying a day); otherwise system time.
+    REDEEM_CLOCK_OFFSET_FILE moves that clock by the seconds the file holds, read on every
+    call (clock drills and the reliability tests move a running daemon's clock)."""
     fixed = os.environ.get("REDEEM_NOW")
-    return FixedClock(parse_time(fixed)) if fixed else SystemClock()
+    clock: Clock = FixedClock(parse_time(fixed)) if fixed else SystemClock()
+    offset_file = os.environ.get("REDEEM_CLOCK_OFFSET_FILE")
+    return OffsetFileClock(clock, Path(offset_file)) if offset_file else clock

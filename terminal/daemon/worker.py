@@ -11,7 +11,10 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+import peewee as pw
+
 from terminal.engine import Engine
+from terminal.journal import Entry, get_meta
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,11 +59,31 @@ class EngineWorker:
             if not fut.set_running_or_notify_cancel():
                 continue
             try:
+                self._catch_up()
                 fut.set_result(job(self.engine))
             except BaseException as exc:  # handed to the caller, who decides
                 fut.set_exception(exc)
             self.jobs_done += 1
             self.last_beat = time.monotonic()
+
+    def _catch_up(self) -> None:
+        """A `redeem` command run beside the daemon (a manager's `redeem clock reset`, a
+        USB `redeem ledger import`) wrote to the journal: the engine's head, trusted time,
+        usage counters and ledger are stale. Reload them from disk before deciding, rather
+        than fail every later write on the taken sequence number until a restart. (A write
+        racing this check still fails closed: its sequence number is taken.)"""
+        engine = self.engine
+        stored = Entry.select(pw.fn.MAX(Entry.seq)).scalar()
+        if stored is None:  # every entry pruned: the head is the pruned mark
+            stored = int(get_meta("pruned_seq", "0") or 0)
+        if stored == engine.journal.head_seq:
+            return
+        log.warning(
+            "journal written by another process (entry %d, ours %d): reloading the engine",
+            stored,
+            engine.journal.head_seq,
+        )
+        engine.reload()
 
     def healthy(self, within_s: float = 30.0) -> bool:
         """Alive, and either idle or making progress."""
