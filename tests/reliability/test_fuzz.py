@@ -5,8 +5,10 @@ the full one (over a million inputs, spread over the cores). Same seed, same inp
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,19 @@ FULL = {
 }
 PER_SHARD = 50_000  # pos: its own budget below
 MIN_FULL_TOTAL = 1_000_000
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """The targets quiet the project's loggers and a daemon replaces the root handlers: put
+    both back, so later tests' caplog still hears the drivers."""
+    names = ("", "terminal", "drivers", "kiosk_ui", "sync", "peewee")
+    saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in names]
+    handlers = list(logging.getLogger().handlers)
+    yield
+    for logger, level in saved:
+        logger.setLevel(level)
+    logging.getLogger().handlers[:] = handlers
 
 
 def _report(stats: dict[str, Stats], wall_s: float) -> str:
