@@ -565,6 +565,20 @@ class Engine(Checks):
         campaign = self.ledger.campaigns.get(last.campaign)
         if campaign is None or not campaign.reusable_after_refund:
             return None, "the campaign does not let this coupon be used again"
+        voided_before = (
+            Entry.select()
+            .where(
+                (Entry.kind == "reverse")
+                & (Entry.serial == last.serial)
+                & Entry.accepted
+                & Entry.detail.contains('"detail":"void"')
+            )
+            .exists()
+        )
+        if voided_before:
+            # Once per coupon: redeem, give the discount, void, redeem again... is the
+            # pattern a void must not allow. A manager's refund (reverse) is still open.
+            return None, "this coupon was taken back once already"
         at_ms = (
             Entry.select(pw.fn.MAX(Entry.at_ms))
             .where(

@@ -802,6 +802,18 @@ def test_void_takes_back_only_the_last_coupon_and_frees_it(world: World) -> None
     assert journal.verify().ok
 
 
+def test_a_coupon_is_taken_back_once_at_most(world: World) -> None:
+    # Redeem, give the discount, void, redeem again, void again... stops at the second void.
+    (tok,) = setup_coupons(world, 1, budget_count=5)
+    assert world.engine.redeem(tok, basket(5000), checkout_id="sale-1").accepted
+    assert world.engine.void("sale-1", 300).reason is Reason.VOIDED
+    assert world.engine.redeem(tok, basket(5000), checkout_id="sale-2").accepted
+    again = world.engine.void("sale-2", 300)
+    assert again.reason is Reason.VOID_REFUSED and "once already" in again.detail
+    assert world.engine.redeem(tok, basket(5000)).reason is Reason.ALREADY_REDEEMED
+    assert world.engine.reverse("sale-2").accepted  # a manager's refund is still open
+
+
 def test_void_is_refused_where_the_rules_do_not_allow_it(world: World) -> None:
     world.campaign(id="KEEP", amount_minor=500, stacking="any", reusable_after_refund=False)
     world.campaign(id="FREE", amount_minor=500, stacking="any")
