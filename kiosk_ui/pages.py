@@ -100,6 +100,13 @@ UI_STRINGS = (
     N_("Members only"),
     N_("Not combinable with other coupons"),
     N_("Combines with other coupons"),
+    N_("Clock"),
+    N_("This terminal's time"),
+    N_("The clock is trusted."),
+    N_("Coupons are refused until the time is right. Check the time above against a phone."),
+    N_("The time is right: trust it again"),
+    N_("The clock is trusted again."),
+    N_("The clock could not be trusted again:"),
 )
 
 
@@ -370,6 +377,9 @@ def router(daemon: Any) -> APIRouter:
             overrides=[p.to_dict(lang) for p in daemon.awaiting_override()],
             cameras={d.name for d in daemon.inputs if hasattr(d, "snapshot")},
             notice=request.query_params.get("notice"),
+            device_time=dt.datetime.fromtimestamp(daemon.clock.now(), dt.UTC).strftime(
+                "%Y-%m-%d %H:%M:%S UTC"
+            ),
         )
 
     @r.post("/manager/login", response_class=HTMLResponse)
@@ -429,6 +439,16 @@ def router(daemon: Any) -> APIRouter:
         where = "/manager#overrides" if decision is not None else "/manager?notice=gone#overrides"
         return RedirectResponse(where, status_code=303)
 
+    @r.post("/manager/clock/reset")
+    def clock_reset(request: Request) -> Response:
+        """The manager has checked the time shown and confirms it: trusted time restarts
+        from now (Engine.reset_clock_trust, journaled as a `clock_reset` flag)."""
+        if not session_ok(request):
+            return RedirectResponse("/manager", status_code=303)
+        decision = daemon.worker.call(lambda e: e.reset_clock_trust("kiosk-manager"))
+        notice = "clock-ok" if decision.accepted else "clock-refused"
+        return RedirectResponse(f"/manager?notice={notice}#clock", status_code=303)
+
     @r.get("/manager/snapshot/{name}.jpg")
     def snapshot(request: Request, name: str) -> Response:
         """The camera's newest frame, so a manager can see what the camera sees."""
@@ -468,6 +488,8 @@ def router(daemon: Any) -> APIRouter:
         today0 = now_ms - now_ms % DAY_MS
         week0 = today0 - 6 * DAY_MS
         rows = daemon.worker.call(lambda engine: list(journal.rows(week0)), 30.0)
+        # Entries stamped after today (a clock that ran ahead) are in no chart's range.
+        rows = [e for e in rows if e["at_ms"] < today0 + DAY_MS]
         decided = [e for e in rows if e["kind"] == "redeem"]
         flags = [e for e in rows if e["kind"] == "flag"]
         done = reviews.all()

@@ -314,3 +314,26 @@ def test_device_health_shows_what_the_camera_sees(world: World, tmp_path: Path) 
         small = cv2.resize(frame, (seen.shape[1], seen.shape[0]), interpolation=cv2.INTER_AREA)
         assert np.abs(seen.astype(int) - small.astype(int)).mean() < 8  # the real picture
         assert c.get("/manager/snapshot/nope.jpg").status_code == 404
+
+
+def test_a_manager_trusts_the_clock_again_after_it_ran_ahead(kiosk: Kiosk) -> None:
+    daemon, clock = kiosk.daemon, kiosk.daemon.clock
+    clock.advance(30 * 86400)  # type: ignore[attr-defined]  # a bad NTP answer: a month ahead
+    daemon.set_basket(Basket.from_dict({"currency": "CNY", "total_minor": 12800}))
+    kiosk.feed(kiosk.tokens[0])
+    wait_for(lambda: daemon.published_count == 1)
+    clock.advance(-30 * 86400 + 60)  # type: ignore[attr-defined]  # the right time again
+    with httpx.Client(base_url=kiosk.url, follow_redirects=True) as c:
+        assert "The clock is not trusted" in c.get("/").text
+        login(c)
+        page = c.get("/manager").text
+        assert 'id="clock-reset"' in page and "2026-11-25 12:01:00 UTC" in page
+        done = c.post("/manager/clock/reset").text
+        assert "The clock is trusted again." in done and 'id="clock-reset"' not in done
+        assert "clock_reset" in done  # the reset is a flag to review
+        assert "The clock is not trusted" not in c.get("/").text
+    daemon.set_basket(Basket.from_dict({"currency": "CNY", "total_minor": 12800}))
+    kiosk.feed(kiosk.tokens[1])
+    wait_for(lambda: daemon.published_count == 2)
+    last = daemon.recent[-1].decision
+    assert last is not None and last.accepted
