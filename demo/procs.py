@@ -43,13 +43,9 @@ class Child:
 
     @property
     def clean(self) -> bool:
-        """Exit 0, or (the central) uvicorn's way: after its graceful shutdown it raises the
-        SIGTERM it caught again, so the process ends "killed by SIGTERM" on purpose."""
-        return self.exit_code == 0 or (self.name == "central" and self.exit_code == -15)
+        return self.exit_code == 0
 
     def ended(self) -> str:
-        if self.exit_code == -signal.SIGTERM and self.clean:
-            return "ended on SIGTERM after a graceful shutdown"
         return f"exited {self.exit_code}"
 
 

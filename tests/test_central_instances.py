@@ -210,3 +210,12 @@ def test_serve_https_with_the_central_certificate(tmp_path: Path) -> None:
     finally:
         proc.kill()  # uvicorn lets a closed TLS connection run out its graceful shutdown
         proc.wait(10)
+
+
+def test_sigterm_stops_the_central_cleanly(tmp_path: Path) -> None:
+    Central.init(tmp_path / "central", SystemClock().now).close()
+    proc, url = serve_process(tmp_path / "central", None)
+    assert requests.get(url + "/healthz", timeout=5).status_code == 200
+    proc.terminate()
+    assert proc.wait(15) == 0  # exit 0, as systemd and the demo expect of a clean stop
+    assert "Traceback" not in (proc.stderr.read() if proc.stderr else "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -157,6 +158,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     c.publish_if_changed()  # a fresh central has a version 1 before the first terminal asks
     app = create_app(c)
     log_level = os.environ.get("REDEEM_CENTRAL_LOG_LEVEL", "info").lower()
+    # uvicorn takes SIGTERM/SIGINT for its graceful shutdown and, once done, raises the
+    # signal again to the handler that was there before. A no-op handler here makes that
+    # the end of it: the database is closed and the service exits 0 (what systemd and a
+    # supervisor expect from a clean stop), not "killed by SIGTERM".
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: None)
     uvicorn.run(
         app,
         host=args.host,
