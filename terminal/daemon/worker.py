@@ -11,12 +11,11 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-import peewee as pw
-
 from terminal.engine import Engine
 from terminal.journal import Entry, get_meta
 
 log = logging.getLogger(__name__)
+_HEAD_SQL = f'SELECT max(seq) FROM "{Entry._meta.table_name}"'  # noqa: S608 (a constant)
 T = TypeVar("T")
 _STOP = object()
 
@@ -73,7 +72,8 @@ class EngineWorker:
         than fail every later write on the taken sequence number until a restart. (A write
         racing this check still fails closed: its sequence number is taken.)"""
         engine = self.engine
-        stored = Entry.select(pw.fn.MAX(Entry.seq)).scalar()
+        # On the raw connection: ~3 us a job, where the same query through peewee costs ~57.
+        stored = engine.db.connection().execute(_HEAD_SQL).fetchone()[0]
         if stored is None:  # every entry pruned: the head is the pruned mark
             stored = int(get_meta("pruned_seq", "0") or 0)
         if stored == engine.journal.head_seq:
