@@ -1,7 +1,8 @@
 """The POS integration API under /api/v1: tills open a checkout with its basket, apply
 coupons (the engine's hold), read the best combination, and commit, release or reverse.
 Bearer token per till, Idempotency-Key on every POST, errors as RFC 9457 problem+json.
-Every engine call goes through the daemon's one engine worker."""
+Every engine call goes through the daemon's one engine worker. Checkouts are kept in the
+terminal's database (PosCheckout) so a till carries on with them after a restart."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from kiosk_ui.tills import Tills
 from terminal import tokens
 from terminal.decision import Context, Decision
 from terminal.engine import Engine
-from terminal.journal import Use
+from terminal.journal import PosCheckout, Use
 from terminal.reasons import Reason
 from terminal.rules import Basket, InputError, best_combination
 
@@ -41,6 +42,7 @@ MAX_BODY = 64 * 1024
 # first (the engine keeps every operation's answer in its journal regardless).
 MAX_KEYS = 20_000
 MAX_CHECKOUTS = 5_000
+KEEP_CHECKOUTS_MS = 7 * 86_400_000  # stored checkouts older than this go at start-up
 PROBLEM = "application/problem+json"
 TITLES = {
     400: "Bad request",
@@ -248,6 +250,52 @@ class State:
                     break
 
 
+def _load_checkouts(engine: Engine) -> dict[str, Checkout]:
+    """The checkouts stored before a restart (the newest MAX_CHECKOUTS of the last week).
+    A commit, release or refund whose new state a power cut kept from being stored is
+    read off its coupons, which the engine journaled with the answer."""
+    PosCheckout.delete().where(
+        PosCheckout.opened_ms < int(engine.now() * 1000) - KEEP_CHECKOUTS_MS
+    ).execute()
+    rows = list(PosCheckout.select().order_by(PosCheckout.opened_ms.desc()).limit(MAX_CHECKOUTS))
+    out: dict[str, Checkout] = {}
+    for row in reversed(rows):
+        state = row.state
+        if state == "open":
+            statuses = {c["status"] for c in engine.checkout_coupons(row.id)}
+            if "held" not in statuses:
+                done = [s for s in ("reversed", "committed", "released") if s in statuses]
+                state = done[0] if done else state
+        try:
+            basket = Basket.from_dict(json.loads(row.basket))
+        except (InputError, ValueError):
+            log.error("stored checkout %s has an unreadable basket; dropped", row.id)
+            continue
+        out[row.id] = Checkout(row.id, row.till, basket, row.cashier, state)
+    return out
+
+
+def _store_state(checkout_id: str, state: str) -> None:
+    """Best effort: the engine's journal is the record; a lost update is read off the
+    coupons at the next start (_load_checkouts)."""
+    try:
+        PosCheckout.update(state=state).where(PosCheckout.id == checkout_id).execute()
+    except Exception as exc:
+        log.warning("checkout %s: state %s not stored: %s", checkout_id, state, exc)
+
+
+def _opened(co: Checkout) -> dict[str, Any]:
+    """The answer to the request that opened a checkout."""
+    return {
+        "checkout_id": co.id,
+        "state": "open",
+        "basket_total_minor": co.basket.total_minor,
+        "currency": co.basket.currency,
+        "coupons": [],
+        "best": {"discount_minor": 0, "value_minor": 0, "coupons": [], "refused": {}},
+    }
+
+
 def _fingerprint(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -269,7 +317,7 @@ def _best(engine: Engine, coupons: list[dict[str, Any]], basket: Basket) -> dict
 
 def router(daemon: Any) -> APIRouter:
     """The /api/v1 routes over a started Daemon (its worker, config and data directory)."""
-    state = State()
+    state = State(checkouts=daemon.worker.call(_load_checkouts, 60.0))
     tills = Tills(Path(daemon.cfg.terminal.data))
 
     def lang() -> str:
@@ -375,18 +423,30 @@ def router(daemon: Any) -> APIRouter:
             raise Problem(422, "invalid-basket", str(exc)) from None
         op = op_id(request, idempotency_key)
         fp = _fingerprint("open", json.dumps(body.model_dump(), sort_keys=True))
+        if op not in state.keys:  # a retry from before a restart: the stored checkout
+            row = call(lambda engine: PosCheckout.get_or_none(PosCheckout.open_key == op))
+            if row is not None and row.id in state.checkouts:
+                with state.lock:
+                    state.keys[op] = (row.open_fingerprint, _opened(state.checkouts[row.id]))
         stored = claim(op, fp)
         if stored is not None:
             return stored
         co = Checkout(uuid.uuid4().hex, request.state.till, basket, body.cashier)
-        answer = {
-            "checkout_id": co.id,
-            "state": co.state,
-            "basket_total_minor": basket.total_minor,
-            "currency": basket.currency,
-            "coupons": [],
-            "best": {"discount_minor": 0, "value_minor": 0, "coupons": [], "refused": {}},
-        }
+
+        def store(engine: Engine) -> None:
+            PosCheckout.insert(
+                id=co.id,
+                till=co.till,
+                basket=json.dumps(doc, sort_keys=True),
+                cashier=co.cashier,
+                state=co.state,
+                open_key=op,
+                open_fingerprint=fp,
+                opened_ms=int(engine.now() * 1000),
+            ).execute()
+
+        call(store)  # a storage fault is a 503: the till retries with the same key
+        answer = _opened(co)
         with state.lock:
             state.checkouts[co.id] = co
             state.keys[op] = (fp, answer)
@@ -476,11 +536,14 @@ def router(daemon: Any) -> APIRouter:
                     if co is None:
                         return None  # unknown: nothing journaled, nothing changed
                     if kind != "reverse":  # a sale without coupons: nothing to hold back
+                        _store_state(checkout_id, done)
                         return Decision(
                             True, Reason.OK, 0, co.basket.currency, checkout_id=checkout_id
                         )
                 method = getattr(engine, kind)
                 d: Decision = method(checkout_id, op, ctx)
+                if d.accepted and co is not None:
+                    _store_state(checkout_id, done)
                 return d
 
             decision: Decision | None = call(job)

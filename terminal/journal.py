@@ -91,7 +91,22 @@ class TagCounter(_Base):
         primary_key = pw.CompositeKey("campaign", "uid")
 
 
-MODELS = [Entry, Use, Operation, Meta, TagCounter]
+class PosCheckout(_Base):
+    """A checkout a till opened through the POS API, so that its basket (and the answer to
+    the open request) outlive a restart; its coupons' holds are Use rows. Not part of the
+    hash chain: the journal records every coupon decision on it."""
+
+    id = pw.CharField(primary_key=True)
+    till = pw.CharField()
+    basket = pw.TextField()  # JSON, as Basket.from_dict reads it
+    cashier = pw.CharField(null=True)
+    state = pw.CharField()  # open, committed, released, reversed
+    open_key = pw.CharField(unique=True)  # "<till>:<Idempotency-Key>" of the open request
+    open_fingerprint = pw.CharField()
+    opened_ms = pw.IntegerField(index=True)
+
+
+MODELS = [Entry, Use, Operation, Meta, TagCounter, PosCheckout]
 HASHED_FIELDS = (
     "seq",
     "at_ms",
@@ -159,11 +174,19 @@ def _check_integrity(db: pw.SqliteDatabase) -> None:
 
 
 # Numbered schema changes after version 1 (a new database gets MODELS at once; these
-# bring an older one up to them). 2: TagCounter.
+# bring an older one up to them). 2: TagCounter. 3: PosCheckout.
 MIGRATIONS: list[list[str]] = [
     [
         'CREATE TABLE IF NOT EXISTS "tagcounter" ("campaign" VARCHAR(255) NOT NULL, '
         '"uid" VARCHAR(255) NOT NULL, "counter" INTEGER NOT NULL, PRIMARY KEY ("campaign", "uid"))'
+    ],
+    [
+        'CREATE TABLE IF NOT EXISTS "poscheckout" ("id" VARCHAR(255) NOT NULL PRIMARY KEY, '
+        '"till" VARCHAR(255) NOT NULL, "basket" TEXT NOT NULL, "cashier" VARCHAR(255), '
+        '"state" VARCHAR(255) NOT NULL, "open_key" VARCHAR(255) NOT NULL, '
+        '"open_fingerprint" VARCHAR(255) NOT NULL, "opened_ms" INTEGER NOT NULL)',
+        'CREATE UNIQUE INDEX IF NOT EXISTS "poscheckout_open_key" ON "poscheckout" ("open_key")',
+        'CREATE INDEX IF NOT EXISTS "poscheckout_opened_ms" ON "poscheckout" ("opened_ms")',
     ],
 ]
 

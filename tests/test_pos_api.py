@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from kiosk_ui import api, metrics, tills
 from terminal.daemon import config as config_mod
 from terminal.daemon.runner import Daemon
+from terminal.journal import PosCheckout
 from tests.conftest import World
 from tests.test_daemon import fifo_input, wait_for, write_config
 
@@ -34,6 +35,18 @@ class Pos:
     spend: list[str]  # SPEND100: 20.00 off 100.00, stacks with anything
     ten: list[str]  # TENOFF: 10 % off, stacks with anything
     client: httpx.Client
+    served: Any = None
+
+    def restart(self) -> None:
+        """Stop the daemon and its web app and start them again on the same data, as after
+        a power cut and systemd's restart."""
+        cfg = self.daemon.cfg
+        self.served.stop()
+        self.daemon.stop()
+        self.daemon = Daemon(cfg, self.daemon.clock)
+        self.daemon.start()
+        self.served = serve(make_app(self.daemon))
+        self.url = self.served.url
 
     def post(self, path: str, body: Any = None, key: str | None = None, **kw: Any) -> Any:
         headers = {"Authorization": f"Bearer {self.token}", **kw.pop("headers", {})}
@@ -105,12 +118,13 @@ def pos(world: World, tmp_path: Path) -> Iterator[Pos]:
     daemon.start()
     token = tills.issue(world.data, "till1")
     served = serve(make_app(daemon))
+    p = Pos(daemon, served.url, token, spend, ten, httpx.Client(timeout=10), served)
     try:
-        with httpx.Client(timeout=10) as client:
-            yield Pos(daemon, served.url, token, spend, ten, client)
+        yield p
     finally:
-        served.stop()
-        daemon.stop()
+        p.client.close()
+        p.served.stop()
+        p.daemon.stop()
 
 
 # ---------------------------------------------------------------- the happy path
@@ -332,3 +346,40 @@ def test_coupons_applied_by_the_till_reach_metrics_once_however_often_retried(po
     assert pos.daemon.recent[-1].scan.kind == "pos"
     text = pos.client.get(pos.url + "/metrics").text
     assert 'redeem_decisions_total{accepted="true",reason="ok"} 1.0' in text
+
+
+# ---------------------------------------------------------------- across a restart
+
+
+def test_a_checkout_carries_on_after_the_terminal_restarts(pos: Pos) -> None:
+    cid = pos.open("open-r")
+    first = pos.post(f"/api/v1/checkouts/{cid}/coupons", {"code": pos.spend[0]}, "apply-r1")
+    assert first.json()["decision"]["accepted"]
+    pos.restart()
+    # The till's retry of the open (its answer was lost in the cut) finds the same checkout.
+    again = pos.post("/api/v1/checkouts", {"basket": BASKET}, "open-r")
+    assert again.status_code == 201 and again.json()["checkout_id"] == cid
+    second = pos.post(f"/api/v1/checkouts/{cid}/coupons", {"code": pos.ten[0]}, "apply-r2")
+    assert second.status_code == 200 and second.json()["decision"]["accepted"]
+    got = pos.get(f"/api/v1/checkouts/{cid}").json()
+    assert got["state"] == "open" and got["basket_total_minor"] == 12800
+    assert len(got["coupons"]) == 2 and got["best"]["discount_minor"] > 2000
+    done = pos.post(f"/api/v1/checkouts/{cid}/commit", key="commit-r")
+    assert done.status_code == 200 and done.json()["accepted"]
+    pos.restart()
+    late = pos.post(f"/api/v1/checkouts/{cid}/coupons", {"code": pos.spend[1]}, "apply-r3")
+    assert late.status_code == 409 and late.json()["type"].endswith("checkout-closed")
+
+
+def test_a_commit_whose_state_was_lost_is_read_off_the_coupons(pos: Pos) -> None:
+    cid = pos.open("open-s")
+    pos.post(f"/api/v1/checkouts/{cid}/coupons", {"code": pos.spend[0]}, "apply-s1")
+    assert pos.post(f"/api/v1/checkouts/{cid}/commit", key="commit-s").json()["accepted"]
+    # The cut came between the engine's commit and the checkout's new state.
+    pos.daemon.worker.call(  # type: ignore[union-attr]
+        lambda e: PosCheckout.update(state="open").where(PosCheckout.id == cid).execute()
+    )
+    pos.restart()
+    assert pos.get(f"/api/v1/checkouts/{cid}").json()["state"] == "committed"
+    late = pos.post(f"/api/v1/checkouts/{cid}/coupons", {"code": pos.spend[1]}, "apply-s2")
+    assert late.status_code == 409
