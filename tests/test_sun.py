@@ -304,10 +304,12 @@ def test_sun_keys_travel_in_the_ledger(world: World) -> None:
 def test_an_older_journal_gets_the_counter_table(world: World) -> None:
     db = world.engine.db
     db.execute_sql("DROP TABLE tagcounter")
+    db.execute_sql("DROP TABLE poscheckout")
     db.execute_sql("PRAGMA user_version = 1")
     sun_campaign(world)
     engine = world.reopen()
-    assert engine.db.execute_sql("PRAGMA user_version").fetchone()[0] == 2
+    assert engine.db.execute_sql("PRAGMA user_version").fetchone()[0] == 3
+    assert engine.db.table_exists("poscheckout")  # 3: the POS API's stored checkouts
     assert engine.redeem(tag_url(KEY, UID, 1), basket(5000), NFC).accepted
 
 
