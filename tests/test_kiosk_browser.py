@@ -82,6 +82,24 @@ def test_scan_shows_accept_live_and_refusal_reason(
     shot(page, tmp_path, "cashier-refused")
 
 
+def test_the_cashier_takes_back_the_last_coupon(
+    page: Any,
+    kiosk: Kiosk,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    kiosk.daemon.set_basket(Basket.from_dict({"currency": "CNY", "total_minor": 12800}))
+    page.goto("/")
+    time.sleep(0.3)  # let the EventSource connect
+    kiosk.feed(kiosk.tokens[2])
+    page.locator("#decision.ok").wait_for(timeout=2000)
+    page.locator("#void").click(timeout=2000)  # the button arrives with the sale panel
+    page.locator("#decision.void").wait_for(timeout=2000)
+    assert "Coupon taken back" in page.locator("#decision").inner_text()
+    page.locator("#sale li").wait_for(state="detached", timeout=2000)
+    assert page.locator("#void").count() == 0
+    shot(page, tmp_path, "cashier-voided")
+
+
 def test_keypad_entry_and_total(page: Any, kiosk: Kiosk, tmp_path: Path) -> None:  # noqa: F811
     page.goto("/")
     page.fill("#total", "128")
