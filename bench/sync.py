@@ -20,7 +20,6 @@ import argparse
 import json
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -45,17 +44,11 @@ from terminal.journal import GENESIS_HASH, HASHED_FIELDS, entry_hash  # noqa: E4
 from tests import postgres  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Serve:
     """`redeem-central serve` as its own process on 127.0.0.1."""
 
     def __init__(self, data: Path, database: str | None) -> None:
-        self.port = free_port()
+        self.port = postgres.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = [
             sys.executable,

@@ -58,15 +58,20 @@ def shot(page: Any, tmp_path: Path, name: str) -> None:
     shutil.copy(path, ARTIFACTS / path.name)
 
 
+def open_sale(page: Any, kiosk: Kiosk) -> None:  # noqa: F811
+    """A sale of 128.00 and the cashier screen open on it, its live feed connected."""
+    kiosk.daemon.set_basket(Basket.from_dict({"currency": "CNY", "total_minor": 12800}))
+    page.goto("/")
+    page.locator("#decision.idle").wait_for()
+    time.sleep(0.3)  # let the EventSource connect
+
+
 def test_scan_shows_accept_live_and_refusal_reason(
     page: Any,
     kiosk: Kiosk,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    kiosk.daemon.set_basket(Basket.from_dict({"currency": "CNY", "total_minor": 12800}))
-    page.goto("/")
-    page.locator("#decision.idle").wait_for()
-    time.sleep(0.3)  # let the EventSource connect
+    open_sale(page, kiosk)
     start = time.monotonic()
     kiosk.feed(kiosk.tokens[0])
     page.locator("#decision.ok").wait_for(timeout=1000)
@@ -87,9 +92,7 @@ def test_the_cashier_takes_back_the_last_coupon(
     kiosk: Kiosk,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    kiosk.daemon.set_basket(Basket.from_dict({"currency": "CNY", "total_minor": 12800}))
-    page.goto("/")
-    time.sleep(0.3)  # let the EventSource connect
+    open_sale(page, kiosk)
     kiosk.feed(kiosk.tokens[2])
     page.locator("#decision.ok").wait_for(timeout=2000)
     page.locator("#void").click(timeout=2000)  # the button arrives with the sale panel

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from terminal.ledger import ledger_file
 from terminal.rules import Basket
 from tests import camera_media
 from tests.conftest import T0, World
+from tests.postgres import free_port
 from tests.test_daemon import prepare, wait_for, write_config
 
 PIN = "2468"
@@ -44,13 +44,6 @@ class Kiosk:
     def feed(self, payload: str) -> None:
         (sim,) = self.daemon.inputs
         sim.feed(payload)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture

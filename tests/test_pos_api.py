@@ -5,7 +5,6 @@ till tokens and problem+json errors that change nothing."""
 from __future__ import annotations
 
 import argparse
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from terminal.daemon import config as config_mod
 from terminal.daemon.runner import Daemon
 from terminal.journal import PosCheckout
 from tests.conftest import World
+from tests.postgres import free_port
 from tests.test_daemon import fifo_input, wait_for, write_config
 
 BASKET = {"currency": "CNY", "total_minor": 12800}
@@ -64,12 +64,6 @@ class Pos:
 
     def seq(self) -> int:
         return int(self.daemon.worker.call(lambda e: e.journal.head_seq))  # type: ignore[union-attr]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
