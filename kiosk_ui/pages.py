@@ -213,11 +213,14 @@ def router(daemon: Any) -> APIRouter:
 
     def sale(lang: str) -> dict[str, Any]:
         till = daemon.till
-        live = {
-            c["serial"]
-            for c in daemon.worker.call(lambda e: e.checkout_coupons(till.checkout_id))
-            if c["status"] in ("held", "committed")
-        }
+        window = daemon.cfg.terminal.void_window_s
+
+        def look(engine: Any) -> tuple[list[dict[str, Any]], bool]:
+            voidable, _ = engine.voidable(till.checkout_id, window)
+            return engine.checkout_coupons(till.checkout_id), voidable is not None
+
+        uses, voidable = daemon.worker.call(look)  # one trip to the worker, not two
+        live = {c["serial"] for c in uses if c["status"] in ("held", "committed")}
         coupons = [
             p.decision.to_dict(lang)
             for p in list(daemon.recent)
@@ -233,7 +236,7 @@ def router(daemon: Any) -> APIRouter:
             "currency": daemon.cfg.terminal.currency,
             "coupons": coupons,
             "pending": len(till.pending),
-            "voidable": bool(coupons) and daemon.voidable(),
+            "voidable": bool(coupons) and voidable,
         }
 
     def last(lang: str) -> tuple[int, dict[str, Any] | None]:

@@ -317,12 +317,6 @@ class Daemon:
         self._emit(scan, decision, arrived)
         return decision
 
-    def voidable(self) -> bool:
-        assert self.worker is not None
-        window = self.cfg.terminal.void_window_s
-        use, _ = self.worker.call(lambda engine: engine.voidable(self.till.checkout_id, window))
-        return use is not None
-
     def awaiting_override(self) -> list[Published]:
         """Coupons refused for a stale ledger that a manager may still approve: the newest
         refusal of each coupon, unless that coupon was decided again since."""
