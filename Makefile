@@ -52,11 +52,16 @@ lint: venv
 demo: venv
 	$(PY) -m demo.run
 
-bench: venv
+# Every benchmark under bench/, one after another (they print figures; none is a test).
+bench: venv postgres
 	$(PY) bench/validate.py
 	$(PY) bench/durable.py
 	$(PY) bench/ledger.py
 	$(PY) bench/token_size.py
+	$(PY) bench/decode.py
+	$(PY) bench/scan_latency.py
+	$(PY) bench/daemon_cpu.py
+	$(PY) -m tests.postgres run -- $(PY) bench/sync.py
 	$(PY) bench/systemd_security.py
 
 clean:
