@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import requests
 
@@ -37,7 +38,7 @@ from terminal.daemon import control
 OUT = Path("demo-out")
 CAMPAIGNS = Path(__file__).with_name("campaigns.toml")
 STORE = "SH-PD-001"
-ISSUE = {"SPEND100": 5, "PCT15": 2, "NEW10": 1}
+ISSUE = {"SPEND100": 5, "PCT15": 3, "NEW10": 1, "TOTE200": 2, "FLASH": 1}
 CENTRAL_PORT = 8700
 
 
@@ -81,9 +82,27 @@ def campaigns_for_today(out: Path) -> Path:
         if "valid_from" in camp or "valid_until" in camp:
             camp["valid_from"] = (now - timedelta(days=7)).isoformat()
             camp["valid_until"] = (now + timedelta(days=30)).isoformat()
+        if "hours" in camp:
+            camp["hours"] = hours_away_from(now, camp["hours"], camp.get("timezone", "UTC"))
     path = out / "campaigns.json"
     path.write_text(json.dumps(doc, ensure_ascii=False, indent=2), encoding="utf-8")
     return path
+
+
+def hours_away_from(now: datetime, hours: list[str], zone: str) -> list[str]:
+    """A flash sale's hours, moved three hours on when the demo runs inside one of them:
+    the story shows the campaign refusing a coupon outside its hours whenever it runs."""
+    local = now.astimezone(ZoneInfo(zone))
+    minute = local.hour * 60 + local.minute
+    spans = [
+        tuple(int(h) * 60 + int(m) for h, m in (t.split(":") for t in w.split("-"))) for w in hours
+    ]
+    if not any(start <= minute < end for start, end in spans):
+        return hours
+    return [
+        f"{(start // 60 + 3) % 24:02d}:{start % 60:02d}-{(end // 60 + 3) % 24:02d}:{end % 60:02d}"
+        for start, end in spans
+    ]
 
 
 def set_up_central(central: Path) -> tuple[dict[str, list[str]], str]:

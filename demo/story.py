@@ -74,6 +74,8 @@ class Day:
         self.number += 1
         if d["accepted"]:
             verdict = f"{done or 'ACCEPTED':<9} -{yuan(d['discount_minor'])}"
+            if d.get("gift_sku"):
+                verdict += f" + gift {d['gift_sku']}"
         else:
             verdict = f"REFUSED   {d['reason']}"
             self.refusals[till][d["reason"]] += 1
@@ -138,6 +140,47 @@ class Day:
         paid = post(f"/checkouts/{cid}/commit")
         self.expect(
             self.show("A", "pos-api", "payment done: commit the held coupon", paid, "PAID"), "ok"
+        )
+
+    def pos_best(self, tokens_shown: list[str]) -> None:
+        """One shopper hands over several coupons at the till: the POS API holds each one
+        the rules let it hold, names the best combination for the basket, and the payment
+        commits it."""
+        api = f"{self.kiosk_url}/api/v1"
+        auth = {"Authorization": f"Bearer {self.pos_token}"}
+
+        def call(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+            headers = {**auth, "Idempotency-Key": uuid.uuid4().hex}
+            r = requests.request(method, api + path, json=body, headers=headers, timeout=10)
+            if r.status_code >= 400:
+                raise DemoFailed(f"POS API {path}: {r.status_code} {r.text}")
+            doc: dict[str, Any] = r.json()
+            return doc
+
+        basket = {
+            "currency": "CNY",
+            "lines": [
+                {"sku": "SERUM", "category": "care", "quantity": 1, "unit_price_minor": 18800},
+                {"sku": "KETTLE", "category": "home", "quantity": 1, "unit_price_minor": 11200},
+            ],
+        }
+        opened = call("POST", "/checkouts", {"basket": basket, "cashier": "C07"})
+        cid, total = opened["checkout_id"], yuan(opened["basket_total_minor"])
+        names = {}
+        for token in tokens_shown:
+            d = call("POST", f"/checkouts/{cid}/coupons", {"code": token})["decision"]
+            names[d.get("serial")] = d.get("campaign")
+            self.show("A", "pos-api", f"checkout {total}: apply {d.get('campaign')}", d, "HELD")
+        best = call("GET", f"/checkouts/{cid}")["best"]
+        picked = " + ".join(str(names.get(s, s)) for s in best["coupons"]) or "none"
+        say(
+            self.phase,
+            f"    best combination of the coupons held: {picked} = -{yuan(best['discount_minor'])}"
+            f" (worth {yuan(best['value_minor'])} with the gift)",
+        )
+        paid = call("POST", f"/checkouts/{cid}/commit")
+        self.expect(
+            self.show("A", "pos-api", "payment done: commit the held coupons", paid, "PAID"), "ok"
         )
 
     # ------------------------------------------------------------------ terminal B
@@ -206,6 +249,11 @@ def play(day: Day, central_report: Callable[[], dict[str, Any]]) -> dict[str, An
     forged = tamper_one_char(spend[4])
     no(day.serial("FORGED SPEND100 (one character changed)", 15000, forged), "bad_signature")
     day.pos_checkout(pct[1])
+    tote, flash = c["TOTE200"], c["FLASH"]
+    day.pos_best([pct[2], tote[1]])
+    no(day.till_b("TOTE200 (free tote over ¥200), ¥150.00 sale", 15000, tote[0]), "below_minimum")
+    ok(day.till_b("the same TOTE200, now a ¥236.00 sale", 23600, tote[0]))
+    no(day.till_b("FLASH coupon outside its flash-sale hours", 18800, flash[0]), "outside_hours")
     ok(day.till_b("SPEND100 at the second till, ¥200.00", 20000, spend[4]))
     say(day.phase, "    both tills sync with the central (online):")
     day.sync("A")

@@ -159,6 +159,21 @@ def test_demo_morning_uses_every_input_and_the_pos_api(
     assert "HELD      -¥30.00" in step(out, "A pos-api checkout ¥236.00")
     assert "PAID      -¥30.00" in step(out, "A pos-api payment done")
     assert "ACCEPTED  -¥20.00" in step(out, "B cli     SPEND100 at the second till")
+
+
+def test_demo_shows_a_gift_a_minimum_spend_flash_hours_and_the_best_combination(
+    demo: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    out = demo[0].stdout
+    assert "HELD      -¥30.00" in step(out, "A pos-api checkout ¥300.00: apply PCT15")
+    assert "+ gift GIFT-TOTE-01" in step(out, "A pos-api checkout ¥300.00: apply TOTE200")
+    best = step(out, "best combination of the coupons held")
+    assert "PCT15 + TOTE200 = -¥30.00 (worth ¥59.00 with the gift)" in best
+    assert "REFUSED   below_minimum" in step(out, "TOTE200 (free tote over ¥200), ¥150.00")
+    assert "ACCEPTED  -¥0.00 + gift GIFT-TOTE-01" in step(out, "the same TOTE200, now")
+    flash = step(out, "FLASH coupon outside its flash-sale hours")
+    assert "REFUSED   outside_hours" in flash
+    assert "certain days or hours" in flash
     assert "REFUSED   already_redeemed" in step(out, "the SPEND100 from step 1 (used at A)")
 
 
@@ -180,10 +195,10 @@ def test_the_summary_comes_from_the_central_and_the_tills(
     demo: tuple[subprocess.CompletedProcess[str], Path],
 ) -> None:
     out = demo[0].stdout
-    assert re.search(r"terminal A SH-PD-001-001: 6 redemptions, ¥130\.00 off", out)
-    assert re.search(r"terminal B SH-PD-001-002: 3 redemptions, ¥60\.00 off", out)
+    assert re.search(r"terminal A SH-PD-001-001: 8 redemptions, ¥160\.00 off", out)
+    assert re.search(r"terminal B SH-PD-001-002: 4 redemptions, ¥60\.00 off", out)
     assert "refused at A: already_redeemed x2, bad_signature x1" in out
-    assert "refused at B: already_redeemed x2" in out
+    assert "refused at B: already_redeemed x2, below_minimum x1, outside_hours x1" in out
     flags = step(out, "fraud flags at the central")
     assert "double_redemption x1" in flags and "forged_token x1" in flags
     assert re.search(r"sync A: backlog 0, .* clock ok", out)
@@ -224,3 +239,16 @@ def test_ctrl_c_while_waiting_stops_everything_cleanly(
     assert len(pids) == 3  # the central, the daemon, the central again after the outage
     assert all(not Path(f"/proc/{pid}").exists() for pid in pids), pids
     assert not leftovers(waiting.cwd)
+
+
+def test_the_flash_hours_move_away_from_the_time_the_demo_runs() -> None:
+    from datetime import UTC, datetime
+
+    from demo.run import hours_away_from
+
+    hours = ["10:00-11:00", "20:00-21:00"]
+    at_2am_shanghai = datetime(2026, 11, 27, 18, 30, tzinfo=UTC)
+    assert hours_away_from(at_2am_shanghai, hours, "Asia/Shanghai") == hours
+    at_8pm_shanghai = datetime(2026, 11, 27, 12, 30, tzinfo=UTC)
+    moved = hours_away_from(at_8pm_shanghai, hours, "Asia/Shanghai")
+    assert moved == ["13:00-14:00", "23:00-00:00"]
