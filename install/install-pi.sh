@@ -19,8 +19,10 @@ usage: install-pi.sh [options]
   --ca FILE             PEM bundle pinning the central's CA
   --no-start            enable the units but do not start them now
   --uninstall           stop and remove the units and /opt/edge-redeem; keeps
-                        /etc/edge-redeem and /var/lib/edge-redeem (the journal!)
-  --purge               with --uninstall: also delete config, data and the user
+                        /etc/edge-redeem, /var/lib/edge-redeem (the journal!) and the
+                        device key in /etc/credstore/edge-redeem
+  --purge               with --uninstall: also delete config, data, device key, the
+                        unit's drop-ins (redeem.service.d) and the user
   --dry-run             print every command instead of running it
   --prefix DIR          lay the files out under DIR (tests, image staging); implies
                         --no-apt --no-user --no-systemctl
@@ -38,6 +40,10 @@ VENV=$OPT/venv
 ETC=/etc/edge-redeem
 DATA=/var/lib/edge-redeem
 UNITS=/etc/systemd/system
+# Drop-ins of redeem.service: the operator's (`systemctl edit redeem`), removed by --purge.
+DROP_INS=$UNITS/redeem.service.d
+# The device key, passed to redeem.service with LoadCredential= (systemd/redeem.service).
+CREDSTORE=/etc/credstore/edge-redeem
 USER_UNITS=/etc/systemd/user
 USER_NAME=redeem
 GROUPS_WANTED=(video dialout plugdev gpio)
@@ -267,6 +273,28 @@ enroll() {
     fi
 }
 
+# `redeem enroll` (as the redeem user) writes <data>/device.key; the key then moves to the
+# credstore, root's alone, and reaches the daemon only as a systemd credential. A key in the
+# data directory is always the newest (enrollment needs an empty data directory), so it
+# replaces an older credential: re-enrollment and a hand-run `redeem enroll` both land here.
+store_device_key() {
+    local key="$prefix$DATA/device.key" store="$prefix$CREDSTORE"
+    if [[ ! -e "$key" ]] && ! { ((dry_run)) && [[ -n "$enroll_code" ]]; }; then
+        return 0
+    fi
+    step "device key to $store (systemd credential)"
+    if [[ ! -d "$prefix/etc/credstore" ]]; then
+        install_as root root -d -m 0700 "$prefix/etc/credstore"
+    fi
+    install_as root root -d -m 0700 "$store"
+    # Copy, flush, rename, then delete: a power cut leaves one whole key, never none.
+    install_as root root -m 0600 "$key" "$store/device-key.new"
+    run sync "$store/device-key.new"
+    run mv -f "$store/device-key.new" "$store/device-key"
+    run sync "$store"
+    run rm -f "$key"
+}
+
 enable_units() {
     step "enable and start"
     systemctl_ enable redeem.service
@@ -289,6 +317,7 @@ enable_units() {
     if [[ ! -e "$prefix$DATA/terminal.json" ]] && ((!dry_run)); then
         echo "not enrolled yet: redeem.service waits for"
         echo "  runuser -u $USER_NAME -- $VENV/bin/redeem enroll --data $DATA --central URL --code CODE"
+        echo "then run this installer again: it moves the device key to $CREDSTORE"
     fi
 }
 
@@ -301,12 +330,13 @@ uninstall_all() {
     systemctl_ daemon-reload
     run rm -rf "$prefix$OPT"
     if ((purge)); then
-        run rm -rf "$prefix$ETC" "$prefix$DATA"
+        run rm -rf "$prefix$ETC" "$prefix$DATA" "$prefix$CREDSTORE" "$prefix$DROP_INS"
         if ((do_user)) && { ((dry_run)) || getent passwd "$USER_NAME" >/dev/null; }; then
             run userdel "$USER_NAME"
         fi
     else
-        echo "kept $prefix$ETC and $prefix$DATA (config, journal, device key); --purge deletes them"
+        echo "kept $prefix$ETC, $prefix$DATA and $prefix$CREDSTORE (config, journal, device key);"
+        echo "--purge deletes them"
     fi
 }
 
@@ -320,4 +350,5 @@ install_software
 install_config
 install_units
 enroll
+store_device_key
 enable_units

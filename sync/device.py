@@ -1,10 +1,12 @@
-"""What enrollment leaves in the terminal's data directory for sync: the device key
-(<data>/device.key, or systemd's $CREDENTIALS_DIRECTORY/device-key) and sync.json (the
+"""What enrollment leaves for sync: the device key (<data>/device.key as `redeem enroll`
+writes it; on a till install/install-pi.sh moves it to /etc/credstore and systemd hands it
+over as $CREDENTIALS_DIRECTORY/device-key) and sync.json in the data directory (the
 central's URL, the pinned CA bundle, the trust anchor's fingerprint)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,6 +17,12 @@ KEY_FILE = "device.key"
 CREDENTIAL = "device-key"
 SETTINGS = "sync.json"
 CA_FILE = "central-ca.pem"
+# Where install/install-pi.sh keeps the key for systemd's LoadCredential= (redeem.service).
+CREDSTORE = Path("/etc/credstore/edge-redeem") / CREDENTIAL
+# redeem.service's SetCredential= fallback when the credstore file is missing: no key given.
+_NO_CREDENTIAL = (b"", b"\n")
+
+log = logging.getLogger(__name__)
 
 
 class DeviceKeyError(Exception):
@@ -22,11 +30,20 @@ class DeviceKeyError(Exception):
 
 
 def credential_path() -> Path | None:
+    """$CREDENTIALS_DIRECTORY/device-key, unless systemd passed none or only the unit's
+    placeholder (the credstore file is missing: the key is still in the data directory)."""
     creds = os.environ.get("CREDENTIALS_DIRECTORY")
     if not creds:
         return None
     path = Path(creds) / CREDENTIAL
-    return path if path.exists() else None
+    try:
+        if path.read_bytes() in _NO_CREDENTIAL:
+            return None
+    except FileNotFoundError:
+        return None
+    except OSError:
+        pass  # read_device_key reports it, naming the file
+    return path
 
 
 def _parse_key(raw: bytes, where: Path) -> cose.SigningKey:
@@ -42,16 +59,38 @@ def _parse_key(raw: bytes, where: Path) -> cose.SigningKey:
 
 def read_device_key(data: Path) -> cose.SigningKey:
     """The credential systemd passes in wins over the file in the data directory."""
-    path = credential_path() or data / KEY_FILE
+    cred = credential_path()
+    path = cred or data / KEY_FILE
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise DeviceKeyError(
-            f"no device key at {path}: enroll the terminal first (`redeem enroll`)"
+            f"no device key at {path}: enroll the terminal first (`redeem enroll`); if the "
+            f"installer moved it to {CREDSTORE}, run this as part of redeem.service (or "
+            f"`systemd-run -p LoadCredential={CREDENTIAL}:{CREDSTORE} ...`)"
         ) from None
     except OSError as exc:
         raise DeviceKeyError(f"cannot read the device key {path}: {exc}") from None
-    return _parse_key(raw, path)
+    key = _parse_key(raw, path)
+    if cred is not None:
+        _warn_if_shadowed(key, data / KEY_FILE)
+    return key
+
+
+def _warn_if_shadowed(key: cose.SigningKey, file: Path) -> None:
+    """A key in the data directory next to the credential comes from an enrollment after
+    the installer moved the old one: the credential then signs for a terminal that is gone."""
+    try:
+        other = _parse_key(file.read_bytes(), file)
+    except (OSError, DeviceKeyError):
+        return
+    if other.public != key.public:
+        log.warning(
+            "%s is not the device key systemd passes in (%s), which is used; if this "
+            "terminal was enrolled again, run install-pi.sh again to move the new key there",
+            file,
+            CREDSTORE,
+        )
 
 
 def ensure_device_key(data: Path) -> tuple[cose.SigningKey, Path, bool]:

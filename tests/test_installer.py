@@ -73,6 +73,12 @@ def test_dry_run_shows_every_step_of_an_install() -> None:
         "/etc/systemd/user/redeem-kiosk.service",
         "systemctl daemon-reload",
         "runuser -u redeem -- /opt/edge-redeem/venv/bin/redeem enroll",
+        # The key enrollment wrote moves out of the data directory, for LoadCredential=.
+        "install -o root -g root -d -m 0700 /etc/credstore/edge-redeem",
+        "install -o root -g root -m 0600 /var/lib/edge-redeem/device.key "
+        "/etc/credstore/edge-redeem/device-key.new",
+        "mv -f /etc/credstore/edge-redeem/device-key.new /etc/credstore/edge-redeem/device-key",
+        "rm -f /var/lib/edge-redeem/device.key",
         "systemctl enable redeem.service",
         "systemctl --global enable redeem-kiosk.service",
         "systemctl restart redeem.service",
@@ -90,6 +96,8 @@ def test_no_start_enables_without_starting() -> None:
     cmds = commands(install("--dry-run", "--no-start").stdout)
     assert "systemctl enable redeem.service" in cmds
     assert not any("restart" in c or "start " in c for c in cmds)
+    # Not enrolled: no key to move yet (the unit starts without one).
+    assert not any("credstore" in c for c in cmds)
 
 
 def test_plain_uninstall_keeps_config_and_journal() -> None:
@@ -98,12 +106,16 @@ def test_plain_uninstall_keeps_config_and_journal() -> None:
     assert any(c.startswith("systemctl disable --now redeem.service") for c in cmds)
     removed = " ".join(c for c in cmds if c.startswith("rm "))
     assert "/var/lib/edge-redeem" not in removed and "/etc/edge-redeem " not in removed + " "
+    assert "credstore" not in removed and "redeem.service.d" not in removed
     assert not any(c.startswith("userdel") for c in cmds)
 
 
-def test_purge_removes_config_data_and_user() -> None:
+def test_purge_removes_config_data_key_drop_ins_and_user() -> None:
     cmds = commands(install("--dry-run", "--uninstall", "--purge").stdout)
-    assert "rm -rf /etc/edge-redeem /var/lib/edge-redeem" in cmds
+    assert (
+        "rm -rf /etc/edge-redeem /var/lib/edge-redeem /etc/credstore/edge-redeem "
+        "/etc/systemd/system/redeem.service.d"
+    ) in cmds
     assert "userdel redeem" in cmds
 
 
@@ -153,12 +165,22 @@ def test_real_run_under_prefix_lays_out_the_files(tmp_path: Path) -> None:
     assert "keeping the existing" in again.stdout
     assert config.read_text().endswith("# edited on site\n")
 
-    # Uninstall: software and units go, config and journal stay.
+    # Uninstall: software and units go, config, journal, device key and the operator's
+    # drop-ins stay.
     (root / "var/lib/edge-redeem/journal.db").write_bytes(b"evidence")
+    key = root / "etc/credstore/edge-redeem/device-key"
+    key.parent.mkdir(parents=True)
+    key.write_text("00" * 32 + "\n")
+    override = root / "etc/systemd/system/redeem.service.d/override.conf"
+    override.parent.mkdir()
+    override.write_text("[Service]\nRestartSec=5s\n")
     install("--prefix", str(root), "--uninstall")
     assert not (root / "opt/edge-redeem").exists()
     assert not (root / "etc/systemd/system/redeem.service").exists()
     assert config.exists() and (root / "var/lib/edge-redeem/journal.db").exists()
+    assert key.exists() and override.exists()
 
     install("--prefix", str(root), "--uninstall", "--purge")
     assert not (root / "etc/edge-redeem").exists() and not (root / "var/lib/edge-redeem").exists()
+    assert not (root / "etc/credstore/edge-redeem").exists()
+    assert not (root / "etc/systemd/system/redeem.service.d").exists()

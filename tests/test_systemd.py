@@ -88,7 +88,7 @@ def test_unit_verifies_without_a_word(tmp_path: Path, unit: str, user: bool) -> 
 
 
 @needs_analyze
-def test_credential_drop_in_verifies(tmp_path: Path) -> None:
+def test_tpm_credential_drop_in_verifies(tmp_path: Path) -> None:
     """install/credentials.conf.example as /etc/systemd/system/redeem.service.d/*.conf."""
     drop_ins = tmp_path / "redeem.service.d"
     drop_ins.mkdir()
@@ -97,8 +97,38 @@ def test_credential_drop_in_verifies(tmp_path: Path) -> None:
     result = verify(tmp_path, "redeem.service", user=False)
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
     lines = example.read_text().splitlines()
-    # The name sync/device.py looks for in $CREDENTIALS_DIRECTORY.
-    assert f"LoadCredential={CREDENTIAL}:/etc/credstore/edge-redeem/device-key" in lines
+    assert "LoadCredential=" in lines  # drops the unit's plain credential
+    assert f"LoadCredentialEncrypted={CREDENTIAL}:" in example.read_text()
+
+
+def test_device_key_is_a_credential_by_default_and_optional() -> None:
+    """The key comes from the credstore the installer moves it to, under the name
+    sync/device.py reads; the unit still starts on a till whose key is not there yet."""
+    unit = "redeem.service"
+    assert values(unit, "Service", "LoadCredential") == [
+        f"{CREDENTIAL}:/etc/credstore/edge-redeem/device-key"
+    ]
+    # systemd fails a start whose LoadCredential= file is missing, unless a SetCredential=
+    # of the same name is the fallback (systemd.exec(5)); its value is the placeholder
+    # sync/device.py takes as "no credential" (tests/test_device_key.py).
+    fallback = one(unit, "Service", "SetCredential")
+    assert fallback == f"{CREDENTIAL}:\\n"
+
+
+def test_disk_full_start_is_retried_and_a_damaged_journal_is_not() -> None:
+    """The daemon exits 75 (EX_TEMPFAIL) when the journal cannot start for now (disk full)
+    and 2 when restarting cannot help (bad config, damaged journal)."""
+    unit = "redeem.service"
+    assert one(unit, "Service", "Restart") == "on-failure"
+    prevent = one(unit, "Service", "RestartPreventExitStatus").split()
+    assert "2" in prevent and "75" not in prevent and "EX_TEMPFAIL" not in prevent
+    # 75 is a failure (so on-failure restarts it), not a clean exit...
+    assert not any("75" in v.split() for v in values(unit, "Service", "SuccessExitStatus"))
+    # ...and the retries are bounded by the start limit.
+    assert int(one(unit, "Unit", "StartLimitBurst")) > 1
+    assert seconds(one(unit, "Unit", "StartLimitIntervalSec")) > seconds(
+        one(unit, "Service", "RestartSec")
+    ) * int(one(unit, "Unit", "StartLimitBurst"))
 
 
 @needs_analyze

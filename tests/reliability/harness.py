@@ -1,6 +1,7 @@
 """Shared pieces of the reliability suite: a terminal data directory with a ledger and
 fresh coupons, the daemon as a real process (spawn, SIGKILL, restart), scans through its
-fifo, the POS API over loopback, and the journal read the way an auditor would."""
+fifo and through a serial scanner simulated on a pseudo-terminal, the POS API over
+loopback, and the journal read the way an auditor would."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any
 
 import requests
 
+from drivers.scanner.pty import Pty
 from sync.central.store import Central
 from terminal import journal, setup, tokens
 from terminal.clock import FixedClock
@@ -75,11 +77,26 @@ def serial_of(token: str) -> str:
 # ---------------------------------------------------------------- the daemon
 
 
-def write_config(path: Path, data: Path, fifo: Path, kiosk: bool = True) -> Path:
+PIPE = "pipe"  # the fifo input's name: a scan's source in decisions and log lines
+SCANNER = "scanner"  # the serial scanner input's name
+
+
+def write_config(
+    path: Path, data: Path, fifo: Path, kiosk: bool = True, scanner: Path | None = None
+) -> Path:
+    """The daemon's config: the fifo input, and a serial scanner at `scanner` (the link to
+    a Pty, as udev's /dev/serial/by-id/... is) when given."""
+    serial = (
+        f'\n[[input]]\nname = "{SCANNER}"\nkind = "serial"\nport = "{scanner}"\n'
+        # Back soon after a restart (pyserial flushes what the port held when it opens).
+        "reconnect_min_s = 0.05\nreconnect_max_s = 0.2\n"
+        if scanner is not None
+        else ""
+    )
     path.write_text(
         f'[terminal]\ndata = "{data}"\n\n[log]\nformat = "json"\n\n'
         f'[kiosk]\nhost = "127.0.0.1"\nport = 0\nenabled = {"true" if kiosk else "false"}\n\n'
-        f'[[input]]\nname = "pipe"\nkind = "fake"\nfifo = "{fifo}"\n'
+        f'[[input]]\nname = "{PIPE}"\nkind = "fake"\nfifo = "{fifo}"\n' + serial
     )
     return path
 
@@ -94,6 +111,7 @@ class DaemonProc:
     fifo: Path
     logs: Path
     env: dict[str, str] = field(default_factory=dict)
+    scanner: Pty | None = None  # the device side of the serial scanner input, if configured
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     url: str | None = None
@@ -145,8 +163,14 @@ class DaemonProc:
             return any(" running: ledger v" in r["msg"] for r in self.records())
 
         wait_for(ready, timeout, "daemon ready")
+        if self.scanner is not None:  # the serial port opens in its own thread
+            wait_for(self._scanner_reading, timeout, "scanner port open")
         kiosk = [r for r in self.records() if r["msg"].startswith("kiosk on ")]
         self.url = kiosk[0]["msg"].removeprefix("kiosk on ") if kiosk else None
+
+    def _scanner_reading(self) -> bool:
+        health = self.control({"op": "status"})["inputs"].get(SCANNER, {})
+        return str(health.get("detail", "")).startswith("reading ")
 
     def kill(self) -> None:
         """A power cut, as far as this process is concerned."""
@@ -187,16 +211,26 @@ class DaemonProc:
         finally:
             os.close(fd)
 
-    def scan(self, payload: str, timeout: float = 10.0) -> dict[str, Any]:
-        """One scan through the fifo and the decision the daemon published for it (what the
-        cashier's screen shows)."""
+    def scan_line(self, payload: str) -> None:
+        """What a serial scanner sends for one barcode: the payload and its CR. Never fails:
+        with no daemon reading, the line waits in the pty and is flushed at the next open,
+        as a scan made while the till is off is lost."""
+        assert self.scanner is not None, "no scanner configured"
+        self.scanner.write(payload.encode() + b"\r")
+
+    def scan(self, payload: str, timeout: float = 10.0, source: str = PIPE) -> dict[str, Any]:
+        """One scan through the fifo (or the serial scanner) and the decision the daemon
+        published for it (what the cashier's screen shows)."""
         after = self.published()
-        self.feed(payload)
+        if source == SCANNER:
+            self.scan_line(payload)
+        else:
+            self.feed(payload)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             reply = self.control({"op": "decisions", "after": after, "wait_s": 1.0})
             for pub in reply["decisions"]:
-                if pub["source"] == "pipe":
+                if pub["source"] == source:
                     return dict(pub["decision"])
         raise AssertionError(f"no decision for a scan within {timeout} s")
 

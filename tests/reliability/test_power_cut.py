@@ -1,7 +1,13 @@
-"""Power cuts: the daemon is SIGKILLed at random moments while scans arrive on its fifo
-and POS tills open, apply and commit checkouts; it is started again, as systemd's
-Restart=on-failure would. Every answer a caller got is in the journal exactly once, no
-coupon is redeemed twice, the chain verifies and the terminal takes coupons again."""
+"""Power cuts: the daemon is SIGKILLed at random moments while scans arrive on its fifo and
+from a serial barcode scanner (simulated on a pseudo-terminal, through the real pyserial
+driver), and POS tills open, apply and commit checkouts; it is started again. Every answer
+a caller got is in the journal exactly once, no coupon is redeemed twice, the chain
+verifies and the terminal takes coupons again.
+
+On a till, systemd's Restart=on-failure (systemd/redeem.service) brings the daemon back
+after a crash; here PID 1 is not systemd, so the harness restarts it the same way (same
+command, same config). That the unit restarts it is shown only by the unit's settings
+(tests/test_systemd.py), not by this test."""
 
 from __future__ import annotations
 
@@ -18,7 +24,10 @@ import requests
 from kiosk_ui import tills
 from terminal.reasons import Reason
 from tests.conftest import World
+from tests.ptys import Pty
 from tests.reliability.harness import (
+    PIPE,
+    SCANNER,
     SOAK,
     DaemonProc,
     Pos,
@@ -32,9 +41,11 @@ from tests.reliability.harness import (
 )
 
 ROUNDS = 50 if SOAK else 5
-FIFO_PER_ROUND = 12
+FIFO_PER_ROUND = 8
+SCANNER_PER_ROUND = 4
 POS_PER_ROUND = 4
-PER_ROUND = FIFO_PER_ROUND + POS_PER_ROUND + 1  # + the fresh coupon after each restart
+# + the fresh coupon after each restart
+PER_ROUND = FIFO_PER_ROUND + SCANNER_PER_ROUND + POS_PER_ROUND + 1
 
 
 @dataclass
@@ -83,6 +94,13 @@ def feed_slowly(daemon: DaemonProc, codes: list[str], rng: random.Random) -> Non
         time.sleep(rng.uniform(0.0, 0.02))
 
 
+def scan_slowly(daemon: DaemonProc, codes: list[str], rng: random.Random) -> None:
+    """A cashier at the serial scanner; scans after the cut go nowhere (no beep)."""
+    for code in codes:
+        daemon.scan_line(code)
+        time.sleep(rng.uniform(0.0, 0.03))
+
+
 def sell(pos: Pos, sales: list[PosSale], tag: str) -> None:
     """Open, apply, commit; stops at the first request the power cut interrupts."""
     try:
@@ -111,14 +129,16 @@ def test_sigkill_at_random_moments_loses_no_answer_and_redeems_nothing_twice(
     pool = prepare(world, ROUNDS * PER_ROUND + 1)
     token = tills.issue(world.data, "till-1")
     fifo = tmp_path / "scan.fifo"
-    cfg = write_config(tmp_path / "redeem.toml", world.data, fifo)
-    daemon = DaemonProc(world.data, cfg, fifo, tmp_path / "logs").start()
+    scanner = Pty(tmp_path / "ttyACM-scanner")
+    cfg = write_config(tmp_path / "redeem.toml", world.data, fifo, scanner=scanner.path)
+    daemon = DaemonProc(world.data, cfg, fifo, tmp_path / "logs", scanner=scanner).start()
     book = Ledgerbook()
     started = time.monotonic()
     try:
         daemon.wait_ready()
         for rnd in range(ROUNDS):
             fifo_codes = [pool.pop() for _ in range(FIFO_PER_ROUND)]
+            scanner_codes = [pool.pop() for _ in range(SCANNER_PER_ROUND)]
             sales = [PosSale(pool.pop(), i) for i in range(POS_PER_ROUND)]
             book.pos += sales
             daemon.new_sale()
@@ -127,6 +147,7 @@ def test_sigkill_at_random_moments_loses_no_answer_and_redeems_nothing_twice(
             errors: list[BaseException] = []
             threads = [
                 caller(errors, feed_slowly, daemon, fifo_codes, random.Random(rng.random())),
+                caller(errors, scan_slowly, daemon, scanner_codes, random.Random(rng.random())),
                 caller(errors, sell, pos, sales, f"r{rnd}"),
             ]
             time.sleep(rng.uniform(0.0, 0.25))
@@ -134,7 +155,7 @@ def test_sigkill_at_random_moments_loses_no_answer_and_redeems_nothing_twice(
             for t in threads:
                 t.join(10)
             assert not errors, f"a caller failed before the cut: {errors[0]!r} {why}"
-            # systemd's Restart=on-failure: the unit comes back on its own.
+            # What systemd's Restart=on-failure does on a till (see the module docstring).
             daemon.start()
             daemon.wait_ready()
             daemon.new_sale()  # the sale in progress lived in memory: the cashier starts again
@@ -142,7 +163,8 @@ def test_sigkill_at_random_moments_loses_no_answer_and_redeems_nothing_twice(
             recover_pos(pos, world.data, sales, f"r{rnd}", book)
             collect_fifo_answers(daemon, book)
             check(world, book, why)
-            rescan_unanswered(daemon, fifo_codes, book, why)
+            rescan_unanswered(daemon, fifo_codes, book, why, PIPE)
+            rescan_unanswered(daemon, scanner_codes, book, why, SCANNER)
             fresh = daemon.scan(pool.pop())
             assert fresh["accepted"], f"no coupon accepted after restart {rnd} {why}: {fresh}"
             collect_fifo_answers(daemon, book)
@@ -150,11 +172,14 @@ def test_sigkill_at_random_moments_loses_no_answer_and_redeems_nothing_twice(
     finally:
         if daemon.alive():
             daemon.stop()
+        scanner.close()
     assert cli_verify(world.data)["ok"], why
+    scanned = sum(1 for r in daemon.all_records() if r.get("scan_source") == SCANNER)
+    assert scanned, "no scan came through the serial scanner"
     told = Counter(book.told_accepted.values())
     print(
         f"\npower cut: {ROUNDS} rounds in {time.monotonic() - started:.1f} s {why}; "
-        f"answers checked: {dict(told)}; unanswered fifo coupons rescanned: {book.rescans}; "
+        f"answers checked: {dict(told)}; unanswered scans rescanned: {book.rescans}; "
         f"POS sales whose answer was lost: {book.unknown_pos}"
     )
 
@@ -200,16 +225,18 @@ def recover_pos(pos: Pos, data: Path, sales: list[PosSale], tag: str, book: Ledg
 
 
 def collect_fifo_answers(daemon: DaemonProc, book: Ledgerbook) -> None:
-    """What the cashier saw for fifo scans: the daemon's ACCEPTED log lines (written after
-    the journal commit, before the display is told) of every run so far."""
+    """What the cashier saw for fifo and scanner scans: the daemon's ACCEPTED log lines
+    (written after the journal commit, before the display is told) of every run so far."""
     for rec in daemon.all_records():
-        if rec.get("scan_source") == "pipe" and rec["msg"].startswith("ACCEPTED"):
+        if rec.get("scan_source") in (PIPE, SCANNER) and rec["msg"].startswith("ACCEPTED"):
             book.told_accepted[int(rec["journal_seq"])] = "redeem"
 
 
-def rescan_unanswered(daemon: DaemonProc, codes: list[str], book: Ledgerbook, why: str) -> None:
-    """A coupon whose scan got no answer is scanned again, as the cashier would: it is
-    accepted if the cut lost it, refused as already used if it had been journaled."""
+def rescan_unanswered(
+    daemon: DaemonProc, codes: list[str], book: Ledgerbook, why: str, source: str
+) -> None:
+    """A coupon whose scan got no answer is scanned again on the same input, as the cashier
+    would: accepted if the cut lost it, refused as already used if it had been journaled."""
     entries, _, _ = read_journal(daemon.data)
     by_serial = {e["serial"]: e for e in entries if e["kind"] == "redeem" and e["accepted"]}
     told = _told_serials(entries, book)
@@ -218,7 +245,7 @@ def rescan_unanswered(daemon: DaemonProc, codes: list[str], book: Ledgerbook, wh
         if serial in told:
             continue
         book.rescans += 1
-        decision = daemon.scan(code)
+        decision = daemon.scan(code, source=source)
         if serial in by_serial:
             assert decision["reason"] == Reason.ALREADY_REDEEMED.value, (why, decision)
         else:
