@@ -41,6 +41,21 @@ def make_cert(
     return root.sign1(payload)
 
 
+def _hex_field(doc: Any, name: str) -> bytes:
+    """A JSON object's hex field; CertError saying which field and what is wrong."""
+    if not isinstance(doc, dict):
+        raise CertError(f"not a JSON object but {type(doc).__name__}")
+    if name not in doc:
+        raise CertError(f"missing field '{name}'")
+    value = doc[name]
+    if not isinstance(value, str):
+        raise CertError(f"field '{name}' must be hex text, not {type(value).__name__}")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise CertError(f"field '{name}' is not hex: {value!r}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class TrustAnchor:
     public_key: bytes
@@ -69,8 +84,11 @@ class TrustAnchor:
     def load(cls, path: Path) -> TrustAnchor:
         try:
             doc = json.loads(path.read_text())
-            key = bytes.fromhex(doc["root_public_key"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError) as exc:
+            raise CertError(f"trust anchor {path} is unreadable: {exc}") from None
+        try:
+            key = _hex_field(doc, "root_public_key")
+        except CertError as exc:
             raise CertError(f"trust anchor {path} is unreadable: {exc}") from None
         if len(key) != 32:
             raise CertError(f"trust anchor {path} does not hold an Ed25519 key")

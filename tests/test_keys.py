@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import cbor2
@@ -87,6 +89,39 @@ def test_anchor_with_wrong_key_length(tmp_path: Path, nbytes: int) -> None:
     with pytest.raises(CertError, match="does not hold an Ed25519 key") as err:
         TrustAnchor.load(path)
     assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        ('{"kid": "abcd"}', "missing field 'root_public_key'"),
+        ("[]", "not a JSON object but list"),
+        ('{"root_public_key": 5}', "field 'root_public_key' must be hex text, not int"),
+        ('{"root_public_key": "zz"}', "field 'root_public_key' is not hex: 'zz'"),
+    ],
+)
+def test_anchor_errors_name_the_field(tmp_path: Path, content: str, words: str) -> None:
+    path = tmp_path / "b.json"
+    path.write_text(content)
+    with pytest.raises(CertError) as err:
+        TrustAnchor.load(path)
+    assert str(err.value) == f"trust anchor {path} is unreadable: {words}"
+
+
+def test_init_with_an_anchor_lacking_the_key_says_which_field(tmp_path: Path) -> None:
+    """`redeem init --trust-anchor b.json`, as an installer types it."""
+    anchor = tmp_path / "b.json"
+    anchor.write_text('{"format": "edge-redeem-trust-anchor/1", "kid": "abcd"}')
+    proc = subprocess.run(
+        [sys.executable, "-m", "terminal.cli", "init", "--data", str(tmp_path / "t")]
+        + ["--trust-anchor", str(anchor), "--store", "S1", "--terminal", "T1"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert proc.returncode == 2
+    assert f"trust anchor {anchor} is unreadable: missing field 'root_public_key'" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_anchor_file_that_is_a_directory(tmp_path: Path) -> None:

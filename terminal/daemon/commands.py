@@ -13,7 +13,15 @@ from typing import Any
 from drivers import registry
 from drivers.scan import Scan
 
-from terminal.cliutil import EXIT_ERROR, EXIT_OK, EXIT_REFUSED, UserError, emit, read_document
+from terminal.cliutil import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_REFUSED,
+    UserError,
+    add_json,
+    emit,
+    read_document,
+)
 from terminal.daemon import config as config_mod
 from terminal.daemon import control
 from terminal.timeutil import clock_from_env
@@ -32,9 +40,21 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     try:
         cfg = config_mod.load(Path(args.file))
     except config_mod.ConfigError as exc:
-        raise UserError(str(exc)) from None
+        if not args.json:
+            raise UserError(str(exc)) from None
+        # An installer's script gets the line and key as fields, not to be parsed out.
+        bad = {"file": args.file, "ok": False, "line": exc.line, "key": exc.key}
+        emit(args, {**bad, "error": str(exc)}, "")
+        return EXIT_ERROR
     names = ", ".join(f"{i.name} ({i.kind})" for i in cfg.inputs) or "none"
-    print(f"{args.file}: OK; inputs: {names}; data: {cfg.terminal.data}")
+    doc = {
+        "file": args.file,
+        "ok": True,
+        "data": cfg.terminal.data,
+        "inputs": [{"name": i.name, "kind": i.kind, "enabled": i.enabled} for i in cfg.inputs],
+        "outputs": [{"name": o.name, "kind": o.kind, "enabled": o.enabled} for o in cfg.outputs],
+    }
+    emit(args, doc, f"{args.file}: OK; inputs: {names}; data: {cfg.terminal.data}")
     return EXIT_OK
 
 
@@ -66,10 +86,20 @@ def cmd_scan_test(args: argparse.Namespace) -> int:
 
     def show(scan: Scan) -> None:
         count[0] += 1
-        meta = " ".join(f"{k}={v}" for k, v in scan.meta.items())
-        print(
-            f"{time.strftime('%H:%M:%S')} {scan.kind}: {scan.text()!r} {meta}".rstrip(), flush=True
-        )
+        if args.json:  # one JSON object a line as scans come, like `redeem watch --json`
+            doc = {
+                "at": scan.at,
+                "source": scan.source,
+                "kind": scan.kind,
+                "text": scan.text(),
+                "payload_hex": scan.payload.hex(),
+                "meta": dict(scan.meta),
+            }
+            print(json.dumps(doc, ensure_ascii=False, default=str), flush=True)
+        else:
+            meta = " ".join(f"{k}={v}" for k, v in scan.meta.items())
+            line = f"{time.strftime('%H:%M:%S')} {scan.kind}: {scan.text()!r} {meta}"
+            print(line.rstrip(), flush=True)
         if args.count and count[0] >= args.count:
             seen.set()
 
@@ -86,7 +116,10 @@ def cmd_scan_test(args: argparse.Namespace) -> int:
     finally:
         driver.stop(2.0)
     health = driver.health()
-    print(f"{count[0]} scan(s); input health: {health.state} {health.detail}".rstrip())
+    if args.json:  # the last line: a summary object
+        print(json.dumps({"scans": count[0], "health": health.to_dict()}, ensure_ascii=False))
+    else:
+        print(f"{count[0]} scan(s); input health: {health.state} {health.detail}".rstrip())
     return EXIT_OK if count[0] else EXIT_ERROR
 
 
@@ -187,6 +220,7 @@ def add_commands(sub: Any, cmd: Any) -> None:
     )
     sp = cf.add_parser("check", help="validate a config file; name the bad key and line")
     sp.add_argument("file")
+    add_json(sp)
     sp.set_defaults(func=cmd_config_check)
     sp = sub.add_parser("scan-test", help="show what an input decodes, redeeming nothing")
     sp.add_argument("--camera", help="device index, /dev/videoN, file, URL or pipeline")
@@ -196,6 +230,7 @@ def add_commands(sub: Any, cmd: Any) -> None:
     sp.add_argument("--seconds", type=float, default=30.0, help="give up after this long")
     sp.add_argument("--count", type=int, default=0, help="stop after this many scans")
     sp.add_argument("--verbose", action="store_true")
+    add_json(sp)
     sp.set_defaults(func=cmd_scan_test)
     cmd(sub, "status", cmd_status, "ask the running daemon how it is")
     sp = cmd(sub, "till", cmd_till, "start a standalone sale: the total the cashier keyed in")

@@ -12,6 +12,8 @@ from typing import Any
 from drivers import registry
 from drivers.options import OptionError, parse_options
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 
 class ConfigError(ValueError):
     def __init__(self, path: Path, line: int | None, key: str, message: str) -> None:
@@ -97,20 +99,33 @@ class SyncSection:
 
 @dataclass(frozen=True)
 class WatchdogSection:
-    stall_s: float = 10.0  # an input that delivers nothing for this long is restarted
-    restart_budget: int = 5  # restarts allowed per window before the daemon gives up
+    # No input "stall" timeout here: a scanner or NFC reader rightly delivers nothing for
+    # hours; the camera watches its own frames (its `stall_s` option).
+    restart_budget: int = 5  # input restarts allowed per window before the daemon gives up
     window_s: float = 600.0
+    # One engine job (a decision, a ledger import) running longer than this withholds
+    # systemd's watchdog pings: a worker hung on a stalled SD-card write gets restarted.
+    engine_stall_s: float = 30.0
+
+    def check(self) -> None:
+        if self.restart_budget < 0:
+            raise OptionError("restart_budget", "must not be negative")
+        for key in ("window_s", "engine_stall_s"):
+            if getattr(self, key) <= 0:
+                raise OptionError(key, "must be positive")
 
 
 @dataclass(frozen=True)
 class LogSection:
     format: str = "auto"  # json under systemd (JOURNAL_STREAM set), text otherwise
-    level: str = "INFO"
+    level: str = "INFO"  # DEBUG, INFO, WARNING, ERROR or CRITICAL; SIGHUP applies a change
     device_traffic: bool = False  # raw bytes from devices on the edge_redeem.traffic logger
 
     def check(self) -> None:
         if self.format not in ("auto", "json", "text"):
             raise OptionError("format", "must be auto, json or text")
+        if self.level.upper() not in LOG_LEVELS:
+            raise OptionError("level", f"must be one of {', '.join(LOG_LEVELS)}")
 
 
 @dataclass(frozen=True)
@@ -225,12 +240,15 @@ def parse(doc: dict[str, Any], path: Path, text: str = "") -> Config:
         except OptionError as exc:
             raise fail("input", i, exc.key, str(exc).split(": ", 1)[1]) from None
         inputs.append(InputConfig(raw["name"], raw["kind"], enabled, options))
-    outputs = []
+    outputs: list[OutputSection] = []
     for i, raw in enumerate(doc.get("output", [])):
         if not isinstance(raw, dict):
             raise fail("output", i, "output", "must be a table ([[output]])")
         try:
-            outputs.append(parse_options(OutputSection, raw))
+            output = parse_options(OutputSection, raw)
         except OptionError as exc:
             raise fail("output", i, exc.key, str(exc).split(": ", 1)[1]) from None
+        if any(o.name == output.name for o in outputs):
+            raise fail("output", i, "name", f"'{output.name}' is used twice")
+        outputs.append(output)
     return Config(path, inputs=tuple(inputs), outputs=tuple(outputs), **sections)

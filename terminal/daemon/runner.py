@@ -1,10 +1,11 @@
 """`redeem run`: the daemon. Starts in order (engine, worker, outputs, inputs), feeds every
 scan to the one engine worker, publishes each decision to the outputs and listeners,
 restarts stalled inputs within a budget, pings systemd's watchdog only while healthy,
-reloads on SIGHUP and stops in reverse order on SIGTERM."""
+reloads on SIGHUP and stops in reverse order on SIGTERM within one deadline."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
@@ -36,6 +37,9 @@ from terminal.rules import Basket
 
 log = logging.getLogger(__name__)
 SHUTDOWN_S = 4.5  # SIGTERM to exit, inside systemd's and the issue's 5 s
+DRAIN_RESERVE_S = 1.5  # of SHUTDOWN_S, kept for the worker's drain whatever inputs take
+OUTPUT_RESERVE_S = 0.25  # of what is left after the drain, kept for the displays
+RELOAD_INPUTS_S = 1.0  # inputs restarted by SIGHUP stop within this, all at once
 
 
 @dataclass
@@ -92,6 +96,7 @@ class Daemon:
         self._reload = threading.Event()
         self._wake = threading.Event()
         self._restarts: dict[str, deque[float]] = {}
+        self._worker_stuck = False
         self.exit_code = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -99,7 +104,7 @@ class Daemon:
     def start(self) -> None:
         data = Path(self.cfg.terminal.data)
         self.engine = setup.open_engine(data, self.clock)
-        self.worker = EngineWorker(self.engine)
+        self.worker = EngineWorker(self.engine, self.cfg.watchdog.engine_stall_s)
         self.worker.start()
         self.outputs = [
             feedback.create(o, self.cfg.terminal.lang) for o in self.cfg.outputs if o.enabled
@@ -148,31 +153,61 @@ class Daemon:
             driver.start(self.on_scan)
             self.inputs.append(driver)
 
+    def _input_steps(self, until: float) -> list[tuple[str, Callable[[], object]]]:
+        def step(driver: Any) -> Callable[[], object]:
+            return lambda: driver.stop(max(0.0, until - time.monotonic()))
+
+        return [(f"input {d.name}", step(d)) for d in self.inputs]
+
     def _stop_inputs(self) -> None:
-        for driver in reversed(self.inputs):
-            try:
-                driver.stop(1.0)
-            except Exception:  # one broken driver must not keep the others running
-                log.exception("input %s did not stop cleanly", driver.name)
+        """All inputs at once (a reload): each is told to stop, then all are awaited."""
+        until = time.monotonic() + RELOAD_INPUTS_S
+        late = _in_parallel(self._input_steps(until), until)
+        if late:
+            log.warning("%s still stopping after %.1f s", ", ".join(late), RELOAD_INPUTS_S)
         self.inputs = []
 
     def stop(self) -> None:
-        """Reverse order: no new scans, finish the ones in flight, then outputs, then DB."""
+        """Reverse order within one deadline (SHUTDOWN_S), each step getting the time left:
+        no new work (inputs, kiosk, control socket, all at once), the worker finishes
+        every scan already queued, then outputs, then the journal closes."""
+        started = time.monotonic()
+        deadline = started + SHUTDOWN_S
+
+        def left(reserve: float = 0.0) -> float:
+            return max(0.0, deadline - reserve - time.monotonic())
+
         self.notifier.stopping()
         if self.sync is not None:  # first: a round in flight is abandoned, never awaited
-            self.sync.stop()
-        self._stop_inputs()
+            self.sync.stop(min(0.5, left(DRAIN_RESERVE_S)))
+        # Everything that submits work stops together; the worker keeps deciding meanwhile.
+        until = time.monotonic() + left(DRAIN_RESERVE_S)
+        producers = self._input_steps(until)
         if self.kiosk is not None:
-            self.kiosk.stop()
+            producers.append(("kiosk", self.kiosk.stop))
         if self.control is not None:
-            self.control.stop()
-        if self.worker is not None and not self.worker.stop(SHUTDOWN_S - 1.5):
-            log.error("engine worker did not finish in time")
-        for out in reversed(self.outputs):
-            out.stop()
-        if self.engine is not None:
+            producers.append(("control socket", self.control.stop))
+        late = _in_parallel(producers, until)
+        self.inputs = []
+        drained = True
+        if self.worker is not None and not self.worker.stop(left(OUTPUT_RESERVE_S)):
+            drained = False
+            late.append("engine worker")
+            log.error(
+                "engine worker did not finish in time: %d job(s) still queued",
+                self.worker.pending(),
+            )
+        late += _in_parallel(
+            [(f"output {o.name}", o.stop) for o in reversed(self.outputs)],
+            time.monotonic() + left(),
+        )
+        if self.engine is not None and drained:  # never under a write still running
             self.engine.db.close()
-        log.info("stopped")
+        took = time.monotonic() - started
+        if late:
+            log.warning("stopped in %.2f s; still running: %s", took, ", ".join(late))
+        else:
+            log.info("stopped in %.2f s (limit %.1f s)", took, SHUTDOWN_S)
 
     def reload(self) -> None:
         """SIGHUP: read the config again; inputs and outputs restart with it. The engine,
@@ -184,10 +219,21 @@ class Daemon:
             log.error("reload refused, keeping the running config: %s", exc)
             self.notifier.ready()
             return
+        cfg = self._keep_bound_at_start(cfg)
+        if cfg.log != self.cfg.log:  # first, so what follows is logged the new way
+            log.info(
+                "reload: log format %s, level %s, device traffic %s",
+                cfg.log.format,
+                cfg.log.level,
+                "on" if cfg.log.device_traffic else "off",
+            )
+            logs.setup(cfg.log.format, cfg.log.level, cfg.log.device_traffic)
         self._stop_inputs()
         for out in reversed(self.outputs):
             out.stop()
         old_sync, self.cfg = self.cfg.sync, cfg
+        assert self.worker is not None
+        self.worker.stall_s = cfg.watchdog.engine_stall_s
         self.outputs = [feedback.create(o, cfg.terminal.lang) for o in cfg.outputs if o.enabled]
         for out in self.outputs:
             out.start()
@@ -195,10 +241,38 @@ class Daemon:
         if cfg.sync != old_sync:
             if self.sync is not None:
                 self.sync.stop()
-            assert self.worker is not None
             self.sync = sync_loop.create(cfg.sync, Path(cfg.terminal.data), self.worker)
         log.info("config reloaded: %d input(s)", len(self.inputs))
         self.notifier.ready()
+
+    def _keep_bound_at_start(self, cfg: config_mod.Config) -> config_mod.Config:
+        """[kiosk] (a listening socket the cashier screen is connected to) and [terminal]
+        data (the open journal) are bound at start: a change is warned about and waits for
+        a restart; the daemon keeps running on the old values."""
+        old = self.cfg
+        if cfg.kiosk != old.kiosk:
+            log.warning(
+                "reload: [kiosk] changed (%s:%s%s -> %s:%s%s); it takes effect at the next"
+                " restart, the kiosk keeps its current address",
+                old.kiosk.host,
+                old.kiosk.port,
+                "" if old.kiosk.enabled else " disabled",
+                cfg.kiosk.host,
+                cfg.kiosk.port,
+                "" if cfg.kiosk.enabled else " disabled",
+            )
+            cfg = dataclasses.replace(cfg, kiosk=old.kiosk)
+        if cfg.terminal.data != old.terminal.data:
+            log.warning(
+                "reload: [terminal] data changed (%s -> %s); it takes effect at the next"
+                " restart, the journal stays in %s",
+                old.terminal.data,
+                cfg.terminal.data,
+                old.terminal.data,
+            )
+            terminal = dataclasses.replace(cfg.terminal, data=old.terminal.data)
+            cfg = dataclasses.replace(cfg, terminal=terminal)
+        return cfg
 
     # ------------------------------------------------------------------ scans
 
@@ -378,10 +452,14 @@ class Daemon:
 
     def sync_status(self, brief: bool = False) -> dict[str, Any]:
         """Sync as the loop sees it; from Meta alone when sync is off."""
-        if self.sync is not None:
+        assert self.worker is not None
+        if not self.worker.healthy():
+            # The engine is stuck on a job: answer `redeem status` without queueing behind it.
+            full = {"central": self.cfg.sync.central, "running": self.sync is not None}
+            full["last_error"] = "unknown: the engine worker is stuck"
+        elif self.sync is not None:
             full = self.sync.status()
         else:
-            assert self.worker is not None
             full = self.worker.call(sync_status.snapshot)
             full.update({"central": self.cfg.sync.central, "running": False})
         if not brief:
@@ -395,9 +473,10 @@ class Daemon:
         return {d.name: d.health().to_dict() for d in self.inputs}
 
     def healthy(self) -> bool:
-        """What systemd's watchdog hears: the engine worker makes progress and no running
-        input is down. An input that could not load at all (no reader plugged in, a
-        missing library) is a warning on the dashboard, not a reason to be restarted."""
+        """What systemd's watchdog hears: the engine worker is not stuck in one job (past
+        [watchdog] engine_stall_s) and no running input is down. An input that could not
+        load at all (no reader plugged in, a missing library) is a warning on the
+        dashboard, not a reason to be restarted."""
         if self.worker is None or not self.worker.healthy():
             return False
         return all(
@@ -431,8 +510,25 @@ class Daemon:
             fresh = registry.create(spec.name, spec.kind, spec.options, self.clock.now)
             fresh.start(self.on_scan)
             self.inputs[i] = fresh
+        self._note_worker()
         if self.notifier.watchdog_s and self.healthy():
             self.notifier.watchdog()
+
+    def _note_worker(self) -> None:
+        """Say once in the log why the watchdog pings stopped, and when they resume."""
+        if self.worker is None:
+            return
+        stuck = not self.worker.healthy()
+        if stuck and not self._worker_stuck:
+            busy = self.worker.busy_s()
+            log.error(
+                "engine worker stuck on one job for %.1f s (limit %.1f s): watchdog pings withheld",
+                busy or 0.0,
+                self.worker.stall_s,
+            )
+        elif self._worker_stuck and not stuck:
+            log.warning("engine worker moving again: watchdog pings resume")
+        self._worker_stuck = stuck
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -459,6 +555,29 @@ class Daemon:
             self.supervise_once()
         self.stop()
         return self.exit_code
+
+
+def _in_parallel(steps: list[tuple[str, Callable[[], object]]], until: float) -> list[str]:
+    """Run each step on its own thread, wait for all until `until` (monotonic); return the
+    names of those still running. A step that raises is logged, not propagated."""
+
+    def guarded(name: str, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except Exception:  # one broken part must not keep the others running
+            log.exception("%s did not stop cleanly", name)
+
+    threads = []
+    for name, fn in steps:
+        t = threading.Thread(target=guarded, args=(name, fn), name=f"stop {name}", daemon=True)
+        t.start()
+        threads.append((name, t))
+    late = []
+    for name, t in threads:
+        t.join(max(0.0, until - time.monotonic()))
+        if t.is_alive():
+            late.append(name)
+    return late
 
 
 def run(config_path: Path, clock: Clock) -> int:

@@ -25,12 +25,13 @@ class WorkerStopped(RuntimeError):
 
 
 class EngineWorker:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, stall_s: float = 30.0) -> None:
         self.engine = engine
+        self.stall_s = stall_s  # one job running longer than this: not healthy
         self._queue: queue.Queue[Any] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="engine-worker", daemon=True)
         self._accepting = False
-        self.last_beat = time.monotonic()
+        self._job_started: float | None = None  # monotonic start of the job running now
         self.jobs_done = 0
 
     def start(self) -> None:
@@ -57,13 +58,17 @@ class EngineWorker:
             job, fut = item
             if not fut.set_running_or_notify_cancel():
                 continue
+            # Timed through the future's callbacks too (publishing to the outputs runs on
+            # this thread): a display write that hangs stops the scans just the same.
+            self._job_started = time.monotonic()
             try:
                 self._catch_up()
                 fut.set_result(job(self.engine))
             except BaseException as exc:  # handed to the caller, who decides
                 fut.set_exception(exc)
+            finally:
+                self._job_started = None
             self.jobs_done += 1
-            self.last_beat = time.monotonic()
 
     def _catch_up(self) -> None:
         """A `redeem` command run beside the daemon (a manager's `redeem clock reset`, a
@@ -85,11 +90,24 @@ class EngineWorker:
         )
         engine.reload()
 
-    def healthy(self, within_s: float = 30.0) -> bool:
-        """Alive, and either idle or making progress."""
+    def pending(self) -> int:
+        """Jobs queued and not yet started (approximate, for the log)."""
+        return self._queue.qsize()
+
+    def busy_s(self) -> float | None:
+        """How long the job running now has run; None when idle."""
+        started = self._job_started
+        return None if started is None else time.monotonic() - started
+
+    def healthy(self, within_s: float | None = None) -> bool:
+        """Alive, and not stuck in one job (a stalled SD-card write, a lock never released)
+        for longer than `within_s` (default: `stall_s`). A long queue behind a job that
+        keeps finishing is progress, not a hang."""
         if not self._thread.is_alive():
             return False
-        return self._queue.empty() or time.monotonic() - self.last_beat < within_s
+        busy = self.busy_s()
+        limit = self.stall_s if within_s is None else within_s
+        return busy is None or busy < limit
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Finish everything already queued (no scan in flight is lost), then stop."""
