@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,13 +31,15 @@ from kiosk_ui.tills import Tills
 from terminal import tokens
 from terminal.decision import Context, Decision
 from terminal.engine import Engine
-from terminal.journal import PosCheckout, Use
+from terminal.i18n import N_, translate
+from terminal.journal import Operation, PosCheckout, Use, insert_operation
 from terminal.reasons import Reason
 from terminal.rules import Basket, InputError, best_combination
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1"
+API_VERSION = "1.1"  # the contract in docs/pos-api.md ("Changes")
 MAX_BODY = 64 * 1024
 # Memory bounds for a terminal that runs for weeks: the oldest keys and closed checkouts go
 # first (the engine keeps every operation's answer in its journal regardless).
@@ -48,11 +51,15 @@ TITLES = {
     400: "Bad request",
     401: "Unauthorized",
     404: "Not found",
+    405: "Method not allowed",
     409: "Conflict",
     413: "Content too large",
     422: "Unprocessable content",
+    500: "Internal server error",
     503: "Service unavailable",
 }
+# The problem code of an HTTP error raised by routing (no route, wrong method, ...).
+HTTP_CODES = {404: "not-found", 405: "method-not-allowed", 500: "internal-error"}
 KEY_PATTERN = r"^[\x21-\x7e]{1,128}$"
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 # Engine answers to a commit/release/reverse that are the checkout's state, not a coupon's.
@@ -63,6 +70,16 @@ CONFLICTS = {
     Reason.HOLD_EXPIRED,
 }
 UNAVAILABLE = {Reason.STORAGE_FAILURE, Reason.INTERNAL_ERROR}
+# The state a checkout must be in for each step, and the state the step leaves it in.
+FROM_STATE = {"commit": "open", "release": "open", "reverse": "committed"}
+TO_STATE = {"commit": "committed", "release": "released", "reverse": "reversed"}
+# What the cashier hears when a step succeeds on a checkout that never had a coupon
+# (Reason.OK's "Coupon accepted." would be untrue there).
+NO_COUPON_MESSAGES = {
+    "commit": N_("Payment recorded. No coupon was applied to this checkout."),
+    "release": N_("Checkout cancelled. No coupon was applied to it."),
+}
+ALREADY_APPLIED = N_("This coupon is already applied to this sale.")
 
 
 # ---------------------------------------------------------------- documents
@@ -175,11 +192,21 @@ def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 class Problem(Exception):
+    """An error answer. `decision` adds the engine's reason code and the cashier's sentence;
+    `message` (a marked msgid) replaces that sentence, or gives one without a reason."""
+
     def __init__(
-        self, status: int, code: str, detail: str, decision: Decision | None = None
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        decision: Decision | None = None,
+        message: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status, self.code, self.detail, self.decision = status, code, detail, decision
+        self.message, self.headers = message, headers
 
     def response(self, instance: str, lang: str) -> Response:
         doc: dict[str, Any] = {
@@ -193,8 +220,24 @@ class Problem(Exception):
         if self.decision is not None:
             doc["reason"] = self.decision.reason.value
             doc["message"] = self.decision.reason.message(lang)
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        if self.message is not None:
+            doc["message"] = translate(self.message, lang)
+        headers = dict(self.headers or {})
+        if self.status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
         return Response(json.dumps(doc), self.status, headers, media_type=PROBLEM)
+
+
+def http_problem(status: int, detail: Any, headers: Mapping[str, str] | None = None) -> Problem:
+    """An HTTP error from routing or the framework (404 no such route, 405 wrong method)
+    as a problem; its headers (Allow on a 405) are kept."""
+    if not isinstance(detail, str) or not detail:
+        detail = TITLES.get(status, "Error")
+    return Problem(status, HTTP_CODES.get(status, f"http-{status}"), detail, headers=headers)
+
+
+def under_api(path: str) -> bool:
+    return path == PREFIX or path.startswith(PREFIX + "/")
 
 
 def _validation(exc: RequestValidationError) -> Problem:
@@ -345,8 +388,13 @@ def router(daemon: Any) -> APIRouter:
                 except RequestValidationError as exc:
                     return _validation(exc).response(request.url.path, lang())
                 except HTTPException as exc:
-                    code = Problem(exc.status_code, "http", str(exc.detail))
-                    return code.response(request.url.path, lang())
+                    problem = http_problem(exc.status_code, exc.detail, exc.headers)
+                    return problem.response(request.url.path, lang())
+                except Exception:
+                    # A fault in a route is still an answer the till can parse.
+                    log.exception("POS API %s %s failed", request.method, request.url.path)
+                    problem = Problem(500, "internal-error", "the terminal could not answer")
+                    return problem.response(request.url.path, lang())
 
             return handler
 
@@ -399,9 +447,35 @@ def router(daemon: Any) -> APIRouter:
             Decision(False, Reason.UNKNOWN_CHECKOUT),
         )
 
+    def closed(co: Checkout) -> Problem:
+        return Problem(
+            409,
+            "checkout-closed",
+            f"checkout {co.id} is {co.state}: coupons go only to an open checkout",
+        )
+
+    def wrong_state(co: Checkout, kind: str) -> Problem:
+        need = FROM_STATE[kind]
+        if kind == "reverse":
+            why = "has no redeemed coupon" if co.state == "committed" else f"is {co.state}"
+            return Problem(
+                409,
+                "not-committed",
+                f"checkout {co.id} {why}: only a checkout paid with coupons can be reversed",
+                Decision(False, Reason.NOT_COMMITTED),
+            )
+        return Problem(
+            409,
+            "checkout-closed",
+            f"checkout {co.id} is {co.state}: only an {need} checkout can be {TO_STATE[kind]}",
+            Decision(False, Reason.UNKNOWN_CHECKOUT),
+        )
+
     def call(job: Any) -> Any:
         try:
             return daemon.worker.call(job)
+        except Problem:
+            raise  # the job's own answer (decided on the worker, in order with the others)
         except Exception as exc:
             log.exception("POS API engine call failed")
             raise Problem(503, "unavailable", "the terminal cannot answer right now") from exc
@@ -471,7 +545,7 @@ def router(daemon: Any) -> APIRouter:
         if co is None:
             raise not_found(checkout_id)
         if co.state != "open":
-            raise Problem(409, "checkout-closed", f"checkout {checkout_id} is {co.state}")
+            raise closed(co)
         code = tokens.extract(body.code) or body.code.strip()
         op = op_id(request, idempotency_key)
         claim(op, _fingerprint("hold", checkout_id, code))
@@ -480,6 +554,8 @@ def router(daemon: Any) -> APIRouter:
         arrived = time.monotonic()
 
         def job(engine: Engine) -> tuple[Decision, list[dict[str, Any]]]:
+            if co.state != "open":  # a commit or release got to the worker first
+                raise closed(co)
             d = engine.hold(checkout_id, code, co.basket, ctx, op)
             if not d.replayed:  # the cashier screen and /metrics see POS coupons too
                 scan = Scan(f"pos:{co.till}", "pos", code.encode(), engine.now())
@@ -491,6 +567,17 @@ def router(daemon: Any) -> APIRouter:
             raise Problem(409, "operation-conflict", decision.detail, decision)
         if decision.reason in UNAVAILABLE:
             raise Problem(503, "unavailable", decision.detail or "try again", decision)
+        held = {c["serial"] for c in coupons if c["status"] == "held"}
+        if decision.reason is Reason.ALREADY_REDEEMED and decision.serial in held:
+            # Not "already used": this very checkout holds it. The engine journaled the
+            # attempt as it journals every refusal; the hold is as it was.
+            raise Problem(
+                409,
+                "already-applied",
+                f"coupon {decision.serial} of campaign {decision.campaign} is already applied "
+                f"to checkout {checkout_id}",
+                message=ALREADY_APPLIED,
+            )
         return {"decision": decision.to_dict(lang()), "coupons": coupons}
 
     @api.get(
@@ -532,18 +619,36 @@ def router(daemon: Any) -> APIRouter:
             ctx = Context(source="pos", cashier=(co.cashier or co.till) if co else None)
 
             def job(engine: Engine) -> Decision | None:
-                if not Use.select().where(Use.checkout_id == checkout_id).exists():
-                    if co is None:
-                        return None  # unknown: nothing journaled, nothing changed
-                    if kind != "reverse":  # a sale without coupons: nothing to hold back
-                        _store_state(checkout_id, done)
-                        return Decision(
-                            True, Reason.OK, 0, co.basket.currency, checkout_id=checkout_id
+                method: Callable[[str, str, Context], Decision] = getattr(engine, kind)
+                # Decided here, on the one worker, so that two steps racing for one
+                # checkout are taken in turn and the second sees the first's state.
+                if Operation.get_or_none(Operation.op_id == op) is not None:
+                    return method(checkout_id, op, ctx)  # a retry: the engine's first answer
+                coupons = Use.select().where(Use.checkout_id == checkout_id).exists()
+                if co is None:  # not stored here (pruned): the engine's coupons decide
+                    return method(checkout_id, op, ctx) if coupons else None
+                if co.state != FROM_STATE[kind]:
+                    raise wrong_state(co, kind)
+                if not coupons:
+                    if kind == "reverse":  # nothing was paid with a coupon
+                        raise wrong_state(co, kind)
+                    d = Decision(True, Reason.OK, 0, co.basket.currency, checkout_id=checkout_id)
+                    with engine.db.atomic():  # the answer and the new state, together
+                        insert_operation(
+                            op,
+                            engine._request(kind, checkout_id),
+                            engine.journal.head_seq,
+                            json.dumps(d.to_dict()),
                         )
-                method = getattr(engine, kind)
-                d: Decision = method(checkout_id, op, ctx)
-                if d.accepted and co is not None:
+                        PosCheckout.update(state=done).where(
+                            PosCheckout.id == checkout_id
+                        ).execute()
+                    co.state = done
+                    return d
+                d = method(checkout_id, op, ctx)
+                if d.accepted and not d.replayed:
                     _store_state(checkout_id, done)
+                    co.state = done
                 return d
 
             decision: Decision | None = call(job)
@@ -555,9 +660,10 @@ def router(daemon: Any) -> APIRouter:
                 status = 409 if decision.reason in CONFLICTS else 422
                 detail = decision.detail or f"cannot {kind} checkout {checkout_id}"
                 raise Problem(status, decision.reason.value.replace("_", "-"), detail, decision)
-            if co is not None:
-                co.state = done
-            return decision.to_dict(lang())
+            answer = decision.to_dict(lang())
+            if decision.reason is Reason.OK and not decision.coupons and kind in NO_COUPON_MESSAGES:
+                answer["message"] = translate(NO_COUPON_MESSAGES[kind], lang())
+            return answer
 
         endpoint.__name__ = f"{kind}_checkout"
         api.add_api_route(

@@ -1,11 +1,12 @@
-"""The POS API (/api/v1) and /metrics over a real in-process daemon, served by uvicorn on
-loopback: checkouts, holds, the best combination, commit/release/reverse, idempotency keys,
-till tokens and problem+json errors that change nothing."""
+"""The POS API (/api/v1) and /metrics over a real in-process daemon, served by the daemon's
+own kiosk web server (kiosk_ui/app.py's create_app) on loopback: checkouts, holds, the best
+combination, commit/release/reverse and the states they are allowed from, idempotency keys,
+till tokens, the published OpenAPI document and problem+json errors that change nothing."""
 
 from __future__ import annotations
 
 import argparse
-import threading
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,15 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
-from kiosk_ui import api, metrics, tills
+from kiosk_ui import api, tills
+from kiosk_ui.app import create_app
 from terminal.daemon import config as config_mod
 from terminal.daemon.runner import Daemon
-from terminal.journal import PosCheckout
+from terminal.journal import Entry, PosCheckout
 from tests.conftest import World
-from tests.postgres import free_port
 from tests.test_daemon import fifo_input, wait_for, write_config
 
 BASKET = {"currency": "CNY", "total_minor": 12800}
@@ -35,18 +35,15 @@ class Pos:
     spend: list[str]  # SPEND100: 20.00 off 100.00, stacks with anything
     ten: list[str]  # TENOFF: 10 % off, stacks with anything
     client: httpx.Client
-    served: Any = None
 
     def restart(self) -> None:
-        """Stop the daemon and its web app and start them again on the same data, as after
-        a power cut and systemd's restart."""
+        """Stop the daemon (and so its web app) and start it again on the same data, as
+        after a power cut and systemd's restart."""
         cfg = self.daemon.cfg
-        self.served.stop()
         self.daemon.stop()
         self.daemon = Daemon(cfg, self.daemon.clock)
         self.daemon.start()
-        self.served = serve(make_app(self.daemon))
-        self.url = self.served.url
+        self.url = kiosk_url(self.daemon)
 
     def post(self, path: str, body: Any = None, key: str | None = None, **kw: Any) -> Any:
         headers = {"Authorization": f"Bearer {self.token}", **kw.pop("headers", {})}
@@ -65,35 +62,29 @@ class Pos:
     def seq(self) -> int:
         return int(self.daemon.worker.call(lambda e: e.journal.head_seq))  # type: ignore[union-attr]
 
+    def entries_after(self, seq: int) -> list[Entry]:
+        """Journal entries written since `seq`."""
+        return list(
+            self.daemon.worker.call(  # type: ignore[union-attr]
+                lambda e: list(Entry.select().where(Entry.seq > seq).order_by(Entry.seq))
+            )
+        )
 
-@dataclass
-class Served:
-    server: uvicorn.Server
-    thread: threading.Thread
-    url: str
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(5)
-
-
-def serve(app: FastAPI) -> Served:
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, 10)
-    return Served(server, thread, f"http://127.0.0.1:{port}")
+    def state(self, cid: str) -> tuple[str, list[tuple[str, str]]]:
+        """The checkout's state and its coupons' (serial, status), as the till reads them."""
+        got = self.get(f"/api/v1/checkouts/{cid}").json()
+        return got["state"], [(c["serial"], c["status"]) for c in got["coupons"]]
 
 
 def make_app(daemon: Daemon) -> FastAPI:
-    """What kiosk_ui/app.py does with these two routers."""
-    app = FastAPI(title="edge-redeem terminal", version="1")
-    app.include_router(api.router(daemon))
-    app.include_router(metrics.router(daemon))
-    return app
+    """The daemon's own web app (pages, API, /metrics), for a caller that drives it without
+    a server (tests/reliability/fuzz_targets.py)."""
+    return create_app(daemon)
+
+
+def kiosk_url(daemon: Daemon) -> str:
+    assert daemon.kiosk is not None, "the daemon's kiosk web server did not start"
+    return str(daemon.kiosk.url)
 
 
 @pytest.fixture
@@ -105,19 +96,17 @@ def pos(world: World, tmp_path: Path) -> Iterator[Pos]:
     spend, ten = world.issue("SPEND100", 4), world.issue("TENOFF", 2)
     world.sync_ledger()
     world.engine.db.close()
-    # The daemon's own kiosk server is off: the test serves its own app with these routers.
-    body = "\n[kiosk]\nenabled = false\n" + fifo_input(tmp_path / "f")
+    # The daemon's own kiosk web server (create_app: pages, API, /metrics) on a free port.
+    body = '\n[kiosk]\nhost = "127.0.0.1"\nport = 0\n' + fifo_input(tmp_path / "f")
     cfg = config_mod.load(write_config(tmp_path / "d.toml", world.data, body))
     daemon = Daemon(cfg, world.clock)
     daemon.start()
     token = tills.issue(world.data, "till1")
-    served = serve(make_app(daemon))
-    p = Pos(daemon, served.url, token, spend, ten, httpx.Client(timeout=10), served)
+    p = Pos(daemon, kiosk_url(daemon), token, spend, ten, httpx.Client(timeout=10))
     try:
         yield p
     finally:
         p.client.close()
-        p.served.stop()
         p.daemon.stop()
 
 
@@ -168,7 +157,7 @@ def test_two_coupons_stack_and_the_best_combination(pos: Pos) -> None:
     assert r.json()["discount_minor"] == 3280
 
 
-def test_release_then_commit_is_409_with_the_engine_reason(pos: Pos) -> None:
+def test_release_then_commit_is_409_checkout_closed(pos: Pos) -> None:
     cid = pos.open()
     pos.post(f"/api/v1/checkouts/{cid}/coupons", {"code": pos.spend[0]}, "a")
     r = pos.post(f"/api/v1/checkouts/{cid}/release", key="rel")
@@ -177,6 +166,7 @@ def test_release_then_commit_is_409_with_the_engine_reason(pos: Pos) -> None:
     assert r.status_code == 409
     assert r.headers["content-type"].startswith("application/problem+json")
     p = r.json()
+    assert p["type"] == "urn:edge-redeem:problem:checkout-closed" and "released" in p["detail"]
     assert p["status"] == 409 and p["reason"] == "unknown_checkout" and p["message"]
     assert p["instance"] == f"/api/v1/checkouts/{cid}/commit" and p["type"] and p["title"]
     # Released: the coupon is free for the next sale.
@@ -215,6 +205,181 @@ def test_retry_gets_the_same_answer_and_a_reused_key_is_409(pos: Pos) -> None:
     c1 = pos.post(f"/api/v1/checkouts/{cid}/commit", key="k2").json()
     c2 = pos.post(f"/api/v1/checkouts/{cid}/commit", key="k2").json()
     assert c2["replayed"] and c1["journal_seq"] == c2["journal_seq"]
+
+
+# ---------------------------------------------------------------- allowed steps
+
+
+def refused(pos: Pos, cid: str, step: str, key: str, problem: str) -> None:
+    """`step` is a 409 `problem` that changes nothing: not the checkout's state, not its
+    coupons, not the journal."""
+    before, seq = pos.state(cid), pos.seq()
+    r = pos.post(f"/api/v1/checkouts/{cid}/{step}", key=key)
+    assert r.status_code == 409, (step, r.text)
+    assert r.headers["content-type"].startswith("application/problem+json")
+    p = r.json()
+    assert p["type"] == f"urn:edge-redeem:problem:{problem}", p
+    assert p["status"] == 409 and p["title"] == "Conflict" and cid in p["detail"]
+    assert pos.state(cid) == before and pos.seq() == seq
+
+
+@pytest.mark.parametrize("with_coupon", [True, False], ids=["coupon", "no-coupon"])
+def test_commit_and_release_only_from_open_reverse_only_from_committed(
+    pos: Pos, with_coupon: bool
+) -> None:
+    def checkout(key: str) -> str:
+        cid = pos.open(key)
+        if with_coupon:
+            code = pos.spend[len(key) % 4]
+            r = pos.post(f"/api/v1/checkouts/{cid}/coupons", {"code": code}, f"{key}-apply")
+            assert r.json()["decision"]["accepted"], r.text
+        return cid
+
+    opened = checkout("o1")
+    # Nothing to refund before payment.
+    refused(pos, opened, "reverse", "o1-rev", "not-committed")
+    assert pos.state(opened)[0] == "open"
+
+    released = checkout("o22")
+    assert pos.post(f"/api/v1/checkouts/{released}/release", key="r-rel").status_code == 200
+    assert pos.state(released)[0] == "released"
+    refused(pos, released, "commit", "r-com", "checkout-closed")
+    refused(pos, released, "release", "r-rel2", "checkout-closed")
+    refused(pos, released, "reverse", "r-rev", "not-committed")
+    assert pos.state(released)[0] == "released"
+
+    paid = checkout("o333")
+    assert pos.post(f"/api/v1/checkouts/{paid}/commit", key="p-com").status_code == 200
+    refused(pos, paid, "commit", "p-com2", "checkout-closed")
+    refused(pos, paid, "release", "p-rel", "checkout-closed")
+    assert pos.state(paid)[0] == "committed"
+    if not with_coupon:
+        # Paid without a coupon: there is no coupon to reverse, and the sale stays paid.
+        refused(pos, paid, "reverse", "p-rev", "not-committed")
+        assert pos.state(paid)[0] == "committed"
+        return
+    assert pos.post(f"/api/v1/checkouts/{paid}/reverse", key="p-rev").status_code == 200
+    refused(pos, paid, "reverse", "p-rev2", "not-committed")
+    refused(pos, paid, "commit", "p-com3", "checkout-closed")
+    refused(pos, paid, "release", "p-rel2", "checkout-closed")
+    assert pos.state(paid)[0] == "reversed"
+
+
+def test_a_retried_step_gets_its_first_answer_whatever_came_after(pos: Pos) -> None:
+    cid = pos.open()
+    pos.post(f"/api/v1/checkouts/{cid}/coupons", {"code": pos.spend[0]}, "a")
+    first = pos.post(f"/api/v1/checkouts/{cid}/commit", key="pay").json()
+    assert pos.post(f"/api/v1/checkouts/{cid}/reverse", key="refund").status_code == 200
+    before, seq = pos.state(cid), pos.seq()
+    # The till never saw the commit's answer and sends it again with its key.
+    again = pos.post(f"/api/v1/checkouts/{cid}/commit", key="pay")
+    assert again.status_code == 200 and again.json()["replayed"]
+    assert again.json()["journal_seq"] == first["journal_seq"]
+    assert pos.state(cid) == before and before[0] == "reversed" and pos.seq() == seq
+
+
+def test_a_sale_without_coupons_commits_and_releases_with_an_honest_message(pos: Pos) -> None:
+    paid = pos.open("o-paid")
+    seq = pos.seq()
+    r = pos.post(f"/api/v1/checkouts/{paid}/commit", key="pay")
+    assert r.status_code == 200
+    d = r.json()
+    assert d["accepted"] and d["discount_minor"] == 0 and d["coupons"] == []
+    assert d["message"] == "Payment recorded. No coupon was applied to this checkout."
+    assert "Coupon" not in d["message"].split(".")[0]
+    assert pos.state(paid) == ("committed", []) and pos.seq() == seq
+    cancelled = pos.open("o-cancel")
+    r = pos.post(f"/api/v1/checkouts/{cancelled}/release", key="cancel")
+    assert r.status_code == 200
+    assert r.json()["message"] == "Checkout cancelled. No coupon was applied to it."
+    assert pos.state(cancelled) == ("released", [])
+    # A retry after a restart still gets the first answer, not a 409.
+    pos.restart()
+    again = pos.post(f"/api/v1/checkouts/{paid}/commit", key="pay")
+    assert again.status_code == 200, again.text
+    body = again.json()
+    assert body["replayed"] and body["message"] == d["message"]
+    assert pos.state(paid) == ("committed", []) and pos.seq() == seq
+    refused(pos, paid, "release", "cancel-late", "checkout-closed")
+
+
+def test_the_same_coupon_twice_in_one_checkout_is_409_already_applied(pos: Pos) -> None:
+    cid = pos.open()
+    url = f"/api/v1/checkouts/{cid}/coupons"
+    first = pos.post(url, {"code": pos.spend[0]}, "first").json()
+    serial = first["decision"]["serial"]
+    before, seq = pos.state(cid), pos.seq()
+    for _ in range(2):  # the retry with the same key gets the same answer
+        r = pos.post(url, {"code": pos.spend[0]}, "again")
+        assert r.status_code == 409, r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+        p = r.json()
+        assert p["type"] == "urn:edge-redeem:problem:already-applied"
+        assert serial in p["detail"] and "SPEND100" in p["detail"] and cid in p["detail"]
+        assert p["message"] == "This coupon is already applied to this sale."
+        assert "already been used" not in p["message"]
+    # Still one hold; the engine journaled the attempt once, as it does every refusal, and
+    # raised no replay flag (the coupon was not used anywhere else).
+    assert pos.state(cid) == before == ("open", [(serial, "held")])
+    (entry,) = pos.entries_after(seq)
+    assert (entry.kind, entry.accepted, entry.reason) == ("hold", False, "already_redeemed")
+    assert entry.serial == serial and entry.checkout_id == cid
+    assert "already applied" in json.loads(entry.detail)["detail"]
+    best = pos.get(f"/api/v1/checkouts/{cid}").json()["best"]
+    assert best["coupons"] == [serial] and best["discount_minor"] == 2000
+    done = pos.post(f"/api/v1/checkouts/{cid}/commit", key="pay").json()
+    assert done["discount_minor"] == 2000 and len(done["coupons"]) == 1
+
+
+# ---------------------------------------------------------------- what is published
+
+
+def test_openapi_publishes_the_pos_api_and_not_the_kiosk_pages(pos: Pos) -> None:
+    r = pos.client.get(pos.url + "/openapi.json")
+    assert r.status_code == 200
+    doc = r.json()
+    assert doc["info"]["title"] and doc["info"]["version"] == api.API_VERSION
+    assert sorted(doc["paths"]) == [
+        "/api/v1/checkouts",
+        "/api/v1/checkouts/{checkout_id}",
+        "/api/v1/checkouts/{checkout_id}/commit",
+        "/api/v1/checkouts/{checkout_id}/coupons",
+        "/api/v1/checkouts/{checkout_id}/release",
+        "/api/v1/checkouts/{checkout_id}/reverse",
+    ]
+    # The pages are still served, only not published.
+    page = pos.client.get(pos.url + "/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+
+
+def test_every_error_under_the_api_is_a_problem(pos: Pos) -> None:
+    cid = pos.open()
+    seq = pos.seq()
+    auth = {"Authorization": f"Bearer {pos.token}", "Idempotency-Key": "k"}
+    cases = [
+        ("GET", "/api/v1/nosuch", auth, 404),
+        ("POST", "/api/v1/checkouts/x/y/z", auth, 404),
+        ("GET", "/api/v1", {}, 404),
+        ("GET", "/api/v1/checkouts", auth, 405),
+        ("DELETE", f"/api/v1/checkouts/{cid}", auth, 405),
+        ("PUT", f"/api/v1/checkouts/{cid}/commit", {}, 405),
+    ]
+    for method, path, headers, status in cases:
+        r = pos.client.request(method, pos.url + path, headers=headers)
+        assert r.status_code == status, (method, path, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json"), path
+        p = r.json()
+        assert p["status"] == status and p["type"].startswith("urn:edge-redeem:problem:")
+        assert p["title"] and p["detail"] and p["instance"] == path
+        if status == 405:
+            assert "allow" in r.headers
+    assert pos.seq() == seq and pos.state(cid) == ("open", [])
+    # The kiosk's pages keep their own answers.
+    r = pos.client.get(pos.url + "/nosuch")
+    assert r.status_code == 404 and r.headers["content-type"] == "application/json"
+    assert r.json() == {"detail": "Not Found"}
+    r = pos.client.get(pos.url + "/scan")
+    assert r.status_code == 405 and not r.headers["content-type"].startswith("application/pro")
 
 
 # ---------------------------------------------------------------- bad input

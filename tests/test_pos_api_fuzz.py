@@ -1,6 +1,7 @@
-"""schemathesis against the POS API's own OpenAPI document (served by uvicorn on loopback
-around a real daemon): with a till token no 5xx and every response as documented; without
-one, a 401 and no state change (no journal entry added)."""
+"""schemathesis against the OpenAPI document the terminal publishes: the daemon's own kiosk
+web server (kiosk_ui/app.py's create_app, pages and all) on loopback, read from its
+/openapi.json. With a till token no 5xx and every response as documented; without one, a
+401 and no state change (no journal entry added)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ SETTINGS = settings(
 def each_operation(pos: Pos, mode: GenerationMode, check: Callable[[Any, str], None]) -> int:
     """Run `check(case, open_checkout_id)` on generated cases of every API operation."""
     schema = schemathesis.openapi.from_url(pos.url + "/openapi.json")
+    assert pos.daemon.kiosk is not None and pos.url == pos.daemon.kiosk.url  # the real app
     cid = pos.open("fuzz-open", BASKET)
     count = 0
     for result in schema.get_all_operations():
