@@ -1,5 +1,6 @@
 """The manager's PIN (a slow salted scrypt hash in <data>/manager.json), the lock-out after
-wrong tries, login sessions, and the local review of fraud flags (<data>/flag_reviews.json)."""
+wrong tries (<data>/manager_lockout.json, so a power cycle does not reset it), login
+sessions, and the local review of fraud flags (<data>/flag_reviews.json)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any
 
 PIN_FILE = "manager.json"
 REVIEWS_FILE = "flag_reviews.json"
+LOCKOUT_FILE = "manager_lockout.json"
 MAX_TRIES = 5
 LOCKOUT_S = 300.0
 SESSION_S = 900.0
@@ -57,7 +59,9 @@ def check_pin(data: Path, pin: str) -> bool:
 
 
 class Manager:
-    """Login state of the one terminal: tries, lock-out and sessions (kept in memory)."""
+    """Login state of the one terminal: tries and lock-out (kept in the data directory, on
+    the wall clock `wall`, so pulling the plug does not buy five more guesses) and sessions
+    (in memory, on `now`: a restart logs the manager out)."""
 
     def __init__(
         self,
@@ -65,20 +69,43 @@ class Manager:
         now: Callable[[], float] = time.monotonic,
         session_s: float = SESSION_S,
         lockout_s: float = LOCKOUT_S,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.data = Path(data)
         self.now = now
+        self.wall = wall
         self.session_s, self.lockout_s = session_s, lockout_s
-        self.failures = 0
-        self.locked_until = 0.0
         self.sessions: dict[str, float] = {}
         self._lock = threading.Lock()
+        self.failures, self.locked_until = self._load_lockout()
+
+    def _load_lockout(self) -> tuple[int, float]:
+        path = self.data / LOCKOUT_FILE
+        try:
+            doc = json.loads(path.read_text())
+            failures, until = int(doc["failures"]), float(doc["locked_until"])
+        except FileNotFoundError:
+            return 0, 0.0
+        except (ValueError, KeyError, TypeError):
+            # A torn or edited file must not unlock: count it as a fresh lock-out.
+            return 0, self.wall() + self.lockout_s
+        # A clock set back after the lock-out began must not stretch it past its length.
+        return max(0, failures), min(until, self.wall() + self.lockout_s)
+
+    def _store_lockout(self) -> None:
+        path = self.data / LOCKOUT_FILE
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump({"failures": self.failures, "locked_until": self.locked_until}, f)
+            f.flush()
+            os.fsync(f.fileno())  # the point is to survive a power cut
+        os.replace(tmp, path)
 
     def has_pin(self) -> bool:
         return (self.data / PIN_FILE).exists()
 
     def locked_for(self) -> float:
-        return max(0.0, self.locked_until - self.now())
+        return max(0.0, self.locked_until - self.wall())
 
     def login(self, pin: str) -> str | None:
         """A session token for the right PIN; None otherwise. While locked out, even the
@@ -91,9 +118,12 @@ class Manager:
                 self.failures += 1
                 if self.failures >= MAX_TRIES:
                     self.failures = 0
-                    self.locked_until = self.now() + self.lockout_s
+                    self.locked_until = self.wall() + self.lockout_s
+                self._store_lockout()
                 return None
-            self.failures = 0
+            if self.failures or self.locked_until:
+                self.failures, self.locked_until = 0, 0.0
+                self._store_lockout()
             token = secrets.token_urlsafe(32)
             self.sessions[token] = self.now() + self.session_s
             return token

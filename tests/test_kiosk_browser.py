@@ -1,6 +1,8 @@
 """The kiosk in Debian's Chromium, headless: a simulated scan shows on the cashier screen
 within a second over SSE, a refusal shows its reason, the manager logs in, wrong PINs lock
-out, a fraud flag is acknowledged, and the language switches. Screenshots at 800x480."""
+out, a fraud flag is acknowledged, the language switches, and a typed code is keyed in on
+the on-screen keypad. Screenshots at 800x480 and 1024x600; the decision and the keypad are
+never cut off at either size."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import pytest
 
 from terminal.reasons import Reason
 from terminal.rules import Basket
-from tests.test_kiosk_pages import PIN, Kiosk, kiosk  # noqa: F401  (the fixture)
+from tests.conftest import World
+from tests.test_kiosk_pages import PIN, Kiosk, kiosk, publish_to  # noqa: F401  (the fixture)
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -165,3 +168,68 @@ def test_wrong_pins_lock_out(page: Any, tmp_path: Path) -> None:
     assert "Too many wrong PINs" in page.locator("#login-error").inner_text()
     assert page.locator("#logout").count() == 0
     shot(page, tmp_path, "manager-locked-out")
+
+
+# What must never be cut off on the cashier screen: the answer, the code entry and the total.
+MUST_SHOW = ("#decision", "#code", "#check", ".keypad", "#total", "#set-total")
+
+
+def assert_inside(page: Any, width: int, height: int) -> None:
+    for selector in MUST_SHOW:
+        box = page.locator(selector).bounding_box()
+        assert box is not None, f"{selector} is not shown"
+        assert box["x"] >= 0 and box["y"] >= 0, selector
+        right, bottom = box["x"] + box["width"], box["y"] + box["height"]
+        assert right <= width and bottom <= height, f"{selector} cut off at {width}x{height}"
+
+
+def test_a_typed_code_keyed_in_on_the_keypad(
+    page: Any,
+    kiosk: Kiosk,  # noqa: F811
+    world: World,
+    tmp_path: Path,
+) -> None:
+    world.campaign(id="TYPED", name="Typed fifteen", amount_minor=1500, stacking="any")
+    (code,) = world.issue("TYPED", codes=True)
+    publish_to(kiosk.daemon, world)
+    open_sale(page, kiosk)
+    page.click(".keypad .key[data-key='7']")
+    page.click(".keypad .key[data-key='clear']")
+    assert page.input_value("#code") == ""
+    page.click(".keypad .key[data-key='Q']")
+    page.click(".keypad .key[data-key='back']")
+    for ch in code:  # e.g. K7QM-3XHP-ZC9D: letters, digits and dashes, all by touch
+        page.click(f".keypad .key[data-key='{ch}']")
+    assert page.input_value("#code") == code
+    page.click("#check")
+    page.locator("#decision.ok").wait_for(timeout=2000)
+    assert "CNY 15.00" in page.locator("#decision").inner_text()
+    page.locator("#best").wait_for(timeout=2000)
+    assert page.input_value("#code") == ""  # ready for the next coupon
+    assert_inside(page, 800, 480)
+    shot(page, tmp_path, "cashier-typed-code")
+
+
+def test_the_cashier_screen_at_1024x600(
+    browser: Any,
+    kiosk: Kiosk,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    ctx = browser.new_context(viewport={"width": 1024, "height": 600}, base_url=kiosk.url)
+    try:
+        pg = ctx.new_page()
+        pg.set_default_timeout(5000)
+        open_sale(pg, kiosk)
+        assert_inside(pg, 1024, 600)
+        kiosk.feed(kiosk.tokens[0])
+        pg.locator("#decision.ok").wait_for(timeout=2000)
+        pg.locator("#best").wait_for(timeout=2000)  # the sale panel grew: still all shown
+        assert_inside(pg, 1024, 600)
+        shot(pg, tmp_path, "cashier-1024x600")
+        pg.goto("/manager")
+        pg.fill("#pin", PIN)
+        pg.click("#login")
+        pg.locator("#stat-today").wait_for()
+        shot(pg, tmp_path, "manager-1024x600")
+    finally:
+        ctx.close()
