@@ -56,6 +56,9 @@ BASE45 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:"
 DEFAULTS = CameraOptions(source="0")
 SYMBOLOGIES = DEFAULTS.symbologies
 GOAL_X = 8.0
+# The region of interest measured: the centre 60 % of the frame (x, y, w, h as fractions).
+ROI = [0.2, 0.2, 0.6, 0.6]
+ROI_NAME = "roi centre 60%"
 
 Decoder = Callable[[np.ndarray], list[bytes]]
 
@@ -126,15 +129,18 @@ def square(cx: float, cy: float, side: float, angle: float) -> np.ndarray:
     return np.array([[-s, -s], [s, -s], [s, s], [-s, s]]) @ rot.T + [cx, cy]
 
 
-def coupon_frame(rng: np.random.Generator, w: int, h: int, text: str) -> np.ndarray:
-    """What the camera sees when a customer holds a phone up: a clear code, a little tilt."""
+def coupon_frame(
+    rng: np.random.Generator, w: int, h: int, text: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """What the camera sees when a customer holds a phone up: a clear code, a little tilt;
+    and where the code is (its corners)."""
     modules = qr_modules(text)
     side = min(w, h) * rng.uniform(0.45, 0.7)
     scale = max(1, int(round(side / modules.shape[0] * 2)))
     code = cv2.resize(modules, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
     cx, cy = w / 2 + rng.uniform(-0.15, 0.15) * w, h / 2 + rng.uniform(-0.1, 0.1) * h
-    img = place(scene(rng, w, h), code, square(cx, cy, side, rng.uniform(-12, 12)))
-    return jpeg(img, 85)
+    quad = square(cx, cy, side, rng.uniform(-12, 12))
+    return jpeg(place(scene(rng, w, h), code, quad), 85), quad
 
 
 def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
@@ -142,7 +148,9 @@ def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
     return cv2.imdecode(buf, cv2.IMREAD_COLOR)
 
 
-def hard_frame(rng: np.random.Generator, w: int, h: int, text: str, kind: str) -> np.ndarray:
+def hard_frame(
+    rng: np.random.Generator, w: int, h: int, text: str, kind: str
+) -> tuple[np.ndarray, np.ndarray]:
     every = kind == "all-at-once"
     modules = qr_modules(text)
     n = modules.shape[0]
@@ -186,8 +194,8 @@ def hard_frame(rng: np.random.Generator, w: int, h: int, text: str, kind: str) -
         bright = glare[..., None] * rng.uniform(150, 260)
         img = (img.astype(np.float32) + bright).clip(0, 255).astype(np.uint8)
     if kind == "jpeg":
-        return jpeg(img, int(rng.uniform(8, 20)))
-    return jpeg(img, 35 if every else 85)
+        return jpeg(img, int(rng.uniform(8, 20))), quad
+    return jpeg(img, 35 if every else 85), quad
 
 
 # ---------------------------------------------------------------------------- decoders
@@ -226,9 +234,9 @@ def decoders() -> dict[str, Decoder]:
 
         return run
 
-    def pipeline(decoder: str, max_width: int) -> Decoder:
-        p = Pipeline(decoder, SYMBOLOGIES, max_width, None, DEFAULTS.hard_every)
-        PIPELINES[f"driver {decoder} @{max_width}"] = p
+    def pipeline(decoder: str, max_width: int, roi: list[float] | None = None) -> Decoder:
+        p = Pipeline(decoder, SYMBOLOGIES, max_width, roi, DEFAULTS.hard_every)
+        PIPELINES[f"driver {decoder} @{max_width}" + (f" roi {roi}" if roi else "")] = p
         return lambda img: [c.payload for c in p(img)]
 
     out: dict[str, Decoder] = {
@@ -244,6 +252,8 @@ def decoders() -> dict[str, Decoder]:
     out["driver zxing @640"] = pipeline("zxing", 640)
     out["driver cascade full size"] = pipeline("cascade", 0)
     out["driver cascade @960"] = pipeline("cascade", 960)
+    # A fixed mount configured to decode only the counter area where coupons are shown.
+    out[f"driver cascade @640 {ROI_NAME}"] = pipeline("cascade", 640, ROI)
     out[DEFAULT] = pipeline(DEFAULTS.decoder, DEFAULTS.max_width)
     return out
 
@@ -251,6 +261,16 @@ def decoders() -> dict[str, Decoder]:
 PIPELINES: dict[str, Pipeline] = {}
 DEFAULT = f"DEFAULT: driver {DEFAULTS.decoder} @{DEFAULTS.max_width}"
 NAIVE = "pyzbar naive (colour, full, all types)"
+
+
+def inside_roi(quad: np.ndarray, w: int, h: int) -> bool:
+    x, y, rw, rh = ROI
+    return bool(
+        (quad[:, 0] >= x * w).all()
+        and (quad[:, 0] <= (x + rw) * w).all()
+        and (quad[:, 1] >= y * h).all()
+        and (quad[:, 1] <= (y + rh) * h).all()
+    )
 
 
 @dataclass
@@ -279,26 +299,34 @@ def measure(fn: Decoder, frames: list[tuple[np.ndarray, str | None]], min_s: flo
     return Run(n * len(frames) / (time.perf_counter() - t0), hits, wrong)
 
 
-Sets = dict[tuple[int, int], dict[str, list[tuple[np.ndarray, str | None]]]]
+Frames = list[tuple[np.ndarray, str | None]]
+Sets = dict[tuple[int, int], dict[str, Frames]]
+# Per size and set, per frame: the whole code lies inside ROI (no code: False).
+Inside = dict[tuple[int, int], dict[str, list[bool]]]
 
 
-def generate(rng: np.random.Generator, hard_720: int) -> Sets:
+def generate(rng: np.random.Generator, hard_720: int) -> tuple[Sets, Inside]:
     texts = [coupon_text(rng) for _ in range(16)]
     sets: Sets = {}
+    inside: Inside = {}
     for w, h in SIZES:
         n_hard = hard_720 if w == 1280 else hard_720 // 2
-        coupon: list[tuple[np.ndarray, str | None]] = []
+        coupon: Frames = []
+        in_coupon, in_hard = [], []
         for i in range(EASY_FRAMES):
-            coupon.append((coupon_frame(rng, w, h, texts[i % 16]), texts[i % 16]))
-        none: list[tuple[np.ndarray, str | None]] = [
-            (jpeg(scene(rng, w, h), 85), None) for _ in range(EASY_FRAMES)
-        ]
-        hard: list[tuple[np.ndarray, str | None]] = []
+            img, quad = coupon_frame(rng, w, h, texts[i % 16])
+            coupon.append((img, texts[i % 16]))
+            in_coupon.append(inside_roi(quad, w, h))
+        none: Frames = [(jpeg(scene(rng, w, h), 85), None) for _ in range(EASY_FRAMES)]
+        hard: Frames = []
         for i in range(n_hard):
             text = texts[i % 16]
-            hard.append((hard_frame(rng, w, h, text, HARD_KINDS[i % len(HARD_KINDS)]), text))
+            img, quad = hard_frame(rng, w, h, text, HARD_KINDS[i % len(HARD_KINDS)])
+            hard.append((img, text))
+            in_hard.append(inside_roi(quad, w, h))
         sets[(w, h)] = {"coupon": coupon, "none": none, "hard": hard}
-    return sets
+        inside[(w, h)] = {"coupon": in_coupon, "none": [False] * EASY_FRAMES, "hard": in_hard}
+    return sets, inside
 
 
 def main() -> int:
@@ -312,7 +340,7 @@ def main() -> int:
         f"OpenCV {cv2.__version__}, seed {args.seed}, cv2 threads 1"
     )
     t0 = time.perf_counter()
-    sets = generate(np.random.default_rng(args.seed), args.hard)
+    sets, inside = generate(np.random.default_rng(args.seed), args.hard)
     n_hard = sum(len(s["hard"]) for s in sets.values())
     took = time.perf_counter() - t0
     print(f"generated {n_hard} hard frames and {4 * EASY_FRAMES} easy ones in {took:.1f} s")
@@ -363,6 +391,26 @@ def main() -> int:
         f"(every {DEFAULTS.hard_every}th frame or a hint), which read {p.rescued} frames the quick "
         "pass could not"
     )
+    roi_row = runs[f"driver cascade @640 {ROI_NAME}"]
+    print(f"\nROI {ROI} (x, y, w, h) against {DEFAULT}:")
+    for size in SIZES:
+        speed = " ".join(
+            f"{k} {roi_row[size][k].fps / runs[DEFAULT][size][k].fps:.2f}x"
+            for k in ("coupon", "none", "hard")
+        )
+        reads = []
+        for k in ("coupon", "hard"):
+            flags = inside[size][k]
+            n_in = sum(flags)
+            got_roi = sum(roi_row[size][k].hits)
+            got_def = sum(runs[DEFAULT][size][k].hits)
+            in_roi = sum(h for h, f in zip(roi_row[size][k].hits, flags, strict=True) if f)
+            in_def = sum(h for h, f in zip(runs[DEFAULT][size][k].hits, flags, strict=True) if f)
+            reads.append(
+                f"{k} read {got_roi}/{len(flags)} (default {got_def}); code inside the ROI "
+                f"in {n_in}, read {in_roi} (default {in_def})"
+            )
+        print(f"  {size[0]}x{size[1]}: speed {speed}; " + "; ".join(reads))
     worst = min(
         runs[DEFAULT][s][k].fps / runs[NAIVE][s][k].fps
         for s in SIZES

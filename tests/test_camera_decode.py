@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import cv2
 import numpy as np
 import pytest
 
 from drivers.camera.debounce import Debouncer
-from drivers.camera.decode import Code, Pipeline
+from drivers.camera.decode import Code, DecoderUnavailable, Pipeline
 from tests.camera_media import code128, coupon_text, ean13, put, qr, scene
 
 COUPON = coupon_text(7)
@@ -77,6 +79,27 @@ def test_unreadable_frames_give_nothing() -> None:
     noise = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
     blurred = cv2.GaussianBlur(put(scene(8), qr(COUPON, 3), 320, 240), (0, 0), 6)
     assert p(noise) == [] and p(blurred) == [] and p(np.zeros((480, 640), np.uint8)) == []
+
+
+def test_without_pyzbar_zxing_still_decodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyzbar not installed, or Debian's libzbar0 missing (pyzbar fails at import): the
+    zxing-cpp decoders do not need it; choosing pyzbar says what is missing."""
+    monkeypatch.setitem(sys.modules, "pyzbar", None)
+    monkeypatch.setitem(sys.modules, "pyzbar.pyzbar", None)
+    frame = put(scene(9), qr(COUPON, 4), 320, 240)
+    for decoder in ("zxing", "cascade"):
+        assert Pipeline(decoder, TYPES)(frame) == [Code(COUPON.encode(), "QRCODE")]
+    with pytest.raises(DecoderUnavailable) as caught:
+        Pipeline("pyzbar", TYPES)
+    assert "decoder 'pyzbar'" in str(caught.value) and "libzbar0" in str(caught.value)
+
+
+def test_without_zxing_cpp_pyzbar_still_decodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "zxingcpp", None)
+    frame = put(scene(9), qr(COUPON, 4), 320, 240)
+    assert Pipeline("pyzbar", TYPES)(frame) == [Code(COUPON.encode(), "QRCODE")]
+    with pytest.raises(DecoderUnavailable, match="decoder 'cascade'.*zxing-cpp"):
+        Pipeline("cascade", TYPES)
 
 
 def test_debounce_counts_a_held_code_once_and_again_after_it_left() -> None:

@@ -19,6 +19,13 @@ from drivers.camera.options import CameraOptions
 
 log = logging.getLogger(__name__)
 
+# OpenCV writes its warnings straight to stderr ("[ WARN:0@0.02] global cap.cpp:212 open
+# VIDEOIO(V4L2)..."), which breaks the structured log; every failure they describe reaches
+# the input's health detail and our own log instead. OPENCV_LOG_LEVEL still wins, for
+# debugging a capture by hand.
+if "OPENCV_LOG_LEVEL" not in os.environ:
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
 DEVICE, FILE, IMAGES, URL, PIPELINE, PIPE = "device", "file", "images", "url", "pipeline", "pipe"
 DEFAULT_FPS = 30.0
 PIPE_BUFFER_MAX = 16 << 20  # bytes of a pipe without one whole JPEG: not MJPEG, start over
@@ -209,10 +216,16 @@ class Capture(threading.Thread):
         self.status = "opening"  # opening, running, eof, failed
         self.reason = ""
         self.fps = 0.0  # the source's own rate, where it states one
+        self.first_n = first_n
         self.next_n = first_n
         self._t0 = first_t  # files: where this opening's timeline starts
         self.last_frame_at = time.monotonic()  # the watchdog's clock
         self.retired = threading.Event()
+
+    @property
+    def delivered(self) -> bool:
+        """Whether this opening has handed over a frame yet."""
+        return self.next_n > self.first_n
 
     def retire(self) -> None:
         self.retired.set()

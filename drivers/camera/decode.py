@@ -4,36 +4,57 @@ when the quick pass saw a code it could not read, or every `hard_every`th frame)
 
 from __future__ import annotations
 
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import zxingcpp
-from pyzbar import pyzbar
 
-# Our symbology names (zbar's spelling) to each library's.
-_ZBAR = {
-    "QRCODE": pyzbar.ZBarSymbol.QRCODE,
-    "EAN13": pyzbar.ZBarSymbol.EAN13,
-    "EAN8": pyzbar.ZBarSymbol.EAN8,
-    "UPCA": pyzbar.ZBarSymbol.UPCA,
-    "UPCE": pyzbar.ZBarSymbol.UPCE,
-    "CODE128": pyzbar.ZBarSymbol.CODE128,
-    "CODE39": pyzbar.ZBarSymbol.CODE39,
-    "I25": pyzbar.ZBarSymbol.I25,
-}
+# Our symbology names are zbar's (pyzbar.ZBarSymbol members); zxing-cpp's BarcodeFormat
+# members by our names. The libraries themselves are imported by the reader that needs
+# them, so a missing one disables only the decoders that use it (pyzbar also needs Debian's
+# libzbar0 at import).
 _ZXING = {
-    "QRCODE": zxingcpp.BarcodeFormat.QRCode,
-    "EAN13": zxingcpp.BarcodeFormat.EAN13,
-    "EAN8": zxingcpp.BarcodeFormat.EAN8,
-    "UPCA": zxingcpp.BarcodeFormat.UPCA,
-    "UPCE": zxingcpp.BarcodeFormat.UPCE,
-    "CODE128": zxingcpp.BarcodeFormat.Code128,
-    "CODE39": zxingcpp.BarcodeFormat.Code39,
-    "I25": zxingcpp.BarcodeFormat.ITF,
+    "QRCODE": "QRCode",
+    "EAN13": "EAN13",
+    "EAN8": "EAN8",
+    "UPCA": "UPCA",
+    "UPCE": "UPCE",
+    "CODE128": "Code128",
+    "CODE39": "Code39",
+    "I25": "ITF",
 }
 _ZXING_NAMES = {"QRCODE": "QRCODE", "QRCODEMODEL2": "QRCODE", "ITF": "I25"}
+
+
+class DecoderUnavailable(ImportError):
+    """A library the chosen decoder needs is missing; the message says which and how to
+    get it (it becomes the input's health detail)."""
+
+
+def _import_pyzbar() -> types.ModuleType:
+    try:
+        from pyzbar import pyzbar
+    except (ImportError, OSError) as exc:  # OSError: some builds fail loading libzbar.so
+        raise DecoderUnavailable(
+            "the pyzbar library cannot be loaded (install the pyzbar package and Debian's "
+            f'libzbar0, or set decoder = "cascade"): {exc}'
+        ) from exc
+    lib: types.ModuleType = pyzbar  # untyped library
+    return lib
+
+
+def _import_zxingcpp() -> types.ModuleType:
+    try:
+        import zxingcpp
+    except ImportError as exc:
+        raise DecoderUnavailable(
+            "the zxing-cpp library cannot be loaded (install the zxing-cpp package, or set "
+            f'decoder = "pyzbar"): {exc}'
+        ) from exc
+    return zxingcpp
+
 
 Image = np.ndarray
 
@@ -83,10 +104,11 @@ class Pyzbar:
     name = "pyzbar"
 
     def __init__(self, symbologies: Sequence[str]) -> None:
-        self.symbols = [_ZBAR[s] for s in symbologies]
+        self.lib = _import_pyzbar()
+        self.symbols = [getattr(self.lib.ZBarSymbol, s) for s in symbologies]
 
     def read(self, image: Image) -> list[Code]:
-        found = pyzbar.decode(image, symbols=self.symbols)
+        found = self.lib.decode(image, symbols=self.symbols)
         return _unique([Code(bytes(d.data), d.type) for d in found])
 
 
@@ -94,17 +116,18 @@ class Zxing:
     """zxing-cpp; `thorough` adds its rotated, downscaled and inverted tries."""
 
     def __init__(self, symbologies: Sequence[str], thorough: bool) -> None:
+        self.lib = _import_zxingcpp()
         # A plain list: a BarcodeFormats object alive at interpreter exit makes nanobind
         # print leak warnings.
-        self.formats = [_ZXING[s] for s in symbologies]
+        self.formats = [getattr(self.lib.BarcodeFormat, _ZXING[s]) for s in symbologies]
         self.thorough = thorough
         self.name = "zxing" if thorough else "zxing-quick"
 
     def scan(self, image: Image) -> tuple[list[Code], bool]:
         """The codes read, and whether the detector saw a code it could not read."""
-        found = zxingcpp.read_barcodes(
+        found = self.lib.read_barcodes(
             image,
-            formats=zxingcpp.BarcodeFormats(self.formats),
+            formats=self.lib.BarcodeFormats(self.formats),
             try_rotate=self.thorough,
             try_downscale=self.thorough,
             try_invert=self.thorough,
@@ -138,9 +161,20 @@ class Pipeline:
         self.max_width = max_width
         self.roi = list(roi) if roi is not None else None
         self.hard_every = hard_every
-        self.quick = Zxing(symbologies, thorough=False)
-        self.thorough = Zxing(symbologies, thorough=True)
-        self.zbar = Pyzbar(symbologies)
+        # Only the readers this decoder uses: without pyzbar (or libzbar0) the zxing-cpp
+        # decoders still work, and the other way round.
+        self.quick: Zxing | None = None
+        self.thorough: Zxing | None = None
+        self.zbar: Pyzbar | None = None
+        try:
+            if decoder == "pyzbar":
+                self.zbar = Pyzbar(symbologies)
+            else:
+                self.thorough = Zxing(symbologies, thorough=True)
+                if decoder == "cascade":
+                    self.quick = Zxing(symbologies, thorough=False)
+        except DecoderUnavailable as exc:
+            raise DecoderUnavailable(f"decoder {decoder!r}: {exc}") from exc.__cause__
         self.frames = 0
         self.hard_passes = 0  # thorough passes the cascade ran
         self.rescued = 0  # frames only the thorough pass could read
@@ -154,9 +188,10 @@ class Pipeline:
         self.frames += 1
         full = crop(gray(frame), self.roi)
         small = shrink(full, self.max_width)
-        if self.decoder == "pyzbar":
+        if self.zbar is not None:
             return self.zbar.read(small)
-        if self.decoder == "zxing":
+        assert self.thorough is not None
+        if self.quick is None:
             return self.thorough.read(small)
         codes, hint = self.quick.scan(small)
         if codes:

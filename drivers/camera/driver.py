@@ -1,5 +1,6 @@
-"""The camera driver: capture thread -> newest frame -> decode -> debounce -> Scan, with a
-frame watchdog that restarts a stalled capture within a budget and then gives up (DOWN)."""
+"""The camera driver: capture thread -> newest frame -> decode -> debounce -> Scan. A source
+that does not open is retried with backoff for ever (DEGRADED); a frame watchdog restarts a
+capture that stopped delivering within a budget and then gives up (DOWN)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections import deque
 import cv2
 import numpy as np
 
-from drivers.camera.capture import Capture, FrameSlot, classify, is_file
+from drivers.camera.capture import PIPE, Capture, FrameSlot, classify, is_file
 from drivers.camera.debounce import Debouncer
 from drivers.camera.decode import Pipeline
 from drivers.camera.options import CameraOptions
@@ -65,6 +66,8 @@ class CameraDriver(LoopDriver):
     def run(self, stop: threading.Event) -> None:
         self.state.set(DEGRADED, f"opening {self.source}")
         capture = self._start_capture()
+        delay = self.options.reconnect_min_s  # before the next try to open
+        outage = False  # the source has not opened since the last warning
         rate_t, rate_n = time.monotonic(), 0
         try:
             while not stop.is_set():
@@ -72,6 +75,10 @@ class CameraDriver(LoopDriver):
                 if frame is not None and not stop.is_set():
                     if self._fresh:  # first frame since (re)opening
                         self._fresh = False
+                        delay = self.options.reconnect_min_s
+                        if outage:
+                            outage = False
+                            log.info("camera %s: %s is back", self.name, self.source)
                         self.state.set(OK, f"receiving frames ({self.pipeline.describe()})")
                     self._decode(frame.n, frame.t, frame.image, frame.ready)
                     rate_n += 1
@@ -85,14 +92,29 @@ class CameraDriver(LoopDriver):
                 if capture.status == "eof":
                     self.state.set(STOPPED, "stopped: end of file")
                     return
+                if self._waiting_on_pipe(capture):
+                    continue
+                why = self._open_failure(capture)
+                if why is not None:
+                    # Not there (yet): a camera unplugged, a stream not up, a file not
+                    # written. Degraded, never down, so the supervisor leaves the till
+                    # alone; try again with backoff for as long as it takes.
+                    self.state.count("open_failures")
+                    self.state.set(DEGRADED, f"{why}; retrying in {delay:g} s")
+                    (log.debug if outage else log.warning)(
+                        "camera %s: %s; retrying with backoff", self.name, why
+                    )
+                    outage = True
+                    capture.retire()
+                    if stop.wait(delay):
+                        return
+                    delay = min(delay * 2, self.options.reconnect_max_s)
+                    capture = self._start_capture()
+                    continue
                 reason = self._fault(capture)
                 if reason is None:
                     continue
-                if capture.status == "failed" and self._frames == 0 and not self._restarts:
-                    # Never worked (wrong path, no such device): say so now; the daemon's
-                    # supervisor decides whether to try again.
-                    self.state.set(DOWN, reason)
-                    return
+                # It had been delivering frames and stopped: the watchdog's business.
                 if not self._may_restart():
                     self.state.set(
                         DOWN,
@@ -116,12 +138,41 @@ class CameraDriver(LoopDriver):
     def _start_capture(self) -> Capture:
         if self._capture is not None:
             self._next_n = max(self._next_n, self._capture.next_n)
+        # Again each time: a named pipe made (mkfifo) after the daemon started is a pipe.
+        self.source_kind = classify(self.options.source)
         self._capture = Capture(
             self.options.source, self.source_kind, self.options, self.slot, self._next_n
         )
         self._capture.start()
         self._fresh = True
         return self._capture
+
+    def _waiting_on_pipe(self, capture: Capture) -> bool:
+        """A named pipe that has never carried a frame: its camera process is not up yet
+        (rpicam-vid started after the daemon). Keep the pipe open and wait; closing it
+        between tries would give a writer that starts just then a broken pipe."""
+        if self.source_kind != PIPE or capture.status != "running" or self._frames:
+            return False
+        quiet = time.monotonic() - capture.last_frame_at
+        if quiet > self.options.stall_s:
+            self.state.set(DEGRADED, f"waiting for frames from {self.source}: none since it opened")
+        return True
+
+    def _open_failure(self, capture: Capture) -> str | None:
+        """Why this opening gave no frame, if it failed or hung before its first one, or
+        the source has never given one (a device that opens but does not stream)."""
+        if capture.delivered:
+            return None
+        if capture.status == "failed":
+            return capture.reason
+        quiet = time.monotonic() - capture.last_frame_at
+        if quiet <= self.options.stall_s:
+            return None
+        if capture.status == "opening":
+            return f"cannot open {self.source}: no answer for {quiet:.1f} s"
+        if self._frames == 0:
+            return f"no frames from {self.source} for {quiet:.1f} s since it opened"
+        return None  # it had worked: a stall, the watchdog's business
 
     def _fault(self, capture: Capture) -> str | None:
         if capture.status == "failed":
@@ -169,7 +220,8 @@ class CameraDriver(LoopDriver):
 
     def _report(self, capture: Capture, fps: float) -> None:
         self._sync_counters()
-        if capture.status == "running" and time.monotonic() - capture.last_frame_at < 1.0:
+        recent = capture.delivered and time.monotonic() - capture.last_frame_at < 1.0
+        if capture.status == "running" and recent:
             source = f" of {capture.fps:g}" if is_file(self.source_kind) else ""
             self.state.set(OK, f"{fps:.1f}{source} fps decoded ({self.pipeline.describe()})")
 

@@ -45,9 +45,15 @@ class CameraOptions:
     height: int = 0
     # No frame for this long restarts the capture (also the open/read timeout for URLs).
     stall_s: float = 5.0
-    # At most this many restarts within restart_window_s; one more and the input is down.
+    # At most this many restarts of a capture that had been delivering frames, within
+    # restart_window_s; one more and the input is down (the daemon's supervisor takes over).
     restart_budget: int = 3
     restart_window_s: float = 60.0
+    # A source that does not open (camera unplugged, stream not up yet, file not there):
+    # the input is degraded and tries again after min, doubling up to max, for as long as
+    # it takes; it is never down for that.
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 10.0
 
     def check(self) -> None:
         if isinstance(self.source, str) and not self.source.strip():
@@ -76,3 +82,5 @@ class CameraOptions:
         for name in ("stall_s", "restart_window_s"):
             if getattr(self, name) <= 0:
                 raise OptionError(name, "must be positive")
+        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
+            raise OptionError("reconnect_min_s", "must be positive and at most reconnect_max_s")
