@@ -42,6 +42,10 @@ def prepare(world: World, n: int = 3) -> list[str]:
 
 
 def write_config(path: Path, data: Path, body: str = "") -> Path:
+    """A daemon config; its kiosk listens on a free port unless `body` says otherwise (two
+    test daemons, or a demo, must never fight over 8080)."""
+    if "[kiosk]" not in body:
+        body += '\n[kiosk]\nhost = "127.0.0.1"\nport = 0\n'
     path.write_text(f'[terminal]\ndata = "{data}"\n\n[log]\nformat = "json"\n{body}')
     return path
 
