@@ -4,6 +4,8 @@ code), then the checks in the order DESIGN.md fixes. The engine adds recording o
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
+from types import MappingProxyType
 
 from terminal import cose, fraud, sun, tokens
 from terminal.clock import Clock
@@ -29,6 +31,9 @@ class Checks:
     _trusted_s: float
     clock_offset_s: float | None  # central time minus ours, as the last sync measured it
     own_usage: dict[str, tuple[int, int]]  # our uses the newest ledger's usage already counts
+    # The same per (campaign, customer) for the ledger's customer_usage; none by default
+    # (the central's own checker: the ledger's counts are the whole truth there).
+    own_customer_usage: Mapping[tuple[str, str], int] = MappingProxyType({})
     serial_uses: Counter[str]
     customer_uses: Counter[tuple[str, str]]
     campaign_count: Counter[str]
@@ -262,12 +267,16 @@ class Checks:
             c.check_audience(basket.customer if basket.customer else Customer(ref=None))
         except Refusal as exc:
             raise _Refuse(exc.reason, exc.detail, coupon=coupon) from None
-        if (
-            c.uses_per_customer is not None
-            and coupon.customer
-            and self.customer_uses[(c.id, coupon.customer)] >= c.uses_per_customer
-        ):
-            raise _Refuse(Reason.CUSTOMER_LIMIT, coupon=coupon)
+        if c.uses_per_customer is not None and coupon.customer:
+            key = (c.id, coupon.customer)
+            used = self.customer_uses[key]
+            # Uses at other tills, as the ledger counts them (our synced ones taken out once,
+            # as for budgets below).
+            synced = led.customer_usage.get(key)
+            if synced:
+                used += max(0, synced - self.own_customer_usage.get(key, 0))
+            if used >= c.uses_per_customer:
+                raise _Refuse(Reason.CUSTOMER_LIMIT, coupon=coupon)
         # The ledger's usage counts the whole chain, this till's synced uses included; those
         # are also in this till's own counters, so take them out once.
         total_count, total_minor = led.usage.get(c.id, (0, 0))

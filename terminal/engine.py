@@ -33,7 +33,7 @@ from terminal.journal import (
     raise_tag_counter,
     set_meta,
 )
-from terminal.ledger import LedgerRefused
+from terminal.ledger import LedgerRefused, Policy
 from terminal.ledger_store import ImportResult, LedgerStore
 from terminal.reasons import Reason
 from terminal.rules import Basket, best_combination
@@ -47,6 +47,41 @@ def _use_detail(via: str, gift_sku: str | None) -> str:
     return json.dumps({"code": "", "via": via, "gift": gift_sku})
 
 
+# The attempts the burst detectors count (the engine journals each as one entry of these
+# kinds); read from the tail of the journal by seq, which is its primary key.
+_ATTEMPT_KINDS = frozenset(("redeem", "hold"))
+_TAIL_SQL = "SELECT {} FROM {} ORDER BY {} DESC".format(  # noqa: S608 (model metadata only)
+    ", ".join(
+        f'"{Entry._meta.fields[c].column_name}"'
+        for c in ("at_ms", "kind", "accepted", "serial", "cashier")
+    ),
+    f'"{Entry._meta.table_name}"',
+    f'"{Entry._meta.fields["seq"].column_name}"',
+)
+
+
+def _recent_attempts(db: pw.Database, now: float, policy: Policy) -> list[fraud.PastAttempt]:
+    """The journal's attempts inside the burst window before `now`, oldest first. Walks
+    back from the newest entry and stops at the first one older than the window, so the
+    cost is the window's entries, not the journal's."""
+    window = policy.burst_window_s
+    if not window:
+        return []
+    cutoff_ms = (now - window) * 1000
+    out: list[fraud.PastAttempt] = []
+    cursor = db.connection().execute(_TAIL_SQL)
+    try:
+        for at_ms, kind, accepted, serial, cashier in cursor:
+            if at_ms <= cutoff_ms:
+                break
+            if kind in _ATTEMPT_KINDS:
+                out.append(fraud.PastAttempt(at_ms / 1000.0, serial, cashier, bool(accepted)))
+    finally:
+        cursor.close()
+    out.reverse()
+    return out
+
+
 # What _record tells peewee while its transaction is open (see there).
 _TRANSACTION = object()
 # The device clock measured against the central's by sync (central minus ours, seconds)
@@ -54,6 +89,10 @@ _TRANSACTION = object()
 META_CLOCK_OFFSET = "clock_offset_s"
 META_CLOCK_OFFSET_AT = "clock_offset_at"
 FLAG_CLOCK_OFFSET = "clock_offset"
+# This till's uses per (campaign, customer) that the central counts (acknowledged journal
+# entries), for campaigns with a per-customer limit: {"seq": counted up to, "campaigns":
+# [...], "counts": [[campaign, customer, n], ...]}.
+META_OWN_CUSTOMER_USAGE = "own_customer_usage"
 
 
 class Engine(Checks):
@@ -67,11 +106,16 @@ class Engine(Checks):
         self.db = db
         self.journal = Journal()
         self.bursts = fraud.BurstDetector()
+        # The windows as the journal shows them: a restart, a reload after another process
+        # wrote, or a one-shot `redeem redeem` process decides as one long-lived process would.
+        self.bursts.seed(terminal, _recent_attempts(db, clock.now(), self.ledger.policy))
         self._trusted_s = float(get_meta("trusted_time", "0") or 0)
         self.own_usage = {
             k: (int(v[0]), int(v[1]))
             for k, v in json.loads(get_meta("own_usage", "{}") or "{}").items()
         }
+        own_customers = json.loads(get_meta(META_OWN_CUSTOMER_USAGE, "{}") or "{}")
+        self.own_customer_usage = {(c, r): int(n) for c, r, n in own_customers.get("counts", ())}
         offset = get_meta(META_CLOCK_OFFSET)
         self.clock_offset_s = float(offset) if offset else None
         self._rebuild_usage()
@@ -731,6 +775,71 @@ class Engine(Checks):
         sync client calls this after a round's push and pull both succeeded)."""
         set_meta("own_usage", json.dumps(usage, sort_keys=True))
         self.own_usage = {k: (int(v[0]), int(v[1])) for k, v in usage.items()}
+        self._count_own_customer_usage(int(get_meta("acked_seq", "0") or 0))
+
+    def _count_own_customer_usage(self, acked: int) -> None:
+        """Count, as the central's reconciliation does, this till's uses per (campaign,
+        customer) in the journal entries the central acknowledged: the ledger's
+        customer_usage holds them too, and the limit check takes them out of it once.
+        Incremental (only the entries acknowledged since the last round); a campaign that
+        gained a per-customer limit since is counted again from the start of the journal."""
+        limited = {c.id for c in self.ledger.campaigns.values() if c.uses_per_customer is not None}
+        saved = json.loads(get_meta(META_OWN_CUSTOMER_USAGE, "{}") or "{}")
+        since = int(saved.get("seq", 0))
+        counts: Counter[tuple[str, str]] = Counter(
+            {(c, r): int(n) for c, r, n in saved.get("counts", ())}
+        )
+        if not limited <= set(saved.get("campaigns", ())):
+            since, counts = 0, Counter()
+        if limited and acked > since:
+            query = (
+                Entry.select(
+                    Entry.kind, Entry.campaign, Entry.serial, Entry.customer, Entry.checkout_id
+                )
+                .where(
+                    (Entry.seq > since)
+                    & (Entry.seq <= acked)
+                    & Entry.accepted
+                    & Entry.kind.in_(("redeem", "commit", "reverse"))
+                    & Entry.campaign.in_(sorted(limited))
+                    & Entry.serial.is_null(False)
+                )
+                .order_by(Entry.seq)
+            )
+            for e in query.iterator():
+                sign = +1
+                if e.kind == "reverse":
+                    campaign = self.ledger.campaigns.get(e.campaign)
+                    if campaign is None or not campaign.reusable_after_refund:
+                        continue  # the refunded use still counts
+                    sign = -1
+                customer = e.customer if e.kind == "redeem" else self._use_customer(e)
+                if customer:
+                    counts[(e.campaign, customer)] += sign
+        kept = {k: n for k, n in counts.items() if n > 0 and k[0] in limited}
+        set_meta(
+            META_OWN_CUSTOMER_USAGE,
+            json.dumps(
+                {
+                    "seq": max(since, acked),
+                    "campaigns": sorted(limited),
+                    "counts": sorted([c, r, n] for (c, r), n in kept.items()),
+                }
+            ),
+        )
+        self.own_customer_usage = kept
+
+    @staticmethod
+    def _use_customer(e: Entry) -> str | None:
+        """The customer of the coupon use a commit or reverse entry is about (those entries
+        name the checkout and serial; the hold or redemption named the customer)."""
+        row = (
+            Use.select(Use.customer)
+            .where((Use.checkout_id == e.checkout_id) & (Use.serial == e.serial))
+            .order_by(Use.id.desc())
+            .first()
+        )
+        return row.customer if row else None
 
     def import_ledger(self, data: bytes) -> ImportResult:
         """Apply a ledger file (USB stick or sync); every refusal is journaled as a flag."""

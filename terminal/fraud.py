@@ -5,6 +5,7 @@ ledgers) are raised where they are detected and journaled as flags by the engine
 from __future__ import annotations
 
 from collections import defaultdict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from terminal.ledger import Policy
@@ -49,13 +50,32 @@ class _Window:
         self.events[key].append(now)
 
 
+@dataclass(frozen=True, slots=True)
+class PastAttempt:
+    """An attempt the journal holds, as the burst detectors count it: when, on which coupon
+    (None when none was resolved), by which cashier, and whether it was accepted."""
+
+    at: float
+    serial: str | None
+    cashier: str | None
+    accepted: bool
+
+
 class BurstDetector:
-    """Counts in memory; a restart forgets the window, which only ever makes it laxer
-    for one window's length."""
+    """Counts in memory, seeded at start from the journal's attempts inside the window
+    (`seed`), so that a restart, a reload or a second process decides as one would have."""
 
     def __init__(self) -> None:
         self._attempts = _Window()
         self._accepts = _Window()
+
+    def seed(self, terminal: str, past: Iterable[PastAttempt]) -> None:
+        """Replay journaled attempts, oldest first, as on_attempt/on_accept counted them."""
+        for p in past:
+            if p.serial is not None:
+                self._attempts.add(p.serial, p.at)
+            if p.accepted:
+                self.on_accept(terminal, p.cashier, p.at)
 
     def on_attempt(self, serial: str, now: float, policy: Policy) -> Flag | None:
         """Call for every attempt on a coupon; flags a coupon being tried again and again."""

@@ -76,6 +76,9 @@ class LedgerState:
     revoked_kids: set[bytes] = field(default_factory=set)
     campaigns: dict[str, Campaign] = field(default_factory=dict)
     usage: dict[str, tuple[int, int]] = field(default_factory=dict)  # count, minor elsewhere
+    # Uses per (campaign, customer ref) the central counts, for campaigns with a per-customer
+    # limit; like `usage`, this till's own synced uses are in it too.
+    customer_usage: dict[tuple[str, str], int] = field(default_factory=dict)
     revoked: SerialSet = field(default_factory=SerialSet)
     redeemed: SerialSet = field(default_factory=SerialSet)
     deny_tags: set[bytes] = field(default_factory=set)
@@ -127,6 +130,11 @@ def snapshot_body(state: LedgerState) -> dict[str, Any]:
         "revoked_kids": sorted(state.revoked_kids),
         "campaigns": [c.to_dict() for c in state.campaigns.values()],
         "usage": {k: list(v) for k, v in state.usage.items()},
+        **(
+            {"customer_usage": pack_customer_usage(state.customer_usage)}
+            if state.customer_usage
+            else {}
+        ),
         "revoked": serials.pack(state.revoked),
         "redeemed": serials.pack(state.redeemed),
         "deny_tags": sorted(state.deny_tags),
@@ -136,6 +144,46 @@ def snapshot_body(state: LedgerState) -> dict[str, Any]:
         "policy": state.policy.to_dict(),
         "sun_keys": dict(sorted(state.sun_keys.items())),
     }
+
+
+def _ref_out(ref: str) -> bytes | str:
+    """A customer reference as the ledger carries it: the bytes of a hex hash (half the
+    size), any other text as it is."""
+    if len(ref) % 2 == 0 and ref == ref.lower():
+        try:
+            return bytes.fromhex(ref)
+        except ValueError:
+            pass
+    return ref
+
+
+def _ref_in(ref: Any) -> str:
+    if isinstance(ref, bytes):
+        return ref.hex()
+    if isinstance(ref, str):
+        return ref
+    raise InputError("customer_usage: a customer reference is bytes or text")
+
+
+def pack_customer_usage(counts: Mapping[tuple[str, str], int]) -> dict[str, dict[Any, int]]:
+    """{(campaign, customer): count} as the ledger's `customer_usage` map:
+    {campaign: {customer ref: count}}."""
+    out: dict[str, dict[Any, int]] = {}
+    for (cid, ref), n in sorted(counts.items()):
+        out.setdefault(cid, {})[_ref_out(ref)] = int(n)
+    return out
+
+
+def _customer_usage(doc: Any) -> dict[tuple[str, str], int]:
+    out: dict[tuple[str, str], int] = {}
+    for cid, refs in dict(doc or {}).items():
+        if not isinstance(cid, str):
+            raise InputError("customer_usage: campaign ids are text")
+        for ref, n in dict(refs).items():
+            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                raise InputError("customer_usage: counts are non-negative integers")
+            out[(cid, _ref_in(ref))] = n
+    return out
 
 
 # ---------------------------------------------------------------- reading (terminal side)
@@ -262,6 +310,7 @@ def _from_snapshot(anchor: TrustAnchor, b: Mapping[str, Any]) -> LedgerState:
         revoked_kids=set(b.get("revoked_kids", ())),
         campaigns=_campaigns(b.get("campaigns")),
         usage={k: (int(v[0]), int(v[1])) for k, v in dict(b.get("usage", {})).items()},
+        customer_usage={k: n for k, n in _customer_usage(b.get("customer_usage")).items() if n},
         revoked=SerialSet(serials.unpack(b.get("revoked", b""))),
         redeemed=SerialSet(serials.unpack(b.get("redeemed", b""))),
         deny_tags=set(b.get("deny_tags", ())),
@@ -288,6 +337,14 @@ def _apply_delta(
     codes.update({bytes(h): PlainCode(c, n) for h, c, n in b.get("plain_codes", ())})
     usage = dict(s.usage)
     usage.update({k: (int(v[0]), int(v[1])) for k, v in dict(b.get("usage", {})).items()})
+    customer_usage = s.customer_usage
+    if "customer_usage" in b:  # counts as they are now; 0 once every use was refunded
+        customer_usage = dict(customer_usage)
+        for key, n in _customer_usage(b["customer_usage"]).items():
+            if n:
+                customer_usage[key] = n
+            else:
+                customer_usage.pop(key, None)
     return replace(
         s,
         version=b["version"],
@@ -297,6 +354,7 @@ def _apply_delta(
         revoked_kids=s.revoked_kids | set(b.get("revoked_kids", ())),
         campaigns=campaigns,
         usage=usage,
+        customer_usage=customer_usage,
         revoked=revoked,
         redeemed=redeemed,
         deny_tags=s.deny_tags | set(b.get("deny_tags", ())),

@@ -2,7 +2,8 @@
 offline: one single-use coupon redeemed at two terminals becomes a double_redemption flag
 and every terminal refuses the coupon after its next ledger pull; refunds free a reusable
 coupon again; per-customer limits and budgets exceeded across terminals are flagged; the
-ledger carries the campaign usage."""
+ledger carries the campaign usage and, for per-customer limits, each customer's uses, which
+other tills enforce after their next pull."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import pytest
 import requests
 
 from sync import protocol
+from sync.client import Direct, SyncClient
+from sync.http import CentralLink, Link
 from terminal.clock import FixedClock
 from terminal.decision import Context
 from terminal.reasons import Reason
@@ -190,3 +193,77 @@ def test_a_flag_from_a_till_carries_the_tag_and_customer_it_was_about(central: R
         till.push()
     [flag] = [f for f in _flags(central, kind="replay") if f["terminal"] == till.terminal]
     assert flag["tag"] == tag.hex() and flag["serial"] == f"{coupon.serial:016x}"
+
+
+def _sync(till: Till) -> None:
+    """One sync round of the till (push, pull, record its own usage), as `redeem sync`."""
+    assert till.engine is not None
+    link = CentralLink(Link(till.running.url), till.device.key, till.terminal, till.running.clock)
+    result = SyncClient(till.data, link, Direct(till.engine)).run_round()
+    assert result.ok, result.error
+
+
+def test_a_customer_at_the_limit_is_refused_at_another_till_after_sync(central: Running) -> None:
+    cid = _campaign(central, "L1", uses_per_customer=1)
+    customer = "5eed" * 8  # a 16-byte customer reference, as tokens carry
+    first, second = central.central.issue(cid, 2, customer=bytes.fromhex(customer))
+    till_a, till_b = central.till("S1"), central.till("S2")
+    with till_a.opened() as engine:
+        _sync(till_a)
+        assert engine.redeem(first.token or "", basket(5000, ref=customer)).accepted
+        _sync(till_a)
+    with till_b.opened() as engine:
+        _sync(till_b)
+        assert engine.ledger.customer_usage[(cid, customer)] == 1
+        d = engine.redeem(second.token or "", basket(5000, ref=customer))
+        assert not d.accepted and d.reason is Reason.CUSTOMER_LIMIT
+    # Another customer of the same campaign is not held back.
+    other = "ab" * 16
+    [theirs] = central.central.issue(cid, 1, customer=bytes.fromhex(other))
+    with till_b.opened() as engine:
+        assert engine.redeem(theirs.token or "", basket(5000, ref=other)).accepted
+
+
+def test_a_tills_own_synced_uses_count_once_against_the_customer_limit(central: Running) -> None:
+    cid = _campaign(central, "L2", uses_per_customer=2)
+    customer = "c0ffee02" * 4
+    coupons = central.central.issue(cid, 3, customer=bytes.fromhex(customer))
+    till, other = central.till("S1"), central.till("S2")
+    with till.opened() as engine:
+        _sync(till)
+        assert engine.redeem(coupons[0].token or "", basket(5000, ref=customer)).accepted
+        _sync(till)  # the ledger now counts this use, and so does the till's own journal
+        assert engine.ledger.customer_usage[(cid, customer)] == 1
+    with till.opened() as engine:  # after a restart too
+        second = engine.redeem(coupons[1].token or "", basket(5000, ref=customer))
+        assert second.accepted, second
+        third = engine.redeem(coupons[2].token or "", basket(5000, ref=customer))
+        assert third.reason is Reason.CUSTOMER_LIMIT
+        _sync(till)
+        assert engine.ledger.customer_usage[(cid, customer)] == 2
+        assert engine.check(coupons[2].token or "", basket(5000, ref=customer)).reason is (
+            Reason.CUSTOMER_LIMIT
+        )
+    with other.opened() as engine:
+        _sync(other)
+        d = engine.check(coupons[2].token or "", basket(5000, ref=customer))
+        assert d.reason is Reason.CUSTOMER_LIMIT
+
+
+def test_a_refund_frees_the_customers_use_at_every_till(central: Running) -> None:
+    cid = _campaign(central, "L3", uses_per_customer=1)
+    customer = "0d" * 16
+    first, second = central.central.issue(cid, 2, customer=bytes.fromhex(customer))
+    till, other = central.till("S1"), central.till("S2")
+    with till.opened() as engine:
+        _sync(till)
+        d = engine.redeem(first.token or "", basket(5000, ref=customer))
+        assert d.accepted
+        _sync(till)
+        assert engine.reverse(d.checkout_id or "").accepted  # refunded: reusable by default
+        _sync(till)
+        assert (cid, customer) not in engine.ledger.customer_usage
+        assert engine.check(second.token or "", basket(5000, ref=customer)).accepted
+    with other.opened() as engine:
+        _sync(other)
+        assert engine.redeem(second.token or "", basket(5000, ref=customer)).accepted

@@ -402,6 +402,10 @@ def test_delta_from_another_chain_is_gap(world: World) -> None:
         {"type": "merge"},  # unknown update type
         {"version": "three"},
         {"version": None},
+        {"customer_usage": "TEN"},
+        {"customer_usage": {"TEN": {b"\x01": -1}}},  # negative count
+        {"customer_usage": {"TEN": {7: 1}}},  # reference neither bytes nor text
+        {"customer_usage": {"TEN": {"member-7": True}}},
     ],
 )
 def test_damaged_body_is_refused(world: World, override: dict[str, Any]) -> None:
@@ -473,3 +477,62 @@ def test_many_marks_across_versions(world: World) -> None:
     reasons = [world.engine.check(i.token or "", basket(5000)).reason for i in issued]
     assert reasons == [Reason.REVOKED] * 10 + [Reason.ALREADY_REDEEMED] * 10 + [Reason.OK] * 10
     assert len(world.engine.ledger.revoked) == 10 and len(world.engine.ledger.redeemed) == 10
+
+
+def test_customer_usage_in_deltas_and_snapshots_limits_the_customer(world: World) -> None:
+    world.campaign(id="LIM", amount_minor=1000, stacking="any", uses_per_customer=1)
+    ref = "6f1c0d0e9a8b7c6d5e4f30211a2b3c4d"
+    (token,) = world.issue("LIM", 1, customer=bytes.fromhex(ref))
+    (code,) = world.issue("LIM", 1, codes=True)
+    world.sync_ledger()
+    assert world.engine.ledger.customer_usage == {}  # a ledger without the field, as before
+    assert world.engine.check(token, basket(5000, ref=ref)).accepted
+
+    # Used once at another till: the central says so, the hash ref as 16 bytes, a loyalty
+    # ref that is not hex as text.
+    usage = {"LIM": {bytes.fromhex(ref): 1, "member-7": 1}}
+    world.engine.import_ledger(
+        ledger_file([signed_by_central(world, next_delta(world, customer_usage=usage))])
+    )
+    assert world.engine.ledger.customer_usage == {("LIM", ref): 1, ("LIM", "member-7"): 1}
+    d = world.engine.check(token, basket(5000, ref=ref))
+    assert not d.accepted and d.reason is Reason.CUSTOMER_LIMIT
+    d = world.engine.check(code, basket(5000, ref="member-7"))
+    assert not d.accepted and d.reason is Reason.CUSTOMER_LIMIT
+    assert world.engine.check(code, basket(5000, ref="member-8")).accepted
+
+    # A snapshot carries the same counts.
+    state = world.engine.ledger
+    body = ledger.snapshot_body(state)
+    body.update(version=state.version + 1, chain=bytes(32), issued_at=int(world.clock.now()))
+    result = world.engine.import_ledger(ledger_file([signed_by_central(world, body)]))
+    assert result.applied == [state.version + 1], result.refused
+    assert world.engine.ledger.customer_usage == state.customer_usage
+
+    # The use was refunded there: a count of 0 frees the customer again.
+    usage = {"LIM": {bytes.fromhex(ref): 0}}
+    world.engine.import_ledger(
+        ledger_file([signed_by_central(world, next_delta(world, customer_usage=usage))])
+    )
+    assert world.engine.ledger.customer_usage == {("LIM", "member-7"): 1}
+    assert world.engine.check(token, basket(5000, ref=ref)).accepted
+
+
+def test_the_central_publishes_only_changed_customer_counts(world: World) -> None:
+    world.campaign(id="LIM", amount_minor=1000, stacking="any", uses_per_customer=2)
+    world.campaign(id="ANY", amount_minor=1000, stacking="any")
+    from sync.central.models import CustomerUse
+
+    CustomerUse.insert_many(
+        [
+            {"campaign": "LIM", "customer": "ab" * 16, "count": 1},
+            {"campaign": "ANY", "customer": "ab" * 16, "count": 5},  # no limit: not carried
+        ]
+    ).execute()
+    world.sync_ledger()
+    assert world.engine.ledger.customer_usage == {("LIM", "ab" * 16): 1}
+    assert not world.central.changed()  # nothing new: no version to publish
+    CustomerUse.update(count=2).where(CustomerUse.campaign == "LIM").execute()
+    assert world.central.changed()
+    world.sync_ledger()
+    assert world.engine.ledger.customer_usage == {("LIM", "ab" * 16): 2}

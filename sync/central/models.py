@@ -188,6 +188,19 @@ class CustomerUse(_M):
         primary_key = pw.CompositeKey("campaign", "customer")
 
 
+class PublishedCustomerUse(_M):
+    """The per-customer use count (CustomerUse) a ledger version last carried, for
+    campaigns with a per-customer limit: a count that differs goes into the next version."""
+
+    campaign = pw.TextField()
+    customer = pw.TextField()
+    count = pw.IntegerField()
+    published_in = pw.IntegerField()
+
+    class Meta:
+        primary_key = pw.CompositeKey("campaign", "customer")
+
+
 class CampaignUsage(_M):
     """Uses counted across all terminals; the ledger's `usage` map carries them."""
 
@@ -263,6 +276,7 @@ SYNC_MODELS: list[type[_M]] = [
     Redemption,
     SerialUse,
     CustomerUse,
+    PublishedCustomerUse,
     CampaignUsage,
     TerminalUsage,
     FlagRow,

@@ -20,8 +20,10 @@ from sync.central.models import (
     CampaignRow,
     CampaignUsage,
     CouponRow,
+    CustomerUse,
     DenyRow,
     KeyRow,
+    PublishedCustomerUse,
     SerialMark,
     Setting,
     SnapshotRow,
@@ -330,6 +332,35 @@ class Central:
             )
             .exists()
             or self._get("policy") != self._get("published_policy")
+            or self._customer_usage_changes(self._limited_campaigns()).exists()
+        )
+
+    def _limited_campaigns(self) -> list[str]:
+        """Campaigns (as they will be published) that limit uses per customer."""
+        rows = CampaignRow.select(CampaignRow.id, CampaignRow.doc).where(
+            ~CampaignRow.removed & CampaignRow.doc.contains('"uses_per_customer"')
+        )
+        return sorted(r.id for r in rows if json.loads(r.doc).get("uses_per_customer") is not None)
+
+    def _customer_usage_changes(self, campaigns: list[str]) -> Any:
+        """(campaign, customer, count) of limited campaigns whose count differs from the one
+        last published."""
+        pub = PublishedCustomerUse
+        return (
+            CustomerUse.select(CustomerUse.campaign, CustomerUse.customer, CustomerUse.count)
+            .join(
+                pub,
+                pw.JOIN.LEFT_OUTER,
+                on=(pub.campaign == CustomerUse.campaign) & (pub.customer == CustomerUse.customer),
+            )
+            .where(
+                CustomerUse.campaign.in_(campaigns or [""])
+                & (
+                    (pub.count.is_null() & (CustomerUse.count != 0))
+                    | (pub.count != CustomerUse.count)
+                )
+            )
+            .tuples()
         )
 
     def _publish_locked(self) -> int:
@@ -391,6 +422,26 @@ class Central:
         }
         if usage:
             body["usage"] = usage
+        # Per-customer counts of limited campaigns, as they are now (what is read here is
+        # what is marked published: a use counted meanwhile differs, and goes next time).
+        counts = {
+            (cid, ref): int(n)
+            for cid, ref, n in self._customer_usage_changes(self._limited_campaigns())
+        }
+        if counts:
+            rows = [
+                {"campaign": cid, "customer": ref, "count": n, "published_in": version}
+                for (cid, ref), n in counts.items()
+            ]
+            pub = PublishedCustomerUse
+            for chunk in range(0, len(rows), 500):
+                pub.insert_many(rows[chunk : chunk + 500]).on_conflict(
+                    conflict_target=[pub.campaign, pub.customer],
+                    update={pub.count: pw.EXCLUDED.count, pub.published_in: version},
+                ).execute()
+            body["customer_usage"] = ledger.pack_customer_usage(
+                {k: max(0, n) for k, n in counts.items()}
+            )
         DenyRow.update(published_in=version).where(DenyRow.published_in.is_null()).execute()
         denied = list(DenyRow.select().where(DenyRow.published_in == version))
         tags = sorted(bytes.fromhex(r.value) for r in denied if r.kind == "tag")
