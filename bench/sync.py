@@ -24,6 +24,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +228,17 @@ def offline_vs_online(root: Path, n: int) -> tuple[float, float]:
     return sorted(offline)[n // 2], sorted(online)[n // 2]
 
 
+@contextmanager
+def pg_database(label: str) -> Iterator[str]:
+    """A fresh database on the test cluster, dropped afterwards (a cluster kept running with
+    `python -m tests.postgres start` would otherwise collect one per run)."""
+    db = postgres.create_database(label)
+    try:
+        yield db
+    finally:
+        postgres.drop_database(db)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--entries", type=int, default=100_000)
@@ -240,11 +253,9 @@ def main() -> None:
         with scratch("sync-sqlite") as root:
             rates["sqlite"] = backlog_upload(root, None, args.entries)
         if pg:
-            with scratch("sync-pg") as root:
-                db = postgres.create_database("benchbacklog")
+            with scratch("sync-pg") as root, pg_database("benchbacklog") as db:
                 rates["postgresql"] = backlog_upload(root, db, args.entries)
-            with scratch("sync-pg50") as root:
-                db = postgres.create_database("benchingest")
+            with scratch("sync-pg50") as root, pg_database("benchingest") as db:
                 ingest = concurrent_ingest(root, db, args.terminals, args.per_terminal)
         print(f"\n{'backlog upload (real sync client, one terminal)':<52} {'entries/s':>10}")
         for backend, rate in rates.items():

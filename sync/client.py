@@ -23,7 +23,7 @@ import cbor2
 from sync import protocol, status
 from sync.device import Settings, read_device_key
 from sync.http import CentralLink, Link, Offset, SyncError
-from terminal import ledger
+from terminal import journal, ledger
 from terminal.engine import Engine
 from terminal.journal import EXPORT_FIELDS, Entry, get_meta, set_meta
 
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 CHUNK = 64 * 1024
 IMPORT_TIMEOUT_S = 120.0  # verifying a big snapshot on a Pi takes a while
+PRUNE_EVERY_S = 24 * 3600  # how often acknowledged old journal entries are dropped
+PRUNED_AT = "sync.pruned_at"  # Meta: when _prune last looked
 
 
 class Local(Protocol):
@@ -339,8 +341,28 @@ def _rows_job(start: int, until: int, limit: int) -> Callable[[Engine], list[dic
 def _set_acked_job(acked: int) -> Callable[[Engine], None]:
     def job(engine: Engine) -> None:
         set_meta("acked_seq", str(acked))
+        _prune(engine)
 
     return job
+
+
+def _prune(engine: Engine) -> None:
+    """Drop journal entries the central holds and the retention period no longer needs
+    (journal.prune keeps RETENTION_S, two years, and only acknowledged entries), so the
+    SD card does not fill. At most every PRUNE_EVERY_S: finding the cutoff reads the
+    whole journal."""
+    now = engine.now()
+    last = get_meta(PRUNED_AT)
+    try:
+        due = last is None or not 0 <= now - float(last) < PRUNE_EVERY_S
+    except ValueError:
+        due = True
+    if not due:
+        return
+    dropped = journal.prune(now)
+    set_meta(PRUNED_AT, f"{now:.3f}")
+    if dropped:
+        log.info("pruned %d acknowledged journal entries older than the retention", dropped)
 
 
 def _import(engine: Engine, data: bytes) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """`redeem enroll`: the terminal makes (or is given) its own Ed25519 device key, registers
 it with a one-time code, receives its terminal id, store and the trust anchor, checks the
 anchor against the fingerprint the installer was given (or pins it on first use), writes
-its data directory as `redeem init` does, and pulls the first ledger."""
+its data directory as `redeem init` does, and pulls the first ledger. With a fingerprint or
+an anchor file it first fetches the central's published root key (GET /v1/trust-anchor)
+and checks it, so the wrong central never spends the code or registers the key."""
 
 from __future__ import annotations
 
@@ -19,6 +21,10 @@ from sync.http import CentralLink, Link, SyncError
 from terminal import setup
 from terminal.clock import Clock
 from terminal.keys import CertError, TrustAnchor
+
+# GET, unauthenticated: {"trust_anchor": {...}, "fingerprint"} (belongs in sync/protocol.py
+# beside ENROLL; the reference central serves it, sync/central/app.py TRUST_ANCHOR).
+TRUST_ANCHOR = protocol.TRUST_ANCHOR
 
 
 class EnrollError(Exception):
@@ -102,22 +108,19 @@ def enroll(
         # Not retried: the code is good for one enrollment; a lost answer needs a new code.
         http = CentralLink(link, None, None, clock, retry=False)
         try:
+            if fingerprint is not None or expected is not None:
+                # The wrong central is told apart before it spends the code and registers
+                # our key (a central without the endpoint is checked after, as before).
+                early = _published_anchor(http)
+                if early is not None:
+                    _check_anchor(early, fingerprint, expected, anchor_file)
             answer = http.post_json(
                 protocol.ENROLL, {"code": code, "device_key": key.public.hex()}, signed=False
             )
         finally:
             http.close()
         terminal, got_store, anchor = _reply(answer.json())
-        if fingerprint is not None and not fingerprint_matches(anchor, fingerprint):
-            raise EnrollError(
-                f"the central's trust anchor {anchor.fingerprint} does not match the "
-                f"fingerprint given ({fingerprint}): not enrolled; is this the right central?"
-            )
-        if expected is not None and expected.public_key != anchor.public_key:
-            raise EnrollError(
-                f"the central's trust anchor {anchor.fingerprint} is not the one in "
-                f"{anchor_file} ({expected.fingerprint}): not enrolled"
-            )
+        _check_anchor(anchor, fingerprint, expected, anchor_file)
         if store is not None and store != got_store:
             raise EnrollError(f"the code enrolls into store {got_store}, not {store}: not enrolled")
     except SyncError as exc:
@@ -139,6 +142,49 @@ def enroll(
     ).save(data)
     first = first_round(data, clock) if first_sync else None
     return Enrolled(terminal, got_store, anchor.fingerprint, pinned, str(key_path), created, first)
+
+
+def _published_anchor(http: CentralLink) -> TrustAnchor | None:
+    """The root key the central publishes at GET TRUST_ANCHOR; None when it has no such
+    endpoint (404/405: a retailer's own central may not)."""
+    try:
+        answer = http.request(
+            "GET", TRUST_ANCHOR, headers={"Accept": "application/json"}, signed=False
+        )
+    except SyncError as exc:
+        if exc.status in (404, 405):
+            return None
+        raise
+    doc = answer.json()
+    if not isinstance(doc, dict):
+        raise EnrollError("the central's trust anchor answer is not a JSON object")
+    anchor_doc = doc.get("trust_anchor")
+    hex_key = anchor_doc.get("root_public_key") if isinstance(anchor_doc, dict) else None
+    try:
+        root = bytes.fromhex(hex_key) if isinstance(hex_key, str) else b""
+    except ValueError:
+        root = b""
+    if len(root) != 32:
+        raise EnrollError("the central's trust anchor answer holds no root key")
+    return TrustAnchor(root)
+
+
+def _check_anchor(
+    anchor: TrustAnchor,
+    fingerprint: str | None,
+    expected: TrustAnchor | None,
+    anchor_file: Path | None,
+) -> None:
+    if fingerprint is not None and not fingerprint_matches(anchor, fingerprint):
+        raise EnrollError(
+            f"the central's trust anchor {anchor.fingerprint} does not match the "
+            f"fingerprint given ({fingerprint}): not enrolled; is this the right central?"
+        )
+    if expected is not None and expected.public_key != anchor.public_key:
+        raise EnrollError(
+            f"the central's trust anchor {anchor.fingerprint} is not the one in "
+            f"{anchor_file} ({expected.fingerprint}): not enrolled"
+        )
 
 
 def _forget(key_path: Path, created: bool) -> None:

@@ -30,6 +30,7 @@ LEDGER = f"{PREFIX}/ledger"  # GET ?since=N -> ledger file (CBOR): deltas after 
 JOURNAL = f"{PREFIX}/journal"  # POST {"entries": [...]} -> JournalReply
 FLAGS = f"{PREFIX}/flags"  # GET ?since=<update id> -> central decisions on fraud flags
 CHECK = f"{PREFIX}/check"  # POST {"code", "basket"} -> a decision, records nothing (online)
+TRUST_ANCHOR = f"{PREFIX}/trust-anchor"  # GET, unsigned -> the root public key, for pinning
 ADMIN_PREFIX = "/admin/v1"  # admin endpoints: bearer token, never a device key
 
 LEDGER_MEDIA_TYPE = "application/vnd.edge-redeem.ledger+cbor"

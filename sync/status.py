@@ -88,9 +88,47 @@ def snapshot(engine: Engine) -> dict[str, Any]:
     }
 
 
-def flag_decisions(engine: Engine) -> list[dict[str, Any]]:
-    result: list[dict[str, Any]] = _json(get_meta(FLAG_DECISIONS), [])
-    return result
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def flag_decisions(engine: Engine, limit: int | None = None) -> list[dict[str, Any]]:
+    """The central's decisions on fraud flags, newest first, for the manager's screen. Each:
+    id (decision id), flag (the central's flag id), kind (flag kind: double_redemption,
+    replay, ...), decision (acknowledged | resolved | deny_listed), note (text or None),
+    at (Unix seconds of the decision, or None), serial, campaign, store, terminal (the
+    terminal the flag is about; None when unknown), seq (its journal seq or None) and
+    this_terminal (True when the flag is about this terminal's own journal). Decisions a
+    central sent without a field show None for it."""
+    own = engine.terminal
+    out: list[dict[str, Any]] = []
+    for item in reversed(_json(get_meta(FLAG_DECISIONS), [])):
+        if not isinstance(item, dict):
+            continue
+        terminal = _text(item.get("terminal"))
+        out.append(
+            {
+                "id": _int(item.get("id")),
+                "flag": _int(item.get("flag")),
+                "kind": _text(item.get("kind")),
+                "decision": _text(item.get("status")),
+                "note": _text(item.get("note")),
+                "at": _int(item.get("at")),
+                "serial": _text(item.get("serial")),
+                "campaign": _text(item.get("campaign")),
+                "store": _text(item.get("store")),
+                "terminal": terminal,
+                "seq": _int(item.get("seq")),
+                "this_terminal": terminal is not None and terminal == own,
+            }
+        )
+        if limit is not None and len(out) >= limit:
+            break
+    return out
 
 
 def describe(s: dict[str, Any]) -> str:

@@ -1,6 +1,7 @@
 """Admin side of the real central (SQLite and PostgreSQL): bearer tokens, deciding fraud
-flags (the decision reaches the store's terminals; deny-listing reaches every till through
-the ledger), and the report a retailer reads."""
+flags (the decision reaches the terminals of every store the flag involves; deny-listing
+reaches every till through the ledger), the report a retailer reads, and issuing coupons
+bound to an NFC tag from the CLI."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from sync import protocol
 from terminal.clock import FixedClock
 from terminal.decision import Context
 from terminal.reasons import Reason
-from tests.central_server import BACKENDS, Running, running_central
+from tests.central_server import BACKENDS, Running, chain, running_central
 from tests.conftest import T0, basket
 
 A = protocol.ADMIN_PREFIX
@@ -114,6 +115,63 @@ def test_decisions_flow_back_and_deny_listing_reaches_every_till(central: Runnin
         assert d.reason == Reason.SUSPECTED_FRAUD
 
 
+def test_a_decision_on_a_cross_store_double_redemption_reaches_both_stores(
+    central: Running,
+) -> None:
+    c = central.central
+    c.add_campaign({"id": "XS1", "kind": "fixed", "currency": "CNY", "amount_minor": 300})
+    [coupon] = c.issue("XS1", 1)
+    serial = f"{coupon.serial:016x}"
+    first, second, bystander = central.device("SA"), central.device("SB"), central.device("SC")
+    use = {"kind": "redeem", "reason": "ok", "campaign": "XS1", "serial": serial,
+           "discount_minor": 300, "currency": "CNY"}  # fmt: skip
+    # Both tills offline, each took the coupon; their journals arrive later.
+    assert first.push(chain(use))["acked_seq"] == 1
+    assert second.push(chain(use))["acked_seq"] == 1
+    token = central.admin_token()
+    found = _admin(central, "GET", "/flags", token, params={"kind": "double_redemption"})
+    [flag] = [f for f in found.json()["flags"] if f["serial"] == serial]
+    assert flag["detail"]["stores"] == ["SA", "SB"]
+    marks = {d.terminal: d.get(f"{protocol.FLAGS}?since=0").json()["next"] for d in (first, second)}
+    r = _admin(central, "POST", f"/flags/{flag['id']}", token,
+               json={"status": "resolved", "note": "refunded at SB"})  # fmt: skip
+    assert r.status_code == 200
+    for device in (first, second):
+        got = device.get(f"{protocol.FLAGS}?since={marks[device.terminal]}").json()["decisions"]
+        mine = [d for d in got if d["flag"] == flag["id"]]
+        assert [(d["status"], d["note"], d["serial"], d["campaign"]) for d in mine] == [
+            ("resolved", "refunded at SB", serial, "XS1")
+        ]
+    others = bystander.get(f"{protocol.FLAGS}?since=0").json()["decisions"]
+    assert flag["id"] not in [d["flag"] for d in others]
+
+
+def test_issue_binds_coupons_to_an_nfc_tag(central: Running) -> None:
+    central.central.add_campaign(
+        {"id": "NFC1", "kind": "fixed", "currency": "CNY", "amount_minor": 200}
+    )
+    out = central.work / "nfc-issue"
+    r = central.cli("issue", "--campaign", "NFC1", "--count", "2", "--out", str(out),
+                    "--no-qr", "--tag-uid", "04:A1:B2:C3:D4:E5:F6", "--json",
+                    now=str(central.clock.now()))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["tag_uid"] == "04a1b2c3d4e5f6"
+    tokens = (out / "tokens.txt").read_text().splitlines()
+    till = central.till("S9")
+    with till.opened() as engine:
+        till.pull()
+        copied = engine.redeem(tokens[0], basket(5000), Context(tag_uid=bytes.fromhex("04" * 7)))
+        assert not copied.accepted and copied.reason == Reason.TAG_MISMATCH
+        good = engine.redeem(
+            tokens[1], basket(5000), Context(tag_uid=bytes.fromhex("04a1b2c3d4e5f6"))
+        )
+        assert good.accepted
+    bad = central.cli("issue", "--campaign", "NFC1", "--out", str(out), "--tag-uid", "04zz")
+    assert bad.returncode == 2 and "--tag-uid" in bad.stderr
+    short = central.cli("issue", "--campaign", "NFC1", "--out", str(out), "--tag-uid", "0411")
+    assert short.returncode == 2 and "4, 7 or 10 bytes" in short.stderr
+
+
 def test_report_json(central: Running) -> None:
     c = central.central
     c.add_campaign({"id": "RP1", "kind": "fixed", "currency": "CNY", "amount_minor": 250})
@@ -125,9 +183,22 @@ def test_report_json(central: Running) -> None:
         for coupon in coupons[:3]:
             assert engine.redeem(coupon.token or "", basket(5000)).accepted
         till.push()
-    later = str(T0 + 3 * 24 * 3600)  # the till keeps syncing; the other one stays quiet
-    till.device.clock.advance(3 * 24 * 3600)  # type: ignore[attr-defined]
-    assert till.device.ledger(0).status_code == 200
+    # Three days on, the till keeps uploading; another one only asks (ledger, online
+    # checks) while its uploads are refused: it has not synced either.
+    asking = central.device("S8")
+    assert asking.push(chain({}))["acked_seq"] == 1
+    central.clock.advance(3 * 24 * 3600)  # type: ignore[attr-defined]
+    later = str(central.clock.now())
+    with till.opened() as engine:
+        assert not engine.redeem("not a coupon", basket(5000)).accepted  # journaled too
+        assert till.push()["accepted"] == 1
+    assert asking.ledger(0).status_code == 200
+    assert asking.post_json(protocol.CHECK, {"code": "nothing", "basket": {}}).status_code in (
+        200,
+        400,
+    )
+    refused = asking.push(chain({"reason": "rewritten"}, {})[1:])  # a broken chain
+    assert refused["accepted"] == 0 and refused["problem"]
     r = central.cli("report", "--json", now=later)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
@@ -138,8 +209,9 @@ def test_report_json(central: Running) -> None:
     assert store["redemptions"] == 3 and store["discount_minor"] == 750
     [term] = [x for x in doc["by_terminal"] if x["terminal"] == till.terminal]
     assert term["redemptions"] == 3 and term["store"] == "S6"
-    stale = {s["terminal"] for s in doc["stale_terminals"]}
+    stale = {s["terminal"]: s for s in doc["stale_terminals"]}
     assert quiet.terminal in stale and till.terminal not in stale
+    assert asking.terminal in stale and stale[asking.terminal]["quiet_s"] == 3 * 24 * 3600
     assert all(f["status"] == "open" for f in doc["open_flags"])
     assert doc["totals"]["open_flags"] == len(doc["open_flags"])
     text = central.cli("report", now=later)

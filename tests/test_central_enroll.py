@@ -62,6 +62,15 @@ def test_a_code_enrolls_one_terminal_once(central: Running) -> None:
     assert dev.ledger(0).status_code == 200
 
 
+def test_the_trust_anchor_is_public_and_the_one_enrollment_hands_out(central: Running) -> None:
+    r = requests.get(central.url + "/v1/trust-anchor", timeout=30)  # no code, no signature
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    enrolled = _enroll(central, central.enroll_code("S7"), cose.SigningKey.generate()).json()
+    assert doc["trust_anchor"] == enrolled["trust_anchor"]
+    assert doc["fingerprint"] == enrolled["fingerprint"] == central.central.anchor.fingerprint
+
+
 def test_an_expired_or_unknown_code_is_refused(central: Running) -> None:
     code = central.enroll_code("S1", ttl=60)
     assert isinstance(central.clock, FixedClock)
@@ -132,7 +141,13 @@ def test_unknown_paths_and_methods_are_problems(central: Running) -> None:
 def test_openapi_describes_the_terminal_endpoints(central: Running) -> None:
     spec = requests.get(central.url + "/openapi.json", timeout=30).json()
     paths = spec["paths"]
-    for path in (protocol.ENROLL, protocol.LEDGER, protocol.JOURNAL, protocol.FLAGS):
+    for path in (
+        protocol.ENROLL,
+        protocol.LEDGER,
+        protocol.JOURNAL,
+        protocol.FLAGS,
+        protocol.CHECK,
+    ):
         assert path in paths
     journal_post = paths[protocol.JOURNAL]["post"]
     ref = journal_post["requestBody"]["content"]["application/json"]["schema"]["$ref"]

@@ -10,6 +10,7 @@ import gzip
 import http.server
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -27,6 +28,7 @@ from sync import protocol
 from sync.central.flags import decide
 from sync.central.models import FlagRow, JournalRow
 from sync.central.store import Central
+from sync.central.terminals import list_terminals
 from sync.client import Backoff, Direct, RoundResult, SyncClient, open_link, run_once
 from sync.device import ensure_device_key, read_device_key
 from sync.enroll import EnrollError, enroll
@@ -37,7 +39,7 @@ from terminal.clock import FixedClock
 from terminal.daemon import config as config_mod
 from terminal.daemon.runner import SHUTDOWN_S, Daemon
 from terminal.engine import Engine
-from terminal.journal import get_meta, rows, set_meta
+from terminal.journal import RETENTION_S, Entry, get_meta, rows, set_meta
 from terminal.keys import TrustAnchor
 from terminal.reasons import Reason
 from terminal.rules import Basket
@@ -366,15 +368,24 @@ def test_enroll_checks_the_fingerprint_and_pulls_the_first_ledger(
     status = _redeem_cli("ledger", "status", "--data", str(data), "--json")
     assert json.loads(status.stdout)["version"] >= 1
 
-    # A wrong fingerprint: refused, and the data directory is left as it was.
+    # A wrong fingerprint: refused before the central spends the code or registers the
+    # key, and the data directory is left as it was.
     bad = tmp_path / "t2"
     wrong = "SHA256:" + ":".join(["0000"] * 8)
+    before = list_terminals(running.central)
+    code = running.enroll_code("S1")
     no = _redeem_cli(
         "enroll", "--data", str(bad), "--central", running.url,
-        "--code", running.enroll_code("S1"), "--fingerprint", wrong,
+        "--code", code, "--fingerprint", wrong,
     )  # fmt: skip
     assert no.returncode == 2 and "does not match" in no.stderr, no.stderr
     assert not (bad / "terminal.json").exists() and not (bad / "device.key").exists()
+    assert list_terminals(running.central) == before  # no orphan terminal at the central
+    # ... so the installer can still use that code once they have the right fingerprint.
+    done = enroll(bad, running.url, code, FixedClock(T0), fingerprint=anchor.fingerprint,
+                  first_sync=False)  # fmt: skip
+    assert done.terminal not in {t["terminal"] for t in before}
+    shutil.rmtree(bad)
 
     # Another store's code when --store says S1: refused too.
     other = _redeem_cli(
@@ -387,11 +398,13 @@ def test_enroll_checks_the_fingerprint_and_pulls_the_first_ledger(
 def test_enroll_checks_a_trust_anchor_file(running: Running, tmp_path: Path) -> None:
     stranger = tmp_path / "stranger-anchor.json"
     stranger.write_text(TrustAnchor(cose.SigningKey.generate().public).to_json())
+    code = running.enroll_code("S1")
     with pytest.raises(EnrollError, match="is not the one in"):
-        enroll(tmp_path / "t4", running.url, running.enroll_code("S1"), FixedClock(T0),
+        enroll(tmp_path / "t4", running.url, code, FixedClock(T0),
                anchor_file=stranger, first_sync=False)  # fmt: skip
     assert not (tmp_path / "t4" / "terminal.json").exists()
-    done = enroll(tmp_path / "t4", running.url, running.enroll_code("S1"), FixedClock(T0),
+    assert list_terminals(running.central) == []  # checked before the code was spent
+    done = enroll(tmp_path / "t4", running.url, code, FixedClock(T0),
                   anchor_file=running.data / "trust-anchor.json", first_sync=False)  # fmt: skip
     assert done.pinned == "trust-anchor" and done.first_round is None
 
@@ -486,8 +499,63 @@ def test_flag_decisions_made_at_the_central_reach_the_till(till: SyncedTill) -> 
     decide(till.running.central, flag.id, "acknowledged", "seen by the area manager")
     result = till.round()
     assert result.ok and result.flags["received"] == 1
-    assert flag_decisions(till.engine)[-1]["note"] == "seen by the area manager"
+    [shown] = flag_decisions(till.engine)  # what the manager's screen lists, newest first
+    assert shown["kind"] == flag.kind and shown["decision"] == "acknowledged"
+    assert shown["note"] == "seen by the area manager" and shown["at"] == int(T0)
+    assert shown["serial"] == flag.serial and shown["campaign"] == "C1"
+    assert shown["this_terminal"] and shown["terminal"] == till.engine.terminal
     assert till.round().flags["received"] == 0
+
+
+def _verify_cli(data: Path) -> subprocess.CompletedProcess[str]:
+    return _redeem_cli("journal", "verify", "--data", str(data))
+
+
+def _local_seqs() -> list[int]:
+    return [r["seq"] for r in rows()]
+
+
+def test_a_round_prunes_acknowledged_entries_older_than_two_years(till: SyncedTill) -> None:
+    till.redeem(3)
+    assert till.round().ok
+    old = _local_seqs()
+    assert old and get_meta("acked_seq") == str(old[-1])
+    # Two years and a day later (both clocks), a new ledger version: the round acknowledges
+    # its `ledger` entry and drops what is acknowledged and past the retention.
+    later = RETENTION_S + 24 * 3600
+    till.clock.advance(later)
+    till.running.clock.advance(later)  # type: ignore[attr-defined]
+    till.running.central.add_campaign(
+        {"id": "C2", "kind": "fixed", "currency": "CNY", "amount_minor": 100}
+    )
+    result = till.round()
+    assert result.ok, result.error
+    kept = _local_seqs()
+    assert kept and kept[0] > old[-1]  # the old ones are gone, the new entry stays
+    assert all(r["at_ms"] >= (till.clock.now() - RETENTION_S) * 1000 for r in rows())
+    assert till.stored()[: len(old)] == old  # the central still holds every entry
+    verified = _verify_cli(till.data)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    till.tokens = _issue(till.running.central, "C2", 1)  # the old ones have expired
+    till.redeem(1)
+    assert till.round().ok  # uploads continue after the pruned part
+    assert _local_seqs()[0] == kept[0]
+
+
+def test_entries_the_central_has_not_acknowledged_are_never_pruned(till: SyncedTill) -> None:
+    acked = int(get_meta("acked_seq") or 0)
+    till.redeem(3)
+    head = till.engine.journal.head_seq
+    # The central refuses the last entry (altered on the SD card): it stays unacknowledged.
+    Entry.update(discount_minor=1).where(Entry.seq == head).execute()
+    later = RETENTION_S + 24 * 3600
+    till.clock.advance(later)
+    till.running.clock.advance(later)  # type: ignore[attr-defined]
+    result = till.round()
+    assert not result.ok and "altered" in (result.error or "")
+    assert get_meta("acked_seq") == str(head - 1)
+    # Everything old and acknowledged went; the refused entry, old as it is, did not.
+    assert _local_seqs() == [head] and acked < head - 1
 
 
 @pytest.mark.parametrize("fault", ["http500", "hang", "reset", "truncate", "drop"])

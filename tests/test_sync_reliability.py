@@ -1,7 +1,8 @@
 """Exactly-once journal upload under the faults a store's network and power produce: a
 fault-injecting proxy while thousands of entries go up, the central killed and restarted in
-the middle of a batch, the terminal killed in the middle of a batch. Afterwards the central
-holds exactly the terminal's journal: no entry lost, none twice."""
+the middle of a batch, the terminal killed in the middle of a batch; on SQLite and on
+PostgreSQL. Afterwards the central holds exactly the terminal's journal: no entry lost,
+none twice."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from sync.enroll import enroll
 from terminal import journal, setup
 from terminal.clock import SystemClock
 from terminal.engine import Engine
-from tests.central_server import ROOT, serve_process
+from tests import postgres
+from tests.central_server import BACKENDS, ROOT, database_for, serve_process
 from tests.conftest import basket
 from tests.faultproxy import FaultProxy
 
@@ -38,13 +40,14 @@ class Site:
     proc: subprocess.Popen[str]
     data: Path
     clock: SystemClock
+    database: str | None  # None: SQLite in central_dir
 
     def restart_central(self) -> None:
         self.proc.wait(10)
-        self.proc, self.url = serve_process(self.central_dir, None)
+        self.proc, self.url = serve_process(self.central_dir, self.database)
 
     def central_hashes(self, terminal: str) -> list[str]:
-        central = Central(self.central_dir)
+        central = Central(self.central_dir, database=self.database)
         try:
             with central.session():
                 return [
@@ -57,22 +60,29 @@ class Site:
             central.close()
 
 
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
+@pytest.fixture(params=BACKENDS)
+def site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Site]:
     clock = SystemClock()  # the central runs as its own process on the real clock too
-    central = Central.init(tmp_path / "central")
-    central.add_campaign({"id": "C1", "kind": "fixed", "currency": "CNY", "amount_minor": 500})
-    central.publish()
-    code, _ = terminals.new_enroll_code(central, "S1")
-    fingerprint = central.anchor.fingerprint
-    central.close()
-    proc, url = serve_process(tmp_path / "central", None)
-    data = tmp_path / "till"
-    enroll(data, url, code, clock, fingerprint=fingerprint)
-    site = Site(tmp_path / "central", url, proc, data, clock)
-    yield site
-    site.proc.kill()
-    site.proc.wait(10)
+    database = database_for(request.param, tmp_path.name)
+    try:
+        central = Central.init(tmp_path / "central", database=database)
+        central.add_campaign({"id": "C1", "kind": "fixed", "currency": "CNY", "amount_minor": 500})
+        central.publish()
+        code, _ = terminals.new_enroll_code(central, "S1")
+        fingerprint = central.anchor.fingerprint
+        central.close()
+        proc, url = serve_process(tmp_path / "central", database)
+        data = tmp_path / "till"
+        site = Site(tmp_path / "central", url, proc, data, clock, database)
+        try:
+            enroll(data, url, code, clock, fingerprint=fingerprint)
+            yield site
+        finally:
+            site.proc.kill()
+            site.proc.wait(10)
+    finally:
+        if database:
+            postgres.drop_database(database)
 
 
 def fill(engine: Engine, n: int) -> None:

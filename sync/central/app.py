@@ -5,6 +5,7 @@ Errors are problem+json (RFC 9457); every response carries X-Server-Time."""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Callable
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 MAX_BODY = 8 * 1024 * 1024  # a full batch of MAX_BATCH entries is about 3.5 MB
 PROBLEM = "application/problem+json"
 T = TypeVar("T")
+# Unauthenticated: the root public key, so `redeem enroll` can check the installer's
+# fingerprint before it spends the one-time code (belongs in sync/protocol.py).
+TRUST_ANCHOR = protocol.TRUST_ANCHOR
 
 TITLES = {
     400: "Bad request",
@@ -268,6 +272,20 @@ def create_app(central: Central, max_body: int = MAX_BODY) -> FastAPI:
         )
 
     @app.get(
+        TRUST_ANCHOR,
+        tags=["terminal"],
+        summary="The root public key terminals trust, to check before spending a code",
+        response_model=schemas.TrustAnchorReply,
+    )
+    async def trust_anchor() -> Response:
+        # Public by nature (terminals hold it; the installer's fingerprint is printed from
+        # it): `redeem enroll` compares it before spending the one-time code.
+        anchor = await run_in_threadpool(lambda: central.anchor)
+        return JSONResponse(
+            {"trust_anchor": json.loads(anchor.to_json()), "fingerprint": anchor.fingerprint}
+        )
+
+    @app.get(
         protocol.LEDGER,
         tags=["terminal"],
         summary="The ledger after a version: deltas, or a snapshot when far behind",
@@ -326,7 +344,7 @@ def create_app(central: Central, max_body: int = MAX_BODY) -> FastAPI:
         protocol.CHECK,
         tags=["terminal"],
         summary="Check a coupon online with the terminal's own rules (records nothing)",
-        responses=schemas.problems(400, 401, 403, 413, 422),
+        responses=schemas.problems(400, 401, 403, 413),
         openapi_extra=schemas.signed(),
     )
     async def post_check(request: Request) -> Response:
@@ -348,7 +366,7 @@ def create_app(central: Central, max_body: int = MAX_BODY) -> FastAPI:
 
     A = protocol.ADMIN_PREFIX
 
-    @app.get(f"{A}/flags", tags=["admin"], summary="List fraud flags")
+    @app.get(f"{A}/flags", summary="List fraud flags", **admin_doc(400))
     async def admin_flags(
         request: Request,
         status: str | None = Query(None, pattern="^(open|acknowledged|resolved|deny_listed)$"),
@@ -363,9 +381,8 @@ def create_app(central: Central, max_body: int = MAX_BODY) -> FastAPI:
 
     @app.post(
         f"{A}/flags/{{flag_id}}",
-        tags=["admin"],
         summary="Decide a flag: acknowledged, resolved or deny_listed, with a note",
-        openapi_extra=schemas.body("FlagDecision"),
+        **admin_doc(400, 404, body="FlagDecision"),
     )
     async def admin_decide(request: Request, flag_id: int) -> Response:
         await admin(request)
@@ -384,12 +401,12 @@ def create_app(central: Central, max_body: int = MAX_BODY) -> FastAPI:
         except CentralError as exc:
             raise Problem(400, "bad-request", str(exc)) from None
 
-    @app.get(f"{A}/terminals", tags=["admin"], summary="Enrolled terminals")
+    @app.get(f"{A}/terminals", summary="Enrolled terminals", **admin_doc())
     async def admin_terminals(request: Request) -> Response:
         await admin(request)
         return JSONResponse({"terminals": await db(terminals.list_terminals, central)})
 
-    @app.post(f"{A}/terminals/{{terminal}}/revoke", tags=["admin"], summary="Revoke a terminal")
+    @app.post(f"{A}/terminals/{{terminal}}/revoke", summary="Revoke a terminal", **admin_doc(404))
     async def admin_revoke(request: Request, terminal: str) -> Response:
         await admin(request)
         if not terminals.TERMINAL_RE.fullmatch(terminal):
@@ -402,9 +419,8 @@ def create_app(central: Central, max_body: int = MAX_BODY) -> FastAPI:
 
     @app.post(
         f"{A}/enroll-codes",
-        tags=["admin"],
         summary="Make a one-time enrollment code for a store",
-        openapi_extra=schemas.body("EnrollCodeRequest"),
+        **admin_doc(400, body="EnrollCodeRequest"),
     )
     async def admin_enroll_code(request: Request) -> Response:
         await admin(request)
@@ -418,12 +434,12 @@ def create_app(central: Central, max_body: int = MAX_BODY) -> FastAPI:
             raise Problem(400, "bad-request", str(exc)) from None
         return JSONResponse({"code": code, "store": store, "expires_at": expires})
 
-    @app.get(f"{A}/report", tags=["admin"], summary="The report `redeem-central report` prints")
+    @app.get(f"{A}/report", summary="The report `redeem-central report` prints", **admin_doc())
     async def admin_report(request: Request) -> Response:
         await admin(request)
         return JSONResponse(await db(report.build, central))
 
-    @app.post(f"{A}/publish", tags=["admin"], summary="Publish a new version if anything changed")
+    @app.post(f"{A}/publish", summary="Publish a new version if anything changed", **admin_doc())
     async def admin_publish(request: Request) -> Response:
         await admin(request)
         version = await db(central.publish_if_changed)
@@ -438,15 +454,88 @@ def create_app(central: Central, max_body: int = MAX_BODY) -> FastAPI:
                 description=app.description,
                 routes=app.routes,
             )
-            spec.setdefault("components", {}).setdefault("schemas", {}).update(
-                schemas.component_schemas()
-            )
+            components = spec.setdefault("components", {})
+            components.setdefault("schemas", {}).update(schemas.component_schemas())
+            components["securitySchemes"] = copy.deepcopy(schemas.SECURITY_SCHEMES)
+            _honest_errors(spec)
             app.openapi_schema = spec
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(Guard, central=central, max_body=max_body)
     return app
+
+
+def admin_doc(*codes: int, body: str | None = None) -> dict[str, Any]:
+    """Route arguments of an admin endpoint: its tag, the bearer scheme, its problems."""
+    extra: dict[str, Any] = {"security": [{schemas.ADMIN_SCHEME: []}]}
+    if body:
+        extra.update(schemas.body(body))
+    return {
+        "tags": ["admin"],
+        "responses": schemas.problems(*sorted({401, *codes})),
+        "openapi_extra": extra,
+    }
+
+
+def _honest_errors(spec: dict[str, Any]) -> None:
+    """FastAPI documents a 422 HTTPValidationError for every route with parameters; this
+    app answers a bad query or path with a 400 problem (the RequestValidationError
+    handler), so say that instead."""
+    for ops in spec.get("paths", {}).values():
+        for op in ops.values():
+            responses = op.get("responses", {})
+            if "HTTPValidationError" in json.dumps(responses.get("422", {})):
+                del responses["422"]
+                responses.setdefault("400", schemas.problems(400)[400])
+    spec_schemas = spec.get("components", {}).get("schemas", {})
+    if "HTTPValidationError" not in json.dumps(spec.get("paths", {})):
+        spec_schemas.pop("HTTPValidationError", None)
+        spec_schemas.pop("ValidationError", None)
+
+
+def _refs(node: Any, found: set[str]) -> None:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
+            found.add(ref.rsplit("/", 1)[1])
+        for value in node.values():
+            _refs(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            _refs(value, found)
+
+
+def terminal_openapi(app: FastAPI) -> dict[str, Any]:
+    """The terminal-facing part of the app's OpenAPI document: the routes tagged
+    `terminal` and the schemas they reference (docs/openapi-terminal.json)."""
+    spec = copy.deepcopy(app.openapi())
+    paths: dict[str, Any] = {}
+    for path, ops in spec["paths"].items():
+        kept = {m: op for m, op in ops.items() if "terminal" in op.get("tags", ())}
+        if kept:
+            paths[path] = kept
+    all_schemas = spec.get("components", {}).get("schemas", {})
+    used: set[str] = set()
+    _refs(paths, used)
+    pending = list(used)
+    while pending:  # schemas referencing others
+        found: set[str] = set()
+        _refs(all_schemas.get(pending.pop(), {}), found)
+        pending.extend(found - used)
+        used |= found
+    return {
+        "openapi": spec["openapi"],
+        "info": {
+            "title": "edge-redeem sync protocol: terminal-facing endpoints",
+            "version": spec["info"]["version"],
+            "description": "What a terminal says to a central and hears back; signing, "
+            "ordering, idempotency and hashing are in docs/sync-protocol.md. Generated by "
+            "`redeem-central openapi`.",
+        },
+        "paths": paths,
+        "components": {"schemas": {name: all_schemas[name] for name in sorted(used)}},
+    }
 
 
 def _json(body: bytes) -> dict[str, Any]:
@@ -459,4 +548,4 @@ def _json(body: bytes) -> dict[str, Any]:
     return doc
 
 
-__all__ = ["create_app"]
+__all__ = ["TRUST_ANCHOR", "create_app", "terminal_openapi"]

@@ -74,10 +74,15 @@ def cmd_issue(args: argparse.Namespace) -> int:
         customer = bytes.fromhex(args.customer) if args.customer else None
     except ValueError:
         raise UserError("--customer must be hex (a hash, never a name)") from None
+    tag_uid = _tag_uid(args.tag_uid) if args.tag_uid else None
+    if tag_uid is not None and args.codes:
+        raise UserError("--tag-uid binds a signed token to an NFC tag; typed codes cannot be")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     c = _open(args)
-    issued = c.issue(args.campaign, args.count, codes=args.codes, customer=customer)
+    issued = c.issue(
+        args.campaign, args.count, codes=args.codes, customer=customer, tag_uid=tag_uid
+    )
     lines = [i.token or i.code or "" for i in issued]
     (out / ("codes.txt" if args.codes else "tokens.txt")).write_text("\n".join(lines) + "\n")
     if not args.no_qr:
@@ -93,10 +98,23 @@ def cmd_issue(args: argparse.Namespace) -> int:
             "out": str(out),
             "serials": [f"{i.serial:016x}" for i in issued],
             "token_chars": max((len(t) for t in lines), default=0),
+            "tag_uid": tag_uid.hex() if tag_uid else None,
         },
         f"issued {len(issued)} coupon(s) for {args.campaign} into {out}",
     )
     return EXIT_OK
+
+
+def _tag_uid(text: str) -> bytes:
+    """An NFC tag UID as printed by readers: hex, any case, colons or spaces allowed."""
+    cleaned = "".join(ch for ch in text if ch not in ": ")
+    try:
+        uid = bytes.fromhex(cleaned)
+    except ValueError:
+        raise UserError("--tag-uid must be the tag's UID in hex (4, 7 or 10 bytes)") from None
+    if len(uid) not in (4, 7, 10):
+        raise UserError(f"--tag-uid is {len(uid)} bytes; NFC UIDs are 4, 7 or 10 bytes")
+    return uid
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -130,7 +148,8 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     emit(
         args,
         {"revoked": args.serial},
-        f"revoked {len(serials)} serial(s); publish to tell the terminals",
+        f"revoked {len(serials)} serial(s); terminals learn it at their next ledger pull "
+        "(or write a file for USB with `publish`)",
     )
     return EXIT_OK
 
@@ -143,7 +162,11 @@ def cmd_rotate(args: argparse.Namespace) -> int:
 
 def cmd_revoke_key(args: argparse.Namespace) -> int:
     _open(args).revoke_key(args.kid)
-    emit(args, {"revoked_kid": args.kid}, f"key {args.kid} revoked; publish to tell terminals")
+    emit(
+        args,
+        {"revoked_kid": args.kid},
+        f"key {args.kid} revoked; terminals learn it at their next ledger pull",
+    )
     return EXIT_OK
 
 
@@ -195,7 +218,8 @@ def cmd_terminals(args: argparse.Namespace) -> int:
     lines = [
         f"{t['terminal']:<16} store {t['store']:<10} "
         f"{'REVOKED ' if t['revoked'] else ''}acked #{t['acked_seq']} "
-        f"ledger v{t['ledger_version'] or 0} last seen {t['last_seen'] or 'never'}"
+        f"ledger v{t['ledger_version'] or 0} last upload {t['last_upload'] or 'never'} "
+        f"last seen {t['last_seen'] or 'never'}"
         for t in items
     ]
     emit(args, {"terminals": items}, "\n".join(lines) or "no terminals enrolled")
@@ -232,6 +256,38 @@ def cmd_report(args: argparse.Namespace) -> int:
     for s in doc["stale_terminals"]:
         text.append(f"  not synced for a day: {s['terminal']} (store {s['store']})")
     emit(args, doc, "\n".join(text))
+    return EXIT_OK
+
+
+def openapi_text(everything: bool = False) -> str:
+    """The OpenAPI document the app serves (`everything`) or its terminal-facing part, as
+    committed in docs/openapi-terminal.json. Built over an empty scratch database: the
+    document depends only on the code."""
+    import json
+    import tempfile
+
+    from sync.central.app import create_app, terminal_openapi
+
+    with tempfile.TemporaryDirectory(prefix="redeem-openapi-") as tmp:
+        c = Central(Path(tmp), clock_from_env().now)
+        try:
+            app = create_app(c)
+            doc = app.openapi() if everything else terminal_openapi(app)
+        finally:
+            c.close()
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+def cmd_openapi(args: argparse.Namespace) -> int:
+    text = openapi_text(args.all)
+    if args.out == "-":
+        sys.stdout.write(text)
+        return EXIT_OK
+    write_atomic(Path(args.out), text.encode())
+    what = "whole" if args.all else "terminal-facing"
+    emit(
+        args, {"out": args.out, "all": args.all}, f"wrote the {what} OpenAPI document to {args.out}"
+    )
     return EXIT_OK
 
 
@@ -274,6 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.add_argument("--codes", action="store_true", help="typed codes instead of QR tokens")
     sp.add_argument("--customer", help="bind to a customer reference (hex hash)")
+    sp.add_argument(
+        "--tag-uid",
+        metavar="HEX",
+        help="bind the tokens to one NFC tag's UID (4, 7 or 10 bytes, hex): the coupon is "
+        "refused when read from any other tag",
+    )
     sp.add_argument("--no-qr", action="store_true", help="skip the PNG files")
     sp = cmd("publish", cmd_publish, "publish a new ledger version and write a ledger file")
     sp.add_argument("--out", required=True)
@@ -310,6 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--label", help="who or what the token is for"
     )
     cmd("report", cmd_report, "redemptions, redemption rate, open flags, quiet terminals")
+    sp = sub.add_parser(
+        "openapi",
+        help="write the OpenAPI document of the terminal-facing endpoints (no data needed)",
+    )
+    sp.add_argument("--out", default="-", help="file to write (default: standard output)")
+    sp.add_argument("--all", action="store_true", help="the whole document, admin routes too")
+    add_json(sp)
+    sp.set_defaults(func=cmd_openapi)
     return p
 
 

@@ -1,6 +1,7 @@
 """Fraud flags at the central: raised by terminals (journal entries of kind "flag") and by
 reconciliation; decided by people (acknowledged, resolved, deny-listed); the decisions flow
-back to the terminals of the flag's store, deny-listing through the ledger."""
+back to the terminals of every store the flag involves (a double redemption names each
+store that took the coupon), deny-listing through the ledger."""
 
 from __future__ import annotations
 
@@ -118,14 +119,30 @@ def decide(central: Central, flag_id: int, status: str, note: str | None) -> dic
         FlagRow.update(status=status, note=note, updated_at=now).where(
             FlagRow.id == flag_id
         ).execute()
-        FlagUpdate.create(flag=flag_id, store=flag.store, status=status, note=note, at=now)
+        # One row per store involved, so each store's terminals read it at ?since=.
+        for store in stores_of(flag):
+            FlagUpdate.create(flag=flag_id, store=store, status=status, note=note, at=now)
     if status == "deny_listed":
         central.publish_if_changed()
     return flag_doc(FlagRow.get(FlagRow.id == flag_id))
 
 
+def stores_of(flag: FlagRow) -> list[str | None]:
+    """The flag's own store and every store its detail names (reconcile records the stores
+    of a double redemption in detail["stores"]); sorted, each once."""
+    stores: set[str] = {flag.store} if flag.store else set()
+    try:
+        detail = json.loads(flag.detail)
+    except ValueError:
+        detail = {}
+    named = detail.get("stores") if isinstance(detail, dict) else None
+    if isinstance(named, list):
+        stores.update(s for s in named if isinstance(s, str) and s)
+    return [*sorted(stores)] if stores else [None]
+
+
 def updates_for_store(store: str, since: int, limit: int = 500) -> dict[str, Any]:
-    """Decisions on a store's flags after update id `since`, oldest first."""
+    """Decisions on the flags that involve a store after update id `since`, oldest first."""
     rows = list(
         FlagUpdate.select()
         .where((FlagUpdate.store == store) & (FlagUpdate.id > since))
@@ -141,6 +158,8 @@ def updates_for_store(store: str, since: int, limit: int = 500) -> dict[str, Any
                 "id": u.id,
                 "flag": u.flag,
                 "kind": f.kind,
+                "store": f.store,
+                "campaign": f.campaign,
                 "terminal": f.terminal,
                 "seq": f.seq,
                 "serial": f.serial,

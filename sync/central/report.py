@@ -92,16 +92,19 @@ def build(central: Central, stale_after_s: int = STALE_AFTER_S) -> dict[str, Any
         t = terminals.get(item["terminal"])
         item["last_seen"] = t.last_seen if t else None
         item["last_upload"] = t.last_upload if t else None
+    # Not synced = no journal batch stored: last_seen moves with any signed request, a
+    # refused upload or an online check included. A terminal uploads at least the `ledger`
+    # entry it journals for each version it applies, and its first round does so.
     stale = [
         {
             "terminal": t.id,
             "store": t.store,
             "last_seen": t.last_seen,
             "last_upload": t.last_upload,
-            "quiet_s": None if t.last_seen is None else now - int(t.last_seen),
+            "quiet_s": None if t.last_upload is None else now - int(t.last_upload),
         }
         for t in sorted(terminals.values(), key=lambda t: t.id)
-        if not t.revoked and (t.last_seen is None or int(t.last_seen) < now - stale_after_s)
+        if not t.revoked and (t.last_upload is None or int(t.last_upload) < now - stale_after_s)
     ]
     open_flags = flags.list_flags(status="open", limit=1000)
     open_kinds: Any = FlagRow.select(FlagRow.kind).where(FlagRow.status == "open").tuples()

@@ -33,6 +33,11 @@ class EnrollReply(BaseModel):
     fingerprint: str = Field(description="compare with the one the installer was given")
 
 
+class TrustAnchorReply(BaseModel):
+    trust_anchor: TrustAnchorDoc
+    fingerprint: str = Field(description="compare with the one the installer was given")
+
+
 class JournalEntry(BaseModel):
     """One journal row as `redeem journal export` writes it (terminal.journal.EXPORT_FIELDS).
     `hash` is SHA-256 (hex) of the compact JSON array of every other field in this order,
@@ -84,7 +89,13 @@ class FlagDecision(BaseModel):
 class FlagDecisionItem(BaseModel):
     id: int = Field(description="decision id: the next ?since=")
     flag: int
-    kind: str
+    kind: str = Field(description="the flag kind, e.g. double_redemption, replay")
+    store: str | None = Field(
+        default=None,
+        description="the store the flag was raised for (the decision also "
+        "reaches every other store the flag involves)",
+    )
+    campaign: str | None = None
     terminal: str | None
     seq: int | None
     serial: str | None
@@ -117,6 +128,7 @@ class ProblemDoc(BaseModel):
 _MODELS: list[type[BaseModel]] = [
     EnrollRequest,
     EnrollReply,
+    TrustAnchorReply,
     JournalEntry,
     JournalBatch,
     JournalReply,
@@ -126,6 +138,17 @@ _MODELS: list[type[BaseModel]] = [
     ProblemDoc,
 ]
 _REF = "#/components/schemas/{model}"
+
+
+ADMIN_SCHEME = "adminToken"
+SECURITY_SCHEMES: dict[str, Any] = {
+    ADMIN_SCHEME: {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "an admin token from `redeem-central admin-token` (admin routes only; "
+        "terminals sign their requests with their device key instead)",
+    }
+}
 
 
 def component_schemas() -> dict[str, Any]:
