@@ -36,8 +36,8 @@ def qr_image(text: str, size: int) -> np.ndarray:
 
 
 def make_video(folder: Path, shown: list[str]) -> tuple[str, int]:
-    """An image sequence: an empty counter, then each code held up in turn. Returns the
-    camera source (a printf pattern) and the number of frames."""
+    """A video file (Motion-JPEG in AVI, what many USB webcams send): an empty counter, then
+    each code held up in turn. Returns the camera source (the file) and its frame count."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(7)
     counter = np.full((480, 640), 200, dtype=np.uint8)
@@ -48,10 +48,17 @@ def make_video(folder: Path, shown: list[str]) -> tuple[str, int]:
         x, y = 170 + 20 * (i % 3), 90
         held[y : y + 300, x : x + 300] = code
         frames += [held] * HOLD_FRAMES + [counter] * GAP_FRAMES
-    for n, frame in enumerate(frames):
-        noisy = np.clip(frame.astype(np.int16) + rng.integers(-6, 7, frame.shape), 0, 255)
-        cv2.imwrite(str(folder / f"{n:05d}.png"), noisy.astype(np.uint8))
-    return str(folder / "%05d.png"), len(frames)
+    path = folder / "counter.avi"
+    video = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (640, 480), False)
+    if not video.isOpened():
+        raise OSError(f"OpenCV cannot write {path}")
+    try:
+        for frame in frames:
+            noisy = np.clip(frame.astype(np.int16) + rng.integers(-6, 7, frame.shape), 0, 255)
+            video.write(noisy.astype(np.uint8))
+    finally:
+        video.release()
+    return str(path), len(frames)
 
 
 def tag_message(token: str) -> bytes:

@@ -293,8 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         kiosk = f"http://127.0.0.1:{kport}"
         say(
             "setup",
-            f"redeem run --config {cfg} (pid {daemon.pid}): camera plays {frames} frames at "
-            f"{live.FPS} fps, NFC on udp:127.0.0.1:{tag.port}, scanner on {scanner.path}",
+            f"redeem run --config {cfg} (pid {daemon.pid}): camera plays {video} "
+            f"({frames} frames at {live.FPS} fps), NFC on udp:127.0.0.1:{tag.port}, "
+            f"scanner on {scanner.path}",
         )
         print(
             "\n"

@@ -214,6 +214,7 @@ def test_demo_writes_its_artefacts_under_the_working_directory(
     assert not (out / "stale-file").exists()  # wiped at start
     assert len((out / "coupons" / "SPEND100" / "tokens.txt").read_text().splitlines()) == 5
     assert list((out / "coupons" / "SPEND100").glob("*.png"))
+    assert (out / "video" / "counter.avi").stat().st_size > 0  # what the camera played
     assert (out / "central" / "trust-anchor.json").exists()
     assert (out / "terminal-a" / "manager.json").exists()
     assert not (out / "scanner").exists()  # the pty is closed
