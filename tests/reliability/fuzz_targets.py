@@ -131,6 +131,51 @@ def signed_triple(data: bytes) -> tuple[bytes, bytes, bytes] | None:
     return m.protected, m.payload, m.signature
 
 
+class Issued:
+    """What a World issued, and the one test of "no accept" every target shares: an accepted
+    input's COSE bytes are an issued token's, or its signed parts are (an untagged envelope
+    or another unprotected header: the same coupon, see docs/decisions.md, counted as
+    `envelope_variant`), or it normalises to an issued typed code."""
+
+    def __init__(self, world: World) -> None:
+        from terminal.tokens import normalize_code
+
+        self.normalize = normalize_code
+        self.cose = {c for t in world.tokens if (c := cose_bytes(t)) is not None}
+        self.signed = {signed_triple(c) for c in self.cose}
+        self.codes = {normalize_code(c) for c in world.codes}
+
+    def verify(self, code: str, target: Target) -> None:
+        """Raise FuzzFailure unless `code` (what engine.check was given) was issued."""
+        from terminal import tokens
+
+        target.note("accepted")
+        if tokens.looks_like_token(code):
+            data = cose_bytes(code)
+            if data in self.cose:
+                return
+            if data is not None and signed_triple(data) in self.signed:
+                target.note("envelope_variant")
+                return
+            raise FuzzFailure(f"accepted a token that was never issued: {code!r}")
+        if self.normalize(code) not in self.codes:
+            raise FuzzFailure(f"accepted a code that was never issued: {code!r}")
+
+
+def decide_scan(world: World, scan: Any, basket: Any) -> tuple[str, Any] | None:
+    """What the daemon does with a driver's Scan (Daemon._decide), as a check that records
+    nothing: the code extracted from the scan's text, and the engine's decision on it."""
+    from terminal import tokens
+    from terminal.decision import Context
+
+    code = tokens.extract(scan.text())
+    if code is None:
+        return None
+    tag = scan.meta.get("tag_uid")
+    ctx = Context(source=scan.kind, tag_uid=bytes.fromhex(tag) if isinstance(tag, str) else None)
+    return code, world.engine.check(code, basket, ctx)
+
+
 # ---------------------------------------------------------------- token inputs
 
 
@@ -282,15 +327,12 @@ class EngineCheck(Target):
         _quiet()
         from terminal.decision import Context
         from terminal.rules import Basket
-        from terminal.tokens import normalize_code
 
         self.world = World(workdir)
         w = self.world
         self.inputs = TokenInputs(self.rng, w.tokens, w.codes)
         self.corpus = list(self.inputs.seeds_text)
-        self.issued_cose = {c for t in w.tokens if (c := cose_bytes(t)) is not None}
-        self.issued_signed = {signed_triple(c) for c in self.issued_cose}
-        self.issued_codes = {normalize_code(c) for c in w.codes}
+        self.issued = Issued(w)
         ref = self.world.customer.hex()
         self.baskets = [
             Basket.from_dict({"currency": "CNY", "total_minor": 5000}),
@@ -300,7 +342,6 @@ class EngineCheck(Target):
             ),
         ]
         self.contexts = [Context(), Context(tag_uid=w.tag_uid), Context(source="nfc")]
-        self.normalize = normalize_code
 
     def teardown(self) -> None:
         self.world.close()
@@ -316,16 +357,7 @@ class EngineCheck(Target):
             code, self.rng.choice(self.baskets), self.rng.choice(self.contexts)
         )
         if d.accepted:
-            self.note("accepted")
-            if tokens.looks_like_token(code):
-                data = cose_bytes(code)
-                if data not in self.issued_cose:
-                    triple = signed_triple(data) if data is not None else None
-                    if triple is None or triple not in self.issued_signed:
-                        raise FuzzFailure(f"accepted a token that was never issued: {code!r}")
-                    self.note("envelope_variant")
-            elif self.normalize(code) not in self.issued_codes:
-                raise FuzzFailure(f"accepted a code that was never issued: {code!r}")
+            self.issued.verify(code, self)
         return (d.accepted, d.reason.value)
 
 
@@ -461,15 +493,31 @@ BASKET_KEYS = [
 
 class BasketRead(Target):
     """Basket.from_dict on JSON documents (structure-mutated, or mutated JSON text that
-    still parses): InputError or a basket whose money is a non-negative int."""
+    still parses): InputError or a basket whose money is a non-negative int. Every basket
+    it reads then goes to engine.check with one coupon (a fixed, a percent, a typed code, a
+    customer-bound one, one redeemed elsewhere, a forged one): never an exception, never the
+    redeemed or forged one accepted, the customer-bound one only for its customer, and an
+    accepted one in the basket's currency with a discount between 0 and the total."""
 
     name = "basket"
 
     def setup(self, workdir: str) -> None:
+        _quiet()
+        from terminal import cose, tokens
         from terminal.rules import Basket, InputError
 
         self.Basket, self.InputError = Basket, InputError
-        self.corpus = [json.loads(json.dumps(s)) for s in BASKET_SEEDS]
+        self.world = World(workdir)
+        w = self.world
+        self.issued = Issued(w)
+        forged = tokens.issue(
+            cose.SigningKey(bytes(32)), tokens.Claims("TEN", 1, 1, 2**31, None, None)
+        )
+        self.coupons = [w.tokens[0], w.tokens[3], w.codes[0], w.tokens[5], w.tokens[2], forged]
+        self.never = {w.tokens[2]: "redeemed elsewhere", forged: "forged"}
+        self.bound = {w.tokens[5]: w.customer.hex()}
+        seeds = [*BASKET_SEEDS, dict(BASKET_SEEDS[0], customer={"ref": w.customer.hex()})]
+        self.corpus = [json.loads(json.dumps(s)) for s in seeds]
         self.tree = TreeMutator(self.rng, cbor=False, keys=BASKET_KEYS)
         self.bytes = ByteMutator(self.rng, [b'"', b":", b",", b"{", b"}", b"[", b"]", b"1e999"])
 
@@ -496,7 +544,24 @@ class BasketRead(Target):
             if line.total_minor < 0:
                 raise FuzzFailure(f"negative line {line!r}")
         self.note("valid")
-        return ("ok", len(b.lines or ()), b.customer is not None)
+        code = self.rng.choice(self.coupons)
+        d = self.world.engine.check(code, b)
+        if d.accepted:
+            self.issued.verify(code, self)
+            if code in self.never:
+                raise FuzzFailure(f"accepted a {self.never[code]} coupon for {doc!r}")
+            ref = b.customer.ref if b.customer else None
+            if code in self.bound and ref != self.bound[code]:
+                raise FuzzFailure(f"accepted a coupon bound to another customer for {doc!r}")
+            if d.currency != b.currency:
+                raise FuzzFailure(f"accepted a {d.currency} coupon on a {b.currency!r} basket")
+            off = d.discount_minor
+            if not isinstance(off, int) or isinstance(off, bool) or not 0 <= off <= total:
+                raise FuzzFailure(f"discount {off!r} on a total of {total}")
+        return ("ok", len(b.lines or ()), b.customer is not None, d.accepted, d.reason.value)
+
+    def teardown(self) -> None:
+        self.world.close()
 
 
 # ---------------------------------------------------------------- NDEF reader
@@ -516,7 +581,10 @@ class _Tag:
 class NdefRead(Target):
     """NfcDriver._read over a tag holding fuzzed NDEF bytes (relaxed ndeflib decoding and
     the coupon-record choice): returns, emits only byte payloads, never raises and never
-    counts a library fault."""
+    counts a library fault. Every scan it emits goes on, as in the daemon, to
+    tokens.extract and engine.check (with the tag's UID): never an exception, and never an
+    accept unless the payload carries an issued token (the seeds hold real ones, one of
+    them bound to this tag)."""
 
     name = "ndef"
 
@@ -526,11 +594,16 @@ class NdefRead(Target):
 
         from drivers.nfc.driver import NfcDriver
         from drivers.nfc.options import COUPON_MIME, NfcOptions
+        from terminal.rules import Basket
 
         self.driver = NfcDriver("nfc", NfcOptions(path="udp:127.0.0.1:9"))
         self.scans: list[Any] = []
         self.driver._sink = self.scans.append
-        tok = "CPN1:6BFOXN*TS0BI$ZD.P9UOL97O4-2HH77HRM3HSZ4GH0"
+        self.world = World(workdir)
+        w = self.world
+        self.issued = Issued(w)
+        self.basket = Basket.from_dict({"currency": "CNY", "total_minor": 5000})
+        tok = w.tokens[0]
         records = [
             [ndef.UriRecord("https://c.example/r?t=" + urllib.parse.quote(tok))],
             [ndef.TextRecord(tok, "en")],
@@ -538,6 +611,8 @@ class NdefRead(Target):
             [ndef.SmartposterRecord("https://c.example/x", title="coupon")],
             [ndef.TextRecord("hello"), ndef.UriRecord("tel:123"), ndef.Record("x/y", "1", b"z")],
             [ndef.Record(COUPON_MIME, "a", tok.encode()), ndef.TextRecord("for phones")],
+            [ndef.Record(COUPON_MIME, "", w.tokens[6].encode())],  # bound to this tag
+            [ndef.TextRecord(w.codes[0], "en")],
         ]
         seeds = [b"".join(ndef.message_encoder(rs)) for rs in records]
         # A chunked record, hand made (ndeflib writes none).
@@ -547,7 +622,10 @@ class NdefRead(Target):
         self.bytes = ByteMutator(
             self.rng, [b"\xd1", b"\x91", b"\x51", b"\xb1", b"\x19", b"U", b"T", b"Sp", b"\x04"]
         )
-        self.uid = b"\x04\x01\x02\x03\x04\x05\x06"
+        self.uid = w.tag_uid
+
+    def teardown(self) -> None:
+        self.world.close()
 
     def generate(self) -> bytes:
         rng = self.rng
@@ -564,12 +642,18 @@ class NdefRead(Target):
         counters = self.driver.state.get().counters
         if counters.get("read_faults", 0) != before:
             raise FuzzFailure("a library fault while reading")
+        accepted = False
         for s in self.scans:
             if not isinstance(s.payload, bytes):
                 raise FuzzFailure(f"payload {type(s.payload).__name__}")
+            decided = decide_scan(self.world, s, self.basket)
+            if decided is not None and decided[1].accepted:
+                self.issued.verify(decided[0], self)
+                accepted = True
         if self.scans:
             self.note("emitted", len(self.scans))
-        return tuple(sorted({s.meta["record"] for s in self.scans})), len(self.scans) > 1
+        records = tuple(sorted({s.meta["record"] for s in self.scans}))
+        return records, len(self.scans) > 1, accepted
 
 
 # ---------------------------------------------------------------- serial line framing
@@ -578,7 +662,9 @@ class NdefRead(Target):
 class SerialLines(Target):
     """LineSplitter and the driver's line clean-up over a fuzzed byte stream cut into
     random chunks: no exception, no line or scan longer than max_line, and the same lines
-    however the stream is chunked."""
+    however the stream is chunked. Every scan then goes, as in the daemon, to
+    tokens.extract and engine.check: never an exception, and never an accept unless the
+    line carries an issued token or code (the seeds hold real ones)."""
 
     name = "serial"
 
@@ -587,7 +673,12 @@ class SerialLines(Target):
         from drivers.scan import HealthState
         from drivers.scanner.driver import LineSplitter, SerialScannerDriver
         from drivers.scanner.options import SerialOptions
+        from terminal.rules import Basket
 
+        self.world = World(workdir)
+        w = self.world
+        self.issued = Issued(w)
+        self.basket = Basket.from_dict({"currency": "CNY", "total_minor": 5000})
         self.options = [
             SerialOptions(port="/dev/null"),
             SerialOptions(port="/dev/null", terminator="\r", max_line=16),
@@ -602,9 +693,9 @@ class SerialLines(Target):
         self.scans: list[Any] = []
         for d in self.drivers:
             d._sink = self.scans.append
-        tok = b"CPN1:6BFOXN*TS0BI$ZD.P9UOL97O4-2HH77HRM3HSZ4GH0"
+        tok = w.tokens[0].encode()
         seeds = [
-            tok + b"\r\n4006381333931\r\n",
+            tok + b"\r\n4006381333931\r\n" + w.codes[0].encode() + b"\r\n",
             b"\x00\x00\x02]Q1" + tok + b"\x03\t\x02short\x03\t",
             b"]E04006381333931END]Q1" + tok[:10] + b"ENDEN",
             b"A" * 40 + b"\r" + b"B" * 15 + b"\rC\n\n\r\n",
@@ -628,6 +719,9 @@ class SerialLines(Target):
 
     def add(self, data: Any) -> None:
         super().add(data[1])  # the stream; options and cuts are drawn afresh
+
+    def teardown(self) -> None:
+        self.world.close()
 
     def _lines(self, which: int, chunks: list[bytes]) -> tuple[list[bytes], int]:
         state = self.HealthState()
@@ -654,13 +748,18 @@ class SerialLines(Target):
             if len(line) > opts.max_line:
                 raise FuzzFailure(f"a {len(line)}-byte line passed max_line {opts.max_line}")
             self.drivers[which]._deliver(line)
+        accepted = False
         for scan in self.scans:
             if not scan.payload or len(scan.payload) > opts.max_line:
                 raise FuzzFailure(f"scan payload {scan.payload!r}")
-            scan.text()
+            decided = decide_scan(self.world, scan, self.basket)
+            if decided is not None and decided[1].accepted:
+                self.issued.verify(decided[0], self)
+                accepted = True
         if too_long:
             self.note("too_long")
-        return which, min(len(lines), 3), min(too_long, 2), "symbology" in str(self.scans)
+        symbology = "symbology" in str(self.scans)
+        return which, min(len(lines), 3), min(too_long, 2), symbology, accepted
 
 
 # ---------------------------------------------------------------- POS API
@@ -697,12 +796,7 @@ class PosApi(Target):
         self.client = TestClient(make_app(self.daemon))
         self.inputs = TokenInputs(self.rng, w.tokens, w.codes)
         self.token_corpus = list(self.inputs.seeds_text)
-        self.issued_cose = {c for t in w.tokens if (c := cose_bytes(t)) is not None}
-        self.issued_signed = {signed_triple(c) for c in self.issued_cose}
-        from terminal.tokens import normalize_code
-
-        self.normalize = normalize_code
-        self.issued_codes = {normalize_code(c) for c in w.codes}
+        self.issued = Issued(w)
         self.tree = TreeMutator(
             self.rng, cbor=False, keys=[*BASKET_KEYS, "basket", "cashier", "code"]
         )
@@ -811,17 +905,7 @@ class PosApi(Target):
         from terminal import tokens
 
         code = tokens.extract(doc["code"]) or doc["code"].strip()
-        self.note("accepted")
-        if tokens.looks_like_token(code):
-            data = cose_bytes(code)
-            if data in self.issued_cose:
-                return
-            if data is not None and signed_triple(data) in self.issued_signed:
-                self.note("envelope_variant")
-                return
-            raise FuzzFailure(f"accepted a token that was never issued: {code!r}")
-        if self.normalize(code) not in self.issued_codes:
-            raise FuzzFailure(f"accepted a code that was never issued: {code!r}")
+        self.issued.verify(code, self)
 
 
 TARGETS: dict[str, type[Target]] = {

@@ -1,7 +1,8 @@
 """Issue 6's fuzzing: a seeded mutation fuzzer (fuzz_engine.py) over the token decoder, the
 engine end to end, the ledger reader, the basket reader, the NDEF reader, the serial line
 framing and the POS API (fuzz_targets.py). A short run in `make test`; REDEEM_SOAK=1 runs
-the full one (over a million inputs, spread over the cores). Same seed, same inputs."""
+the full one (over a million inputs, spread over the cores). Same seed, same inputs.
+test_atheris.py runs the same targets coverage-guided (atheris, where it installs)."""
 
 from __future__ import annotations
 
