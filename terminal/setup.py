@@ -7,14 +7,16 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from terminal import journal
 from terminal.clock import Clock
 from terminal.engine import Engine
-from terminal.journal import JournalUnavailable, open_database
+from terminal.journal import JournalFull, JournalUnavailable, open_database
 from terminal.keys import CertError, TrustAnchor
 from terminal.ledger_store import LedgerStore
 
 IDENTITY = "terminal.json"
 ANCHOR = "trust-anchor.json"
+SYNC_SETTINGS = "sync.json"  # sync/device.py's; read here only for an acked_seq kept there
 
 
 class NotInitialised(Exception):
@@ -22,8 +24,15 @@ class NotInitialised(Exception):
 
 
 class DataUnusable(NotInitialised):
-    """The data directory is there but cannot be redeemed on (a damaged or read-only
-    journal): the daemon and every command stop with this sentence."""
+    """The data directory is there but cannot be redeemed on (a damaged, truncated or
+    read-only journal): the daemon and every command stop with this sentence."""
+
+
+class DiskFull(DataUnusable):
+    """The journal's file system is full: nothing is damaged and the same start succeeds
+    once space is freed, so the process exits with EX_TEMPFAIL and systemd retries it."""
+
+    exit_code = 75  # EX_TEMPFAIL (sysexits.h); 2 is "restarting cannot help"
 
 
 @dataclass(frozen=True)
@@ -82,8 +91,43 @@ def open_engine(data: Path, clock: Clock) -> Engine:
         raise NotInitialised(str(exc)) from None
     store = LedgerStore(data / "ledger", anchor)
     store.load()
+    path = data / "journal.db"
     try:
-        db = open_database(data / "journal.db")
+        db = open_database(path)
+    except JournalFull as exc:
+        raise DiskFull(str(exc)) from None
     except JournalUnavailable as exc:
         raise DataUnusable(str(exc)) from None
+    truncated = journal.tail_problem(acknowledged_elsewhere(data))
+    if truncated:
+        db.close()
+        raise DataUnusable(
+            f"{path} has lost its last entries: {truncated[1]}: not redeeming on it, as new "
+            "entries would take their numbers; restore the data directory from the latest "
+            "backup or re-enroll (the central holds every entry it received)"
+        )
     return Engine(store, clock, identity.store, identity.terminal, db)
+
+
+def open_journal(data: Path) -> int:
+    """The journal of an initialised data directory opened for checking (`redeem journal
+    verify`), also when it is truncated; returns the acknowledged mark kept outside it."""
+    Identity.load(data)
+    try:
+        open_database(data / "journal.db")
+    except JournalFull as exc:
+        raise DiskFull(str(exc)) from None
+    except JournalUnavailable as exc:
+        raise DataUnusable(str(exc)) from None
+    return acknowledged_elsewhere(data)
+
+
+def acknowledged_elsewhere(data: Path) -> int:
+    """The central's acknowledged mark if the sync settings keep one beside the journal
+    (`acked_seq` in sync.json): a copy outside journal.db survives the journal being
+    replaced by an older one. 0 when there is none."""
+    try:
+        value = json.loads((data / SYNC_SETTINGS).read_text()).get("acked_seq", 0)
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

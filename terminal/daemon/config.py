@@ -106,11 +106,15 @@ class WatchdogSection:
     # One engine job (a decision, a ledger import) running longer than this withholds
     # systemd's watchdog pings: a worker hung on a stalled SD-card write gets restarted.
     engine_stall_s: float = 30.0
+    # A full disk at start-up: the daemon waits (tells systemd it is up, keeps the watchdog
+    # fed) and tries to open the journal again this often, instead of exiting into the
+    # unit's start limit: the till comes back by itself once space is freed.
+    disk_full_retry_s: float = 10.0
 
     def check(self) -> None:
         if self.restart_budget < 0:
             raise OptionError("restart_budget", "must not be negative")
-        for key in ("window_s", "engine_stall_s"):
+        for key in ("window_s", "engine_stall_s", "disk_full_retry_s"):
             if getattr(self, key) <= 0:
                 raise OptionError(key, "must be positive")
 

@@ -538,11 +538,43 @@ class Daemon:
         self._reload.set()
         self._wake.set()
 
+    def _start_when_space(self) -> bool:
+        """start(), waiting out a full disk: the journal cannot be opened until space is
+        freed, which no restart changes, and exiting would run into the unit's start limit
+        and leave the till down for good. So: say why once, tell systemd the service is up
+        (STATUS says it waits; the watchdog is fed), try again every disk_full_retry_s.
+        Nothing is served meanwhile: no coupon can be recorded, so none is accepted.
+        False when told to stop while waiting."""
+        every = self.cfg.watchdog.disk_full_retry_s
+        waiting = False
+        while True:
+            try:
+                self.start()
+            except setup.DiskFull as exc:
+                if not waiting:
+                    log.error("%s; trying again every %.0f s", exc, every)
+                    self.notifier.ready(f"waiting: disk full under {self.cfg.terminal.data}")
+                    waiting = True
+            else:
+                if waiting:
+                    log.info("space is back: the journal opened")
+                return True
+            until = time.monotonic() + every
+            while not self._stop.is_set() and time.monotonic() < until:
+                if self.notifier.watchdog_s:
+                    self.notifier.watchdog()
+                self._wake.wait(min(1.0, max(0.01, until - time.monotonic())))
+                self._wake.clear()
+            if self._stop.is_set():
+                log.info("stopped while waiting for disk space")
+                return False
+
     def run_forever(self) -> int:
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
         signal.signal(signal.SIGINT, lambda *_: self.request_stop())
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
-        self.start()
+        if not self._start_when_space():
+            return self.exit_code
         tick = min(1.0, (self.notifier.watchdog_s or 2.0) / 2)
         while not self._stop.is_set():
             self._wake.wait(tick)

@@ -1,12 +1,14 @@
 """Storage faults under the journal: a full disk and a read-only file system refuse coupons
 with storage_failure (fail closed) and corrupt nothing; the next coupon after the fault is
-gone is accepted. A torn WAL tail loses only the transaction being written; a damaged
-database file stops the terminal from redeeming, with a clear error."""
+gone is accepted. A start on a full disk is told apart from damage and exits for a retry.
+A torn WAL tail loses only the transaction being written; damage in the middle of the WAL
+or in the database file stops the terminal from redeeming, with a clear error."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -127,8 +129,9 @@ def test_a_read_only_file_system_refuses_and_the_terminal_recovers(
 
     assert remount(mnt, "ro").returncode == 0
     try:
-        # It stops at start-up with one clear sentence (exit 2: systemd retries it), before
-        # it opens a control socket or an input: no coupon is taken that cannot be journaled.
+        # It stops at start-up with one clear sentence, before it opens a control socket or
+        # an input: no coupon is taken that cannot be journaled. Exit 2 tells systemd not to
+        # restart it (RestartPreventExitStatus=2): a read-only card needs a person.
         daemon.start()
         assert daemon.proc is not None
         code = daemon.proc.wait(30)
@@ -152,6 +155,82 @@ def test_a_read_only_file_system_refuses_and_the_terminal_recovers(
     assert verify_chain(entries, meta) is None
     accepted = [e["serial"] for e in entries if e["accepted"] and e["kind"] == "redeem"]
     assert accepted == [serial_of(a), serial_of(b)]
+
+
+def test_a_start_on_a_full_disk_is_not_called_damage_and_waits_for_space(
+    tmp_path: Path, tmpfs: Mount
+) -> None:
+    """A clean stop removes the -wal and -shm files; on a full disk SQLite cannot create
+    them again (an I/O error, not SQLITE_FULL). That used to read "journal.db is damaged"
+    with exit 2, which systemd never restarts: the till stayed down after space returned.
+    Now the daemon says "disk full", serves nothing, and opens the journal once space is
+    freed, without a restart; a `redeem` command exits 75 (EX_TEMPFAIL)."""
+    mnt = tmpfs("2m")
+    world = build_world(tmp_path, mnt / "terminal", FixedClock(T0))
+    a, b = prepare(world, 2)
+    daemon = daemon_on(tmp_path, world.data, kiosk=False)
+    with open(daemon.config, "a") as cfg:
+        cfg.write("\n[watchdog]\ndisk_full_retry_s = 0.2\n")
+    daemon.start()
+    try:
+        daemon.wait_ready()
+        daemon.new_sale()
+        assert daemon.scan(a)["accepted"]
+    finally:
+        assert daemon.stop() == 0
+    assert not (world.data / "journal.db-wal").exists()
+    before = (world.data / "journal.db").read_bytes()
+    filler = fill(mnt)
+
+    daemon.start()
+    assert daemon.proc is not None
+    deadline = time.monotonic() + 30
+    while "trying again every" not in daemon.output():
+        assert daemon.proc.poll() is None, daemon.output()[-3000:]
+        assert time.monotonic() < deadline, daemon.output()[-3000:]
+        time.sleep(0.05)
+    time.sleep(1.0)  # several retries on the full disk
+    out = daemon.output()
+    assert daemon.proc.poll() is None  # waiting, not exited into systemd's start limit
+    assert f"disk full: {world.data} has " in out and "nothing is damaged" in out, out
+    assert out.count("disk full:") == 1  # said once, not every retry
+    assert "damaged (" not in out and "Traceback" not in out and "ACCEPTED" not in out
+    assert not (world.data / "control.sock").exists()  # nothing served meanwhile
+    verify = cli("journal", "verify", "--data", str(world.data))
+    assert verify.returncode == 75 and "disk full" in verify.stderr, verify.stderr
+    assert (world.data / "journal.db").read_bytes() == before  # nothing written, nothing torn
+
+    filler.unlink()
+    try:
+        daemon.wait_ready()  # the same process: no restart needed
+        assert daemon.starts == 2 and "space is back" in daemon.output()
+        daemon.new_sale()
+        assert daemon.scan(b)["accepted"]
+        assert daemon.scan(a)["reason"] == Reason.ALREADY_REDEEMED.value
+    finally:
+        assert daemon.stop() == 0
+    entries, _, meta = read_journal(world.data)
+    assert verify_chain(entries, meta) is None
+    accepted = [e["serial"] for e in entries if e["accepted"] and e["kind"] == "redeem"]
+    assert accepted == [serial_of(a), serial_of(b)]
+    assert cli_verify(world.data)["ok"]
+
+
+def test_a_daemon_waiting_for_space_stops_at_once_on_sigterm(tmp_path: Path, tmpfs: Mount) -> None:
+    mnt = tmpfs("2m")
+    world = build_world(tmp_path, mnt / "terminal", FixedClock(T0))
+    prepare(world, 1)
+    filler = fill(mnt)
+    daemon = daemon_on(tmp_path, world.data, kiosk=False).start()
+    assert daemon.proc is not None
+    deadline = time.monotonic() + 30
+    while "trying again every 10 s" not in daemon.output():
+        assert daemon.proc.poll() is None, daemon.output()[-3000:]
+        assert time.monotonic() < deadline, daemon.output()[-3000:]
+        time.sleep(0.05)
+    assert daemon.stop() == 0
+    assert "stopped while waiting for disk space" in daemon.output()
+    filler.unlink()
 
 
 # ---------------------------------------------------------------- WAL and database file
@@ -205,6 +284,66 @@ def test_garbage_in_the_last_wal_frame_is_dropped_not_trusted(world: World, tmp_
         assert journal.verify().ok
         redeemed = [e.serial for e in journal.Entry.select().where(journal.Entry.kind == "redeem")]
         assert redeemed == [serial_of(c) for c in coupons[:2]]
+    finally:
+        engine.db.close()
+
+
+def test_damage_in_the_middle_of_the_wal_stops_the_terminal(world: World, tmp_path: Path) -> None:
+    """Bit rot in an early WAL frame: SQLite's recovery would stop there and drop every
+    later committed redemption without a word, and those coupons could be redeemed again.
+    The terminal refuses to open such a journal instead, and leaves the WAL as it was."""
+    data, coupons = _crashed_copy(world, tmp_path, 6)
+    wal = data / "journal.db-wal"
+    assert (wal.stat().st_size - 32) // FRAME >= 8
+    with open(wal, "r+b") as fh:  # inside the second frame's page
+        fh.seek(32 + FRAME + 24 + 1000)
+        fh.write(b"\xa5" * 64)
+    damaged = wal.read_bytes()
+
+    # What plain SQLite makes of it (a read-only look at a copy): the later sales are gone.
+    look = tmp_path / "look"
+    shutil.copytree(data, look)
+    entries, _, _ = read_journal(look)
+    assert len([e for e in entries if e["kind"] == "redeem"]) < 6
+
+    with pytest.raises(setup.DataUnusable) as caught:
+        setup.open_engine(data, world.clock)
+    sentence = str(caught.value)
+    assert f"{wal} is damaged at frame 2 of " in sentence, sentence
+    assert "committed transactions after it would be silently dropped" in sentence
+    assert wal.read_bytes() == damaged  # the evidence is left for whoever restores it
+    verify = cli("journal", "verify", "--data", str(data))
+    assert verify.returncode == 2 and "would be silently dropped" in verify.stderr
+    sale = tmp_path / "basket.json"
+    sale.write_text('{"currency": "CNY", "total_minor": 100000}')
+    redeem = cli("redeem", coupons[5], "--basket", str(sale), "--data", str(data))
+    assert redeem.returncode == 2 and "ACCEPTED" not in redeem.stdout
+
+
+def test_a_last_transaction_torn_out_of_order_is_still_only_a_torn_tail(
+    world: World, tmp_path: Path
+) -> None:
+    """A card may persist the frames of the transaction being written in any order before
+    its fsync: an early frame of it lost while its commit frame landed. That transaction's
+    answer was never given; it must be dropped as a torn tail, not stop the terminal."""
+    data, coupons = _crashed_copy(world, tmp_path, 4)
+    wal = data / "journal.db-wal"
+    raw = wal.read_bytes()
+    frames = (len(raw) - 32) // FRAME
+    commits = [
+        i for i in range(frames) if raw[32 + i * FRAME + 4 : 32 + i * FRAME + 8] != b"\0" * 4
+    ]
+    first_of_last = commits[-2] + 1
+    assert commits[-1] > first_of_last  # the last transaction has more than its commit frame
+    with open(wal, "r+b") as fh:
+        fh.seek(32 + first_of_last * FRAME + 24 + 100)
+        fh.write(b"\xa5" * 64)
+    engine = setup.open_engine(data, world.clock)
+    try:
+        assert journal.verify().ok
+        redeemed = [e.serial for e in journal.Entry.select().where(journal.Entry.kind == "redeem")]
+        assert redeemed == [serial_of(c) for c in coupons[:3]]
+        assert engine.redeem(coupons[3], BASKET).accepted
     finally:
         engine.db.close()
 
