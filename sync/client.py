@@ -23,7 +23,7 @@ import cbor2
 from sync import protocol, status
 from sync.device import Settings, read_device_key
 from sync.http import CentralLink, Link, Offset, SyncError
-from terminal import journal, ledger
+from terminal import journal, ledger, setup
 from terminal.engine import Engine
 from terminal.journal import EXPORT_FIELDS, Entry, get_meta, set_meta
 
@@ -223,6 +223,10 @@ class SyncClient:
                 )
             if central_acked != acked:
                 self.local.call(_set_acked_job(central_acked))
+                try:
+                    setup.keep_acknowledged_copy(self.data, central_acked)
+                except OSError as exc:  # a full disk: the mark in journal.db still holds
+                    log.warning("cannot keep a copy of the acknowledged mark: %s", exc)
                 acked = central_acked
             if reply["problem"]:
                 raise SyncError(

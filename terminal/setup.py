@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,9 @@ from terminal.ledger_store import LedgerStore
 
 IDENTITY = "terminal.json"
 ANCHOR = "trust-anchor.json"
-SYNC_SETTINGS = "sync.json"  # sync/device.py's; read here only for an acked_seq kept there
+# The central's acknowledged mark, copied by the sync client outside journal.db after each
+# acknowledgement: a journal.db replaced by an older copy cannot take this file back with it.
+ACKED_COPY = "sync/acked.json"
 
 
 class NotInitialised(Exception):
@@ -123,11 +126,20 @@ def open_journal(data: Path) -> int:
 
 
 def acknowledged_elsewhere(data: Path) -> int:
-    """The central's acknowledged mark if the sync settings keep one beside the journal
-    (`acked_seq` in sync.json): a copy outside journal.db survives the journal being
-    replaced by an older one. 0 when there is none."""
+    """The central's acknowledged mark as kept beside the journal (ACKED_COPY, written by
+    the sync client): it survives the journal being replaced by an older one. 0 when there
+    is none or it is unreadable (the mark inside journal.db still counts)."""
     try:
-        value = json.loads((data / SYNC_SETTINGS).read_text()).get("acked_seq", 0)
+        value = json.loads((data / ACKED_COPY).read_text()).get("acked_seq", 0)
     except (OSError, ValueError, AttributeError):
         return 0
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def keep_acknowledged_copy(data: Path, acked: int) -> None:
+    """Write ACKED_COPY atomically (write, rename); a lost write only weakens the check."""
+    path = data / ACKED_COPY
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"acked_seq": acked}))
+    os.replace(tmp, path)

@@ -5,7 +5,6 @@ terminal refuses to redeem on a journal that lost its last entries."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 
@@ -130,12 +129,12 @@ def test_a_journal_below_the_central_acknowledged_mark_is_refused(world: World) 
     code, out = _verify(world.data)
     assert code == 1 and f"entries after {last} are missing" in out, out
 
-    # A mark kept outside journal.db (sync.json) counts the same.
+    # The copy the sync client keeps outside journal.db counts the same: an older journal.db
+    # put back in place brings its own older mark, not this one.
     _sql(world.data, "DELETE FROM meta WHERE key = 'acked_seq'")
     assert setup.open_engine(world.data, world.clock).redeem(coupons[2], basket(5000)).accepted
     journal.database_proxy.obj.close()
-    settings = {"central": "https://127.0.0.1:9", "acked_seq": last + 10}
-    (world.data / "sync.json").write_text(json.dumps(settings))
+    setup.keep_acknowledged_copy(world.data, last + 10)
     with pytest.raises(setup.DataUnusable, match="the central acknowledged entries up to"):
         setup.open_engine(world.data, world.clock)
 

@@ -791,3 +791,22 @@ def test_after_a_sync_the_till_does_not_count_its_own_uses_twice_against_a_budge
     fourth = till.engine.redeem(coupons[3], basket(5000))
     assert third.accepted, third  # 2 used + this one = 3: within the budget
     assert fourth.reason.value == "budget_exhausted"
+
+
+def test_an_older_journal_put_back_after_a_sync_is_refused(till: SyncedTill) -> None:
+    """Someone restores last week's journal.db (it still has coupons unused that were used
+    since): its own acknowledged mark is older too, but the copy the sync client keeps
+    beside it is not, so the terminal refuses to redeem on it."""
+    till.redeem(1)
+    assert till.round().ok
+    till.engine.db.close()
+    old = (till.data / "journal.db").read_bytes()  # closed cleanly: no -wal to carry
+    till.engine = setup.open_engine(till.data, till.clock)
+    till.redeem(2)
+    assert till.round().ok
+    acked = setup.acknowledged_elsewhere(till.data)
+    assert acked == till.engine.journal.head_seq
+    till.engine.db.close()
+    (till.data / "journal.db").write_bytes(old)
+    with pytest.raises(setup.DataUnusable, match=f"central acknowledged entries up to {acked}"):
+        setup.open_engine(till.data, till.clock)
