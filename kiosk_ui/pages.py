@@ -63,6 +63,7 @@ UI_STRINGS = (
     N_("Discount given"),
     N_("Acceptance rate"),
     N_("Refusal reasons"),
+    N_("No coupon was refused in the last 7 days."),
     N_("Redemptions by hour (today)"),
     N_("Redemptions per day"),
     N_("Fraud flags"),

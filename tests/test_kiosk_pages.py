@@ -133,6 +133,16 @@ def test_manager_dashboard_and_csv_export(kiosk: Kiosk) -> None:
         assert c.get("/manager/export.csv", params={"since": "yesterday"}).status_code == 400
 
 
+def test_a_week_without_refusals_says_so(kiosk: Kiosk) -> None:
+    kiosk.daemon.set_basket(Basket.from_dict({"currency": "CNY", "total_minor": 12800}))
+    kiosk.feed(kiosk.tokens[0])
+    wait_for(lambda: kiosk.daemon.published_count == 1)
+    with httpx.Client(base_url=kiosk.url, follow_redirects=True) as c:
+        r = c.post("/manager/login", data={"pin": PIN})
+        assert "No coupon was refused in the last 7 days." in r.text
+        assert "最近7天没有被拒绝的优惠券。" in c.get("/manager?lang=zh_CN").text
+
+
 def test_keypad_and_basket_posts_reach_the_daemon(kiosk: Kiosk) -> None:
     with httpx.Client(base_url=kiosk.url) as c:
         assert c.post("/basket", data={"total": "128.00"}).status_code == 303
