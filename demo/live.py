@@ -49,7 +49,7 @@ def make_video(folder: Path, shown: list[str]) -> tuple[str, int]:
         held[y : y + 300, x : x + 300] = code
         frames += [held] * HOLD_FRAMES + [counter] * GAP_FRAMES
     path = folder / "counter.avi"
-    video = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (640, 480), False)
+    video = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), FPS, (640, 480), False)
     if not video.isOpened():
         raise OSError(f"OpenCV cannot write {path}")
     try:

@@ -110,20 +110,25 @@ class Day:
         self.scanner.write(token.encode() + b"\r")  # a scanner in USB-COM mode ends with CR
         return self.show("A", "serial", label, self.decisions.next("hand-scanner")["decision"])
 
+    def pos(
+        self, path: str, body: dict[str, Any] | None = None, method: str = "POST"
+    ) -> dict[str, Any]:
+        """One call to terminal A's POS API as the till software makes it (its bearer
+        token, a fresh idempotency key per state change)."""
+        headers = {
+            "Authorization": f"Bearer {self.pos_token}",
+            "Idempotency-Key": uuid.uuid4().hex,
+        }
+        url = f"{self.kiosk_url}/api/v1{path}"
+        r = requests.request(method, url, json=body, headers=headers, timeout=10)
+        if r.status_code >= 400:
+            raise DemoFailed(f"POS API {path}: {r.status_code} {r.text}")
+        doc: dict[str, Any] = r.json()
+        return doc
+
     def pos_checkout(self, token: str) -> None:
         """The till software's two-phase checkout over the POS API: open, apply (hold),
         read the best combination, commit on payment."""
-        api = f"{self.kiosk_url}/api/v1"
-        auth = {"Authorization": f"Bearer {self.pos_token}"}
-
-        def post(path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-            headers = {**auth, "Idempotency-Key": uuid.uuid4().hex}
-            r = requests.post(api + path, json=body, headers=headers, timeout=10)
-            if r.status_code >= 400:
-                raise DemoFailed(f"POS API {path}: {r.status_code} {r.text}")
-            doc: dict[str, Any] = r.json()
-            return doc
-
         basket = {
             "currency": "CNY",
             "lines": [
@@ -131,13 +136,13 @@ class Day:
                 {"sku": "TOWEL", "category": "home", "quantity": 1, "unit_price_minor": 10000},
             ],
         }
-        opened = post("/checkouts", {"basket": basket, "cashier": "C07"})
+        opened = self.pos("/checkouts", {"basket": basket, "cashier": "C07"})
         cid = opened["checkout_id"]
-        applied = post(f"/checkouts/{cid}/coupons", {"code": token})
+        applied = self.pos(f"/checkouts/{cid}/coupons", {"code": token})
         total = yuan(opened["basket_total_minor"])
         label = f"checkout {total}: apply PCT15 (held)"
         self.expect(self.show("A", "pos-api", label, applied["decision"], "HELD"), "ok")
-        paid = post(f"/checkouts/{cid}/commit")
+        paid = self.pos(f"/checkouts/{cid}/commit")
         self.expect(
             self.show("A", "pos-api", "payment done: commit the held coupon", paid, "PAID"), "ok"
         )
@@ -146,17 +151,6 @@ class Day:
         """One shopper hands over several coupons at the till: the POS API holds each one
         the rules let it hold, names the best combination for the basket, and the payment
         commits it."""
-        api = f"{self.kiosk_url}/api/v1"
-        auth = {"Authorization": f"Bearer {self.pos_token}"}
-
-        def call(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-            headers = {**auth, "Idempotency-Key": uuid.uuid4().hex}
-            r = requests.request(method, api + path, json=body, headers=headers, timeout=10)
-            if r.status_code >= 400:
-                raise DemoFailed(f"POS API {path}: {r.status_code} {r.text}")
-            doc: dict[str, Any] = r.json()
-            return doc
-
         basket = {
             "currency": "CNY",
             "lines": [
@@ -164,21 +158,21 @@ class Day:
                 {"sku": "KETTLE", "category": "home", "quantity": 1, "unit_price_minor": 11200},
             ],
         }
-        opened = call("POST", "/checkouts", {"basket": basket, "cashier": "C07"})
+        opened = self.pos("/checkouts", {"basket": basket, "cashier": "C07"})
         cid, total = opened["checkout_id"], yuan(opened["basket_total_minor"])
         names = {}
         for token in tokens_shown:
-            d = call("POST", f"/checkouts/{cid}/coupons", {"code": token})["decision"]
+            d = self.pos(f"/checkouts/{cid}/coupons", {"code": token})["decision"]
             names[d.get("serial")] = d.get("campaign")
             self.show("A", "pos-api", f"checkout {total}: apply {d.get('campaign')}", d, "HELD")
-        best = call("GET", f"/checkouts/{cid}")["best"]
+        best = self.pos(f"/checkouts/{cid}", method="GET")["best"]
         picked = " + ".join(str(names.get(s, s)) for s in best["coupons"]) or "none"
         say(
             self.phase,
             f"    best combination of the coupons held: {picked} = -{yuan(best['discount_minor'])}"
             f" (worth {yuan(best['value_minor'])} with the gift)",
         )
-        paid = call("POST", f"/checkouts/{cid}/commit")
+        paid = self.pos(f"/checkouts/{cid}/commit")
         self.expect(
             self.show("A", "pos-api", "payment done: commit the held coupons", paid, "PAID"), "ok"
         )

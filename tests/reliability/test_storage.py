@@ -157,6 +157,16 @@ def test_a_read_only_file_system_refuses_and_the_terminal_recovers(
     assert accepted == [serial_of(a), serial_of(b)]
 
 
+def waiting_for_space(daemon: DaemonProc, said: str) -> None:
+    """Until the daemon's log says `said`; it must still be running (waiting, not exited)."""
+    assert daemon.proc is not None
+    deadline = time.monotonic() + 30
+    while said not in daemon.output():
+        assert daemon.proc.poll() is None, daemon.output()[-3000:]
+        assert time.monotonic() < deadline, daemon.output()[-3000:]
+        time.sleep(0.05)
+
+
 def test_a_start_on_a_full_disk_is_not_called_damage_and_waits_for_space(
     tmp_path: Path, tmpfs: Mount
 ) -> None:
@@ -183,12 +193,7 @@ def test_a_start_on_a_full_disk_is_not_called_damage_and_waits_for_space(
     filler = fill(mnt)
 
     daemon.start()
-    assert daemon.proc is not None
-    deadline = time.monotonic() + 30
-    while "trying again every" not in daemon.output():
-        assert daemon.proc.poll() is None, daemon.output()[-3000:]
-        assert time.monotonic() < deadline, daemon.output()[-3000:]
-        time.sleep(0.05)
+    waiting_for_space(daemon, "trying again every")
     time.sleep(1.0)  # several retries on the full disk
     out = daemon.output()
     assert daemon.proc.poll() is None  # waiting, not exited into systemd's start limit
@@ -222,12 +227,7 @@ def test_a_daemon_waiting_for_space_stops_at_once_on_sigterm(tmp_path: Path, tmp
     prepare(world, 1)
     filler = fill(mnt)
     daemon = daemon_on(tmp_path, world.data, kiosk=False).start()
-    assert daemon.proc is not None
-    deadline = time.monotonic() + 30
-    while "trying again every 10 s" not in daemon.output():
-        assert daemon.proc.poll() is None, daemon.output()[-3000:]
-        assert time.monotonic() < deadline, daemon.output()[-3000:]
-        time.sleep(0.05)
+    waiting_for_space(daemon, "trying again every 10 s")
     assert daemon.stop() == 0
     assert "stopped while waiting for disk space" in daemon.output()
     filler.unlink()
