@@ -58,6 +58,7 @@ bench: venv postgres
 	$(PY) bench/durable.py
 	$(PY) bench/ledger.py
 	$(PY) bench/token_size.py
+	$(PY) bench/journal_start.py
 	$(PY) bench/decode.py
 	$(PY) bench/scan_latency.py
 	$(PY) bench/daemon_cpu.py

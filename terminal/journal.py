@@ -650,8 +650,8 @@ def tail_problem(acknowledged: int = 0) -> tuple[int, str] | None:
     the newest operation id was answered with a later entry, or the newest coupon use has
     no entry (it is written with its accepted entry, in one transaction). A few indexed
     reads: cheap enough for every start-up. No head record is kept beside the entries:
-    writing one with each entry measured ~3 % of a durable redemption (one more page in
-    the WAL per commit), over the budget of that hot path."""
+    writing one with each entry adds a page to every redemption's commit, the hot path
+    that already misses its goal (bench/durable.py)."""
     seq, _ = _stored_head()
     acked = max(int(get_meta("acked_seq", "0") or 0), acknowledged)
     if acked > seq:

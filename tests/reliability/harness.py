@@ -29,7 +29,10 @@ from terminal.ledger import Policy
 from tests.conftest import T0, World
 
 REPO = Path(__file__).resolve().parents[2]
-SOAK = os.environ.get("REDEEM_SOAK") == "1"
+# `make soak` sets REDEEM_SOAK=1: the full rounds; anything but empty or "0" counts.
+SOAK = os.environ.get("REDEEM_SOAK", "") not in ("", "0")
+# Both fuzzers draw from this seed (REDEEM_FUZZ_SEED replays a run).
+FUZZ_SEED = int(os.environ.get("REDEEM_FUZZ_SEED", "20261127"))
 # The ledger's policy for the suite: no burst detection, since every scan of a run happens
 # at the same pinned instant and would look like a burst.
 QUIET = Policy(burst_per_terminal=0, burst_per_cashier=0, burst_per_coupon=0)

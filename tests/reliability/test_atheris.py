@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.reliability.fuzz_targets import TARGETS
+from tests.reliability.harness import FUZZ_SEED as SEED
+from tests.reliability.harness import SOAK
 
 try:
     import atheris  # noqa: F401
@@ -34,8 +36,6 @@ pytestmark = pytest.mark.skipif(
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "fuzz"
-SOAK = os.environ.get("REDEEM_SOAK", "") not in ("", "0")
-SEED = int(os.environ.get("REDEEM_FUZZ_SEED", "20261127"))
 
 # libFuzzer executions per target. The short run is about 20 s in all on a 2-core VM; the
 # full run totals over 1,000,000, two targets at a time.

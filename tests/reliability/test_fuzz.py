@@ -16,9 +16,8 @@ import pytest
 
 from tests.reliability.fuzz_engine import Job, Stats, run_jobs, shards
 from tests.reliability.fuzz_targets import TARGETS, make_target
-
-SOAK = os.environ.get("REDEEM_SOAK", "") not in ("", "0")
-SEED = int(os.environ.get("REDEEM_FUZZ_SEED", "20261127"))
+from tests.reliability.harness import FUZZ_SEED as SEED
+from tests.reliability.harness import SOAK
 
 # Inputs per target. The short run stays well under 30 s on a laptop core; the full run
 # totals over 1,000,000 and is sharded so every core is busy.
