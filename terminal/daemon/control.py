@@ -64,12 +64,16 @@ class Control:
             self._changed.notify_all()
 
     def start(self) -> None:
-        self.path.unlink(missing_ok=True)
+        # Bound and listening under a temporary name, then renamed: a client that sees
+        # control.sock can connect at once (no window between bind and listen).
+        staging = self.path.with_name(self.path.name + ".new")
+        staging.unlink(missing_ok=True)
         old = os.umask(0o177)
         try:
-            self._server = _Server(str(self.path), _Handler)
+            self._server = _Server(str(staging), _Handler)
         finally:
             os.umask(old)
+        os.replace(staging, self.path)
         self._server.control = self
         threading.Thread(target=self._server.serve_forever, name="control", daemon=True).start()
 
