@@ -4,12 +4,15 @@ systemd notify/watchdog and the input restart budget. Real processes and sockets
 
 from __future__ import annotations
 
+import array
+import fcntl
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -223,6 +226,25 @@ def wait_for(cond: object, timeout: float = 5.0) -> None:
     raise AssertionError("condition not met in time")
 
 
+def write_scans(fifo: Path, *payloads: str, timeout: float = 15.0) -> None:
+    """Scans into a fake input's fifo, returning once the daemon has read them all (the
+    pipe holds no unread byte), so a signal sent next finds them in flight, not in the
+    kernel's buffer. The daemon makes the fifo from its input thread: wait for it first."""
+    wait_for(fifo.is_fifo, timeout)
+    fd = os.open(fifo, os.O_WRONLY)  # blocks until the daemon's reader has it open
+    try:
+        os.write(fd, "".join(p + "\n" for p in payloads).encode())
+        unread = array.array("i", [0])
+
+        def drained() -> bool:
+            fcntl.ioctl(fd, termios.FIONREAD, unread)
+            return unread[0] == 0
+
+        wait_for(drained, timeout)
+    finally:
+        os.close(fd)
+
+
 # ---------------------------------------------------------------- as a process
 
 
@@ -262,9 +284,7 @@ def test_sigterm_stops_within_5s_and_loses_no_scan_in_flight(world: World, tmp_p
         world.data, {"op": "basket", "basket": {"currency": "CNY", "total_minor": 12800}}
     )
     for i, fifo in enumerate(fifos):  # 30 scans over three inputs, then SIGTERM at once
-        with open(fifo, "w") as pipe:
-            pipe.write("".join(t + "\n" for t in tokens[i::3]))
-    time.sleep(0.3)
+        write_scans(fifo, *tokens[i::3])
     code, _, out = run.terminate()
     assert code == 0, out
     # The daemon's own account: every part stopped inside its one shutdown deadline.
@@ -318,14 +338,12 @@ def test_sighup_applies_the_log_level_and_warns_about_a_kiosk_change(
     cfg.write_text(config("INFO", 8080, "first"))
     run = Running(cfg)
     run.wait_ready(world.data)
-    with open(fifo, "w") as pipe:
-        pipe.write("6901234567892\n")  # a product barcode: an INFO line, "ignored a scan"
+    write_scans(fifo, "6901234567892")  # a product barcode: an INFO line, "ignored a scan"
     wait_for(lambda: decisions() == 1)
     cfg.write_text(config("WARNING", 8081, "second"))
     run.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: set(control.request(world.data, {"op": "status"})["inputs"]) == {"second"})
-    with open(fifo, "w") as pipe:
-        pipe.write("6901234567892\n")
+    write_scans(fifo, "6901234567892")
     wait_for(lambda: decisions() == 2)
     code, _, out = run.terminate()
     assert code == 0, out
