@@ -140,7 +140,9 @@ def test_the_central_killed_mid_batch_loses_and_duplicates_nothing(
     link = open_link(site.data, engine, central=proxy.url, read_timeout_s=2.0)
     worker = threading.Thread(target=lambda: outcome.append(run_once(site.data, engine, link).ok))
     worker.start()
-    time.sleep(1.0)
+    deadline = time.monotonic() + 30  # the first batches are through: the upload is under way
+    while int(journal.get_meta("acked_seq") or 0) == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
     site.proc.send_signal(signal.SIGKILL)  # power cut at head office, mid-batch
     worker.join(30)
     proxy.stop()
