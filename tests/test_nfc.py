@@ -20,7 +20,7 @@ import pytest
 
 from drivers import registry
 from drivers.nfc.driver import NfcDriver
-from drivers.nfc.options import COUPON_MIME
+from drivers.nfc.options import COUPON_MIME, udp_port_usable
 from drivers.options import OptionError
 from drivers.scan import Scan
 from terminal import tokens
@@ -289,6 +289,17 @@ def test_bad_options_name_the_key(doc: dict[str, Any], key: str) -> None:
     with pytest.raises(OptionError) as err:
         registry.options_for("nfc", doc)
     assert err.value.key == key
+
+
+def test_a_port_nfcpy_would_read_as_a_service_name_is_refused_and_never_handed_out() -> None:
+    # /etc/services names 57000 "dircproxy", for one; nfcpy's udp: frontend crashes on it.
+    named = next((p for p in range(32768, 61000) if not udp_port_usable(p)), None)
+    if named is None:
+        pytest.skip("no /etc/services on this machine: every port reads as a number")
+    with pytest.raises(OptionError) as err:
+        registry.options_for("nfc", {"path": f"udp:127.0.0.1:{named}"})
+    assert err.value.key == "path" and "/etc/services" in str(err.value)
+    assert all(udp_port_usable(free_udp_port()) for _ in range(200))
 
 
 def test_scan_test_prints_what_a_tag_carries(tags):

@@ -25,6 +25,8 @@ from collections.abc import Callable
 from functools import reduce
 from typing import Any
 
+from drivers.nfc.options import udp_port_usable
+
 log = logging.getLogger(__name__)
 
 NdefSource = bytes | Callable[[], bytes] | None
@@ -32,10 +34,13 @@ _SAME: Any = object()
 
 
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A free loopback UDP port that nfcpy's udp: frontend can use (not a named service)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if udp_port_usable(port):
+            return port
 
 
 def _xor(data: bytes) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 
 from drivers.options import OptionError
@@ -11,6 +12,12 @@ from drivers.options import OptionError
 TECHNOLOGIES = ("106A", "106B", "212F", "424F")
 PATH_KINDS = ("usb", "tty", "com", "udp")
 COUPON_MIME = "application/vnd.edge-redeem.coupon"
+
+
+def udp_port_usable(port: int) -> bool:
+    """nfcpy's udp: frontend turns its port into a service name when /etc/services has one
+    (57000 reads as "dircproxy") and then fails on int(); such a port cannot be used."""
+    return socket.getnameinfo(("127.0.0.1", port), socket.NI_NUMERICHOST)[1].isdigit()
 
 
 def _default_targets() -> list[str]:
@@ -51,6 +58,12 @@ class NfcOptions:
             port = self.path.split(":")[2:3]
             if port and port[0] and not (port[0].isdigit() and 0 < int(port[0]) < 65536):
                 raise OptionError("path", f"bad udp port {port[0]!r}")
+            if port and port[0] and not udp_port_usable(int(port[0])):
+                raise OptionError(
+                    "path",
+                    f"udp port {port[0]} is a named service in /etc/services, which nfcpy "
+                    "cannot use; choose another port",
+                )
         if not self.targets:
             raise OptionError("targets", "must name at least one technology")
         unknown = [t for t in self.targets if t not in TECHNOLOGIES]
