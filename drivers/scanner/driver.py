@@ -158,6 +158,8 @@ class SerialScannerDriver(LoopDriver):
             waiting = port.in_waiting
             if waiting:
                 chunk += port.read(min(waiting, READ_CHUNK))
+            # Bytes in but no scans out: the scanner's terminator or framing is set wrong.
+            self.state.count("bytes_in", len(chunk))
             traffic.debug("%s < %r", self.options.port, chunk)
             for line in splitter.feed(chunk):
                 self._deliver(line)

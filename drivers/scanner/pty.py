@@ -4,11 +4,8 @@ simulator works the master side. Used by the driver tests and by `make demo`."""
 
 from __future__ import annotations
 
-import array
-import fcntl
 import os
 import select
-import termios
 import time
 from pathlib import Path
 
@@ -39,12 +36,6 @@ class Pty:
         view = memoryview(data)
         while view:
             view = view[os.write(self.master, view) :]
-
-    def unread(self) -> int:
-        """Bytes written to the driver that it has not read yet (the tty's input queue)."""
-        n = array.array("i", [0])
-        fcntl.ioctl(self.slave, termios.FIONREAD, n)
-        return n[0]
 
     def read(self, n: int, timeout: float = 5.0) -> bytes:
         """Exactly `n` bytes the driver sent to the device (fewer only on timeout)."""
