@@ -61,6 +61,20 @@ def daemon_on(tmp_path: Path, data: Path, kiosk: bool = True) -> DaemonProc:
     return DaemonProc(data, cfg, fifo, tmp_path / "logs")
 
 
+def accepted_serials(data: Path, kinds: tuple[str, ...] = ("redeem",)) -> list[str]:
+    """The accepted coupons in the journal, in order, once its hash chain verifies."""
+    entries, _, meta = read_journal(data)
+    assert verify_chain(entries, meta) is None
+    return [e["serial"] for e in entries if e["accepted"] and e["kind"] in kinds]
+
+
+def redeems_and_remembers(daemon: DaemonProc, fresh: str, used: str) -> None:
+    """After a recovery: a new sale takes a fresh coupon and still refuses a used one."""
+    daemon.new_sale()
+    assert daemon.scan(fresh)["accepted"]
+    assert daemon.scan(used)["reason"] == Reason.ALREADY_REDEEMED.value
+
+
 def test_a_full_disk_refuses_with_storage_failure_and_corrupts_nothing(
     tmp_path: Path, tmpfs: Mount
 ) -> None:
@@ -102,9 +116,7 @@ def test_a_full_disk_refuses_with_storage_failure_and_corrupts_nothing(
         assert pos.commit(checkout, "commit-1").status_code == 200
     finally:
         assert daemon.stop() == 0, daemon.output()[-3000:]
-    entries, uses, meta = read_journal(world.data)
-    assert verify_chain(entries, meta) is None
-    accepted = [e["serial"] for e in entries if e["accepted"] and e["kind"] in ("redeem", "hold")]
+    accepted = accepted_serials(world.data, ("redeem", "hold"))
     assert sorted(accepted) == sorted(serial_of(t) for t in (a, b, c))
     assert cli_verify(world.data)["ok"]
 
@@ -146,15 +158,10 @@ def test_a_read_only_file_system_refuses_and_the_terminal_recovers(
     daemon.start()
     try:
         daemon.wait_ready()
-        daemon.new_sale()
-        assert daemon.scan(b)["accepted"]
-        assert daemon.scan(a)["reason"] == Reason.ALREADY_REDEEMED.value
+        redeems_and_remembers(daemon, b, a)
     finally:
         assert daemon.stop() == 0
-    entries, _, meta = read_journal(world.data)
-    assert verify_chain(entries, meta) is None
-    accepted = [e["serial"] for e in entries if e["accepted"] and e["kind"] == "redeem"]
-    assert accepted == [serial_of(a), serial_of(b)]
+    assert accepted_serials(world.data) == [serial_of(a), serial_of(b)]
 
 
 def waiting_for_space(daemon: DaemonProc, said: str) -> None:
@@ -209,15 +216,10 @@ def test_a_start_on_a_full_disk_is_not_called_damage_and_waits_for_space(
     try:
         daemon.wait_ready()  # the same process: no restart needed
         assert daemon.starts == 2 and "space is back" in daemon.output()
-        daemon.new_sale()
-        assert daemon.scan(b)["accepted"]
-        assert daemon.scan(a)["reason"] == Reason.ALREADY_REDEEMED.value
+        redeems_and_remembers(daemon, b, a)
     finally:
         assert daemon.stop() == 0
-    entries, _, meta = read_journal(world.data)
-    assert verify_chain(entries, meta) is None
-    accepted = [e["serial"] for e in entries if e["accepted"] and e["kind"] == "redeem"]
-    assert accepted == [serial_of(a), serial_of(b)]
+    assert accepted_serials(world.data) == [serial_of(a), serial_of(b)]
     assert cli_verify(world.data)["ok"]
 
 
@@ -404,7 +406,4 @@ def test_a_command_writing_beside_the_daemon_neither_breaks_it_nor_doubles_a_cou
         assert daemon.scan(c)["accepted"]
     finally:
         assert daemon.stop() == 0
-    entries, _, meta = read_journal(world.data)
-    assert verify_chain(entries, meta) is None
-    accepted = [e["serial"] for e in entries if e["accepted"] and e["kind"] == "redeem"]
-    assert accepted == [serial_of(a), serial_of(b), serial_of(c)]
+    assert accepted_serials(world.data) == [serial_of(a), serial_of(b), serial_of(c)]
