@@ -37,6 +37,8 @@ class Policy:
     stale_block_hours: int = 72
     stale_high_value_minor: int = 5_000  # above this, a stale ledger needs a manager
     clock_tolerance_s: int = 300  # how far behind trusted time the clock may be
+    # Burst detectors (terminal/fraud.py): head office sets them (`redeem-central policy`);
+    # a till only falls back on these defaults for a field its ledger does not carry. 0: off.
     burst_window_s: int = 60
     burst_per_coupon: int = 3  # attempts on one serial within the window
     burst_per_terminal: int = 60  # accepted redemptions per window
@@ -174,6 +176,12 @@ def pack_customer_usage(counts: Mapping[tuple[str, str], int]) -> dict[str, dict
     return out
 
 
+def _usage(doc: Any) -> dict[str, tuple[int, int]]:
+    """The ledger's `usage` map, each figure clamped at zero: a negative use count or value
+    (a central that believed a till's negative discount) must not give a budget back."""
+    return {k: (max(0, int(v[0])), max(0, int(v[1]))) for k, v in dict(doc or {}).items()}
+
+
 def _customer_usage(doc: Any) -> dict[tuple[str, str], int]:
     out: dict[tuple[str, str], int] = {}
     for cid, refs in dict(doc or {}).items():
@@ -309,7 +317,7 @@ def _from_snapshot(anchor: TrustAnchor, b: Mapping[str, Any]) -> LedgerState:
         issuer_keys=_certs(anchor, b.get("issuer_certs")),
         revoked_kids=set(b.get("revoked_kids", ())),
         campaigns=_campaigns(b.get("campaigns")),
-        usage={k: (int(v[0]), int(v[1])) for k, v in dict(b.get("usage", {})).items()},
+        usage=_usage(b.get("usage")),
         customer_usage={k: n for k, n in _customer_usage(b.get("customer_usage")).items() if n},
         revoked=SerialSet(serials.unpack(b.get("revoked", b""))),
         redeemed=SerialSet(serials.unpack(b.get("redeemed", b""))),
@@ -336,7 +344,7 @@ def _apply_delta(
     codes = dict(s.plain_codes)
     codes.update({bytes(h): PlainCode(c, n) for h, c, n in b.get("plain_codes", ())})
     usage = dict(s.usage)
-    usage.update({k: (int(v[0]), int(v[1])) for k, v in dict(b.get("usage", {})).items()})
+    usage.update(_usage(b.get("usage")))
     customer_usage = s.customer_usage
     if "customer_usage" in b:  # counts as they are now; 0 once every use was refunded
         customer_usage = dict(customer_usage)

@@ -210,5 +210,8 @@ def test_long_texts_and_unknown_campaigns_are_stored(central: Running) -> None:
     reply = dev.push(entries)
     assert reply["problem"] is None and reply["acked_seq"] == 3
     token = central.admin_token()
-    [flag] = [f for f in _flags(central, token) if f["terminal"] == dev.terminal]
+    mine = [f for f in _flags(central, token) if f["terminal"] == dev.terminal]
+    [flag] = [f for f in mine if f["source"] == "terminal"]
     assert flag["kind"] == long and flag["customer"] == long
+    # The redemption of a campaign the central never heard of is kept, flagged, not counted.
+    assert [f["seq"] for f in mine if f["kind"] == "implausible_entry"] == [1]

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import peewee as pw
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -22,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sync import protocol
 from sync.central import flags, report, schemas, terminals
 from sync.central.delivery import Ahead, Delivery
-from sync.central.ingest import BatchInvalid, ingest, parse_batch
+from sync.central.ingest import BatchInvalid, flag_refused_batch, ingest, parse_batch
 from sync.central.models import TerminalRow
 from sync.central.online import Online
 from sync.central.store import Central, CentralError
@@ -322,7 +323,12 @@ def create_app(central: Central, max_body: int = MAX_BODY) -> FastAPI:
     )
     async def post_journal(request: Request) -> Response:
         row, body = await signed(request)
-        reply = await db(lambda: ingest(central, row.id, parse_batch(body)))
+        try:
+            entries = parse_batch(body)
+        except BatchInvalid as exc:
+            await db(flag_refused_batch, central, row.id, body, exc)
+            raise
+        reply = await db(lambda: ingest(central, row.id, entries))
         return JSONResponse(reply.to_dict())
 
     @app.get(
@@ -357,10 +363,31 @@ def create_app(central: Central, max_body: int = MAX_BODY) -> FastAPI:
             return problem(400, "bad-check", str(exc), request.url.path)
         return JSONResponse(answer)
 
-    @app.get("/healthz", tags=["ops"], summary="Liveness: the database answers")
+    @app.get(
+        "/healthz",
+        tags=["ops"],
+        summary="Readiness: the database answers and the central can sign and publish",
+        responses={503: {"description": "not ready; `problems` says why"}},
+    )
     async def health() -> Response:
-        latest = await db(central.latest)
-        return JSONResponse({"ok": True, "version": latest.version if latest else 0})
+        def work() -> tuple[int, list[str]]:
+            latest = central.latest()
+            return (latest.version if latest else 0), central.health_problems()
+
+        try:
+            version, problems = await db(work)
+        except pw.PeeweeException as exc:
+            version, problems = 0, [f"the database does not answer: {exc}".strip()]
+        if not problems:
+            return JSONResponse({"ok": True, "version": version})
+        # A central that cannot sign still answers terminals from what it published, but no
+        # new version can be made: monitoring must see it as not ready.
+        doc = json.loads(problem_body(503, "not-ready", "; ".join(problems), "/healthz"))
+        return JSONResponse(
+            {**doc, "ok": False, "version": version, "problems": problems},
+            status_code=503,
+            media_type=PROBLEM,
+        )
 
     # ------------------------------------------------------------ admin
 

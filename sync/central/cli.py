@@ -24,7 +24,7 @@ from terminal.cliutil import (
     writable_dir,
 )
 from terminal.keys import PURPOSE_ISSUER, PURPOSE_LEDGER
-from terminal.ledger import ledger_file
+from terminal.ledger import Policy, ledger_file
 from terminal.ledger_store import write_atomic
 from terminal.rules import Campaign, InputError
 from terminal.timeutil import clock_from_env
@@ -167,6 +167,30 @@ def cmd_revoke_key(args: argparse.Namespace) -> int:
         {"revoked_kid": args.kid},
         f"key {args.kid} revoked; terminals learn it at their next ledger pull",
     )
+    return EXIT_OK
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    """Show the terminal policy, or change fields of it (`--set name=value`, repeatable):
+    the next ledger version carries it to every till."""
+    c = _open(args)
+    doc = c.policy().to_dict()
+    for item in args.set or ():
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in doc:
+            known = ", ".join(sorted(doc))
+            raise UserError(f"--set {item!r}: expected NAME=VALUE with NAME one of {known}")
+        try:
+            doc[name] = int(value.strip())
+        except ValueError:
+            raise UserError(f"--set {name}: {value.strip()!r} is not a whole number") from None
+    if args.set:
+        c.set_policy(Policy.from_dict(doc))  # refuses negative values, naming the field
+    lines = [f"{k:<24} {v}" for k, v in sorted(doc.items())]
+    if args.set:
+        lines.append("terminals receive it with the next ledger version (their next pull)")
+    emit(args, {"policy": doc, "changed": bool(args.set)}, "\n".join(lines))
     return EXIT_OK
 
 
@@ -353,8 +377,19 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("rotate-key", cmd_rotate, "make a new ledger or issuer key").add_argument(
         "--purpose", choices=[PURPOSE_ISSUER, PURPOSE_LEDGER], required=True
     )
-    cmd("revoke-key", cmd_revoke_key, "revoke an issuer key by its id").add_argument(
-        "--kid", required=True
+    cmd(
+        "revoke-key",
+        cmd_revoke_key,
+        "revoke an issuer key by its id (never the root or ledger key)",
+    ).add_argument("--kid", required=True)
+    cmd(
+        "policy", cmd_policy, "show the terminal policy, or set fields of it (bursts, stale ledger)"
+    ).add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="change one field, e.g. burst_per_terminal=30 (repeatable; 0 turns a burst "
+        "detector off)",
     )
     sp = cmd("serve", cmd_serve, "serve terminals over HTTP(S): enrollment, ledger, journal")
     sp.add_argument("--host", default=os.environ.get("REDEEM_CENTRAL_HOST", "127.0.0.1"))

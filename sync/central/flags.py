@@ -21,6 +21,8 @@ CUSTOMER_LIMIT = "customer_limit_exceeded"
 BUDGET = "budget_exceeded"
 JOURNAL_ALTERED = "journal_altered"
 JOURNAL_CHAIN = "journal_chain_broken"
+# An accepted use the central cannot believe (trust.py): stored, never counted.
+IMPLAUSIBLE = "implausible_entry"
 
 
 def raise_flag(

@@ -4,6 +4,7 @@ stored exactly once, and reconciled across terminals (see reconcile.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -48,6 +49,8 @@ FIELDS: dict[str, tuple[type, bool, int]] = {
     "hash": (_STR, False, 64),
 }
 _HEX = frozenset("0123456789abcdef")
+IMPLAUSIBLE_CODE = "implausible-entry"
+EVIDENCE_CHARS = 4096
 
 
 class BatchInvalid(ValueError):
@@ -72,6 +75,15 @@ def _check_entry(doc: Any, i: int) -> dict[str, Any]:
         if value is None and nullable:
             out[name] = None
             continue
+        if kind is int and type(value) is float:
+            # NaN, Infinity or a fraction where money or a count belongs: no till writes
+            # that, so the signed batch is evidence (the app flags it), never stored.
+            raise BatchInvalid(
+                422,
+                IMPLAUSIBLE_CODE,
+                f"entries[{i}].{name} is {value!r}, not a whole number (amounts are integer "
+                "minor units)",
+            )
         if type(value) is not kind:  # bool is not an int here, nor an int a bool
             raise BatchInvalid(422, "invalid-batch", f"entries[{i}].{name} has the wrong type")
         if isinstance(value, int) and not -INT_LIMIT <= value <= INT_LIMIT:
@@ -130,6 +142,32 @@ class Reply:
             "problem": self.problem,
             "usage": self.usage,
         }
+
+
+def flag_refused_batch(central: Central, terminal: str, body: bytes, exc: BatchInvalid) -> None:
+    """A signed batch refused for an impossible number: flag it against the terminal, with
+    the start of the body as evidence (nothing of it is stored or counted)."""
+    if exc.code != IMPLAUSIBLE_CODE:
+        return
+    digest = hashlib.sha256(body).hexdigest()
+    term = TerminalRow.get_or_none(TerminalRow.id == terminal)
+    flags.raise_flag(
+        central,
+        f"{flags.IMPLAUSIBLE}:{terminal}:batch:{digest}",
+        flags.IMPLAUSIBLE,
+        "central",
+        store=term.store if term else None,
+        terminal=terminal,
+        detail={
+            "detail": f"terminal {terminal} sent a journal batch the central cannot believe: "
+            f"{exc.detail}; refused, nothing counted",
+            "why": exc.detail,
+            "terminal": terminal,
+            "body_sha256": digest,
+            "body": body[:EVIDENCE_CHARS].decode("utf-8", "replace"),
+        },
+    )
+    log.warning("implausible batch from %s: %s", terminal, exc.detail)
 
 
 def _retryable(exc: Exception) -> bool:

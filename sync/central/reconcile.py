@@ -1,6 +1,7 @@
 """Reconciliation of uploaded journal entries across terminals: accepted redeem/commit
-entries with a serial are redemptions, reverse entries undo them when the campaign makes a
-refunded coupon reusable. Counters are upserted in one order (serials, customers, campaigns)
+entries with a serial are redemptions once the central finds them plausible (trust.py; an
+implausible one is flagged and never counted), reverse entries undo them when the campaign
+makes a refunded coupon reusable. Counters are upserted in one order (serials, customers, campaigns)
 so concurrent batches on PostgreSQL serialise on rows and never miss each other; what the
 counters show afterwards raises flags (double redemption, customer limit, budget) and marks
 serials for the next ledger version."""
@@ -15,7 +16,7 @@ from typing import Any
 
 import peewee as pw
 
-from sync.central import bulk, flags
+from sync.central import bulk, flags, trust
 from sync.central.models import (
     CampaignRow,
     CampaignUsage,
@@ -102,6 +103,16 @@ def reconcile(central: Central, term: TerminalRow, entries: list[dict[str, Any]]
     customer_delta: Counter[tuple[str, str]] = Counter()
     usage_delta: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
     last_seq: dict[Any, int] = {}
+    # Serials of implausible entries that the central did issue for the campaign named: no
+    # use is counted, but the coupon is marked used (docs/decisions.md, issue 11).
+    burned: dict[int, str] = {}
+    known = trust.Known.load(
+        s
+        for e in entries
+        if e["accepted"] and e["kind"] in ("redeem", "commit")
+        for s in [_serial(e["serial"])]
+        if s is not None
+    )
 
     def count(use: dict[str, Any], sign: int) -> None:
         serial = use["serial"]
@@ -129,11 +140,22 @@ def reconcile(central: Central, term: TerminalRow, entries: list[dict[str, Any]]
         if kind in ("redeem", "commit"):
             detail = _detail(e)
             customer, tag = e["customer"], detail.get("tag")
+            hold = None
             if kind == "commit":
                 hold = holds.get((e["checkout_id"], serial_text)) or _stored_hold(term, e)
                 if hold is not None:
                     customer = customer or hold["customer"]
                     tag = tag or _detail(hold).get("tag")
+            why = trust.implausible(
+                e, detail, term.store, serial, camp, known, _detail(hold) if hold else None
+            )
+            if why is not None:
+                _implausible(central, term, e, why)
+                if known.issued_for(serial, e["campaign"]):
+                    burned[serial] = e["campaign"]
+                    serial_delta[serial] += 1
+                    last_seq[serial] = e["seq"]
+                continue
             gift = camp.gift_value_minor if (camp and detail.get("gift")) else 0
             use = {
                 "terminal": term.id,
@@ -215,7 +237,7 @@ def reconcile(central: Central, term: TerminalRow, entries: list[dict[str, Any]]
         )
     if not serial_delta and not usage_delta:
         return False
-    _serials(central, term, serial_delta, campaigns, pending, last_seq)
+    _serials(central, term, serial_delta, campaigns, pending, last_seq, burned)
     _customers(central, term, customer_delta, campaigns, last_seq)
     _campaign_usage(central, term, usage_delta, campaigns, last_seq)
     _terminal_usage(term, usage_delta)
@@ -238,6 +260,36 @@ def _stored_hold(term: TerminalRow, commit: dict[str, Any]) -> dict[str, Any] | 
         .first()
     )
     return row
+
+
+def _implausible(central: Central, term: TerminalRow, e: dict[str, Any], why: str) -> None:
+    """An accepted use the central cannot believe: the entry stays stored (evidence), this
+    flag names the terminal, and nothing of it is counted."""
+    flags.raise_flag(
+        central,
+        f"{flags.IMPLAUSIBLE}:{term.id}:{e['seq']}",
+        flags.IMPLAUSIBLE,
+        "central",
+        store=term.store,
+        terminal=term.id,
+        seq=e["seq"],
+        campaign=e["campaign"],
+        serial=e["serial"],
+        customer=e["customer"],
+        detail={
+            "detail": f"terminal {term.id} reported {e['kind']} #{e['seq']} that the central "
+            f"cannot believe: {why}; not counted",
+            "why": why,
+            "terminal": term.id,
+            "kind": e["kind"],
+            "discount_minor": e["discount_minor"],
+            "currency": e["currency"],
+            "cashier": e["cashier"],
+            "at_ms": e["at_ms"],
+            "hash": e["hash"],
+        },
+    )
+    log.warning("implausible %s #%d from %s: %s", e["kind"], e["seq"], term.id, why)
 
 
 def _journal_flag(
@@ -280,6 +332,7 @@ def _serials(
     campaigns: _Campaigns,
     pending: list[_Use],
     last_seq: dict[Any, int],
+    burned: dict[int, str],
 ) -> None:
     changed = sorted(s for s, d in delta.items() if d)
     if not changed:
@@ -300,7 +353,7 @@ def _serials(
         )
         for stored, n in query:
             counts[from_db_serial(stored)] = int(n)
-    campaign_of = {u.row["serial"]: u.row["campaign"] for u in pending}
+    campaign_of = {**burned, **{u.row["serial"]: u.row["campaign"] for u in pending}}
     redeemed, unredeemed = [], []
     for s in changed:
         cid = campaign_of.get(s) or _campaign_of_serial(s)

@@ -37,7 +37,7 @@ from sync.central.models import (
     open_database,
 )
 from terminal import cose, ledger, serials
-from terminal.keys import PURPOSE_ISSUER, PURPOSE_LEDGER, TrustAnchor, make_cert
+from terminal.keys import PURPOSE_ISSUER, PURPOSE_LEDGER, CertError, TrustAnchor, make_cert
 from terminal.ledger import GENESIS, LedgerState, Policy
 from terminal.rules import Campaign
 from terminal.tokens import Claims, issue, plain_code_hash
@@ -181,13 +181,62 @@ class Central:
         return key.kid.hex()
 
     def revoke_key(self, kid: str) -> None:
-        n = (
-            KeyRow.update(revoked=True, active=False, published_in=None)
-            .where(KeyRow.kid == kid)
-            .execute()
-        )
-        if n == 0:
+        """Revoke an issuer key. The root and ledger keys are refused: revoking either would
+        leave the central unable to publish a ledger any till accepts."""
+        kid = kid.strip().lower()
+        if kid == self._root_kid():
+            raise CentralError(
+                f"key {kid} is the root key (the trust anchor every till holds) and cannot be "
+                "revoked; only issuer keys can. If it was stolen, set up a new central and "
+                "enroll every till again (docs/security-model.md)"
+            )
+        row = KeyRow.get_or_none(KeyRow.kid == kid)
+        if row is None:
             raise CentralError(f"no key {kid}")
+        if row.purpose != PURPOSE_ISSUER:
+            raise CentralError(
+                f"key {kid} is a {row.purpose} key and cannot be revoked; only issuer keys "
+                "can. To replace the ledger key, run `redeem-central rotate-key --purpose "
+                "ledger`"
+            )
+        KeyRow.update(revoked=True, active=False, published_in=None).where(
+            KeyRow.kid == kid
+        ).execute()
+
+    def _root_kid(self) -> str | None:
+        try:
+            return TrustAnchor.load(self.data / "trust-anchor.json").kid.hex()
+        except CertError:
+            try:
+                return self._load_key("root").kid.hex()
+            except CentralError:
+                return None
+
+    def health_problems(self) -> list[str]:
+        """Why this central cannot sign or publish right now, in words for an operator
+        (empty when it can): the root key, the active ledger and issuer keys must be
+        readable, match their certificates and be valid now."""
+        problems: list[str] = []
+        try:
+            anchor = TrustAnchor(self._load_key("root").public)
+        except CentralError as exc:
+            return [f"cannot certify keys: {exc}"]
+        now = self.now()
+        for purpose, what in ((PURPOSE_LEDGER, "publish"), (PURPOSE_ISSUER, "issue coupons")):
+            try:
+                key, raw = self._active(purpose)
+                cert = anchor.check_cert(raw)
+            except (CentralError, CertError) as exc:
+                problems.append(f"cannot {what}: {exc}")
+                continue
+            if cert.public_key != key.public:
+                problems.append(f"cannot {what}: key {cert.kid.hex()} does not match its file")
+            elif not cert.valid_at(now):
+                problems.append(
+                    f"cannot {what}: the {purpose} key's certificate is not valid now "
+                    f"(run `redeem-central rotate-key --purpose {purpose}`)"
+                )
+        return problems
 
     def _active(self, purpose: str) -> tuple[cose.SigningKey, bytes]:
         row = KeyRow.get_or_none((KeyRow.purpose == purpose) & KeyRow.active)
@@ -285,6 +334,10 @@ class Central:
 
     def set_policy(self, policy: Policy) -> None:
         self._set("policy", json.dumps(policy.to_dict()))
+
+    def policy(self) -> Policy:
+        """The policy the next ledger version carries (defaults for any field not set)."""
+        return Policy.from_dict(json.loads(self._get("policy") or "{}"))
 
     # ---------------------------------------------------------------- ledger
 
