@@ -1,6 +1,7 @@
 """The POS integration API under /api/v1: tills open a checkout with its basket, apply
 coupons (the engine's hold), read the best combination, and commit, release or reverse.
-Bearer token per till, Idempotency-Key on every POST, errors as RFC 9457 problem+json.
+Bearer token per till, Idempotency-Key on every POST, errors as RFC 9457 problem+json
+(each with a reason code and the cashier's sentence); numbers are JSON integers only.
 Every engine call goes through the daemon's one engine worker. Checkouts are kept in the
 terminal's database (PosCheckout) so a till carries on with them after a restart."""
 
@@ -39,7 +40,7 @@ from terminal.rules import Basket, InputError, best_combination
 log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1"
-API_VERSION = "1.1"  # the contract in docs/pos-api.md ("Changes")
+API_VERSION = "1.2"  # the contract in docs/pos-api.md ("Changes")
 MAX_BODY = 64 * 1024
 # Memory bounds for a terminal that runs for weeks: the oldest keys and closed checkouts go
 # first (the engine keeps every operation's answer in its journal regardless).
@@ -50,6 +51,7 @@ PROBLEM = "application/problem+json"
 TITLES = {
     400: "Bad request",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
     409: "Conflict",
@@ -80,16 +82,47 @@ NO_COUPON_MESSAGES = {
     "release": N_("Checkout cancelled. No coupon was applied to it."),
 }
 ALREADY_APPLIED = N_("This coupon is already applied to this sale.")
+# The engine's detail when a coupon is refused because this very checkout holds it.
+SAME_CHECKOUT = "already applied to this checkout"
+# The sentence for each problem the API raises itself (an engine answer carries its
+# reason's own sentence): what the cashier reads on the till's screen.
+CALL_SUPPORT = N_("The till asked for something this terminal does not offer. Please call support.")
+PROBLEM_MESSAGES = {
+    "bad-request": N_(
+        "The till sent a request this terminal cannot read. Please try again or call support."
+    ),
+    "unauthorized": N_(
+        "This till is not registered with the coupon terminal. Ask a manager to set it up."
+    ),
+    "not-found": CALL_SUPPORT,
+    "method-not-allowed": CALL_SUPPORT,
+    "too-large": N_("The till sent too much at once. Please split the sale or call support."),
+    "invalid": N_(
+        "The till sent sale details this terminal cannot accept. Please check the sale "
+        "and try again."
+    ),
+    "invalid-basket": N_(
+        "This terminal cannot accept the items or the total of this sale. Please check them."
+    ),
+    "already-applied": ALREADY_APPLIED,
+}
+# Any other refusal (a 4xx the API did not name above).
+REFUSED = N_("This terminal refused the till's request. Please call support.")
 
 
 # ---------------------------------------------------------------- documents
 
 
 class _Doc(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a number must be a JSON integer (not true, 10000.0 or "100") and a flag a
+    # JSON boolean, as the CLI's own parsing refuses them; a guess at what the till meant
+    # could put the wrong amount on a coupon.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class BasketLine(_Doc):
+    # Bounded so that a line (quantity x price), and 500 of them, stay far inside SQLite's
+    # 64-bit integers: at most 500 x 10^5 x 10^10 = 5 x 10^17.
     sku: str = Field(max_length=64)
     category: str | None = Field(None, max_length=64)
     quantity: int = Field(1, ge=1, le=100_000)
@@ -178,8 +211,10 @@ class ProblemDoc(BaseModel):
     detail: str
     instance: str | None = None
     code: str
-    reason: str | None = None
-    message: str | None = None
+    reason: str = Field(
+        description="the engine's reason code when it decided, else `code` with underscores"
+    )
+    message: str = Field(description="the sentence the cashier reads, in the terminal's language")
 
 
 def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -192,8 +227,9 @@ def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 class Problem(Exception):
-    """An error answer. `decision` adds the engine's reason code and the cashier's sentence;
-    `message` (a marked msgid) replaces that sentence, or gives one without a reason."""
+    """An error answer, always with a reason code and the cashier's sentence: the engine's
+    when `decision` is given, else `code` with underscores and PROBLEM_MESSAGES' sentence;
+    `message` (a marked msgid) replaces the sentence."""
 
     def __init__(
         self,
@@ -217,9 +253,14 @@ class Problem(Exception):
             "instance": instance,
             "code": self.code,
         }
+        doc["reason"] = self.code.replace("-", "_")
         if self.decision is not None:
             doc["reason"] = self.decision.reason.value
             doc["message"] = self.decision.reason.message(lang)
+        elif self.status >= 500:
+            doc["message"] = Reason.INTERNAL_ERROR.message(lang)
+        else:
+            doc["message"] = translate(PROBLEM_MESSAGES.get(self.code, REFUSED), lang)
         if self.message is not None:
             doc["message"] = translate(self.message, lang)
         headers = dict(self.headers or {})
@@ -278,8 +319,9 @@ class Checkout:
 @dataclass
 class State:
     checkouts: dict[str, Checkout] = field(default_factory=dict)
-    # op_id -> (request fingerprint, stored answer or None when the engine keeps it)
-    keys: dict[str, tuple[str, dict[str, Any] | None]] = field(default_factory=dict)
+    # op_id -> (request fingerprint, the first answer as JSON text, or None when the engine
+    # keeps it); text, as a dict would take several times the memory.
+    keys: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def trim(self) -> None:
@@ -337,6 +379,14 @@ def _opened(co: Checkout) -> dict[str, Any]:
         "coupons": [],
         "best": {"discount_minor": 0, "value_minor": 0, "coupons": [], "refused": {}},
     }
+
+
+def _replayed(answer: str) -> dict[str, Any]:
+    """A stored first answer, marked as a replay where it holds a decision."""
+    doc: dict[str, Any] = json.loads(answer)
+    if isinstance(doc.get("decision"), dict):
+        doc["decision"]["replayed"] = True
+    return doc
 
 
 def _fingerprint(*parts: str) -> str:
@@ -416,13 +466,15 @@ def router(daemon: Any) -> APIRouter:
     def op_id(request: Request, key: str) -> str:
         return f"{request.state.till}:{key}"
 
-    def claim(op: str, fingerprint: str) -> dict[str, Any] | None:
-        """A key is for one request: the stored answer for a retry, 409 for another."""
+    def claim(op: str, fingerprint: str, register: bool = True) -> dict[str, Any] | None:
+        """A key is for one request: the stored answer for a retry, 409 for another. With
+        `register` false a new key is only looked up, not taken."""
         with state.lock:
             seen = state.keys.get(op)
             if seen is None:
-                state.keys[op] = (fingerprint, None)
-                state.trim()
+                if register:
+                    state.keys[op] = (fingerprint, None)
+                    state.trim()
                 return None
         if seen[0] != fingerprint:
             raise Problem(
@@ -431,7 +483,12 @@ def router(daemon: Any) -> APIRouter:
                 "this Idempotency-Key was used for another request",
                 Decision(False, Reason.OPERATION_CONFLICT),
             )
-        return seen[1]
+        return _replayed(seen[1]) if seen[1] is not None else None
+
+    def remember(op: str, fingerprint: str, answer: dict[str, Any]) -> None:
+        with state.lock:
+            state.keys[op] = (fingerprint, json.dumps(answer))
+            state.trim()
 
     def own(request: Request, checkout_id: str) -> Checkout | None:
         co = state.checkouts.get(checkout_id)
@@ -452,6 +509,7 @@ def router(daemon: Any) -> APIRouter:
             409,
             "checkout-closed",
             f"checkout {co.id} is {co.state}: coupons go only to an open checkout",
+            Decision(False, Reason.UNKNOWN_CHECKOUT),
         )
 
     def wrong_state(co: Checkout, kind: str) -> Problem:
@@ -478,7 +536,12 @@ def router(daemon: Any) -> APIRouter:
             raise  # the job's own answer (decided on the worker, in order with the others)
         except Exception as exc:
             log.exception("POS API engine call failed")
-            raise Problem(503, "unavailable", "the terminal cannot answer right now") from exc
+            raise Problem(
+                503,
+                "unavailable",
+                "the terminal cannot answer right now",
+                Decision(False, Reason.INTERNAL_ERROR),
+            ) from exc
 
     @api.post(
         "/checkouts",
@@ -499,9 +562,12 @@ def router(daemon: Any) -> APIRouter:
         fp = _fingerprint("open", json.dumps(body.model_dump(), sort_keys=True))
         if op not in state.keys:  # a retry from before a restart: the stored checkout
             row = call(lambda engine: PosCheckout.get_or_none(PosCheckout.open_key == op))
-            if row is not None and row.id in state.checkouts:
-                with state.lock:
-                    state.keys[op] = (row.open_fingerprint, _opened(state.checkouts[row.id]))
+            if row is not None:
+                # The first answer, even when the checkout has since closed and left memory.
+                first = state.checkouts.get(row.id) or Checkout(
+                    row.id, row.till, Basket.from_dict(json.loads(row.basket)), row.cashier
+                )
+                remember(op, row.open_fingerprint, _opened(first))
         stored = claim(op, fp)
         if stored is not None:
             return stored
@@ -523,7 +589,7 @@ def router(daemon: Any) -> APIRouter:
         answer = _opened(co)
         with state.lock:
             state.checkouts[co.id] = co
-            state.keys[op] = (fp, answer)
+            state.keys[op] = (fp, json.dumps(answer))
             state.trim()
         return answer
 
@@ -542,20 +608,25 @@ def router(daemon: Any) -> APIRouter:
         idempotency_key: str = Key,
     ) -> dict[str, Any]:
         co = own(request, checkout_id)
-        if co is None:
-            raise not_found(checkout_id)
-        if co.state != "open":
-            raise closed(co)
         code = tokens.extract(body.code) or body.code.strip()
         op = op_id(request, idempotency_key)
-        claim(op, _fingerprint("hold", checkout_id, code))
-        ctx = Context(source="pos", cashier=co.cashier or co.till)
+        fp = _fingerprint("hold", checkout_id, code)
+        # A retry gets the first answer even after the checkout moved on (committed,
+        # released, or gone from memory): only a new key meets its state.
+        stored = claim(op, fp, register=co is not None and co.state == "open")
+        if stored is not None:
+            return stored
 
         arrived = time.monotonic()
 
         def job(engine: Engine) -> tuple[Decision, list[dict[str, Any]]]:
-            if co.state != "open":  # a commit or release got to the worker first
-                raise closed(co)
+            if co is None or co.state != "open":  # or a commit got to the worker first
+                # A retry still gets the engine's first answer (after a restart too).
+                first = engine._replay(op, engine._request("hold", checkout_id, code))
+                if first is not None:
+                    return first, engine.checkout_coupons(checkout_id)
+                raise not_found(checkout_id) if co is None else closed(co)
+            ctx = Context(source="pos", cashier=co.cashier or co.till)
             d = engine.hold(checkout_id, code, co.basket, ctx, op)
             if not d.replayed:  # the cashier screen and /metrics see POS coupons too
                 scan = Scan(f"pos:{co.till}", "pos", code.encode(), engine.now())
@@ -567,8 +638,7 @@ def router(daemon: Any) -> APIRouter:
             raise Problem(409, "operation-conflict", decision.detail, decision)
         if decision.reason in UNAVAILABLE:
             raise Problem(503, "unavailable", decision.detail or "try again", decision)
-        held = {c["serial"] for c in coupons if c["status"] == "held"}
-        if decision.reason is Reason.ALREADY_REDEEMED and decision.serial in held:
+        if decision.reason is Reason.ALREADY_REDEEMED and decision.detail == SAME_CHECKOUT:
             # Not "already used": this very checkout holds it. The engine journaled the
             # attempt as it journals every refusal; the hold is as it was.
             raise Problem(
@@ -578,7 +648,10 @@ def router(daemon: Any) -> APIRouter:
                 f"to checkout {checkout_id}",
                 message=ALREADY_APPLIED,
             )
-        return {"decision": decision.to_dict(lang()), "coupons": coupons}
+        answer = {"decision": decision.to_dict(lang()), "coupons": coupons}
+        if not decision.replayed:  # the exact first answer for a retry (coupons as then)
+            remember(op, fp, answer)
+        return answer
 
     @api.get(
         "/checkouts/{checkout_id}",

@@ -97,7 +97,7 @@ def pos(world: World, tmp_path: Path) -> Iterator[Pos]:
     world.sync_ledger()
     world.engine.db.close()
     # The daemon's own kiosk web server (create_app: pages, API, /metrics) on a free port.
-    body = '\n[kiosk]\nhost = "127.0.0.1"\nport = 0\n' + fifo_input(tmp_path / "f")
+    body = fifo_input(tmp_path / "f")  # write_config adds the kiosk on a free port
     cfg = config_mod.load(write_config(tmp_path / "d.toml", world.data, body))
     daemon = Daemon(cfg, world.clock)
     daemon.start()
@@ -371,6 +371,7 @@ def test_every_error_under_the_api_is_a_problem(pos: Pos) -> None:
         p = r.json()
         assert p["status"] == status and p["type"].startswith("urn:edge-redeem:problem:")
         assert p["title"] and p["detail"] and p["instance"] == path
+        assert p["reason"] == p["code"].replace("-", "_") and p["message"].endswith("."), p
         if status == 405:
             assert "allow" in r.headers
     assert pos.seq() == seq and pos.state(cid) == ("open", [])

@@ -1,7 +1,8 @@
 """schemathesis against the OpenAPI document the terminal publishes: the daemon's own kiosk
 web server (kiosk_ui/app.py's create_app, pages and all) on loopback, read from its
-/openapi.json. With a till token no 5xx and every response as documented; without one, a
-401 and no state change (no journal entry added)."""
+/openapi.json. With a till token no 5xx and every response as documented (every error with
+its reason code and the cashier's sentence); without one, a 401 and no state change (no
+journal entry added)."""
 
 from __future__ import annotations
 
@@ -50,21 +51,32 @@ def each_operation(pos: Pos, mode: GenerationMode, check: Callable[[Any, str], N
     return count
 
 
+def words(response: Any) -> None:
+    """An error names its reason and says it in a sentence (documented or not: 404, 405)."""
+    if response.status_code >= 400:
+        problem = response.json()
+        assert problem["reason"] and problem["message"].endswith("."), problem
+
+
 def test_with_a_token_no_5xx_and_responses_match_the_schema(pos: Pos) -> None:
     def check(case: Any, cid: str) -> None:
         # A well-formed request may meet a closed or unknown checkout (404/409): the
         # documented answer, not a rejection of valid data.
-        case.call_and_validate(
-            headers={"Authorization": f"Bearer {pos.token}"},
-            excluded_checks=[positive_data_acceptance],
+        words(
+            case.call_and_validate(
+                headers={"Authorization": f"Bearer {pos.token}"},
+                excluded_checks=[positive_data_acceptance],
+            )
         )
 
     def check_negative(case: Any, cid: str) -> None:
         # The valid token replaces whatever bearer header was generated, which can make a
         # "negative" case valid: no 5xx and documented answers still, but not "rejected".
-        case.call_and_validate(
-            headers={"Authorization": f"Bearer {pos.token}"},
-            excluded_checks=[positive_data_acceptance, negative_data_rejection],
+        words(
+            case.call_and_validate(
+                headers={"Authorization": f"Bearer {pos.token}"},
+                excluded_checks=[positive_data_acceptance, negative_data_rejection],
+            )
         )
 
     assert each_operation(pos, GenerationMode.POSITIVE, check) > 30
@@ -79,6 +91,7 @@ def test_without_a_token_nothing_changes(pos: Pos) -> None:
         response = case.call()
         assert response.status_code == 401, response.text
         assert response.headers["content-type"][0].startswith("application/problem+json")
+        words(response)
         assert pos.seq() == before
         assert pos.get(f"/api/v1/checkouts/{cid}").json()["coupons"] == []
 
