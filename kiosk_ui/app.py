@@ -1,12 +1,14 @@
 """The daemon's local web app: the cashier screen and manager dashboard (pages), the POS
 integration API (/api/v1) and /metrics, served by uvicorn on the [kiosk] address (loopback
 unless an installer says otherwise). Every asset ships in the package. /openapi.json
-describes the POS API only: the pages are the kiosk's own forms, not a contract."""
+describes the POS API only: the pages are the kiosk's own forms, not a contract. Every
+request passes kiosk_ui/guard.py first (client address, Host, Origin; CSRF on the pages)."""
 
 from __future__ import annotations
 
 import importlib
 import logging
+import socket
 import threading
 import time
 from pathlib import Path
@@ -19,7 +21,7 @@ from fastapi.responses import PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
-from kiosk_ui import api
+from kiosk_ui import api, guard
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -39,7 +41,24 @@ def create_app(daemon: Any) -> FastAPI:
         # The pages are HTML forms for the kiosk's own screen: not in the published API.
         app.include_router(module.router(daemon), include_in_schema=name != "pages")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    add_problem_handlers(app, lambda: str(daemon.cfg.terminal.lang))
+
+    def lang() -> str:
+        return str(daemon.cfg.terminal.lang)
+
+    add_problem_handlers(app, lang)
+    kiosk = daemon.cfg.kiosk
+    secret = guard.csrf_secret(Path(daemon.cfg.terminal.data))
+    app.add_middleware(guard.Csrf, secret=secret, lang=lang)
+    app.add_middleware(guard.NetworkGuard, policy=guard.Policy(kiosk), lang=lang)  # outermost
+    if not guard.is_loopback(kiosk.host):
+        log.warning(
+            "kiosk serves the network on %s:%s (allow_network = true): clients let in: "
+            "127.0.0.1, ::1, %s; host names: %s",
+            kiosk.host,
+            kiosk.port,
+            ", ".join(kiosk.allowed_clients),
+            ", ".join(kiosk.hostnames) or "(none but the address)",
+        )
     return app
 
 
@@ -77,10 +96,22 @@ class KioskServer:
             log_level="warning",
             access_log=False,
             lifespan="off",
+            # The client address is the socket's peer: an X-Forwarded-For from a local
+            # process must not pick the address the allow-list sees.
+            proxy_headers=False,
             timeout_graceful_shutdown=1,  # open live feeds must not hold up a shutdown
         )
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="kiosk", daemon=True)
+        # Bound here, not in uvicorn's thread: a port in use or an address this machine
+        # does not have is an OSError the daemon reports (and stops on), not a thread that
+        # quietly dies.
+        self.sock = socket.create_server(
+            (host.strip("[]"), port),
+            family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+        )
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, name="kiosk", daemon=True
+        )
         self.host = host
 
     def start(self) -> None:
@@ -91,7 +122,8 @@ class KioskServer:
                 raise RuntimeError("the kiosk web server did not start")
             time.sleep(0.02)
         if not self.thread.is_alive():
-            raise RuntimeError("the kiosk web server could not start (is the port in use?)")
+            self.sock.close()
+            raise RuntimeError("the kiosk web server could not start")
         sock = self.server.servers[0].sockets[0].getsockname()
         self.url = f"http://{sock[0]}:{sock[1]}"
         log.info("kiosk on %s", self.url)
@@ -99,3 +131,4 @@ class KioskServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(3.0)
+        self.sock.close()

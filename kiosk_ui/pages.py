@@ -20,7 +20,7 @@ from fastapi.templating import Jinja2Templates
 from peewee import fn
 
 from drivers.scan import Scan
-from kiosk_ui import charts
+from kiosk_ui import charts, guard
 from kiosk_ui.manager import Manager, Reviews
 from sync import status as sync_status
 from terminal import journal
@@ -315,6 +315,7 @@ def router(daemon: Any) -> APIRouter:
             _=lambda s: translate(s, lang),
             money=money,
             path=request.url.path,
+            csrf_token=guard.csrf_token(request),  # every POST form carries it
         )
         resp = TEMPLATES.TemplateResponse(request, name, ctx)
         if request.query_params.get("lang"):

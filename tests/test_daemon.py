@@ -27,6 +27,7 @@ from terminal.journal import Entry
 from terminal.reasons import Reason
 from terminal.rules import Basket
 from tests.conftest import T0, World
+from tests.postgres import free_port
 from tests.ptys import Pty
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,9 +47,9 @@ def prepare(world: World, n: int = 3) -> list[str]:
 
 def write_config(path: Path, data: Path, body: str = "") -> Path:
     """A daemon config; its kiosk listens on a free port unless `body` says otherwise (two
-    test daemons, or a demo, must never fight over 8080)."""
+    test daemons, or a demo, must never fight over 8080; port 0 is refused in a config)."""
     if "[kiosk]" not in body:
-        body += '\n[kiosk]\nhost = "127.0.0.1"\nport = 0\n'
+        body += f'\n[kiosk]\nhost = "127.0.0.1"\nport = {free_port()}\n'
     path.write_text(f'[terminal]\ndata = "{data}"\n\n[log]\nformat = "json"\n{body}')
     return path
 
@@ -88,6 +89,20 @@ def fifo_input(fifo: Path, name: str = "pipe") -> str:
         ("[watchdog]\nstall_s = 10\n", ":2: watchdog.stall_s", "unknown option"),
         ("[watchdog]\nengine_stall_s = 0\n", ":2: watchdog.engine_stall_s", "positive"),
         ('[log]\nlevel = "LOUD"\n', ":2: log.level", "must be one of"),
+        # Out-of-range ports and non-finite or negative durations (TOML has nan and inf):
+        # refused by the check, not found out when the kiosk silently does not listen.
+        ("[kiosk]\nport = 0\n", ":2: kiosk.port", "from 1 to 65535, not 0"),
+        ("[kiosk]\nport = 99999\n", ":2: kiosk.port", "from 1 to 65535, not 99999"),
+        ("[sync]\ninterval_s = nan\n", ":2: sync.interval_s", "finite number, not nan"),
+        ("[watchdog]\n\nwindow_s = inf\n", ":3: watchdog.window_s", "finite number, not inf"),
+        ("[terminal]\nvoid_window_s = -inf\n", ":2: terminal.void_window_s", "not -inf"),
+        ("[terminal]\nvoid_window_s = -5\n", ":2: terminal.void_window_s", "must not be negative"),
+        (
+            '[[input]]\nname = "a"\nkind = "fake"\ninterval_s = nan\n',
+            ":4: input[0].interval_s",
+            "finite number, not nan",
+        ),
+        ("[sync]\nmax_backoff_s = -1.5\n", ":2: sync.max_backoff_s", "must not be negative"),
         ("[terminal\n", ":1: syntax", ""),
     ],
 )

@@ -3,6 +3,8 @@ value is an error that names the key, the file and the line."""
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -13,6 +15,8 @@ from drivers import registry
 from drivers.options import OptionError, parse_options
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Keys holding a duration, in any section or input: never negative.
+DURATION_SUFFIXES = ("_s", "_ms", "_hours")
 
 
 class ConfigError(ValueError):
@@ -71,9 +75,59 @@ class OutputSection:
 
 @dataclass(frozen=True)
 class KioskSection:
-    host: str = "127.0.0.1"  # never all interfaces unless an installer says so
-    port: int = 8080
+    host: str = "127.0.0.1"  # a non-loopback address needs allow_network (docs/kiosk.md)
+    port: int = 8080  # 1-65535
     enabled: bool = True
+    # Names browsers and tills use to reach the kiosk (the Host header), besides loopback
+    # names and `host` itself: a request naming any other host is refused (DNS rebinding).
+    hostnames: list[str] = field(default_factory=list)
+    # Serving other machines is a decision, not a typo: a non-loopback `host` needs this.
+    allow_network: bool = False
+    # Client networks let in (CIDR, e.g. "192.168.1.0/24"); 127.0.0.1 and ::1 always are.
+    # Required when allow_network is true; every other client gets 403.
+    allowed_clients: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise OptionError("port", f"must be a TCP port from 1 to 65535, not {self.port}")
+        for name in self.hostnames:
+            if not name or (any(c in name for c in "/:@ ") and not is_ip(name)):
+                raise OptionError("hostnames", f"{name!r} is not a host name (no scheme or port)")
+        for net in self.allowed_clients:
+            try:
+                ipaddress.ip_network(net)
+            except ValueError as exc:
+                raise OptionError("allowed_clients", f"{net!r}: {exc}") from None
+        if not is_loopback(self.host) and not self.allow_network:
+            raise OptionError(
+                "host",
+                f"{self.host!r} is not a loopback address: serving other machines needs"
+                " allow_network = true and allowed_clients",
+            )
+        if self.allow_network and not self.allowed_clients:
+            raise OptionError(
+                "allowed_clients",
+                'must list the client networks let in (e.g. ["192.168.1.0/24"]) when'
+                " allow_network is true",
+            )
+
+
+def is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or name) only ever reaches this machine."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # any other name may resolve to a network address
 
 
 @dataclass(frozen=True)
@@ -202,11 +256,32 @@ def load(path: Path) -> Config:
     return parse(doc, path, text)
 
 
+def _leaves(doc: dict[str, Any]) -> list[tuple[str, int | None, str, Any]]:
+    """(table, index in an array of tables, key, value) for every key of every table: the
+    checks that hold whatever the section (TOML has nan and inf literals)."""
+    out: list[tuple[str, int | None, str, Any]] = []
+    for top, value in doc.items():
+        tables = value if isinstance(value, list) else [value]
+        for i, table in enumerate(tables):
+            if not isinstance(table, dict):
+                continue
+            index = i if isinstance(value, list) else None
+            for key, item in table.items():
+                for one in item if isinstance(item, list) else [item]:
+                    out.append((top, index, key, one))
+    return out
+
+
 def parse(doc: dict[str, Any], path: Path, text: str = "") -> Config:
     def fail(table: str, index: int | None, key: str, message: str) -> ConfigError:
         shown = f"{table}[{index}].{key}" if index is not None else f"{table}.{key}"
         return ConfigError(path, locate(text, table, index, key), shown.strip("."), message)
 
+    for table, index, key, value in _leaves(doc):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise fail(table, index, key, f"must be a finite number, not {value}")
+        if isinstance(value, int | float) and key.endswith(DURATION_SUFFIXES) and value < 0:
+            raise fail(table, index, key, f"is a duration and must not be negative ({value})")
     sections: dict[str, Any] = {}
     for top, value in doc.items():
         if top in SECTIONS:
