@@ -160,6 +160,7 @@ FLAG_KINDS = {
     "budget_exceeded": N_("Campaign budget exceeded"),
     "journal_altered": N_("Journal entry altered"),
     "journal_chain_broken": N_("Journal chain broken"),
+    "implausible_entry": N_("A till reported a redemption the central cannot believe"),
 }
 
 # The central's decision on a flag (sync.central.flags.STATUSES).

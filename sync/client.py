@@ -5,7 +5,6 @@ thread; every engine and journal access goes through `local.call` (the daemon's 
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from sync.http import CentralLink, Link, Offset, SyncError
 from terminal import journal, ledger, setup
 from terminal.engine import Engine
 from terminal.journal import EXPORT_FIELDS, Entry, get_meta, set_meta
+from terminal.ledger_store import DEFAULT_MAX_FILE_BYTES
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -133,6 +133,10 @@ class SyncClient:
         self.local = local
         self.stop = stop or threading.Event()
         self.work_dir = data / "sync"
+        # A ledger download (as sent, and once decompressed) is refused past this: the
+        # same bound as `redeem ledger import`, so a central or proxy sending an endless
+        # body neither fills the SD card nor the memory.
+        self.max_ledger_bytes = DEFAULT_MAX_FILE_BYTES
         self._own_usage: dict[str, list[int]] | None = None
 
     # ------------------------------------------------------------------ the round
@@ -284,11 +288,17 @@ class SyncClient:
             else:
                 out.pop("resumed_at", None)
                 append = False
-            raw = partial.receive(resp, since, etag, encoding, append, self.stop)
+            raw = partial.receive(
+                resp, since, etag, encoding, append, self.stop, self.max_ledger_bytes
+            )
         finally:
             resp.close()
         out["bytes"] = len(raw)
-        data = _decode(raw, encoding)
+        try:
+            data = _decode(raw, encoding, self.max_ledger_bytes)
+        except SyncError:
+            partial.drop()
+            raise
         if _no_updates(data):
             partial.drop()
             out["not_modified"] = True
@@ -464,17 +474,40 @@ def _content_range_start(value: str) -> int | None:
         return None
 
 
-def _decode(raw: bytes, encoding: str) -> bytes:
+def _decode(raw: bytes, encoding: str, limit: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
     try:
         if encoding == "gzip":
-            return gzip.decompress(raw)
+            return _inflate(raw, 16 + zlib.MAX_WBITS, limit)
         if encoding == "deflate":
-            return zlib.decompress(raw)
+            return _inflate(raw, zlib.MAX_WBITS, limit)
     except (OSError, EOFError, zlib.error) as exc:
         raise SyncError("protocol", f"ledger download is damaged ({exc})") from None
     if encoding not in ("identity", ""):
         raise SyncError("protocol", f"ledger download uses an unknown encoding {encoding!r}")
     return raw
+
+
+def _inflate(raw: bytes, wbits: int, limit: int) -> bytes:
+    """Decompress (gzip members one after another, like gzip.decompress), refusing past
+    `limit` bytes of output: a small download must not unpack into gigabytes."""
+    out = bytearray()
+    rest = raw
+    while rest:
+        z = zlib.decompressobj(wbits)
+        out += z.decompress(rest, limit + 1 - len(out))
+        if len(out) > limit or z.unconsumed_tail:
+            raise SyncError("protocol", _too_large(limit, "once decompressed"))
+        if not z.eof:
+            raise EOFError("compressed data ended before the end-of-stream marker")
+        rest = z.unused_data
+    return bytes(out)
+
+
+def _too_large(limit: int, how: str) -> str:
+    return (
+        f"the ledger download is larger than {limit / 2**20:g} MiB {how}, the most a ledger"
+        " file may be; it was dropped and the ledger is unchanged"
+    )
 
 
 def _no_updates(data: bytes) -> bool:
@@ -530,6 +563,7 @@ class _Partial:
         encoding: str,
         append: bool,
         stop: threading.Event,
+        limit: int = DEFAULT_MAX_FILE_BYTES,
     ) -> bytes:
         self.dir.mkdir(parents=True, exist_ok=True)
         if not append:
@@ -541,13 +575,19 @@ class _Partial:
         mode = "ab" if append else "wb"
         try:
             with open(self.body, mode) as fh:
+                size = fh.tell()  # a resumed download counts what it already holds
                 for chunk in resp.raw.stream(CHUNK, decode_content=False):
+                    size += len(chunk)
+                    if size > limit:
+                        raise SyncError("protocol", _too_large(limit, "as sent"))
                     fh.write(chunk)
                     if stop.is_set():
                         raise SyncError("stopped", "sync stopped during the ledger download")
                 fh.flush()
                 os.fsync(fh.fileno())
-        except SyncError:
+        except SyncError as exc:
+            if exc.kind != "stopped":
+                self.drop()  # too large: never resumed
             raise
         except Exception as exc:  # urllib3 ProtocolError (cut off), read timeout, reset
             raise SyncError(

@@ -48,6 +48,10 @@ class Link:
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 20.0  # longest silence while waiting for or reading an answer
     retries: int = 2  # urllib3 retries of one idempotent request (connect, read, 5xx)
+    # The longest answer read into memory (JSON replies, error pages): a central or proxy
+    # that sends an endless body is cut off here. The ledger download streams to disk and
+    # has its own bound (sync/client.py).
+    max_answer_bytes: int = 8 * 1024 * 1024
 
     def check(self) -> None:
         parts = urlsplit(self.central)
@@ -204,8 +208,9 @@ class CentralLink:
             )
         where = f"{method} {path}"
         verify: bool | str = self.link.ca or True
+        # Always streamed: a body we keep is read by _read_capped, never unbounded.
         settings = self.session.merge_environment_settings(
-            prepared.url or self.base, {}, stream, verify, None
+            prepared.url or self.base, {}, True, verify, None
         )
         wall = self.clock.now()
         t0 = time.monotonic()
@@ -218,7 +223,13 @@ class CentralLink:
             )
             rtt = time.monotonic() - t0
             self._measure(resp, wall, rtt)
-            data = b"" if stream and resp.status_code < 400 else resp.content
+            data = (
+                b""
+                if stream and resp.status_code < 400
+                else _read_capped(resp, self.link.max_answer_bytes, where)
+            )
+        except SyncError:
+            raise
         except requests.exceptions.RequestException as exc:
             raise _network_error(where, exc, self.link) from None
         except Exception as exc:  # urllib3 under requests can still raise its own on reads
@@ -253,6 +264,23 @@ class CentralLink:
             headers={"Content-Type": "application/json", "Accept": "application/json"},
             signed=signed,
         )
+
+
+def _read_capped(resp: requests.Response, limit: int, where: str) -> bytes:
+    """The whole (decoded) body, or SyncError at the first byte past `limit`."""
+    buf = bytearray()
+    for chunk in resp.iter_content(64 * 1024):
+        buf += chunk
+        if len(buf) > limit:
+            resp.close()  # drop the connection: the rest of the body is never read
+            raise SyncError(
+                "protocol",
+                f"{where}: the answer is larger than {limit / 2**20:g} MiB; not read further",
+                resp.status_code,
+            )
+    data = bytes(buf)
+    resp._content = data  # as if read by requests itself: resp.content/.json() still work
+    return data
 
 
 def _refusal(method: str, path: str, answer: Answer) -> SyncError:

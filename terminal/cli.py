@@ -21,9 +21,19 @@ from terminal.cliutil import (
 )
 from terminal.decision import Context, Decision
 from terminal.engine import Engine
-from terminal.i18n import normalize_lang
+from terminal.i18n import normalize_lang, translate
+from terminal.ledger_store import DEFAULT_MAX_FILE_BYTES, LedgerTooLarge, read_limited
 from terminal.rules import Basket, InputError
 from terminal.timeutil import clock_from_env, parse_time
+
+
+def _env_float(name: str, default: float) -> float | None:
+    """A number from the environment; None (reported by the command) if it is not one."""
+    raw = os.environ.get(name)
+    try:
+        return default if raw is None else float(raw)
+    except ValueError:
+        return None
 
 
 def _engine(args: argparse.Namespace) -> Engine:
@@ -81,8 +91,13 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger_import(args: argparse.Namespace) -> int:
+    if args.max_mb is None or not 1 <= args.max_mb <= 4096:
+        raise UserError("--max-mb (env REDEEM_LEDGER_MAX_MB) must be a number from 1 to 4096")
     try:
-        data = Path(args.file).read_bytes()
+        # Read (bounded) before opening the engine: a wrong file changes nothing at all.
+        data = read_limited(Path(args.file), int(args.max_mb * 2**20))
+    except LedgerTooLarge as exc:
+        raise UserError(str(exc)) from None
     except OSError as exc:
         raise UserError(f"cannot read {args.file}: {exc}") from None
     engine = _engine(args)
@@ -158,15 +173,41 @@ def cmd_clock_reset(args: argparse.Namespace) -> int:
 def cmd_journal_verify(args: argparse.Namespace) -> int:
     # Not the engine: it refuses a journal that lost its last entries, which verify names.
     acknowledged = setup.open_journal(Path(args.data))
-    r = journal.verify(acknowledged)
+    r = journal.verify(acknowledged, normalize_lang(args.lang))
     emit(
         args,
-        {"ok": r.ok, "entries": r.entries, "first_bad_seq": r.first_bad_seq, "problem": r.problem},
+        {
+            "ok": r.ok,
+            "entries": r.entries,
+            "first_bad_seq": r.first_bad_seq,
+            "problem": r.problem,
+            "missing": r.missing,
+        },
         f"journal OK: {r.entries} entries, chain intact"
         if r.ok
         else f"journal TAMPERED: {r.problem}",
     )
     return EXIT_OK if r.ok else EXIT_REFUSED
+
+
+def cmd_journal_accept_loss(args: argparse.Namespace) -> int:
+    """A manager's decision to go on with a journal behind its mark (runbook: 'Journal
+    behind its mark'): journaled as a flag, then the mark follows the journal."""
+    lang = normalize_lang(args.lang)
+    if not args.confirm:
+        raise UserError(translate(journal.ACCEPT_NEEDS_CONFIRM, lang))
+    setup.open_journal(Path(args.data))
+    done = journal.accept_loss(args.manager, int(clock_from_env().now() * 1000))
+    if done is None:
+        emit(args, {"accepted": False}, translate(journal.NOT_BEHIND, lang))
+        return EXIT_REFUSED
+    behind, seq = done
+    emit(
+        args,
+        {"accepted": True, "journal_seq": seq, "missing": behind.missing},
+        translate(journal.LOSS_ACCEPTED_SAID, lang).format(manager=args.manager, seq=seq),
+    )
+    return EXIT_OK
 
 
 def cmd_journal_export(args: argparse.Namespace) -> int:
@@ -221,7 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     led = sub.add_parser("ledger", help="the signed ledger").add_subparsers(
         dest="ledger_command", required=True
     )
-    cmd(led, "import", cmd_ledger_import, "apply a ledger file (USB stick)").add_argument("file")
+    sp = cmd(led, "import", cmd_ledger_import, "apply a ledger file (USB stick)")
+    sp.add_argument("file")
+    sp.add_argument(
+        "--max-mb",
+        type=float,
+        default=_env_float("REDEEM_LEDGER_MAX_MB", DEFAULT_MAX_FILE_BYTES / 2**20),
+        help="refuse a file larger than this, unread (default 64; env REDEEM_LEDGER_MAX_MB)",
+    )
     cmd(led, "status", cmd_ledger_status, "version, age and size of the ledger")
 
     sp = cmd(sub, "check", cmd_check, "decide a coupon without recording anything")
@@ -257,6 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="journal_command", required=True
     )
     cmd(jr, "verify", cmd_journal_verify, "check the hash chain; name the first bad entry")
+    sp = cmd(
+        jr,
+        "accept-loss",
+        cmd_journal_accept_loss,
+        "go on with a journal behind its mark",
+    )
+    sp.add_argument("--manager", required=True, help="manager id (journaled)")
+    sp.add_argument("--confirm", action="store_true", help="the entries missing stay lost")
     sp = cmd(jr, "export", cmd_journal_export, "export entries as JSON lines or CSV")
     sp.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     sp.add_argument("--since", help="ISO time or epoch seconds")

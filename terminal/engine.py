@@ -13,6 +13,7 @@ import sqlite3
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import peewee as pw
@@ -30,8 +31,11 @@ from terminal.journal import (
     get_meta,
     insert_operation,
     insert_use,
+    mark_path,
     raise_tag_counter,
+    read_mark,
     set_meta,
+    write_mark,
 )
 from terminal.ledger import LedgerRefused, Policy
 from terminal.ledger_store import ImportResult, LedgerStore
@@ -105,6 +109,10 @@ class Engine(Checks):
         self.terminal = terminal
         self.db = db
         self.journal = Journal()
+        # Where each commit's (seq, hash) is kept outside journal.db; None: not kept.
+        self.mark_file: Path | None = mark_path(db) if db.database != ":memory:" else None
+        if self.mark_file is not None and read_mark(self.mark_file) is None:
+            self._keep_mark()  # a till from before the mark, or its mark lost: start it now
         self.bursts = fraud.BurstDetector()
         # The windows as the journal shows them: a restart, a reload after another process
         # wrote, or a one-shot `redeem redeem` process decides as one long-lived process would.
@@ -210,6 +218,8 @@ class Engine(Checks):
                 raise
             finally:
                 db.pop_transaction()
+            if journal.head_seq != head[0]:
+                self._keep_mark()
             return decision
         except (pw.OperationalError, pw.IntegrityError, sqlite3.Error, OSError) as exc:
             log.error("journal write failed, refusing: %s", exc)
@@ -221,6 +231,18 @@ class Engine(Checks):
         journal.head_seq, journal.head_hash, journal.last_at_ms = head
         self._rebuild_usage()
         return Decision(False, reason, detail=detail)
+
+    def _keep_mark(self) -> None:
+        """The head mark beside journal.db, after the commit (see journal.write_mark). A
+        failed write (a full or read-only card) loses nothing that was committed: the mark
+        only falls behind, which weakens the check until the next write, and the decision
+        stands."""
+        if self.mark_file is None:
+            return
+        try:
+            write_mark(self.mark_file, self.journal.head_seq, self.journal.head_hash)
+        except OSError as exc:
+            log.warning("cannot keep the journal's head mark in %s: %s", self.mark_file, exc)
 
     def _work_and_remember(self, op_id: str | None, work: Any, request: str) -> Decision:
         decision: Decision = work()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,43 @@ from terminal.keys import TrustAnchor
 from terminal.ledger import LedgerRefused, LedgerState
 
 log = logging.getLogger(__name__)
+
+# The largest ledger file a till reads whole. A 1,000,000-serial snapshot is about 8 MB
+# (8 bytes a serial) and a store's ledger is one store's scope, not the chain's: 64 MiB
+# leaves eight times that, and still fits a 1 GB Pi beside the running till.
+DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
+_CHUNK = 1024 * 1024
+
+
+class LedgerTooLarge(Exception):
+    """A ledger file (or download) larger than the configured limit: not read, nothing
+    changed. Not a LedgerRefused: nothing was verified, so nothing is journaled as a flag."""
+
+    def __init__(self, what: str, limit: int) -> None:
+        super().__init__(
+            f"{what} is larger than {limit / 2**20:g} MiB, the most a ledger file may be; "
+            "nothing was imported and the ledger is unchanged (check that it is the right "
+            "file, or raise the limit with --max-mb)"
+        )
+        self.limit = limit
+
+
+def read_limited(path: Path, limit: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
+    """Read a ledger file of at most `limit` bytes. A regular file is judged by its size
+    before any byte is read (a 2 GB sparse file costs nothing); anything else (a pipe,
+    /dev/zero) is read in chunks and given up on at the first byte past the limit, so memory
+    stays bounded by the limit whatever the file claims to be."""
+    with open(path, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if stat.S_ISREG(info.st_mode) and info.st_size > limit:
+            raise LedgerTooLarge(str(path), limit)
+        buf = bytearray()
+        while len(buf) <= limit:
+            chunk = fh.read(min(_CHUNK, limit + 1 - len(buf)))
+            if not chunk:
+                return bytes(buf)
+            buf += chunk
+        raise LedgerTooLarge(str(path), limit)
 
 
 def write_atomic(path: Path, data: bytes) -> None:

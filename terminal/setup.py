@@ -109,6 +109,10 @@ def open_engine(data: Path, clock: Clock) -> Engine:
             "entries would take their numbers; restore the data directory from the latest "
             "backup or re-enroll (the central holds every entry it received)"
         )
+    behind = journal.behind_mark()  # the mark kept outside journal.db (issue 11)
+    if behind:
+        db.close()
+        raise DataUnusable(behind.sentence())
     return Engine(store, clock, identity.store, identity.terminal, db)
 
 

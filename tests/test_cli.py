@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from terminal import base45
-from terminal.journal import EXPORT_FIELDS
+from terminal.journal import CSV_FIELDS
 from terminal.reasons import Reason
 
 NOW = "2026-11-25T04:00:00Z"  # Wednesday 12:00 in Shanghai
@@ -287,7 +287,7 @@ def test_full_flow_check_redeem_verify_export(till: Path, hq: Central, tmp_path:
     exp = redeem("journal", "export", "--data", till, "--format", "csv", "--out", out)
     assert exp.returncode == 0 and f"exported {len(rows)} entries" in exp.stderr
     table = list(csv.DictReader(io.StringIO(out.read_text())))
-    assert tuple(table[0].keys()) == EXPORT_FIELDS
+    assert tuple(table[0].keys()) == CSV_FIELDS
     assert [int(r["seq"]) for r in table] == [r["seq"] for r in rows]
     assert [r["hash"] for r in table] == [r["hash"] for r in rows]
 

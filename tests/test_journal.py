@@ -8,13 +8,14 @@ import csv
 import io
 import json
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import peewee as pw
 import pytest
 
-from terminal import journal
+from terminal import csvsafe, journal
 from terminal.journal import Entry, Journal, entry_hash, set_meta
 from tests.conftest import T0, World, basket
 
@@ -196,12 +197,14 @@ def _typed(row: dict[str, Any]) -> dict[str, Any]:
     """Turn a CSV row back into the values the journal stores."""
     out: dict[str, Any] = {}
     for key, value in row.items():
-        if key in ("seq", "at_ms", "discount_minor"):
+        if key in ("seq", "discount_minor"):
             out[key] = int(value)
+        elif key == "at":  # ISO 8601 with offset, to the millisecond
+            out["at_ms"] = round(datetime.fromisoformat(value).timestamp() * 1000)
         elif key == "accepted":
-            out[key] = value == "True"
+            out[key] = value == "true"
         else:
-            out[key] = value if value != "" else None
+            out[key] = csvsafe.restore(value) if value != "" else None
     return out
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers import registry
-from drivers.scan import Scan
+from drivers.scan import DOWN, STOPPED, Scan
 
 from terminal.cliutil import (
     EXIT_ERROR,
@@ -104,23 +104,38 @@ def cmd_scan_test(args: argparse.Namespace) -> int:
             seen.set()
 
     driver.start(show)
+    ended = False  # the input stopped by itself: a video file played to its end
     try:
         deadline = time.monotonic() + args.seconds
         while not seen.is_set() and time.monotonic() < deadline:
-            seen.wait(1.0)
+            seen.wait(0.2)
             health = driver.health()
             if args.verbose:
                 print(f"  health: {health.state} {health.detail}", file=sys.stderr)
+            if _ended(driver):
+                ended = True
+                break
     except KeyboardInterrupt:
         pass
     finally:
         driver.stop(2.0)
     health = driver.health()
     if args.json:  # the last line: a summary object
-        print(json.dumps({"scans": count[0], "health": health.to_dict()}, ensure_ascii=False))
+        summary = {"scans": count[0], "ended": ended, "health": health.to_dict()}
+        print(json.dumps(summary, ensure_ascii=False))
     else:
+        if ended:
+            why = "end of file" if "end of file" in health.detail else health.detail
+            print(f"{source}: {why}; not waiting out --seconds")
         print(f"{count[0]} scan(s); input health: {health.state} {health.detail}".rstrip())
     return EXIT_OK if count[0] else EXIT_ERROR
+
+
+def _ended(driver: Any) -> bool:
+    """The driver's loop returned by itself (a file's end, a device given up on for good):
+    nothing more will come, so waiting out --seconds would only keep the installer waiting."""
+    alive = getattr(driver, "alive", None)
+    return alive is False and driver.health().state in (STOPPED, DOWN)
 
 
 def _ask(args: argparse.Namespace, req: dict[str, Any]) -> dict[str, Any]:

@@ -127,8 +127,9 @@ class Daemon:
         self.notifier.ready(f"ledger v{self.engine.ledger.version}")
 
     def _start_kiosk(self) -> None:
-        """The cashier screen, manager dashboard and POS API. A port in use is an error in
-        the log, not a reason to stop taking coupons from the devices."""
+        """The cashier screen, manager dashboard and POS API. Enabled but not serving (a
+        port in use, an address this machine lacks) stops the daemon with the reason: a
+        till running without its screen and POS API looks up but is not (docs/daemon.md)."""
         if not self.cfg.kiosk.enabled:
             return
         try:
@@ -137,13 +138,15 @@ class Daemon:
             self.kiosk = KioskServer(self, self.cfg.kiosk.host, self.cfg.kiosk.port)
             self.kiosk.start()
         except Exception as exc:
-            log.error(
-                "kiosk web app not started on %s:%s: %s",
-                self.cfg.kiosk.host,
-                self.cfg.kiosk.port,
-                exc,
-            )
             self.kiosk = None
+            self.stop()
+            raise config_mod.ConfigError(
+                self.cfg.path,
+                None,
+                "kiosk",
+                f"the kiosk cannot serve on {self.cfg.kiosk.host}:{self.cfg.kiosk.port} ({exc});"
+                " free the port or change [kiosk] host/port, or set enabled = false",
+            ) from None
 
     def _start_inputs(self) -> None:
         for spec in self.cfg.inputs:

@@ -27,6 +27,7 @@ from terminal.clock import FixedClock
 from terminal.decision import serial_hex
 from terminal.ledger import Policy
 from tests.conftest import T0, World
+from tests.postgres import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 # `make soak` sets REDEEM_SOAK=1: the full rounds; anything but empty or "0" counts.
@@ -98,8 +99,14 @@ def write_config(
     )
     path.write_text(
         f'[terminal]\ndata = "{data}"\n\n[log]\nformat = "json"\n\n'
-        f'[kiosk]\nhost = "127.0.0.1"\nport = 0\nenabled = {"true" if kiosk else "false"}\n\n'
-        f'[[input]]\nname = "{PIPE}"\nkind = "fake"\nfifo = "{fifo}"\n' + serial
+        # A free port (the config check refuses port 0); a disabled kiosk keeps the default.
+        + (
+            f'[kiosk]\nhost = "127.0.0.1"\nport = {free_port()}\n\n'
+            if kiosk
+            else "[kiosk]\nenabled = false\n\n"
+        )
+        + f'[[input]]\nname = "{PIPE}"\nkind = "fake"\nfifo = "{fifo}"\n'
+        + serial
     )
     return path
 

@@ -242,13 +242,18 @@ FRAME = 24 + 4096  # WAL frame header + one page (the journal's page size)
 
 def _crashed_copy(world: World, tmp_path: Path, n: int) -> tuple[Path, list[str]]:
     """n coupons redeemed one transaction each, then the data directory as a power cut
-    would leave it: journal.db plus a WAL never checkpointed (copied while still open)."""
+    would leave it: journal.db plus a WAL never checkpointed (copied while still open).
+    The head mark is the one from before the last transaction: the tests tear that one,
+    i.e. the cut came while it was written, before its commit returned and its mark."""
     coupons = prepare(world, n + 1)
     engine = setup.open_engine(world.data, world.clock)
-    for code in coupons[:n]:
+    for code in coupons[: n - 1]:
         assert engine.redeem(code, BASKET).accepted
+    mark = (world.data / journal.MARK_NAME).read_bytes()
+    assert engine.redeem(coupons[n - 1], BASKET).accepted
     copy = tmp_path / "after-cut"
     shutil.copytree(world.data, copy, ignore=shutil.ignore_patterns("*-shm"))
+    (copy / journal.MARK_NAME).write_bytes(mark)
     engine.db.close()
     assert (copy / "journal.db-wal").stat().st_size > FRAME
     return copy, coupons
