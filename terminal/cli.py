@@ -185,6 +185,9 @@ def cmd_journal_verify(args: argparse.Namespace) -> int:
         },
         f"journal OK: {r.entries} entries, chain intact"
         if r.ok
+        # Behind its mark is a loss (a WAL gone, an old copy put back), not an edit.
+        else f"journal INCOMPLETE: {r.problem}"
+        if r.missing
         else f"journal TAMPERED: {r.problem}",
     )
     return EXIT_OK if r.ok else EXIT_REFUSED

@@ -37,7 +37,7 @@ from terminal.journal import (
     set_meta,
     write_mark,
 )
-from terminal.ledger import LedgerRefused, Policy
+from terminal.ledger import LedgerRefused, Policy, clamped_usage
 from terminal.ledger_store import ImportResult, LedgerStore
 from terminal.reasons import Reason
 from terminal.rules import Basket, best_combination
@@ -118,10 +118,7 @@ class Engine(Checks):
         # wrote, or a one-shot `redeem redeem` process decides as one long-lived process would.
         self.bursts.seed(terminal, _recent_attempts(db, clock.now(), self.ledger.policy))
         self._trusted_s = float(get_meta("trusted_time", "0") or 0)
-        self.own_usage = {
-            k: (int(v[0]), int(v[1]))
-            for k, v in json.loads(get_meta("own_usage", "{}") or "{}").items()
-        }
+        self.own_usage = clamped_usage(json.loads(get_meta("own_usage", "{}") or "{}"))
         own_customers = json.loads(get_meta(META_OWN_CUSTOMER_USAGE, "{}") or "{}")
         self.own_customer_usage = {(c, r): int(n) for c, r, n in own_customers.get("counts", ())}
         offset = get_meta(META_CLOCK_OFFSET)
@@ -796,7 +793,7 @@ class Engine(Checks):
         """What the central counts of this till's uses, as of the ledger just pulled (the
         sync client calls this after a round's push and pull both succeeded)."""
         set_meta("own_usage", json.dumps(usage, sort_keys=True))
-        self.own_usage = {k: (int(v[0]), int(v[1])) for k, v in usage.items()}
+        self.own_usage = clamped_usage(usage)
         self._count_own_customer_usage(int(get_meta("acked_seq", "0") or 0))
 
     def _count_own_customer_usage(self, acked: int) -> None:
@@ -901,3 +898,4 @@ class Engine(Checks):
 
 
 __all__ = ["Context", "Decision", "Engine"]
+

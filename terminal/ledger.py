@@ -176,7 +176,7 @@ def pack_customer_usage(counts: Mapping[tuple[str, str], int]) -> dict[str, dict
     return out
 
 
-def _usage(doc: Any) -> dict[str, tuple[int, int]]:
+def clamped_usage(doc: Any) -> dict[str, tuple[int, int]]:
     """The ledger's `usage` map, each figure clamped at zero: a negative use count or value
     (a central that believed a till's negative discount) must not give a budget back."""
     return {k: (max(0, int(v[0])), max(0, int(v[1]))) for k, v in dict(doc or {}).items()}
@@ -317,7 +317,7 @@ def _from_snapshot(anchor: TrustAnchor, b: Mapping[str, Any]) -> LedgerState:
         issuer_keys=_certs(anchor, b.get("issuer_certs")),
         revoked_kids=set(b.get("revoked_kids", ())),
         campaigns=_campaigns(b.get("campaigns")),
-        usage=_usage(b.get("usage")),
+        usage=clamped_usage(b.get("usage")),
         customer_usage={k: n for k, n in _customer_usage(b.get("customer_usage")).items() if n},
         revoked=SerialSet(serials.unpack(b.get("revoked", b""))),
         redeemed=SerialSet(serials.unpack(b.get("redeemed", b""))),
@@ -344,7 +344,7 @@ def _apply_delta(
     codes = dict(s.plain_codes)
     codes.update({bytes(h): PlainCode(c, n) for h, c, n in b.get("plain_codes", ())})
     usage = dict(s.usage)
-    usage.update(_usage(b.get("usage")))
+    usage.update(clamped_usage(b.get("usage")))
     customer_usage = s.customer_usage
     if "customer_usage" in b:  # counts as they are now; 0 once every use was refunded
         customer_usage = dict(customer_usage)
