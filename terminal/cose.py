@@ -7,6 +7,7 @@ import hashlib
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import cbor2
 import nacl.bindings
@@ -15,6 +16,7 @@ import nacl.signing
 
 ALG_EDDSA = -8
 HDR_ALG = 1
+HDR_CRIT = 2
 HDR_KID = 4
 TAG_SIGN1 = 18
 
@@ -65,17 +67,34 @@ class SigningKey:
         return cbor2.dumps(cbor2.CBORTag(TAG_SIGN1, [protected, {}, payload, signature]))
 
 
+def loads_strict(data: bytes, what: str) -> Any:
+    """One CBOR item, each map key once, nothing after it, in preferred serialization
+    (RFC 8949 4.1: shortest heads, definite lengths). cbor2 on its own keeps the last of a
+    repeated key and ignores trailing bytes, so another COSE reader could see other claims
+    or another kid in the very bytes we accepted; and a second spelling of the same item
+    would be a second token string for one coupon. Key order is not checked: tokens in the
+    field carry their claims in issue order, not sorted."""
+    fp = io.BytesIO(data)
+    try:
+        obj = cbor2.CBORDecoder(fp, allow_duplicate_keys=False, allow_indefinite=False).decode()
+    except Exception as exc:  # cbor2 raises several types on garbage
+        raise CoseError(f"{what}: not well-formed CBOR ({exc})") from None
+    if fp.tell() != len(data):
+        raise CoseError(f"trailing bytes after the {what}")
+    try:
+        preferred = cbor2.dumps(obj) == data
+    except Exception:  # e.g. a tag cbor2 decoded to a value it cannot encode back
+        preferred = False
+    if not preferred:
+        raise CoseError(f"{what}: not in preferred CBOR encoding")
+    return obj
+
+
 def parse_sign1(data: bytes) -> Sign1:
     """Structure only; the caller verifies the signature with the key the kid names."""
     if not isinstance(data, bytes):  # a field of a damaged CBOR document: any type at all
         raise CoseError(f"not a byte string but {type(data).__name__}")
-    fp = io.BytesIO(data)
-    try:
-        obj = cbor2.CBORDecoder(fp, allow_duplicate_keys=False).decode()
-    except Exception as exc:  # cbor2 raises several types on garbage
-        raise CoseError(f"not CBOR: {exc}") from None
-    if fp.tell() != len(data):  # cbor2.loads ignores them: a second spelling of one message
-        raise CoseError("trailing bytes after the message")
+    obj = loads_strict(data, "message")
     if isinstance(obj, cbor2.CBORTag):
         if obj.tag != TAG_SIGN1:
             raise CoseError(f"unexpected CBOR tag {obj.tag}")
@@ -92,12 +111,16 @@ def parse_sign1(data: bytes) -> Sign1:
         raise CoseError("COSE_Sign1 fields have the wrong types")
     if len(signature) != 64:
         raise CoseError("signature is not 64 bytes")
-    try:
-        header = cbor2.loads(protected) if protected else {}
-    except Exception:
-        raise CoseError("protected header is not CBOR") from None
+    header = loads_strict(protected, "protected header") if protected else {}
     if not isinstance(header, Mapping) or header.get(HDR_ALG) != ALG_EDDSA:
         raise CoseError("algorithm is not EdDSA")
+    if HDR_CRIT in header or HDR_CRIT in unprotected:
+        # RFC 9052 3.1: a reader must refuse critical parameters it does not understand;
+        # this one understands none beyond alg and kid.
+        raise CoseError("critical header parameters are not supported")
+    if set(header) & set(unprotected):
+        # RFC 9052 3: a label in both buckets is malformed (readers differ on which wins).
+        raise CoseError("a header parameter is both protected and unprotected")
     kid = header.get(HDR_KID, unprotected.get(HDR_KID))
     if not isinstance(kid, bytes):
         raise CoseError("no key id")

@@ -25,6 +25,9 @@ from drivers.nfc.options import COUPON_MIME, udp_port_usable
 from drivers.options import OptionError
 from drivers.scan import Scan
 from terminal import tokens
+from terminal.decision import Context
+from terminal.journal import Entry
+from tests.conftest import World, basket
 from tests.nfc_emulation import Type2Tag, Type3Tag, Type4Tag, free_udp_port
 
 # Shaped like an issued token (the driver does not read it; the terminal does).
@@ -168,6 +171,27 @@ def test_a_tap_gives_one_scan_per_coupon_record_with_the_tag_uid(kind: str, tags
     health = driver.health()
     assert health.state == "ok"
     assert health.counters["scans"] == 4 and health.counters["tags"] == 4
+
+
+def test_a_form_encoded_coupon_link_on_a_tag_redeems_as_the_genuine_coupon(
+    world: World, tags, reader
+):
+    """A link a shop wrote with urlencode or URLSearchParams (a space as '+', a '+' as
+    %2B), on an NTAG215: tapped, it redeems; no forgery is flagged against the shopper."""
+    world.campaign(id="TEN", amount_minor=1000, stacking="any")
+    token = next(t for t in world.issue("TEN", 20) if " " in t and "+" in t)
+    world.sync_ledger()
+    url = "https://coupons.example/r?" + urllib.parse.urlencode({"c": token, "src": "tag"})
+    emu = tags("type2", message(ndef.UriRecord(url)))
+    driver, sink = reader(emu.path, targets=["106A"])
+    (scan,) = sink.wait(1)
+    assert scan.text() == url and scan.meta["record"] == "uri"
+    code = tokens.extract(scan.text())
+    assert code is not None
+    ctx = Context(source=scan.kind, tag_uid=bytes.fromhex(scan.meta["tag_uid"]))
+    d = world.engine.redeem(code, basket(5000), ctx)
+    assert d.accepted and d.discount_minor == 1000, (d.reason, d.detail)
+    assert not Entry.select().where(Entry.kind == "flag").exists()
 
 
 def test_a_coupon_mime_record_wins_over_the_phone_link_on_the_same_tag(tags, reader):

@@ -4,6 +4,7 @@ never crash the till."""
 
 from __future__ import annotations
 
+import urllib.parse
 import zlib
 
 import cbor2
@@ -12,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from terminal import base45, cose, tokens
+from terminal.clock import FixedClock
 from terminal.decision import Context
 from terminal.journal import Entry
 from terminal.reasons import Reason
@@ -449,3 +451,122 @@ def test_a_url_with_a_stray_bracket_is_not_a_coupon_and_does_not_crash() -> None
     # Found by the fuzzer: urlsplit raises "Invalid IPv6 URL" for these.
     assert tokens.extract("https://e[xample.com/x") is None
     assert tokens.extract("http://[::1/?picc_data=00&cmac=00") is None
+
+
+# ---------------------------------------------------------------- links (NFC URI records)
+
+
+def _token_with_space_and_plus(world: World, campaign: str) -> str:
+    """A genuine token whose text holds both a space and a '+', so a link's '+' can mean
+    either (most tokens do: both are base45 characters)."""
+    found = [t for t in world.issue(campaign, 20) if " " in t and "+" in t]
+    assert found
+    return found[0]
+
+
+def test_a_form_encoded_link_reads_as_the_genuine_coupon(world: World) -> None:
+    """urlencode and URLSearchParams write a space as '+' (and a '+' as %2B): the link is
+    the genuine coupon, not a forgery to flag against the shopper holding it. A forged
+    token in such a link is still refused as forged."""
+    world.campaign(id="TEN", amount_minor=1000, stacking="any")
+    token = _token_with_space_and_plus(world, "TEN")
+    world.sync_ledger()
+    form = "https://c.example/r?" + urllib.parse.urlencode({"c": token, "src": "nfc"})
+    assert "+" in form and "%2B" in form and "%20" not in form
+    code = tokens.extract(form)
+    # Read two ways ('+' a plus or a space): handed to the engine whole, to pick by signature.
+    assert code == form and tokens.looks_like_token(code)
+    d = world.engine.redeem(code, basket(5000))
+    assert d.accepted and d.discount_minor == 1000, (d.reason, d.detail)
+    assert not Entry.select().where(Entry.kind == "flag").exists()
+    # The same coupon written the other ways a link can be: read as that coupon (used now).
+    for link in (
+        "https://c.example/r?c=" + urllib.parse.quote(token, safe=":"),  # %20 and %2B
+        "https://c.example/r?c=" + urllib.parse.quote(token, safe=":+"),  # '+' left as is
+        "https://c.example/r?c=" + urllib.parse.quote_plus(token, safe=":") + "#x",
+    ):
+        again = world.engine.check(tokens.extract(link) or "", basket(5000))
+        assert again.reason is Reason.ALREADY_REDEEMED, (link, again.reason)
+    # A link mixing both spellings (a '+' meant as a plus beside one meant as a space)
+    # reads neither way: refused. Both readings need the issuer's signature, so reading
+    # links both ways accepts nothing that was not issued.
+    mixed = world.engine.check("https://c.example/r?c=" + token.replace(" ", "+"), basket(5000))
+    assert not mixed.accepted and mixed.reason is not Reason.ALREADY_REDEEMED
+    # A forged token in a form-encoded link: neither reading verifies, refused and flagged.
+    attacker = cose.SigningKey.generate()
+    protected = cbor2.dumps({1: -8, 4: tokens.parse(token).message.kid})
+    for serial in range(1, 500):
+        payload = Claims("TEN", serial, NBF, EXP).to_cbor()
+        signature = attacker.sign(cbor2.dumps(["Signature1", protected, b"", payload]))
+        forged = as_token(cbor2.dumps(cbor2.CBORTag(18, [protected, {}, payload, signature])))
+        if " " in forged:
+            break
+    else:
+        raise AssertionError("no forged token with a space")
+    link = "https://c.example/r?" + urllib.parse.urlencode({"c": forged})
+    d = world.engine.redeem(tokens.extract(link) or "", basket(5000))
+    assert not d.accepted and d.reason is Reason.BAD_SIGNATURE
+    assert Entry.select().where((Entry.kind == "flag") & (Entry.reason == "forged_token")).exists()
+
+
+# ---------------------------------------------------------------- the token's own time window
+
+
+@pytest.fixture
+def open_campaign(world: World) -> str:
+    """A campaign with no dates of its own: only the token's nbf and exp bound it."""
+    world.campaign(id="OPEN", amount_minor=500, stacking="any")
+    world.sync_ledger()
+    return "OPEN"
+
+
+def test_a_token_is_good_until_the_second_before_its_exp(
+    world: World, clock: FixedClock, open_campaign: str
+) -> None:
+    (token,) = world.issue(open_campaign, validity_s=3600)
+    exp = tokens.parse(token).claims.expires
+    assert exp == int(clock.now()) + 3600
+    clock.at = exp - 1
+    assert world.engine.check(token, basket(5000)).accepted
+    clock.at = exp  # valid while now < exp
+    d = world.engine.check(token, basket(5000))
+    assert not d.accepted and d.reason is Reason.EXPIRED
+    clock.at = exp + 86400
+    assert world.engine.check(token, basket(5000)).reason is Reason.EXPIRED
+
+
+def test_a_token_is_not_yet_valid_before_its_nbf_and_good_from_it(
+    world: World, clock: FixedClock, open_campaign: str
+) -> None:
+    clock.advance(1000)  # issued after the ledger was published, as coupons are
+    (token,) = world.issue(open_campaign)
+    nbf = tokens.parse(token).claims.not_before
+    assert nbf == int(clock.now())
+    clock.at = nbf - 1
+    d = world.engine.check(token, basket(5000))
+    assert not d.accepted and d.reason is Reason.NOT_YET_VALID
+    clock.at = nbf
+    assert world.engine.check(token, basket(5000)).accepted
+
+
+def test_a_link_with_a_letter_that_grows_in_upper_case_still_gives_its_token() -> None:
+    # 'ß'.upper() is 'SS': an index found in the upper-cased link was one off in the link.
+    assert tokens.extract("https://straße.example/r?c=CPN1%3AABC") == "CPN1:ABC"
+
+
+def test_a_forged_link_is_read_the_way_that_names_the_issuer_key() -> None:
+    """Neither reading verifies; when the link's '+' falls in the kid, one reading names an
+    issuer key and the other an unknown one: the first is kept, so the engine refuses it as
+    a forgery of that key (bad_signature, flagged), not as an unknown key."""
+    seeds = (bytes([n]) * 32 for n in range(256))
+    issuer = next(k for s in seeds if " " in as_token((k := cose.SigningKey(s)).sign1(b""))[17:23])
+    attacker = cose.SigningKey(bytes(range(32)))
+    protected = cbor2.dumps({1: -8, 4: issuer.kid})
+    payload = Claims("TEN", 5, NBF, EXP).to_cbor()
+    signature = attacker.sign(cbor2.dumps(["Signature1", protected, b"", payload]))
+    forged = as_token(cbor2.dumps(cbor2.CBORTag(18, [protected, {}, payload, signature])))
+    link = "https://c.example/r?" + urllib.parse.urlencode({"c": forged})
+    strict = tokens.parse(link)  # no keys: the strict reading, '+' a plus, another kid
+    assert strict.message.kid != issuer.kid
+    keys = {issuer.kid: issuer.public}
+    assert tokens.parse(link, keys.get).message.kid == issuer.kid

@@ -3,7 +3,7 @@ side is the real NfcDriver on nfcpy (`path = "udp:127.0.0.1:PORT"`); these play 
 of the same datagram protocol ("<brty> <hex frame>", "RFOFF" when the reader's field goes
 off; see nfc/clf/udp.py), for tests, demos and installers with no tag at hand.
 
-- Type2Tag: an NXP NTAG213/215 (ISO 14443-3A anticollision, READ, GET_VERSION, READ_SIG).
+- Type2Tag: an NXP NTAG213/215/216 (ISO 14443-3A anticollision, READ, GET_VERSION, READ_SIG).
 - Type4Tag: an NTAG 424 DNA-like ISO-DEP card (RATS, I/R/S blocks with response chaining,
   the NFC Forum NDEF application: SELECT by AID, CC file E103, NDEF file E104, READ BINARY).
   Its message may be a function called at every tap, as SUN (SDM) tags produce a fresh URL.
@@ -190,18 +190,19 @@ class _TypeA(_Emulator):
         raise NotImplementedError
 
 
-# ---------------------------------------------------------------- Type 2: NTAG213/215
+# ---------------------------------------------------------------- Type 2: NTAG213/215/216
 
 NTAG = {
     # product: (GET_VERSION response, user memory bytes (CC size * 8), pages in total)
     "NTAG213": (bytes.fromhex("0004040201000f03"), 144, 45),
     "NTAG215": (bytes.fromhex("0004040201001103"), 496, 135),
+    "NTAG216": (bytes.fromhex("0004040201001303"), 872, 231),
 }
 NAK = b"\x00"
 
 
 class Type2Tag(_TypeA):
-    """An NTAG213/215: 4-byte pages, READ (0x30) returns 16 bytes, with roll-over at the end
+    """An NTAG213/215/216: 4-byte pages, READ (0x30) returns 16 bytes, with roll-over at the end
     of memory as the chip does. Read-only: WRITE is refused."""
 
     def __init__(

@@ -387,6 +387,64 @@ def cbor_dumps(doc: Any) -> bytes | None:
         return None
 
 
+def long_head(item: bytes) -> bytes:
+    """The same CBOR item with its head's argument written in 8 bytes (an integer, a length,
+    a tag number): one value, a second spelling. Floats and simple values are left alone."""
+    if not item:
+        return item
+    major, ai = item[0] >> 5, item[0] & 0x1F
+    if major == 7 or ai >= 27:
+        return item
+    if ai < 24:
+        arg, rest = ai, item[1:]
+    else:
+        n = 1 << (ai - 24)
+        arg, rest = int.from_bytes(item[1 : 1 + n], "big"), item[1 + n :]
+    return bytes([major << 5 | 27]) + arg.to_bytes(8, "big") + rest
+
+
+class CborRespeller:
+    """Second spellings of one CBOR map that a strict reader must refuse (RFC 8949 4.1,
+    RFC 9052 section 3): a key repeated (with its own value or another), an item after the
+    map, a head written longer than it needs, an indefinite length. cbor2.loads reads every
+    one of them as an ordinary map."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+
+    def respell(self, data: bytes) -> bytes | None:
+        """A respelling of the map `data` encodes, or None (not a small map)."""
+        rng = self.rng
+        try:
+            doc = cbor2.loads(data)
+        except Exception:
+            return None
+        if not hasattr(doc, "items") or not 0 < len(doc) < 24:
+            return None
+        pairs = [(cbor2.dumps(k), cbor2.dumps(v)) for k, v in doc.items()]
+        op = rng.randrange(6)
+        if op <= 1:  # a key twice: ahead of or after the original
+            key, value = rng.choice(pairs)
+            other = rng.choice(
+                (value, cbor2.dumps(rng.choice(INTERESTING_INTS)), cbor2.dumps(bytes(4)))
+            )
+            pairs.insert(rng.randrange(len(pairs) + 1), (key, other))
+            head = bytes([0xA0 + len(pairs)]) if len(pairs) < 24 else bytes([0xB8, len(pairs)])
+            out = head + b"".join(k + v for k, v in pairs)
+        elif op == 2:  # an item after the map
+            out = data + rng.choice((b"\x00", b"\xf6", b"\xa0", data))
+        elif op == 3:  # indefinite length
+            out = b"\xbf" + b"".join(k + v for k, v in pairs) + b"\xff"
+        elif op == 4:  # a longer head on one key or value
+            i = rng.randrange(len(pairs))
+            k, v = pairs[i]
+            pairs[i] = (long_head(k), v) if rng.random() < 0.5 else (k, long_head(v))
+            out = bytes([0xA0 + len(pairs)]) + b"".join(k + v for k, v in pairs)
+        else:  # a longer head on the map itself
+            out = long_head(data)
+        return out if out != data else None
+
+
 # ---------------------------------------------------------------- running
 
 

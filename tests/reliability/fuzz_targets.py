@@ -18,15 +18,18 @@ import cbor2
 
 from tests.reliability.fuzz_engine import (
     ByteMutator,
+    CborRespeller,
     FuzzFailure,
     Target,
     TextMutator,
     TreeMutator,
     cbor_dumps,
+    long_head,
 )
 
 LOWER45 = "0123456789abcdefghijklmnopqrstuvwxyz $%*+-./:"
 URL_WORDS = ["https://c.example/r?t=", "http://x/", "://", "?c=", "&", "#", "%3A", "%2F", "%"]
+URL_WORDS += ["+", "%2B", "%20"]  # a link's '+' is a space (form-encoded) or a plus
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789- "
 
 
@@ -151,12 +154,17 @@ class Issued:
 
         target.note("accepted")
         if tokens.looks_like_token(code):
-            data = cose_bytes(code)
-            if data in self.cose:
-                return
-            if data is not None and signed_triple(data) in self.signed:
-                target.note("envelope_variant")
-                return
+            # A link whose token reads two ways is handed over whole: one reading was taken.
+            readings = tokens.url_readings(code.strip()) or [code]
+            if len(readings) > 1:
+                target.note("link_read_two_ways")
+            for reading in readings:
+                data = cose_bytes(reading)
+                if data in self.cose:
+                    return
+                if data is not None and signed_triple(data) in self.signed:
+                    target.note("envelope_variant")
+                    return
             raise FuzzFailure(f"accepted a token that was never issued: {code!r}")
         if self.normalize(code) not in self.codes:
             raise FuzzFailure(f"accepted a code that was never issued: {code!r}")
@@ -181,15 +189,29 @@ def decide_scan(world: World, scan: Any, basket: Any) -> tuple[str, Any] | None:
 
 class TokenInputs:
     """Scan texts made from issued tokens and codes: text-level (base45-alphabet aware,
-    prefix case, URL wrapping, percent-encoding) and COSE-level (byte and CBOR-structure
-    mutations of the signed message, re-encoded and sometimes re-compressed)."""
+    prefix case, URL wrapping, percent- and form-encoding) and COSE-level (byte and
+    CBOR-structure mutations of the signed message, re-encoded and sometimes re-compressed;
+    and second spellings of it, re-signed with the issuer `key` when given, which a strict
+    reader must refuse: see `strict_inputs`)."""
 
-    def __init__(self, rng: random.Random, tokens_: list[str], codes: list[str]) -> None:
+    def __init__(
+        self, rng: random.Random, tokens_: list[str], codes: list[str], key: Any = None
+    ) -> None:
         from terminal.base45 import ALPHABET
 
         self.rng = rng
+        self.key = key
+        self.respeller = CborRespeller(rng)
+        self.last_strict: str | None = None  # the last input that must be malformed
         self.seeds_text = list(tokens_) + list(codes)
         self.seeds_text += [f"https://c.example/r?t={urllib.parse.quote(t)}" for t in tokens_[:2]]
+        # Links as urlencode / URLSearchParams write them (a space as '+'), and with '+' bare.
+        self.seeds_text += [
+            f"https://c.example/r?{urllib.parse.urlencode({'c': t})}" for t in tokens_[:2]
+        ]
+        self.seeds_text += [
+            f"https://c.example/r?c={urllib.parse.quote(t, safe=':+')}" for t in tokens_[:1]
+        ]
         self.seeds_text += ["4006381333931", "https://example.com/product/1", "]Q1" + tokens_[0]]
         self.cose_seeds = [c for t in tokens_ if (c := cose_bytes(t)) is not None]
         self.text = TextMutator(rng, ALPHABET + LOWER45, ["CPN1:", "cpn1:", *URL_WORDS])
@@ -201,6 +223,7 @@ class TokenInputs:
         from terminal import base45, tokens
 
         rng = self.rng
+        self.last_strict = None
         r = rng.random()
         if r < 0.02:  # a genuine one now and then, so the accepting path runs too
             return rng.choice(self.seeds_text)
@@ -210,6 +233,11 @@ class TokenInputs:
             return m.mutate(base, self.seeds_text)
         # COSE level: mutate the signed message and re-encode it as a token.
         data = rng.choice(self.cose_seeds)
+        if r < 0.43:
+            strict = self._respelled(data)
+            if strict is not None:
+                self.last_strict = self._wrap(strict)
+                return self.last_strict
         if r < 0.65:
             data = self.bytes.mutate(data, self.cose_seeds)
         else:
@@ -222,8 +250,63 @@ class TokenInputs:
         if rng.random() < 0.1:
             text = rng.choice(("cpn1:", "Cpn1:", " CPN1:")) + text[len(tokens.PREFIX) :]
         if rng.random() < 0.1:
-            text = "https://c.example/r?t=" + urllib.parse.quote(text) + rng.choice(("", "&x=1"))
+            text = self._link(text)
         return text
+
+    def _link(self, text: str) -> str:
+        """The token in a link, written percent-encoded, form-encoded or with '+' bare."""
+        rng = self.rng
+        quote = rng.choice(
+            (
+                urllib.parse.quote,
+                urllib.parse.quote_plus,
+                lambda t: urllib.parse.quote(t, safe=":+"),
+            )
+        )
+        return "https://c.example/r?t=" + quote(text) + rng.choice(("", "&x=1", "+"))
+
+    def _wrap(self, data: bytes) -> str:
+        """A message as a scan: a token, sometimes compressed, sometimes in a link."""
+        from terminal import base45, tokens
+
+        rng = self.rng
+        if rng.random() < 0.3:
+            packed = zlib.compress(data, 9)
+            data = packed if packed[:1] == b"\x78" else data
+        text = tokens.PREFIX + base45.encode(data)
+        return self._link(text) if rng.random() < 0.2 else text
+
+    def _respelled(self, data: bytes) -> bytes | None:
+        """The message with a map or the envelope spelled a second way (a repeated label or
+        claim, an item after a map, a longer head, an indefinite length, a kid in both
+        header buckets), re-signed with `key` when the change is inside the signed parts:
+        only the strict format check then stands between it and an accept."""
+        rng = self.rng
+        try:
+            obj = cbor2.loads(data)
+        except Exception:
+            return None
+        if not isinstance(obj, cbor2.CBORTag) or len(obj.value) != 4:
+            return None
+        protected, unprotected, payload, signature = obj.value
+        which = rng.randrange(4)
+        if which == 0:
+            protected = self.respeller.respell(protected) or protected
+        elif which == 1:
+            payload = self.respeller.respell(payload) or payload
+        if self.key is not None and which <= 1:
+            signature = self.key.sign(cbor2.dumps(["Signature1", protected, b"", payload]))
+        items = [cbor2.dumps(f) for f in (protected, dict(unprotected), payload, signature)]
+        if which == 2:  # the envelope's own spelling
+            i = rng.randrange(4)
+            items[i] = long_head(items[i])
+        elif which == 3:  # the unprotected header: the kid twice, or protected as well
+            kid = cbor2.dumps(4) + cbor2.dumps(cbor2.loads(protected).get(4, b"kid0"))
+            items[1] = rng.choice((b"\xa2" + kid + kid, b"\xa1" + kid))
+        out = b"\xd2\x84" + b"".join(items)
+        if rng.random() < 0.1:
+            out += rng.choice((b"\x00", b"\xa0", out))
+        return out if out != data else None
 
     def _tree(self, data: bytes) -> bytes | None:
         """Mutate the envelope, or the claims or protected header inside it."""
@@ -270,7 +353,7 @@ class TokenText(Target):
             ]
         ]
         codes = ["ABCD-EFGH-JKLM", "abcd efgh jklm"]
-        self.inputs = TokenInputs(self.rng, toks, codes)
+        self.inputs = TokenInputs(self.rng, toks, codes, key)
         self.corpus = list(self.inputs.seeds_text)
         self.b45 = base45
         self.tokens = tokens
@@ -300,6 +383,7 @@ class TokenText(Target):
         if isinstance(fast, bytes) and b45.decode(b45.encode(fast)) != fast:
             raise FuzzFailure("base45 does not round-trip")
         tokens.normalize_code(text)
+        strict = text == self.inputs.last_strict
         for candidate in (text, got):
             if candidate is None:
                 continue
@@ -311,6 +395,8 @@ class TokenText(Target):
                 outcome = "parsed"
                 if not isinstance(tok.claims.serial, int):
                     raise FuzzFailure("parsed a token with a non-integer serial")
+                if strict:
+                    raise FuzzFailure(f"read a second spelling of a signed message: {text!r}")
         return (got is None, outcome if got is not None or text else "", type(fast).__name__)
 
 
@@ -326,11 +412,13 @@ class EngineCheck(Target):
     def setup(self, workdir: str) -> None:
         _quiet()
         from terminal.decision import Context
+        from terminal.keys import PURPOSE_ISSUER
         from terminal.rules import Basket
 
         self.world = World(workdir)
         w = self.world
-        self.inputs = TokenInputs(self.rng, w.tokens, w.codes)
+        issuer, _ = w.central._active(PURPOSE_ISSUER)
+        self.inputs = TokenInputs(self.rng, w.tokens, w.codes, issuer)
         self.corpus = list(self.inputs.seeds_text)
         self.issued = Issued(w)
         ref = self.world.customer.hex()
@@ -358,6 +446,10 @@ class EngineCheck(Target):
         )
         if d.accepted:
             self.issued.verify(code, self)
+        if text == self.inputs.last_strict:
+            self.note("respelled")
+            if d.reason.value != "malformed":
+                raise FuzzFailure(f"a second spelling was {d.reason.value}, not malformed")
         return (d.accepted, d.reason.value)
 
 
@@ -606,6 +698,7 @@ class NdefRead(Target):
         tok = w.tokens[0]
         records = [
             [ndef.UriRecord("https://c.example/r?t=" + urllib.parse.quote(tok))],
+            [ndef.UriRecord("https://c.example/r?" + urllib.parse.urlencode({"t": tok}))],
             [ndef.TextRecord(tok, "en")],
             [ndef.Record(COUPON_MIME, "", tok.encode())],
             [ndef.SmartposterRecord("https://c.example/x", title="coupon")],
@@ -793,7 +886,10 @@ class PosApi(Target):
         logging.getLogger().setLevel(logging.CRITICAL)  # the daemon configured logging
         _quiet()
         self.token = tills.issue(w.data, "till1")
-        self.client = TestClient(make_app(self.daemon))
+        # As the Pi's own till would: from 127.0.0.1, naming 127.0.0.1 (kiosk_ui/guard.py).
+        self.client = TestClient(
+            make_app(self.daemon), base_url="http://127.0.0.1", client=("127.0.0.1", 50000)
+        )
         self.inputs = TokenInputs(self.rng, w.tokens, w.codes)
         self.token_corpus = list(self.inputs.seeds_text)
         self.issued = Issued(w)
