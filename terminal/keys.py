@@ -103,7 +103,7 @@ class TrustAnchor:
         if msg.kid != self.kid or not cose.verify_sign1(msg, self.public_key):
             raise CertError("certificate not signed by the trust anchor")
         try:
-            body: Any = cbor2.loads(msg.payload)
+            body: Any = cose.loads_strict(msg.payload, "certificate")
             cert = KeyCert(
                 kid=body[1],
                 purpose=body[2],

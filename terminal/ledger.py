@@ -199,8 +199,9 @@ def _customer_usage(doc: Any) -> dict[tuple[str, str], int]:
 
 def read_file(data: bytes) -> list[bytes]:
     try:
-        doc = cbor2.loads(data)
-    except Exception as exc:
+        # Strict as a token is (cose.loads_strict): one reading of the bytes, nothing after.
+        doc = cose.loads_strict(data, "ledger file")
+    except cose.CoseError as exc:
         raise LedgerRefused("damaged", f"ledger file is not readable CBOR ({exc})") from None
     if not isinstance(doc, Mapping) or doc.get("format") != FILE_FORMAT:
         raise LedgerRefused("damaged", "not an edge-redeem ledger file")
@@ -221,7 +222,7 @@ class VerifiedUpdate:
 def verify_update(anchor: TrustAnchor, raw: bytes) -> VerifiedUpdate:
     """Check certificate chain and signature; return the body. Raises LedgerRefused."""
     try:
-        cert_raw, signed = cbor2.loads(raw)
+        cert_raw, signed = cose.loads_strict(raw, "ledger update")
         msg = cose.parse_sign1(signed)
     except Exception:
         raise LedgerRefused("damaged", "update is truncated or not an update") from None
@@ -234,8 +235,8 @@ def verify_update(anchor: TrustAnchor, raw: bytes) -> VerifiedUpdate:
     if not cose.verify_sign1(msg, cert.public_key):
         raise LedgerRefused("forged", "ledger signature does not verify")
     try:
-        body = cbor2.loads(msg.payload)
-    except Exception:
+        body = cose.loads_strict(msg.payload, "ledger update body")
+    except cose.CoseError:
         raise LedgerRefused("damaged", "update body is not CBOR") from None
     if not isinstance(body, Mapping) or body.get("format") != UPDATE_FORMAT:
         raise LedgerRefused("damaged", "update body has an unknown format")

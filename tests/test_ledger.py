@@ -536,3 +536,26 @@ def test_the_central_publishes_only_changed_customer_counts(world: World) -> Non
     assert world.central.changed()
     world.sync_ledger()
     assert world.engine.ledger.customer_usage == {("LIM", "ab" * 16): 2}
+
+
+def _cbor_map(pairs: list[tuple[Any, Any]]) -> bytes:
+    """A CBOR map written pair by pair, so a key can appear twice (cbor2 would not)."""
+    assert len(pairs) < 24
+    return bytes([0xA0 + len(pairs)]) + b"".join(cbor2.dumps(k) + cbor2.dumps(v) for k, v in pairs)
+
+
+def test_a_ledger_read_two_ways_is_damaged(world: World) -> None:
+    """The ledger is read as strictly as a token: a body naming `version` twice (a plain
+    CBOR reader keeps the last, another reader the first), bytes after a signed body, after
+    an update or after the file are each one update the till cannot vouch for."""
+    token = ready(world)
+    key, cert = real_ledger_key(world)
+    body = {"format": ledger.UPDATE_FORMAT, **next_delta(world)}
+    twice = _cbor_map([*body.items(), ("version", body["version"] + 5)])
+    trailing_body = cbor2.dumps(body, canonical=True) + b"\x00"
+    for payload in (twice, trailing_body):
+        refused(world, ledger_file([cbor2.dumps([cert, key.sign1(payload)])]), "damaged", token)
+    good = signed_by_central(world, body)
+    refused(world, ledger_file([good + b"\x00"]), "damaged", token)
+    refused(world, ledger_file([good]) + b"\x00", "damaged", token)
+    assert world.engine.import_ledger(ledger_file([good])).applied  # the same, read one way
