@@ -1,6 +1,6 @@
 """How fast and how small `redeem ledger import` refuses oversized input: a 2 GB sparse file,
 /dev/zero and a FIFO that never ends, each in a fresh child process (seconds from start to
-exit, the child's peak RSS from its rusage).
+exit, the child's own peak RSS, VmHWM: tests/peak_memory.py).
 
 Goals: each refused in < 1 s with peak RSS < 200 MB (64 MiB default limit).
 
@@ -23,14 +23,19 @@ from bench._world import ROOT, T0, goal, machine, new_central, scratch  # noqa: 
 from terminal import setup  # noqa: E402
 from terminal.clock import FixedClock  # noqa: E402
 from terminal.ledger import ledger_file  # noqa: E402
+from tests import peak_memory  # noqa: E402
 
 
 def run(data: Path, path: Path | str) -> tuple[int, float, float, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDEEM_")}
     env["REDEEM_NOW"] = str(T0)
+    report = data.parent / "import.peak"
+    report.unlink(missing_ok=True)
     t = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "terminal.cli", "ledger", "import", str(path), "--data", str(data)],
+        peak_memory.command(
+            "terminal.cli", ["ledger", "import", str(path), "--data", str(data)], report
+        ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=env,
@@ -38,9 +43,9 @@ def run(data: Path, path: Path | str) -> tuple[int, float, float, str]:
     )
     assert proc.stderr is not None
     err = proc.stderr.read().decode()
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc.wait()
     seconds = time.perf_counter() - t
-    return os.waitstatus_to_exitcode(status), seconds, usage.ru_maxrss / 1024, err.strip()
+    return proc.returncode, seconds, peak_memory.peak_mb(report), err.strip()
 
 
 def endless_writer(fifo: Path, stop: threading.Event) -> threading.Thread:

@@ -9,7 +9,6 @@ import gzip
 import os
 import resource
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from sync.http import CentralLink, Link, SyncError
 from terminal import cose
 from terminal.clock import FixedClock
 from terminal.ledger import ledger_file
+from tests import peak_memory
 from tests.conftest import T0, World
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,9 +46,9 @@ def till(world: World) -> World:
 def import_file(
     data: Path, path: str | Path, *args: str, env_extra: dict[str, str] | None = None
 ) -> tuple[int, str, float]:
-    """`redeem ledger import` in a child process: exit code, stderr, the child's peak RSS
-    (MB). The child's address space is capped, so a regression fails instead of eating
-    the machine's memory."""
+    """`redeem ledger import` in a child process: exit code, stderr, the child's own peak
+    RSS (MB, tests/peak_memory.py). The child's address space is capped, so a regression
+    fails instead of eating the machine's memory."""
 
     def cap() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (3 * 1024 * MIB, 3 * 1024 * MIB))
@@ -57,10 +57,12 @@ def import_file(
     env["REDEEM_NOW"] = str(T0)
     env.update(env_extra or {})
     err = data.parent / "import.err"
+    report = data.parent / "import.peak"
+    report.unlink(missing_ok=True)
+    argv = ["ledger", "import", str(path), *args, "--data", str(data)]
     with open(err, "wb") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "terminal.cli", "ledger", "import", str(path), *args]
-            + ["--data", str(data)],
+            peak_memory.command("terminal.cli", argv, report),
             stdout=fh,
             stderr=fh,
             env=env,
@@ -70,18 +72,17 @@ def import_file(
         killer = threading.Timer(60, proc.kill)  # a hang fails the test, it does not stall it
         killer.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            proc.wait()
         finally:
             killer.cancel()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, err.read_text(), usage.ru_maxrss / 1024
+    return proc.returncode, err.read_text(), peak_memory.peak_mb(report)
 
 
 def assert_refused_unread(till: World, code: int, text: str, rss_mb: float) -> None:
     assert code == 2, text
     assert "Traceback" not in text, text
     assert "larger than 64 MiB" in text and "the ledger is unchanged" in text, text
-    assert rss_mb < RSS_LIMIT_MB, f"peak RSS {rss_mb:.0f} MB"
+    assert 0 < rss_mb < RSS_LIMIT_MB, f"peak RSS {rss_mb:.0f} MB"
 
 
 def test_a_2gb_sparse_file_is_refused_by_its_size(till: World, tmp_path: Path) -> None:
