@@ -166,6 +166,8 @@ def _cases(central: Running) -> list[tuple[str, str, dict[str, Any]]]:
             _redeem(pct, _serial(central, pct), 0, detail='{"basket_minor": -5000}'),
         ),
         ("other currency", fixed, _redeem(fixed, _serial(central, fixed), 500, currency="USD")),
+        # int(text, 16) reads this as the issued serial; a till writes lowercase hex only
+        ("upper-case serial", fixed, _redeem(fixed, _serial(central, fixed).upper(), 500)),
     ]
 
 

@@ -56,7 +56,11 @@ class NfcOptions:
             raise OptionError("path", f"must start with one of {', '.join(PATH_KINDS)}")
         if kind == "udp":
             port = self.path.split(":")[2:3]
-            if port and port[0] and not (port[0].isdigit() and 0 < int(port[0]) < 65536):
+            if (
+                port
+                and port[0]
+                and not (port[0].isdecimal() and port[0].isascii() and 0 < int(port[0]) < 65536)
+            ):
                 raise OptionError("path", f"bad udp port {port[0]!r}")
             if port and port[0] and not udp_port_usable(int(port[0])):
                 raise OptionError(

@@ -64,13 +64,16 @@ def _detail(entry: dict[str, Any]) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
 def _serial(text: str | None) -> int | None:
-    if text is None or len(text) != 16:
+    """A serial as tills write it (serial_hex: 16 lowercase hex digits), else None. Not
+    int(text, 16) alone: it also reads " 12..", "0x..", "+.." and "1_2..", so other texts
+    would count as the same coupon while the stored entry says something else."""
+    if text is None or len(text) != 16 or not _HEX_DIGITS.issuperset(text):
         return None
-    try:
-        return int(text, 16)
-    except ValueError:
-        return None
+    return int(text, 16)
 
 
 def _chunks(items: list[Any]) -> list[list[Any]]:
@@ -135,6 +138,8 @@ def reconcile(central: Central, term: TerminalRow, entries: list[dict[str, Any]]
             continue
         serial = _serial(serial_text)
         if serial is None:
+            if kind in ("redeem", "commit"):  # no till writes that: evidence, not a use
+                _implausible(central, term, e, f"serial {serial_text!r} is not 16 hex digits")
             continue
         camp = campaigns.get(e["campaign"])
         if kind in ("redeem", "commit"):

@@ -7,6 +7,7 @@ import ipaddress
 import math
 import re
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,13 @@ class SyncSection:
     def check(self) -> None:
         if self.central is not None and not self.central.startswith(("https://", "http://")):
             raise OptionError("central", "must be an https:// URL")
+        if self.central is not None:
+            try:  # urllib reads 0 and refuses only past 65535, when the first round runs
+                port = urllib.parse.urlsplit(self.central).port
+            except ValueError:
+                port = 0
+            if port == 0:
+                raise OptionError("central", "has a bad port (must be 1 to 65535)")
         for key in ("interval_s", "connect_timeout_s", "read_timeout_s", "retry_base_s"):
             if getattr(self, key) <= 0:
                 raise OptionError(key, "must be positive")
@@ -248,7 +256,9 @@ def load(path: Path) -> Config:
         raise ConfigError(path, None, "file", f"cannot read: {exc}") from None
     try:
         doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except RecursionError:  # tomllib recurses into nested arrays and inline tables
+        raise ConfigError(path, None, "syntax", "values nested too deeply") from None
+    except ValueError as exc:  # TOMLDecodeError, or an integer of over 4300 digits
         found = re.search(r"at line (\d+)", str(exc))  # tomllib states the line in its message
         raise ConfigError(
             path, int(found.group(1)) if found else None, "syntax", str(exc)
@@ -280,6 +290,9 @@ def parse(doc: dict[str, Any], path: Path, text: str = "") -> Config:
     for table, index, key, value in _leaves(doc):
         if isinstance(value, float) and not math.isfinite(value):
             raise fail(table, index, key, f"must be a finite number, not {value}")
+        # TOML integers are 64-bit (tomllib reads any size): a larger one is an error.
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            raise fail(table, index, key, "is too large a number (TOML integers are 64-bit)")
         if isinstance(value, int | float) and key.endswith(DURATION_SUFFIXES) and value < 0:
             raise fail(table, index, key, f"is a duration and must not be negative ({value})")
     sections: dict[str, Any] = {}

@@ -243,6 +243,42 @@ class PosAdapter(Adapter):
         return POS_METHODS[flags & 0x07], path, headers, raw, doc
 
 
+class ConfigAdapter(Adapter):
+    """config: the bytes are the TOML file as the daemon reads it."""
+
+    dictionary = [b"[terminal]", b"[kiosk]", b"[sync]", b"[watchdog]", b"[log]", b"[[input]]"]
+    dictionary += [b" = ", b"nan", b"inf", b"-inf", b"true", b"65536", b"-1", b"0.0.0.0", b'"']
+    dictionary += [b"port", b"host", b"allow_network", b"allowed_clients", b"interval_s"]
+    dictionary += [b"kind", b"fake", b"nfc", b"udp:127.0.0.1:", b"https://c:", b"{", b"["]
+
+    def seeds(self) -> list[bytes]:
+        return [s.encode() for s in self.target.seeds]
+
+
+class UploadAdapter(Adapter):
+    """upload: JSON text of a batch's fields (a list of objects: kind, campaign, serial,
+    discount_minor, ...; the target numbers, hashes and chains them); other bytes seed the
+    target's own generator, so every input is a batch."""
+
+    dictionary = JsonAdapter.dictionary + [b'"redeem"', b'"commit"', b'"hold"', b'"reverse"']
+    dictionary += [f'"{k}"'.encode() for k in ("kind", "accepted", "campaign", "serial")]
+    dictionary += [f'"{k}"'.encode() for k in ("discount_minor", "basket_minor", "detail")]
+    dictionary += [b'"FIX"', b'"PCU"', b'"GIFT"', b"NaN", b"Infinity", b"4611686018427387904"]
+
+    def seeds(self) -> list[bytes]:
+        return [json.dumps(batch).encode() for batch in self.target.seeds]
+
+    def decode(self, data: bytes) -> Any:
+        try:
+            doc = json.loads(data)
+        except (ValueError, RecursionError):
+            doc = None
+        if isinstance(doc, list) and doc and all(isinstance(e, dict) for e in doc):
+            return doc[:8]
+        self.target.rng.seed(data)
+        return self.target.generate()
+
+
 ADAPTERS: dict[str, Callable[[Any], Adapter]] = {
     "tokens": TextAdapter,
     "engine": TextAdapter,
@@ -251,6 +287,8 @@ ADAPTERS: dict[str, Callable[[Any], Adapter]] = {
     "ndef": NdefAdapter,
     "serial": SerialAdapter,
     "pos": PosAdapter,
+    "config": ConfigAdapter,
+    "upload": UploadAdapter,
 }
 
 
@@ -271,6 +309,8 @@ def prepare(name: str, workdir: Path) -> tuple[Target, Adapter]:
         # What the target imports lazily, and the modules the daemon's path goes through.
         import drivers.nfc.driver  # noqa: F401
         import drivers.scanner.driver  # noqa: F401
+        import sync.central.ingest  # noqa: F401
+        import terminal.daemon.config  # noqa: F401
         import terminal.engine  # noqa: F401
         import terminal.ledger  # noqa: F401
         import terminal.rules  # noqa: F401

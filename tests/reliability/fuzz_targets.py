@@ -1,6 +1,7 @@
 """The fuzz targets of issue 6: the token decoder (text and end to end through the engine),
 the ledger file reader, the basket reader, the NDEF reader, the serial line framing and the
-POS API. Each is seeded from real, validly issued inputs and states its own contract."""
+POS API; and issue 11's config and journal upload (fuzz_config_upload.py). Each is seeded
+from real, validly issued inputs and states its own contract."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 
 import cbor2
 
+from tests.reliability.fuzz_config_upload import ConfigLoad, JournalUpload
 from tests.reliability.fuzz_engine import (
     ByteMutator,
     CborRespeller,
@@ -1006,7 +1008,17 @@ class PosApi(Target):
 
 TARGETS: dict[str, type[Target]] = {
     t.name: t
-    for t in (TokenText, EngineCheck, LedgerImport, BasketRead, NdefRead, SerialLines, PosApi)
+    for t in (
+        TokenText,
+        EngineCheck,
+        LedgerImport,
+        BasketRead,
+        NdefRead,
+        SerialLines,
+        PosApi,
+        ConfigLoad,
+        JournalUpload,
+    )
 }
 
 

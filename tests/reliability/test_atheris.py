@@ -47,6 +47,8 @@ SHORT = {
     "ndef": 20_000,
     "serial": 10_000,
     "pos": 1_000,
+    "config": 5_000,
+    "upload": 300,
 }
 FULL = {
     "tokens": 300_000,
@@ -56,6 +58,8 @@ FULL = {
     "ndef": 300_000,
     "serial": 200_000,
     "pos": 30_000,
+    "config": 200_000,
+    "upload": 15_000,
 }
 MIN_FULL_TOTAL = 1_000_000
 # Only a guard against a hung run (libFuzzer stops there and the run count falls short).
@@ -162,7 +166,9 @@ def test_atheris_short(name: str, tmp_path: Path) -> None:
 def test_atheris_full(tmp_path: Path) -> None:
     procs = int(os.environ.get("REDEEM_FUZZ_PROCS", "0")) or os.cpu_count() or 1
     # Slowest first, so the pool does not end on one long run.
-    order = sorted(FULL, key=lambda n: FULL[n] * (30 if n == "pos" else 1), reverse=True)
+    order = sorted(
+        FULL, key=lambda n: FULL[n] * (30 if n in ("pos", "upload") else 1), reverse=True
+    )
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=procs) as pool:
         runs = list(pool.map(lambda n: run_atheris(n, FULL[n], tmp_path), order))

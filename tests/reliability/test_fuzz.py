@@ -1,6 +1,7 @@
 """Issue 6's fuzzing: a seeded mutation fuzzer (fuzz_engine.py) over the token decoder, the
 engine end to end, the ledger reader, the basket reader, the NDEF reader, the serial line
-framing and the POS API (fuzz_targets.py). A short run in `make test`; REDEEM_SOAK=1 runs
+framing and the POS API (fuzz_targets.py), and issue 11's daemon config and central
+journal upload (fuzz_config_upload.py). A short run in `make test`; REDEEM_SOAK=1 runs
 the full one (over a million inputs, spread over the cores). Same seed, same inputs.
 test_atheris.py runs the same targets coverage-guided (atheris, where it installs)."""
 
@@ -29,6 +30,8 @@ SHORT = {
     "ndef": 8_000,
     "serial": 6_000,
     "pos": 600,
+    "config": 4_000,
+    "upload": 400,
 }
 FULL = {
     "tokens": 600_000,
@@ -38,8 +41,11 @@ FULL = {
     "ndef": 500_000,
     "serial": 300_000,
     "pos": 20_000,
+    "config": 300_000,
+    "upload": 20_000,
 }
-PER_SHARD = 50_000  # pos: its own budget below
+PER_SHARD = 50_000
+SLOW = ("pos", "upload")  # a daemon or a central per input: shards of 6,000, sorted first
 MIN_FULL_TOTAL = 1_000_000
 
 
@@ -92,9 +98,9 @@ def test_fuzz_short(name: str, tmp_path: Path) -> None:
 def test_fuzz_full(tmp_path: Path) -> None:
     jobs: list[Job] = []
     for name, n in FULL.items():
-        jobs += shards(name, n, SEED, 6_000 if name == "pos" else PER_SHARD)
+        jobs += shards(name, n, SEED, 6_000 if name in SLOW else PER_SHARD)
     # Longest first, so the pool does not end on one slow shard.
-    jobs.sort(key=lambda j: j.iterations * (40 if j.target == "pos" else 1), reverse=True)
+    jobs.sort(key=lambda j: j.iterations * (40 if j.target in SLOW else 1), reverse=True)
     processes = int(os.environ.get("REDEEM_FUZZ_PROCS", "0")) or os.cpu_count() or 1
     start = time.perf_counter()
     stats = run_jobs(jobs, make_target, str(tmp_path), processes=processes)
