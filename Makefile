@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := libzbar0 python3-venv chromium systemd shellcheck
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench deps venv clean postgres soak
+.PHONY: test demo lint bench deps venv clean postgres soak mutate
 
 deps:
 	@if command -v apt-get >/dev/null; then \
@@ -64,6 +64,11 @@ bench: venv postgres
 	$(PY) bench/daemon_cpu.py
 	$(PY) -m tests.postgres run -- $(PY) bench/sync.py
 	$(PY) bench/systemd_security.py
+
+# Mutation testing of the core's decision functions (mutmut, 2 workers; about 50 min here):
+# prints killed X of Y and the survivors. Not part of `make test`. docs/reliability.md.
+mutate: venv
+	$(PY) -m tests.mutation_report
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache
