@@ -20,11 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from coupons import setup  # noqa: E402
+from coupons.clock import FixedClock  # noqa: E402
+from coupons.engine import Engine  # noqa: E402
+from coupons.ledger import Policy, ledger_file  # noqa: E402
 from sync.central.store import Central  # noqa: E402
-from terminal import setup  # noqa: E402
-from terminal.clock import FixedClock  # noqa: E402
-from terminal.engine import Engine  # noqa: E402
-from terminal.ledger import Policy, ledger_file  # noqa: E402
 
 # Wednesday 2026-11-25 12:00 UTC, as in tests/conftest.py.
 T0 = 1795_608_000.0

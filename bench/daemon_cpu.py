@@ -22,7 +22,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench._world import T0, goal, machine, new_central, scratch, terminal_for_daemon  # noqa: E402
-from terminal.clock import FixedClock  # noqa: E402
+from coupons.clock import FixedClock  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -4,7 +4,7 @@ the raw rate of one-row fsync'd SQLite transactions (plain sqlite3, WAL, synchro
 one INSERT per transaction) in the same directory, in the same run.
 
 Goal: redeem throughput >= 50 % of the raw transaction rate. Also: the head mark written
-beside journal.db after each commit (terminal/journal.py write_mark) costs under 5 % of
+beside journal.db after each commit (coupons/journal.py write_mark) costs under 5 % of
 redeem throughput, measured as interleaved rounds of the same engine with it switched off.
 
     .venv/bin/python bench/durable.py [--per-round N] [--rounds N]
@@ -32,11 +32,11 @@ from bench._world import (  # noqa: E402
     scratch,
     timed,
 )
-from terminal.clock import FixedClock  # noqa: E402
-from terminal.decision import Context  # noqa: E402
-from terminal.journal import Entry, Use  # noqa: E402
-from terminal.ledger import Policy, ledger_file  # noqa: E402
-from terminal.rules import Basket  # noqa: E402
+from coupons.clock import FixedClock  # noqa: E402
+from coupons.decision import Context  # noqa: E402
+from coupons.journal import Entry, Use  # noqa: E402
+from coupons.ledger import Policy, ledger_file  # noqa: E402
+from coupons.rules import Basket  # noqa: E402
 
 RAW = "raw sqlite3 1-row txn (WAL, sync=FULL)"
 SHAPED = "raw sqlite3 journal-shaped txn (diagnostic)"

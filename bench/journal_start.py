@@ -1,5 +1,5 @@
 """What the journal's start-up checks cost: the WAL walk that refuses a write-ahead log with
-committed transactions after a damaged frame (terminal.journal.wal_problem), on a WAL of
+committed transactions after a damaged frame (coupons.journal.wal_problem), on a WAL of
 about 4 MB (SQLite's default checkpoint keeps it near there), intact and damaged in the
 middle. Informational (no goal): docs/reliability.md quotes it.
 
@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._world import machine, scratch  # noqa: E402
-from terminal.journal import wal_problem  # noqa: E402
+from coupons.journal import wal_problem  # noqa: E402
 
 FRAME = 24 + 4096  # frame header + one page at SQLite's default page size
 

@@ -29,10 +29,10 @@ from bench._world import (  # noqa: E402
     scratch,
     timed,
 )
-from terminal import ledger, setup  # noqa: E402
-from terminal.clock import FixedClock  # noqa: E402
-from terminal.ledger import LedgerState, ledger_file  # noqa: E402
-from terminal.ledger_store import LedgerStore  # noqa: E402
+from coupons import ledger, setup  # noqa: E402
+from coupons.clock import FixedClock  # noqa: E402
+from coupons.ledger import LedgerState, ledger_file  # noqa: E402
+from coupons.ledger_store import LedgerStore  # noqa: E402
 
 REPEAT = 3
 
@@ -42,8 +42,8 @@ import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 mode, data = sys.argv[2], sys.argv[3]
 from pathlib import Path
-from terminal import setup
-from terminal.clock import FixedClock
+from coupons import setup
+from coupons.clock import FixedClock
 def rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 def hwm_mb():  # Linux: peak RSS of this process image only

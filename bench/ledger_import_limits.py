@@ -20,9 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._world import ROOT, T0, goal, machine, new_central, scratch  # noqa: E402
-from terminal import setup  # noqa: E402
-from terminal.clock import FixedClock  # noqa: E402
-from terminal.ledger import ledger_file  # noqa: E402
+from coupons import setup  # noqa: E402
+from coupons.clock import FixedClock  # noqa: E402
+from coupons.ledger import ledger_file  # noqa: E402
 from tests import peak_memory  # noqa: E402
 
 

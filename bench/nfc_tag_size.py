@@ -18,9 +18,9 @@ import ndef  # noqa: E402
 
 from bench._world import T0, machine, new_central, scratch  # noqa: E402
 from bench.token_size import VARIANTS  # noqa: E402
+from coupons.clock import FixedClock  # noqa: E402
 from drivers.nfc.emulator import NTAG  # noqa: E402
 from drivers.nfc.options import COUPON_MIME  # noqa: E402
-from terminal.clock import FixedClock  # noqa: E402
 
 LINK = "https://c.example/r?c="  # a short store domain; every character more is a byte more
 

@@ -32,11 +32,11 @@ from bench._world import (  # noqa: E402
     terminal_for_daemon,
     timed,
 )
-from terminal.clock import FixedClock  # noqa: E402
+from coupons.clock import FixedClock  # noqa: E402
+from coupons.ledger import Policy  # noqa: E402
+from coupons.rules import Basket  # noqa: E402
 from terminal.daemon import config as config_mod  # noqa: E402
 from terminal.daemon.runner import Daemon, Published  # noqa: E402
-from terminal.ledger import Policy  # noqa: E402
-from terminal.rules import Basket  # noqa: E402
 
 
 def frame_with(text: str) -> np.ndarray:

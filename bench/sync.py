@@ -35,14 +35,14 @@ sys.path.insert(0, str(ROOT))
 import requests  # noqa: E402
 
 from bench._world import T0, goal, machine, scratch  # noqa: E402
+from coupons import cose, journal, setup  # noqa: E402
+from coupons.clock import SystemClock  # noqa: E402
+from coupons.journal import GENESIS_HASH, HASHED_FIELDS, entry_hash  # noqa: E402
 from sync import protocol  # noqa: E402
 from sync.central import terminals  # noqa: E402
 from sync.central.store import Central  # noqa: E402
 from sync.client import run_once  # noqa: E402
 from sync.enroll import enroll  # noqa: E402
-from terminal import cose, journal, setup  # noqa: E402
-from terminal.clock import SystemClock  # noqa: E402
-from terminal.journal import GENESIS_HASH, HASHED_FIELDS, entry_hash  # noqa: E402
 from tests import postgres  # noqa: E402
 
 
@@ -201,8 +201,8 @@ def offline_vs_online(root: Path, n: int) -> tuple[float, float]:
         data = root / "terminal"
         enroll(data, serve.url, code, SystemClock(), first_sync=True)
         engine = setup.open_engine(data, SystemClock())
+        from coupons.rules import Basket
         from sync.device import read_device_key
-        from terminal.rules import Basket
 
         key = read_device_key(data)
         doc = {"currency": "CNY", "total_minor": 12800}

@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import segno  # noqa: E402
 
 from bench._world import T0, machine, new_central, scratch  # noqa: E402
-from terminal import base45, tokens  # noqa: E402
-from terminal.clock import FixedClock  # noqa: E402
+from coupons import base45, tokens  # noqa: E402
+from coupons.clock import FixedClock  # noqa: E402
 
 CUSTOMER_REF = hashlib.sha256(b"loyalty-card 6200 0000 1234").digest()[:16]  # a 16-byte hash
 TAG_UID = bytes.fromhex("04a1b2c3d4e5f6")  # 7-byte NTAG21x UID, the common NFC sticker

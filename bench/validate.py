@@ -33,10 +33,10 @@ from bench._world import (  # noqa: E402
     scratch,
     timed,
 )
-from terminal import tokens  # noqa: E402
-from terminal.clock import FixedClock  # noqa: E402
-from terminal.ledger import ledger_file  # noqa: E402
-from terminal.rules import Basket  # noqa: E402
+from coupons import tokens  # noqa: E402
+from coupons.clock import FixedClock  # noqa: E402
+from coupons.ledger import ledger_file  # noqa: E402
+from coupons.rules import Basket  # noqa: E402
 
 VALID_PER_CAMPAIGN = 2
 SPENT_PER_CAMPAIGN = 1

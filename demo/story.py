@@ -16,11 +16,11 @@ from typing import Any
 
 import requests
 
+from coupons import base45, tokens
 from demo.live import Decisions
 from demo.tools import DemoFailed, run_json, say, yuan
 from drivers.nfc.emulator import Type2Tag
 from drivers.scanner.pty import Pty
-from terminal import base45, tokens
 
 
 def tamper_one_char(token: str) -> str:

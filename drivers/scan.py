@@ -1,64 +1,37 @@
-"""The port between devices and the terminal: a Scan event, the health a driver reports,
-and the interface every driver family implements (real device or simulated twin)."""
+"""Driver-side helpers around the port (ports/scan.py): thread-safe health bookkeeping and
+the one-blocking-loop driver base. Scan, Health and Driver are re-exported for the drivers."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-OK, DEGRADED, DOWN, STOPPED = "ok", "degraded", "down", "stopped"
+from ports.scan import (
+    DEGRADED,
+    DOWN,
+    OK,
+    STOPPED,
+    Driver,
+    Health,
+    Now,
+    Scan,
+    ScanSink,
+)
 
-
-@dataclass(frozen=True)
-class Scan:
-    """One thing a device read: the bytes, when, from which input, and what else the device
-    knows (NFC tag UID, camera id, barcode symbology)."""
-
-    source: str  # the input's name in the config, e.g. "front-camera"
-    kind: str  # camera, nfc, serial, keyboard, fake
-    payload: bytes
-    at: float
-    meta: Mapping[str, Any] = field(default_factory=dict)
-
-    def text(self) -> str:
-        """Payload as text; bytes that are not UTF-8 stay visible as escapes, never raise."""
-        return self.payload.decode("utf-8", "backslashreplace")
-
-
-ScanSink = Callable[[Scan], None]
-Now = Callable[[], float]
-
-
-@dataclass(frozen=True)
-class Health:
-    state: str  # ok, degraded, down, stopped
-    detail: str = ""
-    since: float = 0.0
-    counters: Mapping[str, int] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "detail": self.detail,
-            "since": self.since,
-            "counters": dict(self.counters),
-        }
-
-
-class Driver(Protocol):
-    name: str
-    kind: str
-
-    def start(self, sink: ScanSink) -> None:
-        """Begin delivering scans to `sink` (from the driver's own thread)."""
-
-    def stop(self, timeout: float = 2.0) -> None:
-        """Stop and join; no scan is delivered after this returns."""
-
-    def health(self) -> Health: ...
+__all__ = [
+    "DEGRADED",
+    "DOWN",
+    "OK",
+    "STOPPED",
+    "Driver",
+    "Health",
+    "HealthState",
+    "LoopDriver",
+    "Now",
+    "Scan",
+    "ScanSink",
+]
 
 
 class HealthState:

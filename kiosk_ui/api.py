@@ -27,15 +27,15 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from drivers.scan import Scan
+from coupons import tokens
+from coupons.decision import Context, Decision
+from coupons.engine import Engine
+from coupons.i18n import N_, translate
+from coupons.journal import Operation, PosCheckout, Use, insert_operation
+from coupons.reasons import Reason
+from coupons.rules import Basket, InputError, best_combination
 from kiosk_ui.tills import Tills
-from terminal import tokens
-from terminal.decision import Context, Decision
-from terminal.engine import Engine
-from terminal.i18n import N_, translate
-from terminal.journal import Operation, PosCheckout, Use, insert_operation
-from terminal.reasons import Reason
-from terminal.rules import Basket, InputError, best_combination
+from ports.scan import Scan
 
 log = logging.getLogger(__name__)
 
@@ -622,7 +622,7 @@ def router(daemon: Any) -> APIRouter:
         def job(engine: Engine) -> tuple[Decision, list[dict[str, Any]]]:
             if co is None or co.state != "open":  # or a commit got to the worker first
                 # A retry still gets the engine's first answer (after a restart too).
-                first = engine._replay(op, engine._request("hold", checkout_id, code))
+                first = engine.first_answer(op, engine.request_key("hold", checkout_id, code))
                 if first is not None:
                     return first, engine.checkout_coupons(checkout_id)
                 raise not_found(checkout_id) if co is None else closed(co)
@@ -709,7 +709,7 @@ def router(daemon: Any) -> APIRouter:
                     with engine.db.atomic():  # the answer and the new state, together
                         insert_operation(
                             op,
-                            engine._request(kind, checkout_id),
+                            engine.request_key(kind, checkout_id),
                             engine.journal.head_seq,
                             json.dumps(d.to_dict()),
                         )

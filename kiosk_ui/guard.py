@@ -17,8 +17,8 @@ from asgi_csrf import asgi_csrf
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
+from coupons.i18n import N_, normalize_lang, translate
 from kiosk_ui import api
-from terminal.i18n import N_, normalize_lang, translate
 
 log = logging.getLogger(__name__)
 

@@ -19,14 +19,14 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 from fastapi.templating import Jinja2Templates
 from peewee import fn
 
-from drivers.scan import Scan
+from coupons import journal
+from coupons import sync_state as sync_status
+from coupons.i18n import N_, normalize_lang, translate
+from coupons.reasons import Reason
+from coupons.rules import Basket, best_combination
 from kiosk_ui import charts, guard
 from kiosk_ui.manager import Manager, Reviews
-from sync import status as sync_status
-from terminal import journal
-from terminal.i18n import N_, normalize_lang, translate
-from terminal.reasons import Reason
-from terminal.rules import Basket, best_combination
+from ports.scan import Scan
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 COOKIE_LANG, COOKIE_SESSION = "lang", "kiosk_manager"
@@ -129,7 +129,7 @@ BAD_DATES = N_("Dates must look like 2026-11-25.")
 BAD_ACTION = N_("Choose Acknowledge or Resolve.")
 NO_SUCH_FLAG = N_("There is no such fraud flag.")
 
-# A device input's state (drivers.scan.Health.state).
+# A device input's state (ports.scan.Health.state).
 DEVICE_STATES = {
     "ok": N_("working"),
     "degraded": N_("working badly"),
@@ -137,7 +137,7 @@ DEVICE_STATES = {
     "stopped": N_("stopped"),
 }
 
-# A fraud flag's kind: the terminal's (terminal.fraud, engine, sun) and the central's own
+# A fraud flag's kind: the terminal's (coupons.fraud, engine, sun) and the central's own
 # (sync.central.flags), which reach the terminal with the central's decisions.
 FLAG_KINDS = {
     "replay": N_("A used coupon was shown again"),
@@ -840,7 +840,7 @@ class FlagIndex:
 
 def central_decisions(engine: Any) -> list[dict[str, Any]]:
     """An engine job: the central's decisions on flags, oldest first. Read defensively:
-    sync.status.flag_decisions() has answered both newest-last with the central's own
+    coupons.sync_state.flag_decisions() has answered both newest-last with the central's own
     fields ("status") and newest-first with its own ("decision"); only objects pass."""
     try:
         items = sync_status.flag_decisions(engine)

@@ -93,7 +93,7 @@ class Tills:
 
 
 def cmd_pos_token(args: argparse.Namespace) -> int:
-    from terminal.cliutil import UserError
+    from coupons.cliutil import UserError
 
     data = Path(args.data)
     if not data.is_dir():

@@ -19,13 +19,14 @@ from typing import Any, Protocol, TypeVar
 
 import cbor2
 
-from sync import protocol, status
+from coupons import journal, ledger, setup
+from coupons import sync_state as status
+from coupons.engine import Engine
+from coupons.journal import EXPORT_FIELDS, Entry, get_meta, set_meta
+from coupons.ledger_store import DEFAULT_MAX_FILE_BYTES
+from sync import protocol
 from sync.device import Settings, read_device_key
 from sync.http import CentralLink, Link, Offset, SyncError
-from terminal import journal, ledger, setup
-from terminal.engine import Engine
-from terminal.journal import EXPORT_FIELDS, Entry, get_meta, set_meta
-from terminal.ledger_store import DEFAULT_MAX_FILE_BYTES
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

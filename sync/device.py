@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from terminal import cose
+from coupons import cose
 
 KEY_FILE = "device.key"
 CREDENTIAL = "device-key"

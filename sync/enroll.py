@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coupons import setup
+from coupons.clock import Clock
+from coupons.keys import CertError, TrustAnchor
 from sync import protocol
 from sync.client import RoundResult, run_once
 from sync.device import CA_FILE, Settings, ensure_device_key
 from sync.http import CentralLink, Link, SyncError
-from terminal import setup
-from terminal.clock import Clock
-from terminal.keys import CertError, TrustAnchor
 
 # GET, unauthenticated: {"trust_anchor": {...}, "fingerprint"} (belongs in sync/protocol.py
 # beside ENROLL; the reference central serves it, sync/central/app.py TRUST_ANCHOR).

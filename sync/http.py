@@ -20,9 +20,9 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from coupons import cose
+from coupons.clock import Clock
 from sync import protocol
-from terminal import cose
-from terminal.clock import Clock
 
 log = logging.getLogger(__name__)
 

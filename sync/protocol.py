@@ -21,7 +21,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from terminal import cose
+from coupons import cose
 
 VERSION = "v1"
 PREFIX = f"/{VERSION}"
@@ -125,7 +125,7 @@ def check_signature(
 
 # Journal upload (POST /v1/journal), JSON:
 #   request  {"entries": [<journal export row>...]}  rows in seq order, as `redeem journal
-#            export` writes them (terminal.journal.EXPORT_FIELDS), starting anywhere at or
+#            export` writes them (coupons.journal.EXPORT_FIELDS), starting anywhere at or
 #            below the central's high-water mark + 1
 #   reply    {"acked_seq": N,        everything up to N is stored (the terminal may prune)
 #             "accepted": K,         new entries stored by this request

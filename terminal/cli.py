@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from terminal import journal, setup
-from terminal.cliutil import (
+from coupons import journal, setup
+from coupons.cliutil import (
     EXIT_OK,
     EXIT_REFUSED,
     UserError,
@@ -19,12 +19,12 @@ from terminal.cliutil import (
     read_document,
     run_main,
 )
-from terminal.decision import Context, Decision
-from terminal.engine import Engine
-from terminal.i18n import normalize_lang, translate
-from terminal.ledger_store import DEFAULT_MAX_FILE_BYTES, LedgerTooLarge, read_limited
-from terminal.rules import Basket, InputError
-from terminal.timeutil import clock_from_env, parse_time
+from coupons.decision import Context, Decision
+from coupons.engine import Engine
+from coupons.i18n import normalize_lang, translate
+from coupons.ledger_store import DEFAULT_MAX_FILE_BYTES, LedgerTooLarge, read_limited
+from coupons.rules import Basket, InputError
+from coupons.timeutil import clock_from_env, parse_time
 
 
 def _env_float(name: str, default: float) -> float | None:

@@ -24,13 +24,13 @@ import pytest
 import requests
 import uvicorn
 
+from coupons import cose, journal, setup
+from coupons.clock import Clock, FixedClock
+from coupons.engine import Engine
+from coupons.ledger_store import ImportResult
 from sync import protocol
 from sync.central.app import create_app
 from sync.central.store import Central
-from terminal import cose, journal, setup
-from terminal.clock import Clock, FixedClock
-from terminal.engine import Engine
-from terminal.ledger_store import ImportResult
 from tests import postgres
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -284,7 +284,7 @@ def chain(
 ) -> list[dict[str, Any]]:
     """Journal rows with these fields (the rest defaulted), numbered from `start` and
     hash-chained as a terminal writes them."""
-    from terminal.journal import GENESIS_HASH, entry_hash
+    from coupons.journal import GENESIS_HASH, entry_hash
 
     prev = prev or GENESIS_HASH
     out = []

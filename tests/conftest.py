@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
+from coupons import setup
+from coupons.clock import FixedClock
+from coupons.engine import Engine
+from coupons.ledger import ledger_file
+from coupons.rules import Basket
 from sync.central.store import Central
-from terminal import setup
-from terminal.clock import FixedClock
-from terminal.engine import Engine
-from terminal.ledger import ledger_file
-from terminal.rules import Basket
 
 # Wednesday 2026-11-25 12:00 UTC: inside ordinary opening hours.
 T0 = 1795_608_000.0

@@ -9,8 +9,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from terminal.ledger import ledger_file
-from terminal.rules import Basket, Campaign, InputError
+from coupons.ledger import ledger_file
+from coupons.rules import Basket, Campaign, InputError
 from tests.conftest import World, basket
 
 json_values = st.recursive(

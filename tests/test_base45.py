@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from terminal import base45
-from terminal.base45 import ALPHABET, Base45Error
+from coupons import base45
+from coupons.base45 import ALPHABET, Base45Error
 
 RFC_EXAMPLES = [
     (b"AB", "BB8"),

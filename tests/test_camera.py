@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from coupons.clock import FixedClock
+from coupons.rules import Basket
 from drivers import registry
 from drivers.camera.driver import CameraDriver
 from drivers.options import OptionError
 from drivers.scan import DEGRADED, DOWN, OK, STOPPED, Health, Scan
-from terminal.clock import FixedClock
 from terminal.daemon import config as config_mod
 from terminal.daemon.runner import Daemon
-from terminal.rules import Basket
 from tests import test_daemon as daemon_tests
 from tests.camera_media import (
     code128,

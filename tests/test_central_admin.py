@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import requests
 
+from coupons.clock import FixedClock
+from coupons.decision import Context
+from coupons.reasons import Reason
 from sync import protocol
-from terminal.clock import FixedClock
-from terminal.decision import Context
-from terminal.reasons import Reason
 from tests.central_server import BACKENDS, Running, chain, running_central
 from tests.conftest import T0, basket
 

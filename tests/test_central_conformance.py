@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 import requests
 
+from coupons import cose, ledger
+from coupons.clock import SystemClock
+from coupons.journal import entry_hash
+from coupons.keys import TrustAnchor
+from coupons.ledger import LedgerState, read_file
 from sync import protocol
-from terminal import cose, ledger
-from terminal.clock import SystemClock
-from terminal.journal import entry_hash
-from terminal.keys import TrustAnchor
-from terminal.ledger import LedgerState, read_file
 from tests.central_server import Device, chain, running_central
 
 ENV_URL = "REDEEM_CONFORMANCE_URL"

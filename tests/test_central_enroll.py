@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from coupons import cose
+from coupons.clock import FixedClock
 from sync import protocol
-from terminal import cose
-from terminal.clock import FixedClock
 from tests.central_server import BACKENDS, Device, Running, running_central
 from tests.conftest import T0
 

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 import requests
 
+from coupons import ledger
+from coupons.clock import SystemClock
+from coupons.ledger import LedgerState, read_file
 from sync import protocol
 from sync.central.models import FlagRow, JournalRow, VersionRow
 from sync.central.store import Central
-from terminal import ledger
-from terminal.clock import SystemClock
-from terminal.ledger import LedgerState, read_file
 from tests import postgres
 from tests.central_server import BACKENDS, Device, Running, Till, database_for, serve_process
 from tests.conftest import basket

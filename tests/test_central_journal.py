@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from coupons.clock import FixedClock
+from coupons.journal import entry_hash
 from sync import protocol
 from sync.central.models import JournalRow
-from terminal.clock import FixedClock
-from terminal.journal import entry_hash
 from tests.central_server import BACKENDS, Running, Till, chain, running_central
 from tests.conftest import T0, basket
 

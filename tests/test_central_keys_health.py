@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from coupons.clock import FixedClock
+from coupons.keys import PURPOSE_ISSUER, PURPOSE_LEDGER
 from sync.central.models import KeyRow
-from terminal.clock import FixedClock
-from terminal.keys import PURPOSE_ISSUER, PURPOSE_LEDGER
 from tests.central_server import Running, running_central
 from tests.conftest import T0
 

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from coupons.clock import FixedClock
+from coupons.ledger import read_file
+from coupons.reasons import Reason
 from sync import protocol
-from terminal.clock import FixedClock
-from terminal.ledger import read_file
-from terminal.reasons import Reason
 from tests.central_server import BACKENDS, Running, running_central
 from tests.conftest import T0, basket
 

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 import requests
 
+from coupons.clock import FixedClock
+from coupons.decision import Context
+from coupons.reasons import Reason
 from sync import protocol
 from sync.client import Direct, SyncClient
 from sync.http import CentralLink, Link
-from terminal.clock import FixedClock
-from terminal.decision import Context
-from terminal.reasons import Reason
 from tests.central_server import BACKENDS, Running, Till, running_central
 from tests.conftest import T0, basket
 

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 import requests
 
+from coupons import cose, ledger, sun
+from coupons.clock import FixedClock
+from coupons.keys import PURPOSE_LEDGER, TrustAnchor, make_cert
+from coupons.reasons import Reason
 from sync import protocol
 from sync.central.models import CampaignUsage, JournalRow
-from terminal import cose, ledger, sun
-from terminal.clock import FixedClock
-from terminal.keys import PURPOSE_LEDGER, TrustAnchor, make_cert
-from terminal.reasons import Reason
 from tests.central_server import BACKENDS, Device, Running, chain, running_central
 from tests.conftest import T0, basket
 

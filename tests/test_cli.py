@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from terminal import base45
-from terminal.journal import CSV_FIELDS
-from terminal.reasons import Reason
+from coupons import base45
+from coupons.journal import CSV_FIELDS
+from coupons.reasons import Reason
 
 NOW = "2026-11-25T04:00:00Z"  # Wednesday 12:00 in Shanghai
 

@@ -15,10 +15,10 @@ from pycose.keys import OKPKey
 from pycose.keys.curves import Ed25519
 from pycose.messages import Sign1Message
 
-from terminal import base45, cose, tokens
-from terminal.keys import PURPOSE_ISSUER
-from terminal.reasons import Reason
-from terminal.tokens import PREFIX, Claims
+from coupons import base45, cose, tokens
+from coupons.keys import PURPOSE_ISSUER
+from coupons.reasons import Reason
+from coupons.tokens import PREFIX, Claims
 from tests.conftest import T0, World, basket
 
 NBF = int(T0)

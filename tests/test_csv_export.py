@@ -16,10 +16,10 @@ from pathlib import Path
 import peewee as pw
 import pytest
 
-from terminal import csvsafe, journal
-from terminal.decision import Context
-from terminal.journal import CSV_FIELDS, Journal
-from terminal.rules import Basket
+from coupons import csvsafe, journal
+from coupons.decision import Context
+from coupons.journal import CSV_FIELDS, Journal
+from coupons.rules import Basket
 from tests.conftest import T0, World
 from tests.test_kiosk_pages import PIN, client, serve
 

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from terminal import journal, setup
-from terminal.clock import FixedClock
+from coupons import journal, setup
+from coupons.clock import FixedClock
+from coupons.journal import Entry
+from coupons.reasons import Reason
+from coupons.rules import Basket
 from terminal.daemon import config as config_mod
 from terminal.daemon import control
 from terminal.daemon.runner import Daemon
-from terminal.journal import Entry
-from terminal.reasons import Reason
-from terminal.rules import Basket
 from tests.conftest import T0, World
 from tests.postgres import free_port
 from tests.ptys import Pty
@@ -411,8 +411,8 @@ def test_status_without_a_daemon_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def write_anchor(tmp_path: Path) -> Path:
-    from terminal import cose
-    from terminal.keys import TrustAnchor
+    from coupons import cose
+    from coupons.keys import TrustAnchor
 
     path = tmp_path / "anchor.json"
     path.write_text(TrustAnchor(cose.SigningKey.generate().public).to_json())

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from terminal.clock import FixedClock
+from coupons.clock import FixedClock
+from coupons.engine import Engine
+from coupons.reasons import Reason
 from terminal.daemon import config as config_mod
 from terminal.daemon.notify import Notifier
 from terminal.daemon.runner import Daemon
-from terminal.engine import Engine
-from terminal.reasons import Reason
 from tests.conftest import T0, World
 from tests.test_daemon import fifo_input, prepare, wait_for, write_config
 

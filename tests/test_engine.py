@@ -11,13 +11,13 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from coupons import journal, setup, tokens
+from coupons.clock import FixedClock
+from coupons.decision import Context, Decision, serial_hex
+from coupons.journal import Entry, Use
+from coupons.ledger import Policy
+from coupons.reasons import Reason
 from sync.central.store import Central
-from terminal import journal, setup, tokens
-from terminal.clock import FixedClock
-from terminal.decision import Context, Decision, serial_hex
-from terminal.journal import Entry, Use
-from terminal.ledger import Policy
-from terminal.reasons import Reason
 from tests.conftest import T0, World, basket
 
 DAY = 24 * 3600

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from coupons.decision import Decision
+from coupons.reasons import Reason
 from drivers.feedback import beeper as beeper_mod
 from drivers.feedback.beeper import Beeper, NullBeeper
 from drivers.feedback.pole import NullDisplay, PoleDisplay, fit
 from terminal.daemon import feedback
 from terminal.daemon.config import OutputSection
-from terminal.decision import Decision
-from terminal.reasons import Reason
 from tests.ptys import Pty
 
 INIT = b"\x1b@\x1f\x01"  # ESC @ initialise, US MD1 overwrite mode

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from terminal.decision import Context
-from terminal.journal import Entry
-from terminal.ledger import Policy
-from terminal.reasons import Reason
+from coupons.decision import Context
+from coupons.journal import Entry
+from coupons.ledger import Policy
+from coupons.reasons import Reason
 from tests.conftest import T0, World, basket
 
 ROOT = Path(__file__).resolve().parent.parent

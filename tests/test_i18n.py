@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from terminal import i18n
-from terminal.decision import Decision
-from terminal.reasons import MESSAGES, Reason
+from coupons import i18n
+from coupons.decision import Decision
+from coupons.reasons import MESSAGES, Reason
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
 

@@ -15,8 +15,8 @@ from typing import Any
 import peewee as pw
 import pytest
 
-from terminal import csvsafe, journal
-from terminal.journal import Entry, Journal, entry_hash, set_meta
+from coupons import csvsafe, journal
+from coupons.journal import Entry, Journal, entry_hash, set_meta
 from tests.conftest import T0, World, basket
 
 YEAR_MS = 365 * 24 * 3600 * 1000

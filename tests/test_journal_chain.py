@@ -11,8 +11,8 @@ from pathlib import Path
 import peewee as pw
 import pytest
 
-from terminal import journal
-from terminal.journal import Journal
+from coupons import journal
+from coupons.journal import Journal
 from tests.conftest import T0
 
 NOW_MS = int(T0 * 1000)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from terminal import journal, setup
-from terminal.reasons import Reason
+from coupons import journal, setup
+from coupons.reasons import Reason
 from tests.conftest import World, basket
 from tests.reliability.harness import cli
 

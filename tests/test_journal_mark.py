@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from terminal import journal, setup
-from terminal.reasons import Reason
-from terminal.rules import Basket
+from coupons import journal, setup
+from coupons.reasons import Reason
+from coupons.rules import Basket
 from tests.conftest import World
 from tests.reliability.harness import (
     DaemonProc,

@@ -12,10 +12,10 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from terminal import cose, setup, tokens
-from terminal.keys import PURPOSE_ISSUER, PURPOSE_LEDGER, CertError, TrustAnchor, make_cert
-from terminal.ledger import LedgerState, apply, ledger_file
-from terminal.reasons import Reason
+from coupons import cose, setup, tokens
+from coupons.keys import PURPOSE_ISSUER, PURPOSE_LEDGER, CertError, TrustAnchor, make_cert
+from coupons.ledger import LedgerState, apply, ledger_file
+from coupons.reasons import Reason
 from tests.conftest import T0, World, basket, write_json
 
 NOW = int(T0)

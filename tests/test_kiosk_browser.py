@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from terminal.reasons import Reason
-from terminal.rules import Basket
+from coupons.reasons import Reason
+from coupons.rules import Basket
 from tests.conftest import World
 from tests.test_kiosk_pages import PIN, Kiosk, kiosk, publish_to  # noqa: F401  (the fixture)
 

@@ -17,9 +17,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from coupons.clock import FixedClock
 from kiosk_ui import tills
 from kiosk_ui.app import create_app
-from terminal.clock import FixedClock
 from terminal.daemon import config as config_mod
 from terminal.daemon.runner import Daemon
 from tests.conftest import T0, World

@@ -17,16 +17,16 @@ import httpx
 import numpy as np
 import pytest
 
+from coupons import i18n
+from coupons import sync_state as sync_status
+from coupons.clock import FixedClock
+from coupons.ledger import ledger_file
+from coupons.reasons import Reason
+from coupons.rules import Basket
 from kiosk_ui import manager, pages
-from sync import status as sync_status
 from sync.client import RoundResult
-from terminal import i18n
-from terminal.clock import FixedClock
 from terminal.daemon import config as config_mod
 from terminal.daemon.runner import Daemon
-from terminal.ledger import ledger_file
-from terminal.reasons import Reason
-from terminal.rules import Basket
 from tests import camera_media
 from tests.conftest import T0, World
 from tests.test_daemon import prepare, wait_for, write_config

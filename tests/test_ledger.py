@@ -10,11 +10,11 @@ from typing import Any
 import cbor2
 import pytest
 
-from terminal import cose, ledger, serials, tokens
-from terminal.journal import Entry
-from terminal.keys import PURPOSE_ISSUER, PURPOSE_LEDGER, make_cert
-from terminal.ledger import LedgerRefused, ledger_file, sign_update
-from terminal.reasons import Reason
+from coupons import cose, ledger, serials, tokens
+from coupons.journal import Entry
+from coupons.keys import PURPOSE_ISSUER, PURPOSE_LEDGER, make_cert
+from coupons.ledger import LedgerRefused, ledger_file, sign_update
+from coupons.reasons import Reason
 from tests.conftest import T0, World, basket
 
 NOW = int(T0)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import cbor2
 
-from terminal import ledger
-from terminal.ledger import ledger_file
+from coupons import ledger
+from coupons.ledger import ledger_file
 from tests.conftest import World
 from tests.test_ledger import next_delta, ready, real_ledger_key, refused, signed_by_central
 

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from coupons import cose
+from coupons.clock import FixedClock
+from coupons.ledger import ledger_file
 from sync.client import Direct, SyncClient
 from sync.http import CentralLink, Link, SyncError
-from terminal import cose
-from terminal.clock import FixedClock
-from terminal.ledger import ledger_file
 from tests import peak_memory
 from tests.conftest import T0, World
 

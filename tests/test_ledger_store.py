@@ -8,11 +8,11 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from terminal import cose, serials, tokens
-from terminal.keys import PURPOSE_LEDGER, make_cert
-from terminal.ledger import ledger_file, sign_update
-from terminal.ledger_store import LedgerStore, write_atomic
-from terminal.reasons import Reason
+from coupons import cose, serials, tokens
+from coupons.keys import PURPOSE_LEDGER, make_cert
+from coupons.ledger import ledger_file, sign_update
+from coupons.ledger_store import LedgerStore, write_atomic
+from coupons.reasons import Reason
 from tests.conftest import World, basket
 
 

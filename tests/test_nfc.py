@@ -18,15 +18,15 @@ from typing import Any
 import ndef
 import pytest
 
+from coupons import tokens
+from coupons.decision import Context
+from coupons.journal import Entry
 from drivers import registry
 from drivers.nfc import emulator as tag_emulator
 from drivers.nfc.driver import NfcDriver
 from drivers.nfc.options import COUPON_MIME, udp_port_usable
 from drivers.options import OptionError
 from drivers.scan import Scan
-from terminal import tokens
-from terminal.decision import Context
-from terminal.journal import Entry
 from tests.conftest import World, basket
 from tests.nfc_emulation import Type2Tag, Type3Tag, Type4Tag, free_udp_port
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from coupons import base45, tokens
+from coupons.clock import FixedClock
 from sync import protocol
-from terminal import base45, tokens
-from terminal.clock import FixedClock
 from tests.central_server import Running, running_central
 from tests.conftest import T0, basket
 

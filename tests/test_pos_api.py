@@ -16,11 +16,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from coupons.journal import Entry, PosCheckout
 from kiosk_ui import api, tills
 from kiosk_ui.app import create_app
 from terminal.daemon import config as config_mod
 from terminal.daemon.runner import Daemon
-from terminal.journal import Entry, PosCheckout
 from tests.conftest import World
 from tests.test_daemon import fifo_input, wait_for, write_config
 

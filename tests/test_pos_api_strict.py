@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
+from coupons.reasons import Reason
 from kiosk_ui import api, tills
 from terminal.daemon import config as config_mod
 from terminal.daemon.runner import Daemon
-from terminal.reasons import Reason
 from tests.conftest import World
 from tests.test_daemon import fifo_input, write_config
 from tests.test_pos_api import BASKET, Pos, kiosk_url

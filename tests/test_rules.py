@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from terminal.money import allocate
-from terminal.reasons import Reason
-from terminal.rules import (
+from coupons.money import allocate
+from coupons.reasons import Reason
+from coupons.rules import (
     Basket,
     Campaign,
     Customer,

@@ -1,12 +1,12 @@
 """Edges of the rules engine a shopper or cashier would notice. Written to kill mutants that
-`make mutate` found surviving (terminal/rules.py)."""
+`make mutate` found surviving (coupons/rules.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from terminal.reasons import Reason
-from terminal.rules import Basket, Campaign, Customer, Refusal, best_combination
+from coupons.reasons import Reason
+from coupons.rules import Basket, Campaign, Customer, Refusal, best_combination
 
 
 def test_an_eleventh_coupon_is_refused_as_not_stackable() -> None:

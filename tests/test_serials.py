@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from terminal import serials
-from terminal.serials import SerialSet, pack, unpack
+from coupons import serials
+from coupons.serials import SerialSet, pack, unpack
 
 U64 = st.integers(min_value=0, max_value=2**64 - 1)
 # a narrow range as well, so adds and discards hit the same serials often

@@ -17,13 +17,13 @@ from cryptography.hazmat.primitives.cmac import CMAC
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from coupons import journal, ledger, sun, tokens
+from coupons.decision import Context, serial_hex
+from coupons.journal import Entry, TagCounter, Use
+from coupons.reasons import Reason
 from drivers import registry
 from drivers.scan import Scan
 from sync.central.store import CentralError
-from terminal import journal, ledger, sun, tokens
-from terminal.decision import Context, serial_hex
-from terminal.journal import Entry, TagCounter, Use
-from terminal.reasons import Reason
 from tests.conftest import World, basket
 from tests.nfc_emulation import Type2Tag, Type4Tag
 
@@ -115,7 +115,7 @@ def test_malformed_urls_say_what_is_wrong(url: str, why: str) -> None:
 
 def tag_url(key: bytes, uid: bytes, counter: int, campaign: str = "TAP") -> str:
     """What an NTAG 424 DNA personalised with `key` mirrors at a tap: the spec's steps done
-    here with the AES primitives, not with terminal/sun.py."""
+    here with the AES primitives, not with coupons/sun.py."""
     ctr = counter.to_bytes(3, "little")
     encryptor = Cipher(algorithms.AES(key), modes.CBC(bytes(16))).encryptor()
     picc = encryptor.update(b"\xc7" + uid + ctr + os.urandom(5)) + encryptor.finalize()

@@ -24,6 +24,14 @@ from typing import Any
 
 import pytest
 
+from coupons import cose, setup
+from coupons.clock import FixedClock
+from coupons.engine import Engine
+from coupons.journal import RETENTION_S, Entry, get_meta, rows, set_meta
+from coupons.keys import TrustAnchor
+from coupons.reasons import Reason
+from coupons.rules import Basket
+from coupons.sync_state import flag_decisions
 from sync import protocol
 from sync.central.flags import decide
 from sync.central.models import FlagRow, JournalRow
@@ -33,16 +41,8 @@ from sync.client import Backoff, Direct, RoundResult, SyncClient, open_link, run
 from sync.device import ensure_device_key, read_device_key
 from sync.enroll import EnrollError, enroll
 from sync.http import CentralLink, Link, SyncError
-from sync.status import flag_decisions
-from terminal import cose, setup
-from terminal.clock import FixedClock
 from terminal.daemon import config as config_mod
 from terminal.daemon.runner import SHUTDOWN_S, Daemon
-from terminal.engine import Engine
-from terminal.journal import RETENTION_S, Entry, get_meta, rows, set_meta
-from terminal.keys import TrustAnchor
-from terminal.reasons import Reason
-from terminal.rules import Basket
 from tests.central_server import Device, Running, running_central
 from tests.conftest import T0, World, basket
 from tests.faultproxy import FaultProxy

@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from coupons import journal, setup
+from coupons.clock import SystemClock
+from coupons.engine import Engine
 from sync import protocol
 from sync.central import terminals
 from sync.central.models import JournalRow
 from sync.central.store import Central
 from sync.client import open_link, run_once
 from sync.enroll import enroll
-from terminal import journal, setup
-from terminal.clock import SystemClock
-from terminal.engine import Engine
 from tests import postgres
 from tests.central_server import BACKENDS, ROOT, database_for, serve_process
 from tests.conftest import basket

@@ -11,11 +11,11 @@ from collections.abc import Callable
 import cbor2
 import pytest
 
-from terminal import base45, cose, tokens
-from terminal.journal import Entry
-from terminal.keys import PURPOSE_ISSUER
-from terminal.reasons import Reason
-from terminal.tokens import PREFIX
+from coupons import base45, cose, tokens
+from coupons.journal import Entry
+from coupons.keys import PURPOSE_ISSUER
+from coupons.reasons import Reason
+from coupons.tokens import PREFIX
 from tests.conftest import T0, World, basket
 
 NBF = int(T0)

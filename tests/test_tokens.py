@@ -12,12 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from terminal import base45, cose, tokens
-from terminal.clock import FixedClock
-from terminal.decision import Context
-from terminal.journal import Entry
-from terminal.reasons import Reason
-from terminal.tokens import PREFIX, Claims, TokenMalformed
+from coupons import base45, cose, tokens
+from coupons.clock import FixedClock
+from coupons.decision import Context
+from coupons.journal import Entry
+from coupons.reasons import Reason
+from coupons.tokens import PREFIX, Claims, TokenMalformed
 from tests.conftest import T0, World, basket
 
 NBF = int(T0)

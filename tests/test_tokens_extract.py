@@ -8,11 +8,11 @@ from __future__ import annotations
 import hashlib
 import urllib.parse
 
-from terminal import cose, tokens
-from terminal.journal import Entry
-from terminal.keys import PURPOSE_ISSUER
-from terminal.reasons import Reason
-from terminal.tokens import Claims
+from coupons import cose, tokens
+from coupons.journal import Entry
+from coupons.keys import PURPOSE_ISSUER
+from coupons.reasons import Reason
+from coupons.tokens import Claims
 from tests.conftest import World, basket
 
 NBF, EXP = 1_795_000_000, 1_800_000_000

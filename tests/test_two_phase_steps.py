@@ -1,13 +1,13 @@
 """POS two-phase steps as the central and a POS see them: what a release journals, and what
 a second release or a release after payment answers. Written to kill mutants that
-`make mutate` found surviving (terminal/engine.py: commit, release, reverse)."""
+`make mutate` found surviving (coupons/engine.py: commit, release, reverse)."""
 
 from __future__ import annotations
 
 import json
 
-from terminal.journal import Entry
-from terminal.reasons import Reason
+from coupons.journal import Entry
+from coupons.reasons import Reason
 from tests.conftest import World, basket
 
 

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from coupons.rules import InputError
 from sync import protocol
 from sync.central import flags, report, schemas, terminals
 from sync.central.delivery import Ahead, Delivery
@@ -27,7 +28,6 @@ from sync.central.ingest import BatchInvalid, flag_refused_batch, ingest, parse_
 from sync.central.models import TerminalRow
 from sync.central.online import Online
 from sync.central.store import Central, CentralError
-from terminal.rules import InputError
 
 log = logging.getLogger(__name__)
 

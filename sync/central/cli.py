@@ -12,9 +12,7 @@ from pathlib import Path
 
 import segno
 
-from sync.central import report, terminals
-from sync.central.store import Central, CentralError
-from terminal.cliutil import (
+from coupons.cliutil import (
     EXIT_OK,
     UserError,
     add_json,
@@ -23,11 +21,13 @@ from terminal.cliutil import (
     run_main,
     writable_dir,
 )
-from terminal.keys import PURPOSE_ISSUER, PURPOSE_LEDGER
-from terminal.ledger import Policy, ledger_file
-from terminal.ledger_store import write_atomic
-from terminal.rules import Campaign, InputError
-from terminal.timeutil import clock_from_env
+from coupons.keys import PURPOSE_ISSUER, PURPOSE_LEDGER
+from coupons.ledger import Policy, ledger_file
+from coupons.ledger_store import write_atomic
+from coupons.rules import Campaign, InputError
+from coupons.timeutil import clock_from_env
+from sync.central import report, terminals
+from sync.central.store import Central, CentralError
 
 
 def _open(args: argparse.Namespace) -> Central:

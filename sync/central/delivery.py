@@ -11,9 +11,9 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from coupons.ledger import ledger_file
 from sync import protocol
 from sync.central.store import Central
-from terminal.ledger import ledger_file
 
 GZIP_MIN = 512
 CACHE_BYTES = 64 * 1024 * 1024

@@ -14,12 +14,12 @@ from typing import Any
 
 import peewee as pw
 
+from coupons.journal import EXPORT_FIELDS, entry_hash
 from sync import protocol
 from sync.central import bulk, flags
 from sync.central.models import JournalRow, TerminalRow, TerminalUsage
 from sync.central.reconcile import reconcile
 from sync.central.store import Central
-from terminal.journal import EXPORT_FIELDS, entry_hash
 
 log = logging.getLogger(__name__)
 

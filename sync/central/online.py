@@ -1,5 +1,5 @@
 """The online check (POST /v1/check): the very checks and rules engine a terminal runs
-offline (terminal.checks), over the central's newest ledger, so online and offline can
+offline (coupons.checks), over the central's newest ledger, so online and offline can
 never disagree. For tills that are online and want a second opinion, and for measuring
 what offline saves (bench/sync.py)."""
 
@@ -10,13 +10,13 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from coupons import fraud, sun
+from coupons.checks import Checks
+from coupons.decision import Context, Decision, Refuse
+from coupons.ledger import LedgerState
+from coupons.reasons import Reason
+from coupons.rules import Basket
 from sync.central.store import Central
-from terminal import fraud, sun
-from terminal.checks import Checks
-from terminal.decision import Context, Decision, _Refuse
-from terminal.ledger import LedgerState
-from terminal.reasons import Reason
-from terminal.rules import Basket
 
 
 @dataclass
@@ -65,7 +65,7 @@ class OnlineChecker(Checks):
             decision, _, _, _ = self._decide(
                 code, basket, Context(source="online"), self.clock.now(), []
             )
-        except _Refuse as r:
+        except Refuse as r:
             return self._refusal(r, basket)
         return decision
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import peewee as pw
 
+from coupons.rules import Campaign, InputError
 from sync.central import bulk, flags, trust
 from sync.central.models import (
     CampaignRow,
@@ -31,7 +32,6 @@ from sync.central.models import (
     from_db_serial,
 )
 from sync.central.store import Central
-from terminal.rules import Campaign, InputError
 
 log = logging.getLogger(__name__)
 CHUNK = 400

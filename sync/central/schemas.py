@@ -39,7 +39,7 @@ class TrustAnchorReply(BaseModel):
 
 
 class JournalEntry(BaseModel):
-    """One journal row as `redeem journal export` writes it (terminal.journal.EXPORT_FIELDS).
+    """One journal row as `redeem journal export` writes it (coupons.journal.EXPORT_FIELDS).
     `hash` is SHA-256 (hex) of the compact JSON array of every other field in this order,
     `prev_hash` the previous entry's hash (64 zeros before entry 1)."""
 

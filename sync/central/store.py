@@ -16,6 +16,11 @@ from typing import Any
 
 import peewee as pw
 
+from coupons import cose, ledger, serials
+from coupons.keys import PURPOSE_ISSUER, PURPOSE_LEDGER, CertError, TrustAnchor, make_cert
+from coupons.ledger import GENESIS, LedgerState, Policy
+from coupons.rules import Campaign
+from coupons.tokens import Claims, issue, plain_code_hash
 from sync.central.models import (
     CampaignRow,
     CampaignUsage,
@@ -36,11 +41,6 @@ from sync.central.models import (
     is_postgres,
     open_database,
 )
-from terminal import cose, ledger, serials
-from terminal.keys import PURPOSE_ISSUER, PURPOSE_LEDGER, CertError, TrustAnchor, make_cert
-from terminal.ledger import GENESIS, LedgerState, Policy
-from terminal.rules import Campaign
-from terminal.tokens import Claims, issue, plain_code_hash
 
 __all__ = ["Central", "CentralError", "Issued", "db_proxy"]
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import peewee as pw
 
+from coupons.journal import GENESIS_HASH
 from sync import protocol
 from sync.central.models import AdminToken, EnrollCode, TerminalRow
 from sync.central.store import CODE_ALPHABET, Central, CentralError
-from terminal.journal import GENESIS_HASH
 
 ID_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
 TERMINAL_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")

@@ -8,10 +8,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from coupons import sun
+from coupons.money import percent_of
+from coupons.rules import Campaign
 from sync.central.models import CouponRow, SunKeyRow, db_serial, from_db_serial
-from terminal import sun
-from terminal.money import percent_of
-from terminal.rules import Campaign
 
 CHUNK = 400
 AMOUNT_LIMIT = 10**12  # rules.py refuses campaign amounts above this; no basket is bigger

@@ -10,10 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from drivers import registry
-from drivers.scan import DOWN, STOPPED, Scan
-
-from terminal.cliutil import (
+from coupons.cliutil import (
     EXIT_ERROR,
     EXIT_OK,
     EXIT_REFUSED,
@@ -22,9 +19,11 @@ from terminal.cliutil import (
     emit,
     read_document,
 )
+from coupons.timeutil import clock_from_env
+from drivers import registry
+from drivers.scan import DOWN, STOPPED, Scan
 from terminal.daemon import config as config_mod
 from terminal.daemon import control
-from terminal.timeutil import clock_from_env
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from terminal.rules import Basket, InputError
+from coupons.rules import Basket, InputError
 
 if TYPE_CHECKING:
     from terminal.daemon.runner import Daemon

@@ -9,10 +9,10 @@ import queue
 import threading
 from typing import Any, Protocol
 
+from coupons.decision import Decision
+from coupons.i18n import N_, translate
+from coupons.reasons import Reason
 from terminal.daemon.config import OutputSection
-from terminal.decision import Decision
-from terminal.i18n import N_, translate
-from terminal.reasons import Reason
 
 log = logging.getLogger(__name__)
 ACCEPTED = N_("Coupon accepted")

@@ -18,22 +18,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coupons import setup, tokens
+from coupons import sync_state as sync_status
+from coupons.clock import Clock
+from coupons.decision import Context, Decision
+from coupons.engine import Engine
+from coupons.reasons import Reason
+from coupons.rules import Basket
 from drivers import registry
 from drivers.scan import DOWN, Scan
-from sync import status as sync_status
-
-from terminal import setup, tokens
-from terminal.clock import Clock
 from terminal.daemon import config as config_mod
 from terminal.daemon import control as control_mod
 from terminal.daemon import feedback, logs, sync_loop
 from terminal.daemon.control import Control
 from terminal.daemon.notify import Notifier
 from terminal.daemon.worker import EngineWorker
-from terminal.decision import Context, Decision
-from terminal.engine import Engine
-from terminal.reasons import Reason
-from terminal.rules import Basket
 
 log = logging.getLogger(__name__)
 SHUTDOWN_S = 4.5  # SIGTERM to exit, inside systemd's and the 5 s

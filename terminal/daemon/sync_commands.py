@@ -9,16 +9,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sync import status
+from coupons import setup
+from coupons import sync_state as status
+from coupons.cliutil import EXIT_OK, EXIT_REFUSED, UserError, emit
+from coupons.timeutil import clock_from_env
 from sync.client import RoundResult, open_link, run_once
 from sync.device import DeviceKeyError, Settings
 from sync.enroll import EnrollError, enroll
 from sync.http import SyncError
-
-from terminal import setup
-from terminal.cliutil import EXIT_OK, EXIT_REFUSED, UserError, emit
 from terminal.daemon import control
-from terminal.timeutil import clock_from_env
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:

@@ -11,14 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sync import status
+from coupons import sync_state as status
+from coupons.engine import Engine
 from sync.client import Backoff, RoundResult, SyncClient
 from sync.device import DeviceKeyError, Settings, read_device_key
 from sync.http import CentralLink, Link, SyncError
-
 from terminal.daemon.config import SyncSection
 from terminal.daemon.worker import EngineWorker
-from terminal.engine import Engine
 
 log = logging.getLogger(__name__)
 FIRST_ROUND_S = 1.0  # after start-up: the till is serving before the first round begins

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from terminal.engine import Engine
-from terminal.journal import Entry, get_meta
+from coupons.engine import Engine
+from coupons.journal import Entry, get_meta
 
 log = logging.getLogger(__name__)
 _HEAD_SQL = f'SELECT max(seq) FROM "{Entry._meta.table_name}"'  # noqa: S608 (a constant)

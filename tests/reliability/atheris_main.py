@@ -39,7 +39,7 @@ POS_METHODS = ("POST", "POST", "POST", "POST", "GET", "PUT", "DELETE", "PATCH")
 def fixed_randomness(seed: int) -> Iterator[None]:
     """The central's keys, serials, codes and salts drawn from one seed while the target is
     set up, so a crash file replays against the same issued tokens."""
-    from terminal import cose
+    from coupons import cose
 
     rng = random.Random(seed)
     saved_generate = cose.SigningKey.__dict__["generate"]
@@ -99,7 +99,7 @@ class TextAdapter(Adapter):
         return out
 
     def decode(self, data: bytes) -> Any:
-        from terminal import base45, tokens
+        from coupons import base45, tokens
 
         form, body = (data[0] % FORMS, data[1:]) if data else (0, b"")
         if form == 0:
@@ -307,14 +307,14 @@ def prepare(name: str, workdir: Path) -> tuple[Target, Adapter]:
     (workdir / "world").mkdir(parents=True)
     with atheris.instrument_imports(include=PACKAGES), fixed_randomness(WORLD_SEED):
         # What the target imports lazily, and the modules the daemon's path goes through.
+        import coupons.engine  # noqa: F401
+        import coupons.ledger  # noqa: F401
+        import coupons.rules  # noqa: F401
+        import coupons.tokens  # noqa: F401
         import drivers.nfc.driver  # noqa: F401
         import drivers.scanner.driver  # noqa: F401
         import sync.central.ingest  # noqa: F401
         import terminal.daemon.config  # noqa: F401
-        import terminal.engine  # noqa: F401
-        import terminal.ledger  # noqa: F401
-        import terminal.rules  # noqa: F401
-        import terminal.tokens  # noqa: F401
 
         target.setup(str(workdir / "world"))
     adapter = ADAPTERS[name](target)

@@ -338,13 +338,13 @@ class JournalUpload(Target):
 
     def setup(self, workdir: str) -> None:
         _quiet()
+        from coupons import cose
+        from coupons.clock import FixedClock
+        from coupons.journal import GENESIS_HASH, entry_hash
+        from coupons.rules import Campaign
         from sync.central import ingest as ingest_mod
         from sync.central.store import Central
         from sync.central.terminals import enroll, new_enroll_code
-        from terminal import cose
-        from terminal.clock import FixedClock
-        from terminal.journal import GENESIS_HASH, entry_hash
-        from terminal.rules import Campaign
         from tests.conftest import T0
 
         self.ingest_mod, self.entry_hash = ingest_mod, entry_hash

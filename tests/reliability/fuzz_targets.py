@@ -49,10 +49,10 @@ class World:
     central issues tokens (short, compressed, customer- and tag-bound) and plain codes."""
 
     def __init__(self, workdir: str) -> None:
+        from coupons import setup
+        from coupons.clock import FixedClock
+        from coupons.ledger import ledger_file
         from sync.central.store import Central
-        from terminal import setup
-        from terminal.clock import FixedClock
-        from terminal.ledger import ledger_file
         from tests.conftest import T0
 
         tmp = Path(workdir)
@@ -108,7 +108,7 @@ class World:
 
 def cose_bytes(text: str) -> bytes | None:
     """The COSE bytes a token string carries (prefix, base45, zlib undone), or None."""
-    from terminal import base45, tokens
+    from coupons import base45, tokens
 
     text = text.strip()
     if not text.upper().startswith(tokens.PREFIX):
@@ -127,7 +127,7 @@ def cose_bytes(text: str) -> bytes | None:
 
 def signed_triple(data: bytes) -> tuple[bytes, bytes, bytes] | None:
     """What the signature covers and is: (protected, payload, signature)."""
-    from terminal import cose
+    from coupons import cose
 
     try:
         m = cose.parse_sign1(data)
@@ -143,7 +143,7 @@ class Issued:
     `envelope_variant`), or it normalises to an issued typed code."""
 
     def __init__(self, world: World) -> None:
-        from terminal.tokens import normalize_code
+        from coupons.tokens import normalize_code
 
         self.normalize = normalize_code
         self.cose = {c for t in world.tokens if (c := cose_bytes(t)) is not None}
@@ -152,7 +152,7 @@ class Issued:
 
     def verify(self, code: str, target: Target) -> None:
         """Raise FuzzFailure unless `code` (what engine.check was given) was issued."""
-        from terminal import tokens
+        from coupons import tokens
 
         target.note("accepted")
         if tokens.looks_like_token(code):
@@ -175,8 +175,8 @@ class Issued:
 def decide_scan(world: World, scan: Any, basket: Any) -> tuple[str, Any] | None:
     """What the daemon does with a driver's Scan (Daemon._decide), as a check that records
     nothing: the code extracted from the scan's text, and the engine's decision on it."""
-    from terminal import tokens
-    from terminal.decision import Context
+    from coupons import tokens
+    from coupons.decision import Context
 
     code = tokens.extract(scan.text())
     if code is None:
@@ -199,7 +199,7 @@ class TokenInputs:
     def __init__(
         self, rng: random.Random, tokens_: list[str], codes: list[str], key: Any = None
     ) -> None:
-        from terminal.base45 import ALPHABET
+        from coupons.base45 import ALPHABET
 
         self.rng = rng
         self.key = key
@@ -222,7 +222,7 @@ class TokenInputs:
         self.tree = TreeMutator(rng, cbor=True, keys=[1, 4, -8, -1, -2, -3, -4, 5])
 
     def generate(self, corpus: list[Any]) -> str:
-        from terminal import base45, tokens
+        from coupons import base45, tokens
 
         rng = self.rng
         self.last_strict = None
@@ -269,7 +269,7 @@ class TokenInputs:
 
     def _wrap(self, data: bytes) -> str:
         """A message as a scan: a token, sometimes compressed, sometimes in a link."""
-        from terminal import base45, tokens
+        from coupons import base45, tokens
 
         rng = self.rng
         if rng.random() < 0.3:
@@ -335,7 +335,7 @@ class TokenInputs:
 
 
 class TokenText(Target):
-    """terminal.tokens / base45 / cose as pure functions: extract(), parse() and the fast
+    """coupons.tokens / base45 / cose as pure functions: extract(), parse() and the fast
     base45 decoder against its reference. Only TokenMalformed / Base45Error, never another
     exception; the two base45 decoders always agree."""
 
@@ -343,7 +343,7 @@ class TokenText(Target):
 
     def setup(self, workdir: str) -> None:
         _quiet()
-        from terminal import base45, cose, tokens
+        from coupons import base45, cose, tokens
 
         key = cose.SigningKey(bytes(range(32)))
         toks = [
@@ -413,9 +413,9 @@ class EngineCheck(Target):
 
     def setup(self, workdir: str) -> None:
         _quiet()
-        from terminal.decision import Context
-        from terminal.keys import PURPOSE_ISSUER
-        from terminal.rules import Basket
+        from coupons.decision import Context
+        from coupons.keys import PURPOSE_ISSUER
+        from coupons.rules import Basket
 
         self.world = World(workdir)
         w = self.world
@@ -440,7 +440,7 @@ class EngineCheck(Target):
         return self.inputs.generate(self.corpus)
 
     def execute(self, text: str) -> Hashable:
-        from terminal import tokens
+        from coupons import tokens
 
         code = tokens.extract(text) or text.strip()
         d = self.world.engine.check(
@@ -467,8 +467,8 @@ class LedgerImport(Target):
 
     def setup(self, workdir: str) -> None:
         _quiet()
-        from terminal import cose
-        from terminal.ledger import ledger_file, sign_update
+        from coupons import cose
+        from coupons.ledger import ledger_file, sign_update
 
         self.world = World(workdir)
         w = self.world
@@ -506,7 +506,7 @@ class LedgerImport(Target):
         return sorted((p, os.stat(os.path.join(d, p)).st_mtime_ns) for p in os.listdir(d))
 
     def generate(self) -> bytes:
-        from terminal.ledger import ledger_file
+        from coupons.ledger import ledger_file
 
         rng = self.rng
         r = rng.random()
@@ -597,8 +597,8 @@ class BasketRead(Target):
 
     def setup(self, workdir: str) -> None:
         _quiet()
-        from terminal import cose, tokens
-        from terminal.rules import Basket, InputError
+        from coupons import cose, tokens
+        from coupons.rules import Basket, InputError
 
         self.Basket, self.InputError = Basket, InputError
         self.world = World(workdir)
@@ -686,9 +686,9 @@ class NdefRead(Target):
         _quiet()
         import ndef
 
+        from coupons.rules import Basket
         from drivers.nfc.driver import NfcDriver
         from drivers.nfc.options import COUPON_MIME, NfcOptions
-        from terminal.rules import Basket
 
         self.driver = NfcDriver("nfc", NfcOptions(path="udp:127.0.0.1:9"))
         self.scans: list[Any] = []
@@ -765,10 +765,10 @@ class SerialLines(Target):
 
     def setup(self, workdir: str) -> None:
         _quiet()
+        from coupons.rules import Basket
         from drivers.scan import HealthState
         from drivers.scanner.driver import LineSplitter, SerialScannerDriver
         from drivers.scanner.options import SerialOptions
-        from terminal.rules import Basket
 
         self.world = World(workdir)
         w = self.world
@@ -1000,7 +1000,7 @@ class PosApi(Target):
         return method, path.rsplit("/", 1)[-1][:12], r.status_code
 
     def _check_accepted(self, doc: Any) -> None:
-        from terminal import tokens
+        from coupons import tokens
 
         code = tokens.extract(doc["code"]) or doc["code"].strip()
         self.issued.verify(code, self)

@@ -20,12 +20,12 @@ from typing import Any
 
 import requests
 
+from coupons import journal, setup, tokens
+from coupons.clock import FixedClock
+from coupons.decision import serial_hex
+from coupons.ledger import Policy
 from drivers.scanner.pty import Pty
 from sync.central.store import Central
-from terminal import journal, setup, tokens
-from terminal.clock import FixedClock
-from terminal.decision import serial_hex
-from terminal.ledger import Policy
 from tests.conftest import T0, World
 from tests.postgres import free_port
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import requests
 
-from terminal import fraud
-from terminal.reasons import Reason
+from coupons import fraud
+from coupons.reasons import Reason
 from tests.conftest import T0, World
 from tests.reliability.harness import (
     DaemonProc,

@@ -21,8 +21,8 @@ from typing import Any
 
 import requests
 
+from coupons.reasons import Reason
 from kiosk_ui import tills
-from terminal.reasons import Reason
 from tests.conftest import World
 from tests.ptys import Pty
 from tests.reliability.harness import (

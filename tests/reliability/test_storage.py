@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from coupons import journal, setup
+from coupons.clock import FixedClock
+from coupons.reasons import Reason
+from coupons.rules import Basket
 from kiosk_ui import tills
-from terminal import journal, setup
-from terminal.clock import FixedClock
-from terminal.reasons import Reason
-from terminal.rules import Basket
 from tests.conftest import T0, World
 from tests.reliability.conftest import Mount, remount
 from tests.reliability.harness import (

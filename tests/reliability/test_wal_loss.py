@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from terminal import journal, setup
-from terminal.clock import FixedClock
-from terminal.rules import Basket
+from coupons import journal, setup
+from coupons.clock import FixedClock
+from coupons.rules import Basket
 from tests.conftest import World
 from tests.reliability.harness import SOAK, cli, prepare
 

@@ -9,9 +9,9 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from terminal import ledger
-from terminal.keys import TrustAnchor
-from terminal.ledger import LedgerRefused, LedgerState
+from coupons import ledger
+from coupons.keys import TrustAnchor
+from coupons.ledger import LedgerRefused, LedgerState
 
 log = logging.getLogger(__name__)
 

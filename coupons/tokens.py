@@ -12,7 +12,7 @@ from typing import Any
 
 import cbor2
 
-from terminal import base45, cose, sun
+from coupons import base45, cose, sun
 
 PREFIX = "CPN1:"
 MAX_TOKEN_CHARS = 1024  # far above any token we issue; bounds work on garbage input
@@ -206,7 +206,7 @@ def extract(text: str) -> str | None:
     """What in a scanned text could be a coupon: a `CPN1:` token (also inside a URL, where it
     is percent- or form-encoded, as NFC URI records and phone links carry it; the URL itself
     when its token reads two ways, see `parse`), the URL of an NTAG 424
-    DNA SUN tag (terminal/sun.py), or something shaped like a typed code. None for anything
+    DNA SUN tag (coupons/sun.py), or something shaped like a typed code. None for anything
     else (a product barcode, a plain URL), which the terminal ignores rather than refuses."""
     text = text.strip()
     upper = text.upper()

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from terminal.fraud import Flag
-from terminal.reasons import Reason
-from terminal.rules import Campaign
+from coupons.fraud import Flag
+from coupons.reasons import Reason
+from coupons.rules import Campaign
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class Coupon:
     via: str  # token or code
 
 
-class _Refuse(Exception):
+class Refuse(Exception):
     def __init__(
         self,
         reason: Reason,

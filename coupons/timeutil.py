@@ -6,7 +6,7 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-from terminal.clock import Clock, FixedClock, OffsetFileClock, SystemClock
+from coupons.clock import Clock, FixedClock, OffsetFileClock, SystemClock
 
 
 def parse_time(text: str) -> float:

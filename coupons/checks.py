@@ -7,15 +7,15 @@ from collections import Counter
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from terminal import cose, fraud, sun, tokens
-from terminal.clock import Clock
-from terminal.decision import Context, Coupon, Decision, _Refuse, serial_hex
-from terminal.fraud import Flag
-from terminal.journal import Journal, tag_counter
-from terminal.ledger import LedgerState
-from terminal.ledger_store import LedgerStore
-from terminal.reasons import Reason
-from terminal.rules import Basket, Customer, Refusal, apply_in_order
+from coupons import cose, fraud, sun, tokens
+from coupons.clock import Clock
+from coupons.decision import Context, Coupon, Decision, Refuse, serial_hex
+from coupons.fraud import Flag
+from coupons.journal import Journal, tag_counter
+from coupons.ledger import LedgerState
+from coupons.ledger_store import LedgerStore
+from coupons.reasons import Reason
+from coupons.rules import Basket, Customer, Refusal, apply_in_order
 
 
 class Checks:
@@ -73,16 +73,16 @@ class Checks:
     def _resolve(self, code: str, basket: Basket, ctx: Context, now: float) -> Coupon:
         led = self.ledger
         if not led.version:
-            raise _Refuse(Reason.NO_LEDGER, "no ledger imported")
+            raise Refuse(Reason.NO_LEDGER, "no ledger imported")
         if not self.clock_offset_ok():
             # Measured against the central by sync: already journaled when it went wrong.
-            raise _Refuse(
+            raise Refuse(
                 Reason.CLOCK_UNTRUSTED,
                 f"clock is {-(self.clock_offset_s or 0.0):+.0f} s off the central's time "
                 f"(limit {self.ledger.policy.max_clock_offset_s} s)",
             )
         if not self.clock_ok(now):
-            raise _Refuse(
+            raise Refuse(
                 Reason.CLOCK_UNTRUSTED,
                 f"clock {now:.0f} is before trusted time {self.trusted_time():.0f}",
                 Flag(fraud.FLAG_CLOCK_ROLLBACK, f"clock {now:.0f}"),
@@ -99,16 +99,16 @@ class Checks:
         try:
             c.check_time(now)
         except Refusal as exc:
-            raise _Refuse(exc.reason, exc.detail, coupon=coupon) from None
+            raise Refuse(exc.reason, exc.detail, coupon=coupon) from None
         if c.stores and self.store not in c.stores:
-            raise _Refuse(
+            raise Refuse(
                 Reason.WRONG_STORE,
                 f"campaign for {sorted(c.stores)}",
                 Flag(fraud.FLAG_WRONG_STORE, f"store {self.store}"),
                 coupon,
             )
         if claims is not None and claims.tag_uid is not None and ctx.tag_uid != claims.tag_uid:
-            raise _Refuse(
+            raise Refuse(
                 Reason.TAG_MISMATCH,
                 "token bound to another tag",
                 Flag(fraud.FLAG_TAG_MISMATCH, (ctx.tag_uid or b"").hex() or "no tag"),
@@ -116,7 +116,7 @@ class Checks:
             )
         if tap is not None and ctx.tag_uid is not None and ctx.tag_uid != tap.uid:
             # The URL of one SUN tag, written onto another (or mirrored by a phone).
-            raise _Refuse(
+            raise Refuse(
                 Reason.TAG_MISMATCH,
                 "SUN URL of another tag",
                 Flag(fraud.FLAG_TAG_MISMATCH, f"read from {ctx.tag_uid.hex()}"),
@@ -124,7 +124,7 @@ class Checks:
             )
         tag_uid = tap.uid if tap is not None else ctx.tag_uid
         if tag_uid is not None and tag_uid in led.deny_tags:
-            raise _Refuse(
+            raise Refuse(
                 Reason.SUSPECTED_FRAUD,
                 "tag is deny-listed",
                 Flag(fraud.FLAG_DENIED_TAG, tag_uid.hex()),
@@ -133,14 +133,14 @@ class Checks:
         if tap is not None:
             high = tag_counter(c.id, tap.uid)
             if high is not None and tap.counter <= high:
-                raise _Refuse(
+                raise Refuse(
                     Reason.TAG_REPLAYED,
                     f"read counter {tap.counter}, already redeemed up to {high}",
                     Flag(sun.FLAG_REPLAY, f"counter {tap.counter} <= {high}"),
                     coupon,
                 )
         if coupon.customer and coupon.customer in led.deny_customers:
-            raise _Refuse(
+            raise Refuse(
                 Reason.SUSPECTED_FRAUD,
                 "customer is deny-listed",
                 Flag(fraud.FLAG_DENIED_CUSTOMER, coupon.customer),
@@ -159,25 +159,25 @@ class Checks:
         try:
             tok = tokens.parse(code, self._issuer_key)
         except tokens.TokenMalformed as exc:
-            raise _Refuse(Reason.MALFORMED, str(exc)) from None
+            raise Refuse(Reason.MALFORMED, str(exc)) from None
         kid = tok.message.kid
         if kid in led.revoked_kids:
-            raise _Refuse(Reason.KEY_REVOKED, f"issuer key {kid.hex()} revoked")
+            raise Refuse(Reason.KEY_REVOKED, f"issuer key {kid.hex()} revoked")
         cert = led.issuer_keys.get(kid)
         if cert is None:
-            raise _Refuse(Reason.UNKNOWN_KEY, f"issuer key {kid.hex()} not in ledger")
+            raise Refuse(Reason.UNKNOWN_KEY, f"issuer key {kid.hex()} not in ledger")
         if not cose.verify_sign1(tok.message, cert.public_key):
-            raise _Refuse(
+            raise Refuse(
                 Reason.BAD_SIGNATURE,
                 "signature does not verify",
                 Flag(fraud.FLAG_FORGED, f"kid {kid.hex()}"),
             )
         claims = tok.claims
         if not cert.valid_at(claims.not_before):
-            raise _Refuse(Reason.UNKNOWN_KEY, "issuer key was not valid at issue time")
+            raise Refuse(Reason.UNKNOWN_KEY, "issuer key was not valid at issue time")
         campaign = led.campaigns.get(claims.campaign)
         if campaign is None:
-            raise _Refuse(Reason.UNKNOWN_CAMPAIGN, f"campaign {claims.campaign}")
+            raise Refuse(Reason.UNKNOWN_CAMPAIGN, f"campaign {claims.campaign}")
         customer = claims.customer_ref.hex() if claims.customer_ref else None
         coupon = Coupon(
             serial_hex(claims.serial),
@@ -187,11 +187,11 @@ class Checks:
             "token",
         )
         if now < claims.not_before:
-            raise _Refuse(Reason.NOT_YET_VALID, coupon=coupon)
+            raise Refuse(Reason.NOT_YET_VALID, coupon=coupon)
         if now >= claims.expires:
-            raise _Refuse(Reason.EXPIRED, coupon=coupon)
+            raise Refuse(Reason.EXPIRED, coupon=coupon)
         if customer and not (basket.customer and basket.customer.ref == customer):
-            raise _Refuse(
+            raise Refuse(
                 Reason.NOT_FOR_CUSTOMER, "coupon issued to another customer", coupon=coupon
             )
         return coupon, claims
@@ -207,14 +207,14 @@ class Checks:
         try:
             msg = sun.parse(code)
         except sun.SunMalformed as exc:
-            raise _Refuse(Reason.MALFORMED, str(exc)) from None
+            raise Refuse(Reason.MALFORMED, str(exc)) from None
         key = self.ledger.sun_keys.get(msg.campaign)
         if key is None:
-            raise _Refuse(Reason.UNKNOWN_KEY, f"no SUN key for campaign {msg.campaign}")
+            raise Refuse(Reason.UNKNOWN_KEY, f"no SUN key for campaign {msg.campaign}")
         try:
             return msg, sun.verify(msg, key)
         except sun.SunError as exc:
-            raise _Refuse(
+            raise Refuse(
                 Reason.BAD_SIGNATURE,
                 str(exc),
                 Flag(fraud.FLAG_FORGED, f"SUN tag of campaign {msg.campaign}"),
@@ -224,7 +224,7 @@ class Checks:
         msg, tap = self._sun_read(code)
         campaign = self.ledger.campaigns.get(msg.campaign)
         if campaign is None:
-            raise _Refuse(Reason.UNKNOWN_CAMPAIGN, f"campaign {msg.campaign}")
+            raise Refuse(Reason.UNKNOWN_CAMPAIGN, f"campaign {msg.campaign}")
         serial = sun.serial_for(campaign.id, tap.uid)
         coupon = Coupon(
             serial_hex(serial),
@@ -239,13 +239,13 @@ class Checks:
         led = self.ledger
         norm = tokens.normalize_code(code)
         if not 4 <= len(norm) <= 64:
-            raise _Refuse(Reason.MALFORMED, "not a coupon code")
+            raise Refuse(Reason.MALFORMED, "not a coupon code")
         entry = led.plain_codes.get(tokens.plain_code_hash(led.plain_salt, norm))
         if entry is None:
-            raise _Refuse(Reason.MALFORMED, "unknown coupon code")
+            raise Refuse(Reason.MALFORMED, "unknown coupon code")
         campaign = led.campaigns.get(entry.campaign)
         if campaign is None:
-            raise _Refuse(Reason.UNKNOWN_CAMPAIGN, f"campaign {entry.campaign}")
+            raise Refuse(Reason.UNKNOWN_CAMPAIGN, f"campaign {entry.campaign}")
         return Coupon(
             serial_hex(entry.serial),
             entry.serial,
@@ -257,9 +257,9 @@ class Checks:
     def _check_single_use(self, coupon: Coupon) -> None:
         led, c = self.ledger, coupon.campaign
         if coupon.serial in led.revoked:
-            raise _Refuse(Reason.REVOKED, coupon=coupon)
+            raise Refuse(Reason.REVOKED, coupon=coupon)
         if coupon.serial in led.redeemed or self.serial_uses[coupon.key] >= c.uses_per_coupon:
-            raise _Refuse(
+            raise Refuse(
                 Reason.ALREADY_REDEEMED, coupon=coupon, flag=Flag(fraud.FLAG_REPLAY, coupon.key)
             )
 
@@ -272,7 +272,7 @@ class Checks:
         try:
             c.check_audience(basket.customer if basket.customer else Customer(ref=None))
         except Refusal as exc:
-            raise _Refuse(exc.reason, exc.detail, coupon=coupon) from None
+            raise Refuse(exc.reason, exc.detail, coupon=coupon) from None
         if c.uses_per_customer is not None and coupon.customer:
             key = (c.id, coupon.customer)
             used = self.customer_uses[key]
@@ -282,7 +282,7 @@ class Checks:
             if synced:
                 used += max(0, synced - self.own_customer_usage.get(key, 0))
             if used >= c.uses_per_customer:
-                raise _Refuse(Reason.CUSTOMER_LIMIT, coupon=coupon)
+                raise Refuse(Reason.CUSTOMER_LIMIT, coupon=coupon)
         # The ledger's usage counts the whole chain, this till's synced uses included; those
         # are also in this till's own counters, so take them out once.
         total_count, total_minor = led.usage.get(c.id, (0, 0))
@@ -293,12 +293,12 @@ class Checks:
             c.budget_count is not None
             and elsewhere_count + self.campaign_count[c.id] >= c.budget_count
         ):
-            raise _Refuse(Reason.BUDGET_EXHAUSTED, coupon=coupon)
+            raise Refuse(Reason.BUDGET_EXHAUSTED, coupon=coupon)
         if (
             c.budget_minor is not None
             and elsewhere_minor + self.campaign_minor[c.id] + value_minor > c.budget_minor
         ):
-            raise _Refuse(Reason.BUDGET_EXHAUSTED, coupon=coupon)
+            raise Refuse(Reason.BUDGET_EXHAUSTED, coupon=coupon)
 
     def _check_fraud_and_staleness(
         self, value_minor: int, ctx: Context, now: float, coupon: Coupon, warnings: list[str]
@@ -306,14 +306,14 @@ class Checks:
         policy = self.ledger.policy
         burst = self.bursts.before_accept(self.terminal, ctx.cashier, now, policy)
         if burst:
-            raise _Refuse(Reason.SUSPECTED_FRAUD, burst.detail, burst, coupon)
+            raise Refuse(Reason.SUSPECTED_FRAUD, burst.detail, burst, coupon)
         age = self.ledger_age_s(now) or 0.0
         flags: list[Flag] = []
         if age > policy.stale_warn_hours * 3600:
             warnings.append("ledger_stale")
         if age > policy.stale_block_hours * 3600 and value_minor > policy.stale_high_value_minor:
             if not ctx.manager_override:
-                raise _Refuse(
+                raise Refuse(
                     Reason.LEDGER_STALE,
                     f"ledger {age / 3600:.0f} h old; manager override needed",
                     coupon=coupon,
@@ -331,9 +331,7 @@ class Checks:
         coupon = self._resolve(code, basket, ctx, now)
         c = coupon.campaign
         if any(o.key == coupon.key for o in others):
-            raise _Refuse(
-                Reason.ALREADY_REDEEMED, "already applied to this checkout", coupon=coupon
-            )
+            raise Refuse(Reason.ALREADY_REDEEMED, "already applied to this checkout", coupon=coupon)
         # Single use before the basket (DESIGN.md's order): a replayed coupon is reported and
         # flagged as a replay even when the basket would not qualify either.
         self._check_single_use(coupon)
@@ -342,15 +340,15 @@ class Checks:
                 [(o.key, o.campaign) for o in others] + [(coupon.key, c)], basket
             )
         except Refusal as exc:
-            raise _Refuse(exc.reason, exc.detail, coupon=coupon) from None
+            raise Refuse(exc.reason, exc.detail, coupon=coupon) from None
         if coupon.key in combo.refused:
             why = combo.refused[coupon.key]
-            raise _Refuse(why.reason, why.detail, coupon=coupon)
+            raise Refuse(why.reason, why.detail, coupon=coupon)
         if combo.refused:
             # Stacking this one would take a held coupon below its own rules (a threshold
             # after a percent): refuse it rather than keep the held one's stale discount.
             key, why = next(iter(combo.refused.items()))
-            raise _Refuse(
+            raise Refuse(
                 Reason.NOT_STACKABLE,
                 f"held coupon {key} would no longer apply ({why.reason.value})",
                 coupon=coupon,
@@ -372,7 +370,7 @@ class Checks:
         )
         return decision, coupon, flags, {a.key: a.discount_minor for a in combo.applied}
 
-    def _refusal(self, r: _Refuse, basket: Basket) -> Decision:
+    def _refusal(self, r: Refuse, basket: Basket) -> Decision:
         c = r.coupon
         return Decision(
             False,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from terminal.i18n import N_, translate
+from coupons.i18n import N_, translate
 
 
 class Reason(StrEnum):
@@ -48,7 +48,7 @@ class Reason(StrEnum):
 
 
 # What the cashier can say to the shopper. English is the msgid; other languages live in
-# terminal/locale/<lang>.po.
+# coupons/locale/<lang>.po.
 MESSAGES: dict[Reason, str] = {
     Reason.OK: N_("Coupon accepted."),
     Reason.MALFORMED: N_("This code is not a coupon we can read. Please show the coupon again."),

@@ -8,12 +8,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from terminal import journal
-from terminal.clock import Clock
-from terminal.engine import Engine
-from terminal.journal import JournalFull, JournalUnavailable, open_database
-from terminal.keys import CertError, TrustAnchor
-from terminal.ledger_store import LedgerStore
+from coupons import journal
+from coupons.clock import Clock
+from coupons.engine import Engine
+from coupons.journal import JournalFull, JournalUnavailable, open_database
+from coupons.keys import CertError, TrustAnchor
+from coupons.ledger_store import LedgerStore
 
 IDENTITY = "terminal.json"
 ANCHOR = "trust-anchor.json"

@@ -19,8 +19,8 @@ from typing import Any
 
 import peewee as pw
 
-from terminal import csvsafe
-from terminal.i18n import N_, translate
+from coupons import csvsafe
+from coupons.i18n import N_, translate
 
 GENESIS_HASH = "0" * 64
 RETENTION_S = 2 * 366 * 24 * 3600
@@ -930,7 +930,7 @@ def export(
     n = 0
     if fmt == "csv":
         # For spreadsheets: `at` (ISO 8601 with offset) instead of at_ms, formulas
-        # neutralised (terminal/csvsafe.py); JSON lines stay the machine format.
+        # neutralised (coupons/csvsafe.py); JSON lines stay the machine format.
         writer = csv.DictWriter(out, fieldnames=CSV_FIELDS)
         writer.writeheader()
         for row in rows(since_ms, until_ms):

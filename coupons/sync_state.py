@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from terminal.engine import META_CLOCK_OFFSET_AT, Engine
-from terminal.journal import database_proxy, get_meta, set_meta
+from coupons.engine import META_CLOCK_OFFSET_AT, Engine
+from coupons.journal import database_proxy, get_meta, set_meta
 
 LAST_ATTEMPT = "sync.last_attempt"
 LAST_SUCCESS = "sync.last_success"

@@ -18,12 +18,12 @@ from typing import Any
 
 import peewee as pw
 
-from terminal import fraud
-from terminal.checks import Checks
-from terminal.clock import Clock
-from terminal.decision import Context, Coupon, Decision, _Refuse
-from terminal.fraud import Flag
-from terminal.journal import (
+from coupons import fraud
+from coupons.checks import Checks
+from coupons.clock import Clock
+from coupons.decision import Context, Coupon, Decision, Refuse
+from coupons.fraud import Flag
+from coupons.journal import (
     Entry,
     Journal,
     Operation,
@@ -37,10 +37,10 @@ from terminal.journal import (
     set_meta,
     write_mark,
 )
-from terminal.ledger import LedgerRefused, Policy, clamped_usage
-from terminal.ledger_store import ImportResult, LedgerStore
-from terminal.reasons import Reason
-from terminal.rules import Basket, best_combination
+from coupons.ledger import LedgerRefused, Policy, clamped_usage
+from coupons.ledger_store import ImportResult, LedgerStore
+from coupons.reasons import Reason
+from coupons.rules import Basket, best_combination
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class Engine(Checks):
         self._expire_holds(now)  # else a lapsed hold still reads as "already used"
         try:
             decision, _, _, _ = self._decide(code, basket, ctx, now, [])
-        except _Refuse as r:
+        except Refuse as r:
             return self._refusal(r, basket)
         return decision
 
@@ -185,8 +185,14 @@ class Engine(Checks):
         d.replayed = True
         return d
 
+    def first_answer(self, op_id: str | None, request: str) -> Decision | None:
+        """The answer an operation id got first (None: never seen), for a caller outside
+        the engine that keeps the same promise (the POS API's retries)."""
+        return self._replay(op_id, request)
+
     @staticmethod
-    def _request(*parts: str) -> str:
+    def request_key(*parts: str) -> str:
+        """What an operation asked, as its stored fingerprint: the same parts, the same key."""
         joined = "\x1f".join(parts).encode("utf-8", "surrogatepass")
         return hashlib.sha256(joined).hexdigest()[:32]
 
@@ -322,7 +328,7 @@ class Engine(Checks):
             coupon: Coupon | None
             try:
                 decision, coupon, flags, restacked = self._decide(code, basket, ctx, now, others)
-            except _Refuse as r:
+            except Refuse as r:
                 decision, coupon = self._refusal(r, basket), r.coupon
                 flags = [r.flag] if r.flag else []
                 restacked = {}
@@ -400,7 +406,7 @@ class Engine(Checks):
     ) -> Decision:
         """Standalone: decide and redeem at once. Coupons redeemed under one `checkout_id`
         (one sale at the till) must stack with each other."""
-        request = self._request("redeem", checkout_id or "", code)
+        request = self.request_key("redeem", checkout_id or "", code)
         sale = checkout_id or op_id or uuid.uuid4().hex
         return self._replay(op_id, request) or self._attempt(
             "redeem",
@@ -424,7 +430,7 @@ class Engine(Checks):
     ) -> Decision:
         """POS step 1: hold a coupon for an open checkout (counts against limits until it is
         committed, released or expires)."""
-        request = self._request("hold", checkout_id, code)
+        request = self.request_key("hold", checkout_id, code)
         return self._replay(op_id, request) or self._attempt(
             "hold", code, basket, ctx, op_id, checkout_id, "held", request
         )
@@ -446,7 +452,7 @@ class Engine(Checks):
                 coupon = self._resolve(code, basket, ctx, now)
                 self._check_limits(coupon, 0, basket)
                 coupons[coupon.key] = coupon
-            except _Refuse as r:
+            except Refuse as r:
                 refused.append(self._refusal(r, basket))
         combo = best_combination([(k, c.campaign) for k, c in coupons.items()], basket)
         chosen = [
@@ -516,7 +522,7 @@ class Engine(Checks):
         answer: Reason = Reason.OK,
     ) -> Decision:
         parts = (kind, checkout_id) if use_id is None else (kind, checkout_id, f"use {use_id}")
-        request = self._request(*parts)
+        request = self.request_key(*parts)
         cached = self._replay(op_id, request)
         if cached:
             return cached
@@ -898,4 +904,3 @@ class Engine(Checks):
 
 
 __all__ = ["Context", "Decision", "Engine"]
-

@@ -10,10 +10,10 @@ from typing import Any
 
 import cbor2
 
-from terminal import cose, serials
-from terminal.keys import PURPOSE_ISSUER, PURPOSE_LEDGER, CertError, KeyCert, TrustAnchor
-from terminal.rules import Campaign, InputError
-from terminal.serials import SerialSet
+from coupons import cose, serials
+from coupons.keys import PURPOSE_ISSUER, PURPOSE_LEDGER, CertError, KeyCert, TrustAnchor
+from coupons.rules import Campaign, InputError
+from coupons.serials import SerialSet
 
 FILE_FORMAT = "edge-redeem-ledger-file/1"
 UPDATE_FORMAT = "edge-redeem-ledger/1"
@@ -37,7 +37,7 @@ class Policy:
     stale_block_hours: int = 72
     stale_high_value_minor: int = 5_000  # above this, a stale ledger needs a manager
     clock_tolerance_s: int = 300  # how far behind trusted time the clock may be
-    # Burst detectors (terminal/fraud.py): head office sets them (`redeem-central policy`);
+    # Burst detectors (coupons/fraud.py): head office sets them (`redeem-central policy`);
     # a till only falls back on these defaults for a field its ledger does not carry. 0: off.
     burst_window_s: int = 60
     burst_per_coupon: int = 3  # attempts on one serial within the window

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from terminal.money import allocate, percent_of
-from terminal.reasons import Reason
+from coupons.money import allocate, percent_of
+from coupons.reasons import Reason
 
 KINDS = ("threshold", "percent", "fixed", "gift")
 KIND_ORDER = {"percent": 0, "threshold": 1, "fixed": 2, "gift": 3}

@@ -8,7 +8,7 @@ from collections import defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from terminal.ledger import Policy
+from coupons.ledger import Policy
 
 FLAG_REPLAY = "replay"
 FLAG_FORGED = "forged_token"

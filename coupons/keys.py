@@ -11,7 +11,7 @@ from typing import Any
 
 import cbor2
 
-from terminal import cose
+from coupons import cose
 
 PURPOSE_LEDGER = "ledger"
 PURPOSE_ISSUER = "issuer"
