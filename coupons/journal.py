@@ -747,10 +747,6 @@ class Journal:
             self.last_at_ms = at_ms
         return seq
 
-    def rollback_head(self, seq: int, digest: str) -> None:
-        """Restore the head after a failed transaction."""
-        self.head_seq, self.head_hash = seq, digest
-
 
 @dataclass
 class VerifyResult:

@@ -48,9 +48,6 @@ KEY_YEARS = 5 * 365 * 24 * 3600
 CODE_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"  # no 0/O, 1/I: cashiers type these
 LOCK_PUBLISH = 0x45445245  # PostgreSQL advisory lock id for publishing ("EDRE")
 
-# Kept for callers of the old names.
-_db_serial, _serial = db_serial, from_db_serial
-
 
 class CentralError(Exception):
     pass
