@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 from functools import cache
 from pathlib import Path
 
@@ -20,38 +19,27 @@ def N_(message: str) -> str:
     return message
 
 
-def _unquote(text: str) -> str:
-    value = ast.literal_eval(text)
-    if not isinstance(value, str):
-        raise ValueError(f"not a string: {text!r}")
-    return value
-
-
 def parse_po(text: str) -> dict[str, str]:
-    """Read the msgid/msgstr pairs of a .po file (single and continued lines)."""
-    catalog: dict[str, str] = {}
-    field: str | None = None
-    parts: dict[str, str] = {}
+    """Map each msgid of a .po file to its translation, as gettext would use it: the header,
+    untranslated, fuzzy and obsolete entries are left out, and so are entries with a
+    msgctxt (this module has no pgettext); a plural entry's singular maps to its first
+    form (the form gettext gives a lone `gettext(singular)` in the languages we ship)."""
+    # Imported here, not at the top: only a till set to another language reads a catalog,
+    # and Babel's import is most of the cost of loading one.
+    from babel.messages.pofile import read_po
 
-    def flush() -> None:
-        if parts.get("msgid") and parts.get("msgstr"):
-            catalog[parts["msgid"]] = parts["msgstr"]
-
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
+    out: dict[str, str] = {}
+    # abort_invalid: a broken catalog fails loudly (the tests load it) instead of losing
+    # entries one by one to a logged warning.
+    for message in read_po(text.splitlines(), abort_invalid=True):
+        if not message.id or message.context or message.fuzzy:
             continue
-        if line.startswith("msgid "):
-            flush()
-            parts = {"msgid": _unquote(line[6:])}
-            field = "msgid"
-        elif line.startswith("msgstr "):
-            field = "msgstr"
-            parts["msgstr"] = _unquote(line[7:])
-        elif line.startswith('"') and field:
-            parts[field] += _unquote(line)
-    flush()
-    return catalog
+        msgid = message.id if isinstance(message.id, str) else message.id[0]
+        string = message.string
+        msgstr = string if isinstance(string, str) else string[0] if string else ""
+        if msgstr:
+            out[msgid] = msgstr
+    return out
 
 
 @cache
