@@ -4,7 +4,7 @@ the raw rate of one-row fsync'd SQLite transactions (plain sqlite3, WAL, synchro
 one INSERT per transaction) in the same directory, in the same run.
 
 Goal: redeem throughput >= 50 % of the raw transaction rate. Also: the head mark written
-beside journal.db after each commit (coupons/journal.py write_mark) costs under 5 % of
+beside journal.db after each commit (coupons/journal/mark.py write_mark) costs under 5 % of
 redeem throughput, measured as interleaved rounds of the same engine with it switched off.
 
     .venv/bin/python bench/durable.py [--per-round N] [--rounds N]

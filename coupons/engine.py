@@ -37,6 +37,9 @@ from coupons.journal import (
     set_meta,
     write_mark,
 )
+from coupons.journal.meta import CLOCK_OFFSET as META_CLOCK_OFFSET
+from coupons.journal.meta import CLOCK_OFFSET_AT as META_CLOCK_OFFSET_AT
+from coupons.journal.meta import OWN_CUSTOMER_USAGE as META_OWN_CUSTOMER_USAGE
 from coupons.ledger import LedgerRefused, Policy, clamped_usage
 from coupons.ledger_store import ImportResult, LedgerStore
 from coupons.reasons import Reason
@@ -88,15 +91,8 @@ def _recent_attempts(db: pw.Database, now: float, policy: Policy) -> list[fraud.
 
 # What _record tells peewee while its transaction is open (see there).
 _TRANSACTION = object()
-# The device clock measured against the central's by sync (central minus ours, seconds)
-# and when; a flag is journaled each time the measurement crosses the policy's limit.
-META_CLOCK_OFFSET = "clock_offset_s"
-META_CLOCK_OFFSET_AT = "clock_offset_at"
+# A flag is journaled each time the clock offset sync measures crosses the policy's limit.
 FLAG_CLOCK_OFFSET = "clock_offset"
-# This till's uses per (campaign, customer) that the central counts (acknowledged journal
-# entries), for campaigns with a per-customer limit: {"seq": counted up to, "campaigns":
-# [...], "counts": [[campaign, customer, n], ...]}.
-META_OWN_CUSTOMER_USAGE = "own_customer_usage"
 
 
 class Engine(Checks):

@@ -8,17 +8,20 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from coupons.engine import META_CLOCK_OFFSET_AT, Engine
+from coupons.engine import Engine
 from coupons.journal import database_proxy, get_meta, set_meta
+from coupons.journal.meta import CLOCK_OFFSET_AT as META_CLOCK_OFFSET_AT
+from coupons.journal.meta import (
+    FAILURES,
+    FLAG_DECISIONS,
+    LAST_ATTEMPT,
+    LAST_ERROR,
+    LAST_SUCCESS,
+)
+from coupons.journal.meta import FLAGS_SINCE as FLAGS_SINCE  # sync/client.py reads these two
+from coupons.journal.meta import LEDGER_ETAG as LEDGER_ETAG
 
-LAST_ATTEMPT = "sync.last_attempt"
-LAST_SUCCESS = "sync.last_success"
-LAST_ERROR = "sync.last_error"  # JSON {"at", "kind", "message"}; cleared by a success
-FAILURES = "sync.failures"  # failed rounds in a row
-LEDGER_ETAG = "sync.ledger_etag"  # JSON {"since", "etag"}: If-None-Match for that version
-FLAGS_SINCE = "sync.flags_since"
-FLAG_DECISIONS = "sync.flag_decisions"  # JSON list, newest last, the last KEEP_DECISIONS
-KEEP_DECISIONS = 200
+KEEP_DECISIONS = 200  # the newest flag decisions kept under FLAG_DECISIONS
 
 
 def record_round(engine: Engine, result: Any) -> None:

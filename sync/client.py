@@ -23,6 +23,7 @@ from coupons import journal, ledger, setup
 from coupons import sync_state as status
 from coupons.engine import Engine
 from coupons.journal import EXPORT_FIELDS, Entry, get_meta, set_meta
+from coupons.journal.meta import PRUNED_AT
 from coupons.ledger_store import DEFAULT_MAX_FILE_BYTES
 from sync import protocol
 from sync.device import Settings, read_device_key
@@ -33,7 +34,6 @@ T = TypeVar("T")
 CHUNK = 64 * 1024
 IMPORT_TIMEOUT_S = 120.0  # verifying a big snapshot on a Pi takes a while
 PRUNE_EVERY_S = 24 * 3600  # how often acknowledged old journal entries are dropped
-PRUNED_AT = "sync.pruned_at"  # Meta: when _prune last looked
 
 
 class Local(Protocol):

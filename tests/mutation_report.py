@@ -51,10 +51,10 @@ SCOPE: dict[str, list[str]] = {
         "coupons.rules.x_best_combination",
     ],
     "journal chain": [
-        "coupons.journal.x_entry_hash",
-        "coupons.journal.xǁJournalǁappend",
-        "coupons.journal.xǁJournalǁwrite",
-        "coupons.journal.x__walk",
+        "coupons.journal.chain.x_entry_hash",
+        "coupons.journal.chain.xǁJournalǁappend",
+        "coupons.journal.chain.xǁJournalǁwrite",
+        "coupons.journal.verify.x__walk",
     ],
     "two-phase steps": [
         "coupons.engine.xǁEngineǁhold",
