@@ -27,7 +27,7 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from coupons import tokens
+from coupons import problem, tokens
 from coupons.decision import Context, Decision
 from coupons.engine import Engine
 from coupons.i18n import N_, translate
@@ -47,19 +47,9 @@ MAX_BODY = 64 * 1024
 MAX_KEYS = 20_000
 MAX_CHECKOUTS = 5_000
 KEEP_CHECKOUTS_MS = 7 * 86_400_000  # stored checkouts older than this go at start-up
-PROBLEM = "application/problem+json"
-TITLES = {
-    400: "Bad request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not found",
-    405: "Method not allowed",
-    409: "Conflict",
-    413: "Content too large",
-    422: "Unprocessable content",
-    500: "Internal server error",
-    503: "Service unavailable",
-}
+# Problem documents are coupons.problem's (one shape for the kiosk and the central).
+PROBLEM = problem.MEDIA_TYPE
+TITLES = problem.TITLES
 # The problem code of an HTTP error raised by routing (no route, wrong method, ...).
 HTTP_CODES = {404: "not-found", 405: "method-not-allowed", 500: "internal-error"}
 KEY_PATTERN = r"^[\x21-\x7e]{1,128}$"
@@ -245,24 +235,19 @@ class Problem(Exception):
         self.message, self.headers = message, headers
 
     def response(self, instance: str, lang: str) -> Response:
-        doc: dict[str, Any] = {
-            "type": f"urn:edge-redeem:problem:{self.code}",
-            "title": TITLES.get(self.status, "Error"),
-            "status": self.status,
-            "detail": self.detail,
-            "instance": instance,
-            "code": self.code,
-        }
-        doc["reason"] = self.code.replace("-", "_")
+        reason = self.code.replace("-", "_")
         if self.decision is not None:
-            doc["reason"] = self.decision.reason.value
-            doc["message"] = self.decision.reason.message(lang)
+            reason = self.decision.reason.value
+            message = self.decision.reason.message(lang)
         elif self.status >= 500:
-            doc["message"] = Reason.INTERNAL_ERROR.message(lang)
+            message = Reason.INTERNAL_ERROR.message(lang)
         else:
-            doc["message"] = translate(PROBLEM_MESSAGES.get(self.code, REFUSED), lang)
+            message = translate(PROBLEM_MESSAGES.get(self.code, REFUSED), lang)
         if self.message is not None:
-            doc["message"] = translate(self.message, lang)
+            message = translate(self.message, lang)
+        doc = problem.Problem(
+            self.status, self.code, self.detail, instance=instance, reason=reason, message=message
+        ).to_dict()
         headers = dict(self.headers or {})
         if self.status == 401:
             headers["WWW-Authenticate"] = "Bearer"
@@ -273,7 +258,7 @@ def http_problem(status: int, detail: Any, headers: Mapping[str, str] | None = N
     """An HTTP error from routing or the framework (404 no such route, 405 wrong method)
     as a problem; its headers (Allow on a 405) are kept."""
     if not isinstance(detail, str) or not detail:
-        detail = TITLES.get(status, "Error")
+        detail = problem.title_for(status)
     return Problem(status, HTTP_CODES.get(status, f"http-{status}"), detail, headers=headers)
 
 
@@ -438,13 +423,13 @@ def router(daemon: Any) -> APIRouter:
                 except RequestValidationError as exc:
                     return _validation(exc).response(request.url.path, lang())
                 except HTTPException as exc:
-                    problem = http_problem(exc.status_code, exc.detail, exc.headers)
-                    return problem.response(request.url.path, lang())
+                    failed = http_problem(exc.status_code, exc.detail, exc.headers)
+                    return failed.response(request.url.path, lang())
                 except Exception:
                     # A fault in a route is still an answer the till can parse.
                     log.exception("POS API %s %s failed", request.method, request.url.path)
-                    problem = Problem(500, "internal-error", "the terminal could not answer")
-                    return problem.response(request.url.path, lang())
+                    failed = Problem(500, "internal-error", "the terminal could not answer")
+                    return failed.response(request.url.path, lang())
 
             return handler
 
