@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Protocol, TypedDict, TypeVar
+from typing import Annotated, Protocol, TypedDict, TypeVar
 
 from fastapi import Depends, Request
 
@@ -85,7 +85,7 @@ class Published(Protocol):
     def decision(self) -> Decision | None: ...
     @property
     def latency_s(self) -> float: ...
-    def to_dict(self, lang: str = "en") -> dict[str, Any]: ...
+    def to_dict(self, lang: str = "en") -> dict[str, object]: ...
 
 
 Listener = Callable[[Published], None]
