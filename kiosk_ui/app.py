@@ -6,13 +6,12 @@ request passes kiosk_ui/guard.py first (client address, Host, Origin; CSRF on th
 
 from __future__ import annotations
 
-import importlib
 import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -21,13 +20,14 @@ from fastapi.responses import PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
-from kiosk_ui import api, guard
+from kiosk_ui import api, cashier, guard, manager_pages, metrics
+from kiosk_ui.daemon_port import DaemonPort
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 
 
-def create_app(daemon: Any) -> FastAPI:
+def create_app(daemon: DaemonPort) -> FastAPI:
     app = FastAPI(
         title="edge-redeem terminal POS API",
         version=api.API_VERSION,
@@ -36,10 +36,15 @@ def create_app(daemon: Any) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    for name in ("api", "metrics", "pages"):  # each exposes router(daemon)
-        module = importlib.import_module(f"kiosk_ui.{name}")
-        # The pages are HTML forms for the kiosk's own screen: not in the published API.
-        app.include_router(module.router(daemon), include_in_schema=name != "pages")
+    app.state.daemon = daemon  # what kiosk_ui.daemon_port.get_daemon hands the routes
+    app.include_router(api.router(daemon))
+    # Each module's per-app state (and its decision listener, in this order) on app.state.
+    for module in (metrics, cashier, manager_pages):
+        module.setup(app, daemon)
+    app.include_router(metrics.router)
+    # The pages are HTML forms for the kiosk's own screen: not in the published API.
+    app.include_router(cashier.router, include_in_schema=False)
+    app.include_router(manager_pages.router, include_in_schema=False)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     def lang() -> str:
@@ -62,7 +67,7 @@ def create_app(daemon: Any) -> FastAPI:
     return app
 
 
-def add_problem_handlers(app: FastAPI, lang: Any) -> None:
+def add_problem_handlers(app: FastAPI, lang: Callable[[], str]) -> None:
     """Errors that never reach a POS route (no such route, wrong method, a fault outside
     one) are problem+json under /api/v1 too; the pages keep FastAPI's own answers."""
 
@@ -88,7 +93,7 @@ def add_problem_handlers(app: FastAPI, lang: Any) -> None:
 class KioskServer:
     """uvicorn in a thread; stops with the daemon."""
 
-    def __init__(self, daemon: Any, host: str, port: int) -> None:
+    def __init__(self, daemon: DaemonPort, host: str, port: int) -> None:
         config = uvicorn.Config(
             create_app(daemon),
             host=host,

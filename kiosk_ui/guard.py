@@ -8,24 +8,20 @@ import ipaddress
 import logging
 import os
 import secrets
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from asgi_csrf import asgi_csrf
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coupons.i18n import N_, normalize_lang, translate
 from kiosk_ui import api
+from kiosk_ui.daemon_port import KioskConfig
 
 log = logging.getLogger(__name__)
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # The addresses the Pi's own kiosk browser and a local till use: always let in. Not all of
@@ -79,7 +75,7 @@ def _origin(url: str) -> tuple[str, str, int | None] | None:
 class Policy:
     """The [kiosk] section's answer to: may this request in, and if not, why."""
 
-    def __init__(self, kiosk: Any) -> None:
+    def __init__(self, kiosk: KioskConfig) -> None:
         self.hosts = {"localhost", *(h.lower().rstrip(".") for h in kiosk.hostnames)}
         bound = host_name(kiosk.host)
         if bound not in ("0.0.0.0", "::", ""):  # all interfaces: no name in itself
@@ -155,7 +151,7 @@ def refused(request: Request, status: int, code: str, message: str, lang: str) -
 class NetworkGuard:
     """ASGI middleware in front of everything (pages, /api/v1, /metrics, /static)."""
 
-    def __init__(self, app: App, policy: Policy, lang: Callable[[], str]) -> None:
+    def __init__(self, app: ASGIApp, policy: Policy, lang: Callable[[], str]) -> None:
         self.app, self.policy, self.lang = app, policy, lang
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -193,8 +189,8 @@ class Csrf:
     `csrftoken` field or htmx's x-csrftoken header). /api/v1 is left out: tills send a
     bearer token and no cookie, so there is nothing to forge."""
 
-    def __init__(self, app: App, secret: str, lang: Callable[[], str]) -> None:
-        async def failed(scope: Scope, send: Send, message_id: Any) -> None:
+    def __init__(self, app: ASGIApp, secret: str, lang: Callable[[], str]) -> None:
+        async def failed(scope: Scope, send: Send, message_id: object) -> None:
             request = Request(scope)
             log.warning(
                 "kiosk refused %s %s: CSRF token %s",
@@ -204,12 +200,12 @@ class Csrf:
             )
             response = refused(request, 403, "csrf-token", CSRF_REFUSED, lang())
 
-            async def nothing() -> MutableMapping[str, Any]:
+            async def nothing() -> Message:
                 return {"type": "http.disconnect"}
 
             await response(scope, nothing, send)
 
-        self.app: App = asgi_csrf(
+        self.app: ASGIApp = asgi_csrf(
             app,
             signing_secret=secret,
             always_protect=_Everything(),

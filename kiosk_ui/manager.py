@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 PIN_FILE = "manager.json"
 REVIEWS_FILE = "flag_reviews.json"
@@ -154,7 +153,7 @@ class Reviews:
         self.path = Path(data) / REVIEWS_FILE
         self._lock = threading.Lock()
 
-    def all(self) -> dict[str, dict[str, Any]]:
+    def all(self) -> dict[str, dict[str, object]]:
         if not self.path.exists():
             return {}
         doc = json.loads(self.path.read_text())
@@ -182,7 +181,10 @@ def cmd_set_pin(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
+def add_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    cmd: Callable[..., argparse.ArgumentParser],
+) -> None:
     """Register `redeem manager set-pin` with the CLI's subparsers and its `cmd` helper."""
     mg = sub.add_parser("manager", help="the kiosk manager's PIN").add_subparsers(
         dest="manager_command", required=True

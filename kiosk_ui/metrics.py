@@ -5,24 +5,28 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from kiosk_ui import daemon_port
+from kiosk_ui.daemon_port import DaemonPort, Published
+
 log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
+router = APIRouter()
 
 
 class DaemonCollector(Collector):
     """Gauges read from the daemon when scraped; a part that cannot answer is left out
     rather than failing the whole scrape."""
 
-    def __init__(self, daemon: Any) -> None:
+    def __init__(self, daemon: DaemonPort) -> None:
         self.daemon = daemon
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -37,7 +41,7 @@ class DaemonCollector(Collector):
                 "redeem_sync_backlog", "journal entries not yet pushed to the central", backlog
             )
         try:
-            age = daemon.worker.call(lambda engine: engine.ledger_age_s(), 2.0)
+            age = daemon_port.worker(daemon).call(lambda engine: engine.ledger_age_s(), 2.0)
         except Exception:
             log.warning("metrics: ledger age unavailable", exc_info=True)
             age = None
@@ -53,8 +57,8 @@ class DaemonCollector(Collector):
         yield up
 
 
-def router(daemon: Any) -> APIRouter:
-    """GET /metrics over a started Daemon; registers its decision listener."""
+def setup(app: FastAPI, daemon: DaemonPort) -> None:
+    """The app's registry over a started Daemon; registers its decision listener."""
     registry = CollectorRegistry(auto_describe=True)
     decisions = Counter(
         "redeem_decisions",
@@ -70,17 +74,21 @@ def router(daemon: Any) -> APIRouter:
     )
     registry.register(DaemonCollector(daemon))
 
-    def on_publish(pub: Any) -> None:
+    def on_publish(pub: Published) -> None:
         if pub.decision is None:
             return
         decisions.labels(pub.decision.reason.value, str(pub.decision.accepted).lower()).inc()
         latency.observe(pub.latency_s)
 
     daemon.listeners.append(on_publish)
-    api = APIRouter()
+    app.state.metrics = registry
 
-    @api.get("/metrics", include_in_schema=False)
-    def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    return api
+def get_registry(request: Request) -> CollectorRegistry:
+    registry: CollectorRegistry = request.app.state.metrics
+    return registry
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(registry: Annotated[CollectorRegistry, Depends(get_registry)]) -> Response:
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

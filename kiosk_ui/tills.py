@@ -11,8 +11,8 @@ import os
 import re
 import secrets
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 FILE = "pos-tokens.json"
 PREFIX = "pos_"
@@ -24,7 +24,7 @@ def _digest(salt: bytes, token: str) -> str:
     return hashlib.sha256(salt + token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _read(path: Path) -> dict[str, Any]:
+def _read(path: Path) -> dict[str, object]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -70,6 +70,8 @@ class Tills:
             if stamp != self._stamp:
                 entries = []
                 for till, row in _read(self.path).items():
+                    if not isinstance(row, dict):
+                        continue  # a damaged entry authorises nobody
                     try:
                         entries.append((till, bytes.fromhex(row["salt"]), str(row["hash"])))
                     except (KeyError, TypeError, ValueError):
@@ -109,7 +111,10 @@ def cmd_pos_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub: Any, cmd: Any) -> None:
+def add_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    cmd: Callable[..., argparse.ArgumentParser],
+) -> None:
     """Register `redeem pos-token` (cmd is terminal.cli's subcommand helper)."""
     sp = cmd(sub, "pos-token", cmd_pos_token, "print a new POS API bearer token for a till")
     sp.add_argument("--till", required=True, help="till name (its old token stops working)")

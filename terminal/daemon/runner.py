@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coupons import setup, tokens
 from coupons import sync_state as sync_status
@@ -33,6 +33,9 @@ from terminal.daemon import feedback, logs, sync_loop
 from terminal.daemon.control import Control
 from terminal.daemon.notify import Notifier
 from terminal.daemon.worker import EngineWorker
+
+if TYPE_CHECKING:  # the kiosk (and FastAPI) load only when it is enabled
+    from kiosk_ui.daemon_port import Status
 
 log = logging.getLogger(__name__)
 SHUTDOWN_S = 4.5  # SIGTERM to exit, inside systemd's and the 5 s
@@ -428,7 +431,7 @@ class Daemon:
         with self._publish_lock:
             return [p for p in self.recent if p.number > number]
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> Status:
         engine = self.engine
         assert engine is not None
         basket = self.till.basket

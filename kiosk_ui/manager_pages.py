@@ -1,0 +1,266 @@
+"""The manager's screens behind a PIN (/manager): login and logout, the dashboard, flag
+reviews, stale-ledger approvals, the clock reset, camera snapshots and the journal export."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from coupons import journal
+from coupons.engine import Engine
+from coupons.i18n import N_, translate
+from kiosk_ui import daemon_port, stats
+from kiosk_ui.daemon_port import Daemon, DaemonPort
+from kiosk_ui.manager import Manager, Reviews
+from kiosk_ui.pages import (
+    BAD_ACTION,
+    BAD_DATES,
+    COOKIE_SESSION,
+    NO_SUCH_FLAG,
+    SYNC_ERRORS,
+    device_state,
+    lang_of,
+    local,
+    local_day_ms,
+    offset_text,
+    render,
+    when,
+)
+
+router = APIRouter()
+
+
+@dataclass
+class Office:
+    """The app's manager state: PIN and sessions, flag reviews, the flag index."""
+
+    manager: Manager
+    reviews: Reviews
+    flags: stats.FlagIndex
+
+
+def setup(app: FastAPI, daemon: DaemonPort) -> None:
+    data = Path(daemon.cfg.terminal.data)
+    app.state.office = Office(
+        Manager(data, wall=daemon.clock.now), Reviews(data), stats.FlagIndex()
+    )
+
+
+def get_office(request: Request) -> Office:
+    office: Office = request.app.state.office
+    return office
+
+
+OfficeDep = Annotated[Office, Depends(get_office)]
+
+
+def sync_view(sync: Mapping[str, object], lang: str) -> dict[str, object]:
+    """The sync card's lines, formatted: local times, the offset with its sign, and the
+    last round's error in words."""
+    err = sync.get("last_error")
+    if isinstance(err, str) and err:  # the daemon's own words (a stuck engine worker)
+        err = {"message": err}
+    out: dict[str, object] = {
+        "central": sync.get("central"),
+        "backlog": sync.get("backlog"),
+        "last_success": when(sync.get("last_success")) or translate("never", lang),
+        "clock_offset": offset_text(sync.get("clock_offset_s")),
+        "error": None,
+    }
+    if isinstance(err, dict):
+        kind = str(err.get("kind") or "")
+        out["error"] = {
+            "at": when(err.get("at")),
+            "kind": translate(SYNC_ERRORS[kind], lang) if kind in SYNC_ERRORS else kind,
+            "message": str(err.get("message") or ""),
+        }
+    return out
+
+
+def devices(status: daemon_port.Status, lang: str) -> list[dict[str, str]]:
+    return [
+        {
+            "name": name,
+            "state": str(h.get("state") or ""),
+            "text": device_state(h.get("state"), lang),
+            "detail": str(h.get("detail") or ""),
+        }
+        for name, h in (status.get("inputs") or {}).items()
+    ]
+
+
+def _day_ms(day: str, later: int = 0) -> int:
+    """The start of a local calendar day typed by the manager (YYYY-MM-DD), or of the day
+    `later` days after it."""
+    return local_day_ms(dt.date.fromisoformat(day) + dt.timedelta(days=later))
+
+
+def session_ok(request: Request, office: Office) -> bool:
+    return office.manager.valid(request.cookies.get(COOKIE_SESSION))
+
+
+def manager_page(
+    request: Request,
+    daemon: DaemonPort,
+    office: Office,
+    status_code: int = 200,
+    error: str | None = None,
+    **extra: object,
+) -> HTMLResponse:
+    status = daemon.status()
+    lang = lang_of(request)
+    now = local(daemon.clock.now())
+    figures = stats.figures(
+        daemon_port.worker(daemon),
+        office.flags,
+        office.reviews,
+        daemon.clock.now(),
+        daemon.cfg.terminal.currency,
+        str(status.get("terminal") or ""),
+        lang,
+    )
+    page = render(
+        request,
+        "manager.html",
+        stats=figures,
+        status=status,
+        sync=sync_view(status.get("sync") or {}, lang),
+        devices=devices(status, lang),
+        today=now.date().isoformat(),
+        overrides=[p.to_dict(lang) for p in daemon.awaiting_override()],
+        cameras={d.name for d in daemon.inputs if hasattr(d, "snapshot")},
+        notice=request.query_params.get("notice"),
+        device_time=now.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        error=error,
+        **extra,
+    )
+    page.status_code = status_code
+    return page
+
+
+@router.get("/manager", response_class=HTMLResponse)
+def manager(request: Request, daemon: Daemon, office: OfficeDep) -> Response:
+    if not session_ok(request, office):
+        return render(request, "login.html", error=None, has_pin=office.manager.has_pin())
+    return manager_page(request, daemon, office)
+
+
+def _login_error(request: Request, office: Office, error: str, code: int) -> Response:
+    resp = render(request, "login.html", error=error, has_pin=office.manager.has_pin())
+    resp.status_code = code
+    return resp
+
+
+@router.post("/manager/login", response_class=HTMLResponse)
+def login(request: Request, office: OfficeDep, pin: str = Form("", max_length=32)) -> Response:
+    mgr = office.manager
+    if mgr.locked_for() > 0:
+        error = N_("Too many wrong PINs: try again in a few minutes.")
+        return _login_error(request, office, error, 429)
+    token = mgr.login(pin)
+    if token is None:
+        locked = mgr.locked_for() > 0
+        error = (
+            N_("Too many wrong PINs: try again in a few minutes.") if locked else N_("Wrong PIN.")
+        )
+        return _login_error(request, office, error, 429 if locked else 401)
+    resp = RedirectResponse("/manager", status_code=303)
+    resp.set_cookie(
+        COOKIE_SESSION, token, httponly=True, samesite="strict", max_age=int(mgr.session_s)
+    )
+    return resp
+
+
+@router.post("/manager/logout")
+def logout(request: Request, office: OfficeDep) -> Response:
+    office.manager.logout(request.cookies.get(COOKIE_SESSION))
+    resp = RedirectResponse("/manager", status_code=303)
+    resp.delete_cookie(COOKIE_SESSION)
+    return resp
+
+
+@router.post("/manager/flags/{seq}")
+def review(
+    request: Request,
+    daemon: Daemon,
+    office: OfficeDep,
+    seq: int,
+    action: str = Form(...),
+    note: str = Form("", max_length=500),
+) -> Response:
+    if not session_ok(request, office):
+        return RedirectResponse("/manager", status_code=303)
+    status = {"acknowledge": "acknowledged", "resolve": "resolved"}.get(action)
+    if status is None:
+        return manager_page(request, daemon, office, 400, BAD_ACTION)
+    if not daemon_port.worker(daemon).call(lambda e: stats.is_flag(seq)):
+        return manager_page(request, daemon, office, 404, NO_SUCH_FLAG)
+    office.reviews.set(seq, status, note, daemon.clock.now())
+    return RedirectResponse("/manager#flags", status_code=303)
+
+
+@router.post("/manager/override/{number}")
+def override(request: Request, daemon: Daemon, office: OfficeDep, number: int) -> Response:
+    """Approve a coupon refused for a stale ledger; the cashier screen shows the new
+    decision at once."""
+    if not session_ok(request, office):
+        return RedirectResponse("/manager", status_code=303)
+    decision = daemon.override(number, "kiosk-manager")
+    where = "/manager#overrides" if decision is not None else "/manager?notice=gone#overrides"
+    return RedirectResponse(where, status_code=303)
+
+
+@router.post("/manager/clock/reset")
+def clock_reset(request: Request, daemon: Daemon, office: OfficeDep) -> Response:
+    """The manager has checked the time shown and confirms it: trusted time restarts
+    from now (Engine.reset_clock_trust, journaled as a `clock_reset` flag)."""
+    if not session_ok(request, office):
+        return RedirectResponse("/manager", status_code=303)
+    decision = daemon_port.worker(daemon).call(lambda e: e.reset_clock_trust("kiosk-manager"))
+    notice = "clock-ok" if decision.accepted else "clock-refused"
+    return RedirectResponse(f"/manager?notice={notice}#clock", status_code=303)
+
+
+@router.get("/manager/snapshot/{name}.jpg")
+def snapshot(request: Request, daemon: Daemon, office: OfficeDep, name: str) -> Response:
+    """The camera's newest frame, so a manager can see what the camera sees."""
+    if not session_ok(request, office):
+        return Response(status_code=401)
+    driver = next((d for d in daemon.inputs if d.name == name), None)
+    jpeg = driver.snapshot() if driver is not None and hasattr(driver, "snapshot") else None
+    if jpeg is None:
+        return Response(status_code=404)
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+
+@router.get("/manager/export.csv")
+def export(
+    request: Request, daemon: Daemon, office: OfficeDep, since: str = "", until: str = ""
+) -> Response:
+    if not session_ok(request, office):
+        return RedirectResponse("/manager", status_code=303)
+    try:
+        since_ms = _day_ms(since) if since else None
+        until_ms = _day_ms(until, 1) if until else None
+    except ValueError:
+        return manager_page(request, daemon, office, 400, BAD_DATES, export_error=True)
+
+    def job(engine: Engine) -> str:
+        out = io.StringIO()
+        journal.export("csv", out, since_ms, until_ms)
+        return out.getvalue()
+
+    body = daemon_port.worker(daemon).call(job, 60.0)
+    name = f"journal-{since or 'start'}-{until or 'now'}.csv"
+    return Response(
+        body,
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
