@@ -29,7 +29,7 @@ def insert(
     table = meta.table_name
     names = ", ".join(f'"{meta.fields[c].column_name}"' for c in columns)
     with _db_errors:
-        cursor = db.cursor()  # type: ignore[no-untyped-call]
+        cursor = db.cursor()
         if is_postgres(db):
             from psycopg2.extras import execute_values
 

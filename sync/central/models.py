@@ -324,7 +324,7 @@ def create_schema(db: pw.Database) -> None:
     with db.atomic():
         if is_postgres(db):  # instances starting together must not race on CREATE TABLE
             lock = "SELECT pg_advisory_xact_lock(%s)"
-            db.execute_sql(lock, (SCHEMA_LOCK,))  # type: ignore[no-untyped-call]
+            db.execute_sql(lock, (SCHEMA_LOCK,))
         db.create_tables(MODELS, safe=True)
         Setting.insert(key="schema", value=str(SCHEMA_VERSION)).on_conflict(
             conflict_target=[Setting.key], update={Setting.value: str(SCHEMA_VERSION)}
