@@ -108,9 +108,7 @@ class Central:
         (BEGIN IMMEDIATE), on PostgreSQL a transaction-scoped advisory lock."""
         if self.postgres:
             with self.db.atomic():
-                self.db.execute_sql(
-                    "SELECT pg_advisory_xact_lock(%s)", (LOCK_PUBLISH,)
-                )
+                self.db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (LOCK_PUBLISH,))
                 yield
         else:
             with self.db.atomic("IMMEDIATE"):
