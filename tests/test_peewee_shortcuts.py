@@ -13,6 +13,7 @@ import psycopg2.errors
 import pytest
 
 from coupons import journal
+from coupons.journal import schema as journal_schema
 from sync.central import bulk, models
 from sync.central.store import LOCK_PUBLISH, Central
 from tests import postgres
@@ -53,14 +54,14 @@ def _locked(path: Path) -> bool:
 
 
 # ---------------------------------------------------------------- the exception wrapper
-# coupons/journal.py and sync/central/bulk.py write through the driver inside peewee's
+# coupons/journal/ and sync/central/bulk.py write through the driver inside peewee's
 # module-level __exception_wrapper__, so callers catch peewee's errors as everywhere else.
 
 
 def test_the_exception_wrapper_is_the_one_peewee_uses() -> None:
     wrapper = pw.__dict__["__exception_wrapper__"]
     assert isinstance(wrapper, pw.ExceptionWrapper)
-    assert journal._db_errors is wrapper
+    assert journal_schema.db_errors is wrapper
     assert bulk._db_errors is wrapper
 
 
@@ -79,7 +80,7 @@ def test_the_wrapper_maps_driver_errors_to_peeweees(
     raised: Exception, expected: type[Exception]
 ) -> None:
     with pytest.raises(expected) as caught:
-        with journal._db_errors:
+        with journal_schema.db_errors:
             raise raised
     assert type(caught.value) is expected
     # The words stay the driver's: the journal tells a full disk by them (_is_full) and the
@@ -97,13 +98,13 @@ def test_a_raw_journal_write_raises_peewees_integrity_error(journal_db: pw.Sqlit
 
 # ---------------------------------------------------------------- model metadata
 # Hand-written SQL takes table and column names from Model._meta, and names some outright
-# ("serialuse" in sync/central/reconcile.py; "op_id", "seq", "serial"... in journal.py).
+# ("serialuse" in sync/central/reconcile.py; "op_id", "seq", "serial"... in coupons/journal/).
 # Existing data directories hold tables named the way peewee named them when they were made.
 
 
 @pytest.mark.parametrize(
     "model",
-    [*journal.MODELS, *models.MODELS],
+    [*journal_schema.MODELS, *models.MODELS],
     ids=lambda m: m.__name__,
 )
 def test_tables_and_columns_keep_their_names(model: type[pw.Model]) -> None:
