@@ -26,12 +26,13 @@ from coupons.fraud import Flag
 from coupons.journal import (
     Entry,
     Journal,
-    Operation,
     Use,
+    checkout_uses,
     get_meta,
     insert_operation,
     insert_use,
     mark_path,
+    operation_answer,
     raise_tag_counter,
     read_mark,
     set_meta,
@@ -168,16 +169,16 @@ class Engine(Checks):
         a refusal when the id was used for a different request."""
         if not op_id:
             return None
-        row = Operation.get_or_none(Operation.op_id == op_id)
-        if row is None:
+        stored = operation_answer(op_id)
+        if stored is None:
             return None
-        if row.request != request:
+        if stored[0] != request:
             return Decision(
                 False,
                 Reason.OPERATION_CONFLICT,
                 detail=f"operation id {op_id} was used for another request",
             )
-        d = Decision.from_dict(json.loads(row.response))
+        d = Decision.from_dict(json.loads(stored[1]))
         d.replayed = True
         return d
 
@@ -313,10 +314,10 @@ class Engine(Checks):
     ) -> Decision:
         now = self.now()
         self._expire_holds(now)
-        others = (
+        others, any_held = (
             self._held_coupons(checkout_id, committed=same_sale)
             if status == "held" or same_sale
-            else []
+            else ([], False)
         )
 
         def work() -> Decision:
@@ -343,7 +344,7 @@ class Engine(Checks):
                     # URL (same counter or older) is refused from now on.
                     _, tap = self._sun_read(code)
                     raise_tag_counter(coupon.campaign.id, tap.uid, tap.counter)
-                if len(restacked) > 1:
+                if len(restacked) > 1 and any_held:  # only held uses take a new discount
                     self._restack(checkout_id, coupon.key, restacked)
                 if status == "held":
                     decision.coupons = self.checkout_coupons(checkout_id)
@@ -402,7 +403,8 @@ class Engine(Checks):
     ) -> Decision:
         """Standalone: decide and redeem at once. Coupons redeemed under one `checkout_id`
         (one sale at the till) must stack with each other."""
-        request = self.request_key("redeem", checkout_id or "", code)
+        # The fingerprint is only ever compared under an operation id: no id, no hashing.
+        request = self.request_key("redeem", checkout_id or "", code) if op_id else ""
         sale = checkout_id or op_id or uuid.uuid4().hex
         return self._replay(op_id, request) or self._attempt(
             "redeem",
@@ -426,7 +428,7 @@ class Engine(Checks):
     ) -> Decision:
         """POS step 1: hold a coupon for an open checkout (counts against limits until it is
         committed, released or expires)."""
-        request = self.request_key("hold", checkout_id, code)
+        request = self.request_key("hold", checkout_id, code) if op_id else ""
         return self._replay(op_id, request) or self._attempt(
             "hold", code, basket, ctx, op_id, checkout_id, "held", request
         )
@@ -473,23 +475,18 @@ class Engine(Checks):
             )
         return chosen, refused
 
-    def _held_coupons(self, checkout_id: str, committed: bool = False) -> list[Coupon]:
-        """Coupons held for a checkout (and, for a standalone sale, already redeemed in it)."""
+    def _held_coupons(self, checkout_id: str, committed: bool = False) -> tuple[list[Coupon], bool]:
+        """Coupons held for a checkout (and, for a standalone sale, already redeemed in it),
+        and whether any of them is held (else a new coupon restacks nothing)."""
         statuses = ("held", "committed") if committed else ("held",)
-        out = []
-        for u in Use.select().where((Use.checkout_id == checkout_id) & Use.status.in_(statuses)):
-            campaign = self.ledger.campaigns.get(u.campaign)
+        out, any_held = [], False
+        for serial, campaign_id, customer, status, detail in checkout_uses(checkout_id, statuses):
+            campaign = self.ledger.campaigns.get(campaign_id)
             if campaign is not None:
-                out.append(
-                    Coupon(
-                        u.serial,
-                        int(u.serial, 16),
-                        campaign,
-                        u.customer,
-                        json.loads(u.detail).get("via", "token"),
-                    )
-                )
-        return out
+                via = json.loads(detail).get("via", "token")
+                out.append(Coupon(serial, int(serial, 16), campaign, customer, via))
+                any_held = any_held or status == "held"
+        return out, any_held
 
     def checkout_coupons(self, checkout_id: str) -> list[dict[str, Any]]:
         """Every coupon a checkout has had, with its status (held, committed, ...)."""

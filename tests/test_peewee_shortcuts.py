@@ -13,7 +13,7 @@ import psycopg2.errors
 import pytest
 
 from coupons import journal
-from coupons.journal import schema as journal_schema
+from coupons.journal import schema
 from sync.central import bulk, models
 from sync.central.store import LOCK_PUBLISH, Central
 from tests import postgres
@@ -54,14 +54,14 @@ def _locked(path: Path) -> bool:
 
 
 # ---------------------------------------------------------------- the exception wrapper
-# coupons/journal/ and sync/central/bulk.py write through the driver inside peewee's
+# coupons/journal.py and sync/central/bulk.py write through the driver inside peewee's
 # module-level __exception_wrapper__, so callers catch peewee's errors as everywhere else.
 
 
 def test_the_exception_wrapper_is_the_one_peewee_uses() -> None:
     wrapper = pw.__dict__["__exception_wrapper__"]
     assert isinstance(wrapper, pw.ExceptionWrapper)
-    assert journal_schema.db_errors is wrapper
+    assert schema.db_errors is wrapper
     assert bulk._db_errors is wrapper
 
 
@@ -80,7 +80,7 @@ def test_the_wrapper_maps_driver_errors_to_peeweees(
     raised: Exception, expected: type[Exception]
 ) -> None:
     with pytest.raises(expected) as caught:
-        with journal_schema.db_errors:
+        with schema.db_errors:
             raise raised
     assert type(caught.value) is expected
     # The words stay the driver's: the journal tells a full disk by them (_is_full) and the
@@ -98,13 +98,13 @@ def test_a_raw_journal_write_raises_peewees_integrity_error(journal_db: pw.Sqlit
 
 # ---------------------------------------------------------------- model metadata
 # Hand-written SQL takes table and column names from Model._meta, and names some outright
-# ("serialuse" in sync/central/reconcile.py; "op_id", "seq", "serial"... in coupons/journal/).
+# ("serialuse" in sync/central/reconcile.py; "op_id", "seq", "serial"... in journal.py).
 # Existing data directories hold tables named the way peewee named them when they were made.
 
 
 @pytest.mark.parametrize(
     "model",
-    [*journal_schema.MODELS, *models.MODELS],
+    [*schema.MODELS, *models.MODELS],
     ids=lambda m: m.__name__,
 )
 def test_tables_and_columns_keep_their_names(model: type[pw.Model]) -> None:
@@ -204,3 +204,43 @@ def test_bulk_insert_and_its_on_conflict_clause(central: Central) -> None:
     assert counts == {7: 4, 8: 2}
     with pytest.raises(pw.IntegrityError), central.writing():
         bulk.insert(central.db, models.SerialUse, ("serial", "count"), [(8, 1)])
+
+
+# ---------------------------------------------------------------- the redemption's own SQL
+# coupons/journal/uses.py reads and writes the rows of a redemption with fixed SQL through
+# the connection: they must find what the models find, and fail as peewee fails.
+
+
+def test_the_hand_written_reads_find_what_the_models_find(journal_db: pw.SqliteDatabase) -> None:
+    journal.insert_operation("op-1", "fingerprint", 7, '{"accepted": true}')
+    row = journal.Operation.get(journal.Operation.op_id == "op-1")
+    assert journal.operation_answer("op-1") == (row.request, row.response)
+    assert journal.operation_answer("op-2") is None
+    for serial, status in (("a1", "held"), ("b2", "committed"), ("c3", "released")):
+        journal.insert_use(serial, "TEN", None, "co", status, True, 100, 100, "CNY", None, "{}")
+    by_model = [
+        (u.serial, u.campaign, u.customer, u.status, u.detail)
+        for u in journal.Use.select()
+        .where((journal.Use.checkout_id == "co") & journal.Use.status.in_(("held", "committed")))
+        .order_by(journal.Use.id)
+    ]
+    assert journal.checkout_uses("co", ("held", "committed")) == by_model
+    assert journal.checkout_uses("co", ("held",)) == by_model[:1]
+
+
+def test_the_tag_counter_never_goes_down(journal_db: pw.SqliteDatabase) -> None:
+    uid = bytes.fromhex("04a1b2c3d4e5f6")
+    assert journal.tag_counter("SUN", uid) is None
+    journal.raise_tag_counter("SUN", uid, 5)
+    journal.raise_tag_counter("SUN", uid, 3)
+    assert journal.tag_counter("SUN", uid) == 5
+    row = journal.TagCounter.get(journal.TagCounter.uid == uid.hex())
+    assert (row.campaign, row.counter) == ("SUN", 5)
+    journal.raise_tag_counter("SUN", uid, 9)
+    assert journal.tag_counter("SUN", uid) == 9
+
+
+def test_a_hand_written_read_raises_peewees_error(journal_db: pw.SqliteDatabase) -> None:
+    journal_db.execute_sql('DROP TABLE "operation"')
+    with pytest.raises(pw.OperationalError):
+        journal.operation_answer("op-1")

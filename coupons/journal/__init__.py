@@ -26,7 +26,14 @@ from coupons.journal.mark import (
 from coupons.journal.meta import get_meta, set_meta
 from coupons.journal.prune import RETENTION_S, prune
 from coupons.journal.schema import Entry, Operation, PosCheckout, TagCounter, Use, database_proxy
-from coupons.journal.uses import insert_operation, insert_use, raise_tag_counter, tag_counter
+from coupons.journal.uses import (
+    checkout_uses,
+    insert_operation,
+    insert_use,
+    operation_answer,
+    raise_tag_counter,
+    tag_counter,
+)
 from coupons.journal.verify import VerifyResult, tail_problem, verify
 from coupons.journal.wal import wal_problem
 
@@ -57,6 +64,7 @@ __all__ = [
     "VerifyResult",
     "accept_loss",
     "behind_mark",
+    "checkout_uses",
     "database_proxy",
     "entry_hash",
     "export",
@@ -65,6 +73,7 @@ __all__ = [
     "insert_use",
     "mark_path",
     "open_database",
+    "operation_answer",
     "prune",
     "raise_tag_counter",
     "read_mark",

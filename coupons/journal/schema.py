@@ -126,11 +126,16 @@ def migrate(db: pw.SqliteDatabase) -> None:
                 db.execute_sql(f"PRAGMA user_version = {number}")
 
 
-def insert_sql(model: type[_Base], columns: tuple[str, ...]) -> str:
+def columns(model: type[_Base], names: tuple[str, ...]) -> str:
+    """These fields of model as a quoted SQL column list."""
+    return ", ".join(f'"{model._meta.fields[c].column_name}"' for c in names)
+
+
+def insert_sql(model: type[_Base], fields: tuple[str, ...]) -> str:
     """The INSERT of these columns of model, for rows written straight through the connection."""
     meta = model._meta
-    names = ", ".join(f'"{meta.fields[c].column_name}"' for c in columns)
-    marks = ", ".join("?" * len(columns))
+    names = columns(model, fields)
+    marks = ", ".join("?" * len(fields))
     # Names come from the model's own metadata, never from input.
     return f'INSERT INTO "{meta.table_name}" ({names}) VALUES ({marks})'  # noqa: S608
 

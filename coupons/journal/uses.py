@@ -1,25 +1,52 @@
-"""Rows written in an entry's transaction: coupon uses, operation answers, SUN tag counters."""
+"""Rows written in an entry's transaction: coupon uses, operation answers, SUN tag counters.
+
+The reads and writes a redemption makes go straight through the connection with fixed SQL
+(built once from the models' metadata): peewee's query builder costs more CPU than the
+statement itself, and the redemption is the till's hot path."""
 
 from __future__ import annotations
 
-import peewee as pw
+from typing import Any
 
-from coupons.journal.schema import Operation, TagCounter, Use, database_proxy, db_errors, insert_sql
+from coupons.journal.schema import (
+    Operation,
+    TagCounter,
+    Use,
+    columns,
+    database_proxy,
+    db_errors,
+    insert_sql,
+)
+
+# Names come from the models' own metadata, never from input.
+_TAG = TagCounter._meta.table_name
+_TAG_COUNTER_SQL = f'SELECT "counter" FROM "{_TAG}" WHERE "campaign" = ? AND "uid" = ?'  # noqa: S608
+_RAISE_TAG_COUNTER_SQL = (
+    insert_sql(TagCounter, ("campaign", "uid", "counter"))
+    + ' ON CONFLICT ("campaign", "uid") DO UPDATE SET '
+    + '"counter" = MAX("counter", excluded."counter")'
+)
+
+
+def _execute(sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """One statement through the open journal's connection, raising what peewee would."""
+    with db_errors:
+        rows: list[tuple[Any, ...]] = (
+            database_proxy.obj.connection().execute(sql, params).fetchall()
+        )
+    return rows
 
 
 def tag_counter(campaign: str, uid: bytes) -> int | None:
     """The highest SUN read counter redeemed for this tag in this campaign, if any."""
-    row = TagCounter.get_or_none((TagCounter.campaign == campaign) & (TagCounter.uid == uid.hex()))
-    return None if row is None else int(row.counter)
+    rows = _execute(_TAG_COUNTER_SQL, (campaign, uid.hex()))
+    return int(rows[0][0]) if rows else None
 
 
 def raise_tag_counter(campaign: str, uid: bytes, counter: int) -> None:
     """Record a redeemed SUN read counter (never lowers the mark). Call inside the
     redemption's transaction."""
-    TagCounter.insert(campaign=campaign, uid=uid.hex(), counter=counter).on_conflict(
-        conflict_target=[TagCounter.campaign, TagCounter.uid],
-        update={TagCounter.counter: pw.fn.MAX(TagCounter.counter, pw.EXCLUDED.counter)},
-    ).execute()
+    _execute(_RAISE_TAG_COUNTER_SQL, (campaign, uid.hex(), int(counter)))
 
 
 _USE_SQL = insert_sql(
@@ -83,3 +110,33 @@ def insert_operation(op_id: str, request: str, seq: int, response: str) -> None:
         database_proxy.obj.connection().execute(
             _OPERATION_SQL, (op_id, request, int(seq), response)
         )
+
+
+_OPERATION_ANSWER_SQL = 'SELECT {} FROM "{}" WHERE "op_id" = ?'.format(  # noqa: S608
+    columns(Operation, ("request", "response")), Operation._meta.table_name
+)
+
+
+def operation_answer(op_id: str) -> tuple[str, str] | None:
+    """The stored (request fingerprint, answer JSON) of an operation id; None: never seen."""
+    rows = _execute(_OPERATION_ANSWER_SQL, (op_id,))
+    return (str(rows[0][0]), str(rows[0][1])) if rows else None
+
+
+_CHECKOUT_USES_SQL = (
+    'SELECT {} FROM "{}" WHERE "checkout_id" = ? AND "status" IN ({}) ORDER BY "id"'
+)
+_USE_KEYS = ("serial", "campaign", "customer", "status", "detail")
+_CHECKOUT_USES = {
+    n: _CHECKOUT_USES_SQL.format(columns(Use, _USE_KEYS), Use._meta.table_name, ", ".join("?" * n))
+    for n in (1, 2)
+}
+
+
+def checkout_uses(
+    checkout_id: str, statuses: tuple[str, ...]
+) -> list[tuple[str, str, str | None, str, str]]:
+    """(serial, campaign, customer, status, detail) of a checkout's uses in these statuses
+    (one or two), oldest first."""
+    rows = _execute(_CHECKOUT_USES[len(statuses)], (checkout_id, *statuses))
+    return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
