@@ -2,21 +2,18 @@
 coupons (the engine's hold), read the best combination, and commit, release or reverse.
 Bearer token per till, Idempotency-Key on every POST, errors as RFC 9457 problem+json
 (each with a reason code and the cashier's sentence); numbers are JSON integers only.
-Every engine call goes through the daemon's one engine worker. Checkouts are kept in the
-terminal's database (PosCheckout) so a till carries on with them after a restart."""
+The checkouts themselves, their states and their idempotency are coupons/checkout.py's,
+run on the daemon's one engine worker: this module reads and writes no table."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi import Path as PathParam
@@ -27,26 +24,20 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from coupons import problem, tokens
-from coupons.decision import Context, Decision
+from coupons import checkout, problem, tokens
+from coupons.decision import Decision
 from coupons.engine import Engine
 from coupons.i18n import N_, translate
-from coupons.journal import Operation, PosCheckout, Use, insert_operation
 from coupons.reasons import Reason
-from coupons.rules import Basket, InputError, best_combination
+from coupons.rules import Basket, InputError
 from kiosk_ui.tills import Tills
-from ports.scan import Scan
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PREFIX = "/api/v1"
 API_VERSION = "1.2"  # the contract in docs/pos-api.md ("Changes")
 MAX_BODY = 64 * 1024
-# Memory bounds for a terminal that runs for weeks: the oldest keys and closed checkouts go
-# first (the engine keeps every operation's answer in its journal regardless).
-MAX_KEYS = 20_000
-MAX_CHECKOUTS = 5_000
-KEEP_CHECKOUTS_MS = 7 * 86_400_000  # stored checkouts older than this go at start-up
 # Problem documents are coupons.problem's (one shape for the kiosk and the central).
 PROBLEM = problem.MEDIA_TYPE
 TITLES = problem.TITLES
@@ -62,9 +53,6 @@ CONFLICTS = {
     Reason.HOLD_EXPIRED,
 }
 UNAVAILABLE = {Reason.STORAGE_FAILURE, Reason.INTERNAL_ERROR}
-# The state a checkout must be in for each step, and the state the step leaves it in.
-FROM_STATE = {"commit": "open", "release": "open", "reverse": "committed"}
-TO_STATE = {"commit": "committed", "release": "released", "reverse": "reversed"}
 # What the cashier hears when a step succeeds on a checkout that never had a coupon
 # (Reason.OK's "Coupon accepted." would be untrue there).
 NO_COUPON_MESSAGES = {
@@ -289,113 +277,23 @@ async def _read_limited(request: Request) -> None:
     request._body = body
 
 
-# ---------------------------------------------------------------- checkouts
-
-
-@dataclass
-class Checkout:
-    id: str
-    till: str
-    basket: Basket
-    cashier: str | None
-    state: str = "open"
-
-
-@dataclass
-class State:
-    checkouts: dict[str, Checkout] = field(default_factory=dict)
-    # op_id -> (request fingerprint, the first answer as JSON text, or None when the engine
-    # keeps it); text, as a dict would take several times the memory.
-    keys: dict[str, tuple[str, str | None]] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def trim(self) -> None:
-        """Called with the lock held; dicts keep insertion order, so the oldest go first."""
-        while len(self.keys) > MAX_KEYS:
-            del self.keys[next(iter(self.keys))]
-        if len(self.checkouts) > MAX_CHECKOUTS:
-            for cid in [c.id for c in self.checkouts.values() if c.state != "open"]:
-                del self.checkouts[cid]
-                if len(self.checkouts) <= MAX_CHECKOUTS // 2:
-                    break
-
-
-def _load_checkouts(engine: Engine) -> dict[str, Checkout]:
-    """The checkouts stored before a restart (the newest MAX_CHECKOUTS of the last week).
-    A commit, release or refund whose new state a power cut kept from being stored is
-    read off its coupons, which the engine journaled with the answer."""
-    PosCheckout.delete().where(
-        PosCheckout.opened_ms < int(engine.now() * 1000) - KEEP_CHECKOUTS_MS
-    ).execute()
-    rows = list(PosCheckout.select().order_by(PosCheckout.opened_ms.desc()).limit(MAX_CHECKOUTS))
-    out: dict[str, Checkout] = {}
-    for row in reversed(rows):
-        state = row.state
-        if state == "open":
-            statuses = {c["status"] for c in engine.checkout_coupons(row.id)}
-            if "held" not in statuses:
-                done = [s for s in ("reversed", "committed", "released") if s in statuses]
-                state = done[0] if done else state
-        try:
-            basket = Basket.from_dict(json.loads(row.basket))
-        except (InputError, ValueError):
-            log.error("stored checkout %s has an unreadable basket; dropped", row.id)
-            continue
-        out[row.id] = Checkout(row.id, row.till, basket, row.cashier, state)
-    return out
-
-
-def _store_state(checkout_id: str, state: str) -> None:
-    """Best effort: the engine's journal is the record; a lost update is read off the
-    coupons at the next start (_load_checkouts)."""
-    try:
-        PosCheckout.update(state=state).where(PosCheckout.id == checkout_id).execute()
-    except Exception as exc:
-        log.warning("checkout %s: state %s not stored: %s", checkout_id, state, exc)
-
-
-def _opened(co: Checkout) -> dict[str, Any]:
-    """The answer to the request that opened a checkout."""
-    return {
-        "checkout_id": co.id,
-        "state": "open",
-        "basket_total_minor": co.basket.total_minor,
-        "currency": co.basket.currency,
-        "coupons": [],
-        "best": {"discount_minor": 0, "value_minor": 0, "coupons": [], "refused": {}},
-    }
-
-
-def _replayed(answer: str) -> dict[str, Any]:
-    """A stored first answer, marked as a replay where it holds a decision."""
-    doc: dict[str, Any] = json.loads(answer)
-    if isinstance(doc.get("decision"), dict):
-        doc["decision"]["replayed"] = True
-    return doc
+# ---------------------------------------------------------------- routes
 
 
 def _fingerprint(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _best(engine: Engine, coupons: list[dict[str, Any]], basket: Basket) -> dict[str, Any]:
-    held = [
-        (c["serial"], engine.ledger.campaigns[c["campaign"]])
-        for c in coupons
-        if c["status"] in ("held", "committed") and c["campaign"] in engine.ledger.campaigns
-    ]
-    combo = best_combination(held, basket)
-    return {
-        "discount_minor": combo.discount_minor,
-        "value_minor": combo.value_minor,
-        "coupons": [a.key for a in combo.applied],
-        "refused": {k: r.reason.value for k, r in combo.refused.items()},
-    }
+def _refused(exc: checkout.Refused) -> Problem:
+    status = 404 if exc.why is checkout.Why.UNKNOWN else 409
+    return Problem(status, exc.why.value, exc.detail, Decision(False, exc.reason))
 
 
 def router(daemon: Any) -> APIRouter:
-    """The /api/v1 routes over a started Daemon (its worker, config and data directory)."""
-    state = State(checkouts=daemon.worker.call(_load_checkouts, 60.0))
+    """The /api/v1 routes over a started Daemon (its worker, config and data directory).
+    Every checkout step is coupons.checkout's, run on the daemon's one engine worker."""
+    daemon.worker.call(checkout.prune, 60.0)
+    checkouts = checkout.Checkouts()
     tills = Tills(Path(daemon.cfg.terminal.data))
 
     def lang() -> str:
@@ -451,74 +349,11 @@ def router(daemon: Any) -> APIRouter:
     def op_id(request: Request, key: str) -> str:
         return f"{request.state.till}:{key}"
 
-    def claim(op: str, fingerprint: str, register: bool = True) -> dict[str, Any] | None:
-        """A key is for one request: the stored answer for a retry, 409 for another. With
-        `register` false a new key is only looked up, not taken."""
-        with state.lock:
-            seen = state.keys.get(op)
-            if seen is None:
-                if register:
-                    state.keys[op] = (fingerprint, None)
-                    state.trim()
-                return None
-        if seen[0] != fingerprint:
-            raise Problem(
-                409,
-                "operation-conflict",
-                "this Idempotency-Key was used for another request",
-                Decision(False, Reason.OPERATION_CONFLICT),
-            )
-        return _replayed(seen[1]) if seen[1] is not None else None
-
-    def remember(op: str, fingerprint: str, answer: dict[str, Any]) -> None:
-        with state.lock:
-            state.keys[op] = (fingerprint, json.dumps(answer))
-            state.trim()
-
-    def own(request: Request, checkout_id: str) -> Checkout | None:
-        co = state.checkouts.get(checkout_id)
-        if co is not None and co.till != request.state.till:
-            return None  # another till's checkout is not this till's business
-        return co
-
-    def not_found(checkout_id: str) -> Problem:
-        return Problem(
-            404,
-            "unknown-checkout",
-            f"no checkout {checkout_id} at this terminal",
-            Decision(False, Reason.UNKNOWN_CHECKOUT),
-        )
-
-    def closed(co: Checkout) -> Problem:
-        return Problem(
-            409,
-            "checkout-closed",
-            f"checkout {co.id} is {co.state}: coupons go only to an open checkout",
-            Decision(False, Reason.UNKNOWN_CHECKOUT),
-        )
-
-    def wrong_state(co: Checkout, kind: str) -> Problem:
-        need = FROM_STATE[kind]
-        if kind == "reverse":
-            why = "has no redeemed coupon" if co.state == "committed" else f"is {co.state}"
-            return Problem(
-                409,
-                "not-committed",
-                f"checkout {co.id} {why}: only a checkout paid with coupons can be reversed",
-                Decision(False, Reason.NOT_COMMITTED),
-            )
-        return Problem(
-            409,
-            "checkout-closed",
-            f"checkout {co.id} is {co.state}: only an {need} checkout can be {TO_STATE[kind]}",
-            Decision(False, Reason.UNKNOWN_CHECKOUT),
-        )
-
-    def call(job: Any) -> Any:
+    def call(job: Callable[[Engine], T]) -> T:
         try:
-            return daemon.worker.call(job)
-        except Problem:
-            raise  # the job's own answer (decided on the worker, in order with the others)
+            return cast(T, daemon.worker.call(job))
+        except checkout.Refused as exc:  # decided on the worker, in order with the others
+            raise _refused(exc) from None
         except Exception as exc:
             log.exception("POS API engine call failed")
             raise Problem(
@@ -543,40 +378,12 @@ def router(daemon: Any) -> APIRouter:
             basket = Basket.from_dict(doc)
         except InputError as exc:
             raise Problem(422, "invalid-basket", str(exc)) from None
-        op = op_id(request, idempotency_key)
+        till, op = request.state.till, op_id(request, idempotency_key)
         fp = _fingerprint("open", json.dumps(body.model_dump(), sort_keys=True))
-        if op not in state.keys:  # a retry from before a restart: the stored checkout
-            row = call(lambda engine: PosCheckout.get_or_none(PosCheckout.open_key == op))
-            if row is not None:
-                # The first answer, even when the checkout has since closed and left memory.
-                first = state.checkouts.get(row.id) or Checkout(
-                    row.id, row.till, Basket.from_dict(json.loads(row.basket)), row.cashier
-                )
-                remember(op, row.open_fingerprint, _opened(first))
-        stored = claim(op, fp)
-        if stored is not None:
-            return stored
-        co = Checkout(uuid.uuid4().hex, request.state.till, basket, body.cashier)
-
-        def store(engine: Engine) -> None:
-            PosCheckout.insert(
-                id=co.id,
-                till=co.till,
-                basket=json.dumps(doc, sort_keys=True),
-                cashier=co.cashier,
-                state=co.state,
-                open_key=op,
-                open_fingerprint=fp,
-                opened_ms=int(engine.now() * 1000),
-            ).execute()
-
-        call(store)  # a storage fault is a 503: the till retries with the same key
-        answer = _opened(co)
-        with state.lock:
-            state.checkouts[co.id] = co
-            state.keys[op] = (fp, json.dumps(answer))
-            state.trim()
-        return answer
+        # A storage fault is a 503: the till retries with the same key.
+        return call(
+            lambda engine: checkout.open_checkout(engine, till, basket, doc, body.cashier, op, fp)
+        )
 
     @api.post(
         "/checkouts/{checkout_id}/coupons",
@@ -592,35 +399,18 @@ def router(daemon: Any) -> APIRouter:
         checkout_id: str = CheckoutId,
         idempotency_key: str = Key,
     ) -> dict[str, Any]:
-        co = own(request, checkout_id)
         code = tokens.extract(body.code) or body.code.strip()
-        op = op_id(request, idempotency_key)
-        fp = _fingerprint("hold", checkout_id, code)
-        # A retry gets the first answer even after the checkout moved on (committed,
-        # released, or gone from memory): only a new key meets its state.
-        stored = claim(op, fp, register=co is not None and co.state == "open")
-        if stored is not None:
-            return stored
-
+        till, op = request.state.till, op_id(request, idempotency_key)
         arrived = time.monotonic()
 
-        def job(engine: Engine) -> tuple[Decision, list[dict[str, Any]]]:
-            if co is None or co.state != "open":  # or a commit got to the worker first
-                # A retry still gets the engine's first answer (after a restart too).
-                first = engine.first_answer(op, engine.request_key("hold", checkout_id, code))
-                if first is not None:
-                    return first, engine.checkout_coupons(checkout_id)
-                raise not_found(checkout_id) if co is None else closed(co)
-            ctx = Context(source="pos", cashier=co.cashier or co.till)
-            d = engine.hold(checkout_id, code, co.basket, ctx, op)
-            if not d.replayed:  # the cashier screen and /metrics see POS coupons too
-                scan = Scan(f"pos:{co.till}", "pos", code.encode(), engine.now())
-                daemon.publish(scan, d, arrived)
-            return d, engine.checkout_coupons(checkout_id)
+        def job(engine: Engine) -> checkout.Applied:
+            applied = checkouts.apply(engine, till, checkout_id, code, op)
+            if not applied.decision.replayed:  # the cashier screen and /metrics see it too
+                daemon.publish(applied.decision, f"pos:{till}", "pos", arrived)
+            return applied
 
-        decision, coupons = call(job)
-        if decision.reason is Reason.OPERATION_CONFLICT:
-            raise Problem(409, "operation-conflict", decision.detail, decision)
+        applied = call(job)
+        decision = applied.decision
         if decision.reason in UNAVAILABLE:
             raise Problem(503, "unavailable", decision.detail or "try again", decision)
         if decision.reason is Reason.ALREADY_REDEEMED and decision.detail == SAME_CHECKOUT:
@@ -633,10 +423,7 @@ def router(daemon: Any) -> APIRouter:
                 f"to checkout {checkout_id}",
                 message=ALREADY_APPLIED,
             )
-        answer = {"decision": decision.to_dict(lang()), "coupons": coupons}
-        if not decision.replayed:  # the exact first answer for a retry (coupons as then)
-            remember(op, fp, answer)
-        return answer
+        return {"decision": decision.to_dict(lang()), "coupons": applied.coupons}
 
     @api.get(
         "/checkouts/{checkout_id}",
@@ -645,73 +432,15 @@ def router(daemon: Any) -> APIRouter:
         responses=_problems(404, 422, 503),
     )
     def get_checkout(request: Request, checkout_id: str = CheckoutId) -> dict[str, Any]:
-        co = own(request, checkout_id)
-        if co is None and checkout_id in state.checkouts:
-            raise not_found(checkout_id)
+        till = request.state.till
+        return call(lambda engine: checkout.read(engine, till, checkout_id))
 
-        def job(engine: Engine) -> dict[str, Any]:
-            coupons = engine.checkout_coupons(checkout_id)
-            best = _best(engine, coupons, co.basket) if co is not None else None
-            return {"coupons": coupons, "best": best}
-
-        found = call(job)
-        if co is None and not found["coupons"]:
-            raise not_found(checkout_id)
-        return {
-            "checkout_id": checkout_id,
-            "state": co.state if co else "unknown",
-            "basket_total_minor": co.basket.total_minor if co else None,
-            "currency": co.basket.currency if co else None,
-            **found,
-        }
-
-    def transition(kind: str, done: str, summary: str) -> None:
+    def transition(kind: checkout.Step, summary: str) -> None:
         def endpoint(
             request: Request, checkout_id: str = CheckoutId, idempotency_key: str = Key
         ) -> dict[str, Any]:
-            co = own(request, checkout_id)
-            if co is None and checkout_id in state.checkouts:
-                raise not_found(checkout_id)
-            op = op_id(request, idempotency_key)
-            claim(op, _fingerprint(kind, checkout_id))
-            ctx = Context(source="pos", cashier=(co.cashier or co.till) if co else None)
-
-            def job(engine: Engine) -> Decision | None:
-                method: Callable[[str, str, Context], Decision] = getattr(engine, kind)
-                # Decided here, on the one worker, so that two steps racing for one
-                # checkout are taken in turn and the second sees the first's state.
-                if Operation.get_or_none(Operation.op_id == op) is not None:
-                    return method(checkout_id, op, ctx)  # a retry: the engine's first answer
-                coupons = Use.select().where(Use.checkout_id == checkout_id).exists()
-                if co is None:  # not stored here (pruned): the engine's coupons decide
-                    return method(checkout_id, op, ctx) if coupons else None
-                if co.state != FROM_STATE[kind]:
-                    raise wrong_state(co, kind)
-                if not coupons:
-                    if kind == "reverse":  # nothing was paid with a coupon
-                        raise wrong_state(co, kind)
-                    d = Decision(True, Reason.OK, 0, co.basket.currency, checkout_id=checkout_id)
-                    with engine.db.atomic():  # the answer and the new state, together
-                        insert_operation(
-                            op,
-                            engine.request_key(kind, checkout_id),
-                            engine.journal.head_seq,
-                            json.dumps(d.to_dict()),
-                        )
-                        PosCheckout.update(state=done).where(
-                            PosCheckout.id == checkout_id
-                        ).execute()
-                    co.state = done
-                    return d
-                d = method(checkout_id, op, ctx)
-                if d.accepted and not d.replayed:
-                    _store_state(checkout_id, done)
-                    co.state = done
-                return d
-
-            decision: Decision | None = call(job)
-            if decision is None:
-                raise not_found(checkout_id)
+            till, op = request.state.till, op_id(request, idempotency_key)
+            decision = call(lambda engine: checkout.step(engine, till, checkout_id, kind, op))
             if decision.reason in UNAVAILABLE:
                 raise Problem(503, "unavailable", decision.detail or "try again", decision)
             if not decision.accepted:
@@ -733,7 +462,7 @@ def router(daemon: Any) -> APIRouter:
             responses=_problems(400, 404, 409, 413, 422, 503),
         )
 
-    transition("commit", "committed", "Payment done: the held coupons are redeemed")
-    transition("release", "released", "Checkout cancelled: the held coupons are free again")
-    transition("reverse", "reversed", "Refund: the redeemed coupons are reversed")
+    transition(checkout.Step.COMMIT, "Payment done: the held coupons are redeemed")
+    transition(checkout.Step.RELEASE, "Checkout cancelled: the held coupons are free again")
+    transition(checkout.Step.REVERSE, "Refund: the redeemed coupons are reversed")
     return api

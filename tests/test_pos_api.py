@@ -503,7 +503,7 @@ def test_coupons_applied_by_the_till_reach_metrics_once_however_often_retried(po
         r = pos.post(f"/api/v1/checkouts/{cid}/coupons", {"code": pos.spend[0]}, "apply-m")
         assert r.status_code == 200 and r.json()["decision"]["accepted"]
     wait_for(lambda: pos.daemon.published_count == 1)
-    assert pos.daemon.recent[-1].scan.kind == "pos"
+    assert pos.daemon.recent[-1].kind == "pos"
     text = pos.client.get(pos.url + "/metrics").text
     assert 'redeem_decisions_total{accepted="true",reason="ok"} 1.0' in text
 

@@ -47,17 +47,19 @@ RELOAD_INPUTS_S = 1.0  # inputs restarted by SIGHUP stop within this, all at onc
 @dataclass
 class Published:
     number: int  # 1, 2, 3... in the order decisions were published since start
-    scan: Scan
+    source: str  # the input's name, "kiosk" (the cashier screen) or "pos:<till>"
+    kind: str  # the input's kind (camera, nfc, keyboard...), "void" or "pos"
     decision: Decision | None  # None: not a coupon, ignored
     at: float
     latency_s: float  # from the frame (or read) being available to the decision committed
+    scan: Scan | None = None  # what was scanned, decided again on a manager's override
 
     def to_dict(self, lang: str = "en") -> dict[str, Any]:
         return {
             "number": self.number,
             "at": self.at,
-            "source": self.scan.source,
-            "kind": self.scan.kind,
+            "source": self.source,
+            "kind": self.kind,
             "latency_ms": round(self.latency_s * 1000, 3),
             "ignored": self.decision is None,
             "decision": self.decision.to_dict(lang) if self.decision else None,
@@ -287,7 +289,7 @@ class Daemon:
         arrived = ready if isinstance(ready, float) else time.monotonic()
         assert self.worker is not None
         fut = self.worker.submit(lambda engine: self._decide(engine, scan))
-        fut.add_done_callback(lambda f: self._publish(scan, f, arrived))
+        fut.add_done_callback(lambda f: self._published(scan, f, arrived))
 
     def _decide(
         self, engine: Engine, scan: Scan, manager_override: str | None = None
@@ -315,39 +317,51 @@ class Daemon:
             return engine.redeem(code, zero, ctx)
         return engine.redeem(code, till.basket, ctx, checkout_id=till.checkout_id)
 
-    def _publish(self, scan: Scan, fut: Any, arrived: float) -> None:
+    def _published(self, scan: Scan, fut: Any, arrived: float) -> None:
         try:
             decision = fut.result()
         except Exception:
             log.exception("scan from %s could not be decided", scan.source)
             decision = Decision(False, Reason.INTERNAL_ERROR)
-        self._emit(scan, decision, arrived)
+        self._publish_scan(scan, decision, arrived)
 
-    def publish(self, scan: Scan, decision: Decision | None, arrived: float) -> None:
-        """Publish a decision made on the worker thread outside the scan path (the POS API)
-        to the outputs, the kiosk and /metrics, as a scan's decision is."""
-        self._emit(scan, decision, arrived)
+    def _publish_scan(self, scan: Scan, decision: Decision | None, arrived: float) -> None:
+        self.publish(decision, scan.source, scan.kind, arrived, scan)
 
-    def _emit(self, scan: Scan, decision: Decision | None, arrived: float) -> None:
+    def publish(
+        self,
+        decision: Decision | None,
+        source: str,
+        kind: str,
+        arrived: float,
+        scan: Scan | None = None,
+    ) -> None:
+        """The one decision channel: every decision, from a scan, the cashier screen or the
+        POS API, reaches the outputs, the kiosk's live feed, /metrics and the control
+        socket from here, numbered in the order published. Called on the worker thread
+        (or its future's callback), so decisions are published in the order made.
+        `arrived` is when the input was available (monotonic), for the latency."""
         latency = time.monotonic() - arrived
         with self._publish_lock:
             self.published_count += 1
-            pub = Published(self.published_count, scan, decision, self.clock.now(), latency)
+            pub = Published(
+                self.published_count, source, kind, decision, self.clock.now(), latency, scan
+            )
             self.recent.append(pub)
         if decision is None:
             self.ignored += 1
-            log.info("ignored a scan from %s: not a coupon", scan.source)
+            log.info("ignored a scan from %s: not a coupon", source)
             return
         lang = self.cfg.terminal.lang
         log.info(
             "%s from %s: %s %s (%s)",
             "ACCEPTED" if decision.accepted else "REFUSED",
-            scan.source,
+            source,
             decision.reason.value,
             decision.discount_minor,
             decision.reason.message(lang),
             extra={
-                "scan_source": scan.source,
+                "scan_source": source,
                 "reason": decision.reason.value,
                 "journal_seq": decision.journal_seq,
             },
@@ -375,7 +389,7 @@ class Daemon:
             decided = []
             for scan in pending:
                 decision = self._decide(engine, scan)
-                self._emit(scan, decision, arrived)
+                self._publish_scan(scan, decision, arrived)
                 if decision is not None:
                     decided.append(decision)
             return decided
@@ -387,13 +401,12 @@ class Daemon:
         allow (Engine.void); published like a scan's decision."""
         assert self.worker is not None
         arrived = time.monotonic()
-        scan = Scan("kiosk", "void", b"", self.clock.now())
         ctx = Context(source="kiosk", cashier=self.cfg.terminal.cashier)
         window = self.cfg.terminal.void_window_s
         decision = self.worker.call(
             lambda engine: engine.void(self.till.checkout_id, window, ctx=ctx)
         )
-        self._emit(scan, decision, arrived)
+        self.publish(decision, "kiosk", "void", arrived)
         return decision
 
     def awaiting_override(self) -> list[Published]:
@@ -407,7 +420,8 @@ class Daemon:
             if d is None or d.serial is None:
                 continue
             out.pop(d.serial, None)
-            if d.reason == Reason.LEDGER_STALE:
+            # Only a scan can be decided again (a POS till applies its coupon itself).
+            if d.reason == Reason.LEDGER_STALE and pub.scan is not None:
                 out[d.serial] = pub
         return sorted(out.values(), key=lambda p: -p.number)
 
@@ -419,9 +433,11 @@ class Daemon:
         pub = next((p for p in self.awaiting_override() if p.number == number), None)
         if pub is None:
             return None
+        scan = pub.scan
+        assert scan is not None  # awaiting_override lists scans only
         arrived = time.monotonic()
-        decision = self.worker.call(lambda engine: self._decide(engine, pub.scan, manager))
-        self._emit(pub.scan, decision, arrived)
+        decision = self.worker.call(lambda engine: self._decide(engine, scan, manager))
+        self._publish_scan(scan, decision, arrived)
         return decision
 
     def set_basket(self, basket: Basket | None) -> list[Decision]:
