@@ -11,11 +11,12 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -30,6 +31,8 @@ from coupons.engine import Engine
 from coupons.i18n import N_, translate
 from coupons.reasons import Reason
 from coupons.rules import Basket, InputError
+from kiosk_ui import daemon_port
+from kiosk_ui.daemon_port import Daemon, DaemonPort, get_daemon
 from kiosk_ui.tills import Tills
 
 log = logging.getLogger(__name__)
@@ -195,7 +198,7 @@ class ProblemDoc(BaseModel):
     message: str = Field(description="the sentence the cashier reads, in the terminal's language")
 
 
-def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+def _problems(*codes: int) -> dict[int | str, dict[str, object]]:
     return {
         c: {"description": TITLES[c], "model": ProblemDoc, "content": {PROBLEM: {}}} for c in codes
     }
@@ -242,7 +245,7 @@ class Problem(Exception):
         return Response(json.dumps(doc), self.status, headers, media_type=PROBLEM)
 
 
-def http_problem(status: int, detail: Any, headers: Mapping[str, str] | None = None) -> Problem:
+def http_problem(status: int, detail: object, headers: Mapping[str, str] | None = None) -> Problem:
     """An HTTP error from routing or the framework (404 no such route, 405 wrong method)
     as a problem; its headers (Allow on a 405) are kept."""
     if not isinstance(detail, str) or not detail:
@@ -277,6 +280,95 @@ async def _read_limited(request: Request) -> None:
     request._body = body
 
 
+# ---------------------------------------------------------------- per-app state
+
+
+@dataclass
+class PosState:
+    """The app's POS state: the checkouts' in-memory holds and the tills' tokens."""
+
+    checkouts: checkout.Checkouts
+    tills: Tills
+
+
+def setup(app: FastAPI, daemon: DaemonPort) -> None:
+    """Prune old checkouts on the daemon's worker and put the POS state on app.state."""
+    daemon_port.worker(daemon).call(checkout.prune, 60.0)
+    app.state.pos = PosState(checkout.Checkouts(), Tills(Path(daemon.cfg.terminal.data)))
+
+
+def get_pos(request: Request) -> PosState:
+    pos: PosState = request.app.state.pos
+    return pos
+
+
+def _lang(request: Request) -> str:
+    return str(get_daemon(request).cfg.terminal.lang)
+
+
+def authenticated_till(request: Request) -> str:
+    """The till whose bearer token came with the request, or a 401. PosRoute asks first,
+    before the body is read (a stranger gets 401, never 413 or 422); the routes' dependency
+    then finds the answer on request.state."""
+    till: str | None = getattr(request.state, "till", None)
+    if till is None:
+        till = get_pos(request).tills.till_for(request.headers.get("authorization"))
+        if till is None:
+            raise Problem(401, "unauthorized", "a valid till bearer token is required")
+        request.state.till = till
+    return till
+
+
+Pos = Annotated[PosState, Depends(get_pos)]
+TillName = Annotated[str, Depends(authenticated_till)]
+
+
+class PosRoute(APIRoute):
+    """Authenticate, bound the body, and turn every error into problem+json (a router
+    cannot carry exception handlers, so the route does)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[object, None, Response]]:
+        inner = super().get_route_handler()
+
+        async def handler(request: Request) -> Response:
+            try:
+                authenticated_till(request)
+                if request.method == "POST":
+                    await _read_limited(request)
+                response: Response = await inner(request)
+                return response
+            except Problem as exc:
+                return exc.response(request.url.path, _lang(request))
+            except RequestValidationError as exc:
+                return _validation(exc).response(request.url.path, _lang(request))
+            except HTTPException as exc:
+                failed = http_problem(exc.status_code, exc.detail, exc.headers)
+                return failed.response(request.url.path, _lang(request))
+            except Exception:
+                # A fault in a route is still an answer the till can parse.
+                log.exception("POS API %s %s failed", request.method, request.url.path)
+                failed = Problem(500, "internal-error", "the terminal could not answer")
+                return failed.response(request.url.path, _lang(request))
+
+        return handler
+
+
+bearer = HTTPBearer(auto_error=False, description="the till's token (redeem pos-token)")
+router = APIRouter(
+    prefix=PREFIX,
+    tags=["pos"],
+    route_class=PosRoute,
+    dependencies=[Depends(bearer)],
+    responses=_problems(401),
+)
+Key = Header(
+    alias="Idempotency-Key",
+    pattern=KEY_PATTERN,
+    description="unique per request; a retry with the same key gets the same answer",
+)
+CheckoutId = PathParam(pattern=ID_PATTERN)
+
+
 # ---------------------------------------------------------------- routes
 
 
@@ -289,180 +381,169 @@ def _refused(exc: checkout.Refused) -> Problem:
     return Problem(status, exc.why.value, exc.detail, Decision(False, exc.reason))
 
 
-def router(daemon: Any) -> APIRouter:
-    """The /api/v1 routes over a started Daemon (its worker, config and data directory).
-    Every checkout step is coupons.checkout's, run on the daemon's one engine worker."""
-    daemon.worker.call(checkout.prune, 60.0)
-    checkouts = checkout.Checkouts()
-    tills = Tills(Path(daemon.cfg.terminal.data))
+def _call(daemon: DaemonPort, job: Callable[[Engine], T]) -> T:
+    """`job` on the daemon's one engine worker, its refusals and faults as problems."""
+    try:
+        return daemon_port.worker(daemon).call(job)
+    except checkout.Refused as exc:  # decided on the worker, in order with the others
+        raise _refused(exc) from None
+    except Exception as exc:
+        log.exception("POS API engine call failed")
+        raise Problem(
+            503,
+            "unavailable",
+            "the terminal cannot answer right now",
+            Decision(False, Reason.INTERNAL_ERROR),
+        ) from exc
 
-    def lang() -> str:
-        return str(daemon.cfg.terminal.lang)
 
-    class PosRoute(APIRoute):
-        """Authenticate, bound the body, and turn every error into problem+json (a router
-        cannot carry exception handlers, so the route does)."""
-
-        def get_route_handler(self) -> Any:
-            inner = super().get_route_handler()
-
-            async def handler(request: Request) -> Response:
-                try:
-                    till = tills.till_for(request.headers.get("authorization"))
-                    if till is None:
-                        raise Problem(401, "unauthorized", "a valid till bearer token is required")
-                    request.state.till = till
-                    if request.method == "POST":
-                        await _read_limited(request)
-                    response: Response = await inner(request)
-                    return response
-                except Problem as exc:
-                    return exc.response(request.url.path, lang())
-                except RequestValidationError as exc:
-                    return _validation(exc).response(request.url.path, lang())
-                except HTTPException as exc:
-                    failed = http_problem(exc.status_code, exc.detail, exc.headers)
-                    return failed.response(request.url.path, lang())
-                except Exception:
-                    # A fault in a route is still an answer the till can parse.
-                    log.exception("POS API %s %s failed", request.method, request.url.path)
-                    failed = Problem(500, "internal-error", "the terminal could not answer")
-                    return failed.response(request.url.path, lang())
-
-            return handler
-
-    bearer = HTTPBearer(auto_error=False, description="the till's token (redeem pos-token)")
-    api = APIRouter(
-        prefix=PREFIX,
-        tags=["pos"],
-        route_class=PosRoute,
-        dependencies=[Depends(bearer)],
-        responses=_problems(401),
+@router.post(
+    "/checkouts",
+    status_code=201,
+    response_model=CheckoutOut,
+    summary="Open a checkout with its basket",
+    responses=_problems(400, 409, 413, 422),
+)
+def open_checkout(
+    daemon: Daemon, till: TillName, body: OpenCheckout, idempotency_key: str = Key
+) -> dict[str, object]:
+    doc = body.basket.model_dump(exclude_none=True)
+    try:
+        basket = Basket.from_dict(doc)
+    except InputError as exc:
+        raise Problem(422, "invalid-basket", str(exc)) from None
+    op = f"{till}:{idempotency_key}"
+    fp = _fingerprint("open", json.dumps(body.model_dump(), sort_keys=True))
+    # A storage fault is a 503: the till retries with the same key.
+    return _call(
+        daemon,
+        lambda engine: checkout.open_checkout(engine, till, basket, doc, body.cashier, op, fp),
     )
-    Key = Header(
-        alias="Idempotency-Key",
-        pattern=KEY_PATTERN,
-        description="unique per request; a retry with the same key gets the same answer",
+
+
+def _apply_and_publish(
+    engine: Engine,
+    daemon: DaemonPort,
+    pos: PosState,
+    till: str,
+    checkout_id: str,
+    code: str,
+    op: str,
+    arrived: float,
+) -> checkout.Applied:
+    """Runs on the worker: the hold, and its decision published in order with the rest."""
+    applied = pos.checkouts.apply(engine, till, checkout_id, code, op)
+    if not applied.decision.replayed:  # the cashier screen and /metrics see it too
+        daemon.publish(applied.decision, f"pos:{till}", "pos", arrived)
+    return applied
+
+
+@router.post(
+    "/checkouts/{checkout_id}/coupons",
+    response_model=ApplyOut,
+    summary="Apply a coupon (token or typed code): held until commit or release",
+    description="A refused coupon is not an HTTP error: 200 with decision.accepted false, "
+    "its reason code and the sentence the cashier says.",
+    responses=_problems(400, 404, 409, 413, 422, 503),
+)
+def apply_coupon(
+    daemon: Daemon,
+    pos: Pos,
+    till: TillName,
+    body: ApplyCoupon,
+    checkout_id: str = CheckoutId,
+    idempotency_key: str = Key,
+) -> dict[str, object]:
+    code = tokens.extract(body.code) or body.code.strip()
+    op, arrived = f"{till}:{idempotency_key}", time.monotonic()
+    applied = _call(
+        daemon,
+        lambda engine: _apply_and_publish(
+            engine, daemon, pos, till, checkout_id, code, op, arrived
+        ),
     )
-    CheckoutId = PathParam(pattern=ID_PATTERN)
-
-    def op_id(request: Request, key: str) -> str:
-        return f"{request.state.till}:{key}"
-
-    def call(job: Callable[[Engine], T]) -> T:
-        try:
-            return cast(T, daemon.worker.call(job))
-        except checkout.Refused as exc:  # decided on the worker, in order with the others
-            raise _refused(exc) from None
-        except Exception as exc:
-            log.exception("POS API engine call failed")
-            raise Problem(
-                503,
-                "unavailable",
-                "the terminal cannot answer right now",
-                Decision(False, Reason.INTERNAL_ERROR),
-            ) from exc
-
-    @api.post(
-        "/checkouts",
-        status_code=201,
-        response_model=CheckoutOut,
-        summary="Open a checkout with its basket",
-        responses=_problems(400, 409, 413, 422),
-    )
-    def open_checkout(
-        request: Request, body: OpenCheckout, idempotency_key: str = Key
-    ) -> dict[str, Any]:
-        doc = body.basket.model_dump(exclude_none=True)
-        try:
-            basket = Basket.from_dict(doc)
-        except InputError as exc:
-            raise Problem(422, "invalid-basket", str(exc)) from None
-        till, op = request.state.till, op_id(request, idempotency_key)
-        fp = _fingerprint("open", json.dumps(body.model_dump(), sort_keys=True))
-        # A storage fault is a 503: the till retries with the same key.
-        return call(
-            lambda engine: checkout.open_checkout(engine, till, basket, doc, body.cashier, op, fp)
+    decision = applied.decision
+    if decision.reason in UNAVAILABLE:
+        raise Problem(503, "unavailable", decision.detail or "try again", decision)
+    if decision.reason is Reason.ALREADY_REDEEMED and decision.detail == SAME_CHECKOUT:
+        # Not "already used": this very checkout holds it. The engine journaled the
+        # attempt as it journals every refusal; the hold is as it was.
+        raise Problem(
+            409,
+            "already-applied",
+            f"coupon {decision.serial} of campaign {decision.campaign} is already applied "
+            f"to checkout {checkout_id}",
+            message=ALREADY_APPLIED,
         )
+    lang = str(daemon.cfg.terminal.lang)
+    return {"decision": decision.to_dict(lang), "coupons": applied.coupons}
 
-    @api.post(
-        "/checkouts/{checkout_id}/coupons",
-        response_model=ApplyOut,
-        summary="Apply a coupon (token or typed code): held until commit or release",
-        description="A refused coupon is not an HTTP error: 200 with decision.accepted false, "
-        "its reason code and the sentence the cashier says.",
-        responses=_problems(400, 404, 409, 413, 422, 503),
-    )
-    def apply_coupon(
-        request: Request,
-        body: ApplyCoupon,
-        checkout_id: str = CheckoutId,
-        idempotency_key: str = Key,
-    ) -> dict[str, Any]:
-        code = tokens.extract(body.code) or body.code.strip()
-        till, op = request.state.till, op_id(request, idempotency_key)
-        arrived = time.monotonic()
 
-        def job(engine: Engine) -> checkout.Applied:
-            applied = checkouts.apply(engine, till, checkout_id, code, op)
-            if not applied.decision.replayed:  # the cashier screen and /metrics see it too
-                daemon.publish(applied.decision, f"pos:{till}", "pos", arrived)
-            return applied
+@router.get(
+    "/checkouts/{checkout_id}",
+    response_model=CheckoutOut,
+    summary="The checkout's coupons and the best combination of them for its basket",
+    responses=_problems(404, 422, 503),
+)
+def get_checkout(
+    daemon: Daemon, till: TillName, checkout_id: str = CheckoutId
+) -> dict[str, object]:
+    return _call(daemon, lambda engine: checkout.read(engine, till, checkout_id))
 
-        applied = call(job)
-        decision = applied.decision
-        if decision.reason in UNAVAILABLE:
-            raise Problem(503, "unavailable", decision.detail or "try again", decision)
-        if decision.reason is Reason.ALREADY_REDEEMED and decision.detail == SAME_CHECKOUT:
-            # Not "already used": this very checkout holds it. The engine journaled the
-            # attempt as it journals every refusal; the hold is as it was.
-            raise Problem(
-                409,
-                "already-applied",
-                f"coupon {decision.serial} of campaign {decision.campaign} is already applied "
-                f"to checkout {checkout_id}",
-                message=ALREADY_APPLIED,
-            )
-        return {"decision": decision.to_dict(lang()), "coupons": applied.coupons}
 
-    @api.get(
-        "/checkouts/{checkout_id}",
-        response_model=CheckoutOut,
-        summary="The checkout's coupons and the best combination of them for its basket",
-        responses=_problems(404, 422, 503),
-    )
-    def get_checkout(request: Request, checkout_id: str = CheckoutId) -> dict[str, Any]:
-        till = request.state.till
-        return call(lambda engine: checkout.read(engine, till, checkout_id))
+def _step(
+    daemon: DaemonPort, till: str, checkout_id: str, kind: checkout.Step, key: str
+) -> dict[str, object]:
+    """Commit, release or reverse the checkout: the decision, or the problem it is."""
+    op = f"{till}:{key}"
+    decision = _call(daemon, lambda engine: checkout.step(engine, till, checkout_id, kind, op))
+    if decision.reason in UNAVAILABLE:
+        raise Problem(503, "unavailable", decision.detail or "try again", decision)
+    if not decision.accepted:
+        status = 409 if decision.reason in CONFLICTS else 422
+        detail = decision.detail or f"cannot {kind} checkout {checkout_id}"
+        raise Problem(status, decision.reason.value.replace("_", "-"), detail, decision)
+    lang = str(daemon.cfg.terminal.lang)
+    answer = decision.to_dict(lang)
+    if decision.reason is Reason.OK and not decision.coupons and kind in NO_COUPON_MESSAGES:
+        answer["message"] = translate(NO_COUPON_MESSAGES[kind], lang)
+    return answer
 
-    def transition(kind: checkout.Step, summary: str) -> None:
-        def endpoint(
-            request: Request, checkout_id: str = CheckoutId, idempotency_key: str = Key
-        ) -> dict[str, Any]:
-            till, op = request.state.till, op_id(request, idempotency_key)
-            decision = call(lambda engine: checkout.step(engine, till, checkout_id, kind, op))
-            if decision.reason in UNAVAILABLE:
-                raise Problem(503, "unavailable", decision.detail or "try again", decision)
-            if not decision.accepted:
-                status = 409 if decision.reason in CONFLICTS else 422
-                detail = decision.detail or f"cannot {kind} checkout {checkout_id}"
-                raise Problem(status, decision.reason.value.replace("_", "-"), detail, decision)
-            answer = decision.to_dict(lang())
-            if decision.reason is Reason.OK and not decision.coupons and kind in NO_COUPON_MESSAGES:
-                answer["message"] = translate(NO_COUPON_MESSAGES[kind], lang())
-            return answer
 
-        endpoint.__name__ = f"{kind}_checkout"
-        api.add_api_route(
-            f"/checkouts/{{checkout_id}}/{kind}",
-            endpoint,
-            methods=["POST"],
-            response_model=DecisionOut,
-            summary=summary,
-            responses=_problems(400, 404, 409, 413, 422, 503),
-        )
+STEP_ERRORS = _problems(400, 404, 409, 413, 422, 503)
 
-    transition(checkout.Step.COMMIT, "Payment done: the held coupons are redeemed")
-    transition(checkout.Step.RELEASE, "Checkout cancelled: the held coupons are free again")
-    transition(checkout.Step.REVERSE, "Refund: the redeemed coupons are reversed")
-    return api
+
+@router.post(
+    "/checkouts/{checkout_id}/commit",
+    response_model=DecisionOut,
+    summary="Payment done: the held coupons are redeemed",
+    responses=STEP_ERRORS,
+)
+def commit_checkout(
+    daemon: Daemon, till: TillName, checkout_id: str = CheckoutId, idempotency_key: str = Key
+) -> dict[str, object]:
+    return _step(daemon, till, checkout_id, checkout.Step.COMMIT, idempotency_key)
+
+
+@router.post(
+    "/checkouts/{checkout_id}/release",
+    response_model=DecisionOut,
+    summary="Checkout cancelled: the held coupons are free again",
+    responses=STEP_ERRORS,
+)
+def release_checkout(
+    daemon: Daemon, till: TillName, checkout_id: str = CheckoutId, idempotency_key: str = Key
+) -> dict[str, object]:
+    return _step(daemon, till, checkout_id, checkout.Step.RELEASE, idempotency_key)
+
+
+@router.post(
+    "/checkouts/{checkout_id}/reverse",
+    response_model=DecisionOut,
+    summary="Refund: the redeemed coupons are reversed",
+    responses=STEP_ERRORS,
+)
+def reverse_checkout(
+    daemon: Daemon, till: TillName, checkout_id: str = CheckoutId, idempotency_key: str = Key
+) -> dict[str, object]:
+    return _step(daemon, till, checkout_id, checkout.Step.REVERSE, idempotency_key)

@@ -37,7 +37,8 @@ def create_app(daemon: DaemonPort) -> FastAPI:
         redoc_url=None,
     )
     app.state.daemon = daemon  # what kiosk_ui.daemon_port.get_daemon hands the routes
-    app.include_router(api.router(daemon))
+    api.setup(app, daemon)
+    app.include_router(api.router)
     # Each module's per-app state (and its decision listener, in this order) on app.state.
     for module in (metrics, cashier, manager_pages):
         module.setup(app, daemon)
