@@ -1,7 +1,8 @@
 """The redemption engine: one call decides a coupon offline, in the order DESIGN.md fixes
 (format, signature, key and campaign, time, scope, limits, basket, fraud), and journals
-every attempt before answering. Standalone redeem and two-phase hold/commit/release/
-reverse, all idempotent by the caller's operation id. One thread calls it (one writer)."""
+every attempt before answering. Standalone redeem here, two-phase hold/commit/release/
+reverse in twophase.py, all idempotent by the caller's operation id. One thread calls it
+(one writer)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from typing import Any
 import peewee as pw
 
 from coupons import fraud
-from coupons.checks import Checks
 from coupons.clock import Clock
 from coupons.decision import Context, Coupon, Decision, Refuse
 from coupons.fraud import Flag
@@ -35,16 +35,16 @@ from coupons.journal import (
     operation_answer,
     raise_tag_counter,
     read_mark,
-    set_meta,
     write_mark,
 )
 from coupons.journal.meta import CLOCK_OFFSET as META_CLOCK_OFFSET
-from coupons.journal.meta import CLOCK_OFFSET_AT as META_CLOCK_OFFSET_AT
 from coupons.journal.meta import OWN_CUSTOMER_USAGE as META_OWN_CUSTOMER_USAGE
-from coupons.ledger import LedgerRefused, Policy, clamped_usage
-from coupons.ledger_store import ImportResult, LedgerStore
+from coupons.ledger import Policy, clamped_usage
+from coupons.ledger_store import LedgerStore
+from coupons.ledger_sync import LedgerSync
 from coupons.reasons import Reason
 from coupons.rules import Basket, best_combination
+from coupons.twophase import TwoPhase
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +92,12 @@ def _recent_attempts(db: pw.Database, now: float, policy: Policy) -> list[fraud.
 
 # What _record tells peewee while its transaction is open (see there).
 _TRANSACTION = object()
-# A flag is journaled each time the clock offset sync measures crosses the policy's limit.
-FLAG_CLOCK_OFFSET = "clock_offset"
 
 
-class Engine(Checks):
+class Engine(TwoPhase, LedgerSync):
+    """The engine's state and its one write path (`_record`). The two-phase checkout steps
+    are in coupons/twophase.py, what sync and a manager tell it in coupons/ledger_sync.py."""
+
     def __init__(
         self, ledger_store: LedgerStore, clock: Clock, store: str, terminal: str, db: pw.Database
     ) -> None:
@@ -418,21 +419,6 @@ class Engine(Checks):
             same_sale=checkout_id is not None,
         )
 
-    def hold(
-        self,
-        checkout_id: str,
-        code: str,
-        basket: Basket,
-        ctx: Context = Context(),
-        op_id: str | None = None,
-    ) -> Decision:
-        """POS step 1: hold a coupon for an open checkout (counts against limits until it is
-        committed, released or expires)."""
-        request = self.request_key("hold", checkout_id, code) if op_id else ""
-        return self._replay(op_id, request) or self._attempt(
-            "hold", code, basket, ctx, op_id, checkout_id, "held", request
-        )
-
     def best(
         self,
         codes: list[str],
@@ -488,199 +474,6 @@ class Engine(Checks):
                 any_held = any_held or status == "held"
         return out, any_held
 
-    def checkout_coupons(self, checkout_id: str) -> list[dict[str, Any]]:
-        """Every coupon a checkout has had, with its status (held, committed, ...)."""
-        return [
-            {
-                "serial": u.serial,
-                "campaign": u.campaign,
-                "status": u.status,
-                "discount_minor": u.discount_minor,
-                "currency": u.currency,
-                "gift_sku": json.loads(u.detail).get("gift"),
-            }
-            for u in Use.select().where(Use.checkout_id == checkout_id).order_by(Use.id)
-        ]
-
-    def _transition(
-        self,
-        kind: str,
-        checkout_id: str,
-        op_id: str | None,
-        ctx: Context,
-        from_status: str,
-        to_status: str,
-        missing: Reason,
-        use_id: int | None = None,
-        answer: Reason = Reason.OK,
-    ) -> Decision:
-        parts = (kind, checkout_id) if use_id is None else (kind, checkout_id, f"use {use_id}")
-        request = self.request_key(*parts)
-        cached = self._replay(op_id, request)
-        if cached:
-            return cached
-        now = self.now()
-        self._expire_holds(now)
-        detail = "void" if use_id is not None else ""
-
-        def work() -> Decision:
-            which = (Use.checkout_id == checkout_id) & (Use.status == from_status)
-            if use_id is not None:
-                which &= Use.id == use_id
-            uses = list(Use.select().where(which))
-            if not uses:
-                known = Use.select().where(Use.checkout_id == checkout_id).exists()
-                reason = missing if known else Reason.UNKNOWN_CHECKOUT
-                if (
-                    known
-                    and kind == "commit"
-                    and Use.select()
-                    .where((Use.checkout_id == checkout_id) & (Use.status == "expired"))
-                    .exists()
-                ):
-                    reason = Reason.HOLD_EXPIRED
-                d = Decision(False, reason, checkout_id=checkout_id)
-                self._append(kind, d, None, ctx, now, op_id, checkout_id=checkout_id)
-                return d
-            total = 0
-            seqs = []
-            for u in uses:
-                campaign = self.ledger.campaigns.get(u.campaign)
-                counts = to_status == "committed" or (
-                    to_status == "reversed"
-                    and campaign is not None
-                    and not campaign.reusable_after_refund
-                )
-                if u.counts and not counts:
-                    self._count(u, -1)
-                Use.update(status=to_status, counts=counts, expires_at=None).where(
-                    Use.id == u.id
-                ).execute()
-                d = Decision(
-                    True,
-                    Reason.OK,
-                    u.discount_minor,
-                    u.currency,
-                    u.campaign,
-                    serial=u.serial,
-                    checkout_id=checkout_id,
-                    gift_sku=json.loads(u.detail).get("gift"),
-                    detail=detail,
-                )
-                seqs.append(self._append(kind, d, None, ctx, now, op_id, checkout_id=checkout_id))
-                total += u.discount_minor
-            return Decision(
-                True,
-                answer,
-                total,
-                uses[0].currency,
-                uses[0].campaign if use_id is not None else None,
-                serial=uses[0].serial if use_id is not None else None,
-                checkout_id=checkout_id,
-                detail=detail,
-                journal_seq=seqs[-1],
-                coupons=self.checkout_coupons(checkout_id),
-            )
-
-        return self._record(op_id, work, request)
-
-    def commit(
-        self, checkout_id: str, op_id: str | None = None, ctx: Context = Context()
-    ) -> Decision:
-        """POS step 2: payment done; held coupons become redeemed."""
-        return self._transition(
-            "commit", checkout_id, op_id, ctx, "held", "committed", Reason.UNKNOWN_CHECKOUT
-        )
-
-    def release(
-        self, checkout_id: str, op_id: str | None = None, ctx: Context = Context()
-    ) -> Decision:
-        """Checkout cancelled: held coupons are free again."""
-        return self._transition(
-            "release", checkout_id, op_id, ctx, "held", "released", Reason.UNKNOWN_CHECKOUT
-        )
-
-    def reverse(
-        self, checkout_id: str, op_id: str | None = None, ctx: Context = Context()
-    ) -> Decision:
-        """Refund: committed coupons are reversed; the campaign says whether they (and the
-        budget) become usable again."""
-        return self._transition(
-            "reverse", checkout_id, op_id, ctx, "committed", "reversed", Reason.NOT_COMMITTED
-        )
-
-    def voidable(self, checkout_id: str, window_s: float) -> tuple[Any, str]:
-        """The coupon a cashier may take back from a standalone sale, or why not: it must be
-        the sale's last redemption, made less than `window_s` ago, of a campaign whose
-        coupons are usable again after a refund (a void is journaled as a reverse, so the
-        central counts it exactly as it counts a refund)."""
-        last = (
-            Use.select()
-            .where((Use.checkout_id == checkout_id) & Use.status.in_(("held", "committed")))
-            .order_by(Use.id.desc())
-            .first()
-        )
-        if last is None:
-            return None, "no coupon in this sale"
-        if last.status != "committed":
-            return None, "held for the till: the till releases it"
-        campaign = self.ledger.campaigns.get(last.campaign)
-        if campaign is None or not campaign.reusable_after_refund:
-            return None, "the campaign does not let this coupon be used again"
-        voided_before = (
-            Entry.select()
-            .where(
-                (Entry.kind == "reverse")
-                & (Entry.serial == last.serial)
-                & Entry.accepted
-                & Entry.detail.contains('"detail":"void"')
-            )
-            .exists()
-        )
-        if voided_before:
-            # Once per coupon: redeem, give the discount, void, redeem again... is the
-            # pattern a void must not allow. A manager's refund (reverse) is still open.
-            return None, "this coupon was taken back once already"
-        at_ms = (
-            Entry.select(pw.fn.MAX(Entry.at_ms))
-            .where(
-                (Entry.checkout_id == checkout_id)
-                & (Entry.serial == last.serial)
-                & Entry.accepted
-                & Entry.kind.in_(("redeem", "commit"))
-            )
-            .scalar()
-        )
-        if at_ms is None or self.now() * 1000 - at_ms > window_s * 1000:
-            return None, f"more than {window_s:.0f} s ago"
-        return last, ""
-
-    def void(
-        self,
-        checkout_id: str,
-        window_s: float,
-        op_id: str | None = None,
-        ctx: Context = Context(),
-    ) -> Decision:
-        """The cashier takes back the last coupon of a standalone sale (scanned by mistake,
-        or the shopper changed their mind) while the sale is still open: the redemption is
-        reversed and the coupon and budget are free again. Refused (VOID_REFUSED) where
-        `voidable` says no; nothing is recorded then."""
-        use, why = self.voidable(checkout_id, window_s)
-        if use is None:
-            return Decision(False, Reason.VOID_REFUSED, checkout_id=checkout_id, detail=why)
-        return self._transition(
-            "reverse",
-            checkout_id,
-            op_id,
-            ctx,
-            "committed",
-            "reversed",
-            Reason.NOT_COMMITTED,
-            use_id=use.id,
-            answer=Reason.VOIDED,
-        )
-
     def _expire_holds(self, now: float) -> None:
         if now < self._next_expiry:
             return
@@ -713,187 +506,6 @@ class Engine(Checks):
         self._record(None, work)
         nxt = Use.select(pw.fn.MIN(Use.expires_at)).where(Use.status == "held").scalar()
         self._next_expiry = nxt if nxt is not None else float("inf")
-
-    # ------------------------------------------------------------ ledger
-
-    def reset_clock_trust(self, manager: str) -> Decision:
-        """A manager confirms the device clock is right after it had run ahead (a bad NTP
-        answer, a wrong RTC): trusted time restarts from now. Journaled as a flag."""
-        now = self.now()
-        if now < self.ledger.issued_at:
-            return Decision(
-                False, Reason.CLOCK_UNTRUSTED, detail="clock is before the ledger's issue time"
-            )
-
-        def work() -> Decision:
-            d = Decision(True, Reason.OK, detail=f"trusted time was {self.trusted_time():.0f}")
-            self.journal.append(
-                at_ms=int(now * 1000),
-                kind="flag",
-                accepted=True,
-                reason=fraud.FLAG_CLOCK_RESET,
-                source="manager",
-                detail={"manager": manager, "detail": d.detail},
-            )
-            set_meta("trusted_time", str(int(now)))
-            set_meta("clock_reset_seq", str(self.journal.head_seq))
-            return d
-
-        decision = self._record(None, work)
-        if decision.accepted:
-            self._trusted_s = now
-            self.journal.last_at_ms = int(now * 1000)
-        return decision
-
-    def record_clock_offset(self, offset_s: float, uncertainty_s: float = 0.0) -> bool:
-        """Sync measured the central's time minus ours. Beyond the policy's limit the clock
-        is untrusted (coupons are refused with clock_untrusted) until a later measurement is
-        back in range; each crossing is journaled as a flag. Returns whether it is in range."""
-        was_ok = self.clock_offset_ok()
-        previous = self.clock_offset_s
-        self.clock_offset_s = float(offset_s)
-        ok = self.clock_offset_ok()
-        now = self.now()
-
-        def work() -> Decision:
-            set_meta(META_CLOCK_OFFSET, f"{offset_s:.3f}")
-            set_meta(META_CLOCK_OFFSET_AT, f"{now:.3f}")
-            if ok != was_ok:
-                limit = self.ledger.policy.max_clock_offset_s
-                self.journal.append(
-                    at_ms=int(now * 1000),
-                    kind="flag",
-                    accepted=ok,
-                    reason=FLAG_CLOCK_OFFSET,
-                    source="sync",
-                    detail={
-                        "offset_s": round(offset_s, 3),
-                        "uncertainty_s": round(uncertainty_s, 3),
-                        "limit_s": limit,
-                        "detail": "clock back in range" if ok else "clock untrusted",
-                    },
-                )
-            return Decision(True, Reason.OK)
-
-        decision = self._record(None, work)
-        if not decision.accepted:  # not stored: keep what the journal and Meta still say
-            self.clock_offset_s = previous
-            return was_ok
-        if ok != was_ok:
-            log.warning(
-                "device clock is %+.1f s off the central's (limit %s s): %s",
-                -offset_s,
-                self.ledger.policy.max_clock_offset_s,
-                "back in range" if ok else "clock untrusted",
-            )
-        return ok
-
-    def record_own_usage(self, usage: dict[str, list[int]]) -> None:
-        """What the central counts of this till's uses, as of the ledger just pulled (the
-        sync client calls this after a round's push and pull both succeeded)."""
-        set_meta("own_usage", json.dumps(usage, sort_keys=True))
-        self.own_usage = clamped_usage(usage)
-        self._count_own_customer_usage(int(get_meta("acked_seq", "0") or 0))
-
-    def _count_own_customer_usage(self, acked: int) -> None:
-        """Count, as the central's reconciliation does, this till's uses per (campaign,
-        customer) in the journal entries the central acknowledged: the ledger's
-        customer_usage holds them too, and the limit check takes them out of it once.
-        Incremental (only the entries acknowledged since the last round); a campaign that
-        gained a per-customer limit since is counted again from the start of the journal."""
-        limited = {c.id for c in self.ledger.campaigns.values() if c.uses_per_customer is not None}
-        saved = json.loads(get_meta(META_OWN_CUSTOMER_USAGE, "{}") or "{}")
-        since = int(saved.get("seq", 0))
-        counts: Counter[tuple[str, str]] = Counter(
-            {(c, r): int(n) for c, r, n in saved.get("counts", ())}
-        )
-        if not limited <= set(saved.get("campaigns", ())):
-            since, counts = 0, Counter()
-        if limited and acked > since:
-            query = (
-                Entry.select(
-                    Entry.kind, Entry.campaign, Entry.serial, Entry.customer, Entry.checkout_id
-                )
-                .where(
-                    (Entry.seq > since)
-                    & (Entry.seq <= acked)
-                    & Entry.accepted
-                    & Entry.kind.in_(("redeem", "commit", "reverse"))
-                    & Entry.campaign.in_(sorted(limited))
-                    & Entry.serial.is_null(False)
-                )
-                .order_by(Entry.seq)
-            )
-            for e in query.iterator():
-                sign = +1
-                if e.kind == "reverse":
-                    campaign = self.ledger.campaigns.get(e.campaign)
-                    if campaign is None or not campaign.reusable_after_refund:
-                        continue  # the refunded use still counts
-                    sign = -1
-                customer = e.customer if e.kind == "redeem" else self._use_customer(e)
-                if customer:
-                    counts[(e.campaign, customer)] += sign
-        kept = {k: n for k, n in counts.items() if n > 0 and k[0] in limited}
-        set_meta(
-            META_OWN_CUSTOMER_USAGE,
-            json.dumps(
-                {
-                    "seq": max(since, acked),
-                    "campaigns": sorted(limited),
-                    "counts": sorted([c, r, n] for (c, r), n in kept.items()),
-                }
-            ),
-        )
-        self.own_customer_usage = kept
-
-    @staticmethod
-    def _use_customer(e: Entry) -> str | None:
-        """The customer of the coupon use a commit or reverse entry is about (those entries
-        name the checkout and serial; the hold or redemption named the customer)."""
-        row = (
-            Use.select(Use.customer)
-            .where((Use.checkout_id == e.checkout_id) & (Use.serial == e.serial))
-            .order_by(Use.id.desc())
-            .first()
-        )
-        return row.customer if row else None
-
-    def import_ledger(self, data: bytes) -> ImportResult:
-        """Apply a ledger file (USB stick or sync); every refusal is journaled as a flag."""
-        result = self.ledger_store.import_file(data)
-        now = self.now()
-        if result.refused or result.applied:
-            self._record(None, lambda: self._journal_ledger(result, now))
-        if result.applied:
-            self._trusted_s = max(self._trusted_s, float(self.ledger.issued_at))
-            set_meta("trusted_time", str(int(self._trusted_s)))
-        return result
-
-    def _journal_ledger(self, result: ImportResult, now: float) -> Decision:
-        ctx = Context(source="ledger")
-        for version in result.applied:
-            self.journal.append(
-                at_ms=int(now * 1000),
-                kind="ledger",
-                accepted=True,
-                reason="applied",
-                source=ctx.source,
-                detail={"version": version},
-            )
-        for exc in result.refused:
-            self._flag_ledger(exc, now)
-        return Decision(not result.refused, Reason.OK)
-
-    def _flag_ledger(self, exc: LedgerRefused, now: float) -> None:
-        self.journal.append(
-            at_ms=int(now * 1000),
-            kind="flag",
-            accepted=False,
-            reason=fraud.FLAG_LEDGER_REFUSED,
-            source="ledger",
-            detail={"kind": exc.kind, "detail": exc.detail, "have_version": self.ledger.version},
-        )
 
 
 __all__ = ["Context", "Decision", "Engine"]

@@ -57,11 +57,12 @@ SCOPE: dict[str, list[str]] = {
         "coupons.journal.verify.x__walk",
     ],
     "two-phase steps": [
-        "coupons.engine.xǁEngineǁhold",
-        "coupons.engine.xǁEngineǁ_transition",
-        "coupons.engine.xǁEngineǁcommit",
-        "coupons.engine.xǁEngineǁrelease",
-        "coupons.engine.xǁEngineǁreverse",
+        "coupons.twophase.xǁTwoPhaseǁhold",
+        "coupons.twophase.xǁTwoPhaseǁ_transition",
+        "coupons.twophase.xǁTwoPhaseǁ_why_none",
+        "coupons.twophase.xǁTwoPhaseǁcommit",
+        "coupons.twophase.xǁTwoPhaseǁrelease",
+        "coupons.twophase.xǁTwoPhaseǁreverse",
     ],
 }
 
