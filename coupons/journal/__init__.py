@@ -38,7 +38,6 @@ from coupons.journal.verify import VerifyResult, tail_problem, verify
 from coupons.journal.wal import wal_problem
 
 # Its name before the split (tests/reliability/test_wal_loss.py reads it).
-_stored_head = stored_head
 
 __all__ = [
     "ACCEPT_NEEDS_CONFIRM",

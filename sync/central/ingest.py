@@ -17,7 +17,7 @@ import peewee as pw
 from coupons.journal import EXPORT_FIELDS, entry_hash
 from sync import protocol
 from sync.central import bulk, flags
-from sync.central.models import JournalRow, TerminalRow, TerminalUsage
+from sync.central.models import HEX_DIGITS, JournalRow, TerminalRow, TerminalUsage
 from sync.central.reconcile import reconcile
 from sync.central.store import Central
 
@@ -48,7 +48,6 @@ FIELDS: dict[str, tuple[type, bool, int]] = {
     "prev_hash": (_STR, False, 64),
     "hash": (_STR, False, 64),
 }
-_HEX = frozenset("0123456789abcdef")
 IMPLAUSIBLE_CODE = "implausible-entry"
 EVIDENCE_CHARS = 4096
 
@@ -99,7 +98,7 @@ def _check_entry(doc: Any, i: int) -> dict[str, Any]:
                 ) from None
         out[name] = value
     for name in ("prev_hash", "hash"):
-        if len(out[name]) != 64 or not _HEX.issuperset(out[name]):
+        if len(out[name]) != 64 or not HEX_DIGITS.issuperset(out[name]):
             raise BatchInvalid(422, "invalid-batch", f"entries[{i}].{name} is not 64 hex digits")
     if out["seq"] < 1:
         raise BatchInvalid(422, "invalid-batch", f"entries[{i}].seq must be at least 1")

@@ -286,6 +286,10 @@ SYNC_MODELS: list[type[_M]] = [
 MODELS = LEDGER_MODELS + SYNC_MODELS
 
 
+# Lowercase hex, the only way tills and the central write serials and hashes.
+HEX_DIGITS = frozenset("0123456789abcdef")
+
+
 def db_serial(serial: int) -> int:
     """SQLite and PostgreSQL integers are signed 64-bit; store serials two's-complement."""
     return serial - 2**64 if serial >= 2**63 else serial

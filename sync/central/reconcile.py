@@ -19,6 +19,7 @@ import peewee as pw
 from coupons.rules import Campaign, InputError
 from sync.central import bulk, flags, trust
 from sync.central.models import (
+    HEX_DIGITS,
     CampaignRow,
     CampaignUsage,
     CustomerUse,
@@ -64,14 +65,11 @@ def _detail(entry: dict[str, Any]) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-_HEX_DIGITS = frozenset("0123456789abcdef")
-
-
 def _serial(text: str | None) -> int | None:
     """A serial as tills write it (serial_hex: 16 lowercase hex digits), else None. Not
     int(text, 16) alone: it also reads " 12..", "0x..", "+.." and "1_2..", so other texts
     would count as the same coupon while the stored entry says something else."""
-    if text is None or len(text) != 16 or not _HEX_DIGITS.issuperset(text):
+    if text is None or len(text) != 16 or not HEX_DIGITS.issuperset(text):
         return None
     return int(text, 16)
 

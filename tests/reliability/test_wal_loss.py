@@ -94,7 +94,7 @@ def reader_on_old_snapshot(data: Path) -> Iterator[None]:
 def head_of(data: Path) -> int:
     setup.open_journal(data)
     try:
-        return journal._stored_head()[0]
+        return journal.stored_head()[0]
     finally:
         journal.database_proxy.obj.close()
 
