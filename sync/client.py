@@ -1,25 +1,21 @@
 """The terminal's sync client: one round pushes the journal (acknowledged high-water mark,
-gaps resent), pulls the ledger (ETag, gzip, resumable) into the engine, pulls the central's
-decisions on fraud flags, and measures the clock offset. Network I/O happens on the calling
-thread; every engine and journal access goes through `local.call` (the daemon's one writer)."""
+gaps resent), pulls the ledger (ETag, gzip, resumable; sync/ledger_pull.py) into the engine,
+pulls the central's decisions on fraud flags, and measures the clock offset. Network I/O
+happens on the calling thread; every engine and journal access goes through `local.call`
+(the daemon's one writer)."""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-import cbor2
-
-from coupons import journal, ledger, setup
+from coupons import journal, setup
 from coupons import sync_state as status
 from coupons.engine import Engine
 from coupons.journal import EXPORT_FIELDS, Entry, get_meta, set_meta
@@ -28,10 +24,17 @@ from coupons.ledger_store import DEFAULT_MAX_FILE_BYTES
 from sync import protocol
 from sync.device import Settings, read_device_key
 from sync.http import CentralLink, Link, Offset, SyncError
+from sync.ledger_pull import (
+    Partial,
+    content_range_start,
+    decode,
+    etag_for,
+    no_updates,
+    remember_etag,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-CHUNK = 64 * 1024
 IMPORT_TIMEOUT_S = 120.0  # verifying a big snapshot on a Pi takes a while
 PRUNE_EVERY_S = 24 * 3600  # how often acknowledged old journal entries are dropped
 
@@ -253,10 +256,10 @@ class SyncClient:
     def pull_ledger(self) -> dict[str, Any]:
         since = self.local.call(lambda e: e.ledger.version)
         out: dict[str, Any] = {"from": since, "to": since, "applied": [], "refused": []}
-        partial = _Partial(self.work_dir)
+        partial = Partial(self.work_dir)
         part = partial.load(since)
         headers = {"Accept": protocol.LEDGER_MEDIA_TYPE, "Accept-Encoding": "gzip"}
-        cached = _etag_for(self.local.call(lambda e: get_meta(status.LEDGER_ETAG)), since)
+        cached = etag_for(self.local.call(lambda e: get_meta(status.LEDGER_ETAG)), since)
         if part is not None:
             headers["Range"] = f"bytes={part.size}-"
             headers["If-Range"] = part.etag
@@ -272,7 +275,7 @@ class SyncClient:
             if answer.status in (304, 204):
                 # 204: we hold the latest; its ETag makes the next pull a 304.
                 if answer.status == 204 and resp.headers.get("ETag"):
-                    self.local.call(_remember_etag(resp.headers["ETag"], since))
+                    self.local.call(remember_etag(resp.headers["ETag"], since))
                 out["not_modified"] = True
                 return out
             if answer.status == 416:
@@ -281,7 +284,7 @@ class SyncClient:
             etag = resp.headers.get("ETag", "")
             encoding = resp.headers.get("Content-Encoding", "identity").lower()
             if answer.status == 206 and part is not None:
-                start = _content_range_start(resp.headers.get("Content-Range", ""))
+                start = content_range_start(resp.headers.get("Content-Range", ""))
                 if start != part.size:
                     partial.drop()
                     raise SyncError("protocol", "the central resumed the ledger at the wrong byte")
@@ -296,11 +299,11 @@ class SyncClient:
             resp.close()
         out["bytes"] = len(raw)
         try:
-            data = _decode(raw, encoding, self.max_ledger_bytes)
+            data = decode(raw, encoding, self.max_ledger_bytes)
         except SyncError:
             partial.drop()
             raise
-        if _no_updates(data):
+        if no_updates(data):
             partial.drop()
             out["not_modified"] = True
             return out
@@ -309,7 +312,7 @@ class SyncClient:
         if etag:
             # Kept even when the file was refused: the same refused file is then not fetched,
             # re-imported and flagged again every round, only a newer version is.
-            self.local.call(_remember_etag(etag, result["to"]))
+            self.local.call(remember_etag(etag, result["to"]))
         out.update(result)
         if result["refused"]:
             first = result["refused"][0]
@@ -442,171 +445,6 @@ def _flag_reply(doc: Any, since: str) -> tuple[list[dict[str, Any]], str]:
         ids = [i.get("id") for i in items if isinstance(i.get("id"), int)]
         cursor = max(ids) if ids else since
     return items, str(cursor)
-
-
-def _remember_etag(etag: str, version: int) -> Callable[[Engine], None]:
-    """The ETag names the central's latest version; it is sent back (If-None-Match) while
-    the terminal still holds `version`, what that answer left it with."""
-
-    def job(engine: Engine) -> None:
-        set_meta(status.LEDGER_ETAG, json.dumps({"since": version, "etag": etag}))
-
-    return job
-
-
-def _etag_for(stored: str | None, since: int) -> str | None:
-    if not stored:
-        return None
-    try:
-        doc = json.loads(stored)
-    except ValueError:
-        return None
-    if isinstance(doc, dict) and doc.get("since") == since and isinstance(doc.get("etag"), str):
-        return str(doc["etag"])
-    return None
-
-
-def _content_range_start(value: str) -> int | None:
-    # "bytes 1000-4999/5000"
-    try:
-        unit, rng = value.split(" ", 1)
-        return int(rng.split("-", 1)[0]) if unit == "bytes" else None
-    except ValueError:
-        return None
-
-
-def _decode(raw: bytes, encoding: str, limit: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
-    try:
-        if encoding == "gzip":
-            return _inflate(raw, 16 + zlib.MAX_WBITS, limit)
-        if encoding == "deflate":
-            return _inflate(raw, zlib.MAX_WBITS, limit)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise SyncError("protocol", f"ledger download is damaged ({exc})") from None
-    if encoding not in ("identity", ""):
-        raise SyncError("protocol", f"ledger download uses an unknown encoding {encoding!r}")
-    return raw
-
-
-def _inflate(raw: bytes, wbits: int, limit: int) -> bytes:
-    """Decompress (gzip members one after another, like gzip.decompress), refusing past
-    `limit` bytes of output: a small download must not unpack into gigabytes."""
-    out = bytearray()
-    rest = raw
-    while rest:
-        z = zlib.decompressobj(wbits)
-        out += z.decompress(rest, limit + 1 - len(out))
-        if len(out) > limit or z.unconsumed_tail:
-            raise SyncError("protocol", _too_large(limit, "once decompressed"))
-        if not z.eof:
-            raise EOFError("compressed data ended before the end-of-stream marker")
-        rest = z.unused_data
-    return bytes(out)
-
-
-def _too_large(limit: int, how: str) -> str:
-    return (
-        f"the ledger download is larger than {limit / 2**20:g} MiB {how}, the most a ledger"
-        " file may be; it was dropped and the ledger is unchanged"
-    )
-
-
-def _no_updates(data: bytes) -> bool:
-    """A well-formed ledger file holding nothing new (not a refusal worth journaling)."""
-    try:
-        doc = cbor2.loads(data)
-    except Exception:
-        return False
-    return (
-        isinstance(doc, dict)
-        and doc.get("format") == ledger.FILE_FORMAT
-        and doc.get("updates") in ([], ())
-    )
-
-
-# ---------------------------------------------------------------------- resumable download
-
-
-@dataclass(frozen=True)
-class _Part:
-    since: int
-    etag: str
-    encoding: str
-    size: int
-
-
-class _Partial:
-    """An interrupted ledger download under <data>/sync/: the bytes as they came over the
-    wire (still compressed) and which request they answer, so the next round resumes it
-    with Range/If-Range instead of starting over."""
-
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        self.body = directory / "ledger.partial"
-        self.meta = directory / "ledger.partial.json"
-
-    def load(self, since: int) -> _Part | None:
-        try:
-            doc = json.loads(self.meta.read_text())
-            size = self.body.stat().st_size
-        except (OSError, ValueError):
-            return None
-        if doc.get("since") != since or not doc.get("etag") or size == 0:
-            self.drop()
-            return None
-        return _Part(since, str(doc["etag"]), str(doc.get("encoding", "identity")), size)
-
-    def receive(
-        self,
-        resp: Any,
-        since: int,
-        etag: str,
-        encoding: str,
-        append: bool,
-        stop: threading.Event,
-        limit: int = DEFAULT_MAX_FILE_BYTES,
-    ) -> bytes:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if not append:
-            self.drop()
-            if etag:  # without a validator a resumed download could mix two versions
-                self.meta.write_text(
-                    json.dumps({"since": since, "etag": etag, "encoding": encoding})
-                )
-        mode = "ab" if append else "wb"
-        try:
-            with open(self.body, mode) as fh:
-                size = fh.tell()  # a resumed download counts what it already holds
-                for chunk in resp.raw.stream(CHUNK, decode_content=False):
-                    size += len(chunk)
-                    if size > limit:
-                        raise SyncError("protocol", _too_large(limit, "as sent"))
-                    fh.write(chunk)
-                    if stop.is_set():
-                        raise SyncError("stopped", "sync stopped during the ledger download")
-                fh.flush()
-                os.fsync(fh.fileno())
-        except SyncError as exc:
-            if exc.kind != "stopped":
-                self.drop()  # too large: never resumed
-            raise
-        except Exception as exc:  # urllib3 ProtocolError (cut off), read timeout, reset
-            raise SyncError(
-                "protocol" if "IncompleteRead" in repr(exc) else "network",
-                f"ledger download interrupted after {self._size()} bytes ({type(exc).__name__});"
-                " the next round resumes it",
-            ) from None
-        return self.body.read_bytes()
-
-    def _size(self) -> int:
-        try:
-            return self.body.stat().st_size
-        except OSError:
-            return 0
-
-    def drop(self) -> None:
-        self.body.unlink(missing_ok=True)
-        self.meta.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------- one-shot use

@@ -50,7 +50,7 @@ class Link:
     retries: int = 2  # urllib3 retries of one idempotent request (connect, read, 5xx)
     # The longest answer read into memory (JSON replies, error pages): a central or proxy
     # that sends an endless body is cut off here. The ledger download streams to disk and
-    # has its own bound (sync/client.py).
+    # has its own bound (sync/ledger_pull.py).
     max_answer_bytes: int = 8 * 1024 * 1024
 
     def check(self) -> None:
