@@ -16,6 +16,7 @@ from coupons.rules import Campaign, InputError
 from coupons.serials import SerialSet
 
 FILE_FORMAT = "edge-redeem-ledger-file/1"
+CHAIN_WIDE = ""  # the scope of the chain-wide ledger (and of ledgers from before scopes)
 UPDATE_FORMAT = "edge-redeem-ledger/1"
 GENESIS = bytes(32)
 
@@ -69,8 +70,16 @@ class PlainCode:
     serial: int
 
 
+def store_scope(store: str) -> str:
+    """The scope of one store's ledger: its own hash chain, holding what can matter there."""
+    return f"store:{store}"
+
+
 @dataclass
 class LedgerState:
+    # Which ledger this is: CHAIN_WIDE or store_scope(store). Versions and the chain hash
+    # count within one scope; a till holds one scope at a time (docs/central-scale.md).
+    scope: str = CHAIN_WIDE
     version: int = 0
     chain: bytes = GENESIS
     issued_at: int = 0
@@ -93,6 +102,7 @@ class LedgerState:
 
     def summary(self) -> dict[str, Any]:
         return {
+            "scope": self.scope,
             "version": self.version,
             "chain": self.chain.hex(),
             "issued_at": self.issued_at,
@@ -114,8 +124,15 @@ def chain_next(prev: bytes, payload: bytes) -> bytes:
 
 def sign_update(ledger_key: cose.SigningKey, ledger_cert: bytes, body: dict[str, Any]) -> bytes:
     """One signed update: [ledger certificate, COSE_Sign1(body)]."""
-    body = {"format": UPDATE_FORMAT, **body}
-    return cbor2.dumps([ledger_cert, ledger_key.sign1(cbor2.dumps(body, canonical=True))])
+    return signed_update(ledger_key, ledger_cert, body)[0]
+
+
+def signed_update(
+    ledger_key: cose.SigningKey, ledger_cert: bytes, body: dict[str, Any]
+) -> tuple[bytes, bytes]:
+    """sign_update() and the signed payload, whose hash the chain takes (chain_next)."""
+    payload = cbor2.dumps({"format": UPDATE_FORMAT, **body}, canonical=True)
+    return cbor2.dumps([ledger_cert, ledger_key.sign1(payload)]), payload
 
 
 def ledger_file(updates: Iterable[bytes]) -> bytes:
@@ -124,6 +141,7 @@ def ledger_file(updates: Iterable[bytes]) -> bytes:
 
 def snapshot_body(state: LedgerState) -> dict[str, Any]:
     return {
+        **({"scope": state.scope} if state.scope else {}),
         "type": "snapshot",
         "version": state.version,
         "chain": state.chain,
@@ -284,34 +302,71 @@ def _campaigns(docs: Any) -> dict[str, Campaign]:
     return out
 
 
-def apply(anchor: TrustAnchor, state: LedgerState, raw: bytes) -> tuple[LedgerState, str]:
+def scope_of(body: Mapping[str, Any]) -> str:
+    scope = body.get("scope", CHAIN_WIDE)
+    if not isinstance(scope, str):
+        raise LedgerRefused("damaged", "update names no readable scope")
+    return scope
+
+
+def _check_scope(state: LedgerState, scope: str, kind: object, store: str | None) -> None:
+    """A till takes its own store's ledger, or the chain-wide one (a superset, for a USB
+    import or a till from before scopes); never another store's. Once it holds its store's
+    scope it stays there: only a snapshot of its own scope replaces a chain-wide ledger."""
+    if scope != CHAIN_WIDE and store is not None and scope != store_scope(store):
+        raise LedgerRefused(
+            "wrong_scope", f"this ledger is for {scope}, not for this till's {store_scope(store)}"
+        )
+    if scope == state.scope or state.version == 0:
+        return
+    if state.scope == CHAIN_WIDE and kind == "snapshot":
+        return  # the one-way move from the chain-wide ledger to the store's own
+    raise LedgerRefused(
+        "wrong_scope",
+        f"this till holds the ledger of {state.scope or 'the whole chain'}; "
+        f"an update of {scope or 'the whole chain'} does not continue it",
+    )
+
+
+def apply(
+    anchor: TrustAnchor, state: LedgerState, raw: bytes, store: str | None = None
+) -> tuple[LedgerState, str]:
     """Return the state after one update and the update's type ("snapshot" or "delta");
-    `state` itself is never modified."""
+    `state` itself is never modified. `store`: the till's store, whose scope (or the
+    chain-wide one) is the only one it accepts; None checks no scope (the central)."""
     upd = verify_update(anchor, raw)
     body = upd.body
     kind, version = body.get("type"), body.get("version")
     if not isinstance(version, int):
         raise LedgerRefused("damaged", "update has no version")
-    if version == state.version and _chain_of(body, upd.payload) == state.chain:
-        raise LedgerRefused("current", f"already at version {version}")
-    if version <= state.version:
-        raise LedgerRefused("rollback", f"version {version} is not newer than {state.version}")
+    scope = scope_of(body)
+    _check_scope(state, scope, kind, store)
+    moving = scope != state.scope
+    if not moving:
+        if version == state.version and _chain_of(body, upd.payload) == state.chain:
+            raise LedgerRefused("current", f"already at version {version}")
+        if version <= state.version:
+            raise LedgerRefused(
+                "rollback", f"version {version} is not newer than {state.version}"
+            )
     try:
         if kind == "snapshot":
-            return _from_snapshot(anchor, body), "snapshot"
+            return _from_snapshot(anchor, body, scope), "snapshot"
         if kind == "delta":
-            if version != state.version + 1 or body.get("prev") != state.chain:
+            base = LedgerState(scope=scope) if moving else state
+            if version != base.version + 1 or body.get("prev") != base.chain:
                 raise LedgerRefused(
-                    "gap", f"delta {version} does not follow version {state.version}"
+                    "gap", f"delta {version} does not follow version {base.version}"
                 )
-            return _apply_delta(anchor, state, body, chain_next(state.chain, upd.payload)), "delta"
+            return _apply_delta(anchor, base, body, chain_next(base.chain, upd.payload)), "delta"
     except (InputError, CertError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise LedgerRefused("damaged", f"update content is invalid: {exc}") from None
     raise LedgerRefused("damaged", f"unknown update type {kind!r}")
 
 
-def _from_snapshot(anchor: TrustAnchor, b: Mapping[str, Any]) -> LedgerState:
+def _from_snapshot(anchor: TrustAnchor, b: Mapping[str, Any], scope: str) -> LedgerState:
     return LedgerState(
+        scope=scope,
         version=b["version"],
         chain=bytes(b["chain"]),
         issued_at=b["issued_at"],
@@ -335,18 +390,24 @@ def _apply_delta(
     anchor: TrustAnchor, s: LedgerState, b: Mapping[str, Any], chain: bytes
 ) -> LedgerState:
     campaigns = dict(s.campaigns)
-    for cid in b.get("removed_campaigns", ()):
+    # A campaign that left the scope (ended past its grace, or no longer at this store)
+    # leaves with what the ledger held for it; its serials come as unredeemed/unrevoked.
+    gone = set(b.get("removed_campaigns", ()))
+    for cid in gone:
         campaigns.pop(cid, None)
     campaigns.update(_campaigns(b.get("campaigns")))
     revoked, redeemed = s.revoked.copy(), s.redeemed.copy()
     revoked.add_many(serials.unpack(b.get("revoked", b"")))
+    revoked.discard_many(serials.unpack(b.get("unrevoked", b"")))
     redeemed.add_many(serials.unpack(b.get("redeemed", b"")))
     redeemed.discard_many(serials.unpack(b.get("unredeemed", b"")))
-    codes = dict(s.plain_codes)
+    codes = {h: p for h, p in s.plain_codes.items() if p.campaign not in gone}
     codes.update({bytes(h): PlainCode(c, n) for h, c, n in b.get("plain_codes", ())})
-    usage = dict(s.usage)
+    usage = {cid: u for cid, u in s.usage.items() if cid not in gone}
     usage.update(clamped_usage(b.get("usage")))
     customer_usage = s.customer_usage
+    if gone:
+        customer_usage = {k: n for k, n in customer_usage.items() if k[0] not in gone}
     if "customer_usage" in b:  # counts as they are now; 0 once every use was refunded
         customer_usage = dict(customer_usage)
         for key, n in _customer_usage(b["customer_usage"]).items():
@@ -371,5 +432,8 @@ def _apply_delta(
         plain_salt=bytes(b["plain_salt"]) if "plain_salt" in b else s.plain_salt,
         plain_codes=codes,
         policy=Policy.from_dict(dict(b["policy"])) if "policy" in b else s.policy,
-        sun_keys={**s.sun_keys, **_sun_keys(b.get("sun_keys"))},
+        sun_keys={
+            **{cid: k for cid, k in s.sun_keys.items() if cid not in gone},
+            **_sun_keys(b.get("sun_keys")),
+        },
     )

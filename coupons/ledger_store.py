@@ -77,9 +77,10 @@ class ImportResult:
 
 
 class LedgerStore:
-    def __init__(self, directory: Path, anchor: TrustAnchor) -> None:
+    def __init__(self, directory: Path, anchor: TrustAnchor, store: str | None = None) -> None:
         self.dir = directory
         self.anchor = anchor
+        self.store = store  # the till's store: only its scope or the chain-wide one is taken
         self.state = LedgerState()
         self.load_problem: str | None = None
 
@@ -93,7 +94,7 @@ class LedgerStore:
         state = LedgerState()
         for path in self._files():
             try:
-                state, _ = ledger.apply(self.anchor, state, path.read_bytes())
+                state, _ = ledger.apply(self.anchor, state, path.read_bytes(), self.store)
             except (LedgerRefused, OSError) as exc:
                 self.load_problem = f"{path.name}: {exc}"
                 log.error("stored ledger file %s refused: %s", path.name, exc)
@@ -122,7 +123,7 @@ class LedgerStore:
         return result
 
     def apply(self, raw: bytes) -> LedgerState:
-        new, kind = ledger.apply(self.anchor, self.state, raw)
+        new, kind = ledger.apply(self.anchor, self.state, raw, self.store)
         self.dir.mkdir(parents=True, exist_ok=True)
         is_snapshot = kind == "snapshot"
         name = f"{new.version:010d}-{kind}.cbor"

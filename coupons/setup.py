@@ -92,7 +92,7 @@ def open_engine(data: Path, clock: Clock) -> Engine:
         anchor = TrustAnchor.load(data / ANCHOR)
     except CertError as exc:
         raise NotInitialised(str(exc)) from None
-    store = LedgerStore(data / "ledger", anchor)
+    store = LedgerStore(data / "ledger", anchor, identity.store)
     store.load()
     path = data / "journal.db"
     try:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from coupons import journal, setup
+from coupons import journal, ledger, setup
 from coupons import sync_state as status
 from coupons.engine import Engine
 from coupons.journal import EXPORT_FIELDS, Entry, get_meta, set_meta
@@ -254,7 +254,15 @@ class SyncClient:
     # ------------------------------------------------------------------ ledger
 
     def pull_ledger(self) -> dict[str, Any]:
-        since = self.local.call(lambda e: e.ledger.version)
+        # The till asks for its store's scope; `since` counts in the scope it holds, so a
+        # till still on the chain-wide ledger (from before scopes, or a USB import) asks for
+        # its store's snapshot: the one-way move docs/central-scale.md describes.
+        scope, since = self.local.call(
+            lambda e: (
+                ledger.store_scope(e.store),
+                e.ledger.version if e.ledger.scope == ledger.store_scope(e.store) else 0,
+            )
+        )
         out: dict[str, Any] = {"from": since, "to": since, "applied": [], "refused": []}
         partial = Partial(self.work_dir)
         part = partial.load(since)
@@ -267,7 +275,11 @@ class SyncClient:
         elif cached:
             headers["If-None-Match"] = cached
         answer = self.link.request(
-            "GET", protocol.LEDGER, params={"since": since}, headers=headers, stream=True
+            "GET",
+            protocol.LEDGER,
+            params={"since": since, "scope": scope},
+            headers=headers,
+            stream=True,
         )
         resp = answer.response
         out["status"] = answer.status

@@ -30,6 +30,7 @@ from coupons.engine import Engine
 from coupons.ledger_store import ImportResult
 from sync import protocol
 from sync.central.app import create_app
+from sync.central.publisher import Publisher, Tick
 from sync.central.store import Central
 from tests import postgres
 
@@ -141,6 +142,14 @@ class Running:
     database: str | None
     work: Path
     session: requests.Session = field(default_factory=requests.Session)
+    publisher: Publisher | None = None
+
+    def publish(self) -> Tick:
+        """One tick of the central's publisher, as the leading instance makes every
+        interval: what changed since reaches every store's ledger."""
+        if self.publisher is None:
+            self.publisher = Publisher(self.central)
+        return self.publisher.tick()
 
     def enroll_code(self, store: str = "S1", ttl: int = 3600) -> str:
         from sync.central.terminals import new_enroll_code
@@ -156,6 +165,7 @@ class Running:
         )
         assert r.status_code == 200, r.text
         doc = r.json()
+        self.publish()  # the store's ledger exists from the publisher's next tick
         return Device(self.url, self.clock, key, doc["terminal"], doc["store"])
 
     def till(self, store: str = "S1") -> Till:
@@ -208,6 +218,7 @@ class Till:
     def pull(self) -> ImportResult | None:
         """GET the ledger after the engine's version and import it (None when current)."""
         assert self.engine is not None
+        self.running.publish()
         r = self.device.ledger(self.engine.ledger.version)
         assert r.status_code in (200, 204), r.text
         if r.status_code == 204:
@@ -259,7 +270,13 @@ def serve_process(
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,
-        env={**base, "REDEEM_CENTRAL_LOG_LEVEL": "warning", **(env or {})},
+        env={
+            **base,
+            "REDEEM_CENTRAL_LOG_LEVEL": "warning",
+            # Tests wait on the publisher: a short interval keeps them quick.
+            "REDEEM_CENTRAL_PUBLISH_INTERVAL_S": "0.2",
+            **(env or {}),
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

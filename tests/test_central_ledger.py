@@ -15,6 +15,7 @@ from coupons.clock import FixedClock
 from coupons.ledger import read_file
 from coupons.reasons import Reason
 from sync import protocol
+from sync.central import scopes
 from tests.central_server import BACKENDS, Running, running_central
 from tests.conftest import T0, basket
 
@@ -49,6 +50,7 @@ def test_new_terminal_gets_a_snapshot_then_deltas_then_nothing(central: Running)
         # A campaign added at the central reaches the till at its next pull, as a delta.
         c.add_campaign({"id": "L2", "kind": "fixed", "currency": "CNY", "amount_minor": 700})
         [token] = [i.token for i in c.issue("L2", 1)]
+        central.publish()  # the publisher's next tick
         delta = till.device.ledger(version, **{"If-None-Match": etag})
         assert delta.status_code == 200 and delta.headers["X-Ledger-Kind"] == "delta"
         assert int(delta.headers["X-Ledger-Version"]) == version + 1
@@ -66,20 +68,26 @@ def test_new_terminal_gets_a_snapshot_then_deltas_then_nothing(central: Running)
 
 
 def test_far_behind_gets_a_snapshot_and_ahead_is_a_conflict(central: Running) -> None:
-    c = central.central
     dev = central.device()
-    start = c.latest()
-    assert start is not None
-    for _ in range(protocol.SNAPSHOT_AFTER + 1):
-        c.publish()
-    latest = c.latest()
-    assert latest is not None
-    behind = dev.ledger(start.version)
-    assert behind.status_code == 200 and behind.headers["X-Ledger-Kind"] == "snapshot"
-    assert len(read_file(behind.content)) == 1
-    near = dev.ledger(latest.version - 3)
-    assert near.headers["X-Ledger-Kind"] == "delta" and len(read_file(near.content)) == 3
-    ahead = dev.ledger(latest.version + 5)
+    till = central.till()
+    with till.opened() as engine:
+        till.pull()
+        start = engine.ledger.version
+        for n in range(protocol.SNAPSHOT_AFTER + 1):  # one change a tick: a version each
+            central.central.mark([10**9 + n], "revoked")
+            central.publish()
+        behind = dev.ledger(start)
+        assert behind.status_code == 200 and behind.headers["X-Ledger-Kind"] == "snapshot"
+        updates = read_file(behind.content)
+        latest = int(behind.headers["X-Ledger-Version"])
+        assert latest == start + protocol.SNAPSHOT_AFTER + 1
+        # The newest snapshot and the few deltas after it, never the whole run of deltas.
+        assert len(updates) <= latest % scopes.SNAPSHOT_EVERY + 1 < protocol.SNAPSHOT_AFTER
+        assert engine.import_ledger(behind.content).applied
+        assert engine.ledger.version == latest
+        near = dev.ledger(latest - 3)
+        assert near.headers["X-Ledger-Kind"] == "delta" and len(read_file(near.content)) == 3
+    ahead = dev.ledger(latest + 5)
     assert ahead.status_code == 409 and ahead.json()["code"] == "ledger-ahead"
     assert dev.get(f"{protocol.LEDGER}?since=-1").status_code == 400
     assert dev.get(f"{protocol.LEDGER}?since=x").status_code == 400
@@ -113,7 +121,8 @@ def test_gzip_and_a_snapshot_download_resumed_with_ranges(central: Running) -> N
     assert again.content == tail.content
 
     # Once a newer version exists, If-Range sends the whole new body instead of a piece.
-    c.publish()
+    c.mark([10**12 + 5000], "revoked")
+    central.publish()
     stale = dev.ledger(0, Range="bytes=10000-", **{"If-Range": etag}, **ident)
     assert stale.status_code == 200 and read_file(stale.content)
     unsatisfiable = dev.ledger(0, Range=f"bytes={10**9}-", **ident)

@@ -118,12 +118,26 @@ async def admin_report(request: Request, svc: Svc) -> Response:
     return JSONResponse(await svc.db(report.build, svc.central))
 
 
-@router.post("/publish", summary="Publish a new version if anything changed", **admin_doc())
+@router.post(
+    "/publish",
+    summary="Publish what changed now, without waiting for the publisher's next tick",
+    **admin_doc(),
+)
 async def admin_publish(request: Request, svc: Svc) -> Response:
+    """An operator's explicit "publish now": this instance's publisher runs a tick if it
+    is the leader, else the leader is left to its interval. Terminal requests never
+    publish."""
     await svc.require_admin(request)
-    version = await svc.db(svc.central.publish_if_changed)
+    tick = await svc.db(svc.publisher.tick) if svc.publisher is not None else None
     latest = await svc.db(svc.central.latest)
-    return JSONResponse({"published": version, "version": latest.version if latest else 0})
+    return JSONResponse(
+        {
+            "published": tick.chain_version if tick is not None else None,
+            "scope_versions": tick.scope_versions if tick is not None else 0,
+            "leader": bool(tick and tick.leader),
+            "version": latest.version if latest else 0,
+        }
+    )
 
 
 __all__ = ["admin_doc", "router"]

@@ -6,6 +6,9 @@ problems.py); every response carries X-Server-Time (guard.py)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from sync import protocol
@@ -13,15 +16,35 @@ from sync.central import admin_api, openapi_doc, problems, terminal_api
 from sync.central.context import Services
 from sync.central.guard import Guard
 from sync.central.openapi_doc import terminal_openapi
+from sync.central.publisher import DEFAULT_INTERVAL_S, Publisher
 from sync.central.store import Central
 from sync.central.terminal_api import TRUST_ANCHOR
 
 MAX_BODY = 8 * 1024 * 1024  # a full batch of MAX_BATCH entries is about 3.5 MB
 
 
-def create_app(central: Central, max_body: int = MAX_BODY) -> FastAPI:
-    """The central's ASGI app over one Central (its database and keys)."""
+def create_app(
+    central: Central,
+    max_body: int = MAX_BODY,
+    publish_interval_s: float | None = DEFAULT_INTERVAL_S,
+) -> FastAPI:
+    """The central's ASGI app over one Central (its database and keys). Unless
+    `publish_interval_s` is None, the app runs a publisher thread while it serves (one
+    instance at a time leads: sync/central/publisher.py)."""
+    publisher = Publisher(central, publish_interval_s) if publish_interval_s is not None else None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if publisher is not None:
+            publisher.start()
+        try:
+            yield
+        finally:
+            if publisher is not None:
+                publisher.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="edge-redeem central",
         version=protocol.VERSION,
         description="Terminal-facing sync API (signed with device keys; see "
@@ -29,7 +52,7 @@ def create_app(central: Central, max_body: int = MAX_BODY) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    app.state.services = Services.over(central)
+    app.state.services = Services.over(central, publisher)
     problems.install(app)
     # Terminal routes first: the OpenAPI document lists paths in the order they are added.
     app.include_router(terminal_api.router)

@@ -202,8 +202,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     c = _open(args)
     if args.port < 0 or args.port > 65535:
         raise UserError("--port must be 0..65535")
-    c.publish_if_changed()  # a fresh central has a version 1 before the first terminal asks
-    app = create_app(c)
+    if not args.publish_interval_s > 0:
+        raise UserError("--publish-interval-s must be a positive number of seconds")
+    # The publisher (one leader among the instances) makes version 1 at its first tick.
+    app = create_app(c, publish_interval_s=args.publish_interval_s)
     log_level = os.environ.get("REDEEM_CENTRAL_LOG_LEVEL", "info").lower()
     # uvicorn takes SIGTERM/SIGINT for its graceful shutdown and, once done, raises the
     # signal again to the handler that was there before. A no-op handler here makes that
@@ -396,6 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, default=int(os.environ.get("REDEEM_CENTRAL_PORT", "8700")))
     sp.add_argument("--tls-cert", help="PEM certificate (chain) to serve HTTPS")
     sp.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    sp.add_argument(
+        "--publish-interval-s",
+        type=float,
+        default=float(os.environ.get("REDEEM_CENTRAL_PUBLISH_INTERVAL_S", "5")),
+        help="how often the leading instance publishes what changed (default 5 s): at "
+        "most one ledger version per store in each interval",
+    )
     sp = cmd("enroll-code", cmd_enroll_code, "print a one-time code that enrolls one terminal")
     sp.add_argument("--store", required=True)
     sp.add_argument("--ttl", type=int, default=terminals.DEFAULT_TTL_S, help="seconds")

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from sync.central import terminals
 from sync.central.delivery import Delivery
+from sync.central.publisher import Publisher
 from sync.central.models import TerminalRow
 from sync.central.online import Online
 from sync.central.problems import ProblemError
@@ -28,10 +29,11 @@ class Services:
     central: Central
     delivery: Delivery
     online: Online
+    publisher: Publisher | None = None
 
     @classmethod
-    def over(cls, central: Central) -> Services:
-        return cls(central, Delivery(central), Online(central))
+    def over(cls, central: Central, publisher: Publisher | None = None) -> Services:
+        return cls(central, Delivery(central), Online(central), publisher)
 
     async def db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """fn in a worker thread with a database connection: peewee blocks, and a

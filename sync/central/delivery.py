@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from coupons.ledger import ledger_file
 from sync import protocol
+from sync.central.models import ScopeRow, ScopeSnapshot, ScopeVersion
 from sync.central.store import Central
 
 GZIP_MIN = 512
@@ -31,25 +32,28 @@ class LedgerAnswer:
     body: bytes = b""
 
 
+_Key = tuple[str, int, int, bool, bool]  # scope, version, start, snapshot, gzip
+
+
 class _Cache:
-    """Representations by (version, since, encoding). They are pure functions of the
-    database (snapshots are signed once, gzip has no timestamp), so every instance builds
-    the same bytes; this only saves rebuilding them."""
+    """Representations by (scope, version, start, snapshot, encoding). They are pure
+    functions of the database (every update is signed once, gzip has no timestamp), so
+    every instance builds the same bytes; this only saves rebuilding them."""
 
     def __init__(self, limit: int = CACHE_BYTES) -> None:
         self.limit = limit
-        self.items: OrderedDict[tuple[int, int, bool], bytes] = OrderedDict()
+        self.items: OrderedDict[_Key, bytes] = OrderedDict()
         self.size = 0
         self.lock = threading.Lock()
 
-    def get(self, key: tuple[int, int, bool]) -> bytes | None:
+    def get(self, key: _Key) -> bytes | None:
         with self.lock:
             data = self.items.get(key)
             if data is not None:
                 self.items.move_to_end(key)
             return data
 
-    def put(self, key: tuple[int, int, bool], data: bytes) -> None:
+    def put(self, key: _Key, data: bytes) -> None:
         with self.lock:
             if key in self.items or len(data) > self.limit:
                 return
@@ -99,21 +103,24 @@ def _byte_range(header: str, size: int) -> tuple[int, int] | None | bool:
     return first, min(last, size - 1)
 
 
+class NotReady(Exception):
+    """The store's scope has not been published yet (a store enrolled moments ago)."""
+
+
 class Delivery:
+    """Answers ledger pulls from pre-signed bytes only: a scope's deltas, or its newest
+    snapshot and the deltas after it. Nothing is signed or published here."""
+
     def __init__(self, central: Central) -> None:
         self.central = central
         self.cache = _Cache()
 
-    def answer(self, since: int, headers: Mapping[str, str]) -> LedgerAnswer:
-        central = self.central
-        # Changes made by the CLI, an admin or another instance reach terminals at their
-        # next pull: no background task, nothing per process.
-        if central.changed():
-            central.publish_if_changed()
-        latest = central.latest()
-        assert latest is not None
-        version = int(latest.version)
-        core = f"{version}-{bytes(latest.chain).hex()[:32]}"
+    def answer(self, scope: str, since: int, headers: Mapping[str, str]) -> LedgerAnswer:
+        row = ScopeRow.get_or_none(ScopeRow.scope == scope)
+        if row is None:
+            raise NotReady(f"the ledger of {scope} is not published yet")
+        version = int(row.version)
+        core = f"{version}-{bytes(row.chain).hex()[:32]}"
         base = {"X-Ledger-Version": str(version), "Cache-Control": "no-cache"}
         inm = headers.get("if-none-match")
         if inm and any(t == "*" or t == core or t.startswith(core + "-") for t in _tags(inm)):
@@ -122,13 +129,18 @@ class Delivery:
             return LedgerAnswer(204, {**base, "ETag": f'"{core}"'})
         if since > version:
             raise Ahead(f"version {since} is newer than the central's latest ({version})")
-        snapshot = since == 0 or version - since > protocol.SNAPSHOT_AFTER
+        snap = int(row.snapshot_version)
+        oldest = self._oldest_delta(scope)
+        snapshot = snap > 0 and (
+            since == 0 or version - since > protocol.SNAPSHOT_AFTER or since < oldest - 1
+        )
+        start = snap if snapshot else since
         gz = accepts_gzip(headers.get("accept-encoding"))
-        body = self._body(version, 0 if snapshot else since, gz)
+        body = self._body(scope, version, start, snapshot, gz)
         if gz and body is None:  # too small to be worth compressing
             gz = False
         if body is None:
-            body = self._body(version, 0 if snapshot else since, False)
+            body = self._body(scope, version, start, snapshot, False)
             assert body is not None
         etag = f'"{core}-{"s" if snapshot else f"d{since}"}{"-gz" if gz else ""}"'
         out = {
@@ -153,20 +165,42 @@ class Delivery:
                 return LedgerAnswer(206, out, body[first : last + 1])
         return LedgerAnswer(200, out, body)
 
-    def _body(self, version: int, since: int, gz: bool) -> bytes | None:
-        key = (version, since, gz)
+    @staticmethod
+    def _oldest_delta(scope: str) -> int:
+        row = (
+            ScopeVersion.select(ScopeVersion.version)
+            .where(ScopeVersion.scope == scope)
+            .order_by(ScopeVersion.version)
+            .first()
+        )
+        return int(row.version) if row is not None else 0
+
+    def _body(
+        self, scope: str, version: int, start: int, snapshot: bool, gz: bool
+    ) -> bytes | None:
+        key = (scope, version, start, snapshot, gz)
         data = self.cache.get(key)
         if data is not None:
             return data
         if gz:
-            plain = self._body(version, since, False)
+            plain = self._body(scope, version, start, snapshot, False)
             assert plain is not None
             if len(plain) < GZIP_MIN:
                 return None
             data = gzip.compress(plain, compresslevel=6, mtime=0)
-        elif since == 0:
-            data = ledger_file([self.central.snapshot_of(version)])
         else:
-            data = ledger_file(self.central.deltas(since, version))
+            updates = []
+            if snapshot:
+                snap = ScopeSnapshot.get(
+                    (ScopeSnapshot.scope == scope) & (ScopeSnapshot.version == start)
+                )
+                updates.append(bytes(snap.signed))
+            rows = ScopeVersion.select(ScopeVersion.signed).where(
+                (ScopeVersion.scope == scope)
+                & (ScopeVersion.version > start)
+                & (ScopeVersion.version <= version)
+            )
+            updates += [bytes(r.signed) for r in rows.order_by(ScopeVersion.version)]
+            data = ledger_file(updates)
         self.cache.put(key, data)
         return data

@@ -124,8 +124,6 @@ def decide(central: Central, flag_id: int, status: str, note: str | None) -> dic
         # One row per store involved, so each store's terminals read it at ?since=.
         for store in stores_of(flag):
             FlagUpdate.create(flag=flag_id, store=store, status=status, note=note, at=now)
-    if status == "deny_listed":
-        central.publish_if_changed()
     return flag_doc(FlagRow.get(FlagRow.id == flag_id))
 
 

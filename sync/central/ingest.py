@@ -180,7 +180,8 @@ def _retryable(exc: Exception) -> bool:
 
 def ingest(central: Central, terminal: str, entries: list[dict[str, Any]]) -> Reply:
     """Store and reconcile one batch in one transaction (the terminal's row locked, so two
-    instances never interleave one terminal's batches); publish if the ledger changed."""
+    instances never interleave one terminal's batches). The publisher carries what changed
+    to the tills at its next tick: a request never publishes."""
     for attempt in range(RETRIES):
         try:
             with central.writing():
@@ -192,8 +193,6 @@ def ingest(central: Central, terminal: str, entries: list[dict[str, Any]]) -> Re
                 raise
             log.info("ingest for %s retried after %s", terminal, exc)
             time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
-    if changed:
-        central.publish_if_changed()
     reply.usage = {
         u.campaign: [int(u.count), int(u.minor)]
         for u in TerminalUsage.select().where(TerminalUsage.terminal == terminal)

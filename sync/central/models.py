@@ -258,6 +258,50 @@ class AdminToken(_M):
     created_at = pw.BigIntegerField()
 
 
+# ---------------------------------------------------------------- store scopes
+
+
+class ScopeRow(_M):
+    """A store's ledger: its own hash chain (docs/central-scale.md). `base` is the
+    chain-wide version it has caught up with; `campaigns` the ids it last published (JSON);
+    `meta` a hash of the keys, policy and salt it last carried."""
+
+    scope = pw.CharField(primary_key=True)
+    version = pw.IntegerField()
+    chain = pw.BlobField()
+    base = pw.IntegerField()
+    campaigns = pw.TextField()
+    meta = pw.BlobField()
+    issued_at = pw.BigIntegerField()
+    snapshot_version = pw.IntegerField(default=0)
+
+
+class ScopeVersion(_M):
+    """One signed delta of a store's ledger."""
+
+    scope = pw.CharField()
+    version = pw.IntegerField()
+    signed = pw.BlobField()
+    issued_at = pw.BigIntegerField()
+
+    class Meta:
+        primary_key = pw.CompositeKey("scope", "version")
+
+
+class ScopeSnapshot(_M):
+    """A store ledger's signed snapshot at a version, made by the publisher."""
+
+    scope = pw.CharField()
+    version = pw.IntegerField()
+    signed = pw.BlobField()
+
+    class Meta:
+        primary_key = pw.CompositeKey("scope", "version")
+
+
+SCOPE_MODELS: list[type[_M]] = [ScopeRow, ScopeVersion, ScopeSnapshot]
+
+
 LEDGER_MODELS: list[type[_M]] = [
     KeyRow,
     CampaignRow,
@@ -283,7 +327,7 @@ SYNC_MODELS: list[type[_M]] = [
     FlagUpdate,
     AdminToken,
 ]
-MODELS = LEDGER_MODELS + SYNC_MODELS
+MODELS = LEDGER_MODELS + SYNC_MODELS + SCOPE_MODELS
 
 
 # Lowercase hex, the only way tills and the central write serials and hashes.
@@ -333,3 +377,4 @@ def create_schema(db: pw.Database) -> None:
         Setting.insert(key="schema", value=str(SCHEMA_VERSION)).on_conflict(
             conflict_target=[Setting.key], update={Setting.value: str(SCHEMA_VERSION)}
         ).execute()
+

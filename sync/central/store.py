@@ -233,6 +233,10 @@ class Central:
                 )
         return problems
 
+    def active_key(self, purpose: str) -> tuple[cose.SigningKey, bytes]:
+        """The active key of a purpose and its certificate (the publisher signs with it)."""
+        return self._active(purpose)
+
     def _active(self, purpose: str) -> tuple[cose.SigningKey, bytes]:
         row = KeyRow.get_or_none((KeyRow.purpose == purpose) & KeyRow.active)
         if row is None:

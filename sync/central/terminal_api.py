@@ -9,12 +9,13 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from coupons.ledger import store_scope
 from coupons.problem import MEDIA_TYPE, Problem
 from coupons.rules import InputError
 from sync import protocol
 from sync.central import flags, schemas, terminals
 from sync.central.context import Svc, json_object
-from sync.central.delivery import Ahead, LedgerAnswer
+from sync.central.delivery import Ahead, LedgerAnswer, NotReady
 from sync.central.ingest import BatchInvalid, flag_refused_batch, ingest, parse_batch
 from sync.central.models import TerminalRow
 from sync.central.problems import ProblemError, problem
@@ -86,18 +87,28 @@ async def get_ledger(
     request: Request,
     svc: Svc,
     since: int = Query(0, ge=0, le=2**31 - 1, description="the version the terminal has"),
+    scope: str | None = Query(
+        None, max_length=300, description="the scope asked for: store:<the terminal's store>"
+    ),
 ) -> Response:
     row, _ = await svc.signed(request)
+    own = store_scope(row.store)
+    if scope is not None and scope != own:
+        raise ProblemError(
+            403, "wrong-scope", f"this terminal belongs to {own} and may not read {scope}"
+        )
 
     def work() -> LedgerAnswer:
         if row.ledger_version != since:
             TerminalRow.update(ledger_version=since).where(TerminalRow.id == row.id).execute()
-        return svc.delivery.answer(since, request.headers)
+        return svc.delivery.answer(own, since, request.headers)
 
     try:
         ans = await svc.db(work)
     except Ahead as exc:
         raise ProblemError(409, "ledger-ahead", str(exc)) from None
+    except NotReady as exc:
+        return problem(503, "ledger-not-ready", str(exc), request.url.path, **{"Retry-After": "2"})
     if ans.status == 416:
         return problem(416, "range", "range not satisfiable", request.url.path, **ans.headers)
     media = ans.headers.pop("Content-Type", None)

@@ -1,0 +1,370 @@
+"""Store scopes: each store's own ledger, derived from the chain-wide one.
+
+The chain-wide ledger (store.py) stays the one place changes are recorded. After each
+chain-wide version, every store scope is brought up to it: what the chain-wide deltas
+touched is looked up in the chain-wide state and kept only where it can matter at that
+store; a campaign that enters a scope arrives whole, one that leaves (no longer valid at the
+store, or ended longer ago than the grace) leaves with its serials, codes and counts. Each
+scope is its own signed hash chain (docs/central-scale.md). Only the publisher calls this.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import cbor2
+
+from coupons import cose, ledger, serials
+from coupons.ledger import GENESIS, LedgerState
+from coupons.rules import Campaign
+from sync.central.models import (
+    CouponRow,
+    EnrollCode,
+    ScopeRow,
+    ScopeSnapshot,
+    ScopeVersion,
+    TerminalRow,
+    VersionRow,
+    db_serial,
+    from_db_serial,
+)
+
+ENDED_GRACE_S = 7 * 24 * 3600  # an ended campaign stays this long (late refunds, disputes)
+SNAPSHOT_EVERY = 32  # a scope gets a fresh snapshot after this many deltas
+_LOOKUP_CHUNK = 500
+
+
+def stores() -> list[str]:
+    """The stores that have (or are about to have) tills: every one gets its scope."""
+    have = {r.store for r in TerminalRow.select(TerminalRow.store).distinct()}
+    have |= {r.store for r in EnrollCode.select(EnrollCode.store).distinct()}
+    return sorted(have)
+
+
+def campaigns_at(state: LedgerState, store: str, now: int) -> frozenset[str]:
+    """Campaigns that can matter at a store now: valid there (or chain-wide) and not ended
+    longer ago than the grace."""
+    return frozenset(
+        c.id
+        for c in state.campaigns.values()
+        if (not c.stores or store in c.stores)
+        and (c.valid_until is None or c.valid_until + ENDED_GRACE_S >= now)
+    )
+
+
+def _meta_hash(state: LedgerState) -> bytes:
+    doc = [
+        sorted(c.raw for c in state.issuer_keys.values()),
+        sorted(state.revoked_kids),
+        state.policy.to_dict(),
+        state.plain_salt,
+    ]
+    return hashlib.sha256(cbor2.dumps(doc, canonical=True)).digest()
+
+
+@dataclass
+class ChainView:
+    """The chain-wide ledger at one version, with the campaign of each serial it lists."""
+
+    state: LedgerState
+    campaign_of: dict[int, str] = field(default_factory=dict)
+
+    def learn(self, serials_: Iterable[int]) -> None:
+        """Look up the campaign of serials not seen yet (issued here: CouponRow)."""
+        todo = [s for s in serials_ if s not in self.campaign_of]
+        for i in range(0, len(todo), _LOOKUP_CHUNK):
+            chunk = todo[i : i + _LOOKUP_CHUNK]
+            rows = CouponRow.select(CouponRow.serial, CouponRow.campaign).where(
+                CouponRow.serial.in_([db_serial(s) for s in chunk])
+            )
+            for r in rows:
+                self.campaign_of[from_db_serial(r.serial)] = r.campaign
+
+    def keeps(self, serial: int, campaigns: frozenset[str]) -> bool:
+        """Whether a serial belongs in a scope holding `campaigns`; one this central did
+        not issue belongs everywhere (fail closed: a revocation is never dropped)."""
+        cid = self.campaign_of.get(serial)
+        return cid is None or cid in campaigns
+
+    def serials_of(self, which: serials.SerialSet, campaigns: frozenset[str]) -> list[int]:
+        return [s for s in which if self.campaign_of.get(s) in campaigns]
+
+
+@dataclass
+class Touched:
+    """What a run of chain-wide deltas changed (the values are read from the chain view)."""
+
+    campaigns: set[str] = field(default_factory=set)
+    removed: set[str] = field(default_factory=set)
+    revoked: set[int] = field(default_factory=set)
+    redeemed: set[int] = field(default_factory=set)
+    codes: set[bytes] = field(default_factory=set)
+    usage: set[str] = field(default_factory=set)
+    customers: set[tuple[str, str]] = field(default_factory=set)
+    deny_tags: set[bytes] = field(default_factory=set)
+    deny_customers: set[str] = field(default_factory=set)
+    sun_keys: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, bodies: Iterable[Mapping[str, object]]) -> Touched:
+        t = cls()
+        for b in bodies:
+            t.campaigns.update(str(c["id"]) for c in _list(b.get("campaigns")))  # type: ignore[index]
+            t.removed.update(str(c) for c in _list(b.get("removed_campaigns")))
+            t.revoked.update(serials.unpack(_bytes(b.get("revoked"))))
+            for name in ("redeemed", "unredeemed"):
+                t.redeemed.update(serials.unpack(_bytes(b.get(name))))
+            t.codes.update(bytes(row[0]) for row in _list(b.get("plain_codes")))  # type: ignore[index]
+            t.usage.update(str(c) for c in _dict(b.get("usage")))
+            for cid, refs in _dict(b.get("customer_usage")).items():
+                t.customers.update(
+                    (str(cid), ref.hex() if isinstance(ref, bytes) else str(ref))
+                    for ref in _dict(refs)
+                )
+            t.deny_tags.update(bytes(x) for x in _list(b.get("deny_tags")))  # type: ignore[call-overload]
+            t.deny_customers.update(str(x) for x in _list(b.get("deny_customers")))
+            t.sun_keys.update(str(c) for c in _dict(b.get("sun_keys")))
+        return t
+
+
+def _list(value: object) -> list[object]:
+    return list(value) if isinstance(value, (list, tuple)) else []
+
+
+def _dict(value: object) -> dict[object, object]:
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+def _bytes(value: object) -> bytes:
+    return value if isinstance(value, bytes) else b""
+
+
+def _campaign_parts(view: ChainView, cids: Iterable[str]) -> dict[str, object]:
+    """Everything the chain view holds for these campaigns: what a campaign entering a
+    scope brings with it."""
+    cids = frozenset(cids)
+    s = view.state
+    return {
+        "campaigns": [s.campaigns[c].to_dict() for c in sorted(cids)],
+        "revoked": view.serials_of(s.revoked, cids),
+        "redeemed": view.serials_of(s.redeemed, cids),
+        "plain_codes": [[h, p.campaign, p.serial] for h, p in s.plain_codes.items() if p.campaign in cids],
+        "usage": {c: list(s.usage[c]) for c in sorted(cids) if c in s.usage},
+        "customer_usage": {k: n for k, n in s.customer_usage.items() if k[0] in cids},
+        "sun_keys": {c: s.sun_keys[c] for c in sorted(cids) if c in s.sun_keys},
+    }
+
+
+def delta_content(
+    view: ChainView,
+    touched: Touched,
+    had: frozenset[str],
+    now_in: frozenset[str],
+    meta_changed: bool,
+    fresh: bool,
+) -> dict[str, object]:
+    """The body (without scope, version, prev, time) of a scope's next delta; empty when
+    nothing in it changed."""
+    s = view.state
+    entering = now_in - had
+    leaving = had - now_in
+    staying = now_in & had
+    body: dict[str, object] = {}
+    whole = _campaign_parts(view, entering)
+    campaigns = list(whole["campaigns"])  # type: ignore[call-overload]
+    campaigns += [s.campaigns[c].to_dict() for c in sorted(touched.campaigns & staying)]
+    if campaigns:
+        body["campaigns"] = campaigns
+    removed = sorted(leaving | (touched.removed & had))
+    if removed:
+        body["removed_campaigns"] = removed
+    keep = view.keeps
+    if fresh:  # every revocation that can matter here, the unattributed ones included
+        revoked = {x for x in s.revoked if keep(x, now_in)}
+    else:
+        revoked = set(whole["revoked"])  # type: ignore[call-overload]
+        revoked |= {x for x in touched.revoked if x in s.revoked and keep(x, now_in)}
+    redeemed = set(whole["redeemed"])  # type: ignore[call-overload]
+    redeemed |= {x for x in touched.redeemed if x in s.redeemed and keep(x, staying)}
+    unredeemed = {x for x in touched.redeemed if x not in s.redeemed and keep(x, staying)}
+    left = frozenset(leaving)
+    unredeemed |= set(view.serials_of(s.redeemed, left))
+    unrevoked = set(view.serials_of(s.revoked, left))
+    for name, values in (
+        ("revoked", revoked),
+        ("redeemed", redeemed),
+        ("unredeemed", unredeemed),
+        ("unrevoked", unrevoked),
+    ):
+        if values:
+            body[name] = serials.pack(values)
+    codes = list(whole["plain_codes"])  # type: ignore[call-overload]
+    for h in sorted(touched.codes):
+        p = s.plain_codes.get(h)
+        if p is not None and p.campaign in staying:
+            codes.append([h, p.campaign, p.serial])
+    if codes:
+        body["plain_codes"] = codes
+    usage = dict(whole["usage"])  # type: ignore[call-overload]
+    usage.update({c: list(s.usage[c]) for c in sorted(touched.usage & staying) if c in s.usage})
+    if usage:
+        body["usage"] = usage
+    counts = dict(whole["customer_usage"])  # type: ignore[call-overload]
+    counts.update(
+        {k: s.customer_usage.get(k, 0) for k in touched.customers if k[0] in staying}
+    )
+    if counts:
+        body["customer_usage"] = ledger.pack_customer_usage(counts)
+    sun = dict(whole["sun_keys"])  # type: ignore[call-overload]
+    sun.update({c: s.sun_keys[c] for c in touched.sun_keys & staying if c in s.sun_keys})
+    if sun:
+        body["sun_keys"] = dict(sorted(sun.items()))
+    deny_tags = sorted(s.deny_tags) if fresh else sorted(touched.deny_tags & s.deny_tags)
+    deny_customers = (
+        sorted(s.deny_customers) if fresh else sorted(touched.deny_customers & s.deny_customers)
+    )
+    if deny_tags:
+        body["deny_tags"] = deny_tags
+    if deny_customers:
+        body["deny_customers"] = deny_customers
+    if body or meta_changed or fresh:
+        body["issuer_certs"] = sorted(c.raw for c in s.issuer_keys.values())
+        body["revoked_kids"] = sorted(s.revoked_kids)
+        body["policy"] = s.policy.to_dict()
+        body["plain_salt"] = s.plain_salt
+    return body
+
+
+def scope_state(view: ChainView, scope: str, campaigns: frozenset[str]) -> LedgerState:
+    """What a till holding the scope holds (without version and chain): for snapshots."""
+    s = view.state
+    parts = _campaign_parts(view, campaigns)
+    revoked = {x for x in s.revoked if view.keeps(x, campaigns)}
+    return LedgerState(
+        scope=scope,
+        issuer_keys=dict(s.issuer_keys),
+        revoked_kids=set(s.revoked_kids),
+        campaigns={c: s.campaigns[c] for c in campaigns},
+        usage={c: s.usage[c] for c in campaigns if c in s.usage},
+        customer_usage=dict(parts["customer_usage"]),  # type: ignore[call-overload]
+        revoked=serials.SerialSet(serials.unpack(serials.pack(revoked))),
+        redeemed=serials.SerialSet(serials.unpack(serials.pack(parts["redeemed"]))),  # type: ignore[arg-type]
+        deny_tags=set(s.deny_tags),
+        deny_customers=set(s.deny_customers),
+        plain_salt=s.plain_salt,
+        plain_codes={h: p for h, p in s.plain_codes.items() if p.campaign in campaigns},
+        policy=s.policy,
+        sun_keys={c: k for c, k in s.sun_keys.items() if c in campaigns},
+    )
+
+
+@dataclass
+class ScopeResult:
+    published: int = 0  # scope versions signed
+    snapshots: int = 0
+    scopes: int = 0
+
+
+def bodies_between(after: int, upto: int) -> list[Mapping[str, object]]:
+    """The chain-wide delta bodies after version `after` up to `upto` (read back from the
+    signed bytes: the publisher signed them, so no verification is needed here)."""
+    out: list[Mapping[str, object]] = []
+    rows = VersionRow.select(VersionRow.signed).where(
+        (VersionRow.version > after) & (VersionRow.version <= upto)
+    )
+    for r in rows.order_by(VersionRow.version):
+        _, signed = cbor2.loads(bytes(r.signed))
+        out.append(cbor2.loads(cose.parse_sign1(signed).payload))
+    return out
+
+
+def publish_scopes(
+    view: ChainView,
+    base: int,
+    now: int,
+    key: cose.SigningKey,
+    cert: bytes,
+    store_ids: Iterable[str] | None = None,
+) -> ScopeResult:
+    """Bring every store's scope up to the chain-wide version `base` (which `view` shows):
+    at most one new version per scope. Runs inside the publisher's transaction."""
+    result = ScopeResult()
+    view.learn(view.state.revoked)
+    view.learn(view.state.redeemed)
+    meta = _meta_hash(view.state)
+    rows = {r.scope: r for r in ScopeRow.select()}
+    touched_since: dict[int, Touched] = {}
+    for store_id in sorted(store_ids if store_ids is not None else stores()):
+        scope = ledger.store_scope(store_id)
+        result.scopes += 1
+        row = rows.get(scope)
+        if row is not None and row.base == base:
+            continue
+        had = frozenset(json.loads(row.campaigns)) if row is not None else frozenset()
+        now_in = campaigns_at(view.state, store_id, now)
+        since = row.base if row is not None else base
+        if since not in touched_since:
+            touched_since[since] = Touched.of(bodies_between(since, base))
+        fresh = row is None
+        body = delta_content(
+            view,
+            touched_since[since],
+            had,
+            now_in,
+            meta_changed=fresh or bytes(row.meta) != meta,
+            fresh=fresh,
+        )
+        if not body:
+            ScopeRow.update(base=base).where(ScopeRow.scope == scope).execute()
+            continue
+        version = (row.version if row is not None else 0) + 1
+        prev = bytes(row.chain) if row is not None else GENESIS
+        full = {"scope": scope, "type": "delta", "version": version, "prev": prev, "issued_at": now}
+        raw, payload = ledger.signed_update(key, cert, {**full, **body})
+        chain = ledger.chain_next(prev, payload)
+        ScopeVersion.insert(scope=scope, version=version, signed=raw, issued_at=now).execute()
+        snap_at = row.snapshot_version if row is not None else 0
+        if fresh or version - snap_at >= SNAPSHOT_EVERY:
+            state = scope_state(view, scope, now_in)
+            state.version, state.chain, state.issued_at = version, chain, now
+            snap = ledger.sign_update(key, cert, ledger.snapshot_body(state))
+            ScopeSnapshot.insert(scope=scope, version=version, signed=snap).execute()
+            snap_at = version
+            result.snapshots += 1
+        fields = {
+            "version": version,
+            "chain": chain,
+            "base": base,
+            "campaigns": json.dumps(sorted(now_in)),
+            "meta": meta,
+            "issued_at": now,
+            "snapshot_version": snap_at,
+        }
+        if row is None:
+            ScopeRow.insert(scope=scope, **fields).execute()
+        else:
+            ScopeRow.update(**fields).where(ScopeRow.scope == scope).execute()
+        result.published += 1
+    return result
+
+
+def compact(keep_after_snapshot: int) -> int:
+    """Drop a scope's deltas that lie more than `keep_after_snapshot` versions before its
+    newest snapshot: a till that far behind gets the snapshot anyway. Returns rows dropped."""
+    dropped = 0
+    for row in ScopeRow.select(ScopeRow.scope, ScopeRow.snapshot_version):
+        cut = int(row.snapshot_version) - keep_after_snapshot
+        if cut <= 0:
+            continue
+        dropped += (
+            ScopeVersion.delete()
+            .where((ScopeVersion.scope == row.scope) & (ScopeVersion.version <= cut))
+            .execute()
+        )
+        ScopeSnapshot.delete().where(
+            (ScopeSnapshot.scope == row.scope) & (ScopeSnapshot.version < row.snapshot_version)
+        ).execute()
+    return dropped
