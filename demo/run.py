@@ -141,6 +141,8 @@ def set_up_central(central: Path) -> tuple[dict[str, list[str]], str]:
 def start_central(children: Children, central: Path, port: int) -> tuple[Child, str]:
     cmd = [*TOOLS["redeem-central"], "serve", "--data", str(central)]
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    # One store, a few tills: the publisher may tick often (a chain keeps the 5 s default).
+    cmd += ["--publish-interval-s", "0.5"]
     child = children.start(
         "central",
         cmd,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,9 +194,22 @@ def _forget(key_path: Path, created: bool) -> None:
         key_path.unlink(missing_ok=True)
 
 
-def first_round(data: Path, clock: Clock) -> RoundResult:
+FIRST_LEDGER_WAIT_S = 30.0  # a store enrolled moments ago gets its ledger at the next tick
+
+
+def first_round(data: Path, clock: Clock, wait_s: float = FIRST_LEDGER_WAIT_S) -> RoundResult:
+    """The first sync round after enrolling. The first till of a new store may ask before
+    the central's publisher has made the store's ledger (503 `ledger-not-ready`, one
+    publish interval at most): the installer waits here instead of leaving a till that
+    refuses every coupon until its next round."""
     engine = setup.open_engine(data, clock)
+    deadline = time.monotonic() + wait_s
     try:
-        return run_once(data, engine)
+        while True:
+            result = run_once(data, engine)
+            waiting = not result.ok and "not published yet" in (result.error or "")
+            if not waiting or time.monotonic() >= deadline:
+                return result
+            time.sleep(1.0)
     finally:
         engine.db.close()

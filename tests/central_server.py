@@ -154,7 +154,9 @@ class Running:
     def enroll_code(self, store: str = "S1", ttl: int = 3600) -> str:
         from sync.central.terminals import new_enroll_code
 
-        return new_enroll_code(self.central, store, ttl)[0]
+        code = new_enroll_code(self.central, store, ttl)[0]
+        self.publish()  # the store's ledger exists from the publisher's next tick
+        return code
 
     def device(self, store: str = "S1") -> Device:
         key = cose.SigningKey.generate()
@@ -165,7 +167,6 @@ class Running:
         )
         assert r.status_code == 200, r.text
         doc = r.json()
-        self.publish()  # the store's ledger exists from the publisher's next tick
         return Device(self.url, self.clock, key, doc["terminal"], doc["store"])
 
     def till(self, store: str = "S1") -> Till:

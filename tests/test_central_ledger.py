@@ -145,3 +145,15 @@ def test_gzip_ranges_are_of_the_compressed_bytes(central: Running) -> None:
     assert first.headers["Content-Encoding"] == "gzip"
     body = first.raw.read(decode_content=False) + rest.raw.read(decode_content=False)
     assert gzip.decompress(body) == whole
+
+
+def test_a_till_asking_for_another_stores_scope_gets_403(central: Running) -> None:
+    dev = central.device("S1")
+    central.device("S2")  # S2 has a ledger of its own
+    own = dev.get(f"{protocol.LEDGER}?since=0&scope=store:S1")
+    assert own.status_code == 200
+    other = dev.get(f"{protocol.LEDGER}?since=0&scope=store:S2")
+    assert other.status_code == 403 and other.json()["code"] == "wrong-scope"
+    assert "store:S2" in other.json()["detail"]
+    chain_wide = dev.get(f"{protocol.LEDGER}?since=0&scope=")
+    assert chain_wide.status_code == 403  # the chain-wide ledger is never served to a till

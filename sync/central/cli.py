@@ -22,6 +22,7 @@ from coupons.cliutil import (
     writable_dir,
 )
 from coupons.keys import PURPOSE_ISSUER, PURPOSE_LEDGER
+from coupons import ledger
 from coupons.ledger import Policy, ledger_file
 from coupons.ledger_store import write_atomic
 from coupons.rules import Campaign, InputError
@@ -117,9 +118,39 @@ def _tag_uid(text: str) -> bytes:
     return uid
 
 
+def _publish_store(c: Central, args: argparse.Namespace) -> int:
+    """A store's own ledger for a USB stick: its newest snapshot and the deltas after it,
+    as the publisher signed them (a tick first, unless a running instance leads)."""
+    from sync.central.delivery import Delivery, NotReady
+    from sync.central.publisher import Publisher
+
+    if not args.no_new_version:
+        Publisher(c).tick()
+    scope = ledger.store_scope(args.store)
+    try:
+        answer = Delivery(c).answer(scope, args.since or 0, {})
+    except NotReady:
+        raise UserError(
+            f"store {args.store} has no ledger yet: it gets one once a terminal or an "
+            "enrollment code names it"
+        ) from None
+    if answer.status != 200:
+        raise UserError(f"store {args.store}: nothing after version {args.since}")
+    write_atomic(Path(args.out), answer.body)
+    version = int(answer.headers["X-Ledger-Version"])
+    emit(
+        args,
+        {"version": version, "out": args.out, "scope": scope},
+        f"wrote the ledger of {scope} up to version {version} to {args.out}",
+    )
+    return EXIT_OK
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     writable_dir(Path(args.out).resolve().parent)
     c = _open(args)
+    if args.store:
+        return _publish_store(c, args)
     if args.no_new_version:
         latest = c.latest()
         if latest is None:
@@ -372,6 +403,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-new-version",
         action="store_true",
         help="write the current version without publishing a new one",
+    )
+    sp.add_argument(
+        "--store",
+        help="write this store's own ledger (what its terminals receive) instead of the "
+        "chain-wide one",
     )
     cmd("revoke", cmd_revoke, "revoke coupon serials").add_argument(
         "--serial", action="append", required=True

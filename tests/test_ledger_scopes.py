@@ -1,0 +1,180 @@
+"""Store scopes (issue 13, item 3): each store's ledger holds only what can matter there,
+is its own signed chain, and a till takes only its own store's (or the chain-wide one,
+once, before it moves to its store's)."""
+
+from __future__ import annotations
+
+from coupons import ledger
+from coupons.ledger import ledger_file, read_file, store_scope
+from coupons.reasons import Reason
+from sync.central import scopes
+from sync.central.delivery import Delivery
+from sync.central.publisher import Publisher
+from sync.central.terminals import new_enroll_code
+from tests.conftest import World, basket
+
+
+def _scope_file(world: World, store: str, since: int = 0) -> bytes:
+    answer = Delivery(world.central).answer(store_scope(store), since, {})
+    assert answer.status == 200, answer.status
+    return answer.body
+
+
+def _setup(world: World) -> Publisher:
+    for store in ("S1", "S2"):
+        new_enroll_code(world.central, store)
+    return Publisher(world.central)
+
+
+def test_a_store_ledger_holds_its_campaigns_and_not_another_stores(world: World) -> None:
+    pub = _setup(world)
+    world.campaign(id="ALL", amount_minor=500)
+    world.campaign(id="ONLY2", amount_minor=700, stores=["S2"])
+    [code2] = world.issue("ONLY2", 1, codes=True)
+    [all_token] = world.issue("ALL", 1)
+    pub.tick()
+    s1 = ledger.LedgerState()
+    for raw in read_file(_scope_file(world, "S1")):
+        s1, _ = ledger.apply(world.central.anchor, s1, raw, "S1")
+    s2 = ledger.LedgerState()
+    for raw in read_file(_scope_file(world, "S2")):
+        s2, _ = ledger.apply(world.central.anchor, s2, raw, "S2")
+    assert s1.scope == store_scope("S1") and set(s1.campaigns) == {"ALL"}
+    assert set(s2.campaigns) == {"ALL", "ONLY2"}
+    assert not s1.plain_codes and len(s2.plain_codes) == 1  # S2's typed code stays at S2
+    # The till of S1 imports its store's ledger and redeems the chain-wide coupon.
+    assert world.engine.import_ledger(_scope_file(world, "S1")).applied
+    assert world.engine.redeem(all_token, basket(5000)).accepted
+    assert world.engine.redeem(code2, basket(5000)).accepted is False
+
+
+def test_a_till_refuses_another_stores_ledger(world: World) -> None:
+    pub = _setup(world)
+    world.campaign(id="ALL")
+    pub.tick()
+    result = world.engine.import_ledger(_scope_file(world, "S2"))
+    assert [r.kind for r in result.refused] == ["wrong_scope"]
+    assert "store:S2" in result.refused[0].detail
+    assert world.engine.ledger.version == 0  # nothing taken
+
+
+def test_a_till_moves_once_from_the_chain_wide_ledger_to_its_stores(world: World) -> None:
+    pub = _setup(world)
+    world.campaign(id="ALL")
+    world.sync_ledger()  # the chain-wide ledger, as a till from before scopes holds it
+    assert world.engine.ledger.scope == ledger.CHAIN_WIDE and world.engine.ledger.version > 0
+    pub.tick()
+    assert world.engine.import_ledger(_scope_file(world, "S1")).applied
+    assert world.engine.ledger.scope == store_scope("S1")
+    # From now on the chain-wide ledger does not continue what the till holds.
+    world.campaign(id="MORE")
+    world.central.publish()
+    refused = world.engine.import_ledger(ledger_file(world.central.deltas(0))).refused
+    assert refused and {r.kind for r in refused} == {"wrong_scope"}
+    # And a restart replays the store's ledger from disk.
+    assert world.reopen().ledger.scope == store_scope("S1")
+
+
+def test_redemptions_reach_only_the_scopes_of_their_campaign(world: World) -> None:
+    pub = _setup(world)
+    world.campaign(id="ONLY2", stores=["S2"])
+    world.campaign(id="ALL")
+    only2 = world.central.issue("ONLY2", 3)
+    every = world.central.issue("ALL", 2)
+    pub.tick()
+    world.central.mark([only2[0].serial, every[0].serial], "redeemed")
+    pub.tick()
+    s1 = ledger.LedgerState()
+    for raw in read_file(_scope_file(world, "S1")):
+        s1, _ = ledger.apply(world.central.anchor, s1, raw, "S1")
+    assert every[0].serial in s1.redeemed and only2[0].serial not in s1.redeemed
+
+
+def test_an_ended_campaign_leaves_the_scope_with_its_serials(world: World) -> None:
+    pub = _setup(world)
+    end = int(world.clock.now()) + 3600
+    world.campaign(id="SHORT", valid_until=end)
+    world.campaign(id="LONG")
+    short = world.central.issue("SHORT", 2)
+    pub.tick()
+    world.central.mark([short[0].serial], "redeemed")
+    pub.tick()
+    assert world.engine.import_ledger(_scope_file(world, "S1")).applied
+    held = world.engine.ledger
+    assert "SHORT" in held.campaigns and short[0].serial in held.redeemed
+    world.clock.advance(3600 + scopes.ENDED_GRACE_S + 1)
+    world.central.mark([10**9], "revoked")  # anything: a tick only publishes a change
+    pub.tick()
+    since = world.engine.ledger.version
+    assert world.engine.import_ledger(_scope_file(world, "S1", since)).applied
+    held = world.engine.ledger
+    assert "SHORT" not in held.campaigns and short[0].serial not in held.redeemed
+    assert "LONG" in held.campaigns
+
+
+def test_deltas_replayed_from_nothing_equal_the_scopes_snapshot(world: World) -> None:
+    """What a till builds from every delta is what the publisher's snapshot says."""
+    pub = _setup(world)
+    world.campaign(id="A")
+    world.campaign(id="B", stores=["S1"])
+    world.campaign(id="C", stores=["S2"])
+    issued = {cid: world.central.issue(cid, 4) for cid in "ABC"}
+    for n in range(scopes.SNAPSHOT_EVERY + 2):
+        cid = "ABC"[n % 3]
+        world.central.mark([issued[cid][n % 4].serial], "redeemed" if n % 5 else "revoked")
+        if n == 7:
+            world.campaign(id="B", stores=["S2"])  # B leaves S1
+        pub.tick()
+    answer = Delivery(world.central).answer(store_scope("S1"), 0, {})
+    updates = read_file(answer.body)
+    from_snapshot = ledger.LedgerState()
+    from_snapshot, kind = ledger.apply(world.central.anchor, from_snapshot, updates[0], "S1")
+    assert kind == "snapshot"
+    for raw in updates[1:]:
+        from_snapshot, _ = ledger.apply(world.central.anchor, from_snapshot, raw, "S1")
+    replayed = ledger.LedgerState()
+    for row in scopes.ScopeVersion.select().where(
+        scopes.ScopeVersion.scope == store_scope("S1")
+    ).order_by(scopes.ScopeVersion.version):
+        replayed, _ = ledger.apply(world.central.anchor, replayed, bytes(row.signed), "S1")
+    assert replayed.version == from_snapshot.version
+    assert replayed.chain == from_snapshot.chain
+    assert set(replayed.campaigns) == set(from_snapshot.campaigns) == {"A"}
+    assert list(replayed.redeemed) == list(from_snapshot.redeemed)
+    assert list(replayed.revoked) == list(from_snapshot.revoked)
+    assert replayed.usage == from_snapshot.usage
+
+
+def test_a_scope_delta_out_of_order_is_a_gap_and_an_old_one_a_rollback(world: World) -> None:
+    pub = _setup(world)
+    world.campaign(id="ALL")
+    pub.tick()
+    assert world.engine.import_ledger(_scope_file(world, "S1")).applied
+    have = world.engine.ledger.version
+    for n in range(2):
+        world.central.mark([10**9 + n], "revoked")
+        pub.tick()
+    rows = list(
+        scopes.ScopeVersion.select()
+        .where(scopes.ScopeVersion.scope == store_scope("S1"))
+        .order_by(scopes.ScopeVersion.version)
+    )
+    newest = bytes(rows[-1].signed)
+    assert [r.kind for r in world.engine.import_ledger(ledger_file([newest])).refused] == ["gap"]
+    assert world.engine.ledger.version == have  # the gap changed nothing
+    assert world.engine.import_ledger(ledger_file([bytes(rows[have].signed)])).applied
+    oldest = bytes(rows[0].signed)
+    refused = world.engine.import_ledger(ledger_file([oldest])).refused
+    assert [r.kind for r in refused] == ["rollback"]
+    assert world.engine.ledger.version == have + 1
+
+
+def test_a_revoked_coupon_is_refused_at_every_store_holding_its_campaign(world: World) -> None:
+    pub = _setup(world)
+    world.campaign(id="ALL", amount_minor=500)
+    [coupon] = world.central.issue("ALL", 1)
+    pub.tick()
+    world.central.mark([coupon.serial], "revoked")
+    pub.tick()
+    assert world.engine.import_ledger(_scope_file(world, "S1")).applied
+    assert world.engine.redeem(coupon.token or "", basket(5000)).reason == Reason.REVOKED
