@@ -201,6 +201,10 @@ def _sync(till: Till) -> None:
     link = CentralLink(Link(till.running.url), till.device.key, till.terminal, till.running.clock)
     result = SyncClient(till.data, link, Direct(till.engine)).run_round()
     assert result.ok, result.error
+    # The publisher's tick, then the next round: what the upload changed comes back.
+    till.running.publish()
+    result = SyncClient(till.data, link, Direct(till.engine)).run_round()
+    assert result.ok, result.error
 
 
 def test_a_customer_at_the_limit_is_refused_at_another_till_after_sync(central: Running) -> None:
