@@ -30,6 +30,7 @@ from coupons.engine import Engine
 from coupons.ledger_store import ImportResult
 from sync import protocol
 from sync.central.app import create_app
+from sync.central import scopes
 from sync.central.publisher import Publisher, Tick
 from sync.central.store import Central
 from tests import postgres
@@ -149,7 +150,25 @@ class Running:
         interval: what changed since reaches every store's ledger."""
         if self.publisher is None:
             self.publisher = Publisher(self.central)
-        return self.publisher.tick()
+        with self.central.session():
+            tick = self.publisher.tick()
+            if not tick.leader:  # a `serve` process leads: wait for its tick instead
+                self.wait_published()
+        return tick
+
+    def wait_published(self, timeout_s: float = 20.0) -> None:
+        """Until the leading instance has published everything changed so far."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            latest = self.central.latest()
+            if (
+                latest is not None
+                and not self.central.changed()
+                and not scopes.behind(int(latest.version))
+            ):
+                return
+            assert time.monotonic() < deadline, "the publisher did not catch up in time"
+            time.sleep(0.05)
 
     def enroll_code(self, store: str = "S1", ttl: int = 3600) -> str:
         from sync.central.terminals import new_enroll_code

@@ -117,6 +117,7 @@ def test_cli_codes_terminals_and_revocation(central: Running) -> None:
     enrolled = _enroll(central, code, key)
     assert enrolled.status_code == 200, enrolled.text
     dev = Device(central.url, central.clock, key, enrolled.json()["terminal"], "S9")
+    central.publish()  # the publisher's tick makes store S9's ledger
     assert dev.ledger(0).status_code == 200
 
     listed = central.cli("terminals", "--json")

@@ -368,3 +368,13 @@ def compact(keep_after_snapshot: int) -> int:
             (ScopeSnapshot.scope == row.scope) & (ScopeSnapshot.version < row.snapshot_version)
         ).execute()
     return dropped
+
+
+def behind(chain_version: int) -> list[str]:
+    """The stores whose ledger has not caught up with chain-wide version `chain_version`
+    (or has none yet): what the publisher still owes."""
+    caught = {
+        r.scope
+        for r in ScopeRow.select(ScopeRow.scope).where(ScopeRow.base >= chain_version)
+    }
+    return [s for s in stores() if ledger.store_scope(s) not in caught]
