@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypedDict, TypeVar
 
 from coupons import journal, ledger, setup
 from coupons import sync_state as status
@@ -23,7 +23,7 @@ from coupons.journal.meta import PRUNED_AT
 from coupons.ledger_store import DEFAULT_MAX_FILE_BYTES
 from sync import protocol
 from sync.device import Settings, read_device_key
-from sync.http import CentralLink, Link, Offset, SyncError
+from sync.http import CentralLink, Link, Offset, SyncError, SyncErrorKind
 from sync.ledger_pull import (
     Partial,
     content_range_start,
@@ -55,19 +55,85 @@ class Direct:
         return job(self.engine)
 
 
+class JournalReport(TypedDict, total=False):
+    """What a round did with the journal; the counts come last (empty: not reached)."""
+
+    sent: int
+    accepted: int
+    resent_from: list[int]
+    acked_seq: int
+    head_seq: int
+    backlog: int
+
+
+class Refusal(TypedDict):
+    kind: str
+    detail: str
+
+
+# What a round did with the ledger (empty: not reached). "from" is a keyword, hence this form.
+LedgerReport = TypedDict(
+    "LedgerReport",
+    {
+        "from": int,
+        "to": int,
+        "applied": list[int],
+        "refused": list[Refusal],
+        "resumed_at": int,
+        "status": int,
+        "not_modified": bool,
+        "bytes": int,
+    },
+    total=False,
+)
+
+
+class FlagsReport(TypedDict, total=False):
+    received: int
+    since: str
+
+
+class ClockReport(TypedDict):
+    offset_s: float
+    uncertainty_s: float
+    ok: bool
+
+
+class _Imported(TypedDict):
+    applied: list[int]
+    refused: list[Refusal]
+    to: int
+
+
+class _Counts(TypedDict):
+    acked_seq: int
+    head_seq: int
+    backlog: int
+
+
+class _JournalAnswer(TypedDict):
+    """The central's answer to a batch, checked (protocol.JournalReplyDoc)."""
+
+    acked_seq: int
+    accepted: int
+    gaps: list[list[int]]
+    problem: str | None
+    usage: dict[str, list[int]] | None
+
+
 @dataclass
 class RoundResult:
     ok: bool = False
     error: str | None = None
-    error_kind: str | None = None
+    error_kind: SyncErrorKind | None = None
     started_at: float = 0.0
     duration_s: float = 0.0
-    journal: dict[str, Any] = field(default_factory=dict)
-    ledger: dict[str, Any] = field(default_factory=dict)
-    flags: dict[str, Any] = field(default_factory=dict)
-    clock: dict[str, Any] | None = None
+    journal: JournalReport = field(default_factory=JournalReport)
+    ledger: LedgerReport = field(default_factory=LedgerReport)
+    flags: FlagsReport = field(default_factory=FlagsReport)
+    clock: ClockReport | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
     def summary(self) -> str:
@@ -180,9 +246,9 @@ class SyncClient:
 
     def _check_stop(self) -> None:
         if self.stop.is_set():
-            raise SyncError("stopped", "sync stopped (the terminal is shutting down)")
+            raise SyncError(SyncErrorKind.STOPPED, "sync stopped (the terminal is shutting down)")
 
-    def _record_offset(self, best: Offset | None) -> dict[str, Any] | None:
+    def _record_offset(self, best: Offset | None) -> ClockReport | None:
         if best is None or self.stop.is_set():
             return None
         try:
@@ -198,12 +264,12 @@ class SyncClient:
 
     # ------------------------------------------------------------------ journal
 
-    def push_journal(self) -> dict[str, Any]:
+    def push_journal(self) -> JournalReport:
         """Send every entry after the acknowledged mark in batches of MAX_BATCH; the central
         answers with its mark and any gaps, and we resend from the first gap."""
         counts = self.local.call(_journal_counts)
         acked, head = counts["acked_seq"], counts["head_seq"]
-        out: dict[str, Any] = {"sent": 0, "accepted": 0, "resent_from": []}
+        out: JournalReport = {"sent": 0, "accepted": 0, "resent_from": []}
         start = acked + 1
         stalls = 0
         while start <= head:
@@ -212,7 +278,7 @@ class SyncClient:
             batch = self.local.call(_rows_job(start, head, protocol.MAX_BATCH))
             if not batch or batch[0]["seq"] != start:
                 raise SyncError(
-                    "protocol",
+                    SyncErrorKind.PROTOCOL,
                     f"journal entries from #{start} are no longer on this terminal "
                     f"(pruned); the central needs them",
                 )
@@ -225,7 +291,7 @@ class SyncClient:
             central_acked = reply["acked_seq"]
             if central_acked > head:
                 raise SyncError(
-                    "protocol",
+                    SyncErrorKind.PROTOCOL,
                     f"the central acknowledges #{central_acked} but this terminal has only "
                     f"written up to #{head}: is it the right central?",
                 )
@@ -238,7 +304,8 @@ class SyncClient:
                 acked = central_acked
             if reply["problem"]:
                 raise SyncError(
-                    "refused", f"the central refused journal entries: {reply['problem']}"
+                    SyncErrorKind.REFUSED,
+                    f"the central refused journal entries: {reply['problem']}",
                 )
             nxt = reply["gaps"][0][0] if reply["gaps"] else acked + 1
             if reply["gaps"]:
@@ -246,14 +313,15 @@ class SyncClient:
             stalls = stalls + 1 if nxt <= start and not reply["accepted"] else 0
             if stalls >= 2:
                 raise SyncError(
-                    "protocol", f"the central does not take the journal from #{start} on"
+                    SyncErrorKind.PROTOCOL,
+                    f"the central does not take the journal from #{start} on",
                 )
             start = nxt
         return out
 
     # ------------------------------------------------------------------ ledger
 
-    def pull_ledger(self) -> dict[str, Any]:
+    def pull_ledger(self) -> LedgerReport:
         # The till asks for its store's scope; `since` counts in the scope it holds, so a
         # till still on the chain-wide ledger (from before scopes, or a USB import) asks for
         # its store's snapshot: the one-way move docs/central-scale.md describes.
@@ -263,7 +331,7 @@ class SyncClient:
                 e.ledger.version if e.ledger.scope == ledger.store_scope(e.store) else 0,
             )
         )
-        out: dict[str, Any] = {"from": since, "to": since, "applied": [], "refused": []}
+        out: LedgerReport = {"from": since, "to": since, "applied": [], "refused": []}
         partial = Partial(self.work_dir)
         part = partial.load(since)
         headers = {"Accept": protocol.LEDGER_MEDIA_TYPE, "Accept-Encoding": "gzip"}
@@ -292,14 +360,18 @@ class SyncClient:
                 return out
             if answer.status == 416:
                 partial.drop()
-                raise SyncError("protocol", "the central refused to resume the ledger download")
+                raise SyncError(
+                    SyncErrorKind.PROTOCOL, "the central refused to resume the ledger download"
+                )
             etag = resp.headers.get("ETag", "")
             encoding = resp.headers.get("Content-Encoding", "identity").lower()
             if answer.status == 206 and part is not None:
                 start = content_range_start(resp.headers.get("Content-Range", ""))
                 if start != part.size:
                     partial.drop()
-                    raise SyncError("protocol", "the central resumed the ledger at the wrong byte")
+                    raise SyncError(
+                        SyncErrorKind.PROTOCOL, "the central resumed the ledger at the wrong byte"
+                    )
                 append = True
             else:
                 out.pop("resumed_at", None)
@@ -325,15 +397,19 @@ class SyncClient:
             # Kept even when the file was refused: the same refused file is then not fetched,
             # re-imported and flagged again every round, only a newer version is.
             self.local.call(remember_etag(etag, result["to"]))
-        out.update(result)
+        out["applied"] = result["applied"]
+        out["refused"] = result["refused"]
+        out["to"] = result["to"]
         if result["refused"]:
             first = result["refused"][0]
-            raise SyncError("refused", f"ledger update refused: {first['kind']}: {first['detail']}")
+            raise SyncError(
+                SyncErrorKind.REFUSED, f"ledger update refused: {first['kind']}: {first['detail']}"
+            )
         return out
 
     # ------------------------------------------------------------------ flags
 
-    def pull_flags(self) -> dict[str, Any]:
+    def pull_flags(self) -> FlagsReport:
         """The central's decisions on fraud flags (acknowledged, resolved, deny-listed),
         kept for the manager's screen; deny-lists themselves arrive in the ledger."""
         since = self.local.call(lambda e: get_meta(status.FLAGS_SINCE, "0")) or "0"
@@ -348,21 +424,21 @@ class SyncClient:
 # ---------------------------------------------------------------------- engine jobs
 
 
-def _journal_counts(engine: Engine) -> dict[str, int]:
+def _journal_counts(engine: Engine) -> _Counts:
     acked = int(get_meta("acked_seq", "0") or 0)
     head = engine.journal.head_seq
     return {"acked_seq": acked, "head_seq": head, "backlog": max(0, head - acked)}
 
 
-def _rows_job(start: int, until: int, limit: int) -> Callable[[Engine], list[dict[str, Any]]]:
-    def job(engine: Engine) -> list[dict[str, Any]]:
+def _rows_job(start: int, until: int, limit: int) -> Callable[[Engine], list[dict[str, object]]]:
+    def job(engine: Engine) -> list[dict[str, object]]:
         query = (
             Entry.select()
             .where((Entry.seq >= start) & (Entry.seq <= until))
             .order_by(Entry.seq)
             .limit(limit)
         )
-        rows: list[dict[str, Any]] = list(query.dicts())  # type: ignore[arg-type]
+        rows: list[dict[str, object]] = list(query.dicts())  # type: ignore[arg-type]
         return [{k: row[k] for k in EXPORT_FIELDS} for row in rows]
 
     return job
@@ -395,7 +471,7 @@ def _prune(engine: Engine) -> None:
         log.info("pruned %d acknowledged journal entries older than the retention", dropped)
 
 
-def _import(engine: Engine, data: bytes) -> dict[str, Any]:
+def _import(engine: Engine, data: bytes) -> _Imported:
     result = engine.import_ledger(data)
     return {
         "applied": list(result.applied),
@@ -404,27 +480,31 @@ def _import(engine: Engine, data: bytes) -> dict[str, Any]:
     }
 
 
-def _merge_push(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
-    return {k: first[k] + second[k] for k in ("sent", "accepted", "resent_from")}
+def _merge_push(first: JournalReport, second: JournalReport) -> JournalReport:
+    return {
+        "sent": first["sent"] + second["sent"],
+        "accepted": first["accepted"] + second["accepted"],
+        "resent_from": first["resent_from"] + second["resent_from"],
+    }
 
 
 # ---------------------------------------------------------------------- replies
 
 
-def _journal_reply(doc: Any) -> dict[str, Any]:
+def _journal_reply(doc: object) -> _JournalAnswer:
     """Check the central's answer to a batch (protocol.py); raise on a malformed one."""
     if not isinstance(doc, dict):
-        raise SyncError("protocol", "journal reply is not a JSON object")
+        raise SyncError(SyncErrorKind.PROTOCOL, "journal reply is not a JSON object")
     acked, accepted = doc.get("acked_seq"), doc.get("accepted", 0)
     gaps, problem = doc.get("gaps") or [], doc.get("problem")
     if not isinstance(acked, int) or isinstance(acked, bool) or acked < 0:
-        raise SyncError("protocol", "journal reply has no acked_seq")
+        raise SyncError(SyncErrorKind.PROTOCOL, "journal reply has no acked_seq")
     if not isinstance(accepted, int):
-        raise SyncError("protocol", "journal reply: accepted is not a number")
+        raise SyncError(SyncErrorKind.PROTOCOL, "journal reply: accepted is not a number")
     if not isinstance(gaps, list) or not all(
         isinstance(g, list) and len(g) == 2 and all(isinstance(x, int) for x in g) for g in gaps
     ):
-        raise SyncError("protocol", "journal reply: gaps are not [[a, b], ...]")
+        raise SyncError(SyncErrorKind.PROTOCOL, "journal reply: gaps are not [[a, b], ...]")
     usage = doc.get("usage")
     own: dict[str, list[int]] | None = None
     if isinstance(usage, dict) and all(
@@ -441,18 +521,18 @@ def _journal_reply(doc: Any) -> dict[str, Any]:
     }
 
 
-def _flag_reply(doc: Any, since: str) -> tuple[list[dict[str, Any]], str]:
-    items: Any
-    cursor: Any
+def _flag_reply(doc: object, since: str) -> tuple[list[dict[str, object]], str]:
+    items: object
+    cursor: object
     if isinstance(doc, list):
         items, cursor = doc, None
     elif isinstance(doc, dict):
         items = doc.get("decisions", doc.get("flags", []))
         cursor = doc.get("next", doc.get("since"))
     else:
-        raise SyncError("protocol", "flags reply is neither a list nor an object")
+        raise SyncError(SyncErrorKind.PROTOCOL, "flags reply is neither a list nor an object")
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-        raise SyncError("protocol", "flags reply: decisions are not objects")
+        raise SyncError(SyncErrorKind.PROTOCOL, "flags reply: decisions are not objects")
     if cursor is None:
         ids = [i.get("id") for i in items if isinstance(i.get("id"), int)]
         cursor = max(ids) if ids else since
@@ -475,7 +555,9 @@ def open_link(
     settings = Settings.load(data)
     url = central or (settings.central if settings else None)
     if not url:
-        raise SyncError("refused", f"{data} has no central: enroll it or give --central")
+        raise SyncError(
+            SyncErrorKind.REFUSED, f"{data} has no central: enroll it or give --central"
+        )
     if ca is None and settings is not None and url == settings.central:
         ca = settings.ca_path(data)
     link = Link(url, ca, connect_timeout_s=connect_timeout_s, read_timeout_s=read_timeout_s)

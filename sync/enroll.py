@@ -13,7 +13,6 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from coupons import setup
 from coupons.clock import Clock
@@ -57,7 +56,7 @@ def fingerprint_matches(anchor: TrustAnchor, given: str) -> bool:
     return bool(want) and want in (full, digest)
 
 
-def _reply(doc: Any) -> tuple[str, str, TrustAnchor]:
+def _reply(doc: object) -> tuple[str, str, TrustAnchor]:
     if not isinstance(doc, dict):
         raise EnrollError("the central's enrollment answer is not a JSON object")
     terminal = doc.get("terminal") or doc.get("terminal_id")

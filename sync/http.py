@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from enum import StrEnum
 from urllib.parse import urlsplit
 
 import requests
@@ -27,12 +27,23 @@ from sync import protocol
 log = logging.getLogger(__name__)
 
 
-class SyncError(Exception):
-    """A sync request or round that failed; `kind` sorts the cause for the status line:
-    network (no connection, reset), timeout, server (5xx), refused (4xx: the central said
-    no), protocol (an answer we cannot use: truncated, malformed), stopped (shutdown)."""
+class SyncErrorKind(StrEnum):
+    """Why a sync request or round failed, for the status line, the kept status and the
+    metrics (the values are what those have always said: they compare equal to the text)."""
 
-    def __init__(self, kind: str, message: str, status: int | None = None) -> None:
+    NETWORK = "network"  # no connection, reset
+    TIMEOUT = "timeout"
+    SERVER = "server"  # 5xx, or gave up after retries
+    REFUSED = "refused"  # 4xx: the central said no (or this terminal cannot ask)
+    PROTOCOL = "protocol"  # an answer we cannot use: truncated, malformed, too large
+    STOPPED = "stopped"  # the terminal is shutting down
+    INTERNAL = "internal"  # not a SyncError: the daemon's round failed on a bug
+
+
+class SyncError(Exception):
+    """A sync request or round that failed; `kind` sorts the cause (SyncErrorKind)."""
+
+    def __init__(self, kind: SyncErrorKind, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
@@ -56,10 +67,12 @@ class Link:
     def check(self) -> None:
         parts = urlsplit(self.central)
         if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise SyncError("refused", f"central URL {self.central!r} is not an http(s) URL")
+            raise SyncError(
+                SyncErrorKind.REFUSED, f"central URL {self.central!r} is not an http(s) URL"
+            )
         if parts.scheme == "http" and not _loopback(parts.hostname):
             raise SyncError(
-                "refused",
+                SyncErrorKind.REFUSED,
                 f"central URL {self.central} is plain http: use https (http only on loopback)",
             )
 
@@ -82,11 +95,12 @@ class Answer:
     body: bytes
     response: requests.Response  # for streamed bodies (ledger download)
 
-    def json(self) -> Any:
+    def json(self) -> object:
+        """The body as parsed JSON, for the caller to check (never trusted as a shape)."""
         try:
             return json.loads(self.body)
         except ValueError as exc:
-            raise SyncError("protocol", f"answer is not JSON: {exc}") from None
+            raise SyncError(SyncErrorKind.PROTOCOL, f"answer is not JSON: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -153,7 +167,7 @@ class CentralLink:
         method: str,
         path: str,
         *,
-        params: Mapping[str, Any] | None = None,
+        params: Mapping[str, str | int] | None = None,
         body: bytes = b"",
         headers: Mapping[str, str] | None = None,
         stream: bool = False,
@@ -177,14 +191,14 @@ class CentralLink:
         self,
         method: str,
         path: str,
-        params: Mapping[str, Any] | None,
+        params: Mapping[str, str | int] | None,
         body: bytes,
         headers: Mapping[str, str] | None,
         stream: bool,
         signed: bool,
     ) -> Answer:
         if self._closed.is_set():
-            raise SyncError("stopped", "sync stopped")
+            raise SyncError(SyncErrorKind.STOPPED, "sync stopped")
         req = requests.Request(
             method, self.base + path, params=dict(params or {}), headers=dict(headers or {})
         )
@@ -193,7 +207,9 @@ class CentralLink:
         prepared = self.session.prepare_request(req)
         if signed:
             if self.key is None or self.terminal is None:
-                raise SyncError("refused", "this terminal is not enrolled (no device key)")
+                raise SyncError(
+                    SyncErrorKind.REFUSED, "this terminal is not enrolled (no device key)"
+                )
             # What the central sees: the path and query as sent, relative to the host.
             path_qs = prepared.path_url
             prepared.headers.update(
@@ -234,8 +250,10 @@ class CentralLink:
             raise _network_error(where, exc, self.link) from None
         except Exception as exc:  # urllib3 under requests can still raise its own on reads
             if self._closed.is_set():
-                raise SyncError("stopped", "sync stopped") from None
-            raise SyncError("protocol", f"{where}: {type(exc).__name__}: {exc}") from None
+                raise SyncError(SyncErrorKind.STOPPED, "sync stopped") from None
+            raise SyncError(
+                SyncErrorKind.PROTOCOL, f"{where}: {type(exc).__name__}: {exc}"
+            ) from None
         return Answer(resp.status_code, resp.headers, data, resp)
 
     def _measure(self, resp: requests.Response, wall: float, rtt: float) -> None:
@@ -252,10 +270,10 @@ class CentralLink:
         if self.best is None or measured.uncertainty_s <= self.best.uncertainty_s:
             self.best = measured
 
-    def get_json(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+    def get_json(self, path: str, params: Mapping[str, str | int] | None = None) -> Answer:
         return self.request("GET", path, params=params, headers={"Accept": "application/json"})
 
-    def post_json(self, path: str, doc: Any, signed: bool = True) -> Answer:
+    def post_json(self, path: str, doc: Mapping[str, object], signed: bool = True) -> Answer:
         body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
         return self.request(
             "POST",
@@ -274,7 +292,7 @@ def _read_capped(resp: requests.Response, limit: int, where: str) -> bytes:
         if len(buf) > limit:
             resp.close()  # drop the connection: the rest of the body is never read
             raise SyncError(
-                "protocol",
+                SyncErrorKind.PROTOCOL,
                 f"{where}: the answer is larger than {limit / 2**20:g} MiB; not read further",
                 resp.status_code,
             )
@@ -295,14 +313,14 @@ def _refusal(method: str, path: str, answer: Answer) -> SyncError:
     text = f"central answered {answer.status} {reason}".rstrip() + f" to {method} {path}"
     if detail:
         text += f": {detail}"
-    kind = "server" if answer.status >= 500 else "refused"
+    kind = SyncErrorKind.SERVER if answer.status >= 500 else SyncErrorKind.REFUSED
     return SyncError(kind, text, answer.status)
 
 
 def _network_error(where: str, exc: requests.exceptions.RequestException, link: Link) -> SyncError:
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return SyncError(
-            "timeout",
+            SyncErrorKind.TIMEOUT,
             f"{where}: no connection to {link.central} within {link.connect_timeout_s:g} s",
         )
     reason = getattr(exc.args[0] if exc.args else None, "reason", None)
@@ -310,19 +328,22 @@ def _network_error(where: str, exc: requests.exceptions.RequestException, link: 
         reason, urllib3.exceptions.ReadTimeoutError
     ):
         return SyncError(
-            "timeout", f"{where}: the central did not answer within {link.read_timeout_s:g} s"
+            SyncErrorKind.TIMEOUT,
+            f"{where}: the central did not answer within {link.read_timeout_s:g} s",
         )
     if isinstance(exc, requests.exceptions.SSLError):
-        return SyncError("refused", f"{where}: TLS check failed: {_tls_reason(exc)}")
+        return SyncError(SyncErrorKind.REFUSED, f"{where}: TLS check failed: {_tls_reason(exc)}")
     if isinstance(exc, requests.exceptions.RetryError):
-        return SyncError("server", f"{where}: gave up after retries: {exc}")
+        return SyncError(SyncErrorKind.SERVER, f"{where}: gave up after retries: {exc}")
     if isinstance(exc, (requests.exceptions.ChunkedEncodingError,)):
-        return SyncError("protocol", f"{where}: the answer was cut off ({exc})")
+        return SyncError(SyncErrorKind.PROTOCOL, f"{where}: the answer was cut off ({exc})")
     if isinstance(exc, requests.exceptions.ContentDecodingError):
-        return SyncError("protocol", f"{where}: the answer could not be decoded ({exc})")
+        return SyncError(
+            SyncErrorKind.PROTOCOL, f"{where}: the answer could not be decoded ({exc})"
+        )
     if isinstance(exc, requests.exceptions.ConnectionError):
-        return SyncError("network", f"{where}: connection failed ({_short(exc)})")
-    return SyncError("network", f"{where}: {type(exc).__name__}: {exc}")
+        return SyncError(SyncErrorKind.NETWORK, f"{where}: connection failed ({_short(exc)})")
+    return SyncError(SyncErrorKind.NETWORK, f"{where}: {type(exc).__name__}: {exc}")
 
 
 def _tls_reason(exc: Exception) -> str:

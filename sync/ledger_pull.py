@@ -10,16 +10,16 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cbor2
+import requests
 
 from coupons import ledger
 from coupons import sync_state as status
 from coupons.engine import Engine
 from coupons.journal import set_meta
 from coupons.ledger_store import DEFAULT_MAX_FILE_BYTES
-from sync.http import SyncError
+from sync.http import SyncError, SyncErrorKind
 
 CHUNK = 64 * 1024
 
@@ -62,9 +62,11 @@ def decode(raw: bytes, encoding: str, limit: int = DEFAULT_MAX_FILE_BYTES) -> by
         if encoding == "deflate":
             return _inflate(raw, zlib.MAX_WBITS, limit)
     except (OSError, EOFError, zlib.error) as exc:
-        raise SyncError("protocol", f"ledger download is damaged ({exc})") from None
+        raise SyncError(SyncErrorKind.PROTOCOL, f"ledger download is damaged ({exc})") from None
     if encoding not in ("identity", ""):
-        raise SyncError("protocol", f"ledger download uses an unknown encoding {encoding!r}")
+        raise SyncError(
+            SyncErrorKind.PROTOCOL, f"ledger download uses an unknown encoding {encoding!r}"
+        )
     return raw
 
 
@@ -77,7 +79,7 @@ def _inflate(raw: bytes, wbits: int, limit: int) -> bytes:
         z = zlib.decompressobj(wbits)
         out += z.decompress(rest, limit + 1 - len(out))
         if len(out) > limit or z.unconsumed_tail:
-            raise SyncError("protocol", _too_large(limit, "once decompressed"))
+            raise SyncError(SyncErrorKind.PROTOCOL, _too_large(limit, "once decompressed"))
         if not z.eof:
             raise EOFError("compressed data ended before the end-of-stream marker")
         rest = z.unused_data
@@ -138,7 +140,7 @@ class Partial:
 
     def receive(
         self,
-        resp: Any,
+        resp: requests.Response,
         since: int,
         etag: str,
         encoding: str,
@@ -160,19 +162,21 @@ class Partial:
                 for chunk in resp.raw.stream(CHUNK, decode_content=False):
                     size += len(chunk)
                     if size > limit:
-                        raise SyncError("protocol", _too_large(limit, "as sent"))
+                        raise SyncError(SyncErrorKind.PROTOCOL, _too_large(limit, "as sent"))
                     fh.write(chunk)
                     if stop.is_set():
-                        raise SyncError("stopped", "sync stopped during the ledger download")
+                        raise SyncError(
+                            SyncErrorKind.STOPPED, "sync stopped during the ledger download"
+                        )
                 fh.flush()
                 os.fsync(fh.fileno())
         except SyncError as exc:
-            if exc.kind != "stopped":
+            if exc.kind != SyncErrorKind.STOPPED:
                 self.drop()  # too large: never resumed
             raise
         except Exception as exc:  # urllib3 ProtocolError (cut off), read timeout, reset
             raise SyncError(
-                "protocol" if "IncompleteRead" in repr(exc) else "network",
+                SyncErrorKind.PROTOCOL if "IncompleteRead" in repr(exc) else SyncErrorKind.NETWORK,
                 f"ledger download interrupted after {self._size()} bytes ({type(exc).__name__});"
                 " the next round resumes it",
             ) from None

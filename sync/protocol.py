@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypedDict
 
 from coupons import cose
 
@@ -121,6 +122,39 @@ def check_signature(
     ):
         raise AuthError(401, "signature does not verify")
     return SignedRequest(terminal, when)
+
+
+class EntryDoc(TypedDict):
+    """One journal entry on the wire, as `redeem journal export` writes it and the central
+    checks it (coupons.journal.EXPORT_FIELDS, in that order)."""
+
+    seq: int
+    at_ms: int
+    kind: str
+    op_id: str | None
+    checkout_id: str | None
+    accepted: bool
+    reason: str
+    campaign: str | None
+    serial: str | None  # 16 hex digits
+    customer: str | None
+    discount_minor: int
+    currency: str | None
+    cashier: str | None
+    source: str | None
+    detail: str  # a JSON object, as text
+    prev_hash: str
+    hash: str
+
+
+class JournalReplyDoc(TypedDict):
+    """The central's answer to a journal upload (described below)."""
+
+    acked_seq: int
+    accepted: int
+    gaps: list[list[int]]
+    problem: str | None
+    usage: dict[str, list[int]]
 
 
 # Journal upload (POST /v1/journal), JSON:

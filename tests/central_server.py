@@ -29,8 +29,8 @@ from coupons.clock import Clock, FixedClock
 from coupons.engine import Engine
 from coupons.ledger_store import ImportResult
 from sync import protocol
-from sync.central.app import create_app
 from sync.central import scopes
+from sync.central.app import create_app
 from sync.central.publisher import Publisher, Tick
 from sync.central.store import Central
 from tests import postgres

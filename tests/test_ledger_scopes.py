@@ -133,9 +133,11 @@ def test_deltas_replayed_from_nothing_equal_the_scopes_snapshot(world: World) ->
     for raw in updates[1:]:
         from_snapshot, _ = ledger.apply(world.central.anchor, from_snapshot, raw, "S1")
     replayed = ledger.LedgerState()
-    for row in scopes.ScopeVersion.select().where(
-        scopes.ScopeVersion.scope == store_scope("S1")
-    ).order_by(scopes.ScopeVersion.version):
+    for row in (
+        scopes.ScopeVersion.select()
+        .where(scopes.ScopeVersion.scope == store_scope("S1"))
+        .order_by(scopes.ScopeVersion.version)
+    ):
         replayed, _ = ledger.apply(world.central.anchor, replayed, bytes(row.signed), "S1")
     assert replayed.version == from_snapshot.version
     assert replayed.chain == from_snapshot.chain

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any, TypedDict
+from typing import TypedDict
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -22,13 +22,13 @@ router = APIRouter(prefix=protocol.ADMIN_PREFIX)
 
 class AdminDoc(TypedDict):
     tags: list[str | Enum]
-    responses: dict[int | str, dict[str, Any]]
-    openapi_extra: dict[str, Any]
+    responses: dict[int | str, dict[str, object]]
+    openapi_extra: dict[str, object]
 
 
 def admin_doc(*codes: int, body: str | None = None) -> AdminDoc:
     """Route arguments of an admin endpoint: its tag, the bearer scheme, its problems."""
-    extra: dict[str, Any] = {"security": [{schemas.ADMIN_SCHEME: []}]}
+    extra: dict[str, object] = {"security": [{schemas.ADMIN_SCHEME: []}]}
     if body:
         extra.update(schemas.body(body))
     return {

@@ -5,7 +5,6 @@ did for a 5,000-entry batch. Names come from the models, never from input."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import peewee as pw
 
@@ -18,7 +17,7 @@ def insert(
     db: pw.Database,
     model: type[pw.Model],
     columns: Sequence[str],
-    rows: Sequence[Sequence[Any]],
+    rows: Sequence[Sequence[object]],
     on_conflict: str = "",
 ) -> None:
     """INSERT rows (tuples in `columns` order); `on_conflict` is an ON CONFLICT clause in

@@ -9,9 +9,11 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeAlias
 
 import segno
 
+from coupons import ledger
 from coupons.cliutil import (
     EXIT_OK,
     UserError,
@@ -22,7 +24,6 @@ from coupons.cliutil import (
     writable_dir,
 )
 from coupons.keys import PURPOSE_ISSUER, PURPOSE_LEDGER
-from coupons import ledger
 from coupons.ledger import Policy, ledger_file
 from coupons.ledger_store import write_atomic
 from coupons.rules import Campaign, InputError
@@ -348,40 +349,39 @@ def cmd_openapi(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="redeem-central", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+# Quoted: the class is not subscriptable at run time.
+_Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
-    def cmd(
-        name: str,
-        func: object,
-        help_: str,
-        parent: argparse._SubParsersAction[argparse.ArgumentParser] = sub,
-    ) -> argparse.ArgumentParser:
-        sp = parent.add_parser(name, help=help_)
-        sp.add_argument(
-            "--data",
-            default=os.environ.get("REDEEM_CENTRAL_DATA"),
-            required="REDEEM_CENTRAL_DATA" not in os.environ,
-            help="central data directory (env REDEEM_CENTRAL_DATA)",
-        )
-        sp.add_argument(
-            "--database",
-            default=os.environ.get("REDEEM_CENTRAL_DATABASE"),
-            help="postgresql://user:password@host:port/name instead of SQLite in the data "
-            "directory (env REDEEM_CENTRAL_DATABASE)",
-        )
-        add_json(sp)
-        sp.set_defaults(func=func)
-        return sp
 
-    cmd("init", cmd_init, "create keys and the trust-anchor file")
+def _command(parent: _Commands, name: str, func: object, help_: str) -> argparse.ArgumentParser:
+    """A sub-command that works on a central: --data, --database and --json."""
+    sp = parent.add_parser(name, help=help_)
+    sp.add_argument(
+        "--data",
+        default=os.environ.get("REDEEM_CENTRAL_DATA"),
+        required="REDEEM_CENTRAL_DATA" not in os.environ,
+        help="central data directory (env REDEEM_CENTRAL_DATA)",
+    )
+    sp.add_argument(
+        "--database",
+        default=os.environ.get("REDEEM_CENTRAL_DATABASE"),
+        help="postgresql://user:password@host:port/name instead of SQLite in the data "
+        "directory (env REDEEM_CENTRAL_DATABASE)",
+    )
+    add_json(sp)
+    sp.set_defaults(func=func)
+    return sp
+
+
+def _add_setup_commands(sub: _Commands) -> None:
+    """init, campaign add, issue."""
+    _command(sub, "init", cmd_init, "create keys and the trust-anchor file")
     camp = sub.add_parser("campaign", help="manage campaigns")
     csub = camp.add_subparsers(dest="campaign_command", required=True)
-    cmd(
-        "add", cmd_campaign_add, "add or update campaigns from a TOML or JSON file", csub
+    _command(
+        csub, "add", cmd_campaign_add, "add or update campaigns from a TOML or JSON file"
     ).add_argument("--file", required=True)
-    sp = cmd("issue", cmd_issue, "issue coupons: tokens.txt and one QR PNG per coupon")
+    sp = _command(sub, "issue", cmd_issue, "issue coupons: tokens.txt and one QR PNG per coupon")
     sp.add_argument("--campaign", required=True)
     sp.add_argument("--count", type=int, default=1)
     sp.add_argument("--out", required=True)
@@ -394,7 +394,13 @@ def build_parser() -> argparse.ArgumentParser:
         "refused when read from any other tag",
     )
     sp.add_argument("--no-qr", action="store_true", help="skip the PNG files")
-    sp = cmd("publish", cmd_publish, "publish a new ledger version and write a ledger file")
+
+
+def _add_ledger_commands(sub: _Commands) -> None:
+    """publish, revoke, rotate-key, revoke-key, policy: what the next ledger version says."""
+    sp = _command(
+        sub, "publish", cmd_publish, "publish a new ledger version and write a ledger file"
+    )
     sp.add_argument("--out", required=True)
     sp.add_argument(
         "--since", type=int, help="write the deltas after this version instead of a snapshot"
@@ -409,19 +415,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="write this store's own ledger (what its terminals receive) instead of the "
         "chain-wide one",
     )
-    cmd("revoke", cmd_revoke, "revoke coupon serials").add_argument(
+    _command(sub, "revoke", cmd_revoke, "revoke coupon serials").add_argument(
         "--serial", action="append", required=True
     )
-    cmd("rotate-key", cmd_rotate, "make a new ledger or issuer key").add_argument(
+    _command(sub, "rotate-key", cmd_rotate, "make a new ledger or issuer key").add_argument(
         "--purpose", choices=[PURPOSE_ISSUER, PURPOSE_LEDGER], required=True
     )
-    cmd(
+    _command(
+        sub,
         "revoke-key",
         cmd_revoke_key,
         "revoke an issuer key by its id (never the root or ledger key)",
     ).add_argument("--kid", required=True)
-    cmd(
-        "policy", cmd_policy, "show the terminal policy, or set fields of it (bursts, stale ledger)"
+    _command(
+        sub,
+        "policy",
+        cmd_policy,
+        "show the terminal policy, or set fields of it (bursts, stale ledger)",
     ).add_argument(
         "--set",
         action="append",
@@ -429,7 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="change one field, e.g. burst_per_terminal=30 (repeatable; 0 turns a burst "
         "detector off)",
     )
-    sp = cmd("serve", cmd_serve, "serve terminals over HTTP(S): enrollment, ledger, journal")
+
+
+def _add_service_commands(sub: _Commands) -> None:
+    """serve, enroll-code, terminals, revoke-terminal, admin-token, report, openapi."""
+    sp = _command(
+        sub, "serve", cmd_serve, "serve terminals over HTTP(S): enrollment, ledger, journal"
+    )
     sp.add_argument("--host", default=os.environ.get("REDEEM_CENTRAL_HOST", "127.0.0.1"))
     sp.add_argument("--port", type=int, default=int(os.environ.get("REDEEM_CENTRAL_PORT", "8700")))
     sp.add_argument("--tls-cert", help="PEM certificate (chain) to serve HTTPS")
@@ -441,17 +457,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="how often the leading instance publishes what changed (default 5 s): at "
         "most one ledger version per store in each interval",
     )
-    sp = cmd("enroll-code", cmd_enroll_code, "print a one-time code that enrolls one terminal")
+    sp = _command(
+        sub, "enroll-code", cmd_enroll_code, "print a one-time code that enrolls one terminal"
+    )
     sp.add_argument("--store", required=True)
     sp.add_argument("--ttl", type=int, default=terminals.DEFAULT_TTL_S, help="seconds")
-    cmd("terminals", cmd_terminals, "list enrolled terminals")
-    cmd("revoke-terminal", cmd_revoke_terminal, "refuse a terminal from now on").add_argument(
-        "--terminal", required=True
-    )
-    cmd("admin-token", cmd_admin_token, "print a new admin API token").add_argument(
+    _command(sub, "terminals", cmd_terminals, "list enrolled terminals")
+    _command(
+        sub, "revoke-terminal", cmd_revoke_terminal, "refuse a terminal from now on"
+    ).add_argument("--terminal", required=True)
+    _command(sub, "admin-token", cmd_admin_token, "print a new admin API token").add_argument(
         "--label", help="who or what the token is for"
     )
-    cmd("report", cmd_report, "redemptions, redemption rate, open flags, quiet terminals")
+    _command(sub, "report", cmd_report, "redemptions, redemption rate, open flags, quiet terminals")
     sp = sub.add_parser(
         "openapi",
         help="write the OpenAPI document of the terminal-facing endpoints (no data needed)",
@@ -460,6 +478,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--all", action="store_true", help="the whole document, admin routes too")
     add_json(sp)
     sp.set_defaults(func=cmd_openapi)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="redeem-central", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    # In this order: `redeem-central --help` lists the commands as they are added.
+    _add_setup_commands(sub)
+    _add_ledger_commands(sub)
+    _add_service_commands(sub)
     return p
 
 

@@ -12,10 +12,10 @@ from starlette.concurrency import run_in_threadpool
 
 from sync.central import terminals
 from sync.central.delivery import Delivery
-from sync.central.publisher import Publisher
 from sync.central.models import TerminalRow
 from sync.central.online import Online
 from sync.central.problems import ProblemError
+from sync.central.publisher import Publisher
 from sync.central.store import Central
 
 P = ParamSpec("P")

@@ -175,9 +175,7 @@ class Delivery:
         )
         return int(row.version) if row is not None else 0
 
-    def _body(
-        self, scope: str, version: int, start: int, snapshot: bool, gz: bool
-    ) -> bytes | None:
+    def _body(self, scope: str, version: int, start: int, snapshot: bool, gz: bool) -> bytes | None:
         key = (scope, version, start, snapshot, gz)
         data = self.cache.get(key)
         if data is not None:

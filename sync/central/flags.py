@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from collections.abc import Mapping
+from typing import TypedDict
 
 from sync.central.models import FlagRow, FlagUpdate
 from sync.central.store import Central, CentralError
@@ -25,6 +26,47 @@ JOURNAL_CHAIN = "journal_chain_broken"
 IMPLAUSIBLE = "implausible_entry"
 
 
+class FlagDoc(TypedDict):
+    """A flag as the admin API and the report show it."""
+
+    id: int
+    kind: str
+    source: str
+    status: str
+    note: str | None
+    store: str | None
+    terminal: str | None
+    seq: int | None
+    campaign: str | None
+    serial: str | None
+    customer: str | None
+    tag: str | None
+    detail: object  # the JSON document it was raised with
+    created_at: int
+    updated_at: int
+
+
+class DecisionDoc(TypedDict):
+    """A decision on a flag, as the terminals of a store read it (GET /v1/flags)."""
+
+    id: int
+    flag: int
+    kind: str
+    store: str | None
+    campaign: str | None
+    terminal: str | None
+    seq: int | None
+    serial: str | None
+    status: str
+    note: str | None
+    at: int
+
+
+class DecisionsDoc(TypedDict):
+    decisions: list[DecisionDoc]
+    next: int
+
+
 def raise_flag(
     central: Central,
     key: str,
@@ -38,7 +80,7 @@ def raise_flag(
     serial: str | None = None,
     customer: str | None = None,
     tag: str | None = None,
-    detail: dict[str, Any] | None = None,
+    detail: Mapping[str, object] | None = None,
 ) -> None:
     """Record a flag once: the same key (a resent batch, a retried request) adds nothing."""
     now = int(central.now())
@@ -59,7 +101,7 @@ def raise_flag(
     ).on_conflict_ignore().execute()
 
 
-def flag_doc(f: FlagRow) -> dict[str, Any]:
+def flag_doc(f: FlagRow) -> FlagDoc:
     return {
         "id": f.id,
         "kind": f.kind,
@@ -85,7 +127,7 @@ def list_flags(
     store: str | None = None,
     limit: int = 500,
     after: int = 0,
-) -> list[dict[str, Any]]:
+) -> list[FlagDoc]:
     query = FlagRow.select().where(FlagRow.id > after)
     if status:
         query = query.where(FlagRow.status == status)
@@ -96,7 +138,7 @@ def list_flags(
     return [flag_doc(f) for f in query.order_by(FlagRow.id).limit(limit)]
 
 
-def decide(central: Central, flag_id: int, status: str, note: str | None) -> dict[str, Any]:
+def decide(central: Central, flag_id: int, status: str, note: str | None) -> FlagDoc:
     """Set a flag's status; deny_listed also puts its tag UID and customer reference on the
     ledger's deny lists and publishes them."""
     if status not in DECISIONS:
@@ -141,7 +183,7 @@ def stores_of(flag: FlagRow) -> list[str | None]:
     return [*sorted(stores)] if stores else [None]
 
 
-def updates_for_store(store: str, since: int, limit: int = 500) -> dict[str, Any]:
+def updates_for_store(store: str, since: int, limit: int = 500) -> DecisionsDoc:
     """Decisions on the flags that involve a store after update id `since`, oldest first."""
     rows = list(
         FlagUpdate.select()
@@ -150,7 +192,7 @@ def updates_for_store(store: str, since: int, limit: int = 500) -> dict[str, Any
         .limit(limit)
     )
     flags = {f.id: f for f in FlagRow.select().where(FlagRow.id.in_([u.flag for u in rows]))}
-    decisions = []
+    decisions: list[DecisionDoc] = []
     for u in rows:
         f = flags[u.flag]
         decisions.append(

@@ -9,8 +9,9 @@ import json
 import logging
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import peewee as pw
 
@@ -20,6 +21,7 @@ from sync.central import bulk, flags
 from sync.central.models import HEX_DIGITS, JournalRow, TerminalRow, TerminalUsage
 from sync.central.reconcile import reconcile
 from sync.central.store import Central
+from sync.protocol import EntryDoc, JournalReplyDoc
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +64,10 @@ class BatchInvalid(ValueError):
         self.detail = detail
 
 
-def _check_entry(doc: Any, i: int) -> dict[str, Any]:
+def _check_entry(doc: object, i: int) -> EntryDoc:
     if not isinstance(doc, dict):
         raise BatchInvalid(422, "invalid-batch", f"entries[{i}] is not an object")
-    out: dict[str, Any] = {}
+    out: dict[str, object] = {}
     for name in EXPORT_FIELDS:
         kind, nullable, longest = FIELDS[name]
         if name not in doc:
@@ -97,15 +99,17 @@ def _check_entry(doc: Any, i: int) -> dict[str, Any]:
                     422, "invalid-batch", f"entries[{i}].{name} is not valid Unicode"
                 ) from None
         out[name] = value
-    for name in ("prev_hash", "hash"):
-        if len(out[name]) != 64 or not HEX_DIGITS.issuperset(out[name]):
+    # Every field is there with the type FIELDS gives it: the shape EntryDoc names.
+    entry = cast(EntryDoc, out)
+    for text, name in ((entry["prev_hash"], "prev_hash"), (entry["hash"], "hash")):
+        if len(text) != 64 or not HEX_DIGITS.issuperset(text):
             raise BatchInvalid(422, "invalid-batch", f"entries[{i}].{name} is not 64 hex digits")
-    if out["seq"] < 1:
+    if entry["seq"] < 1:
         raise BatchInvalid(422, "invalid-batch", f"entries[{i}].seq must be at least 1")
-    return out
+    return entry
 
 
-def parse_batch(body: bytes) -> list[dict[str, Any]]:
+def parse_batch(body: bytes) -> list[EntryDoc]:
     """The entries of a POST /v1/journal body, checked for shape (not yet for their hashes)."""
     try:
         doc = json.loads(body)
@@ -133,7 +137,7 @@ class Reply:
     problem: str | None = None
     usage: dict[str, list[int]] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JournalReplyDoc:
         return {
             "acked_seq": self.acked_seq,
             "accepted": self.accepted,
@@ -178,7 +182,7 @@ def _retryable(exc: Exception) -> bool:
     return "database is locked" in str(exc)
 
 
-def ingest(central: Central, terminal: str, entries: list[dict[str, Any]]) -> Reply:
+def ingest(central: Central, terminal: str, entries: list[EntryDoc]) -> Reply:
     """Store and reconcile one batch in one transaction (the terminal's row locked, so two
     instances never interleave one terminal's batches). The publisher carries what changed
     to the tills at its next tick: a request never publishes."""
@@ -200,6 +204,15 @@ def ingest(central: Central, terminal: str, entries: list[dict[str, Any]]) -> Re
     return reply
 
 
+def _hash(entry: EntryDoc) -> str:
+    return entry_hash(dict(entry))
+
+
+def _values(entry: Mapping[str, object]) -> tuple[object, ...]:
+    """The entry's fields in EXPORT_FIELDS order (the JournalRow columns after terminal)."""
+    return tuple(entry[k] for k in EXPORT_FIELDS)
+
+
 def _lock_terminal(central: Central, terminal: str) -> TerminalRow:
     query = TerminalRow.select().where(TerminalRow.id == terminal)
     if central.postgres:
@@ -208,9 +221,7 @@ def _lock_terminal(central: Central, terminal: str) -> TerminalRow:
     return row
 
 
-def _refuse(
-    central: Central, term: TerminalRow, entry: dict[str, Any], kind: str, problem: str
-) -> str:
+def _refuse(central: Central, term: TerminalRow, entry: EntryDoc, kind: str, problem: str) -> str:
     flags.raise_flag(
         central,
         f"{kind}:{term.id}:{entry['seq']}:{entry['hash']}:{entry['prev_hash']}",
@@ -227,14 +238,12 @@ def _refuse(
     return problem
 
 
-def _ingest(
-    central: Central, term: TerminalRow, entries: list[dict[str, Any]]
-) -> tuple[Reply, bool]:
+def _ingest(central: Central, term: TerminalRow, entries: list[EntryDoc]) -> tuple[Reply, bool]:
     acked, head = int(term.acked_seq), str(term.head_hash)
     reply = Reply(acked)
     old = [e for e in entries if e["seq"] <= acked]
     if old:
-        query: Any = (
+        query: Any = (  # rows as (seq, hash) tuples
             JournalRow.select(JournalRow.seq, JournalRow.hash)
             .where(
                 (JournalRow.terminal == term.id)
@@ -245,7 +254,7 @@ def _ingest(
         )
         stored: dict[int, str] = dict(query)
         for e in old:
-            if entry_hash(e) != e["hash"] or stored.get(e["seq"]) != e["hash"]:
+            if _hash(e) != e["hash"] or stored.get(e["seq"]) != e["hash"]:
                 reply.problem = _refuse(
                     central,
                     term,
@@ -259,7 +268,7 @@ def _ingest(
         if e["seq"] != expect:
             reply.gaps.append([expect, e["seq"] - 1])
             break
-        if entry_hash(e) != e["hash"]:
+        if _hash(e) != e["hash"]:
             reply.problem = _refuse(
                 central,
                 term,
@@ -286,7 +295,7 @@ def _ingest(
         central.db,
         JournalRow,
         ("terminal", *EXPORT_FIELDS),
-        [(term.id, *(e[k] for k in EXPORT_FIELDS)) for e in taken],
+        [(term.id, *_values(e)) for e in taken],
     )
     changed = reconcile(central, term, taken)
     TerminalRow.update(acked_seq=expect - 1, head_hash=head, last_upload=int(central.now())).where(

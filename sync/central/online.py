@@ -8,7 +8,6 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
 
 from coupons import fraud, sun
 from coupons.checks import Checks
@@ -80,7 +79,7 @@ class Online:
         self._state = LedgerState()
         self._checkers: dict[str, OnlineChecker] = {}
 
-    def check(self, store: str, doc: Any) -> dict[str, Any]:
+    def check(self, store: str, doc: object) -> dict[str, object]:
         if not isinstance(doc, dict) or not isinstance(doc.get("code"), str):
             raise ValueError('body must be {"code": str, "basket": {...}}')
         basket = Basket.from_dict(doc.get("basket"))

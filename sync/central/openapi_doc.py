@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -15,7 +14,7 @@ from sync.central import schemas
 def install(app: FastAPI) -> None:
     """Make app.openapi() build the document below once, on first use."""
 
-    def openapi() -> dict[str, Any]:
+    def openapi() -> dict[str, object]:
         if app.openapi_schema is None:
             spec = get_openapi(
                 title=app.title,
@@ -33,23 +32,29 @@ def install(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def honest_errors(spec: dict[str, Any]) -> None:
+def _members(node: object) -> dict[str, object]:
+    """A member of the document that is an object (in place, to be changed), else a fresh
+    empty one: what `.get(name, {})` gave for a member that is not there."""
+    return node if isinstance(node, dict) else {}
+
+
+def honest_errors(spec: dict[str, object]) -> None:
     """FastAPI documents a 422 HTTPValidationError for every route with parameters; this
     app answers a bad query or path with a 400 problem (the RequestValidationError
     handler), so say that instead."""
-    for ops in spec.get("paths", {}).values():
-        for op in ops.values():
-            responses = op.get("responses", {})
+    for ops in _members(spec.get("paths")).values():
+        for op in _members(ops).values():
+            responses = _members(_members(op).get("responses"))
             if "HTTPValidationError" in json.dumps(responses.get("422", {})):
                 del responses["422"]
                 responses.setdefault("400", schemas.problems(400)[400])
-    spec_schemas = spec.get("components", {}).get("schemas", {})
+    spec_schemas = _members(_members(spec.get("components")).get("schemas"))
     if "HTTPValidationError" not in json.dumps(spec.get("paths", {})):
         spec_schemas.pop("HTTPValidationError", None)
         spec_schemas.pop("ValidationError", None)
 
 
-def _refs(node: Any, found: set[str]) -> None:
+def _refs(node: object, found: set[str]) -> None:
     if isinstance(node, dict):
         ref = node.get("$ref")
         if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
@@ -61,11 +66,11 @@ def _refs(node: Any, found: set[str]) -> None:
             _refs(value, found)
 
 
-def terminal_openapi(app: FastAPI) -> dict[str, Any]:
+def terminal_openapi(app: FastAPI) -> dict[str, object]:
     """The terminal-facing part of the app's OpenAPI document: the routes tagged
     `terminal` and the schemas they reference (docs/openapi-terminal.json)."""
     spec = copy.deepcopy(app.openapi())
-    paths: dict[str, Any] = {}
+    paths: dict[str, object] = {}
     for path, ops in spec["paths"].items():
         kept = {m: op for m, op in ops.items() if "terminal" in op.get("tags", ())}
         if kept:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter, defaultdict
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import peewee as pw
 
@@ -33,6 +33,7 @@ from sync.central.models import (
     from_db_serial,
 )
 from sync.central.store import Central
+from sync.protocol import EntryDoc
 
 log = logging.getLogger(__name__)
 CHUNK = 400
@@ -51,13 +52,36 @@ _REDEMPTION = (
 )
 
 
+_SeqKey = int | str | tuple[str, str | None]  # a serial, a campaign, (campaign, customer)
+T = TypeVar("T")
+
+
 @dataclass
 class _Use:
-    row: dict[str, Any]  # a Redemption row
-    counts: bool = True
+    """A redemption this batch adds: a Redemption row, its columns by name."""
+
+    terminal: str
+    seq: int
+    store: str
+    campaign: str
+    serial: int
+    checkout_id: str | None
+    customer: str | None
+    tag: str | None
+    discount_minor: int
+    value_minor: int
+    currency: str | None
+    at_ms: int
+    reversed_seq: int | None = None
+    counts: bool = True  # cleared when a reverse in the same batch makes it reusable
+
+    def values(self) -> tuple[object, ...]:
+        """The row for bulk.insert: the _REDEMPTION columns, serial, reversed_seq, counts."""
+        named = (getattr(self, k) for k in _REDEMPTION)
+        return (*named, db_serial(self.serial), self.reversed_seq, self.counts)
 
 
-def _detail(entry: dict[str, Any]) -> dict[str, Any]:
+def _detail(entry: EntryDoc) -> dict[str, object]:
     try:
         doc = json.loads(entry["detail"])
     except (ValueError, RecursionError):
@@ -74,7 +98,7 @@ def _serial(text: str | None) -> int | None:
     return int(text, 16)
 
 
-def _chunks(items: list[Any]) -> list[list[Any]]:
+def _chunks(items: list[T]) -> list[list[T]]:
     return [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
 
 
@@ -94,19 +118,40 @@ class _Campaigns:
         return self._cache[cid]
 
 
-def reconcile(central: Central, term: TerminalRow, entries: list[dict[str, Any]]) -> bool:
-    """Count what these (just stored) entries did; True when the ledger must change."""
-    campaigns = _Campaigns()
-    by_seq = {e["seq"]: e for e in entries}
-    holds: dict[tuple[str | None, str], dict[str, Any]] = {}
-    pending: list[_Use] = []
-    serial_delta: Counter[int] = Counter()
-    customer_delta: Counter[tuple[str, str]] = Counter()
-    usage_delta: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
-    last_seq: dict[Any, int] = {}
+@dataclass
+class _Batch:
+    """What one batch of entries changes, gathered before any counter is written."""
+
+    central: Central
+    term: TerminalRow
+    by_seq: dict[int, EntryDoc]
+    known: trust.Known
+    campaigns: _Campaigns = field(default_factory=_Campaigns)
+    holds: dict[tuple[str | None, str], EntryDoc] = field(default_factory=dict)
+    pending: list[_Use] = field(default_factory=list)
+    serial_delta: Counter[int] = field(default_factory=Counter)
+    customer_delta: Counter[tuple[str, str]] = field(default_factory=Counter)
+    usage_delta: defaultdict[str, list[int]] = field(
+        default_factory=lambda: defaultdict(lambda: [0, 0])
+    )
+    last_seq: dict[_SeqKey, int] = field(default_factory=dict)
     # Serials of implausible entries that the central did issue for the campaign named: no
     # use is counted, but the coupon is marked used (docs/decisions.md, issue 11).
-    burned: dict[int, str] = {}
+    burned: dict[int, str] = field(default_factory=dict)
+
+    def count(
+        self, serial: int, campaign: str, customer: str | None, value_minor: int, sign: int
+    ) -> None:
+        self.serial_delta[serial] += sign
+        if customer:
+            self.customer_delta[(campaign, customer)] += sign
+        self.usage_delta[campaign][0] += sign
+        self.usage_delta[campaign][1] += sign * value_minor
+
+
+def reconcile(central: Central, term: TerminalRow, entries: list[EntryDoc]) -> bool:
+    """Count what these (just stored) entries did; True when the ledger must change."""
+    campaigns = _Campaigns()
     known = trust.Known.load(
         s
         for e in entries
@@ -114,141 +159,139 @@ def reconcile(central: Central, term: TerminalRow, entries: list[dict[str, Any]]
         for s in [_serial(e["serial"])]
         if s is not None
     )
-
-    def count(use: dict[str, Any], sign: int) -> None:
-        serial = use["serial"]
-        serial_delta[serial] += sign
-        camp = use["campaign"]
-        if use["customer"]:
-            customer_delta[(camp, use["customer"])] += sign
-        usage_delta[camp][0] += sign
-        usage_delta[camp][1] += sign * use["value_minor"]
-
+    batch = _Batch(central, term, {e["seq"]: e for e in entries}, known, campaigns)
     for e in entries:
-        kind, serial_text = e["kind"], e["serial"]
-        if kind == "flag":
-            _journal_flag(central, term, e, by_seq)
-            continue
-        if not e["accepted"] or serial_text is None:
-            continue
-        if kind == "hold":
-            holds[(e["checkout_id"], serial_text)] = e
-            continue
-        serial = _serial(serial_text)
-        if serial is None:
-            if kind in ("redeem", "commit"):  # no till writes that: evidence, not a use
-                _implausible(central, term, e, f"serial {serial_text!r} is not 16 hex digits")
-            continue
-        camp = campaigns.get(e["campaign"])
-        if kind in ("redeem", "commit"):
-            detail = _detail(e)
-            customer, tag = e["customer"], detail.get("tag")
-            hold = None
-            if kind == "commit":
-                hold = holds.get((e["checkout_id"], serial_text)) or _stored_hold(term, e)
-                if hold is not None:
-                    customer = customer or hold["customer"]
-                    tag = tag or _detail(hold).get("tag")
-            why = trust.implausible(
-                e, detail, term.store, serial, camp, known, _detail(hold) if hold else None
-            )
-            if why is not None:
-                _implausible(central, term, e, why)
-                if known.issued_for(serial, e["campaign"]):
-                    burned[serial] = e["campaign"]
-                    serial_delta[serial] += 1
-                    last_seq[serial] = e["seq"]
-                continue
-            gift = camp.gift_value_minor if (camp and detail.get("gift")) else 0
-            use = {
-                "terminal": term.id,
-                "seq": e["seq"],
-                "store": term.store,
-                "campaign": e["campaign"] or "",
-                "serial": serial,
-                "checkout_id": e["checkout_id"],
-                "customer": customer,
-                "tag": tag if isinstance(tag, str) else None,
-                "discount_minor": e["discount_minor"],
-                "value_minor": e["discount_minor"] + gift,
-                "currency": e["currency"],
-                "at_ms": e["at_ms"],
-            }
-            pending.append(_Use(use))
-            count(use, +1)
-            for key in (serial, use["campaign"], (use["campaign"], customer)):
-                last_seq[key] = e["seq"]
-        elif kind == "reverse":
-            reusable = camp.reusable_after_refund if camp else True
-            mine = next(
-                (
-                    u
-                    for u in reversed(pending)
-                    if u.row["serial"] == serial
-                    and u.row["checkout_id"] == e["checkout_id"]
-                    and u.row.get("reversed_seq") is None
-                ),
-                None,
-            )
-            if mine is not None:
-                mine.row["reversed_seq"] = e["seq"]
-                if reusable:
-                    mine.counts = False
-                    count(mine.row, -1)
-                continue
-            stored = (
-                Redemption.select()
-                .where(
-                    (Redemption.terminal == term.id)
-                    & (Redemption.serial == db_serial(serial))
-                    & (Redemption.checkout_id == e["checkout_id"])
-                    & Redemption.reversed_seq.is_null()
-                )
-                .order_by(Redemption.seq.desc())
-                .first()
-            )
-            if stored is None:
-                continue
-            Redemption.update(reversed_seq=e["seq"], counts=not reusable and stored.counts).where(
-                (Redemption.terminal == term.id) & (Redemption.seq == stored.seq)
-            ).execute()
-            if reusable and stored.counts:
-                count(
-                    {
-                        "serial": serial,
-                        "campaign": stored.campaign,
-                        "customer": stored.customer,
-                        "value_minor": int(stored.value_minor),
-                    },
-                    -1,
-                )
+        _take(batch, e)
+    _insert_uses(central, batch.pending)
+    if not batch.serial_delta and not batch.usage_delta:
+        return False
+    _serials(batch)
+    _customers(batch)
+    _campaign_usage(batch)
+    _terminal_usage(term, batch.usage_delta)
+    return True
 
+
+def _take(batch: _Batch, e: EntryDoc) -> None:
+    """One entry: a flag is raised, a hold remembered, a use counted or reversed."""
+    kind, serial_text = e["kind"], e["serial"]
+    if kind == "flag":
+        _journal_flag(batch.central, batch.term, e, batch.by_seq)
+        return
+    if not e["accepted"] or serial_text is None:
+        return
+    if kind == "hold":
+        batch.holds[(e["checkout_id"], serial_text)] = e
+        return
+    serial = _serial(serial_text)
+    if serial is None:
+        if kind in ("redeem", "commit"):  # no till writes that: evidence, not a use
+            why = f"serial {serial_text!r} is not 16 hex digits"
+            _implausible(batch.central, batch.term, e, why)
+        return
+    camp = batch.campaigns.get(e["campaign"])
+    if kind in ("redeem", "commit"):
+        _use(batch, e, serial, serial_text, camp)
+    elif kind == "reverse":
+        _reverse(batch, e, serial, camp)
+
+
+def _use(batch: _Batch, e: EntryDoc, serial: int, serial_text: str, camp: Campaign | None) -> None:
+    """An accepted redeem or commit: counted when the central finds it plausible, else
+    flagged (and the coupon burned when the central issued it for that campaign)."""
+    term = batch.term
+    detail = _detail(e)
+    customer, tag = e["customer"], detail.get("tag")
+    hold = None
+    if e["kind"] == "commit":
+        hold = batch.holds.get((e["checkout_id"], serial_text)) or _stored_hold(term, e)
+        if hold is not None:
+            customer = customer or hold["customer"]
+            tag = tag or _detail(hold).get("tag")
+    why = trust.implausible(
+        e, detail, term.store, serial, camp, batch.known, _detail(hold) if hold else None
+    )
+    if why is not None:
+        _implausible(batch.central, term, e, why)
+        cid = e["campaign"]
+        if cid is not None and batch.known.issued_for(serial, cid):
+            batch.burned[serial] = cid
+            batch.serial_delta[serial] += 1
+            batch.last_seq[serial] = e["seq"]
+        return
+    gift = camp.gift_value_minor if (camp and detail.get("gift")) else 0
+    use = _Use(
+        terminal=term.id,
+        seq=e["seq"],
+        store=term.store,
+        campaign=e["campaign"] or "",
+        serial=serial,
+        checkout_id=e["checkout_id"],
+        customer=customer,
+        tag=tag if isinstance(tag, str) else None,
+        discount_minor=e["discount_minor"],
+        value_minor=e["discount_minor"] + gift,
+        currency=e["currency"],
+        at_ms=e["at_ms"],
+    )
+    batch.pending.append(use)
+    batch.count(serial, use.campaign, customer, use.value_minor, +1)
+    for key in (serial, use.campaign, (use.campaign, customer)):
+        batch.last_seq[key] = e["seq"]
+
+
+def _reverse(batch: _Batch, e: EntryDoc, serial: int, camp: Campaign | None) -> None:
+    """A refund: the use it undoes (in this batch, else stored) is marked reversed, and
+    stops counting when the campaign makes a refunded coupon reusable."""
+    reusable = camp.reusable_after_refund if camp else True
+    mine = next(
+        (
+            u
+            for u in reversed(batch.pending)
+            if u.serial == serial and u.checkout_id == e["checkout_id"] and u.reversed_seq is None
+        ),
+        None,
+    )
+    if mine is not None:
+        mine.reversed_seq = e["seq"]
+        if reusable:
+            mine.counts = False
+            batch.count(mine.serial, mine.campaign, mine.customer, mine.value_minor, -1)
+        return
+    term = batch.term
+    stored = (
+        Redemption.select()
+        .where(
+            (Redemption.terminal == term.id)
+            & (Redemption.serial == db_serial(serial))
+            & (Redemption.checkout_id == e["checkout_id"])
+            & Redemption.reversed_seq.is_null()
+        )
+        .order_by(Redemption.seq.desc())
+        .first()
+    )
+    if stored is None:
+        return
+    Redemption.update(reversed_seq=e["seq"], counts=not reusable and stored.counts).where(
+        (Redemption.terminal == term.id) & (Redemption.seq == stored.seq)
+    ).execute()
+    if reusable and stored.counts:
+        batch.count(serial, stored.campaign, stored.customer, int(stored.value_minor), -1)
+
+
+def _insert_uses(central: Central, pending: list[_Use]) -> None:
     if pending:
         bulk.insert(
             central.db,
             Redemption,
             (*_REDEMPTION, "serial", "reversed_seq", "counts"),
-            [
-                (
-                    *(u.row[k] for k in _REDEMPTION),
-                    db_serial(u.row["serial"]),
-                    u.row.get("reversed_seq"),
-                    u.counts,
-                )
-                for u in pending
-            ],
+            [u.values() for u in pending],
         )
-    if not serial_delta and not usage_delta:
-        return False
-    _serials(central, term, serial_delta, campaigns, pending, last_seq, burned)
-    _customers(central, term, customer_delta, campaigns, last_seq)
-    _campaign_usage(central, term, usage_delta, campaigns, last_seq)
-    _terminal_usage(term, usage_delta)
-    return True
 
 
-def _stored_hold(term: TerminalRow, commit: dict[str, Any]) -> dict[str, Any] | None:
-    row: dict[str, Any] | None = (
+def _stored_hold(term: TerminalRow, commit: EntryDoc) -> EntryDoc | None:
+    # A JournalRow row: every field of the entry as uploaded (and its terminal).
+    row: EntryDoc | None = (
         JournalRow.select()
         .where(
             (JournalRow.terminal == term.id)
@@ -265,7 +308,7 @@ def _stored_hold(term: TerminalRow, commit: dict[str, Any]) -> dict[str, Any] | 
     return row
 
 
-def _implausible(central: Central, term: TerminalRow, e: dict[str, Any], why: str) -> None:
+def _implausible(central: Central, term: TerminalRow, e: EntryDoc, why: str) -> None:
     """An accepted use the central cannot believe: the entry stays stored (evidence), this
     flag names the terminal, and nothing of it is counted."""
     flags.raise_flag(
@@ -296,12 +339,12 @@ def _implausible(central: Central, term: TerminalRow, e: dict[str, Any], why: st
 
 
 def _journal_flag(
-    central: Central, term: TerminalRow, e: dict[str, Any], by_seq: dict[int, dict[str, Any]]
+    central: Central, term: TerminalRow, e: EntryDoc, by_seq: dict[int, EntryDoc]
 ) -> None:
     """A fraud flag the terminal raised; the entry it is about gives the tag and customer."""
     detail = _detail(e)
     about_seq = detail.get("about_seq")
-    about: dict[str, Any] | None = None
+    about: EntryDoc | None = None
     if isinstance(about_seq, int) and not isinstance(about_seq, bool):
         about = by_seq.get(about_seq)
         if about is None and abs(about_seq) < 2**62:
@@ -328,15 +371,8 @@ def _journal_flag(
     )
 
 
-def _serials(
-    central: Central,
-    term: TerminalRow,
-    delta: Counter[int],
-    campaigns: _Campaigns,
-    pending: list[_Use],
-    last_seq: dict[Any, int],
-    burned: dict[int, str],
-) -> None:
+def _serials(batch: _Batch) -> None:
+    central, term, delta = batch.central, batch.term, batch.serial_delta
     changed = sorted(s for s, d in delta.items() if d)
     if not changed:
         return
@@ -356,18 +392,18 @@ def _serials(
         )
         for stored, n in query:
             counts[from_db_serial(stored)] = int(n)
-    campaign_of = {**burned, **{u.row["serial"]: u.row["campaign"] for u in pending}}
+    campaign_of = {**batch.burned, **{u.serial: u.campaign for u in batch.pending}}
     redeemed, unredeemed = [], []
     for s in changed:
         cid = campaign_of.get(s) or _campaign_of_serial(s)
-        camp = campaigns.get(cid)
+        camp = batch.campaigns.get(cid)
         limit = camp.uses_per_coupon if camp else 1
         n = counts.get(s, 0)
         if delta[s] > 0:
             if n >= limit:
                 redeemed.append(s)
             if n > limit:
-                _double(central, term, s, cid, n, limit, last_seq.get(s))
+                _double(central, term, s, cid, n, limit, batch.last_seq.get(s))
         elif n < limit:
             unredeemed.append(s)
     for chunk in _chunks(redeemed):
@@ -413,11 +449,14 @@ def _double(
     limit: int,
     seq: int | None,
 ) -> None:
-    uses = [
-        {"terminal": r.terminal, "store": r.store, "seq": int(r.seq), "at_ms": int(r.at_ms)}
-        for r in Redemption.select()
+    rows = list(
+        Redemption.select()
         .where((Redemption.serial == db_serial(serial)) & Redemption.counts)
         .order_by(Redemption.at_ms, Redemption.terminal, Redemption.seq)
+    )
+    uses = [
+        {"terminal": r.terminal, "store": r.store, "seq": int(r.seq), "at_ms": int(r.at_ms)}
+        for r in rows
     ]
     serial_hex = f"{serial:016x}"
     flags.raise_flag(
@@ -435,20 +474,16 @@ def _double(
             "uses": count,
             "allowed": limit,
             "redemptions": uses,
-            "terminals": sorted({u["terminal"] for u in uses}),
-            "stores": sorted({u["store"] for u in uses}),
+            "terminals": sorted({r.terminal for r in rows}),
+            "stores": sorted({r.store for r in rows}),
         },
     )
     log.warning("double redemption of %s (%d uses, %d allowed)", serial_hex, count, limit)
 
 
-def _customers(
-    central: Central,
-    term: TerminalRow,
-    delta: Counter[tuple[str, str]],
-    campaigns: _Campaigns,
-    last_seq: dict[Any, int],
-) -> None:
+def _customers(batch: _Batch) -> None:
+    central, term = batch.central, batch.term
+    delta, campaigns = batch.customer_delta, batch.campaigns
     changed = sorted(k for k, d in delta.items() if d)
     for camp_id, customer in changed:
         CustomerUse.insert(
@@ -466,7 +501,7 @@ def _customers(
             (CustomerUse.campaign == camp_id) & (CustomerUse.customer == customer)
         ).count
         if n > camp.uses_per_customer:
-            seq = last_seq.get((camp_id, customer))
+            seq = batch.last_seq.get((camp_id, customer))
             flags.raise_flag(
                 central,
                 f"{flags.CUSTOMER_LIMIT}:{camp_id}:{customer}:{term.id}:{seq}",
@@ -486,13 +521,9 @@ def _customers(
             )
 
 
-def _campaign_usage(
-    central: Central,
-    term: TerminalRow,
-    delta: defaultdict[str, list[int]],
-    campaigns: _Campaigns,
-    last_seq: dict[Any, int],
-) -> None:
+def _campaign_usage(batch: _Batch) -> None:
+    central, term = batch.central, batch.term
+    delta, campaigns = batch.usage_delta, batch.campaigns
     for camp_id in sorted(delta):
         n, minor = delta[camp_id]
         if not n and not minor:
@@ -512,7 +543,7 @@ def _campaign_usage(
             camp.budget_minor is not None and usage.minor > camp.budget_minor
         )
         if over:
-            seq = last_seq.get(camp_id)
+            seq = batch.last_seq.get(camp_id)
             flags.raise_flag(
                 central,
                 f"{flags.BUDGET}:{camp_id}:{term.id}:{seq}",

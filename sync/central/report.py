@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import Any
+from typing import Any, TypedDict
 
 import peewee as pw
 
@@ -16,7 +16,64 @@ from sync.central.store import Central
 STALE_AFTER_S = 24 * 3600
 
 
-def _sums(*group: Any) -> list[dict[str, Any]]:
+class Sums(TypedDict):
+    """Redemptions of one group (a campaign, store or terminal) in one currency."""
+
+    currency: str | None
+    redemptions: int
+    discount_minor: int
+    reversed: int
+    coupons_redeemed: int
+
+
+class CampaignLine(Sums):
+    campaign: str
+    name: str
+    issued: int
+    redemption_rate: float | None
+
+
+class StoreLine(Sums):
+    store: str
+
+
+class TerminalLine(Sums):
+    terminal: str
+    store: str
+    last_seen: int | None
+    last_upload: int | None
+
+
+class StaleTerminal(TypedDict):
+    terminal: str
+    store: str
+    last_seen: int | None
+    last_upload: int | None
+    quiet_s: int | None
+
+
+class Totals(TypedDict):
+    redemptions: int
+    issued: int
+    terminals: int
+    open_flags: int
+
+
+class Report(TypedDict):
+    generated_at: int
+    ledger_version: int
+    totals: Totals
+    by_campaign: list[CampaignLine]
+    by_store: list[StoreLine]
+    by_terminal: list[TerminalLine]
+    open_flags: list[flags.FlagDoc]
+    open_flags_by_kind: dict[str, int]
+    stale_terminals: list[StaleTerminal]
+    stale_after_s: int
+
+
+def _sums(*group: pw.Field) -> list[tuple[tuple[str, ...], Sums]]:
+    """Per value of the `group` columns (and currency): those values, and their sums."""
     live = Redemption.reversed_seq.is_null()
     query: Any = (
         Redemption.select(
@@ -33,45 +90,34 @@ def _sums(*group: Any) -> list[dict[str, Any]]:
         .order_by(*group, Redemption.currency)
         .dicts()
     )
-    out = []
+    out: list[tuple[tuple[str, ...], Sums]] = []
     for row in query:
-        out.append(
-            {
-                **{f.name: row[f.name] for f in group},
-                "currency": row["currency"],
-                "redemptions": int(row["redemptions"] or 0),
-                "discount_minor": int(row["discount"] or 0),
-                "reversed": int(row["reversed"] or 0),
-                "coupons_redeemed": int(row["coupons"] or 0),
-            }
-        )
+        sums: Sums = {
+            "currency": row["currency"],
+            "redemptions": int(row["redemptions"] or 0),
+            "discount_minor": int(row["discount"] or 0),
+            "reversed": int(row["reversed"] or 0),
+            "coupons_redeemed": int(row["coupons"] or 0),
+        }
+        out.append((tuple(row[f.name] for f in group), sums))
     return out
 
 
-def build(central: Central, stale_after_s: int = STALE_AFTER_S) -> dict[str, Any]:
-    now = int(central.now())
-    counted: Any = (
-        CouponRow.select(CouponRow.campaign, pw.fn.COUNT(CouponRow.serial))
-        .group_by(CouponRow.campaign)
-        .tuples()
-    )
-    issued: dict[str, int] = dict(counted)
-    names = {}
-    for row in CampaignRow.select(CampaignRow.id, CampaignRow.doc):
-        try:
-            names[row.id] = json.loads(row.doc).get("name", row.id)
-        except ValueError:
-            names[row.id] = row.id
-    by_campaign = _sums(Redemption.campaign)
-    seen = set()
-    for item in by_campaign:
-        cid = item["campaign"]
-        seen.add(cid)
-        item["name"] = names.get(cid, cid)
-        item["issued"] = int(issued.get(cid, 0))
-        item["redemption_rate"] = (
-            round(item["coupons_redeemed"] / item["issued"], 4) if item["issued"] else None
-        )
+def _by_campaign(issued: dict[str, int], names: dict[str, str]) -> list[CampaignLine]:
+    """Every campaign that redeemed or issued anything, with its redemption rate."""
+    by_campaign: list[CampaignLine] = []
+    for (cid,), sums in _sums(Redemption.campaign):
+        n = int(issued.get(cid, 0))
+        rate = round(sums["coupons_redeemed"] / n, 4) if n else None
+        line: CampaignLine = {
+            "campaign": cid,
+            **sums,
+            "name": names.get(cid, cid),
+            "issued": n,
+            "redemption_rate": rate,
+        }
+        by_campaign.append(line)
+    seen = {line["campaign"] for line in by_campaign}
     for cid in sorted(set(issued) - seen):
         by_campaign.append(
             {
@@ -86,16 +132,30 @@ def build(central: Central, stale_after_s: int = STALE_AFTER_S) -> dict[str, Any
                 "redemption_rate": 0.0,
             }
         )
-    terminals = {t.id: t for t in TerminalRow.select()}
-    by_terminal = _sums(Redemption.terminal, Redemption.store)
-    for item in by_terminal:
-        t = terminals.get(item["terminal"])
-        item["last_seen"] = t.last_seen if t else None
-        item["last_upload"] = t.last_upload if t else None
+    return by_campaign
+
+
+def _by_terminal(terminals: dict[str, TerminalRow]) -> list[TerminalLine]:
+    out: list[TerminalLine] = []
+    for (tid, store), sums in _sums(Redemption.terminal, Redemption.store):
+        t = terminals.get(tid)
+        out.append(
+            {
+                "terminal": tid,
+                "store": store,
+                **sums,
+                "last_seen": t.last_seen if t else None,
+                "last_upload": t.last_upload if t else None,
+            }
+        )
+    return out
+
+
+def _stale(terminals: dict[str, TerminalRow], now: int, stale_after_s: int) -> list[StaleTerminal]:
     # Not synced = no journal batch stored: last_seen moves with any signed request, a
     # refused upload or an online check included. A terminal uploads at least the `ledger`
     # entry it journals for each version it applies, and its first round does so.
-    stale = [
+    return [
         {
             "terminal": t.id,
             "store": t.store,
@@ -106,6 +166,26 @@ def build(central: Central, stale_after_s: int = STALE_AFTER_S) -> dict[str, Any
         for t in sorted(terminals.values(), key=lambda t: t.id)
         if not t.revoked and (t.last_upload is None or int(t.last_upload) < now - stale_after_s)
     ]
+
+
+def build(central: Central, stale_after_s: int = STALE_AFTER_S) -> Report:
+    now = int(central.now())
+    counted: Any = (
+        CouponRow.select(CouponRow.campaign, pw.fn.COUNT(CouponRow.serial))
+        .group_by(CouponRow.campaign)
+        .tuples()
+    )
+    issued: dict[str, int] = dict(counted)
+    names = {}
+    for row in CampaignRow.select(CampaignRow.id, CampaignRow.doc):
+        try:
+            names[row.id] = json.loads(row.doc).get("name", row.id)
+        except ValueError:
+            names[row.id] = row.id
+    by_campaign = _by_campaign(issued, names)
+    terminals = {t.id: t for t in TerminalRow.select()}
+    by_terminal = _by_terminal(terminals)
+    stale = _stale(terminals, now, stale_after_s)
     open_flags = flags.list_flags(status="open", limit=1000)
     open_kinds: Any = FlagRow.select(FlagRow.kind).where(FlagRow.status == "open").tuples()
     kinds: Counter[str] = Counter(kind for (kind,) in open_kinds)
@@ -120,7 +200,7 @@ def build(central: Central, stale_after_s: int = STALE_AFTER_S) -> dict[str, Any
             "open_flags": sum(kinds.values()),
         },
         "by_campaign": by_campaign,
-        "by_store": _sums(Redemption.store),
+        "by_store": [{"store": store, **sums} for (store,), sums in _sums(Redemption.store)],
         "by_terminal": by_terminal,
         "open_flags": open_flags,
         "open_flags_by_kind": dict(sorted(kinds.items())),

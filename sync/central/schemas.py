@@ -4,7 +4,7 @@ models describe them for a retailer writing their own central or client."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -141,7 +141,7 @@ _REF = "#/components/schemas/{model}"
 
 
 ADMIN_SCHEME = "adminToken"
-SECURITY_SCHEMES: dict[str, Any] = {
+SECURITY_SCHEMES: dict[str, object] = {
     ADMIN_SCHEME: {
         "type": "http",
         "scheme": "bearer",
@@ -151,8 +151,8 @@ SECURITY_SCHEMES: dict[str, Any] = {
 }
 
 
-def component_schemas() -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def component_schemas() -> dict[str, object]:
+    out: dict[str, object] = {}
     for model in _MODELS:
         schema = model.model_json_schema(ref_template=_REF)
         out.update(schema.pop("$defs", {}))
@@ -160,7 +160,7 @@ def component_schemas() -> dict[str, Any]:
     return out
 
 
-def body(name: str) -> dict[str, Any]:
+def body(name: str) -> dict[str, object]:
     return {
         "requestBody": {
             "required": True,
@@ -169,7 +169,7 @@ def body(name: str) -> dict[str, Any]:
     }
 
 
-def signed() -> dict[str, Any]:
+def signed() -> dict[str, object]:
     """The device-signature headers (protocol.sign_headers)."""
     describe = {
         protocol.HEADER_TERMINAL: "terminal id from enrollment",
@@ -191,7 +191,7 @@ def signed() -> dict[str, Any]:
     }
 
 
-def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+def problems(*codes: int) -> dict[int | str, dict[str, object]]:
     return {
         code: {
             "description": "problem details",
@@ -203,7 +203,7 @@ def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-LEDGER_RESPONSES: dict[int | str, dict[str, Any]] = {
+LEDGER_RESPONSES: dict[int | str, dict[str, object]] = {
     200: {
         "description": "a ledger file: the deltas after `since`, or a snapshot",
         "content": {protocol.LEDGER_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},

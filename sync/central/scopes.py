@@ -19,7 +19,6 @@ import cbor2
 
 from coupons import cose, ledger, serials
 from coupons.ledger import GENESIS, LedgerState
-from coupons.rules import Campaign
 from sync.central.models import (
     CouponRow,
     EnrollCode,
@@ -112,19 +111,23 @@ class Touched:
     def of(cls, bodies: Iterable[Mapping[str, object]]) -> Touched:
         t = cls()
         for b in bodies:
-            t.campaigns.update(str(c["id"]) for c in _list(b.get("campaigns")))  # type: ignore[index]
+            t.campaigns.update(
+                str(c["id"]) for c in _list(b.get("campaigns")) if isinstance(c, Mapping)
+            )
             t.removed.update(str(c) for c in _list(b.get("removed_campaigns")))
             t.revoked.update(serials.unpack(_bytes(b.get("revoked"))))
             for name in ("redeemed", "unredeemed"):
                 t.redeemed.update(serials.unpack(_bytes(b.get(name))))
-            t.codes.update(bytes(row[0]) for row in _list(b.get("plain_codes")))  # type: ignore[index]
+            t.codes.update(
+                bytes(row[0]) for row in _list(b.get("plain_codes")) if isinstance(row, list)
+            )
             t.usage.update(str(c) for c in _dict(b.get("usage")))
             for cid, refs in _dict(b.get("customer_usage")).items():
                 t.customers.update(
                     (str(cid), ref.hex() if isinstance(ref, bytes) else str(ref))
                     for ref in _dict(refs)
                 )
-            t.deny_tags.update(bytes(x) for x in _list(b.get("deny_tags")))  # type: ignore[call-overload]
+            t.deny_tags.update(x for x in _list(b.get("deny_tags")) if isinstance(x, bytes))
             t.deny_customers.update(str(x) for x in _list(b.get("deny_customers")))
             t.sun_keys.update(str(c) for c in _dict(b.get("sun_keys")))
         return t
@@ -142,20 +145,34 @@ def _bytes(value: object) -> bytes:
     return value if isinstance(value, bytes) else b""
 
 
-def _campaign_parts(view: ChainView, cids: Iterable[str]) -> dict[str, object]:
-    """Everything the chain view holds for these campaigns: what a campaign entering a
+@dataclass
+class _Parts:
+    """Everything the chain view holds for some campaigns: what a campaign entering a
     scope brings with it."""
-    cids = frozenset(cids)
-    s = view.state
-    return {
-        "campaigns": [s.campaigns[c].to_dict() for c in sorted(cids)],
-        "revoked": view.serials_of(s.revoked, cids),
-        "redeemed": view.serials_of(s.redeemed, cids),
-        "plain_codes": [[h, p.campaign, p.serial] for h, p in s.plain_codes.items() if p.campaign in cids],
-        "usage": {c: list(s.usage[c]) for c in sorted(cids) if c in s.usage},
-        "customer_usage": {k: n for k, n in s.customer_usage.items() if k[0] in cids},
-        "sun_keys": {c: s.sun_keys[c] for c in sorted(cids) if c in s.sun_keys},
-    }
+
+    campaigns: list[dict[str, object]]
+    revoked: list[int]
+    redeemed: list[int]
+    plain_codes: list[list[object]]
+    usage: dict[str, list[int]]
+    customer_usage: dict[tuple[str, str], int]
+    sun_keys: dict[str, bytes]
+
+    @classmethod
+    def of(cls, view: ChainView, cids: Iterable[str]) -> _Parts:
+        ids = frozenset(cids)
+        s = view.state
+        return cls(
+            campaigns=[s.campaigns[c].to_dict() for c in sorted(ids)],
+            revoked=view.serials_of(s.revoked, ids),
+            redeemed=view.serials_of(s.redeemed, ids),
+            plain_codes=[
+                [h, p.campaign, p.serial] for h, p in s.plain_codes.items() if p.campaign in ids
+            ],
+            usage={c: list(s.usage[c]) for c in sorted(ids) if c in s.usage},
+            customer_usage={k: n for k, n in s.customer_usage.items() if k[0] in ids},
+            sun_keys={c: s.sun_keys[c] for c in sorted(ids) if c in s.sun_keys},
+        )
 
 
 def delta_content(
@@ -173,8 +190,8 @@ def delta_content(
     leaving = had - now_in
     staying = now_in & had
     body: dict[str, object] = {}
-    whole = _campaign_parts(view, entering)
-    campaigns = list(whole["campaigns"])  # type: ignore[call-overload]
+    whole = _Parts.of(view, entering)
+    campaigns = list(whole.campaigns)
     campaigns += [s.campaigns[c].to_dict() for c in sorted(touched.campaigns & staying)]
     if campaigns:
         body["campaigns"] = campaigns
@@ -185,9 +202,9 @@ def delta_content(
     if fresh:  # every revocation that can matter here, the unattributed ones included
         revoked = {x for x in s.revoked if keep(x, now_in)}
     else:
-        revoked = set(whole["revoked"])  # type: ignore[call-overload]
+        revoked = set(whole.revoked)
         revoked |= {x for x in touched.revoked if x in s.revoked and keep(x, now_in)}
-    redeemed = set(whole["redeemed"])  # type: ignore[call-overload]
+    redeemed = set(whole.redeemed)
     redeemed |= {x for x in touched.redeemed if x in s.redeemed and keep(x, staying)}
     unredeemed = {x for x in touched.redeemed if x not in s.redeemed and keep(x, staying)}
     left = frozenset(leaving)
@@ -201,24 +218,22 @@ def delta_content(
     ):
         if values:
             body[name] = serials.pack(values)
-    codes = list(whole["plain_codes"])  # type: ignore[call-overload]
+    codes = list(whole.plain_codes)
     for h in sorted(touched.codes):
         p = s.plain_codes.get(h)
         if p is not None and p.campaign in staying:
             codes.append([h, p.campaign, p.serial])
     if codes:
         body["plain_codes"] = codes
-    usage = dict(whole["usage"])  # type: ignore[call-overload]
+    usage = dict(whole.usage)
     usage.update({c: list(s.usage[c]) for c in sorted(touched.usage & staying) if c in s.usage})
     if usage:
         body["usage"] = usage
-    counts = dict(whole["customer_usage"])  # type: ignore[call-overload]
-    counts.update(
-        {k: s.customer_usage.get(k, 0) for k in touched.customers if k[0] in staying}
-    )
+    counts = dict(whole.customer_usage)
+    counts.update({k: s.customer_usage.get(k, 0) for k in touched.customers if k[0] in staying})
     if counts:
         body["customer_usage"] = ledger.pack_customer_usage(counts)
-    sun = dict(whole["sun_keys"])  # type: ignore[call-overload]
+    sun = dict(whole.sun_keys)
     sun.update({c: s.sun_keys[c] for c in touched.sun_keys & staying if c in s.sun_keys})
     if sun:
         body["sun_keys"] = dict(sorted(sun.items()))
@@ -241,7 +256,7 @@ def delta_content(
 def scope_state(view: ChainView, scope: str, campaigns: frozenset[str]) -> LedgerState:
     """What a till holding the scope holds (without version and chain): for snapshots."""
     s = view.state
-    parts = _campaign_parts(view, campaigns)
+    parts = _Parts.of(view, campaigns)
     revoked = {x for x in s.revoked if view.keeps(x, campaigns)}
     return LedgerState(
         scope=scope,
@@ -249,9 +264,9 @@ def scope_state(view: ChainView, scope: str, campaigns: frozenset[str]) -> Ledge
         revoked_kids=set(s.revoked_kids),
         campaigns={c: s.campaigns[c] for c in campaigns},
         usage={c: s.usage[c] for c in campaigns if c in s.usage},
-        customer_usage=dict(parts["customer_usage"]),  # type: ignore[call-overload]
+        customer_usage=dict(parts.customer_usage),
         revoked=serials.SerialSet(serials.unpack(serials.pack(revoked))),
-        redeemed=serials.SerialSet(serials.unpack(serials.pack(parts["redeemed"]))),  # type: ignore[arg-type]
+        redeemed=serials.SerialSet(serials.unpack(serials.pack(parts.redeemed))),
         deny_tags=set(s.deny_tags),
         deny_customers=set(s.deny_customers),
         plain_salt=s.plain_salt,
@@ -314,7 +329,7 @@ def publish_scopes(
             touched_since[since],
             had,
             now_in,
-            meta_changed=fresh or bytes(row.meta) != meta,
+            meta_changed=row is None or bytes(row.meta) != meta,
             fresh=fresh,
         )
         if not body:
@@ -374,7 +389,6 @@ def behind(chain_version: int) -> list[str]:
     """The stores whose ledger has not caught up with chain-wide version `chain_version`
     (or has none yet): what the publisher still owes."""
     caught = {
-        r.scope
-        for r in ScopeRow.select(ScopeRow.scope).where(ScopeRow.base >= chain_version)
+        r.scope for r in ScopeRow.select(ScopeRow.scope).where(ScopeRow.base >= chain_version)
     }
     return [s for s in stores() if ledger.store_scope(s) not in caught]

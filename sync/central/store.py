@@ -8,11 +8,10 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import peewee as pw
 
@@ -64,7 +63,7 @@ class Central:
     def __init__(
         self,
         data: Path,
-        now: Any = time.time,
+        now: Callable[[], float] = time.time,
         database: str | None = None,
         pool_size: int = 16,
     ) -> None:
@@ -128,7 +127,9 @@ class Central:
     # ---------------------------------------------------------------- keys
 
     @classmethod
-    def init(cls, data: Path, now: Any = time.time, database: str | None = None) -> Central:
+    def init(
+        cls, data: Path, now: Callable[[], float] = time.time, database: str | None = None
+    ) -> Central:
         if (data / "keys" / "root.key").exists():
             raise CentralError(f"{data} is already initialised")
         (data / "keys").mkdir(parents=True, exist_ok=True)
@@ -254,7 +255,7 @@ class Central:
 
     # ---------------------------------------------------------------- campaigns and coupons
 
-    def add_campaign(self, doc: dict[str, Any]) -> Campaign:
+    def add_campaign(self, doc: Mapping[str, object]) -> Campaign:
         campaign = Campaign.from_dict(doc)
         CampaignRow.insert(
             id=campaign.id, doc=json.dumps(campaign.to_dict()), removed=False
@@ -394,9 +395,9 @@ class Central:
         )
         return sorted(r.id for r in rows if json.loads(r.doc).get("uses_per_customer") is not None)
 
-    def _customer_usage_changes(self, campaigns: list[str]) -> Any:
-        """(campaign, customer, count) of limited campaigns whose count differs from the one
-        last published."""
+    def _customer_usage_changes(self, campaigns: list[str]) -> pw.ModelSelect[CustomerUse]:
+        """The CustomerUse rows (campaign, customer, count) of limited campaigns whose count
+        differs from the one last published."""
         pub = PublishedCustomerUse
         return (
             CustomerUse.select(CustomerUse.campaign, CustomerUse.customer, CustomerUse.count)
@@ -412,19 +413,23 @@ class Central:
                     | (pub.count != CustomerUse.count)
                 )
             )
-            .tuples()
         )
+
+    # Each part of a new version claims what is new (stamps it with the version), then reads
+    # what was claimed: a row another instance adds meanwhile waits for the next version,
+    # never gets lost. The parts run in this order, all under the publish lock.
 
     def _publish_locked(self) -> int:
         key, cert = self._active(PURPOSE_LEDGER)
         last = self.latest()
         version = (last.version if last else 0) + 1
         prev = bytes(last.chain) if last else GENESIS
-        body: dict[str, Any] = {
+        issued_at = int(self.now())
+        body: dict[str, object] = {
             "type": "delta",
             "version": version,
             "prev": prev,
-            "issued_at": int(self.now()),
+            "issued_at": issued_at,
         }
         changed = [r for r in CampaignRow.select() if r.doc != r.published_doc and not r.removed]
         body["campaigns"] = [json.loads(r.doc) for r in changed]
@@ -432,8 +437,33 @@ class Central:
             CampaignRow.removed & CampaignRow.published_doc.is_null(False)
         )
         body["removed_campaigns"] = [r.id for r in removed]
-        # Claim what is new (stamp it with this version), then read what was claimed: a
-        # row another instance adds meanwhile waits for the next version, never gets lost.
+        body.update(self._claim_serials(version))
+        body.update(self._claim_keys_and_codes(version))
+        policy = self._get("policy") or "{}"
+        body["policy"] = json.loads(policy)
+        body.update(self._claim_sun_keys_and_usage(version))
+        body.update(self._claim_customer_usage(version))
+        body.update(self._claim_denied(version))
+        raw = ledger.sign_update(key, cert, body)
+        payload = ledger.verify_update(self.anchor, raw).payload
+        VersionRow.create(
+            version=version,
+            chain=ledger.chain_next(prev, payload),
+            issued_at=issued_at,
+            signed=raw,
+        )
+        for r in changed:
+            CampaignRow.update(published_doc=r.doc).where(
+                (CampaignRow.id == r.id) & (CampaignRow.doc == r.doc)
+            ).execute()
+        CampaignRow.delete().where(CampaignRow.removed).execute()
+        KeyRow.update(published_in=version).where(KeyRow.published_in.is_null()).execute()
+        self._set("published_policy", policy)
+        return version
+
+    def _claim_serials(self, version: int) -> dict[str, object]:
+        """Revoked, redeemed and (when any) unredeemed serials, packed."""
+        out: dict[str, object] = {}
         SerialMark.update(published_in=version).where(SerialMark.published_in.is_null()).execute()
         for kind in ("revoked", "redeemed", "unredeemed"):
             new = SerialMark.select(SerialMark.serial).where(
@@ -441,26 +471,39 @@ class Central:
             )
             packed = serials.pack(from_db_serial(r.serial) for r in new)
             if packed or kind != "unredeemed":
-                body[kind] = packed
-        body["issuer_certs"] = [
+                out[kind] = packed
+        return out
+
+    def _claim_keys_and_codes(self, version: int) -> dict[str, object]:
+        """Issuer certificates, revoked key ids, the typed codes' salt and new typed codes."""
+        issuer_certs = [
             bytes(r.cert)
             for r in KeyRow.select().where((KeyRow.purpose == PURPOSE_ISSUER) & ~KeyRow.revoked)
         ]
-        body["revoked_kids"] = [bytes.fromhex(r.kid) for r in KeyRow.select().where(KeyRow.revoked)]
-        body["plain_salt"] = bytes.fromhex(self._get("plain_salt") or "")
+        revoked_kids = [bytes.fromhex(r.kid) for r in KeyRow.select().where(KeyRow.revoked)]
+        plain_salt = bytes.fromhex(self._get("plain_salt") or "")
         CouponRow.update(published_in=version).where(
             CouponRow.code_hash.is_null(False) & CouponRow.published_in.is_null()
         ).execute()
-        body["plain_codes"] = [
+        plain_codes = [
             [bytes(r.code_hash or b""), r.campaign, from_db_serial(r.serial)]
             for r in CouponRow.select().where(CouponRow.published_in == version)
         ]
-        policy = self._get("policy") or "{}"
-        body["policy"] = json.loads(policy)
+        return {
+            "issuer_certs": issuer_certs,
+            "revoked_kids": revoked_kids,
+            "plain_salt": plain_salt,
+            "plain_codes": plain_codes,
+        }
+
+    def _claim_sun_keys_and_usage(self, version: int) -> dict[str, object]:
+        """New SUN keys, and each campaign's usage (all terminals) that changed."""
         SunKeyRow.update(published_in=version).where(SunKeyRow.published_in.is_null()).execute()
-        body["sun_keys"] = {
-            r.campaign: bytes(r.key)
-            for r in SunKeyRow.select().where(SunKeyRow.published_in == version)
+        out: dict[str, object] = {
+            "sun_keys": {
+                r.campaign: bytes(r.key)
+                for r in SunKeyRow.select().where(SunKeyRow.published_in == version)
+            }
         }
         CampaignUsage.update(
             pub_count=CampaignUsage.count, pub_minor=CampaignUsage.minor, published_in=version
@@ -473,51 +516,44 @@ class Central:
             for r in CampaignUsage.select().where(CampaignUsage.published_in == version)
         }
         if usage:
-            body["usage"] = usage
-        # Per-customer counts of limited campaigns, as they are now (what is read here is
-        # what is marked published: a use counted meanwhile differs, and goes next time).
+            out["usage"] = usage
+        return out
+
+    def _claim_customer_usage(self, version: int) -> dict[str, object]:
+        """Per-customer counts of limited campaigns, as they are now (what is read here is
+        what is marked published: a use counted meanwhile differs, and goes next time)."""
         counts = {
-            (cid, ref): int(n)
-            for cid, ref, n in self._customer_usage_changes(self._limited_campaigns())
+            (r.campaign, r.customer): int(r.count)
+            for r in self._customer_usage_changes(self._limited_campaigns())
         }
-        if counts:
-            rows = [
-                {"campaign": cid, "customer": ref, "count": n, "published_in": version}
-                for (cid, ref), n in counts.items()
-            ]
-            pub = PublishedCustomerUse
-            for chunk in range(0, len(rows), 500):
-                pub.insert_many(rows[chunk : chunk + 500]).on_conflict(
-                    conflict_target=[pub.campaign, pub.customer],
-                    update={pub.count: pw.EXCLUDED.count, pub.published_in: version},
-                ).execute()
-            body["customer_usage"] = ledger.pack_customer_usage(
-                {k: max(0, n) for k, n in counts.items()}
-            )
+        if not counts:
+            return {}
+        rows = [
+            {"campaign": cid, "customer": ref, "count": n, "published_in": version}
+            for (cid, ref), n in counts.items()
+        ]
+        pub = PublishedCustomerUse
+        for chunk in range(0, len(rows), 500):
+            pub.insert_many(rows[chunk : chunk + 500]).on_conflict(
+                conflict_target=[pub.campaign, pub.customer],
+                update={pub.count: pw.EXCLUDED.count, pub.published_in: version},
+            ).execute()
+        return {
+            "customer_usage": ledger.pack_customer_usage({k: max(0, n) for k, n in counts.items()})
+        }
+
+    def _claim_denied(self, version: int) -> dict[str, object]:
+        """New entries of the deny lists: tag UIDs and customer references."""
+        out: dict[str, object] = {}
         DenyRow.update(published_in=version).where(DenyRow.published_in.is_null()).execute()
         denied = list(DenyRow.select().where(DenyRow.published_in == version))
         tags = sorted(bytes.fromhex(r.value) for r in denied if r.kind == "tag")
         customers = sorted(r.value for r in denied if r.kind == "customer")
         if tags:
-            body["deny_tags"] = tags
+            out["deny_tags"] = tags
         if customers:
-            body["deny_customers"] = customers
-        raw = ledger.sign_update(key, cert, body)
-        payload = ledger.verify_update(self.anchor, raw).payload
-        VersionRow.create(
-            version=version,
-            chain=ledger.chain_next(prev, payload),
-            issued_at=body["issued_at"],
-            signed=raw,
-        )
-        for r in changed:
-            CampaignRow.update(published_doc=r.doc).where(
-                (CampaignRow.id == r.id) & (CampaignRow.doc == r.doc)
-            ).execute()
-        CampaignRow.delete().where(CampaignRow.removed).execute()
-        KeyRow.update(published_in=version).where(KeyRow.published_in.is_null()).execute()
-        self._set("published_policy", policy)
-        return version
+            out["deny_customers"] = customers
+        return out
 
     def deltas(self, since: int, until: int | None = None) -> list[bytes]:
         query = VersionRow.select(VersionRow.signed).where(VersionRow.version > since)

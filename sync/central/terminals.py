@@ -8,7 +8,7 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
 
 import peewee as pw
 
@@ -108,7 +108,21 @@ def enroll(central: Central, code: str, device_key: bytes) -> Enrolled:
     raise CentralError("could not assign a terminal id; try again")
 
 
-def list_terminals(central: Central) -> list[dict[str, Any]]:
+class TerminalDoc(TypedDict):
+    """An enrolled terminal as `redeem-central terminals` and the admin API show it."""
+
+    terminal: str
+    store: str
+    enrolled_at: int
+    revoked: bool
+    acked_seq: int
+    last_seen: int | None
+    last_upload: int | None
+    ledger_version: int | None
+    fingerprint: str  # of its device key
+
+
+def list_terminals(central: Central) -> list[TerminalDoc]:
     return [
         {
             "terminal": t.id,

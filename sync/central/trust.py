@@ -4,7 +4,7 @@ can give); an entry that fails is kept as evidence and flagged, never counted.""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +12,7 @@ from coupons import sun
 from coupons.money import percent_of
 from coupons.rules import Campaign
 from sync.central.models import CouponRow, SunKeyRow, db_serial, from_db_serial
+from sync.protocol import EntryDoc
 
 CHUNK = 400
 AMOUNT_LIMIT = 10**12  # rules.py refuses campaign amounts above this; no basket is bigger
@@ -41,7 +42,7 @@ class Known:
         return campaign is not None and self.issued.get(serial) == campaign
 
 
-def _count(value: Any) -> int | None:
+def _count(value: object) -> int | None:
     """A whole, finite, non-negative number of minor units, else None."""
     if isinstance(value, bool) or not isinstance(value, int):
         return None
@@ -62,13 +63,13 @@ def most_off(camp: Campaign, basket_minor: int | None) -> int | None:
 
 
 def implausible(
-    entry: dict[str, Any],
-    detail: dict[str, Any],
+    entry: EntryDoc,
+    detail: Mapping[str, object],
     store: str,
     serial: int,
     camp: Campaign | None,
     known: Known,
-    hold_detail: dict[str, Any] | None = None,
+    hold_detail: Mapping[str, object] | None = None,
 ) -> str | None:
     """Why an accepted redeem/commit cannot be what it says, in words for a fraud analyst;
     None when it is plausible."""
@@ -106,7 +107,7 @@ def implausible(
     return None
 
 
-def _sun_serial_fits(serial: int, cid: str, detail: dict[str, Any]) -> bool:
+def _sun_serial_fits(serial: int, cid: str, detail: Mapping[str, object]) -> bool:
     """A SUN tag's serial is derived from its UID (the central issued no list of them):
     when the entry names the tag it must be that tag's serial."""
     tag = detail.get("tag")

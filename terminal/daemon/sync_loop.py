@@ -15,7 +15,7 @@ from coupons import sync_state as status
 from coupons.engine import Engine
 from sync.client import Backoff, RoundResult, SyncClient
 from sync.device import DeviceKeyError, Settings, read_device_key
-from sync.http import CentralLink, Link, SyncError
+from sync.http import CentralLink, Link, SyncError, SyncErrorKind
 from terminal.daemon.config import SyncSection
 from terminal.daemon.worker import EngineWorker
 
@@ -100,7 +100,7 @@ class SyncLoop:
         with self._round:
             link = self._link
             if link is None or self._stop.is_set():
-                return RoundResult(error="sync is not running", error_kind="stopped")
+                return RoundResult(error="sync is not running", error_kind=SyncErrorKind.STOPPED)
             client = SyncClient(self.data, link, self.worker, self._stop)
             try:
                 result = client.run_round()
@@ -109,7 +109,9 @@ class SyncLoop:
             except Exception as exc:  # the worker stopping under us, or a bug: never fatal
                 if not self._stop.is_set():
                     log.exception("sync round failed")
-                result = RoundResult(error=f"{type(exc).__name__}: {exc}", error_kind="internal")
+                result = RoundResult(
+                    error=f"{type(exc).__name__}: {exc}", error_kind=SyncErrorKind.INTERNAL
+                )
             self.rounds += 1
             self.last = result
             if self._stop.is_set():
