@@ -190,6 +190,14 @@ class Backoff:
         self.failures = 0 if ok else self.failures + 1
 
 
+def _scope_and_since(engine: Engine) -> tuple[str, int]:
+    """The scope a till asks for (its store's) and the version it holds in it. A till still
+    on the chain-wide ledger (from before scopes, or a USB import) asks from 0 for its
+    store's snapshot: the one-way move docs/central-scale.md describes."""
+    scope = ledger.store_scope(engine.store)
+    return scope, engine.ledger.version if engine.ledger.scope == scope else 0
+
+
 class SyncClient:
     def __init__(
         self,
@@ -322,15 +330,7 @@ class SyncClient:
     # ------------------------------------------------------------------ ledger
 
     def pull_ledger(self) -> LedgerReport:
-        # The till asks for its store's scope; `since` counts in the scope it holds, so a
-        # till still on the chain-wide ledger (from before scopes, or a USB import) asks for
-        # its store's snapshot: the one-way move docs/central-scale.md describes.
-        scope, since = self.local.call(
-            lambda e: (
-                ledger.store_scope(e.store),
-                e.ledger.version if e.ledger.scope == ledger.store_scope(e.store) else 0,
-            )
-        )
+        scope, since = self.local.call(_scope_and_since)
         out: LedgerReport = {"from": since, "to": since, "applied": [], "refused": []}
         partial = Partial(self.work_dir)
         part = partial.load(since)
