@@ -31,7 +31,7 @@ from coupons.ledger_store import ImportResult
 from sync import protocol
 from sync.central.app import create_app
 from sync.central.store import Central
-from tests import postgres
+from tests import master_key, postgres
 
 BACKENDS = ["sqlite", "postgresql"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,6 +169,7 @@ class Running:
     def cli(self, *args: str, now: str | None = None) -> subprocess.CompletedProcess[str]:
         """`redeem-central` against this central's data directory and database."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("REDEEM_")}
+        env.update(master_key.env(self.work))
         if now:
             env["REDEEM_NOW"] = now
         extra = ["--database", self.database] if self.database else []
@@ -229,7 +230,7 @@ def running_central(backend: str, work: Path, clock: Clock | None = None) -> Ite
 
     clock = clock or FixedClock(T0)
     database = database_for(backend, work.name)
-    central = Central.init(work / "central", clock.now, database)
+    central = Central.init(work / "central", clock.now, database, master_key=master_key.KEY)
     server = Thread(create_app(central))
     try:
         yield Running(central, server.url, clock, work / "central", database, work)
@@ -259,7 +260,12 @@ def serve_process(
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,
-        env={**base, "REDEEM_CENTRAL_LOG_LEVEL": "warning", **(env or {})},
+        env={
+            **base,
+            **master_key.env(data.parent),
+            "REDEEM_CENTRAL_LOG_LEVEL": "warning",
+            **(env or {}),
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
