@@ -25,6 +25,7 @@ from coupons.clock import FixedClock  # noqa: E402
 from coupons.engine import Engine  # noqa: E402
 from coupons.ledger import Policy, ledger_file  # noqa: E402
 from sync.central.store import Central  # noqa: E402
+from tests.master_key import KEY as MASTER_KEY  # noqa: E402
 
 # Wednesday 2026-11-25 12:00 UTC, as in tests/conftest.py.
 T0 = 1795_608_000.0
@@ -41,7 +42,7 @@ def scratch(prefix: str) -> Iterator[Path]:
 
 
 def new_central(root: Path, clock: FixedClock, policy: Policy | None = None) -> Central:
-    central = Central.init(root / "central", clock.now)
+    central = Central.init(root / "central", clock.now, master_key=MASTER_KEY)
     if policy is not None:
         central.set_policy(policy)
     return central

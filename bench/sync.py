@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import signal
 import subprocess
@@ -43,7 +44,7 @@ from sync.central import terminals  # noqa: E402
 from sync.central.store import Central  # noqa: E402
 from sync.client import run_once  # noqa: E402
 from sync.enroll import enroll  # noqa: E402
-from tests import postgres  # noqa: E402
+from tests import master_key, postgres  # noqa: E402
 
 
 class Serve:
@@ -67,7 +68,11 @@ class Serve:
         if database:
             args += ["--database", database]
         self.proc = subprocess.Popen(
-            args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+            args,
+            cwd=ROOT,
+            env={**os.environ, **master_key.env(data.parent)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30
         while True:
@@ -115,7 +120,7 @@ def chained_rows(n: int, terminal: str) -> list[dict[str, Any]]:
 
 
 def new_central(root: Path, database: str | None) -> Central:
-    central = Central.init(root / "central", database=database)
+    central = Central.init(root / "central", database=database, master_key=master_key.KEY)
     central.add_campaign(
         {"id": "FIVE", "kind": "fixed", "currency": "CNY", "amount_minor": 500, "stacking": "any"}
     )

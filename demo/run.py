@@ -105,15 +105,26 @@ def hours_away_from(now: datetime, hours: list[str], zone: str) -> list[str]:
     ]
 
 
+def at_central(central: Path) -> list[str]:
+    """The data directory and the master key file (made by init beside it) that every
+    `redeem-central` command of the demo names; a real central reads the key from its
+    systemd credential (docs/deploy-central.md)."""
+    return ["--data", str(central), "--master-key-file", str(central.parent / "master-key")]
+
+
 def set_up_central(central: Path) -> tuple[dict[str, list[str]], str]:
-    info = run_json("redeem-central", "init", "--data", str(central))
+    info = run_json("redeem-central", "init", *at_central(central))
     say("setup", f"redeem-central init: root key made, trust anchor {info['fingerprint']}")
+    if info.get("master_key_created"):
+        say(
+            "setup",
+            f"master key (opens the keys sealed in the database): {info['master_key_created']}",
+        )
     added = run_json(
         "redeem-central",
         "campaign",
         "add",
-        "--data",
-        str(central),
+        *at_central(central),
         "--file",
         str(campaigns_for_today(OUT)),
     )["added"]
@@ -124,8 +135,7 @@ def set_up_central(central: Path) -> tuple[dict[str, list[str]], str]:
         res = run_json(
             "redeem-central",
             "issue",
-            "--data",
-            str(central),
+            *at_central(central),
             "--campaign",
             cid,
             "--count",
@@ -139,7 +149,7 @@ def set_up_central(central: Path) -> tuple[dict[str, list[str]], str]:
 
 
 def start_central(children: Children, central: Path, port: int) -> tuple[Child, str]:
-    cmd = [*TOOLS["redeem-central"], "serve", "--data", str(central)]
+    cmd = [*TOOLS["redeem-central"], "serve", *at_central(central)]
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
     # One store, a few tills: the publisher may tick often (a chain keeps the 5 s default).
     cmd += ["--publish-interval-s", "0.5"]
@@ -164,7 +174,7 @@ def start_central(children: Children, central: Path, port: int) -> tuple[Child, 
 
 
 def enroll(central: Path, url: str, till: Path, fingerprint: str) -> str:
-    code = run_json("redeem-central", "enroll-code", "--data", str(central), "--store", STORE)
+    code = run_json("redeem-central", "enroll-code", *at_central(central), "--store", STORE)
     done = run_json(
         "redeem",
         "enroll",
@@ -220,7 +230,10 @@ def kiosk_port(wanted: int) -> int:
 
 
 def summary(day: Day, report: dict[str, Any], central_dir: Path) -> None:
-    say("summary", f"central report (redeem-central report --data {central_dir} --json):")
+    say(
+        "summary",
+        f"central report (redeem-central report {' '.join(at_central(central_dir))} --json):",
+    )
     for t in report["by_terminal"]:
         till = next(k for k, v in day.names.items() if v == t["terminal"])
         say(
@@ -323,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pids: central {holder['central'].pid}", flush=True)
 
         def central_report() -> dict[str, Any]:
-            doc: dict[str, Any] = run_json("redeem-central", "report", "--data", str(central_dir))
+            doc: dict[str, Any] = run_json("redeem-central", "report", *at_central(central_dir))
             return doc
 
         day = Day(

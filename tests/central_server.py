@@ -33,7 +33,7 @@ from sync.central import scopes
 from sync.central.app import create_app
 from sync.central.publisher import Publisher, Tick
 from sync.central.store import Central
-from tests import postgres
+from tests import master_key, postgres
 
 BACKENDS = ["sqlite", "postgresql"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -199,6 +199,7 @@ class Running:
     def cli(self, *args: str, now: str | None = None) -> subprocess.CompletedProcess[str]:
         """`redeem-central` against this central's data directory and database."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("REDEEM_")}
+        env.update(master_key.env(self.work))
         if now:
             env["REDEEM_NOW"] = now
         extra = ["--database", self.database] if self.database else []
@@ -260,7 +261,7 @@ def running_central(backend: str, work: Path, clock: Clock | None = None) -> Ite
 
     clock = clock or FixedClock(T0)
     database = database_for(backend, work.name)
-    central = Central.init(work / "central", clock.now, database)
+    central = Central.init(work / "central", clock.now, database, master_key=master_key.KEY)
     server = Thread(create_app(central))
     try:
         yield Running(central, server.url, clock, work / "central", database, work)
@@ -292,6 +293,7 @@ def serve_process(
         cwd=ROOT,
         env={
             **base,
+            **master_key.env(data.parent),
             "REDEEM_CENTRAL_LOG_LEVEL": "warning",
             # Tests wait on the publisher: a short interval keeps them quick.
             "REDEEM_CENTRAL_PUBLISH_INTERVAL_S": "0.2",

@@ -17,6 +17,7 @@ from coupons.engine import Engine
 from coupons.ledger import ledger_file
 from coupons.rules import Basket
 from sync.central.store import Central
+from tests.master_key import KEY as MASTER_KEY
 
 # Wednesday 2026-11-25 12:00 UTC: inside ordinary opening hours.
 T0 = 1795_608_000.0
@@ -80,7 +81,7 @@ def clock() -> FixedClock:
 
 @pytest.fixture
 def world(tmp_path: Path, clock: FixedClock) -> Iterator[World]:
-    central = Central.init(tmp_path / "central", clock.now)
+    central = Central.init(tmp_path / "central", clock.now, master_key=MASTER_KEY)
     data = tmp_path / "terminal"
     setup.init(data, tmp_path / "central" / "trust-anchor.json", "S1", "T1")
     engine = setup.open_engine(data, clock)

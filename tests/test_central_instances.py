@@ -24,6 +24,7 @@ from sync.central.store import Central
 from tests import postgres
 from tests.central_server import BACKENDS, Device, Running, Till, database_for, serve_process
 from tests.conftest import basket
+from tests.master_key import KEY as MASTER_KEY
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -33,7 +34,7 @@ def pair(
     work = tmp_path_factory.mktemp("pair")
     database = database_for(request.param, "pair")
     clock = SystemClock()
-    central = Central.init(work / "central", clock.now, database)
+    central = Central.init(work / "central", clock.now, database, master_key=MASTER_KEY)
     a, url_a = serve_process(work / "central", database)
     b, url_b = serve_process(work / "central", database)
     try:
@@ -199,7 +200,7 @@ def _self_signed(where: Path) -> tuple[Path, Path]:
 
 
 def test_serve_https_with_the_central_certificate(tmp_path: Path) -> None:
-    Central.init(tmp_path / "central").close()
+    Central.init(tmp_path / "central", master_key=MASTER_KEY).close()
     cert, key = _self_signed(tmp_path)
     proc, url = serve_process(tmp_path / "central", None, tls=(cert, key))
     try:
@@ -216,7 +217,7 @@ def test_serve_https_with_the_central_certificate(tmp_path: Path) -> None:
 
 
 def test_sigterm_stops_the_central_cleanly(tmp_path: Path) -> None:
-    Central.init(tmp_path / "central", SystemClock().now).close()
+    Central.init(tmp_path / "central", SystemClock().now, master_key=MASTER_KEY).close()
     proc, url = serve_process(tmp_path / "central", None)
     assert requests.get(url + "/healthz", timeout=5).status_code == 200
     proc.terminate()

@@ -1,6 +1,7 @@
 """Keys and readiness at the real central (issue 11): `revoke-key` refuses the root and
 ledger keys and changes nothing; /healthz answers 503 with the reason while the central
-cannot sign or publish, 200 again once fixed; head office sets the burst limits."""
+cannot sign or publish (a key whose sealed copy does not open), 200 again once fixed; head
+office sets the burst limits."""
 
 from __future__ import annotations
 
@@ -65,22 +66,27 @@ def test_revoke_key_still_revokes_an_issuer_key(central: Running) -> None:
 
 
 @pytest.mark.parametrize("which", ["ledger", "root"])
-def test_health_is_503_with_the_reason_while_a_key_is_missing(central: Running, which: str) -> None:
+def test_health_is_503_with_the_reason_while_a_key_does_not_open(
+    central: Running, which: str
+) -> None:
     assert requests.get(central.url + "/healthz", timeout=30).status_code == 200
-    name = "root" if which == "root" else _active(central, PURPOSE_LEDGER)
-    path = central.data / "keys" / f"{name}.key"
-    moved = path.with_suffix(".away")
-    path.rename(moved)
+    anchor = json.loads((central.data / "trust-anchor.json").read_text())
+    name = anchor["kid"] if which == "root" else _active(central, PURPOSE_LEDGER)
+    with central.central.session():
+        sealed = bytes(KeyRow.get(KeyRow.kid == name).sealed)
+        damaged = sealed[:-1] + bytes([sealed[-1] ^ 1])  # one bit of the GCM tag
+        KeyRow.update(sealed=damaged).where(KeyRow.kid == name).execute()
     try:
         r = requests.get(central.url + "/healthz", timeout=30)
         assert r.status_code == 503
         doc = r.json()
         assert doc["ok"] is False and doc["code"] == "not-ready"
-        assert any(name in p and "No such file" in p for p in doc["problems"]), doc
+        assert any(name in p and "does not open" in p for p in doc["problems"]), doc
         what = "cannot certify keys" if which == "root" else "cannot publish"
         assert what in doc["detail"]
     finally:
-        moved.rename(path)
+        with central.central.session():
+            KeyRow.update(sealed=sealed).where(KeyRow.kid == name).execute()
     fixed = requests.get(central.url + "/healthz", timeout=30)
     assert fixed.status_code == 200 and fixed.json()["ok"] is True
 

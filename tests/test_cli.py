@@ -22,6 +22,7 @@ import pytest
 from coupons import base45
 from coupons.journal import CSV_FIELDS
 from coupons.reasons import Reason
+from tests import master_key
 
 NOW = "2026-11-25T04:00:00Z"  # Wednesday 12:00 in Shanghai
 
@@ -56,9 +57,18 @@ DECISION_KEYS = {
 }
 
 
+_MASTER_KEY_ENV: dict[str, str] = {}  # the centrals' master key file, for every process
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _master_key_file(tmp_path_factory: pytest.TempPathFactory) -> None:
+    _MASTER_KEY_ENV.update(master_key.env(tmp_path_factory.mktemp("master-key")))
+
+
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDEEM_")}
     env["REDEEM_NOW"] = NOW
+    env.update(_MASTER_KEY_ENV)
     env.update(extra)
     return env
 

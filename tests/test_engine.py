@@ -19,6 +19,7 @@ from coupons.ledger import Policy
 from coupons.reasons import Reason
 from sync.central.store import Central
 from tests.conftest import T0, World, basket
+from tests.master_key import KEY as MASTER_KEY
 
 DAY = 24 * 3600
 
@@ -550,7 +551,7 @@ def test_storage_failure_during_commit(world: World) -> None:
 
 def _new_world(tmp: Path) -> World:
     clock = FixedClock(T0)
-    central = Central.init(tmp / "central", clock.now)
+    central = Central.init(tmp / "central", clock.now, master_key=MASTER_KEY)
     data = tmp / "terminal"
     setup.init(data, tmp / "central" / "trust-anchor.json", "S1", "T1")
     return World(clock, central, data, setup.open_engine(data, clock))

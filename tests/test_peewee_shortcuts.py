@@ -18,6 +18,7 @@ from sync.central import bulk, models
 from sync.central.store import LOCK_PUBLISH, Central
 from tests import postgres
 from tests.central_server import BACKENDS, database_for
+from tests.master_key import KEY as MASTER_KEY
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def journal_db(tmp_path: Path) -> Iterator[pw.SqliteDatabase]:
 @pytest.fixture(params=BACKENDS)
 def central(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Central]:
     database = database_for(request.param, "shortcuts")
-    c = Central.init(tmp_path / "central", database=database)
+    c = Central.init(tmp_path / "central", database=database, master_key=MASTER_KEY)
     try:
         yield c
     finally:
@@ -156,7 +157,7 @@ def test_atomic_inside_a_pushed_transaction_is_a_savepoint(journal_db: pw.Sqlite
 
 
 def test_begin_immediate_takes_the_write_lock(tmp_path: Path) -> None:
-    central = Central.init(tmp_path / "central")
+    central = Central.init(tmp_path / "central", master_key=MASTER_KEY)
     path = tmp_path / "central" / "central.db"
     try:
         for hold in (central.exclusive, central.writing):
@@ -173,7 +174,7 @@ def test_the_advisory_lock_lasts_the_transaction(tmp_path: Path) -> None:
     # transaction-scoped lock must last until that transaction ends, not one statement.
     database = database_for("postgresql", "shortcuts")
     assert database is not None
-    central = Central.init(tmp_path / "central", database=database)
+    central = Central.init(tmp_path / "central", database=database, master_key=MASTER_KEY)
     other = psycopg2.connect(database)
     try:
 

@@ -31,6 +31,7 @@ from tests import postgres
 from tests.central_server import BACKENDS, ROOT, database_for, serve_process
 from tests.conftest import basket
 from tests.faultproxy import FaultProxy
+from tests.master_key import KEY as MASTER_KEY
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Site:
         self.proc, self.url = serve_process(self.central_dir, self.database)
 
     def central_hashes(self, terminal: str) -> list[str]:
-        central = Central(self.central_dir, database=self.database)
+        central = Central(self.central_dir, database=self.database, master_key=MASTER_KEY)
         try:
             with central.session():
                 return [
@@ -65,7 +66,7 @@ def site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Site]:
     clock = SystemClock()  # the central runs as its own process on the real clock too
     database = database_for(request.param, tmp_path.name)
     try:
-        central = Central.init(tmp_path / "central", database=database)
+        central = Central.init(tmp_path / "central", database=database, master_key=MASTER_KEY)
         central.add_campaign({"id": "C1", "kind": "fixed", "currency": "CNY", "amount_minor": 500})
         central.publish()
         code, _ = terminals.new_enroll_code(central, "S1")

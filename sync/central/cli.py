@@ -13,7 +13,7 @@ from typing import TypeAlias
 
 import segno
 
-from coupons import ledger
+from coupons import cose, ledger
 from coupons.cliutil import (
     EXIT_OK,
     UserError,
@@ -28,29 +28,88 @@ from coupons.ledger import Policy, ledger_file
 from coupons.ledger_store import write_atomic
 from coupons.rules import Campaign, InputError
 from coupons.timeutil import clock_from_env
-from sync.central import report, terminals
+from sync.central import keyvault, report, terminals
 from sync.central.store import Central, CentralError
 
 
 def _open(args: argparse.Namespace) -> Central:
     data = Path(args.data)
-    if not (data / "keys" / "root.key").exists():
-        raise UserError(f"{data} is not a central data directory (run `redeem-central init`)")
-    return Central(data, clock_from_env().now, args.database)
+    not_central = f"{data} is not a central data directory (run `redeem-central init`)"
+    if not args.database and not (data / "central.db").exists():
+        raise UserError(not_central)  # before SQLite would make an empty database there
+    c = Central(data, clock_from_env().now, args.database, master_key=_master_key(args))
+    if not c.initialised():
+        c.close()
+        raise UserError(not_central)
+    return c
+
+
+def _master_key(args: argparse.Namespace) -> bytes:
+    """The master key: --master-key-file, else REDEEM_CENTRAL_MASTER_KEY_FILE, else the
+    systemd credential."""
+    try:
+        return keyvault.load_master_key(args.master_key_file)
+    except keyvault.VaultError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _new_or_existing_master_key(args: argparse.Namespace) -> tuple[bytes, Path | None]:
+    """For init: the master key, and the file it was just written to when the flag or the
+    environment named a file that did not exist yet (a new random key, mode 0600)."""
+    try:
+        source = keyvault.locate(args.master_key_file)
+        if source.creatable and not source.path.exists():
+            return keyvault.create_master_key_file(source.path), source.path
+        return keyvault.read_master_key(source), None
+    except keyvault.VaultError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _root_key_file(path: str) -> cose.SigningKey:
+    """The root key from the file `init --root-key-out` wrote (64 hex digits)."""
+    try:
+        return cose.SigningKey(bytes.fromhex(Path(path).read_text().strip()))
+    except OSError as exc:
+        raise UserError(f"--root-key-file {path}: {exc.strerror or exc}") from None
+    except ValueError:
+        raise UserError(f"--root-key-file {path}: expected 64 hex digits (a root key)") from None
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    c = Central.init(Path(args.data), clock_from_env().now, args.database)
+    master_key, made = _new_or_existing_master_key(args)
+    root_out = Path(args.root_key_out) if args.root_key_out else None
+    try:
+        c = Central.init(Path(args.data), clock_from_env().now, args.database, master_key, root_out)
+    except BaseException:
+        if made is not None:  # nothing was sealed under it
+            made.unlink(missing_ok=True)
+        raise
     anchor = c.anchor
+    lines = [
+        f"central initialised in {args.data}",
+        f"trust anchor: {args.data}/trust-anchor.json",
+        f"fingerprint:  {anchor.fingerprint}",
+    ]
+    if made is not None:
+        lines.append(
+            f"master key:   {made} (new: keep a copy in a safe place; without it the keys in "
+            "the database cannot be opened)"
+        )
+    if root_out is not None:
+        lines.append(
+            f"root key:     {root_out} (only there: move it off this machine; rotate-key "
+            "needs it as --root-key-file)"
+        )
     emit(
         args,
         {
             "data": args.data,
             "trust_anchor": str(Path(args.data) / "trust-anchor.json"),
             "fingerprint": anchor.fingerprint,
+            "master_key_created": str(made) if made is not None else None,
+            "root_key_out": str(root_out) if root_out is not None else None,
         },
-        f"central initialised in {args.data}\ntrust anchor: {args.data}/trust-anchor.json\n"
-        f"fingerprint:  {anchor.fingerprint}",
+        "\n".join(lines),
     )
     return EXIT_OK
 
@@ -187,7 +246,8 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
-    kid = _open(args).rotate_key(args.purpose)
+    root = _root_key_file(args.root_key_file) if args.root_key_file else None
+    kid = _open(args).rotate_key(args.purpose, root_key=root)
     emit(args, {"purpose": args.purpose, "kid": kid}, f"new {args.purpose} key {kid}")
     return EXIT_OK
 
@@ -322,12 +382,13 @@ def openapi_text(everything: bool = False) -> str:
     committed in docs/openapi-terminal.json. Built over an empty scratch database: the
     document depends only on the code."""
     import json
+    import secrets
     import tempfile
 
     from sync.central.app import create_app, terminal_openapi
 
     with tempfile.TemporaryDirectory(prefix="redeem-openapi-") as tmp:
-        c = Central(Path(tmp), clock_from_env().now)
+        c = Central(Path(tmp), clock_from_env().now, master_key=secrets.token_bytes(32))
         try:
             app = create_app(c)
             doc = app.openapi() if everything else terminal_openapi(app)
@@ -347,6 +408,31 @@ def cmd_openapi(args: argparse.Namespace) -> int:
         args, {"out": args.out, "all": args.all}, f"wrote the {what} OpenAPI document to {args.out}"
     )
     return EXIT_OK
+
+
+def add_key_options(sp: argparse.ArgumentParser, command: str) -> None:
+    """The master key on every command that opens the central; the root key kept off the
+    central on the two commands that need it (docs/deploy-central.md)."""
+    sp.add_argument(
+        "--master-key-file",
+        metavar="PATH",
+        help="file holding the 64-hex-digit master key that opens the keys in the database "
+        f"(else env {keyvault.ENV_FILE}, else the systemd credential {keyvault.CREDENTIAL}); "
+        "init makes a new one when PATH does not exist",
+    )
+    if command == "init":
+        sp.add_argument(
+            "--root-key-out",
+            metavar="FILE",
+            help="write the root key to this new file only, not into the database (keep it "
+            "off the central; rotate-key then needs it)",
+        )
+    if command == "rotate-key":
+        sp.add_argument(
+            "--root-key-file",
+            metavar="FILE",
+            help="the root key `init --root-key-out` wrote, when it is kept off the central",
+        )
 
 
 # Quoted: the class is not subscriptable at run time.
@@ -369,6 +455,7 @@ def _command(parent: _Commands, name: str, func: object, help_: str) -> argparse
         "directory (env REDEEM_CENTRAL_DATABASE)",
     )
     add_json(sp)
+    add_key_options(sp, name)
     sp.set_defaults(func=func)
     return sp
 

@@ -3,17 +3,21 @@ SQLite in the data directory by default, PostgreSQL when a URL is given."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import peewee as pw
 from playhouse.db_url import parse as parse_db_url
+from playhouse.migrate import SchemaMigrator, migrate
 from playhouse.pool import PooledPostgresqlDatabase
 
 db_proxy = pw.DatabaseProxy()
 SCHEMA_LOCK = 0x45445246  # PostgreSQL advisory lock id for schema changes
-SCHEMA_VERSION = 2  # 1: keys, campaigns, coupons, marks, versions; 2: sync tables
+# 1: keys, campaigns, coupons, marks, versions; 2: sync tables; 3: KeyRow.sealed (private
+# keys in the database, sealed under the master key: sync/central/keyvault.py)
+SCHEMA_VERSION = 3
 
 
 class _M(pw.Model):
@@ -32,6 +36,10 @@ class KeyRow(_M):
     active = pw.BooleanField(default=True)  # the key new signatures use
     revoked = pw.BooleanField(default=False)
     published_in = pw.IntegerField(null=True)
+    # The private key's seed sealed under the master key (schema 3). NULL for a root key
+    # kept off the central, and for keys of an older data directory not yet imported from
+    # its keys/ files.
+    sealed = pw.BlobField(null=True)
 
 
 class CampaignRow(_M):
@@ -368,13 +376,32 @@ def open_database(data: Path, url: str | None = None, pool_size: int = 16) -> pw
 
 
 def create_schema(db: pw.Database) -> None:
-    """Create missing tables (a schema-1 data directory gains the sync tables)."""
+    """Create missing tables, then run the numbered migrations the database has not had
+    (a schema-1 data directory gains the sync tables, a schema-2 one KeyRow.sealed)."""
     with db.atomic():
         if is_postgres(db):  # instances starting together must not race on CREATE TABLE
             lock = "SELECT pg_advisory_xact_lock(%s)"
             db.execute_sql(lock, (SCHEMA_LOCK,))
         db.create_tables(MODELS, safe=True)
-        Setting.insert(key="schema", value=str(SCHEMA_VERSION)).on_conflict(
-            conflict_target=[Setting.key], update={Setting.value: str(SCHEMA_VERSION)}
-        ).execute()
+        row = Setting.get_or_none(Setting.key == "schema")
+        have = int(row.value) if row else 0
+        for version, step in sorted(MIGRATIONS.items()):
+            if have < version:
+                step(db)
+        if have < SCHEMA_VERSION:  # never lowered: an older release must not claim it
+            Setting.insert(key="schema", value=str(SCHEMA_VERSION)).on_conflict(
+                conflict_target=[Setting.key], update={Setting.value: str(SCHEMA_VERSION)}
+            ).execute()
 
+
+def _add_sealed_keys(db: pw.Database) -> None:
+    """Schema 3: KeyRow.sealed. A new database has it from create_tables already, so add it
+    only when missing (a schema-1 database has no schema number to tell)."""
+    table = KeyRow._meta.table_name
+    if "sealed" not in {c.name for c in db.get_columns(table)}:
+        migrate(
+            SchemaMigrator.from_database(db).add_column(table, "sealed", pw.BlobField(null=True))
+        )
+
+
+MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {3: _add_sealed_keys}

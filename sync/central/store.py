@@ -5,7 +5,6 @@ Every write that two instances on one database could race on runs under a databa
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -15,11 +14,13 @@ from pathlib import Path
 
 import peewee as pw
 
-from coupons import cose, ledger, serials
-from coupons.keys import PURPOSE_ISSUER, PURPOSE_LEDGER, CertError, TrustAnchor, make_cert
+from coupons import ledger, serials
+from coupons.keys import PURPOSE_ISSUER, PURPOSE_LEDGER, TrustAnchor
 from coupons.ledger import GENESIS, LedgerState, Policy
 from coupons.rules import Campaign
 from coupons.tokens import Claims, issue, plain_code_hash
+from sync.central import keyvault
+from sync.central.keyring import CentralError, KeyRing
 from sync.central.models import (
     CampaignRow,
     CampaignUsage,
@@ -43,13 +44,8 @@ from sync.central.models import (
 
 __all__ = ["Central", "CentralError", "Issued", "db_proxy"]
 
-KEY_YEARS = 5 * 365 * 24 * 3600
 CODE_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"  # no 0/O, 1/I: cashiers type these
 LOCK_PUBLISH = 0x45445245  # PostgreSQL advisory lock id for publishing ("EDRE")
-
-
-class CentralError(Exception):
-    pass
 
 
 @dataclass
@@ -59,18 +55,30 @@ class Issued:
     code: str | None
 
 
-class Central:
+class Central(KeyRing):
     def __init__(
         self,
         data: Path,
         now: Callable[[], float] = time.time,
         database: str | None = None,
         pool_size: int = 16,
+        master_key: bytes | None = None,
     ) -> None:
+        """Open the central on `data` (and `database`, when given). The master key opens
+        the private keys sealed in the database; without one it is read from the
+        environment or the systemd credential (keyvault.locate), and without any the
+        central refuses to start, as it does with a master key that is not this
+        database's: it never signs with a key it could not check."""
         self.data = data
         self.now = now
-        self.keys_dir = data / "keys"
+        self.keys_dir = data / "keys"  # an older central's key files, imported once
         self.database_url = database
+        try:
+            self.vault = keyvault.Vault(
+                keyvault.load_master_key() if master_key is None else master_key
+            )
+        except keyvault.VaultError as exc:
+            raise CentralError(str(exc)) from None
         try:
             self.db = open_database(data, database, pool_size)
         except ValueError as exc:
@@ -82,6 +90,13 @@ class Central:
             raise CentralError(f"cannot open the database: {exc}".strip()) from None
         create_schema(self.db)
         self.postgres = is_postgres(self.db)
+        self._anchor: TrustAnchor | None = None
+        try:
+            self._check_master_key()
+            self._import_key_files()
+        except CentralError:
+            self.close()
+            raise
 
     def close(self) -> None:
         if not self.db.is_closed():
@@ -124,125 +139,32 @@ class Central:
             with self.db.atomic("IMMEDIATE"):
                 yield
 
-    # ---------------------------------------------------------------- keys
+    # ---------------------------------------------------------------- keys (keyring.py)
 
     @classmethod
     def init(
-        cls, data: Path, now: Callable[[], float] = time.time, database: str | None = None
+        cls,
+        data: Path,
+        now: Callable[[], float] = time.time,
+        database: str | None = None,
+        master_key: bytes | None = None,
+        root_key_out: Path | None = None,
     ) -> Central:
+        """Make the root, ledger and issuer keys and write DATA/trust-anchor.json. With
+        `root_key_out` the root seed goes only to that new file (mode 0600), never into the
+        database: the central can then sign but not certify a new key without it."""
         if (data / "keys" / "root.key").exists():
             raise CentralError(f"{data} is already initialised")
-        (data / "keys").mkdir(parents=True, exist_ok=True)
-        os.chmod(data / "keys", 0o700)
-        c = cls(data, now, database)
-        if KeyRow.select().exists():
-            raise CentralError("the database already holds another central's keys")
-        root = cose.SigningKey.generate()
-        c._save_key("root", root)
-        anchor = TrustAnchor(root.public)
-        (data / "trust-anchor.json").write_text(anchor.to_json())
-        c.rotate_key(PURPOSE_LEDGER)
-        c.rotate_key(PURPOSE_ISSUER)
-        c._set("plain_salt", secrets.token_hex(16))
-        c._set("policy", json.dumps(Policy().to_dict()))
+        if root_key_out is not None and root_key_out.exists():
+            raise CentralError(f"{root_key_out} exists: init writes the root key to a new file")
+        data.mkdir(parents=True, exist_ok=True)
+        c = cls(data, now, database, master_key=master_key)
+        try:
+            c._make_keys(root_key_out)
+        except BaseException:
+            c.close()
+            raise
         return c
-
-    def _save_key(self, name: str, key: cose.SigningKey) -> None:
-        path = self.keys_dir / f"{name}.key"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(key.seed.hex())
-
-    def _load_key(self, name: str) -> cose.SigningKey:
-        try:
-            return cose.SigningKey(bytes.fromhex((self.keys_dir / f"{name}.key").read_text()))
-        except (OSError, ValueError) as exc:
-            raise CentralError(f"key {name} unreadable: {exc}") from None
-
-    @property
-    def anchor(self) -> TrustAnchor:
-        return TrustAnchor(self._load_key("root").public)
-
-    def rotate_key(self, purpose: str) -> str:
-        """Make a new ledger or issuer key, certified by the root; older issuer keys stay
-        valid for the coupons they signed until revoked."""
-        root = self._load_key("root")
-        key = cose.SigningKey.generate()
-        now = int(self.now())
-        cert = make_cert(root, key, purpose, now - 60, now + KEY_YEARS)
-        self._save_key(key.kid.hex(), key)
-        with self.db.atomic():
-            KeyRow.update(active=False).where(KeyRow.purpose == purpose).execute()
-            KeyRow.create(kid=key.kid.hex(), purpose=purpose, cert=cert, created=now)
-        return key.kid.hex()
-
-    def revoke_key(self, kid: str) -> None:
-        """Revoke an issuer key. The root and ledger keys are refused: revoking either would
-        leave the central unable to publish a ledger any till accepts."""
-        kid = kid.strip().lower()
-        if kid == self._root_kid():
-            raise CentralError(
-                f"key {kid} is the root key (the trust anchor every till holds) and cannot be "
-                "revoked; only issuer keys can. If it was stolen, set up a new central and "
-                "enroll every till again (docs/security-model.md)"
-            )
-        row = KeyRow.get_or_none(KeyRow.kid == kid)
-        if row is None:
-            raise CentralError(f"no key {kid}")
-        if row.purpose != PURPOSE_ISSUER:
-            raise CentralError(
-                f"key {kid} is a {row.purpose} key and cannot be revoked; only issuer keys "
-                "can. To replace the ledger key, run `redeem-central rotate-key --purpose "
-                "ledger`"
-            )
-        KeyRow.update(revoked=True, active=False, published_in=None).where(
-            KeyRow.kid == kid
-        ).execute()
-
-    def _root_kid(self) -> str | None:
-        try:
-            return TrustAnchor.load(self.data / "trust-anchor.json").kid.hex()
-        except CertError:
-            try:
-                return self._load_key("root").kid.hex()
-            except CentralError:
-                return None
-
-    def health_problems(self) -> list[str]:
-        """Why this central cannot sign or publish right now, in words for an operator
-        (empty when it can): the root key, the active ledger and issuer keys must be
-        readable, match their certificates and be valid now."""
-        problems: list[str] = []
-        try:
-            anchor = TrustAnchor(self._load_key("root").public)
-        except CentralError as exc:
-            return [f"cannot certify keys: {exc}"]
-        now = self.now()
-        for purpose, what in ((PURPOSE_LEDGER, "publish"), (PURPOSE_ISSUER, "issue coupons")):
-            try:
-                key, raw = self._active(purpose)
-                cert = anchor.check_cert(raw)
-            except (CentralError, CertError) as exc:
-                problems.append(f"cannot {what}: {exc}")
-                continue
-            if cert.public_key != key.public:
-                problems.append(f"cannot {what}: key {cert.kid.hex()} does not match its file")
-            elif not cert.valid_at(now):
-                problems.append(
-                    f"cannot {what}: the {purpose} key's certificate is not valid now "
-                    f"(run `redeem-central rotate-key --purpose {purpose}`)"
-                )
-        return problems
-
-    def active_key(self, purpose: str) -> tuple[cose.SigningKey, bytes]:
-        """The active key of a purpose and its certificate (the publisher signs with it)."""
-        return self._active(purpose)
-
-    def _active(self, purpose: str) -> tuple[cose.SigningKey, bytes]:
-        row = KeyRow.get_or_none((KeyRow.purpose == purpose) & KeyRow.active)
-        if row is None:
-            raise CentralError(f"no active {purpose} key")
-        return self._load_key(row.kid), bytes(row.cert)
 
     def _get(self, key: str, default: str | None = None) -> str | None:
         row = Setting.get_or_none(Setting.key == key)

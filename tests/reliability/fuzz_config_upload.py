@@ -346,10 +346,13 @@ class JournalUpload(Target):
         from sync.central.store import Central
         from sync.central.terminals import enroll, new_enroll_code
         from tests.conftest import T0
+        from tests.master_key import KEY as MASTER_KEY
 
         self.ingest_mod, self.entry_hash = ingest_mod, entry_hash
         self.clock = FixedClock(T0)
-        self.central = c = Central.init(Path(workdir) / "central", self.clock.now)
+        self.central = c = Central.init(
+            Path(workdir) / "central", self.clock.now, master_key=MASTER_KEY
+        )
         self.campaigns: dict[str, Campaign] = {}
         self.serials: dict[str, list[str]] = {}
         for doc in CAMPAIGNS:

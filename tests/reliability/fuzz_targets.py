@@ -54,10 +54,11 @@ class World:
         from coupons.ledger import ledger_file
         from sync.central.store import Central
         from tests.conftest import T0
+        from tests.master_key import KEY as MASTER_KEY
 
         tmp = Path(workdir)
         self.clock = FixedClock(T0)
-        self.central = Central.init(tmp / "central", self.clock.now)
+        self.central = Central.init(tmp / "central", self.clock.now, master_key=MASTER_KEY)
         self.data = tmp / "terminal"
         setup.init(self.data, tmp / "central" / "trust-anchor.json", "S1", "T1")
         self.engine = setup.open_engine(self.data, self.clock)

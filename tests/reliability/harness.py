@@ -27,6 +27,7 @@ from coupons.ledger import Policy
 from drivers.scanner.pty import Pty
 from sync.central.store import Central
 from tests.conftest import T0, World
+from tests.master_key import KEY as MASTER_KEY
 from tests.postgres import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,7 +58,7 @@ def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condit
 def build_world(root: Path, data: Path, clock: FixedClock) -> World:
     """tests/conftest.py's World with the terminal's data directory where a test wants it
     (on a small tmpfs, say); the central stays under root."""
-    central = Central.init(root / "central", clock.now)
+    central = Central.init(root / "central", clock.now, master_key=MASTER_KEY)
     setup.init(data, root / "central" / "trust-anchor.json", "S1", "T1")
     return World(clock, central, data, setup.open_engine(data, clock))
 
