@@ -19,7 +19,7 @@ from typing import Any
 
 from coupons.decision import Context, Decision
 from coupons.engine import Engine
-from coupons.journal import Operation, PosCheckout, insert_operation
+from coupons.journal import LIVE_USES, Operation, PosCheckout, UseStatus, insert_operation
 from coupons.reasons import Reason
 from coupons.rules import Basket, InputError, best_combination
 
@@ -133,13 +133,17 @@ def _derived(stored: CheckoutState, coupons: list[dict[str, Any]]) -> CheckoutSt
     fault or a power cut kept from being stored is read off the coupons, which the engine
     changed with the journal."""
     statuses = {c["status"] for c in coupons}
-    if "held" in statuses:
+    if UseStatus.HELD in statuses:
         return stored
     if stored is CheckoutState.OPEN:
-        for done in ("reversed", "committed", "released"):
+        for done in (UseStatus.REVERSED, UseStatus.COMMITTED, UseStatus.RELEASED):
             if done in statuses:
                 return CheckoutState(done)
-    if stored is CheckoutState.COMMITTED and "reversed" in statuses and "committed" not in statuses:
+    if (
+        stored is CheckoutState.COMMITTED
+        and UseStatus.REVERSED in statuses
+        and UseStatus.COMMITTED not in statuses
+    ):
         return CheckoutState.REVERSED
     return stored
 
@@ -176,7 +180,7 @@ def best(engine: Engine, coupons: list[dict[str, Any]], basket: Basket) -> dict[
     held = [
         (c["serial"], engine.ledger.campaigns[c["campaign"]])
         for c in coupons
-        if c["status"] in ("held", "committed") and c["campaign"] in engine.ledger.campaigns
+        if c["status"] in LIVE_USES and c["campaign"] in engine.ledger.campaigns
     ]
     combo = best_combination(held, basket)
     return {
