@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import peewee as pw
 
 from coupons.checks import Checks
-from coupons.decision import Context, Coupon, Decision
+from coupons.decision import Context, Coupon, CouponUse, Decision
 from coupons.fraud import Flag
 from coupons.journal import LIVE_USES, Entry, Use, UseStatus
 from coupons.reasons import Reason
@@ -77,7 +77,7 @@ class TwoPhase(Checks):
             "hold", code, basket, ctx, op_id, checkout_id, UseStatus.HELD, request
         )
 
-    def checkout_coupons(self, checkout_id: str) -> list[dict[str, Any]]:
+    def checkout_coupons(self, checkout_id: str) -> list[CouponUse]:
         """Every coupon a checkout has had, with its status (held, committed, ...)."""
         return [
             {
@@ -222,7 +222,7 @@ class TwoPhase(Checks):
             Reason.NOT_COMMITTED,
         )
 
-    def voidable(self, checkout_id: str, window_s: float) -> tuple[Any, str]:
+    def voidable(self, checkout_id: str, window_s: float) -> tuple[Use | None, str]:
         """The coupon a cashier may take back from a standalone sale, or why not: it must be
         the sale's last redemption, made less than `window_s` ago, of a campaign whose
         coupons are usable again after a refund (a void is journaled as a reverse, so the
