@@ -6,11 +6,22 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
-from typing import TypeVar, overload
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from coupons.fields import InputError as InputError  # callers catch it from here
+from coupons.fields import (
+    amount,
+    currency_code,
+    minutes,
+    one_of,
+    opt,
+    req,
+    strset,
+    timestamp,
+    typed,
+)
 from coupons.jsontypes import JSONObject
 from coupons.money import allocate, percent_of
 from coupons.reasons import Reason
@@ -43,9 +54,6 @@ DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MAX_LINES = 500
 MAX_PRESENTED = 10  # best combination enumerates subsets: 2**10 is still instant
 
-T = TypeVar("T")
-D = TypeVar("D")
-
 
 class Refusal(Exception):
     """A rule says no; carries the reason code."""
@@ -56,119 +64,16 @@ class Refusal(Exception):
         self.detail = detail
 
 
-class InputError(ValueError):
-    """A campaign or basket document is invalid; the message names the field."""
-
-
-# ---------------------------------------------------------------- reading documents
-
-
-def _req(doc: Mapping[str, object], key: str, kind: type[T] | tuple[type[T], ...], where: str) -> T:
-    if key not in doc:
-        raise InputError(f"{where}: missing '{key}'")
-    return _typed(doc[key], key, kind, where)
-
-
-def _typed(value: object, key: str, kind: type[T] | tuple[type[T], ...], where: str) -> T:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    # bool is an int to Python, never to a campaign or basket document.
-    if isinstance(value, bool) and bool not in kinds:
-        raise InputError(f"{where}: '{key}' has the wrong type")
-    if not isinstance(value, kinds):
-        raise InputError(f"{where}: '{key}' has the wrong type")
-    return value
-
-
-@overload
-def _opt(doc: Mapping[str, object], key: str, kind: type[T], where: str) -> T | None: ...
-
-
-@overload
-def _opt(doc: Mapping[str, object], key: str, kind: type[T], where: str, default: D) -> T | D: ...
-
-
-def _opt(
-    doc: Mapping[str, object], key: str, kind: type[T], where: str, default: object = None
-) -> object:
-    if key not in doc or doc[key] is None:
-        return default
-    return _typed(doc[key], key, kind, where)
-
-
-def _amount(
-    doc: Mapping[str, object],
-    key: str,
-    where: str,
-    default: int | None = None,
-) -> int | None:
-    value = _opt(doc, key, int, where, default)
-    if value is not None and not 0 <= value <= 10**12:
-        raise InputError(f"{where}: '{key}' must be between 0 and 10^12 minor units")
-    return value
-
-
-def _timestamp(value: object, key: str, where: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        dt = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return int(dt.timestamp())
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        try:
-            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise InputError(f"{where}: '{key}' is not an ISO 8601 time") from None
-        return int((dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp())
-    raise InputError(f"{where}: '{key}' is not a time")
-
-
-def _minutes(text: str, where: str) -> int:
-    try:
-        hh, mm = text.split(":")
-        value = int(hh) * 60 + int(mm)
-    except ValueError:
-        raise InputError(f"{where}: hours '{text}' is not HH:MM") from None
-    if not 0 <= value <= 24 * 60 or not 0 <= int(mm) < 60:
-        raise InputError(f"{where}: hours '{text}' is out of range")
-    return value
-
-
-def _strset(doc: Mapping[str, object], key: str, where: str) -> frozenset[str]:
-    values: list[object] = _opt(doc, key, list, where, [])
-    if not all(isinstance(v, str) for v in values):
-        raise InputError(f"{where}: '{key}' must be a list of strings")
-    return frozenset(v for v in values if isinstance(v, str))
-
-
 # ---------------------------------------------------------------- a campaign's fields
-
-
-E = TypeVar("E", bound=StrEnum)
-
-
-def _one_of(enum: type[E], value: str, key: str, where: str) -> E:
-    try:
-        return enum(value)
-    except ValueError:
-        raise InputError(f"{where}: '{key}' must be one of {', '.join(enum)}") from None
-
-
-def _currency(doc: Mapping[str, object], where: str) -> str:
-    currency = _req(doc, "currency", str, where)
-    if len(currency) != 3 or not currency.isalpha():
-        raise InputError(f"{where}: 'currency' must be an ISO 4217 code")
-    return currency.upper()
 
 
 def _percent_bp(doc: Mapping[str, object], where: str) -> int | None:
     """Basis points, from 'percent_bp' or from 'percent' (a number of per cent)."""
-    percent_bp = _opt(doc, "percent_bp", int, where)
+    percent_bp = opt(doc, "percent_bp", int, where)
     if percent_bp is not None and "percent" in doc:
         raise InputError(f"{where}: give 'percent' or 'percent_bp', not both")
     if percent_bp is None and "percent" in doc:
-        pct = _typed(doc["percent"], "percent", (int, float), where)
+        pct = typed(doc["percent"], "percent", (int, float), where)
         if not 0 < pct <= 100:  # also refuses NaN and infinity, which round() cannot take
             raise InputError(f"{where}: 'percent' must be above 0 and at most 100")
         percent_bp = round(pct * 100)  # 8.7 * 100 is 869.999... in binary floating point
@@ -177,8 +82,8 @@ def _percent_bp(doc: Mapping[str, object], where: str) -> int | None:
 
 def _days(doc: Mapping[str, object], where: str) -> frozenset[int]:
     days: frozenset[int] = frozenset()
-    listed: list[object] = _opt(doc, "days", list, where, [])
-    listed = listed + _opt(doc, "days_of_week", list, where, [])
+    listed: list[object] = opt(doc, "days", list, where, [])
+    listed = listed + opt(doc, "days_of_week", list, where, [])
     for d in listed:
         if isinstance(d, str) and d[:3].lower() in DAYS:
             days |= {DAYS.index(d[:3].lower())}
@@ -191,11 +96,11 @@ def _days(doc: Mapping[str, object], where: str) -> frozenset[int]:
 
 def _hours(doc: Mapping[str, object], where: str) -> tuple[tuple[int, int], ...]:
     hours: list[tuple[int, int]] = []
-    spans: list[object] = _opt(doc, "hours", list, where, [])
+    spans: list[object] = opt(doc, "hours", list, where, [])
     for span in spans:
         if not isinstance(span, str) or "-" not in span:
             raise InputError(f"{where}: hours must look like '10:00-11:00'")
-        start, end = (_minutes(t.strip(), where) for t in span.split("-", 1))
+        start, end = (minutes(t.strip(), where) for t in span.split("-", 1))
         if end > start:
             hours.append((start, end))
         elif end < start:  # a late window past midnight, e.g. 22:00-02:00
@@ -206,7 +111,7 @@ def _hours(doc: Mapping[str, object], where: str) -> tuple[tuple[int, int], ...]
 
 
 def _timezone(doc: Mapping[str, object], where: str) -> str:
-    tz = _opt(doc, "timezone", str, where, "UTC")
+    tz = opt(doc, "timezone", str, where, "UTC")
     try:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
@@ -268,7 +173,7 @@ class Campaign:
     def from_dict(cls, doc: Mapping[str, object]) -> Campaign:
         if not isinstance(doc, Mapping):
             raise InputError("campaign must be a table/object")
-        cid = _req(doc, "id", str, "campaign")
+        cid = req(doc, "id", str, "campaign")
         where = f"campaign {cid}"
         if not cid or len(cid) > 32 or not all(c.isalnum() or c in "-_" for c in cid):
             raise InputError(f"{where}: 'id' must be 1-32 letters, digits, '-' or '_'")
@@ -278,48 +183,48 @@ class Campaign:
                 raise InputError(f"{where}: unknown field '{key}'")
         # The order of the reads is the order of the errors a document with several faults
         # gets: the first one found is the one reported.
-        kind = _one_of(CampaignKind, _req(doc, "kind", str, where), "kind", where)
-        currency = _currency(doc, where)
+        kind = one_of(CampaignKind, req(doc, "kind", str, where), "kind", where)
+        currency = currency_code(doc, where)
         percent_bp = _percent_bp(doc, where)
         days = _days(doc, where)
         hours = _hours(doc, where)
         tz = _timezone(doc, where)
-        stacking = _one_of(
-            Stacking, _opt(doc, "stacking", str, where, "exclusive"), "stacking", where
+        stacking = one_of(
+            Stacking, opt(doc, "stacking", str, where, "exclusive"), "stacking", where
         )
         camp = cls(
             id=cid,
-            name=_opt(doc, "name", str, where, cid),
+            name=opt(doc, "name", str, where, cid),
             kind=kind,
             currency=currency,
-            amount_minor=_amount(doc, "amount_minor", where, 0) or 0,
+            amount_minor=amount(doc, "amount_minor", where, 0) or 0,
             percent_bp=percent_bp or 0,
-            cap_minor=_amount(doc, "cap_minor", where),
-            min_spend_minor=_amount(doc, "min_spend_minor", where, 0) or 0,
-            gift_sku=_opt(doc, "gift_sku", str, where),
-            gift_name=_opt(doc, "gift_name", str, where),
-            gift_value_minor=_amount(doc, "gift_value_minor", where, 0) or 0,
-            valid_from=_timestamp(doc.get("valid_from"), "valid_from", where),
-            valid_until=_timestamp(doc.get("valid_until"), "valid_until", where),
+            cap_minor=amount(doc, "cap_minor", where),
+            min_spend_minor=amount(doc, "min_spend_minor", where, 0) or 0,
+            gift_sku=opt(doc, "gift_sku", str, where),
+            gift_name=opt(doc, "gift_name", str, where),
+            gift_value_minor=amount(doc, "gift_value_minor", where, 0) or 0,
+            valid_from=timestamp(doc.get("valid_from"), "valid_from", where),
+            valid_until=timestamp(doc.get("valid_until"), "valid_until", where),
             days_of_week=days,
             hours=hours,
             timezone=tz,
-            include_categories=_strset(doc, "include_categories", where),
-            include_skus=_strset(doc, "include_skus", where),
-            exclude_categories=_strset(doc, "exclude_categories", where),
-            exclude_skus=_strset(doc, "exclude_skus", where),
-            new_customers_only=_opt(doc, "new_customers_only", bool, where, False),
-            tiers=_strset(doc, "tiers", where),
-            stores=_strset(doc, "stores", where),
-            uses_per_coupon=_opt(doc, "uses_per_coupon", int, where, 1),
-            uses_per_customer=_opt(doc, "uses_per_customer", int, where),
-            budget_count=_opt(doc, "budget_count", int, where),
-            budget_minor=_amount(doc, "budget_minor", where),
+            include_categories=strset(doc, "include_categories", where),
+            include_skus=strset(doc, "include_skus", where),
+            exclude_categories=strset(doc, "exclude_categories", where),
+            exclude_skus=strset(doc, "exclude_skus", where),
+            new_customers_only=opt(doc, "new_customers_only", bool, where, False),
+            tiers=strset(doc, "tiers", where),
+            stores=strset(doc, "stores", where),
+            uses_per_coupon=opt(doc, "uses_per_coupon", int, where, 1),
+            uses_per_customer=opt(doc, "uses_per_customer", int, where),
+            budget_count=opt(doc, "budget_count", int, where),
+            budget_minor=amount(doc, "budget_minor", where),
             stacking=stacking,
-            stack_group=_opt(doc, "stack_group", str, where),
-            order=_opt(doc, "order", int, where),
-            reusable_after_refund=_opt(doc, "reusable_after_refund", bool, where, True),
-            per_basket=_opt(doc, "per_basket", int, where, 1),
+            stack_group=opt(doc, "stack_group", str, where),
+            order=opt(doc, "order", int, where),
+            reusable_after_refund=opt(doc, "reusable_after_refund", bool, where, True),
+            per_basket=opt(doc, "per_basket", int, where, 1),
         )
         camp._check(where)
         return camp
@@ -439,12 +344,12 @@ class Basket:
         for key in doc:
             if key not in ("currency", "lines", "customer", "total_minor"):
                 raise InputError(f"basket: unknown field '{key}'")
-        currency = _currency(doc, "basket")
-        raw_lines = _opt(doc, "lines", list, "basket", None)
+        currency = currency_code(doc, "basket")
+        raw_lines = opt(doc, "lines", list, "basket", None)
         lines: list[Line] = []
         if raw_lines is None:
             # Standalone mode: the cashier keys in only the total.
-            total = _amount(doc, "total_minor", "basket")
+            total = amount(doc, "total_minor", "basket")
             if total is None:
                 raise InputError("basket: needs 'lines' or 'total_minor'")
             lines = [Line("TOTAL", "", 1, total)]
@@ -458,22 +363,22 @@ class Basket:
                 for key in raw:
                     if key not in ("sku", "category", "quantity", "unit_price_minor", "name"):
                         raise InputError(f"{where}: unknown field '{key}'")
-                qty = _opt(raw, "quantity", int, where, 1)
-                price = _req(raw, "unit_price_minor", int, where)
+                qty = opt(raw, "quantity", int, where, 1)
+                price = req(raw, "unit_price_minor", int, where)
                 if not 1 <= qty <= 100_000:
                     raise InputError(f"{where}: 'quantity' must be 1..100000")
                 if not 0 <= price <= 10**10:
                     raise InputError(f"{where}: 'unit_price_minor' must be 0..10^10")
                 lines.append(
                     Line(
-                        _req(raw, "sku", str, where),
-                        _opt(raw, "category", str, where, ""),
+                        req(raw, "sku", str, where),
+                        opt(raw, "category", str, where, ""),
                         qty,
                         price,
-                        _opt(raw, "name", str, where, ""),
+                        opt(raw, "name", str, where, ""),
                     )
                 )
-            stated = _amount(doc, "total_minor", "basket")
+            stated = amount(doc, "total_minor", "basket")
             if stated is not None and stated != sum(line.total_minor for line in lines):
                 raise InputError("basket: 'total_minor' does not match the sum of the lines")
         customer = None
@@ -485,9 +390,9 @@ class Basket:
                 if key not in ("ref", "tier", "new"):
                     raise InputError(f"basket customer: unknown field '{key}'")
             customer = Customer(
-                _opt(raw_c, "ref", str, "basket customer"),
-                _opt(raw_c, "tier", str, "basket customer"),
-                _opt(raw_c, "new", bool, "basket customer", False),
+                opt(raw_c, "ref", str, "basket customer"),
+                opt(raw_c, "tier", str, "basket customer"),
+                opt(raw_c, "new", bool, "basket customer", False),
             )
         return cls(currency, tuple(lines), customer)
 
