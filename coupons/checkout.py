@@ -13,13 +13,14 @@ import json
 import logging
 import uuid
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
-from coupons.decision import Context, Decision
+from coupons.decision import Context, CouponUse, Decision
 from coupons.engine import Engine
-from coupons.journal import Operation, PosCheckout, insert_operation
+from coupons.journal import LIVE_USES, Operation, PosCheckout, UseStatus, insert_operation
+from coupons.jsontypes import JSONObject
 from coupons.reasons import Reason
 from coupons.rules import Basket, InputError, best_combination
 
@@ -29,7 +30,7 @@ KEEP_MS = 7 * 86_400_000  # stored checkouts older than this go (the journal kee
 # Coupon lists of first apply answers kept for retries within one run (see Checkouts).
 MAX_REMEMBERED = 20_000
 # The best combination of no coupons (a checkout just opened).
-NOTHING_BEST: dict[str, Any] = {"discount_minor": 0, "value_minor": 0, "coupons": [], "refused": {}}
+NOTHING_BEST: JSONObject = {"discount_minor": 0, "value_minor": 0, "coupons": [], "refused": {}}
 
 
 class CheckoutState(StrEnum):
@@ -88,7 +89,7 @@ class Checkout:
 @dataclass(frozen=True)
 class Applied:
     decision: Decision
-    coupons: list[dict[str, Any]]
+    coupons: list[CouponUse]
 
 
 def unknown(checkout_id: str) -> Refused:
@@ -128,18 +129,22 @@ def prune(engine: Engine) -> int:
     return int(PosCheckout.delete().where(PosCheckout.opened_ms < cutoff).execute())
 
 
-def _derived(stored: CheckoutState, coupons: list[dict[str, Any]]) -> CheckoutState:
+def _derived(stored: CheckoutState, coupons: list[CouponUse]) -> CheckoutState:
     """A step's new state is stored after the engine's own transaction, best effort: one a
     fault or a power cut kept from being stored is read off the coupons, which the engine
     changed with the journal."""
     statuses = {c["status"] for c in coupons}
-    if "held" in statuses:
+    if UseStatus.HELD in statuses:
         return stored
     if stored is CheckoutState.OPEN:
-        for done in ("reversed", "committed", "released"):
+        for done in (UseStatus.REVERSED, UseStatus.COMMITTED, UseStatus.RELEASED):
             if done in statuses:
                 return CheckoutState(done)
-    if stored is CheckoutState.COMMITTED and "reversed" in statuses and "committed" not in statuses:
+    if (
+        stored is CheckoutState.COMMITTED
+        and UseStatus.REVERSED in statuses
+        and UseStatus.COMMITTED not in statuses
+    ):
         return CheckoutState.REVERSED
     return stored
 
@@ -171,12 +176,12 @@ def _store_state(checkout_id: str, state: CheckoutState) -> None:
         log.warning("checkout %s: state %s not stored: %s", checkout_id, state, exc)
 
 
-def best(engine: Engine, coupons: list[dict[str, Any]], basket: Basket) -> dict[str, Any]:
+def best(engine: Engine, coupons: list[CouponUse], basket: Basket) -> JSONObject:
     """The best combination of the checkout's live coupons for its basket."""
     held = [
         (c["serial"], engine.ledger.campaigns[c["campaign"]])
         for c in coupons
-        if c["status"] in ("held", "committed") and c["campaign"] in engine.ledger.campaigns
+        if c["status"] in LIVE_USES and c["campaign"] in engine.ledger.campaigns
     ]
     combo = best_combination(held, basket)
     return {
@@ -190,9 +195,9 @@ def best(engine: Engine, coupons: list[dict[str, Any]], basket: Basket) -> dict[
 def view(
     checkout_id: str,
     co: Checkout | None,
-    coupons: list[dict[str, Any]],
-    best_doc: dict[str, Any] | None,
-) -> dict[str, Any]:
+    coupons: list[CouponUse],
+    best_doc: JSONObject | None,
+) -> dict[str, object]:
     """What a till reads of a checkout (state `unknown`: not stored here, only its coupons)."""
     return {
         "checkout_id": checkout_id,
@@ -211,11 +216,11 @@ def open_checkout(
     engine: Engine,
     till: str,
     basket: Basket,
-    basket_doc: dict[str, Any],
+    basket_doc: Mapping[str, object],
     cashier: str | None,
     op: str,
     request: str,
-) -> dict[str, Any]:
+) -> dict[str, object]:
     """Open a checkout; a retry of the same request gets the first answer, forever."""
     stored = first_answer(op, request)
     if stored is not None:
@@ -244,7 +249,7 @@ def open_checkout(
     return answer
 
 
-def read(engine: Engine, till: str, checkout_id: str) -> dict[str, Any]:
+def read(engine: Engine, till: str, checkout_id: str) -> dict[str, object]:
     co = load(engine, checkout_id, till)
     coupons = engine.checkout_coupons(checkout_id)
     if co is None and not coupons:

@@ -7,18 +7,33 @@ import argparse
 import json
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Protocol, TypeAlias
 
 EXIT_OK, EXIT_REFUSED, EXIT_ERROR = 0, 1, 2
+
+# A sub-command's function: its parsed arguments in, its exit status out.
+Command = Callable[[argparse.Namespace], int]
+# A parser's table of sub-commands (argparse keeps the class's name private).
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+class AddCommand(Protocol):
+    """`redeem`'s helper that adds a sub-command with its --data, --lang and --json."""
+
+    def __call__(
+        self, parent: Subcommands, name: str, func: Command, help_: str
+    ) -> argparse.ArgumentParser: ...
 
 
 class UserError(Exception):
     """A problem the person at the keyboard can fix; printed without a traceback."""
 
 
-def read_document(path: str) -> Any:
-    """A JSON or TOML file (by extension; JSON first for anything else)."""
+def read_document(path: str) -> object:
+    """A JSON or TOML file (by extension; JSON first for anything else); the caller narrows
+    it (a TOML document may hold times, which JSON has not)."""
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -38,7 +53,7 @@ def read_document(path: str) -> Any:
         raise UserError(f"{path} is nested too deeply to be a basket or campaign") from None
 
 
-def emit(args: argparse.Namespace, data: Any, text: str) -> None:
+def emit(args: argparse.Namespace, data: object, text: str) -> None:
     if getattr(args, "json", False):
         print(json.dumps(data, ensure_ascii=False, indent=2, default=str))
     else:

@@ -7,7 +7,6 @@ import hashlib
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import cbor2
 import nacl.bindings
@@ -67,7 +66,7 @@ class SigningKey:
         return cbor2.dumps(cbor2.CBORTag(TAG_SIGN1, [protected, {}, payload, signature]))
 
 
-def loads_strict(data: bytes, what: str) -> Any:
+def loads_strict(data: bytes, what: str) -> object:
     """One CBOR item, each map key once, nothing after it, in preferred serialization
     (RFC 8949 4.1: shortest heads, definite lengths). cbor2 on its own keeps the last of a
     repeated key and ignores trailing bytes, so another COSE reader could see other claims

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 # What makes Excel, LibreOffice or Google Sheets read a cell as a formula (OWASP's CSV
 # injection list), plus the apostrophe itself, so that "drop one leading apostrophe" undoes
@@ -29,7 +28,7 @@ def iso_time(ms: int) -> str:
     return (EPOCH + timedelta(milliseconds=ms)).astimezone().isoformat(timespec="milliseconds")
 
 
-def cell(value: Any) -> Any:
+def cell(value: object) -> str | int | float:
     """One value as a CSV cell: numbers stay numbers (a refund's -1000 is not text to
     neutralise), booleans true/false, None empty, everything else neutralised text."""
     if value is None:

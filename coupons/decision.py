@@ -3,12 +3,24 @@ coupon it resolved a scanned code to."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from coupons.fraud import Flag
 from coupons.reasons import Reason
 from coupons.rules import Campaign
+
+
+class CouponUse(TypedDict):
+    """One coupon a checkout has had (Engine.checkout_coupons), as the POS API lists it."""
+
+    serial: str
+    campaign: str
+    status: str  # a journal.UseStatus value
+    discount_minor: int
+    currency: str
+    gift_sku: str | None
 
 
 @dataclass(frozen=True)
@@ -35,10 +47,10 @@ class Decision:
     checkout_id: str | None = None
     detail: str = ""
     warnings: list[str] = field(default_factory=list)
-    coupons: list[dict[str, Any]] = field(default_factory=list)
+    coupons: list[CouponUse] = field(default_factory=list)
     replayed: bool = False
 
-    def to_dict(self, lang: str = "en") -> dict[str, Any]:
+    def to_dict(self, lang: str = "en") -> dict[str, object]:
         return {
             "accepted": self.accepted,
             "reason": self.reason.value,
@@ -58,9 +70,10 @@ class Decision:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Decision:
-        keep = {k: v for k, v in d.items() if k not in ("message", "reason")}
-        return cls(reason=Reason(d["reason"]), **keep)
+    def from_dict(cls, d: Mapping[str, object]) -> Decision:
+        """A decision as to_dict wrote it (a stored first answer): its fields by name."""
+        keep: dict[str, Any] = {k: v for k, v in d.items() if k not in ("message", "reason")}
+        return cls(reason=Reason(str(d["reason"])), **keep)
 
 
 @dataclass(frozen=True)

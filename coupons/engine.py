@@ -13,9 +13,8 @@ import logging
 import sqlite3
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import peewee as pw
 
@@ -24,9 +23,11 @@ from coupons.clock import Clock
 from coupons.decision import Context, Coupon, Decision, Refuse
 from coupons.fraud import Flag
 from coupons.journal import (
+    LIVE_USES,
     Entry,
     Journal,
     Use,
+    UseStatus,
     checkout_uses,
     get_meta,
     insert_operation,
@@ -140,7 +141,7 @@ class Engine(TwoPhase, LedgerSync):
         self._next_expiry = float("inf")
         for u in Use.select().where(Use.counts == True).iterator():  # noqa: E712
             self._count(u, +1)
-            if u.status == "held" and u.expires_at is not None:
+            if u.status == UseStatus.HELD and u.expires_at is not None:
                 self._next_expiry = min(self._next_expiry, u.expires_at)
 
     def _count(self, u: Use, sign: int) -> None:
@@ -194,7 +195,9 @@ class Engine(TwoPhase, LedgerSync):
         joined = "\x1f".join(parts).encode("utf-8", "surrogatepass")
         return hashlib.sha256(joined).hexdigest()[:32]
 
-    def _record(self, op_id: str | None, work: Any, request: str = "") -> Decision:
+    def _record(
+        self, op_id: str | None, work: Callable[[], Decision], request: str = ""
+    ) -> Decision:
         """Run `work` (which appends journal entries) in one durable transaction and store
         the answer under op_id. A storage fault refuses (fails closed) and loses nothing."""
         journal = self.journal
@@ -245,7 +248,9 @@ class Engine(TwoPhase, LedgerSync):
         except OSError as exc:
             log.warning("cannot keep the journal's head mark in %s: %s", self.mark_file, exc)
 
-    def _work_and_remember(self, op_id: str | None, work: Any, request: str) -> Decision:
+    def _work_and_remember(
+        self, op_id: str | None, work: Callable[[], Decision], request: str
+    ) -> Decision:
         decision: Decision = work()
         if op_id:
             insert_operation(op_id, request, self.journal.head_seq, json.dumps(decision.to_dict()))
@@ -309,7 +314,7 @@ class Engine(TwoPhase, LedgerSync):
         ctx: Context,
         op_id: str | None,
         checkout_id: str,
-        status: str,
+        status: UseStatus,
         request: str,
         same_sale: bool = False,
     ) -> Decision:
@@ -317,7 +322,7 @@ class Engine(TwoPhase, LedgerSync):
         self._expire_holds(now)
         others, any_held = (
             self._held_coupons(checkout_id, committed=same_sale)
-            if status == "held" or same_sale
+            if status == UseStatus.HELD or same_sale
             else ([], False)
         )
 
@@ -347,7 +352,7 @@ class Engine(TwoPhase, LedgerSync):
                     raise_tag_counter(coupon.campaign.id, tap.uid, tap.counter)
                 if len(restacked) > 1 and any_held:  # only held uses take a new discount
                     self._restack(checkout_id, coupon.key, restacked)
-                if status == "held":
+                if status == UseStatus.HELD:
                     decision.coupons = self.checkout_coupons(checkout_id)
             return decision
 
@@ -360,7 +365,9 @@ class Engine(TwoPhase, LedgerSync):
         """Held coupons of a checkout take the discounts the new stacking order gives them;
         their value against the campaign budget follows."""
         for u in Use.select().where(
-            (Use.checkout_id == checkout_id) & (Use.status == "held") & (Use.serial != new_key)
+            (Use.checkout_id == checkout_id)
+            & (Use.status == UseStatus.HELD)
+            & (Use.serial != new_key)
         ):
             off = discounts.get(u.serial, u.discount_minor)
             if off == u.discount_minor:
@@ -370,11 +377,11 @@ class Engine(TwoPhase, LedgerSync):
             Use.update(discount_minor=off, value_minor=value).where(Use.id == u.id).execute()
 
     def _add_use(
-        self, coupon: Coupon, d: Decision, checkout_id: str, status: str, now: float
+        self, coupon: Coupon, d: Decision, checkout_id: str, status: UseStatus, now: float
     ) -> None:
         c = coupon.campaign
         value = d.discount_minor + (c.gift_value_minor if d.gift_sku else 0)
-        expires = now + self.ledger.policy.hold_ttl_s if status == "held" else None
+        expires = now + self.ledger.policy.hold_ttl_s if status == UseStatus.HELD else None
         insert_use(
             coupon.key,
             c.id,
@@ -414,7 +421,7 @@ class Engine(TwoPhase, LedgerSync):
             ctx,
             op_id,
             sale,
-            "committed",
+            UseStatus.COMMITTED,
             request,
             same_sale=checkout_id is not None,
         )
@@ -464,14 +471,14 @@ class Engine(TwoPhase, LedgerSync):
     def _held_coupons(self, checkout_id: str, committed: bool = False) -> tuple[list[Coupon], bool]:
         """Coupons held for a checkout (and, for a standalone sale, already redeemed in it),
         and whether any of them is held (else a new coupon restacks nothing)."""
-        statuses = ("held", "committed") if committed else ("held",)
+        statuses = LIVE_USES if committed else (UseStatus.HELD,)
         out, any_held = [], False
         for serial, campaign_id, customer, status, detail in checkout_uses(checkout_id, statuses):
             campaign = self.ledger.campaigns.get(campaign_id)
             if campaign is not None:
                 via = json.loads(detail).get("via", "token")
                 out.append(Coupon(serial, int(serial, 16), campaign, customer, via))
-                any_held = any_held or status == "held"
+                any_held = any_held or status == UseStatus.HELD
         return out, any_held
 
     def _expire_holds(self, now: float) -> None:
@@ -479,9 +486,11 @@ class Engine(TwoPhase, LedgerSync):
             return
 
         def work() -> Decision:
-            expired = list(Use.select().where((Use.status == "held") & (Use.expires_at <= now)))
+            expired = list(
+                Use.select().where((Use.status == UseStatus.HELD) & (Use.expires_at <= now))
+            )
             for u in expired:
-                Use.update(status="expired", counts=False, expires_at=None).where(
+                Use.update(status=UseStatus.EXPIRED, counts=False, expires_at=None).where(
                     Use.id == u.id
                 ).execute()
                 self._count(u, -1)
@@ -504,7 +513,7 @@ class Engine(TwoPhase, LedgerSync):
             return Decision(True, Reason.OK)
 
         self._record(None, work)
-        nxt = Use.select(pw.fn.MIN(Use.expires_at)).where(Use.status == "held").scalar()
+        nxt = Use.select(pw.fn.MIN(Use.expires_at)).where(Use.status == UseStatus.HELD).scalar()
         self._next_expiry = nxt if nxt is not None else float("inf")
 
 

@@ -41,7 +41,7 @@ def make_cert(
     return root.sign1(payload)
 
 
-def _hex_field(doc: Any, name: str) -> bytes:
+def _hex_field(doc: object, name: str) -> bytes:
     """A JSON object's hex field; CertError saying which field and what is wrong."""
     if not isinstance(doc, dict):
         raise CertError(f"not a JSON object but {type(doc).__name__}")

@@ -4,13 +4,14 @@ root-certified ledger key. Verifying and applying updates; building them for the
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import cbor2
 
 from coupons import cose, serials
+from coupons.jsontypes import JSONObject
 from coupons.keys import PURPOSE_ISSUER, PURPOSE_LEDGER, CertError, KeyCert, TrustAnchor
 from coupons.rules import Campaign, InputError
 from coupons.serials import SerialSet
@@ -50,15 +51,17 @@ class Policy:
     max_clock_offset_s: int = 300
 
     @classmethod
-    def from_dict(cls, doc: Mapping[str, Any]) -> Policy:
+    def from_dict(cls, doc: Mapping[str, object]) -> Policy:
         names = {f.name for f in fields(cls)}
         unknown = set(doc) - names
         if unknown:
             raise InputError(f"policy: unknown field '{sorted(unknown)[0]}'")
+        values: dict[str, int] = {}
         for key, value in doc.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InputError(f"policy: '{key}' must be a non-negative integer")
-        return cls(**doc)
+            values[key] = value
+        return cls(**values)
 
     def to_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -100,7 +103,7 @@ class LedgerState:
     # Per campaign, the AES-128 SDM key of its NTAG 424 DNA (SUN) tags.
     sun_keys: dict[str, bytes] = field(default_factory=dict)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> JSONObject:
         return {
             "scope": self.scope,
             "version": self.version,
@@ -122,7 +125,9 @@ def chain_next(prev: bytes, payload: bytes) -> bytes:
 # ---------------------------------------------------------------- building (central side)
 
 
-def sign_update(ledger_key: cose.SigningKey, ledger_cert: bytes, body: dict[str, Any]) -> bytes:
+def sign_update(
+    ledger_key: cose.SigningKey, ledger_cert: bytes, body: Mapping[str, object]
+) -> bytes:
     """One signed update: [ledger certificate, COSE_Sign1(body)]."""
     return signed_update(ledger_key, ledger_cert, body)[0]
 
@@ -139,7 +144,7 @@ def ledger_file(updates: Iterable[bytes]) -> bytes:
     return cbor2.dumps({"format": FILE_FORMAT, "updates": list(updates)})
 
 
-def snapshot_body(state: LedgerState) -> dict[str, Any]:
+def snapshot_body(state: LedgerState) -> dict[str, object]:
     return {
         **({"scope": state.scope} if state.scope else {}),
         "type": "snapshot",
@@ -177,7 +182,7 @@ def _ref_out(ref: str) -> bytes | str:
     return ref
 
 
-def _ref_in(ref: Any) -> str:
+def _ref_in(ref: object) -> str:
     if isinstance(ref, bytes):
         return ref.hex()
     if isinstance(ref, str):
@@ -185,22 +190,26 @@ def _ref_in(ref: Any) -> str:
     raise InputError("customer_usage: a customer reference is bytes or text")
 
 
-def pack_customer_usage(counts: Mapping[tuple[str, str], int]) -> dict[str, dict[Any, int]]:
+def pack_customer_usage(
+    counts: Mapping[tuple[str, str], int],
+) -> dict[str, dict[bytes | str, int]]:
     """{(campaign, customer): count} as the ledger's `customer_usage` map:
     {campaign: {customer ref: count}}."""
-    out: dict[str, dict[Any, int]] = {}
+    out: dict[str, dict[bytes | str, int]] = {}
     for (cid, ref), n in sorted(counts.items()):
         out.setdefault(cid, {})[_ref_out(ref)] = int(n)
     return out
 
 
-def clamped_usage(doc: Any) -> dict[str, tuple[int, int]]:
+def clamped_usage(doc: Mapping[str, Sequence[int]] | None) -> dict[str, tuple[int, int]]:
     """The ledger's `usage` map, each figure clamped at zero: a negative use count or value
     (a central that believed a till's negative discount) must not give a budget back."""
     return {k: (max(0, int(v[0])), max(0, int(v[1]))) for k, v in dict(doc or {}).items()}
 
 
-def _customer_usage(doc: Any) -> dict[tuple[str, str], int]:
+def _customer_usage(
+    doc: Mapping[str, Mapping[bytes | str, int]] | None,
+) -> dict[tuple[str, str], int]:
     out: dict[tuple[str, str], int] = {}
     for cid, refs in dict(doc or {}).items():
         if not isinstance(cid, str):
@@ -240,7 +249,10 @@ class VerifiedUpdate:
 def verify_update(anchor: TrustAnchor, raw: bytes) -> VerifiedUpdate:
     """Check certificate chain and signature; return the body. Raises LedgerRefused."""
     try:
-        cert_raw, signed = cose.loads_strict(raw, "ledger update")
+        outer = cose.loads_strict(raw, "ledger update")
+        if not isinstance(outer, Iterable):  # what unpacking it would refuse, as it would
+            raise TypeError("not an array")
+        cert_raw, signed = outer
         msg = cose.parse_sign1(signed)
     except Exception:
         raise LedgerRefused("damaged", "update is truncated or not an update") from None
@@ -267,16 +279,17 @@ def verify_update(anchor: TrustAnchor, raw: bytes) -> VerifiedUpdate:
     return VerifiedUpdate(body, msg.payload)
 
 
-def _chain_of(body: Mapping[str, Any], payload: bytes) -> bytes | None:
+def _chain_of(body: Mapping[str, object], payload: bytes) -> bytes | None:
     """The chain hash the terminal holds after this update: a snapshot names it, a delta's
     follows from its predecessor and its own payload."""
     if body.get("type") == "snapshot":
-        return body.get("chain") if isinstance(body.get("chain"), bytes) else None
+        chain = body.get("chain")
+        return chain if isinstance(chain, bytes) else None
     prev = body.get("prev")
     return chain_next(prev, payload) if isinstance(prev, bytes) else None
 
 
-def _certs(anchor: TrustAnchor, raws: Any) -> dict[bytes, KeyCert]:
+def _certs(anchor: TrustAnchor, raws: Iterable[bytes] | None) -> dict[bytes, KeyCert]:
     out: dict[bytes, KeyCert] = {}
     for raw in raws or ():
         cert = anchor.check_cert(raw)
@@ -285,7 +298,7 @@ def _certs(anchor: TrustAnchor, raws: Any) -> dict[bytes, KeyCert]:
     return out
 
 
-def _sun_keys(doc: Any) -> dict[str, bytes]:
+def _sun_keys(doc: Mapping[str, bytes] | None) -> dict[str, bytes]:
     out = {}
     for cid, key in dict(doc or {}).items():
         if not isinstance(cid, str) or not isinstance(key, bytes) or len(key) != 16:
@@ -294,7 +307,7 @@ def _sun_keys(doc: Any) -> dict[str, bytes]:
     return out
 
 
-def _campaigns(docs: Any) -> dict[str, Campaign]:
+def _campaigns(docs: Iterable[Mapping[str, object]] | None) -> dict[str, Campaign]:
     out = {}
     for doc in docs or ():
         c = Campaign.from_dict(dict(doc))

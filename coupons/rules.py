@@ -6,16 +6,50 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
+from enum import StrEnum
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from coupons.fields import InputError as InputError  # callers catch it from here
+from coupons.fields import (
+    amount,
+    currency_code,
+    minutes,
+    one_of,
+    opt,
+    req,
+    strset,
+    timestamp,
+    typed,
+)
+from coupons.jsontypes import JSONObject
 from coupons.money import allocate, percent_of
 from coupons.reasons import Reason
 
-KINDS = ("threshold", "percent", "fixed", "gift")
-KIND_ORDER = {"percent": 0, "threshold": 1, "fixed": 2, "gift": 3}
-STACKING = ("exclusive", "group", "any")
+
+class CampaignKind(StrEnum):
+    """What a campaign gives; the values are the ledger's and the journal's words."""
+
+    THRESHOLD = "threshold"
+    PERCENT = "percent"
+    FIXED = "fixed"
+    GIFT = "gift"
+
+
+class Stacking(StrEnum):
+    """With which other coupons a campaign shares a basket."""
+
+    EXCLUSIVE = "exclusive"
+    GROUP = "group"  # only with campaigns of the same stack_group
+    ANY = "any"
+
+
+KIND_ORDER = {
+    CampaignKind.PERCENT: 0,
+    CampaignKind.THRESHOLD: 1,
+    CampaignKind.FIXED: 2,
+    CampaignKind.GIFT: 3,
+}
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MAX_LINES = 500
 MAX_PRESENTED = 10  # best combination enumerates subsets: 2**10 is still instant
@@ -30,84 +64,59 @@ class Refusal(Exception):
         self.detail = detail
 
 
-class InputError(ValueError):
-    """A campaign or basket document is invalid; the message names the field."""
+# ---------------------------------------------------------------- a campaign's fields
 
 
-# ---------------------------------------------------------------- reading documents
+def _percent_bp(doc: Mapping[str, object], where: str) -> int | None:
+    """Basis points, from 'percent_bp' or from 'percent' (a number of per cent)."""
+    percent_bp = opt(doc, "percent_bp", int, where)
+    if percent_bp is not None and "percent" in doc:
+        raise InputError(f"{where}: give 'percent' or 'percent_bp', not both")
+    if percent_bp is None and "percent" in doc:
+        pct = typed(doc["percent"], "percent", (int, float), where)
+        if not 0 < pct <= 100:  # also refuses NaN and infinity, which round() cannot take
+            raise InputError(f"{where}: 'percent' must be above 0 and at most 100")
+        percent_bp = round(pct * 100)  # 8.7 * 100 is 869.999... in binary floating point
+    return percent_bp
 
 
-def _req(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if key not in doc:
-        raise InputError(f"{where}: missing '{key}'")
-    return _typed(doc[key], key, kind, where)
+def _days(doc: Mapping[str, object], where: str) -> frozenset[int]:
+    days: frozenset[int] = frozenset()
+    listed: list[object] = opt(doc, "days", list, where, [])
+    listed = listed + opt(doc, "days_of_week", list, where, [])
+    for d in listed:
+        if isinstance(d, str) and d[:3].lower() in DAYS:
+            days |= {DAYS.index(d[:3].lower())}
+        elif isinstance(d, int) and 0 <= d <= 6:
+            days |= {d}
+        else:
+            raise InputError(f"{where}: day '{d}' is not mon..sun")
+    return days
 
 
-def _typed(value: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if (
-        isinstance(value, bool)
-        and kind is not bool
-        and bool not in (kind if isinstance(kind, tuple) else (kind,))
-    ):
-        raise InputError(f"{where}: '{key}' has the wrong type")
-    if not isinstance(value, kind):
-        raise InputError(f"{where}: '{key}' has the wrong type")
-    return value
+def _hours(doc: Mapping[str, object], where: str) -> tuple[tuple[int, int], ...]:
+    hours: list[tuple[int, int]] = []
+    spans: list[object] = opt(doc, "hours", list, where, [])
+    for span in spans:
+        if not isinstance(span, str) or "-" not in span:
+            raise InputError(f"{where}: hours must look like '10:00-11:00'")
+        start, end = (minutes(t.strip(), where) for t in span.split("-", 1))
+        if end > start:
+            hours.append((start, end))
+        elif end < start:  # a late window past midnight, e.g. 22:00-02:00
+            hours += [(start, 24 * 60), (0, end)] if end else [(start, 24 * 60)]
+        else:
+            raise InputError(f"{where}: hours window '{span}' is empty")
+    return tuple(hours)
 
 
-def _opt(
-    doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any = None
-) -> Any:
-    if key not in doc or doc[key] is None:
-        return default
-    return _typed(doc[key], key, kind, where)
-
-
-def _amount(
-    doc: Mapping[str, Any],
-    key: str,
-    where: str,
-    default: int | None = None,
-) -> int | None:
-    value = _opt(doc, key, int, where, default)
-    if value is not None and not 0 <= value <= 10**12:
-        raise InputError(f"{where}: '{key}' must be between 0 and 10^12 minor units")
-    return value  # type: ignore[no-any-return]
-
-
-def _timestamp(value: Any, key: str, where: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        dt = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return int(dt.timestamp())
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        try:
-            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise InputError(f"{where}: '{key}' is not an ISO 8601 time") from None
-        return int((dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp())
-    raise InputError(f"{where}: '{key}' is not a time")
-
-
-def _minutes(text: str, where: str) -> int:
+def _timezone(doc: Mapping[str, object], where: str) -> str:
+    tz = opt(doc, "timezone", str, where, "UTC")
     try:
-        hh, mm = text.split(":")
-        value = int(hh) * 60 + int(mm)
-    except ValueError:
-        raise InputError(f"{where}: hours '{text}' is not HH:MM") from None
-    if not 0 <= value <= 24 * 60 or not 0 <= int(mm) < 60:
-        raise InputError(f"{where}: hours '{text}' is out of range")
-    return value
-
-
-def _strset(doc: Mapping[str, Any], key: str, where: str) -> frozenset[str]:
-    values = _opt(doc, key, list, where, [])
-    if not all(isinstance(v, str) for v in values):
-        raise InputError(f"{where}: '{key}' must be a list of strings")
-    return frozenset(values)
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InputError(f"{where}: unknown timezone '{tz}'") from None
+    return tz
 
 
 # ---------------------------------------------------------------- campaigns
@@ -117,7 +126,7 @@ def _strset(doc: Mapping[str, Any], key: str, where: str) -> frozenset[str]:
 class Campaign:
     id: str
     name: str
-    kind: str
+    kind: CampaignKind
     currency: str
     amount_minor: int = 0  # threshold and fixed: amount off
     percent_bp: int = 0  # percent: basis points, 1500 = 15 %
@@ -142,7 +151,7 @@ class Campaign:
     uses_per_customer: int | None = None
     budget_count: int | None = None
     budget_minor: int | None = None
-    stacking: str = "exclusive"
+    stacking: Stacking = Stacking.EXCLUSIVE
     stack_group: str | None = None
     order: int | None = None
     reusable_after_refund: bool = True
@@ -161,10 +170,10 @@ class Campaign:
         return (0 if self.item_level else 10) + KIND_ORDER[self.kind]
 
     @classmethod
-    def from_dict(cls, doc: Mapping[str, Any]) -> Campaign:
+    def from_dict(cls, doc: Mapping[str, object]) -> Campaign:
         if not isinstance(doc, Mapping):
             raise InputError("campaign must be a table/object")
-        cid = _req(doc, "id", str, "campaign")
+        cid = req(doc, "id", str, "campaign")
         where = f"campaign {cid}"
         if not cid or len(cid) > 32 or not all(c.isalnum() or c in "-_" for c in cid):
             raise InputError(f"{where}: 'id' must be 1-32 letters, digits, '-' or '_'")
@@ -172,94 +181,64 @@ class Campaign:
         for key in doc:
             if key not in known:
                 raise InputError(f"{where}: unknown field '{key}'")
-        kind = _req(doc, "kind", str, where)
-        if kind not in KINDS:
-            raise InputError(f"{where}: 'kind' must be one of {', '.join(KINDS)}")
-        currency = _req(doc, "currency", str, where)
-        if len(currency) != 3 or not currency.isalpha():
-            raise InputError(f"{where}: 'currency' must be an ISO 4217 code")
-        percent_bp = _opt(doc, "percent_bp", int, where)
-        if percent_bp is not None and "percent" in doc:
-            raise InputError(f"{where}: give 'percent' or 'percent_bp', not both")
-        if percent_bp is None and "percent" in doc:
-            pct = _typed(doc["percent"], "percent", (int, float), where)
-            if not 0 < pct <= 100:  # also refuses NaN and infinity, which round() cannot take
-                raise InputError(f"{where}: 'percent' must be above 0 and at most 100")
-            percent_bp = round(pct * 100)  # 8.7 * 100 is 869.999... in binary floating point
-        days: frozenset[int] = frozenset()
-        for d in _opt(doc, "days", list, where, []) + _opt(doc, "days_of_week", list, where, []):
-            if isinstance(d, str) and d[:3].lower() in DAYS:
-                days |= {DAYS.index(d[:3].lower())}
-            elif isinstance(d, int) and 0 <= d <= 6:
-                days |= {d}
-            else:
-                raise InputError(f"{where}: day '{d}' is not mon..sun")
-        hours = []
-        for span in _opt(doc, "hours", list, where, []):
-            if not isinstance(span, str) or "-" not in span:
-                raise InputError(f"{where}: hours must look like '10:00-11:00'")
-            start, end = (_minutes(t.strip(), where) for t in span.split("-", 1))
-            if end > start:
-                hours.append((start, end))
-            elif end < start:  # a late window past midnight, e.g. 22:00-02:00
-                hours += [(start, 24 * 60), (0, end)] if end else [(start, 24 * 60)]
-            else:
-                raise InputError(f"{where}: hours window '{span}' is empty")
-        tz = _opt(doc, "timezone", str, where, "UTC")
-        try:
-            ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise InputError(f"{where}: unknown timezone '{tz}'") from None
-        stacking = _opt(doc, "stacking", str, where, "exclusive")
-        if stacking not in STACKING:
-            raise InputError(f"{where}: 'stacking' must be one of {', '.join(STACKING)}")
+        # The order of the reads is the order of the errors a document with several faults
+        # gets: the first one found is the one reported.
+        kind = one_of(CampaignKind, req(doc, "kind", str, where), "kind", where)
+        currency = currency_code(doc, where)
+        percent_bp = _percent_bp(doc, where)
+        days = _days(doc, where)
+        hours = _hours(doc, where)
+        tz = _timezone(doc, where)
+        stacking = one_of(
+            Stacking, opt(doc, "stacking", str, where, "exclusive"), "stacking", where
+        )
         camp = cls(
             id=cid,
-            name=_opt(doc, "name", str, where, cid),
+            name=opt(doc, "name", str, where, cid),
             kind=kind,
-            currency=currency.upper(),
-            amount_minor=_amount(doc, "amount_minor", where, 0) or 0,
+            currency=currency,
+            amount_minor=amount(doc, "amount_minor", where, 0) or 0,
             percent_bp=percent_bp or 0,
-            cap_minor=_amount(doc, "cap_minor", where),
-            min_spend_minor=_amount(doc, "min_spend_minor", where, 0) or 0,
-            gift_sku=_opt(doc, "gift_sku", str, where),
-            gift_name=_opt(doc, "gift_name", str, where),
-            gift_value_minor=_amount(doc, "gift_value_minor", where, 0) or 0,
-            valid_from=_timestamp(doc.get("valid_from"), "valid_from", where),
-            valid_until=_timestamp(doc.get("valid_until"), "valid_until", where),
+            cap_minor=amount(doc, "cap_minor", where),
+            min_spend_minor=amount(doc, "min_spend_minor", where, 0) or 0,
+            gift_sku=opt(doc, "gift_sku", str, where),
+            gift_name=opt(doc, "gift_name", str, where),
+            gift_value_minor=amount(doc, "gift_value_minor", where, 0) or 0,
+            valid_from=timestamp(doc.get("valid_from"), "valid_from", where),
+            valid_until=timestamp(doc.get("valid_until"), "valid_until", where),
             days_of_week=days,
-            hours=tuple(hours),
+            hours=hours,
             timezone=tz,
-            include_categories=_strset(doc, "include_categories", where),
-            include_skus=_strset(doc, "include_skus", where),
-            exclude_categories=_strset(doc, "exclude_categories", where),
-            exclude_skus=_strset(doc, "exclude_skus", where),
-            new_customers_only=_opt(doc, "new_customers_only", bool, where, False),
-            tiers=_strset(doc, "tiers", where),
-            stores=_strset(doc, "stores", where),
-            uses_per_coupon=_opt(doc, "uses_per_coupon", int, where, 1),
-            uses_per_customer=_opt(doc, "uses_per_customer", int, where),
-            budget_count=_opt(doc, "budget_count", int, where),
-            budget_minor=_amount(doc, "budget_minor", where),
+            include_categories=strset(doc, "include_categories", where),
+            include_skus=strset(doc, "include_skus", where),
+            exclude_categories=strset(doc, "exclude_categories", where),
+            exclude_skus=strset(doc, "exclude_skus", where),
+            new_customers_only=opt(doc, "new_customers_only", bool, where, False),
+            tiers=strset(doc, "tiers", where),
+            stores=strset(doc, "stores", where),
+            uses_per_coupon=opt(doc, "uses_per_coupon", int, where, 1),
+            uses_per_customer=opt(doc, "uses_per_customer", int, where),
+            budget_count=opt(doc, "budget_count", int, where),
+            budget_minor=amount(doc, "budget_minor", where),
             stacking=stacking,
-            stack_group=_opt(doc, "stack_group", str, where),
-            order=_opt(doc, "order", int, where),
-            reusable_after_refund=_opt(doc, "reusable_after_refund", bool, where, True),
-            per_basket=_opt(doc, "per_basket", int, where, 1),
+            stack_group=opt(doc, "stack_group", str, where),
+            order=opt(doc, "order", int, where),
+            reusable_after_refund=opt(doc, "reusable_after_refund", bool, where, True),
+            per_basket=opt(doc, "per_basket", int, where, 1),
         )
         camp._check(where)
         return camp
 
     def _check(self, where: str) -> None:
-        if self.kind in ("threshold", "fixed") and self.amount_minor <= 0:
+        if self.kind in (CampaignKind.THRESHOLD, CampaignKind.FIXED) and self.amount_minor <= 0:
             raise InputError(f"{where}: '{self.kind}' needs a positive 'amount_minor'")
-        if self.kind == "threshold" and self.min_spend_minor <= 0:
+        if self.kind is CampaignKind.THRESHOLD and self.min_spend_minor <= 0:
             raise InputError(f"{where}: 'threshold' needs a positive 'min_spend_minor'")
-        if self.kind == "percent" and not 0 < self.percent_bp <= 10_000:
+        if self.kind is CampaignKind.PERCENT and not 0 < self.percent_bp <= 10_000:
             raise InputError(f"{where}: 'percent' must be above 0 and at most 100")
-        if self.kind == "gift" and not self.gift_sku:
+        if self.kind is CampaignKind.GIFT and not self.gift_sku:
             raise InputError(f"{where}: 'gift' needs a 'gift_sku'")
-        if self.stacking == "group" and not self.stack_group:
+        if self.stacking is Stacking.GROUP and not self.stack_group:
             raise InputError(f"{where}: stacking 'group' needs a 'stack_group'")
         for name in ("uses_per_coupon", "per_basket", "uses_per_customer", "budget_count"):
             value = getattr(self, name)
@@ -275,8 +254,8 @@ class Campaign:
             if end <= start:
                 raise InputError(f"{where}: an hours window ends before it starts")
 
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    def to_dict(self) -> JSONObject:
+        out: JSONObject = {}
         for name in self.__dataclass_fields__:
             value = getattr(self, name)
             if isinstance(value, frozenset):
@@ -285,6 +264,8 @@ class Campaign:
                 value = [f"{s // 60:02d}:{s % 60:02d}-{e // 60:02d}:{e % 60:02d}" for s, e in value]
             if name == "days_of_week":
                 value = sorted(value)
+            if isinstance(value, StrEnum):
+                value = value.value  # the plain text a ledger or a stored campaign carries
             out[name] = value
         return out
 
@@ -357,20 +338,18 @@ class Basket:
         return sum(line.total_minor for line in self.lines)
 
     @classmethod
-    def from_dict(cls, doc: Any) -> Basket:
+    def from_dict(cls, doc: object) -> Basket:
         if not isinstance(doc, Mapping):
             raise InputError("basket must be a JSON object")
         for key in doc:
             if key not in ("currency", "lines", "customer", "total_minor"):
                 raise InputError(f"basket: unknown field '{key}'")
-        currency = _req(doc, "currency", str, "basket")
-        if len(currency) != 3 or not currency.isalpha():
-            raise InputError("basket: 'currency' must be an ISO 4217 code")
-        raw_lines = _opt(doc, "lines", list, "basket", None)
+        currency = currency_code(doc, "basket")
+        raw_lines = opt(doc, "lines", list, "basket", None)
         lines: list[Line] = []
         if raw_lines is None:
             # Standalone mode: the cashier keys in only the total.
-            total = _amount(doc, "total_minor", "basket")
+            total = amount(doc, "total_minor", "basket")
             if total is None:
                 raise InputError("basket: needs 'lines' or 'total_minor'")
             lines = [Line("TOTAL", "", 1, total)]
@@ -384,36 +363,38 @@ class Basket:
                 for key in raw:
                     if key not in ("sku", "category", "quantity", "unit_price_minor", "name"):
                         raise InputError(f"{where}: unknown field '{key}'")
-                qty = _opt(raw, "quantity", int, where, 1)
-                price = _req(raw, "unit_price_minor", int, where)
+                qty = opt(raw, "quantity", int, where, 1)
+                price = req(raw, "unit_price_minor", int, where)
                 if not 1 <= qty <= 100_000:
                     raise InputError(f"{where}: 'quantity' must be 1..100000")
                 if not 0 <= price <= 10**10:
                     raise InputError(f"{where}: 'unit_price_minor' must be 0..10^10")
                 lines.append(
                     Line(
-                        _req(raw, "sku", str, where),
-                        _opt(raw, "category", str, where, ""),
+                        req(raw, "sku", str, where),
+                        opt(raw, "category", str, where, ""),
                         qty,
                         price,
-                        _opt(raw, "name", str, where, ""),
+                        opt(raw, "name", str, where, ""),
                     )
                 )
-            stated = _amount(doc, "total_minor", "basket")
+            stated = amount(doc, "total_minor", "basket")
             if stated is not None and stated != sum(line.total_minor for line in lines):
                 raise InputError("basket: 'total_minor' does not match the sum of the lines")
         customer = None
-        raw_c = _opt(doc, "customer", Mapping, "basket")
+        raw_c = doc.get("customer")
         if raw_c is not None:
+            if not isinstance(raw_c, Mapping):  # as _opt says it (Mapping is no concrete type)
+                raise InputError("basket: 'customer' has the wrong type")
             for key in raw_c:
                 if key not in ("ref", "tier", "new"):
                     raise InputError(f"basket customer: unknown field '{key}'")
             customer = Customer(
-                _opt(raw_c, "ref", str, "basket customer"),
-                _opt(raw_c, "tier", str, "basket customer"),
-                _opt(raw_c, "new", bool, "basket customer", False),
+                opt(raw_c, "ref", str, "basket customer"),
+                opt(raw_c, "tier", str, "basket customer"),
+                opt(raw_c, "new", bool, "basket customer", False),
             )
-        return cls(currency.upper(), tuple(lines), customer)
+        return cls(currency, tuple(lines), customer)
 
 
 # ---------------------------------------------------------------- applying coupons
@@ -445,9 +426,9 @@ def apply_one(campaign: Campaign, basket: Basket, remaining: Sequence[int], key:
         raise Refusal(Reason.NO_ELIGIBLE_ITEMS)
     if eligible < campaign.min_spend_minor:
         raise Refusal(Reason.BELOW_MINIMUM)
-    if campaign.kind == "gift":
+    if campaign.kind is CampaignKind.GIFT:
         return Applied(key, campaign, 0, tuple(0 for _ in weights), campaign.gift_sku)
-    if campaign.kind == "percent":
+    if campaign.kind is CampaignKind.PERCENT:
         off = percent_of(eligible, campaign.percent_bp)
         if campaign.cap_minor is not None:
             off = min(off, campaign.cap_minor)
@@ -458,11 +439,11 @@ def apply_one(campaign: Campaign, basket: Basket, remaining: Sequence[int], key:
 
 
 def compatible(a: Campaign, b: Campaign) -> bool:
-    if a.stacking == "exclusive" or b.stacking == "exclusive":
+    if Stacking.EXCLUSIVE in (a.stacking, b.stacking):
         return False
-    if a.stacking == "group" and b.stack_group != a.stack_group:
+    if a.stacking is Stacking.GROUP and b.stack_group != a.stack_group:
         return False
-    return not (b.stacking == "group" and a.stack_group != b.stack_group)
+    return not (b.stacking is Stacking.GROUP and a.stack_group != b.stack_group)
 
 
 def stack_problem(campaigns: Sequence[Campaign]) -> str | None:

@@ -6,7 +6,7 @@ the engine's thread (the daemon's worker) or with the engine the CLI opened."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Protocol, cast
 
 from coupons.engine import Engine
 from coupons.journal import database_proxy, get_meta, set_meta
@@ -20,11 +20,25 @@ from coupons.journal.meta import (
 )
 from coupons.journal.meta import FLAGS_SINCE as FLAGS_SINCE  # sync/client.py reads these two
 from coupons.journal.meta import LEDGER_ETAG as LEDGER_ETAG
+from coupons.jsontypes import JSON, JSONObject
 
 KEEP_DECISIONS = 200  # the newest flag decisions kept under FLAG_DECISIONS
 
 
-def record_round(engine: Engine, result: Any) -> None:
+class RoundOutcome(Protocol):
+    """How a sync round ended, as this module keeps it (sync.client.RoundResult)."""
+
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def error_kind(self) -> str | None: ...
+
+
+def record_round(engine: Engine, result: RoundOutcome) -> None:
     """Remember how a round ended (a RoundResult)."""
     with database_proxy.obj.atomic():
         set_meta(LAST_ATTEMPT, f"{result.started_at:.3f}")
@@ -38,21 +52,27 @@ def record_round(engine: Engine, result: Any) -> None:
             set_meta(FAILURES, str(int(get_meta(FAILURES, "0") or 0) + 1))
 
 
-def store_flag_decisions(items: list[dict[str, Any]], cursor: str) -> None:
+def store_flag_decisions(items: list[JSONObject], cursor: str) -> None:
     with database_proxy.obj.atomic():
-        kept = _json(get_meta(FLAG_DECISIONS), [])
+        kept = _decisions()
         kept = (kept + items)[-KEEP_DECISIONS:]
         set_meta(FLAG_DECISIONS, json.dumps(kept))
         set_meta(FLAGS_SINCE, cursor)
 
 
-def _json(text: str | None, default: Any) -> Any:
+def _json(text: str | None, default: JSON) -> JSON:
     if not text:
         return default
     try:
-        return json.loads(text)
+        parsed: JSON = json.loads(text)
     except ValueError:
         return default
+    return parsed
+
+
+def _decisions() -> list[JSON]:
+    """The kept flag decisions: a list, as store_flag_decisions (its only writer) keeps it."""
+    return cast(list[JSON], _json(get_meta(FLAG_DECISIONS), []))
 
 
 def _float(key: str) -> float | None:
@@ -63,7 +83,7 @@ def _float(key: str) -> float | None:
         return None
 
 
-def snapshot(engine: Engine) -> dict[str, Any]:
+def snapshot(engine: Engine) -> JSONObject:
     """Everything a status line or the manager's screen shows about sync."""
     now = engine.now()
     acked = int(get_meta("acked_seq", "0") or 0)
@@ -86,20 +106,20 @@ def snapshot(engine: Engine) -> dict[str, Any]:
         "clock_offset_at": _float(META_CLOCK_OFFSET_AT),
         "max_clock_offset_s": engine.ledger.policy.max_clock_offset_s,
         "clock_ok": engine.clock_ok(now),
-        "flag_decisions": len(_json(get_meta(FLAG_DECISIONS), [])),
+        "flag_decisions": len(_decisions()),
         "flags_since": get_meta(FLAGS_SINCE),
     }
 
 
-def _text(value: Any) -> str | None:
+def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _int(value: Any) -> int | None:
+def _int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def flag_decisions(engine: Engine, limit: int | None = None) -> list[dict[str, Any]]:
+def flag_decisions(engine: Engine, limit: int | None = None) -> list[JSONObject]:
     """The central's decisions on fraud flags, newest first, for the manager's screen. Each:
     id (decision id), flag (the central's flag id), kind (flag kind: double_redemption,
     replay, ...), decision (acknowledged | resolved | deny_listed), note (text or None),
@@ -108,8 +128,8 @@ def flag_decisions(engine: Engine, limit: int | None = None) -> list[dict[str, A
     this_terminal (True when the flag is about this terminal's own journal). Decisions a
     central sent without a field show None for it."""
     own = engine.terminal
-    out: list[dict[str, Any]] = []
-    for item in reversed(_json(get_meta(FLAG_DECISIONS), [])):
+    out: list[JSONObject] = []
+    for item in reversed(_decisions()):
         if not isinstance(item, dict):
             continue
         terminal = _text(item.get("terminal"))

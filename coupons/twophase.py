@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import peewee as pw
 
 from coupons.checks import Checks
-from coupons.decision import Context, Coupon, Decision
+from coupons.decision import Context, Coupon, CouponUse, Decision
 from coupons.fraud import Flag
-from coupons.journal import Entry, Use
+from coupons.journal import LIVE_USES, Entry, Use, UseStatus
 from coupons.reasons import Reason
 from coupons.rules import Basket
 
@@ -44,7 +44,7 @@ class TwoPhase(Checks):
             ctx: Context,
             op_id: str | None,
             checkout_id: str,
-            status: str,
+            status: UseStatus,
             request: str,
             same_sale: bool = False,
         ) -> Decision: ...
@@ -74,10 +74,10 @@ class TwoPhase(Checks):
         committed, released or expires)."""
         request = self.request_key("hold", checkout_id, code) if op_id else ""
         return self._replay(op_id, request) or self._attempt(
-            "hold", code, basket, ctx, op_id, checkout_id, "held", request
+            "hold", code, basket, ctx, op_id, checkout_id, UseStatus.HELD, request
         )
 
-    def checkout_coupons(self, checkout_id: str) -> list[dict[str, Any]]:
+    def checkout_coupons(self, checkout_id: str) -> list[CouponUse]:
         """Every coupon a checkout has had, with its status (held, committed, ...)."""
         return [
             {
@@ -97,8 +97,8 @@ class TwoPhase(Checks):
         checkout_id: str,
         op_id: str | None,
         ctx: Context,
-        from_status: str,
-        to_status: str,
+        from_status: UseStatus,
+        to_status: UseStatus,
         missing: Reason,
         use_id: int | None = None,
         answer: Reason = Reason.OK,
@@ -126,8 +126,8 @@ class TwoPhase(Checks):
             seqs = []
             for u in uses:
                 campaign = self.ledger.campaigns.get(u.campaign)
-                counts = to_status == "committed" or (
-                    to_status == "reversed"
+                counts = to_status == UseStatus.COMMITTED or (
+                    to_status == UseStatus.REVERSED
                     and campaign is not None
                     and not campaign.reusable_after_refund
                 )
@@ -173,7 +173,7 @@ class TwoPhase(Checks):
             known
             and kind == "commit"
             and Use.select()
-            .where((Use.checkout_id == checkout_id) & (Use.status == "expired"))
+            .where((Use.checkout_id == checkout_id) & (Use.status == UseStatus.EXPIRED))
             .exists()
         ):
             reason = Reason.HOLD_EXPIRED
@@ -184,7 +184,13 @@ class TwoPhase(Checks):
     ) -> Decision:
         """POS step 2: payment done; held coupons become redeemed."""
         return self._transition(
-            "commit", checkout_id, op_id, ctx, "held", "committed", Reason.UNKNOWN_CHECKOUT
+            "commit",
+            checkout_id,
+            op_id,
+            ctx,
+            UseStatus.HELD,
+            UseStatus.COMMITTED,
+            Reason.UNKNOWN_CHECKOUT,
         )
 
     def release(
@@ -192,7 +198,13 @@ class TwoPhase(Checks):
     ) -> Decision:
         """Checkout cancelled: held coupons are free again."""
         return self._transition(
-            "release", checkout_id, op_id, ctx, "held", "released", Reason.UNKNOWN_CHECKOUT
+            "release",
+            checkout_id,
+            op_id,
+            ctx,
+            UseStatus.HELD,
+            UseStatus.RELEASED,
+            Reason.UNKNOWN_CHECKOUT,
         )
 
     def reverse(
@@ -201,23 +213,29 @@ class TwoPhase(Checks):
         """Refund: committed coupons are reversed; the campaign says whether they (and the
         budget) become usable again."""
         return self._transition(
-            "reverse", checkout_id, op_id, ctx, "committed", "reversed", Reason.NOT_COMMITTED
+            "reverse",
+            checkout_id,
+            op_id,
+            ctx,
+            UseStatus.COMMITTED,
+            UseStatus.REVERSED,
+            Reason.NOT_COMMITTED,
         )
 
-    def voidable(self, checkout_id: str, window_s: float) -> tuple[Any, str]:
+    def voidable(self, checkout_id: str, window_s: float) -> tuple[Use | None, str]:
         """The coupon a cashier may take back from a standalone sale, or why not: it must be
         the sale's last redemption, made less than `window_s` ago, of a campaign whose
         coupons are usable again after a refund (a void is journaled as a reverse, so the
         central counts it exactly as it counts a refund)."""
         last = (
             Use.select()
-            .where((Use.checkout_id == checkout_id) & Use.status.in_(("held", "committed")))
+            .where((Use.checkout_id == checkout_id) & Use.status.in_(LIVE_USES))
             .order_by(Use.id.desc())
             .first()
         )
         if last is None:
             return None, "no coupon in this sale"
-        if last.status != "committed":
+        if last.status != UseStatus.COMMITTED:
             return None, "held for the till: the till releases it"
         campaign = self.ledger.campaigns.get(last.campaign)
         if campaign is None or not campaign.reusable_after_refund:
@@ -269,8 +287,8 @@ class TwoPhase(Checks):
             checkout_id,
             op_id,
             ctx,
-            "committed",
-            "reversed",
+            UseStatus.COMMITTED,
+            UseStatus.REVERSED,
             Reason.NOT_COMMITTED,
             use_id=use.id,
             answer=Reason.VOIDED,

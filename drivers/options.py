@@ -7,7 +7,7 @@ import dataclasses
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -18,7 +18,7 @@ class OptionError(ValueError):
         self.key = key
 
 
-def _accepts(kind: Any, value: Any) -> bool:
+def _accepts(kind: object, value: object) -> bool:
     origin = typing.get_origin(kind)
     if origin in (typing.Union, types.UnionType):
         return any(_accepts(k, value) for k in typing.get_args(kind))
@@ -33,10 +33,10 @@ def _accepts(kind: Any, value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if kind is Any:
         return True
-    return isinstance(value, kind)
+    return isinstance(value, cast(type, kind))  # what is left is a class
 
 
-def parse_options(cls: type[T], doc: Mapping[str, Any], ignore: tuple[str, ...] = ()) -> T:
+def parse_options(cls: type[T], doc: Mapping[str, object], ignore: tuple[str, ...] = ()) -> T:
     """Build `cls` (a dataclass) from `doc`; keys in `ignore` belong to the caller."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -66,5 +66,5 @@ def parse_options(cls: type[T], doc: Mapping[str, Any], ignore: tuple[str, ...] 
     return obj
 
 
-def _describe(kind: Any) -> str:
+def _describe(kind: object) -> str:
     return getattr(kind, "__name__", None) or str(kind).replace("typing.", "")

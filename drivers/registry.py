@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
 from drivers.options import parse_options
-from drivers.scan import DOWN, Health, Now, ScanSink
+from drivers.scan import DOWN, Driver, Health, Now, ScanSink
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +34,17 @@ FAMILIES: dict[str, Family] = {
 COMMON = ("name", "kind", "enabled")
 
 
-def _load(path: str) -> Any:
+def _load(path: str) -> object:
     module, _, attr = path.partition(":")
     return getattr(importlib.import_module(module), attr)
 
 
-def options_for(kind: str, doc: Mapping[str, Any]) -> Any:
+def options_for(kind: str, doc: Mapping[str, object]) -> object:
     """Validate an input's options (raises OptionError / KeyError naming the problem)."""
     if kind not in FAMILIES:
         raise KeyError(f"unknown input kind '{kind}' (known: {', '.join(sorted(FAMILIES))})")
-    return parse_options(_load(FAMILIES[kind].options), doc, ignore=COMMON)
+    options = cast("type[object]", _load(FAMILIES[kind].options))  # FAMILIES names a dataclass
+    return parse_options(options, doc, ignore=COMMON)
 
 
 class FailedDriver:
@@ -63,9 +64,9 @@ class FailedDriver:
         return self._health
 
 
-def create(name: str, kind: str, options: Any, now: Now) -> Any:
+def create(name: str, kind: str, options: object, now: Now) -> Driver:
     try:
-        cls = _load(FAMILIES[kind].driver)
+        cls = cast("Callable[..., Driver]", _load(FAMILIES[kind].driver))  # a driver class
         return cls(name, options, now)
     except Exception as exc:  # ImportError, a missing libzbar, a device that is not there
         log.warning("input %s (%s) could not load: %s", name, kind, exc)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
 from ports.scan import (
     DEGRADED,
@@ -89,7 +88,7 @@ class LoopDriver:
             if self._stop.is_set():
                 self.state.set(STOPPED, "stopped")
 
-    def emit(self, payload: bytes, **meta: Any) -> None:
+    def emit(self, payload: bytes, **meta: object) -> None:
         if self._sink is not None and not self._stop.is_set():
             self.state.count("scans")
             self._sink(Scan(self.name, self.kind, payload, self.now(), meta))

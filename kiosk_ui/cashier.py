@@ -14,8 +14,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 
 from coupons.engine import Engine
 from coupons.i18n import N_, translate
+from coupons.journal import LIVE_USES
 from coupons.reasons import Reason
-from coupons.rules import Basket, Campaign, best_combination
+from coupons.rules import Basket, Campaign, Stacking, best_combination
 from kiosk_ui import daemon_port
 from kiosk_ui.daemon_port import Daemon, DaemonPort, Published
 from kiosk_ui.pages import (
@@ -104,7 +105,7 @@ def conditions(campaign: Campaign | None, lang: str) -> list[str]:
         out.append(_("New customers only"))
     if campaign.tiers:
         out.append(_("Members only"))
-    exclusive = campaign.stacking == "exclusive"
+    exclusive = campaign.stacking is Stacking.EXCLUSIVE
     out.append(
         _("Not combinable with other coupons") if exclusive else _("Combines with other coupons")
     )
@@ -123,7 +124,7 @@ def best_of(
     held = [
         (str(c["serial"]), campaigns[str(c["campaign"])])
         for c in uses
-        if c["status"] in ("held", "committed") and c["campaign"] in campaigns
+        if c["status"] in LIVE_USES and c["campaign"] in campaigns
     ]
     if basket is None or not held:
         return None
@@ -162,7 +163,7 @@ def sale(daemon: DaemonPort, lang: str) -> dict[str, object]:
 
     # One trip to the worker, not two.
     uses, voidable, best = daemon_port.worker(daemon).call(look)
-    live = {c["serial"] for c in uses if c["status"] in ("held", "committed")}
+    live = {c["serial"] for c in uses if c["status"] in LIVE_USES}
     coupons = [
         p.decision.to_dict(lang)
         for p in list(daemon.recent)

@@ -7,12 +7,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from coupons import journal, setup
 from coupons.cliutil import (
     EXIT_OK,
     EXIT_REFUSED,
+    Command,
+    Subcommands,
     UserError,
     add_json,
     emit,
@@ -116,11 +117,11 @@ def cmd_ledger_import(args: argparse.Namespace) -> int:
 
 def cmd_ledger_status(args: argparse.Namespace) -> int:
     engine = _engine(args)
-    info: dict[str, Any] = engine.ledger.summary()
-    info["age_s"] = engine.ledger_age_s()
+    info = engine.ledger.summary()
+    age_s = info["age_s"] = engine.ledger_age_s()
     info["clock_ok"] = engine.clock_ok(engine.now())
     info["load_problem"] = engine.ledger_store.load_problem
-    age = f"{info['age_s'] / 3600:.1f} h" if info["age_s"] is not None else "-"
+    age = f"{age_s / 3600:.1f} h" if age_s is not None else "-"
     emit(
         args,
         info,
@@ -149,7 +150,7 @@ def cmd_hold(args: argparse.Namespace) -> int:
     )
 
 
-def _transition(name: str) -> Any:
+def _transition(name: str) -> Command:
     def run(args: argparse.Namespace) -> int:
         engine = _engine(args)
         return _show(args, getattr(engine, name)(args.checkout, args.op_id, _ctx(args)))
@@ -226,38 +227,39 @@ def cmd_journal_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="redeem", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+def _cmd(parent: Subcommands, name: str, func: Command, help_: str) -> argparse.ArgumentParser:
+    """A sub-command with the options every `redeem` command takes: --data, --lang, --json."""
     env_data = os.environ.get("REDEEM_DATA")
+    sp = parent.add_parser(name, help=help_)
+    sp.add_argument(
+        "--data",
+        default=env_data,
+        required=env_data is None,
+        help="terminal data directory (env REDEEM_DATA)",
+    )
+    sp.add_argument(
+        "--lang",
+        default=os.environ.get("REDEEM_LANG", "en"),
+        help="en or zh_CN (env REDEEM_LANG)",
+    )
+    add_json(sp)
+    sp.set_defaults(func=func)
+    return sp
 
-    def cmd(parent: Any, name: str, func: Any, help_: str) -> argparse.ArgumentParser:
-        sp: argparse.ArgumentParser = parent.add_parser(name, help=help_)
-        sp.add_argument(
-            "--data",
-            default=env_data,
-            required=env_data is None,
-            help="terminal data directory (env REDEEM_DATA)",
-        )
-        sp.add_argument(
-            "--lang",
-            default=os.environ.get("REDEEM_LANG", "en"),
-            help="en or zh_CN (env REDEEM_LANG)",
-        )
-        add_json(sp)
-        sp.set_defaults(func=func)
-        return sp
 
-    def decision_args(sp: argparse.ArgumentParser, token: bool = True) -> None:
-        if token:
-            sp.add_argument("token", help="CPN1: token or a typed coupon code")
-            sp.add_argument("--basket", required=True, help="basket JSON file (- for stdin)")
-        sp.add_argument("--cashier")
-        sp.add_argument("--tag-uid", help="NFC tag UID (hex) the token was read from")
-        sp.add_argument("--manager-override", help="manager id approving a stale ledger")
-        sp.add_argument("--op-id", help="idempotency key: a retry returns the first answer")
+def _decision_args(sp: argparse.ArgumentParser, token: bool = True) -> None:
+    if token:
+        sp.add_argument("token", help="CPN1: token or a typed coupon code")
+        sp.add_argument("--basket", required=True, help="basket JSON file (- for stdin)")
+    sp.add_argument("--cashier")
+    sp.add_argument("--tag-uid", help="NFC tag UID (hex) the token was read from")
+    sp.add_argument("--manager-override", help="manager id approving a stale ledger")
+    sp.add_argument("--op-id", help="idempotency key: a retry returns the first answer")
 
-    sp = cmd(sub, "init", cmd_init, "set up a terminal data directory")
+
+def _add_setup_commands(sub: Subcommands) -> None:
+    """init, ledger import, ledger status."""
+    sp = _cmd(sub, "init", cmd_init, "set up a terminal data directory")
     sp.add_argument("--trust-anchor", required=True)
     sp.add_argument("--store", required=True)
     sp.add_argument("--terminal", required=True)
@@ -265,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     led = sub.add_parser("ledger", help="the signed ledger").add_subparsers(
         dest="ledger_command", required=True
     )
-    sp = cmd(led, "import", cmd_ledger_import, "apply a ledger file (USB stick)")
+    sp = _cmd(led, "import", cmd_ledger_import, "apply a ledger file (USB stick)")
     sp.add_argument("file")
     sp.add_argument(
         "--max-mb",
@@ -273,42 +275,44 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env_float("REDEEM_LEDGER_MAX_MB", DEFAULT_MAX_FILE_BYTES / 2**20),
         help="refuse a file larger than this, unread (default 64; env REDEEM_LEDGER_MAX_MB)",
     )
-    cmd(led, "status", cmd_ledger_status, "version, age and size of the ledger")
+    _cmd(led, "status", cmd_ledger_status, "version, age and size of the ledger")
 
-    sp = cmd(sub, "check", cmd_check, "decide a coupon without recording anything")
-    decision_args(sp)
-    sp = cmd(sub, "redeem", cmd_redeem, "decide and redeem a coupon (standalone mode)")
-    decision_args(sp)
-    sp = cmd(sub, "hold", cmd_hold, "hold a coupon for an open POS checkout")
+
+def _add_decision_commands(sub: Subcommands) -> None:
+    """check, redeem, and the checkout steps: hold, commit, release, reverse."""
+    sp = _cmd(sub, "check", cmd_check, "decide a coupon without recording anything")
+    _decision_args(sp)
+    sp = _cmd(sub, "redeem", cmd_redeem, "decide and redeem a coupon (standalone mode)")
+    _decision_args(sp)
+    sp = _cmd(sub, "hold", cmd_hold, "hold a coupon for an open POS checkout")
     sp.add_argument("--checkout", required=True)
-    decision_args(sp)
+    _decision_args(sp)
     for name, help_ in (
         ("commit", "payment done: redeem the held coupons"),
         ("release", "checkout cancelled: free the held coupons"),
         ("reverse", "refund: reverse the redeemed coupons"),
     ):
-        sp = cmd(sub, name, _transition(name), help_)
+        sp = _cmd(sub, name, _transition(name), help_)
         sp.add_argument("--checkout", required=True)
-        decision_args(sp, token=False)
+        _decision_args(sp, token=False)
 
+
+def _add_clock_commands(sub: Subcommands) -> None:
     ck = sub.add_parser("clock", help="device clock trust").add_subparsers(
         dest="clock_command", required=True
     )
-    cmd(
+    _cmd(
         ck, "reset", cmd_clock_reset, "a manager confirms the clock is right after it ran ahead"
     ).add_argument("--manager", required=True, help="manager id (journaled)")
 
-    from terminal.daemon.commands import add_commands
-    from terminal.daemon.sync_commands import add_commands as add_sync_commands
 
-    add_commands(sub, cmd)
-    add_sync_commands(sub, cmd)
-
+def _add_journal_commands(sub: Subcommands) -> None:
+    """journal verify, accept-loss, export."""
     jr = sub.add_parser("journal", help="the tamper-evident journal").add_subparsers(
         dest="journal_command", required=True
     )
-    cmd(jr, "verify", cmd_journal_verify, "check the hash chain; name the first bad entry")
-    sp = cmd(
+    _cmd(jr, "verify", cmd_journal_verify, "check the hash chain; name the first bad entry")
+    sp = _cmd(
         jr,
         "accept-loss",
         cmd_journal_accept_loss,
@@ -316,15 +320,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--manager", required=True, help="manager id (journaled)")
     sp.add_argument("--confirm", action="store_true", help="the entries missing stay lost")
-    sp = cmd(jr, "export", cmd_journal_export, "export entries as JSON lines or CSV")
+    sp = _cmd(jr, "export", cmd_journal_export, "export entries as JSON lines or CSV")
     sp.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     sp.add_argument("--since", help="ISO time or epoch seconds")
     sp.add_argument("--until", help="ISO time or epoch seconds")
     sp.add_argument("--out", help="file to write (default stdout)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="redeem", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    # The order here is the order `redeem --help` lists them in.
+    _add_setup_commands(sub)
+    _add_decision_commands(sub)
+    _add_clock_commands(sub)
+
+    from terminal.daemon.commands import add_commands
+    from terminal.daemon.sync_commands import add_commands as add_sync_commands
+
+    add_commands(sub, _cmd)
+    add_sync_commands(sub, _cmd)
+    _add_journal_commands(sub)
     return p
 
 
-def _temporary_failures(func: Any) -> Any:
+def _temporary_failures(func: Command) -> Command:
     """A full disk is printed like any start-up error but exits 75 (EX_TEMPFAIL), not 2:
     systemd's RestartPreventExitStatus=2 must not keep the till down once space is back."""
 

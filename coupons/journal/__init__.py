@@ -27,6 +27,8 @@ from coupons.journal.meta import get_meta, set_meta
 from coupons.journal.prune import RETENTION_S, prune
 from coupons.journal.schema import Entry, Operation, PosCheckout, TagCounter, Use, database_proxy
 from coupons.journal.uses import (
+    LIVE_USES,
+    UseStatus,
     checkout_uses,
     insert_operation,
     insert_use,
@@ -45,6 +47,7 @@ __all__ = [
     "EXPORT_FIELDS",
     "GENESIS_HASH",
     "HASHED_FIELDS",
+    "LIVE_USES",
     "LOSS_ACCEPTED",
     "LOSS_ACCEPTED_SAID",
     "MARK_NAME",
@@ -60,6 +63,7 @@ __all__ = [
     "PosCheckout",
     "TagCounter",
     "Use",
+    "UseStatus",
     "VerifyResult",
     "accept_loss",
     "behind_mark",

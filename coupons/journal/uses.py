@@ -6,6 +6,7 @@ statement itself, and the redemption is the till's hot path."""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 from coupons.journal.schema import (
@@ -17,6 +18,20 @@ from coupons.journal.schema import (
     db_errors,
     insert_sql,
 )
+
+
+class UseStatus(StrEnum):
+    """A coupon use's `status` in the Use table (the values are what the journal stores)."""
+
+    HELD = "held"  # for an open checkout, until its hold expires
+    COMMITTED = "committed"
+    RELEASED = "released"
+    EXPIRED = "expired"  # a hold nobody committed in time
+    REVERSED = "reversed"
+
+
+# The statuses of a use that still takes a coupon (a checkout's live coupons).
+LIVE_USES = (UseStatus.HELD, UseStatus.COMMITTED)
 
 # Names come from the models' own metadata, never from input.
 _TAG = TagCounter._meta.table_name
@@ -134,7 +149,7 @@ _CHECKOUT_USES = {
 
 
 def checkout_uses(
-    checkout_id: str, statuses: tuple[str, ...]
+    checkout_id: str, statuses: tuple[UseStatus, ...]
 ) -> list[tuple[str, str, str | None, str, str]]:
     """(serial, campaign, customer, status, detail) of a checkout's uses in these statuses
     (one or two), oldest first."""

@@ -8,6 +8,7 @@ from coupons.journal.chain import GENESIS_HASH, entry_hash, stored_head
 from coupons.journal.mark import behind_mark
 from coupons.journal.meta import ACKED_SEQ, PRUNED_HASH, PRUNED_SEQ, get_meta
 from coupons.journal.schema import Entry, Operation, Use, database_proxy
+from coupons.journal.uses import LIVE_USES
 
 # Where the newest coupon use's entry is looked for first (entries from the end).
 RECENT_ENTRIES = 5000
@@ -152,7 +153,7 @@ def _uses_problem() -> tuple[int, str] | None:
     for serial, checkout, status, present in uses:
         if present:
             seen_present = True
-        elif seen_present and status in ("held", "committed"):
+        elif seen_present and status in LIVE_USES:
             return seq + 1, (
                 f"the {status} use of coupon {serial} (checkout {checkout}) has no journal "
                 f"entry: entries after {seq} are missing, or the use was added outside the "

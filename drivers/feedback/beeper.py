@@ -8,7 +8,8 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from types import ModuleType
+from typing import Protocol
 
 from drivers.feedback.port import SerialWriter
 
@@ -38,7 +39,7 @@ class GpioLine(Protocol):
 class _GpiodV2:
     """libgpiod 2.x Python binding (`pip install gpiod`)."""
 
-    def __init__(self, gpiod: Any, chip: str, line: int, level: bool) -> None:
+    def __init__(self, gpiod: ModuleType, chip: str, line: int, level: bool) -> None:
         from gpiod.line import Direction, Value
 
         self._line, self._on, self._off = line, Value.ACTIVE, Value.INACTIVE
@@ -57,7 +58,7 @@ class _GpiodV2:
 class _GpiodV1:
     """libgpiod 1.x Python binding (Debian's and Raspberry Pi OS's python3-libgpiod)."""
 
-    def __init__(self, gpiod: Any, chip: str, line: int, level: bool) -> None:
+    def __init__(self, gpiod: ModuleType, chip: str, line: int, level: bool) -> None:
         self._chip = gpiod.Chip(chip)
         self._line = self._chip.get_line(line)
         self._line.request(

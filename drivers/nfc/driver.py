@@ -11,7 +11,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import ndef
 import nfc.clf
@@ -49,7 +48,7 @@ def udp_listening(host: str, port: int, wait_s: float = 0.05) -> bool:
     return True
 
 
-def _is_p2p(target: Any) -> bool:
+def _is_p2p(target: nfc.clf.RemoteTarget) -> bool:
     """A phone offering NFC-DEP (peer to peer) rather than a tag; nfcpy's connect() skips
     these the same way."""
     if target.sel_res and target.sel_res[0] & 0x40:
@@ -153,7 +152,9 @@ class NfcDriver(LoopDriver):
 
     # ------------------------------------------------------------ a tag
 
-    def _tap(self, clf: nfc.clf.ContactlessFrontend, target: Any, stop: threading.Event) -> None:
+    def _tap(
+        self, clf: nfc.clf.ContactlessFrontend, target: nfc.clf.RemoteTarget, stop: threading.Event
+    ) -> None:
         tag = nfc.tag.activate(clf, target)
         if tag is None:
             self.state.count("activation_failed")
@@ -169,7 +170,7 @@ class NfcDriver(LoopDriver):
                 break
         self._left_at = time.monotonic()
 
-    def _read(self, tag: Any, uid: bytes) -> bool:
+    def _read(self, tag: nfc.tag.Tag, uid: bytes) -> bool:
         """Read the NDEF message and emit its coupon records; False when the tag left
         before its message was read (so it is read afresh when it comes back)."""
         self.state.count("tags")
@@ -210,7 +211,7 @@ class NfcDriver(LoopDriver):
             self.emit(payload, tag_uid=uid.hex(), tag_type=tag.type, record=record)
         return True
 
-    def _payloads(self, records: list[Any]) -> Iterator[tuple[bytes, str]]:
+    def _payloads(self, records: list[ndef.Record]) -> Iterator[tuple[bytes, str]]:
         mime = self.options.mime_type.lower()
         coupons = [r for r in records if str(r.type).lower() == mime]
         if coupons:
@@ -225,7 +226,7 @@ class NfcDriver(LoopDriver):
             elif isinstance(r, ndef.TextRecord):
                 yield r.text.encode("utf-8"), "text"
 
-    def _present(self, tag: Any) -> bool:
+    def _present(self, tag: nfc.tag.Tag) -> bool:
         try:
             return bool(tag.is_present)
         except (nfc.tag.TagCommandError, nfc.clf.CommunicationError) as exc:

@@ -23,14 +23,17 @@ import struct
 import threading
 from collections.abc import Callable
 from functools import reduce
-from typing import Any
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    import nfc.tag.tt3
 
 from drivers.nfc.options import udp_port_usable
 
 log = logging.getLogger(__name__)
 
 NdefSource = bytes | Callable[[], bytes] | None
-_SAME: Any = object()
+_SAME = object()
 
 
 def free_udp_port() -> int:
@@ -67,11 +70,11 @@ class _Emulator:
     def path(self) -> str:
         return f"udp:127.0.0.1:{self.port}"
 
-    def place(self, ndef: Any = _SAME, uid: bytes | None = None) -> None:
+    def place(self, ndef: NdefSource | object = _SAME, uid: bytes | None = None) -> None:
         """Put a tag (this one, or one with another UID and message) on the reader."""
         with self._lock:
             if ndef is not _SAME:
-                self.ndef = ndef
+                self.ndef = cast(NdefSource, ndef)  # anything but the marker is a source
             if uid is not None:
                 self.uid = uid
             self._cut = False
@@ -403,7 +406,7 @@ class Type3Tag(_Emulator):
         if len(idm) != 8 or idm[:2] == b"\x01\xfe":
             raise ValueError("IDm is 8 bytes and 01FE... would be a P2P device")
         super().__init__(idm, ndef, port)
-        self._card: Any = None
+        self._card: nfc.tag.tt3.Type3TagEmulation | None = None
 
     def _reset(self) -> None:
         self._card = None
@@ -416,7 +419,7 @@ class Type3Tag(_Emulator):
         rsp = self._card.process_command(bytearray(frame))
         return None if rsp is None or not self.present else bytes(rsp)
 
-    def _emulation(self) -> Any:
+    def _emulation(self) -> nfc.tag.tt3.Type3TagEmulation:
         import nfc.clf
         import nfc.tag.tt3
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from coupons import sun
 from coupons.money import percent_of
-from coupons.rules import Campaign
+from coupons.rules import Campaign, CampaignKind
 from sync.central.models import CouponRow, SunKeyRow, db_serial, from_db_serial
 from sync.protocol import EntryDoc
 
@@ -52,9 +52,9 @@ def _count(value: object) -> int | None:
 def most_off(camp: Campaign, basket_minor: int | None) -> int | None:
     """The most one coupon of this campaign can take off a basket of `basket_minor` (None:
     unknown); None when nothing bounds it (an uncapped percent with no basket reported)."""
-    if camp.kind in ("fixed", "threshold"):
+    if camp.kind in (CampaignKind.FIXED, CampaignKind.THRESHOLD):
         return camp.amount_minor
-    if camp.kind == "gift":
+    if camp.kind is CampaignKind.GIFT:
         return max(camp.gift_value_minor, 0)
     bounds = [b for b in (camp.cap_minor,) if b is not None]
     if basket_minor is not None:

@@ -14,6 +14,8 @@ from coupons.cliutil import (
     EXIT_ERROR,
     EXIT_OK,
     EXIT_REFUSED,
+    AddCommand,
+    Subcommands,
     UserError,
     add_json,
     emit,
@@ -21,7 +23,7 @@ from coupons.cliutil import (
 )
 from coupons.timeutil import clock_from_env
 from drivers import registry
-from drivers.scan import DOWN, STOPPED, Scan
+from drivers.scan import DOWN, STOPPED, Driver, Scan
 from terminal.daemon import config as config_mod
 from terminal.daemon import control
 
@@ -130,7 +132,7 @@ def cmd_scan_test(args: argparse.Namespace) -> int:
     return EXIT_OK if count[0] else EXIT_ERROR
 
 
-def _ended(driver: Any) -> bool:
+def _ended(driver: Driver) -> bool:
     """The driver's loop returned by itself (a file's end, a device given up on for good):
     nothing more will come, so waiting out --seconds would only keep the installer waiting."""
     alive = getattr(driver, "alive", None)
@@ -220,7 +222,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_commands(sub: Any, cmd: Any) -> None:
+def add_commands(sub: Subcommands, cmd: AddCommand) -> None:
     """Register on the `redeem` parser; `cmd` is its helper that adds --data/--lang/--json."""
     from kiosk_ui import manager, tills
 

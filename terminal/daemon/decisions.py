@@ -10,7 +10,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from coupons.clock import Clock
 from coupons.decision import Decision
@@ -34,7 +33,7 @@ class Published:
     latency_s: float  # from the frame (or read) being available to the decision committed
     scan: Scan | None = None  # what was scanned, decided again on a manager's override
 
-    def to_dict(self, lang: str = "en") -> dict[str, Any]:
+    def to_dict(self, lang: str = "en") -> dict[str, object]:
         return {
             "number": self.number,
             "at": self.at,

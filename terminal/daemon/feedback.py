@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Any, Protocol
+from typing import Protocol
 
 from coupons.decision import Decision
 from coupons.i18n import N_, translate
@@ -31,6 +31,12 @@ class Output(Protocol):
     def stop(self) -> None: ...
 
 
+class Device(Protocol):
+    """A customer-facing device (drivers/feedback/); one with a close() is closed on stop."""
+
+    def show(self, accepted: bool, lines: tuple[str, str]) -> None: ...
+
+
 def money(minor: int, currency: str | None) -> str:
     return f"{minor // 100}.{minor % 100:02d}{' ' + currency if currency else ''}"
 
@@ -51,7 +57,7 @@ class _Queued:
     """Runs a device's show() on its own thread so a slow or unplugged device never holds
     up the engine; keeps only the latest few decisions."""
 
-    def __init__(self, name: str, device: Any, lang: str) -> None:
+    def __init__(self, name: str, device: Device, lang: str) -> None:
         self.name = name
         self.device = device
         self.lang = lang
@@ -88,7 +94,7 @@ class LogDevice:
 
 
 def create(spec: OutputSection, lang: str) -> Output:
-    device: Any
+    device: Device
     if spec.kind == "log":
         device = LogDevice()
     elif spec.kind == "pole-display":

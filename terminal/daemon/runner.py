@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +23,11 @@ from coupons import sync_state as sync_status
 from coupons.clock import Clock
 from coupons.decision import Context, Decision
 from coupons.engine import Engine
+from coupons.jsontypes import JSONObject
 from coupons.reasons import Reason
 from coupons.rules import Basket
 from drivers import registry
-from drivers.scan import DOWN, Scan
+from drivers.scan import DOWN, Driver, Scan
 from terminal.daemon import config as config_mod
 from terminal.daemon import control as control_mod
 from terminal.daemon import feedback, logs, sync_loop
@@ -64,7 +65,7 @@ class Daemon(DecisionChannel):
         self.notifier = notifier or Notifier()
         self.engine: Engine | None = None
         self.worker: EngineWorker | None = None
-        self.inputs: list[Any] = []
+        self.inputs: list[Driver] = []
         self.outputs: list[feedback.Output] = []
         self.till = Till()
         self.recent: deque[Published] = deque(maxlen=500)
@@ -140,7 +141,7 @@ class Daemon(DecisionChannel):
             self.inputs.append(driver)
 
     def _input_steps(self, until: float) -> list[tuple[str, Callable[[], object]]]:
-        def step(driver: Any) -> Callable[[], object]:
+        def step(driver: Driver) -> Callable[[], object]:
             return lambda: driver.stop(max(0.0, until - time.monotonic()))
 
         return [(f"input {d.name}", step(d)) for d in self.inputs]
@@ -296,7 +297,7 @@ class Daemon(DecisionChannel):
             return engine.redeem(code, zero, ctx)
         return engine.redeem(code, till.basket, ctx, checkout_id=till.checkout_id)
 
-    def _published(self, scan: Scan, fut: Any, arrived: float) -> None:
+    def _published(self, scan: Scan, fut: Future[Decision | None], arrived: float) -> None:
         try:
             decision = fut.result()
         except Exception:
@@ -381,12 +382,12 @@ class Daemon(DecisionChannel):
             "sync": self.sync_status(brief=True),
         }
 
-    def sync_status(self, brief: bool = False) -> dict[str, Any]:
+    def sync_status(self, brief: bool = False) -> JSONObject:
         """Sync as the loop sees it; from Meta alone when sync is off."""
         assert self.worker is not None
         if not self.worker.healthy():
             # The engine is stuck on a job: answer `redeem status` without queueing behind it.
-            full = {"central": self.cfg.sync.central, "running": self.sync is not None}
+            full: JSONObject = {"central": self.cfg.sync.central, "running": self.sync is not None}
             full["last_error"] = "unknown: the engine worker is stuck"
         elif self.sync is not None:
             full = self.sync.status()
@@ -400,7 +401,7 @@ class Daemon(DecisionChannel):
 
     # ------------------------------------------------------------------ supervision
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> dict[str, Mapping[str, object]]:
         return {d.name: d.health().to_dict() for d in self.inputs}
 
     def healthy(self) -> bool:

@@ -11,7 +11,7 @@ from typing import Any
 
 from coupons import setup
 from coupons import sync_state as status
-from coupons.cliutil import EXIT_OK, EXIT_REFUSED, UserError, emit
+from coupons.cliutil import EXIT_OK, EXIT_REFUSED, AddCommand, Subcommands, UserError, emit
 from coupons.timeutil import clock_from_env
 from sync.client import RoundResult, open_link, run_once
 from sync.device import DeviceKeyError, Settings
@@ -138,7 +138,7 @@ def _sync_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_commands(sub: Any, cmd: Any) -> None:
+def add_commands(sub: Subcommands, cmd: AddCommand) -> None:
     """Register on the `redeem` parser; `cmd` is its helper that adds --data/--lang/--json."""
     env = os.environ.get
     sp = cmd(sub, "enroll", cmd_enroll, "enroll this terminal with the central (one-time code)")

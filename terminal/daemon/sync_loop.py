@@ -8,11 +8,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from coupons import sync_state as status
 from coupons.engine import Engine
+from coupons.jsontypes import JSONObject
 from sync.client import Backoff, RoundResult, SyncClient
 from sync.device import DeviceKeyError, Settings, read_device_key
 from sync.http import CentralLink, Link, SyncError, SyncErrorKind
@@ -130,8 +131,8 @@ class SyncLoop:
                 )
             return result
 
-    def status(self) -> dict[str, Any]:
-        snap: dict[str, Any] = self.worker.call(status.snapshot)
+    def status(self) -> JSONObject:
+        snap = self.worker.call(status.snapshot)
         nxt = self._next_at
         snap.update(
             {
@@ -147,7 +148,7 @@ class SyncLoop:
         return snap
 
 
-def _record(result: RoundResult) -> Any:
+def _record(result: RoundResult) -> Callable[[Engine], None]:
     def job(engine: Engine) -> None:
         status.record_round(engine, result)
 
