@@ -3,10 +3,12 @@ key certificates and ledger updates."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import cbor2
 import nacl.bindings
@@ -73,6 +75,15 @@ def loads_strict(data: bytes, what: str) -> object:
     or another kid in the very bytes we accepted; and a second spelling of the same item
     would be a second token string for one coupon. Key order is not checked: tokens in the
     field carry their claims in issue order, not sorted."""
+    # Every token takes this path three times: first the common case, one cbor2.loads (no
+    # file object) whose re-encoding is the input itself, which also shows nothing trails
+    # the item. Anything else is read again below, the way that tells what is wrong.
+    try:
+        obj = cbor2.loads(data, allow_duplicate_keys=False, allow_indefinite=False)
+        if cbor2.dumps(obj) == data:
+            return obj
+    except Exception:  # noqa: S110 (not swallowed: the reading below raises it as CoseError)
+        pass
     fp = io.BytesIO(data)
     try:
         obj = cbor2.CBORDecoder(fp, allow_duplicate_keys=False, allow_indefinite=False).decode()
@@ -87,6 +98,15 @@ def loads_strict(data: bytes, what: str) -> object:
     if not preferred:
         raise CoseError(f"{what}: not in preferred CBOR encoding")
     return obj
+
+
+@functools.lru_cache(maxsize=64)
+def _protected_header(protected: bytes) -> object:
+    """A protected header read strictly, kept by its bytes: every token of one issuer key
+    carries the same few (alg and kid), and what they read as depends on nothing else. A
+    header that fails to read raises each time (lru_cache keeps no exception)."""
+    header = loads_strict(protected, "protected header")
+    return MappingProxyType(header) if isinstance(header, dict) else header
 
 
 def parse_sign1(data: bytes) -> Sign1:
@@ -110,7 +130,7 @@ def parse_sign1(data: bytes) -> Sign1:
         raise CoseError("COSE_Sign1 fields have the wrong types")
     if len(signature) != 64:
         raise CoseError("signature is not 64 bytes")
-    header = loads_strict(protected, "protected header") if protected else {}
+    header = _protected_header(protected) if protected else {}
     if not isinstance(header, Mapping) or header.get(HDR_ALG) != ALG_EDDSA:
         raise CoseError("algorithm is not EdDSA")
     if HDR_CRIT in header or HDR_CRIT in unprotected:

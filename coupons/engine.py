@@ -26,6 +26,8 @@ from coupons.journal import (
     LIVE_USES,
     Entry,
     Journal,
+    NewEntry,
+    NewUse,
     Use,
     UseStatus,
     checkout_uses,
@@ -270,39 +272,43 @@ class Engine(TwoPhase, LedgerSync):
     ) -> int:
         at_ms = int(now * 1000)
         seq = self.journal.write(
-            at_ms,
-            kind,
-            op_id,
-            checkout_id,
-            decision.accepted,
-            decision.reason.value,
-            decision.campaign,
-            decision.serial,
-            coupon.customer if coupon else None,
-            decision.discount_minor,
-            decision.currency or (basket.currency if basket else None),
-            ctx.cashier,
-            ctx.source,
-            {
-                "detail": decision.detail,
-                "gift": decision.gift_sku,
-                "basket_minor": basket.total_minor if basket else None,
-                "tag": ctx.tag_uid.hex() if ctx.tag_uid else None,
-                "override": ctx.manager_override,
-            },
+            NewEntry(
+                at_ms=at_ms,
+                kind=kind,
+                op_id=op_id,
+                checkout_id=checkout_id,
+                accepted=decision.accepted,
+                reason=decision.reason.value,
+                campaign=decision.campaign,
+                serial=decision.serial,
+                customer=coupon.customer if coupon else None,
+                discount_minor=decision.discount_minor,
+                currency=decision.currency or (basket.currency if basket else None),
+                cashier=ctx.cashier,
+                source=ctx.source,
+                detail={
+                    "detail": decision.detail,
+                    "gift": decision.gift_sku,
+                    "basket_minor": basket.total_minor if basket else None,
+                    "tag": ctx.tag_uid.hex() if ctx.tag_uid else None,
+                    "override": ctx.manager_override,
+                },
+            )
         )
         decision.journal_seq = seq
         for flag in flags:
-            self.journal.append(
-                at_ms=at_ms,
-                kind="flag",
-                accepted=False,
-                reason=flag.kind,
-                serial=decision.serial,
-                campaign=decision.campaign,
-                cashier=ctx.cashier,
-                source=ctx.source,
-                detail={"detail": flag.detail, "about_seq": seq},
+            self.journal.write(
+                NewEntry(
+                    at_ms=at_ms,
+                    kind="flag",
+                    accepted=False,
+                    reason=flag.kind,
+                    serial=decision.serial,
+                    campaign=decision.campaign,
+                    cashier=ctx.cashier,
+                    source=ctx.source,
+                    detail={"detail": flag.detail, "about_seq": seq},
+                )
             )
         return seq
 
@@ -383,17 +389,19 @@ class Engine(TwoPhase, LedgerSync):
         value = d.discount_minor + (c.gift_value_minor if d.gift_sku else 0)
         expires = now + self.ledger.policy.hold_ttl_s if status == UseStatus.HELD else None
         insert_use(
-            coupon.key,
-            c.id,
-            coupon.customer,
-            checkout_id,
-            status,
-            True,
-            d.discount_minor,
-            value,
-            d.currency or c.currency,
-            expires,
-            _use_detail(coupon.via, d.gift_sku),
+            NewUse(
+                serial=coupon.key,
+                campaign=c.id,
+                customer=coupon.customer,
+                checkout_id=checkout_id,
+                status=status,
+                counts=True,
+                discount_minor=d.discount_minor,
+                value_minor=value,
+                currency=d.currency or c.currency,
+                expires_at=expires,
+                detail=_use_detail(coupon.via, d.gift_sku),
+            )
         )
         self._count_use(coupon.key, c.id, coupon.customer, value, +1)
         if expires is not None:

@@ -133,7 +133,7 @@ def sign_update(
 
 
 def signed_update(
-    ledger_key: cose.SigningKey, ledger_cert: bytes, body: dict[str, Any]
+    ledger_key: cose.SigningKey, ledger_cert: bytes, body: Mapping[str, object]
 ) -> tuple[bytes, bytes]:
     """sign_update() and the signed payload, whose hash the chain takes (chain_next)."""
     payload = cbor2.dumps({"format": UPDATE_FORMAT, **body}, canonical=True)
@@ -359,9 +359,7 @@ def apply(
         if version == state.version and _chain_of(body, upd.payload) == state.chain:
             raise LedgerRefused("current", f"already at version {version}")
         if version <= state.version:
-            raise LedgerRefused(
-                "rollback", f"version {version} is not newer than {state.version}"
-            )
+            raise LedgerRefused("rollback", f"version {version} is not newer than {state.version}")
     try:
         if kind == "snapshot":
             return _from_snapshot(anchor, body, scope), "snapshot"

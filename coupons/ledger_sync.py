@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from coupons import fraud
 from coupons.checks import Checks
 from coupons.decision import Context, Decision
-from coupons.journal import Entry, Use, get_meta, set_meta
+from coupons.journal import Entry, NewEntry, Use, get_meta, set_meta
 from coupons.journal.meta import CLOCK_OFFSET as META_CLOCK_OFFSET
 from coupons.journal.meta import CLOCK_OFFSET_AT as META_CLOCK_OFFSET_AT
 from coupons.journal.meta import OWN_CUSTOMER_USAGE as META_OWN_CUSTOMER_USAGE
@@ -47,13 +47,15 @@ class LedgerSync(Checks):
 
         def work() -> Decision:
             d = Decision(True, Reason.OK, detail=f"trusted time was {self.trusted_time():.0f}")
-            self.journal.append(
-                at_ms=int(now * 1000),
-                kind="flag",
-                accepted=True,
-                reason=fraud.FLAG_CLOCK_RESET,
-                source="manager",
-                detail={"manager": manager, "detail": d.detail},
+            self.journal.write(
+                NewEntry(
+                    at_ms=int(now * 1000),
+                    kind="flag",
+                    accepted=True,
+                    reason=fraud.FLAG_CLOCK_RESET,
+                    source="manager",
+                    detail={"manager": manager, "detail": d.detail},
+                )
             )
             set_meta("trusted_time", str(int(now)))
             set_meta("clock_reset_seq", str(self.journal.head_seq))
@@ -80,18 +82,20 @@ class LedgerSync(Checks):
             set_meta(META_CLOCK_OFFSET_AT, f"{now:.3f}")
             if ok != was_ok:
                 limit = self.ledger.policy.max_clock_offset_s
-                self.journal.append(
-                    at_ms=int(now * 1000),
-                    kind="flag",
-                    accepted=ok,
-                    reason=FLAG_CLOCK_OFFSET,
-                    source="sync",
-                    detail={
-                        "offset_s": round(offset_s, 3),
-                        "uncertainty_s": round(uncertainty_s, 3),
-                        "limit_s": limit,
-                        "detail": "clock back in range" if ok else "clock untrusted",
-                    },
+                self.journal.write(
+                    NewEntry(
+                        at_ms=int(now * 1000),
+                        kind="flag",
+                        accepted=ok,
+                        reason=FLAG_CLOCK_OFFSET,
+                        source="sync",
+                        detail={
+                            "offset_s": round(offset_s, 3),
+                            "uncertainty_s": round(uncertainty_s, 3),
+                            "limit_s": limit,
+                            "detail": "clock back in range" if ok else "clock untrusted",
+                        },
+                    )
                 )
             return Decision(True, Reason.OK)
 
@@ -193,24 +197,32 @@ class LedgerSync(Checks):
     def _journal_ledger(self, result: ImportResult, now: float) -> Decision:
         ctx = Context(source="ledger")
         for version in result.applied:
-            self.journal.append(
-                at_ms=int(now * 1000),
-                kind="ledger",
-                accepted=True,
-                reason="applied",
-                source=ctx.source,
-                detail={"version": version},
+            self.journal.write(
+                NewEntry(
+                    at_ms=int(now * 1000),
+                    kind="ledger",
+                    accepted=True,
+                    reason="applied",
+                    source=ctx.source,
+                    detail={"version": version},
+                )
             )
         for exc in result.refused:
             self._flag_ledger(exc, now)
         return Decision(not result.refused, Reason.OK)
 
     def _flag_ledger(self, exc: LedgerRefused, now: float) -> None:
-        self.journal.append(
-            at_ms=int(now * 1000),
-            kind="flag",
-            accepted=False,
-            reason=fraud.FLAG_LEDGER_REFUSED,
-            source="ledger",
-            detail={"kind": exc.kind, "detail": exc.detail, "have_version": self.ledger.version},
+        self.journal.write(
+            NewEntry(
+                at_ms=int(now * 1000),
+                kind="flag",
+                accepted=False,
+                reason=fraud.FLAG_LEDGER_REFUSED,
+                source="ledger",
+                detail={
+                    "kind": exc.kind,
+                    "detail": exc.detail,
+                    "have_version": self.ledger.version,
+                },
+            )
         )

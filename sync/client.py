@@ -13,13 +13,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol, TypedDict, TypeVar
+from typing import Protocol, TypedDict, TypeVar, cast
 
 from coupons import journal, ledger, setup
 from coupons import sync_state as status
 from coupons.engine import Engine
 from coupons.journal import EXPORT_FIELDS, Entry, get_meta, set_meta
 from coupons.journal.meta import PRUNED_AT
+from coupons.jsontypes import JSONObject
 from coupons.ledger_store import DEFAULT_MAX_FILE_BYTES
 from sync import protocol
 from sync.device import Settings, read_device_key
@@ -133,8 +134,9 @@ class RoundResult:
     flags: FlagsReport = field(default_factory=FlagsReport)
     clock: ClockReport | None = None
 
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+    def to_dict(self) -> JSONObject:
+        # Every field is a JSON value (the reports are TypedDicts of them).
+        return cast(JSONObject, asdict(self))
 
     def summary(self) -> str:
         lines = []
@@ -521,7 +523,7 @@ def _journal_reply(doc: object) -> _JournalAnswer:
     }
 
 
-def _flag_reply(doc: object, since: str) -> tuple[list[dict[str, object]], str]:
+def _flag_reply(doc: object, since: str) -> tuple[list[JSONObject], str]:
     items: object
     cursor: object
     if isinstance(doc, list):
@@ -533,10 +535,11 @@ def _flag_reply(doc: object, since: str) -> tuple[list[dict[str, object]], str]:
         raise SyncError(SyncErrorKind.PROTOCOL, "flags reply is neither a list nor an object")
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
         raise SyncError(SyncErrorKind.PROTOCOL, "flags reply: decisions are not objects")
+    decisions: list[JSONObject] = [i for i in items if isinstance(i, dict)]  # parsed JSON
     if cursor is None:
-        ids = [i.get("id") for i in items if isinstance(i.get("id"), int)]
+        ids = [v for i in decisions if isinstance(v := i.get("id"), int)]
         cursor = max(ids) if ids else since
-    return items, str(cursor)
+    return decisions, str(cursor)
 
 
 # ---------------------------------------------------------------------- one-shot use

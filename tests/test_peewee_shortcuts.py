@@ -3,6 +3,7 @@ that a peewee upgrade that changes it fails here rather than in a till's journal
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -212,13 +213,32 @@ def test_bulk_insert_and_its_on_conflict_clause(central: Central) -> None:
 # the connection: they must find what the models find, and fail as peewee fails.
 
 
+def test_a_new_use_names_every_column_but_the_id() -> None:
+    named = {f.name for f in dataclasses.fields(journal.NewUse)}
+    assert named | {"id"} == set(journal.Use._meta.fields)
+
+
 def test_the_hand_written_reads_find_what_the_models_find(journal_db: pw.SqliteDatabase) -> None:
     journal.insert_operation("op-1", "fingerprint", 7, '{"accepted": true}')
     row = journal.Operation.get(journal.Operation.op_id == "op-1")
     assert journal.operation_answer("op-1") == (row.request, row.response)
     assert journal.operation_answer("op-2") is None
     for serial, status in (("a1", "held"), ("b2", "committed"), ("c3", "released")):
-        journal.insert_use(serial, "TEN", None, "co", status, True, 100, 100, "CNY", None, "{}")
+        journal.insert_use(
+            journal.NewUse(
+                serial=serial,
+                campaign="TEN",
+                customer=None,
+                checkout_id="co",
+                status=status,
+                counts=True,
+                discount_minor=100,
+                value_minor=100,
+                currency="CNY",
+                expires_at=None,
+                detail="{}",
+            )
+        )
     by_model = [
         (u.serial, u.campaign, u.customer, u.status, u.detail)
         for u in journal.Use.select()

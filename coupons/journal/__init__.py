@@ -6,7 +6,14 @@ the engine keeps in the same transaction."""
 
 from __future__ import annotations
 
-from coupons.journal.chain import GENESIS_HASH, HASHED_FIELDS, Journal, entry_hash, stored_head
+from coupons.journal.chain import (
+    GENESIS_HASH,
+    HASHED_FIELDS,
+    Journal,
+    NewEntry,
+    entry_hash,
+    stored_head,
+)
 from coupons.journal.database import JournalFull, JournalUnavailable, open_database
 from coupons.journal.export import CSV_FIELDS, EXPORT_FIELDS, export, rows
 from coupons.journal.mark import (
@@ -28,6 +35,7 @@ from coupons.journal.prune import RETENTION_S, prune
 from coupons.journal.schema import Entry, Operation, PosCheckout, TagCounter, Use, database_proxy
 from coupons.journal.uses import (
     LIVE_USES,
+    NewUse,
     UseStatus,
     checkout_uses,
     insert_operation,
@@ -59,6 +67,8 @@ __all__ = [
     "JournalFull",
     "JournalUnavailable",
     "Mark",
+    "NewEntry",
+    "NewUse",
     "Operation",
     "PosCheckout",
     "TagCounter",

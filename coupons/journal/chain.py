@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import peewee as pw
@@ -46,6 +49,32 @@ _ENTRY_SQL = insert_sql(Entry, (*HASHED_FIELDS, "hash"))
 _ENTRY_KEYS = frozenset(Entry._meta.fields)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewEntry:
+    """One journal entry as its writer states it: every Entry column but the chain's own
+    (seq, prev_hash and hash, which Journal.write adds). Keyword-only, in HASHED_FIELDS
+    order, so that no two same-typed columns can trade places at a call site."""
+
+    at_ms: int
+    kind: str
+    op_id: str | None = None
+    checkout_id: str | None = None
+    accepted: bool = False
+    reason: str
+    campaign: str | None = None
+    serial: str | None = None
+    customer: str | None = None
+    discount_minor: int = 0
+    currency: str | None = None
+    cashier: str | None = None
+    source: str | None = None
+    detail: Mapping[str, Any] | None = None
+
+
+# The columns append() hands to NewEntry by name (at_ms, which it requires, aside).
+_NEW_ENTRY_KEYS = tuple(f.name for f in dataclasses.fields(NewEntry) if f.name != "at_ms")
+
+
 class Journal:
     """Appends hash-chained entries. Call inside a transaction owned by the one writer."""
 
@@ -63,65 +92,38 @@ class Journal:
         self.last_at_ms = int(latest or 0)
 
     def append(self, **fields: Any) -> int:
-        """Journal one entry; fields are Entry's (seq, prev_hash and hash are the chain's
-        own, whatever is passed). Returns its seq."""
+        """write() for fields given as keywords (tests and tools that copy rows): fields
+        are Entry's (seq, prev_hash and hash are the chain's own, whatever is passed), a
+        misspelt one is refused. Returns its seq."""
         unknown = fields.keys() - _ENTRY_KEYS
         if unknown:
             raise KeyError(sorted(unknown)[0])
-        return self.write(
-            fields["at_ms"],
-            fields.get("kind"),
-            fields.get("op_id"),
-            fields.get("checkout_id"),
-            fields.get("accepted"),
-            fields.get("reason"),
-            fields.get("campaign"),
-            fields.get("serial"),
-            fields.get("customer"),
-            fields.get("discount_minor"),
-            fields.get("currency"),
-            fields.get("cashier"),
-            fields.get("source"),
-            fields.get("detail"),
-        )
+        # .get() for every column, as before the record: one left out is stored as NULL,
+        # which the table refuses where it must not be.
+        given: dict[str, Any] = {k: fields.get(k) for k in _NEW_ENTRY_KEYS}
+        return self.write(NewEntry(at_ms=fields["at_ms"], **given))
 
-    def write(
-        self,
-        at_ms: int,
-        kind: str | None,
-        op_id: str | None,
-        checkout_id: str | None,
-        accepted: bool | None,
-        reason: str | None,
-        campaign: str | None,
-        serial: str | None,
-        customer: str | None,
-        discount_minor: int | None,
-        currency: str | None,
-        cashier: str | None,
-        source: str | None,
-        detail: dict[str, Any] | None,
-    ) -> int:
-        """append() with the fields in HASHED_FIELDS order: one list serves as the hashed
-        values and, with the hash, as the row written through the connection."""
+    def write(self, entry: NewEntry) -> int:
+        """Journal one entry; returns its seq. One list serves as the hashed values (in
+        HASHED_FIELDS order) and, with the hash, as the row written through the connection."""
         seq: int = self.head_seq + 1
-        at_ms = int(at_ms)
+        at_ms = int(entry.at_ms)
         values: list[Any] = [
             seq,
             at_ms,
-            kind,
-            op_id,
-            checkout_id,
-            bool(accepted),
-            reason,
-            campaign,
-            serial,
-            customer,
-            discount_minor or 0,
-            currency,
-            cashier,
-            source,
-            _detail_json(detail or {}),
+            entry.kind,
+            entry.op_id,
+            entry.checkout_id,
+            bool(entry.accepted),
+            entry.reason,
+            entry.campaign,
+            entry.serial,
+            entry.customer,
+            entry.discount_minor or 0,
+            entry.currency,
+            entry.cashier,
+            entry.source,
+            _detail_json(entry.detail or {}),
             self.head_hash,
         ]
         digest = hashlib.sha256(_canon_json(values).encode()).hexdigest()

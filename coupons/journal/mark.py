@@ -10,7 +10,7 @@ from pathlib import Path
 import peewee as pw
 
 from coupons.i18n import N_, translate
-from coupons.journal.chain import Journal, stored_head
+from coupons.journal.chain import Journal, NewEntry, stored_head
 from coupons.journal.schema import Entry, database_proxy
 
 # The newest committed entry (seq, hash), kept beside journal.db and written after each
@@ -134,20 +134,22 @@ def accept_loss(manager: str, at_ms: int) -> tuple[Behind, int] | None:
         return None
     db = database_proxy.obj
     with db.atomic():
-        seq = Journal().append(
-            at_ms=at_ms,
-            kind="flag",
-            accepted=True,
-            reason=LOSS_ACCEPTED,
-            source="manager",
-            detail={
-                "manager": manager,
-                "journal_head": behind.head,
-                "mark_seq": behind.mark.seq,
-                "mark_hash": behind.mark.hash,
-                "missing": behind.missing,
-                "detail": behind.sentence(),
-            },
+        seq = Journal().write(
+            NewEntry(
+                at_ms=at_ms,
+                kind="flag",
+                accepted=True,
+                reason=LOSS_ACCEPTED,
+                source="manager",
+                detail={
+                    "manager": manager,
+                    "journal_head": behind.head,
+                    "mark_seq": behind.mark.seq,
+                    "mark_hash": behind.mark.hash,
+                    "missing": behind.missing,
+                    "detail": behind.sentence(),
+                },
+            )
         )
     head_seq, head_hash = stored_head()
     _replace_mark(mark_path(), head_seq, head_hash)

@@ -6,6 +6,8 @@ statement itself, and the redemption is the till's hot path."""
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -64,56 +66,52 @@ def raise_tag_counter(campaign: str, uid: bytes, counter: int) -> None:
     _execute(_RAISE_TAG_COUNTER_SQL, (campaign, uid.hex(), int(counter)))
 
 
-_USE_SQL = insert_sql(
-    Use,
-    (
-        "serial",
-        "campaign",
-        "customer",
-        "checkout_id",
-        "status",
-        "counts",
-        "discount_minor",
-        "value_minor",
-        "currency",
-        "expires_at",
-        "detail",
-    ),
-)
 _OPERATION_SQL = insert_sql(Operation, ("op_id", "request", "seq", "response"))
 
 
-def insert_use(
-    serial: str,
-    campaign: str,
-    customer: str | None,
-    checkout_id: str,
-    status: str,
-    counts: bool,
-    discount_minor: int,
-    value_minor: int,
-    currency: str,
-    expires_at: float | None,
-    detail: str,
-) -> int:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewUse:
+    """A new coupon use row, as the engine records it with the redemption or hold that made
+    it (Use's columns but the id, which SQLite assigns). Keyword-only: eleven columns, four
+    of them money and counts, must not trade places at a call site."""
+
+    serial: str
+    campaign: str
+    customer: str | None
+    checkout_id: str
+    status: str
+    counts: bool
+    discount_minor: int
+    value_minor: int
+    currency: str
+    expires_at: float | None
+    detail: str
+
+
+# The columns in NewUse's order, which insert_use's row follows.
+_USE_SQL = insert_sql(Use, tuple(f.name for f in dataclasses.fields(NewUse)))
+
+
+def insert_use(use: NewUse) -> int:
     """Use.create(...) for a new coupon use: the same row (every column given, converted as
     the fields would: int, bool, float, str), written straight through the connection.
     Returns the new id."""
+    expires_at = use.expires_at
     with db_errors:
         cursor = database_proxy.obj.connection().execute(
             _USE_SQL,
             (
-                serial,
-                campaign,
-                customer,
-                checkout_id,
-                status,
-                bool(counts),
-                int(discount_minor),
-                int(value_minor),
-                currency,
+                use.serial,
+                use.campaign,
+                use.customer,
+                use.checkout_id,
+                use.status,
+                bool(use.counts),
+                int(use.discount_minor),
+                int(use.value_minor),
+                use.currency,
                 None if expires_at is None else float(expires_at),
-                detail,
+                use.detail,
             ),
         )
     return int(cursor.lastrowid)

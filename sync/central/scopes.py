@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import cbor2
 
 from coupons import cose, ledger, serials
+from coupons.jsontypes import JSONObject
 from coupons.ledger import GENESIS, LedgerState
 from sync.central.models import (
     CouponRow,
@@ -150,7 +151,7 @@ class _Parts:
     """Everything the chain view holds for some campaigns: what a campaign entering a
     scope brings with it."""
 
-    campaigns: list[dict[str, object]]
+    campaigns: list[JSONObject]
     revoked: list[int]
     redeemed: list[int]
     plain_codes: list[list[object]]
