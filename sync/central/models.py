@@ -13,7 +13,8 @@ from playhouse.pool import PooledPostgresqlDatabase
 
 db_proxy = pw.DatabaseProxy()
 SCHEMA_LOCK = 0x45445246  # PostgreSQL advisory lock id for schema changes
-SCHEMA_VERSION = 2  # 1: keys, campaigns, coupons, marks, versions; 2: sync tables
+# 1: keys, campaigns, coupons, marks, versions; 2: sync tables; 3: campaign numbers
+SCHEMA_VERSION = 3
 
 
 class _M(pw.Model):
@@ -39,6 +40,10 @@ class CampaignRow(_M):
     doc = pw.TextField()
     published_doc = pw.TextField(null=True)
     removed = pw.BooleanField(default=False)
+    # Numbered serials (docs/central-scale.md): the high 32 bits of the campaign's
+    # serials, and the last count issued, their low 32 bits (schema 3).
+    number = pw.BigIntegerField(null=True, unique=True)
+    issued = pw.BigIntegerField(default=0)
 
 
 class CouponRow(_M):
@@ -284,6 +289,12 @@ SYNC_MODELS: list[type[_M]] = [
     AdminToken,
 ]
 MODELS = LEDGER_MODELS + SYNC_MODELS
+# Columns a table gained after it was first created: added to an existing table before
+# create_tables makes the indexes that may name them. (model, column, SQL type and default)
+ADDED_COLUMNS: list[tuple[type[_M], str, str]] = [
+    (CampaignRow, "number", "BIGINT"),  # schema 3
+    (CampaignRow, "issued", "BIGINT NOT NULL DEFAULT 0"),  # schema 3
+]
 
 
 # Lowercase hex, the only way tills and the central write serials and hashes.
@@ -324,12 +335,23 @@ def open_database(data: Path, url: str | None = None, pool_size: int = 16) -> pw
 
 
 def create_schema(db: pw.Database) -> None:
-    """Create missing tables (a schema-1 data directory gains the sync tables)."""
+    """Create missing tables and columns (a schema-1 data directory gains the sync tables,
+    a schema-2 one the campaign numbers)."""
     with db.atomic():
         if is_postgres(db):  # instances starting together must not race on CREATE TABLE
             lock = "SELECT pg_advisory_xact_lock(%s)"
             db.execute_sql(lock, (SCHEMA_LOCK,))
+        _add_columns(db)
         db.create_tables(MODELS, safe=True)
         Setting.insert(key="schema", value=str(SCHEMA_VERSION)).on_conflict(
             conflict_target=[Setting.key], update={Setting.value: str(SCHEMA_VERSION)}
         ).execute()
+
+
+def _add_columns(db: pw.Database) -> None:
+    for model, column, sql in ADDED_COLUMNS:
+        table = model._meta.table_name
+        if not db.table_exists(table):
+            continue  # create_tables makes it whole
+        if column not in {c.name for c in db.get_columns(table)}:
+            db.execute_sql(f'ALTER TABLE "{table}" ADD COLUMN "{column}" {sql}')
