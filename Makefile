@@ -57,6 +57,7 @@ bench: venv postgres
 	$(PY) bench/validate.py
 	$(PY) bench/durable.py
 	$(PY) bench/ledger.py
+	$(PY) bench/ledger_scope.py
 	$(PY) bench/token_size.py
 	$(PY) bench/journal_start.py
 	$(PY) bench/decode.py

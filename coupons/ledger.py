@@ -118,6 +118,28 @@ class LedgerState:
         }
 
 
+def serial_field(name: str, values: Iterable[int]) -> dict[str, bytes]:
+    """A set of serials as an update carries it: `name` with the sorted 8-byte list, or
+    `name`_rb with a serialized roaring bitmap when that is smaller (numbered serials:
+    well under a byte each; docs/central-scale.md)."""
+    form, data = serials.pack_best(values)
+    return {f"{name}_rb" if form == "rb" else name: data}
+
+
+def read_serials(body: Mapping[str, Any], name: str) -> SerialSet:
+    """The serials an update lists under `name`, in either form (both may be present)."""
+    out = SerialSet(serials.unpack(_blob(body.get(name, b""), name)))
+    if f"{name}_rb" in body:
+        out.add_many(serials.unpack_rb(_blob(body[f"{name}_rb"], f"{name}_rb")))
+    return out
+
+
+def _blob(value: object, name: str) -> bytes:
+    if not isinstance(value, bytes):
+        raise InputError(f"'{name}' is not a byte string")
+    return value
+
+
 def chain_next(prev: bytes, payload: bytes) -> bytes:
     return hashlib.sha256(prev + hashlib.sha256(payload).digest()).digest()
 
@@ -160,8 +182,8 @@ def snapshot_body(state: LedgerState) -> dict[str, object]:
             if state.customer_usage
             else {}
         ),
-        "revoked": serials.pack(state.revoked),
-        "redeemed": serials.pack(state.redeemed),
+        **serial_field("revoked", state.revoked),
+        **serial_field("redeemed", state.redeemed),
         "deny_tags": sorted(state.deny_tags),
         "deny_customers": sorted(state.deny_customers),
         "plain_salt": state.plain_salt,
@@ -386,8 +408,8 @@ def _from_snapshot(anchor: TrustAnchor, b: Mapping[str, Any], scope: str) -> Led
         campaigns=_campaigns(b.get("campaigns")),
         usage=clamped_usage(b.get("usage")),
         customer_usage={k: n for k, n in _customer_usage(b.get("customer_usage")).items() if n},
-        revoked=SerialSet(serials.unpack(b.get("revoked", b""))),
-        redeemed=SerialSet(serials.unpack(b.get("redeemed", b""))),
+        revoked=SerialSet(read_serials(b, "revoked")),
+        redeemed=SerialSet(read_serials(b, "redeemed")),
         deny_tags=set(b.get("deny_tags", ())),
         deny_customers=set(b.get("deny_customers", ())),
         plain_salt=bytes(b.get("plain_salt", b"")),
@@ -408,10 +430,10 @@ def _apply_delta(
         campaigns.pop(cid, None)
     campaigns.update(_campaigns(b.get("campaigns")))
     revoked, redeemed = s.revoked.copy(), s.redeemed.copy()
-    revoked.add_many(serials.unpack(b.get("revoked", b"")))
-    revoked.discard_many(serials.unpack(b.get("unrevoked", b"")))
-    redeemed.add_many(serials.unpack(b.get("redeemed", b"")))
-    redeemed.discard_many(serials.unpack(b.get("unredeemed", b"")))
+    revoked.add_many(read_serials(b, "revoked"))
+    revoked.discard_many(read_serials(b, "unrevoked"))
+    redeemed.add_many(read_serials(b, "redeemed"))
+    redeemed.discard_many(read_serials(b, "unredeemed"))
     codes = {h: p for h, p in s.plain_codes.items() if p.campaign not in gone}
     codes.update({bytes(h): PlainCode(c, n) for h, c, n in b.get("plain_codes", ())})
     usage = {cid: u for cid, u in s.usage.items() if cid not in gone}

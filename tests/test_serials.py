@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import bisect
+import heapq
+import random
 import struct
+from array import array
+from collections.abc import Iterable, Iterator
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pyroaring import BitMap64
 
 from coupons import serials
 from coupons.serials import SerialSet, pack, unpack
@@ -152,3 +158,222 @@ def test_behaves_like_a_python_set(
             assert list(old_set) == old_model
     finally:
         serials.MERGE_AT = old
+
+
+# ---------------------------------------------------------------- the roaring form
+
+# Serials numbered within a campaign: the campaign's number high, a count low.
+NUMBER = st.sampled_from([1, 0x1234_5678, 0xFFFF_FFFF])
+NUMBERED = st.builds(lambda c, n: (c << 32) | n, NUMBER, st.integers(1, 70_000))
+ANY_SERIAL = st.one_of(NUMBERED, U64, st.integers(0, 40))
+
+
+def numbered(number: int, first: int, last: int, step: int = 1) -> list[int]:
+    return [(number << 32) | n for n in range(first, last + 1, step)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(ANY_SERIAL, max_size=80))
+def test_rb_round_trip(values: list[int]) -> None:
+    blob = serials.pack_rb(values)
+    assert list(serials.unpack_rb(blob)) == sorted(set(values))
+    s = SerialSet(serials.unpack_rb(blob))
+    assert list(s) == sorted(set(values)) and len(s) == len(set(values))
+    # the same bytes whatever holds the serials
+    assert serials.pack_rb(s) == blob == serials.pack_rb(BitMap64(values))
+    assert serials.pack(s) == pack(values)
+
+
+def test_rb_round_trip_of_runs_and_extremes() -> None:
+    values = numbered(7, 1, 200_000) + numbered(0xFFFF_FFFF, 1, 100_000, 3) + [0, 2**64 - 1]
+    blob = serials.pack_rb(values)
+    assert len(blob) < 20_000  # runs and bitsets, not 8 bytes a serial
+    back = serials.unpack_rb(blob)
+    assert len(back) == len(values) and list(back) == sorted(values)
+
+
+def test_rb_truncated_is_refused_at_every_length() -> None:
+    blob = serials.pack_rb(numbered(9, 1, 5000, 2) + [3, 2**63, 2**64 - 1])
+    for cut in range(len(blob)):
+        with pytest.raises(ValueError, match="corrupt"):
+            serials.unpack_rb(blob[:cut])
+
+
+def test_rb_trailing_bytes_are_refused() -> None:
+    blob = serials.pack_rb([1, 2, 3])
+    for extra in (b"\x00", b"\xff" * 9, blob):
+        with pytest.raises(ValueError, match="trailing"):
+            serials.unpack_rb(blob + extra)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(ANY_SERIAL, min_size=1, max_size=40),
+    edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=4),
+)
+def test_rb_corrupt_is_refused_or_still_exact(
+    values: list[int], edits: list[tuple[int, int]]
+) -> None:
+    """A changed byte either fails to decode (ValueError, nothing else) or decodes to a
+    bitmap whose serialization is exactly the changed bytes; signatures do the rest."""
+    data = bytearray(serials.pack_rb(values))
+    for at, byte in edits:
+        data[at % len(data)] = byte
+    try:
+        back = serials.unpack_rb(bytes(data))
+    except ValueError:
+        return
+    assert back.serialize() == bytes(data)
+
+
+@pytest.mark.parametrize("blob", [b"", b"\x00", b"\xff" * 8, b"\x01" + b"\x00" * 7, b"junk" * 10])
+def test_rb_garbage_is_refused(blob: bytes) -> None:
+    with pytest.raises(ValueError, match="corrupt"):
+        serials.unpack_rb(blob)
+
+
+def test_rb_bounds() -> None:
+    blob = serials.pack_rb(numbered(5, 1, 1000, 7))
+    assert len(serials.unpack_rb(blob, limit_bytes=len(blob))) == 143
+    with pytest.raises(ValueError, match="more than"):
+        serials.unpack_rb(blob, limit_bytes=len(blob) - 1)
+    with pytest.raises(ValueError, match="holds 143 serials, more than 142"):
+        serials.unpack_rb(blob, max_serials=142)
+    # a few bytes of runs claiming 2**32 serials: refused by count, not by size
+    huge = BitMap64()
+    huge.add_range(2**40, 2**40 + 2**32)
+    small = huge.serialize()
+    assert len(small) < 1_000_000
+    with pytest.raises(ValueError, match="more than 100000000"):
+        serials.unpack_rb(small)
+    with pytest.raises(ValueError, match="more than 67108864"):
+        serials.unpack_rb(b"\x00" * (serials.MAX_RB_BYTES + 1))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(ANY_SERIAL, max_size=60))
+def test_pack_best_chooses_the_smaller_form(values: list[int]) -> None:
+    form, blob = serials.pack_best(values)
+    as_list, as_rb = pack(values), serials.pack_rb(values)
+    assert len(blob) == min(len(as_list), len(as_rb))
+    assert (form, blob) == (("list", as_list) if len(as_list) <= len(as_rb) else ("rb", as_rb))
+    read = unpack(blob) if form == "list" else serials.unpack_rb(blob)
+    assert list(read) == sorted(set(values))
+
+
+def test_pack_best_picks_rb_for_numbered_and_list_for_random() -> None:
+    assert serials.pack_best([]) == ("list", b"")
+    form, blob = serials.pack_best(SerialSet(numbered(0xABCD, 1, 30_000)))
+    assert form == "rb" and len(blob) < 100  # one run
+    form, blob = serials.pack_best(numbered(0xABCD, 1, 90_000, 3))  # one in three
+    assert form == "rb" and len(blob) / 30_000 < 1
+    rng = random.Random(5)
+    form, blob = serials.pack_best([rng.getrandbits(64) for _ in range(1000)])
+    assert form == "list" and len(blob) == 8000
+
+
+def test_a_bitmap_given_to_a_set_is_taken_over_and_copies_stay_apart() -> None:
+    bitmap = serials.unpack_rb(serials.pack_rb([1, 2, 3]))
+    s = SerialSet(bitmap)
+    s.add_many(BitMap64([4, 5]))
+    s.discard_many(BitMap64([1, 9]))
+    clone = s.copy()
+    clone.discard_many([2, 4])
+    clone.add_many([10])
+    assert list(s) == [2, 3, 4, 5] and len(s) == 4
+    assert list(clone) == [3, 5, 10] and len(clone) == 3
+
+
+def test_out_of_range_values_are_never_members_nor_errors() -> None:
+    s = SerialSet([0, 1, 2**64 - 1])
+    for x in (-1, 2**64, 2**70, 1.0, 1.5):
+        assert x not in s
+    s.discard_many([-1, 2**64])
+    assert len(s) == 3
+
+
+# The sorted-array SerialSet this module had before the bitmap: the reference the bitmap
+# one must agree with, serial for serial.
+class OldSerialSet:
+    def __init__(self, base: array[int] | None = None) -> None:
+        self._base: array[int] = base if base is not None else array("Q")
+        self._recent: set[int] = set()
+
+    def __contains__(self, serial: object) -> bool:
+        if not isinstance(serial, int):
+            return False
+        if serial in self._recent:
+            return True
+        base = self._base
+        i = bisect.bisect_left(base, serial)
+        return i < len(base) and base[i] == serial
+
+    def __len__(self) -> int:
+        return len(self._base) + len(self._recent)
+
+    def add_many(self, serials_: Iterable[int]) -> None:
+        self._recent.update(s for s in serials_ if s not in self)
+        if len(self._recent) >= 4:
+            self._base = array("Q", heapq.merge(self._base, sorted(self._recent)))
+            self._recent = set()
+
+    def discard_many(self, serials_: Iterable[int]) -> None:
+        drop = set(serials_)
+        self._recent -= drop
+        if any(s in self for s in drop):
+            self._base = array("Q", (s for s in self._base if s not in drop))
+
+    def copy(self) -> OldSerialSet:
+        other = OldSerialSet(self._base)
+        other._recent = set(self._recent)
+        return other
+
+    def __iter__(self) -> Iterator[int]:
+        return heapq.merge(self._base, sorted(self._recent))
+
+
+def _probes(values: list[int]) -> list[int]:
+    """The values and their neighbours: members and near misses, in and across campaigns."""
+    near = {v + d for v in values for d in (-1, 1, 1 << 32, -(1 << 32))}
+    return [*values, *(v for v in near if 0 <= v < 2**64)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    base=st.lists(ANY_SERIAL, max_size=30),
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["add", "add_rb", "discard", "discard_rb", "copy"]),
+            st.lists(ANY_SERIAL, max_size=8),
+        ),
+        max_size=20,
+    ),
+    merge_at=st.integers(1, 6),
+)
+def test_agrees_with_the_old_sorted_array_set(
+    base: list[int], ops: list[tuple[str, list[int]]], merge_at: int
+) -> None:
+    old_merge_at = serials.MERGE_AT
+    serials.MERGE_AT = merge_at
+    try:
+        new = SerialSet(serials.unpack_rb(serials.pack_rb(base)))
+        old = OldSerialSet(unpack(pack(base)))
+        seen = list(base)
+        for op, values in ops:
+            seen += values
+            if op.startswith("add"):
+                new.add_many(BitMap64(values) if op == "add_rb" else values)
+                old.add_many(values)
+            elif op.startswith("discard"):
+                new.discard_many(BitMap64(values) if op == "discard_rb" else values)
+                old.discard_many(values)
+            else:
+                new, old = new.copy(), old.copy()
+            assert len(new) == len(old)
+            for v in _probes(values):
+                assert (v in new) == (v in old)
+        assert list(new) == list(old)
+        assert all((v in new) == (v in old) for v in _probes(seen))
+        assert serials.pack(new) == pack(old)
+    finally:
+        serials.MERGE_AT = old_merge_at

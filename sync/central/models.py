@@ -16,7 +16,8 @@ from playhouse.pool import PooledPostgresqlDatabase
 db_proxy = pw.DatabaseProxy()
 SCHEMA_LOCK = 0x45445246  # PostgreSQL advisory lock id for schema changes
 # 1: keys, campaigns, coupons, marks, versions; 2: sync tables; 3: KeyRow.sealed (private
-# keys in the database, sealed under the master key: sync/central/keyvault.py)
+# keys in the database, sealed under the master key: sync/central/keyvault.py) and the
+# campaign numbers of numbered serials (CampaignRow.number, .issued)
 SCHEMA_VERSION = 3
 
 
@@ -47,6 +48,10 @@ class CampaignRow(_M):
     doc = pw.TextField()
     published_doc = pw.TextField(null=True)
     removed = pw.BooleanField(default=False)
+    # Numbered serials (docs/central-scale.md): the high 32 bits of the campaign's
+    # serials, and the last count issued, their low 32 bits (schema 3).
+    number = pw.BigIntegerField(null=True, unique=True)
+    issued = pw.BigIntegerField(default=0)
 
 
 class CouponRow(_M):
@@ -336,6 +341,12 @@ SYNC_MODELS: list[type[_M]] = [
     AdminToken,
 ]
 MODELS = LEDGER_MODELS + SYNC_MODELS + SCOPE_MODELS
+# Columns a table gained after it was first created: added to an existing table before
+# create_tables makes the indexes that may name them. (model, column, SQL type and default)
+ADDED_COLUMNS: list[tuple[type[_M], str, str]] = [
+    (CampaignRow, "number", "BIGINT"),  # schema 3
+    (CampaignRow, "issued", "BIGINT NOT NULL DEFAULT 0"),  # schema 3
+]
 
 
 # Lowercase hex, the only way tills and the central write serials and hashes.
@@ -376,12 +387,14 @@ def open_database(data: Path, url: str | None = None, pool_size: int = 16) -> pw
 
 
 def create_schema(db: pw.Database) -> None:
-    """Create missing tables, then run the numbered migrations the database has not had
-    (a schema-1 data directory gains the sync tables, a schema-2 one KeyRow.sealed)."""
+    """Create missing columns and tables, then run the numbered migrations the database has
+    not had (a schema-1 data directory gains the sync tables, a schema-2 one KeyRow.sealed
+    and the campaign numbers)."""
     with db.atomic():
         if is_postgres(db):  # instances starting together must not race on CREATE TABLE
             lock = "SELECT pg_advisory_xact_lock(%s)"
             db.execute_sql(lock, (SCHEMA_LOCK,))
+        _add_columns(db)
         db.create_tables(MODELS, safe=True)
         row = Setting.get_or_none(Setting.key == "schema")
         have = int(row.value) if row else 0
@@ -405,3 +418,10 @@ def _add_sealed_keys(db: pw.Database) -> None:
 
 
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {3: _add_sealed_keys}
+def _add_columns(db: pw.Database) -> None:
+    for model, column, sql in ADDED_COLUMNS:
+        table = model._meta.table_name
+        if not db.table_exists(table):
+            continue  # create_tables makes it whole
+        if column not in {c.name for c in db.get_columns(table)}:
+            db.execute_sql(f'ALTER TABLE "{table}" ADD COLUMN "{column}" {sql}')

@@ -116,9 +116,9 @@ class Touched:
                 str(c["id"]) for c in _list(b.get("campaigns")) if isinstance(c, Mapping)
             )
             t.removed.update(str(c) for c in _list(b.get("removed_campaigns")))
-            t.revoked.update(serials.unpack(_bytes(b.get("revoked"))))
+            t.revoked.update(ledger.read_serials(b, "revoked"))
             for name in ("redeemed", "unredeemed"):
-                t.redeemed.update(serials.unpack(_bytes(b.get(name))))
+                t.redeemed.update(ledger.read_serials(b, name))
             t.codes.update(
                 bytes(row[0]) for row in _list(b.get("plain_codes")) if isinstance(row, list)
             )
@@ -140,10 +140,6 @@ def _list(value: object) -> list[object]:
 
 def _dict(value: object) -> dict[object, object]:
     return dict(value) if isinstance(value, Mapping) else {}
-
-
-def _bytes(value: object) -> bytes:
-    return value if isinstance(value, bytes) else b""
 
 
 @dataclass
@@ -218,7 +214,7 @@ def delta_content(
         ("unrevoked", unrevoked),
     ):
         if values:
-            body[name] = serials.pack(values)
+            body.update(ledger.serial_field(name, values))
     codes = list(whole.plain_codes)
     for h in sorted(touched.codes):
         p = s.plain_codes.get(h)
@@ -266,8 +262,8 @@ def scope_state(view: ChainView, scope: str, campaigns: frozenset[str]) -> Ledge
         campaigns={c: s.campaigns[c] for c in campaigns},
         usage={c: s.usage[c] for c in campaigns if c in s.usage},
         customer_usage=dict(parts.customer_usage),
-        revoked=serials.SerialSet(serials.unpack(serials.pack(revoked))),
-        redeemed=serials.SerialSet(serials.unpack(serials.pack(parts.redeemed))),
+        revoked=serials.SerialSet(revoked),
+        redeemed=serials.SerialSet(parts.redeemed),
         deny_tags=set(s.deny_tags),
         deny_customers=set(s.deny_customers),
         plain_salt=s.plain_salt,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import peewee as pw
 
-from coupons import ledger, serials
+from coupons import ledger
 from coupons.keys import PURPOSE_ISSUER, PURPOSE_LEDGER, TrustAnchor
 from coupons.ledger import GENESIS, LedgerState, Policy
 from coupons.rules import Campaign
@@ -46,6 +46,7 @@ __all__ = ["Central", "CentralError", "Issued", "db_proxy"]
 
 CODE_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"  # no 0/O, 1/I: cashiers type these
 LOCK_PUBLISH = 0x45445245  # PostgreSQL advisory lock id for publishing ("EDRE")
+SERIAL_COUNT_MAX = 0xFFFF_FFFF  # coupons one campaign number can count (low 32 bits)
 
 
 @dataclass
@@ -184,6 +185,7 @@ class Central(KeyRing):
         ).on_conflict(
             conflict_target=[CampaignRow.id], preserve=[CampaignRow.doc, CampaignRow.removed]
         ).execute()
+        self._campaign_number(campaign.id)
         return campaign
 
     def campaign(self, cid: str) -> Campaign:
@@ -208,9 +210,9 @@ class Central(KeyRing):
         nbf = max(now, campaign.valid_from or now)
         exp = campaign.valid_until or nbf + validity_s
         out: list[Issued] = []
+        serials_ = self._allocate_serials(cid, count)
         with self.db.atomic():
-            for _ in range(count):
-                serial = secrets.randbits(64)
+            for serial in serials_:
                 code = None
                 if codes:
                     code = "-".join(
@@ -228,6 +230,53 @@ class Central(KeyRing):
                 )
                 out.append(Issued(serial, token, code))
         return out
+
+    def _allocate_serials(self, cid: str, count: int) -> list[int]:
+        """`count` new numbered serials of a campaign: its number in the high 32 bits, a
+        count from 1 in the low ones (never 0, so no serial is just the number shifted).
+        The range is taken in a transaction of its own: two instances issuing at once get
+        disjoint ranges, and one whose coupons then fail to be written leaves a gap."""
+        number = self._campaign_number(cid)
+        with self.writing():  # PostgreSQL: the UPDATE locks the row until commit
+            CampaignRow.update(issued=CampaignRow.issued + count).where(
+                CampaignRow.id == cid
+            ).execute()
+            last = CampaignRow.select(CampaignRow.issued).where(CampaignRow.id == cid).scalar()
+            if last is None:
+                raise CentralError(f"no campaign {cid}")
+            if last > SERIAL_COUNT_MAX:  # raised inside: the counter rolls back
+                raise CentralError(
+                    f"campaign {cid} cannot issue {count} more coupons: "
+                    f"{last - count} of the {SERIAL_COUNT_MAX} its number allows are issued"
+                )
+        return [(number << 32) | n for n in range(last - count + 1, last + 1)]
+
+    def _campaign_number(self, cid: str) -> int:
+        """The campaign's number (the high 32 bits of its serials), drawn the first time it
+        is asked for: random and non-zero, unique among campaigns (the index), and clear of
+        every serial issued before (old random ones, those of a deleted campaign)."""
+        for _ in range(64):
+            number = CampaignRow.select(CampaignRow.number).where(CampaignRow.id == cid).scalar()
+            if number is not None:
+                return int(number)
+            candidate = secrets.randbits(32)
+            low, high = candidate << 32, (candidate << 32) | SERIAL_COUNT_MAX
+            if candidate == 0 or (
+                CouponRow.select()
+                .where(CouponRow.serial.between(db_serial(low), db_serial(high)))
+                .exists()
+            ):
+                continue
+            try:
+                with self.db.atomic():  # a savepoint: another campaign may hold it already
+                    CampaignRow.update(number=candidate).where(
+                        (CampaignRow.id == cid) & CampaignRow.number.is_null()
+                    ).execute()
+            except pw.IntegrityError:
+                continue
+            if not CampaignRow.select().where(CampaignRow.id == cid).exists():
+                raise CentralError(f"no campaign {cid}")
+        raise CentralError(f"no free number for campaign {cid}")  # 2**32 numbers: never
 
     def mark(self, serials_: Iterable[int], kind: str) -> int:
         rows = [{"serial": db_serial(s), "kind": kind} for s in serials_]
@@ -391,9 +440,9 @@ class Central(KeyRing):
             new = SerialMark.select(SerialMark.serial).where(
                 (SerialMark.kind == kind) & (SerialMark.published_in == version)
             )
-            packed = serials.pack(from_db_serial(r.serial) for r in new)
-            if packed or kind != "unredeemed":
-                out[kind] = packed
+            found = [from_db_serial(r.serial) for r in new]
+            if found or kind != "unredeemed":
+                out.update(ledger.serial_field(kind, found))
         return out
 
     def _claim_keys_and_codes(self, version: int) -> dict[str, object]:
