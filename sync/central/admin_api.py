@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from sync import protocol
-from sync.central import flags, report, schemas, terminals
+from sync.central import flags, metrics, report, schemas, terminals
 from sync.central.context import Svc, json_object
 from sync.central.problems import ProblemError
 from sync.central.store import CentralError
@@ -121,7 +121,7 @@ async def admin_report(request: Request, svc: Svc) -> Response:
 @router.post("/publish", summary="Publish a new version if anything changed", **admin_doc())
 async def admin_publish(request: Request, svc: Svc) -> Response:
     await svc.require_admin(request)
-    version = await svc.db(svc.central.publish_if_changed)
+    version = await svc.db(metrics.publish, svc.central)
     latest = await svc.db(svc.central.latest)
     return JSONResponse({"published": version, "version": latest.version if latest else 0})
 

@@ -2,14 +2,17 @@
 (sync/protocol.py, routes in terminal_api.py), admin endpoints under /admin/v1 with bearer
 tokens (admin_api.py). Stateless: every answer comes from the database, so several
 instances can serve one PostgreSQL database. Errors are problem+json (RFC 9457,
-problems.py); every response carries X-Server-Time (guard.py)."""
+problems.py); every response carries X-Server-Time (guard.py). /metrics (metrics.py) is read
+from loopback and the networks allowed."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from fastapi import FastAPI
 
 from sync import protocol
-from sync.central import admin_api, openapi_doc, problems, terminal_api
+from sync.central import admin_api, metrics, openapi_doc, problems, terminal_api
 from sync.central.context import Services
 from sync.central.guard import Guard
 from sync.central.openapi_doc import terminal_openapi
@@ -19,8 +22,16 @@ from sync.central.terminal_api import TRUST_ANCHOR
 MAX_BODY = 8 * 1024 * 1024  # a full batch of MAX_BATCH entries is about 3.5 MB
 
 
-def create_app(central: Central, max_body: int = MAX_BODY) -> FastAPI:
-    """The central's ASGI app over one Central (its database and keys)."""
+def create_app(
+    central: Central,
+    max_body: int = MAX_BODY,
+    *,
+    instance: str | None = None,
+    metrics_allow: Sequence[str] = (),
+) -> FastAPI:
+    """The central's ASGI app over one Central (its database and keys); `instance` names it
+    in /metrics (hostname:pid by default), `metrics_allow` lists the networks besides
+    loopback that may read /metrics."""
     app = FastAPI(
         title="edge-redeem central",
         version=protocol.VERSION,
@@ -30,12 +41,16 @@ def create_app(central: Central, max_body: int = MAX_BODY) -> FastAPI:
         redoc_url=None,
     )
     app.state.services = Services.over(central)
+    metrics.setup(app, central, instance or metrics.default_instance(), metrics_allow)
     problems.install(app)
     # Terminal routes first: the OpenAPI document lists paths in the order they are added.
     app.include_router(terminal_api.router)
     app.include_router(admin_api.router)
+    app.include_router(metrics.router)
     openapi_doc.install(app)
     app.add_middleware(Guard, central=central, max_body=max_body)
+    # Outermost, so the latency counts the Guard's answers (413, a crash's 500) too.
+    app.add_middleware(metrics.RequestTimer)
     return app
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from coupons.ledger import ledger_file
 from sync import protocol
+from sync.central import metrics
 from sync.central.store import Central
 
 GZIP_MIN = 512
@@ -109,7 +110,7 @@ class Delivery:
         # Changes made by the CLI, an admin or another instance reach terminals at their
         # next pull: no background task, nothing per process.
         if central.changed():
-            central.publish_if_changed()
+            metrics.publish(central)
         latest = central.latest()
         assert latest is not None
         version = int(latest.version)

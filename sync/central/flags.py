@@ -9,6 +9,7 @@ import hashlib
 import json
 from typing import Any
 
+from sync.central import metrics
 from sync.central.models import FlagRow, FlagUpdate
 from sync.central.store import Central, CentralError
 
@@ -125,7 +126,7 @@ def decide(central: Central, flag_id: int, status: str, note: str | None) -> dic
         for store in stores_of(flag):
             FlagUpdate.create(flag=flag_id, store=store, status=status, note=note, at=now)
     if status == "deny_listed":
-        central.publish_if_changed()
+        metrics.publish(central, just_changed=True)
     return flag_doc(FlagRow.get(FlagRow.id == flag_id))
 
 
