@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from coupons import netallow
 from coupons.i18n import N_, normalize_lang, translate
 from kiosk_ui import api
 from kiosk_ui.daemon_port import KioskConfig
@@ -24,9 +25,6 @@ from kiosk_ui.daemon_port import KioskConfig
 log = logging.getLogger(__name__)
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
-# The addresses the Pi's own kiosk browser and a local till use: always let in. Not all of
-# 127.0.0.0/8, so a test can show a refused client from 127.0.0.2 without a network.
-ALWAYS = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
 CSRF_FIELD = "csrftoken"  # the form field; htmx sends the same token as x-csrftoken
 CSRF_KEY_FILE = "kiosk_csrf.key"
 
@@ -80,16 +78,12 @@ class Policy:
         bound = host_name(kiosk.host)
         if bound not in ("0.0.0.0", "::", ""):  # all interfaces: no name in itself
             self.hosts.add(bound)
-        self.nets = [ipaddress.ip_network(n) for n in kiosk.allowed_clients]
+        self.nets = netallow.networks(kiosk.allowed_clients)
 
     def client_ok(self, address: str | None) -> bool:
-        try:
-            ip = ipaddress.ip_address(address or "")
-        except ValueError:
-            return False  # a unix socket or anything that is not an address: not known
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped  # a dual-stack socket's view of an IPv4 client
-        return ip in ALWAYS or any(ip in net for net in self.nets)
+        """The Pi's own kiosk browser and a local till (loopback) always; others by the
+        [kiosk] allowed_clients list."""
+        return netallow.allowed(address, self.nets)
 
     def host_ok(self, header: str | None) -> bool:
         if not header:

@@ -2,17 +2,18 @@
 (sync/protocol.py, routes in terminal_api.py), admin endpoints under /admin/v1 with bearer
 tokens (admin_api.py). Stateless: every answer comes from the database, so several
 instances can serve one PostgreSQL database. Errors are problem+json (RFC 9457,
-problems.py); every response carries X-Server-Time (guard.py)."""
+problems.py); every response carries X-Server-Time (guard.py). /metrics (metrics.py) is read
+from loopback and the networks allowed."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from sync import protocol
-from sync.central import admin_api, openapi_doc, problems, terminal_api
+from sync.central import admin_api, metrics, openapi_doc, problems, terminal_api
 from sync.central.context import Services
 from sync.central.guard import Guard
 from sync.central.openapi_doc import terminal_openapi
@@ -27,11 +28,20 @@ def create_app(
     central: Central,
     max_body: int = MAX_BODY,
     publish_interval_s: float | None = DEFAULT_INTERVAL_S,
+    *,
+    instance: str | None = None,
+    metrics_allow: Sequence[str] = (),
 ) -> FastAPI:
     """The central's ASGI app over one Central (its database and keys). Unless
     `publish_interval_s` is None, the app runs a publisher thread while it serves (one
-    instance at a time leads: sync/central/publisher.py)."""
-    publisher = Publisher(central, publish_interval_s) if publish_interval_s is not None else None
+    instance at a time leads: sync/central/publisher.py). `instance` names it in /metrics
+    (hostname:pid by default), `metrics_allow` lists the networks besides loopback that may
+    read /metrics."""
+    publisher = (
+        Publisher(central, publish_interval_s, on_tick=metrics.observe_tick)
+        if publish_interval_s is not None
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -53,12 +63,16 @@ def create_app(
         redoc_url=None,
     )
     app.state.services = Services.over(central, publisher)
+    metrics.setup(app, central, instance or metrics.default_instance(), metrics_allow)
     problems.install(app)
     # Terminal routes first: the OpenAPI document lists paths in the order they are added.
     app.include_router(terminal_api.router)
     app.include_router(admin_api.router)
+    app.include_router(metrics.router)
     openapi_doc.install(app)
     app.add_middleware(Guard, central=central, max_body=max_body)
+    # Outermost, so the latency counts the Guard's answers (413, a crash's 500) too.
+    app.add_middleware(metrics.RequestTimer)
     return app
 
 

@@ -13,7 +13,7 @@ from typing import TypeAlias
 
 import segno
 
-from coupons import cose, ledger
+from coupons import cose, ledger, logjson, netallow
 from coupons.cliutil import (
     EXIT_OK,
     UserError,
@@ -286,19 +286,40 @@ def cmd_policy(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from sync.central import metrics
     from sync.central.app import create_app
 
-    c = _open(args)
     if args.port < 0 or args.port > 65535:
         raise UserError("--port must be 0..65535")
     if not args.publish_interval_s > 0:
         raise UserError("--publish-interval-s must be a positive number of seconds")
-    # The publisher (one leader among the instances) makes version 1 at its first tick.
-    app = create_app(c, publish_interval_s=args.publish_interval_s)
+    allow = [n for given in args.metrics_allow for n in given.replace(",", " ").split()]
+    try:
+        netallow.networks(allow)
+    except ValueError as exc:
+        raise UserError(f"--metrics-allow {exc}") from None
+    instance = args.instance_id or metrics.default_instance()
     log_level = os.environ.get("REDEEM_CENTRAL_LOG_LEVEL", "info").lower()
+    if log_level not in LOG_LEVELS:
+        raise UserError(f"REDEEM_CENTRAL_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+    if args.log_format not in logjson.FORMATS:
+        raise UserError(f"--log-format must be one of {', '.join(logjson.FORMATS)}")
+    # uvicorn's loggers and ours go to one handler (stderr, where uvicorn's own went), each
+    # line naming the instance: several instances' logs end up in one place. uvicorn's
+    # "trace" is its own level below DEBUG, set on its loggers; the root lets it through.
+    root_level = "debug" if log_level == "trace" else log_level
+    logjson.configure(args.log_format, root_level, sys.stderr, {"instance": instance})
+    c = _open(args)
+    # The publisher (one leader among the instances) makes version 1 at its first tick.
+    app = create_app(
+        c, publish_interval_s=args.publish_interval_s, instance=instance, metrics_allow=allow
+    )
     # uvicorn takes SIGTERM/SIGINT for its graceful shutdown and, once done, raises the
     # signal again to the handler that was there before. A no-op handler here makes that
     # the end of it: the database is closed and the service exits 0 (what systemd and a
@@ -310,6 +331,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level=log_level,
+        log_config=None,  # keep the handler above: uvicorn would install its own
         ssl_certfile=args.tls_cert,
         ssl_keyfile=args.tls_key,
         proxy_headers=False,
@@ -543,6 +565,25 @@ def _add_service_commands(sub: _Commands) -> None:
         default=float(os.environ.get("REDEEM_CENTRAL_PUBLISH_INTERVAL_S", "5")),
         help="how often the leading instance publishes what changed (default 5 s): at "
         "most one ledger version per store in each interval",
+    )
+    sp.add_argument(
+        "--instance-id",
+        default=os.environ.get("REDEEM_CENTRAL_INSTANCE_ID"),
+        help="this instance's name in logs and /metrics (default: hostname:pid)",
+    )
+    sp.add_argument(
+        "--metrics-allow",
+        action="append",
+        default=[os.environ.get("REDEEM_CENTRAL_METRICS_ALLOW", "")],
+        metavar="NETWORK",
+        help="a network besides loopback that may read /metrics, e.g. 10.0.5.0/24 "
+        "(repeatable; the env variable takes a comma-separated list)",
+    )
+    sp.add_argument(
+        "--log-format",
+        choices=logjson.FORMATS,
+        default=os.environ.get("REDEEM_CENTRAL_LOG_FORMAT", "json"),
+        help="json lines (default), text, or auto (json under systemd, else text)",
     )
     sp = _command(
         sub, "enroll-code", cmd_enroll_code, "print a one-time code that enrolls one terminal"

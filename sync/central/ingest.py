@@ -17,7 +17,7 @@ import peewee as pw
 
 from coupons.journal import EXPORT_FIELDS, entry_hash
 from sync import protocol
-from sync.central import bulk, flags
+from sync.central import bulk, flags, metrics
 from sync.central.models import HEX_DIGITS, JournalRow, TerminalRow, TerminalUsage
 from sync.central.reconcile import reconcile
 from sync.central.store import Central
@@ -197,6 +197,7 @@ def ingest(central: Central, terminal: str, entries: list[EntryDoc]) -> Reply:
                 raise
             log.info("ingest for %s retried after %s", terminal, exc)
             time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+    metrics.count_ingest(reply.accepted, len(entries) - reply.accepted if reply.problem else 0)
     reply.usage = {
         u.campaign: [int(u.count), int(u.minor)]
         for u in TerminalUsage.select().where(TerminalUsage.terminal == terminal)

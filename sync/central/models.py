@@ -418,6 +418,8 @@ def _add_sealed_keys(db: pw.Database) -> None:
 
 
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {3: _add_sealed_keys}
+
+
 def _add_columns(db: pw.Database) -> None:
     for model, column, sql in ADDED_COLUMNS:
         table = model._meta.table_name

@@ -34,6 +34,9 @@ class Tick:
     scope_versions: int = 0
     snapshots: int = 0
     seconds: float = 0.0
+    # The longest a change carried by this tick can have waited: from the start of the tick
+    # before it (a change made just after that tick began missed it) to the end of this one.
+    lag_bound_s: float = 0.0
 
 
 class _Leadership:
@@ -91,6 +94,7 @@ class Publisher:
         self.wake_event = threading.Event()
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()  # the thread's tick and an admin's "publish now"
+        self.last_started: float | None = None  # monotonic start of the previous tick
 
     # ------------------------------------------------------------ one round
 
@@ -100,7 +104,8 @@ class Publisher:
             return self._tick()
 
     def _tick(self) -> Tick:
-        started = time.perf_counter()
+        started = time.monotonic()
+        previous, self.last_started = self.last_started, started
         if not self.leadership.acquire():
             return Tick(leader=False)
         central = self.central
@@ -113,7 +118,15 @@ class Publisher:
             key, cert = central.active_key(PURPOSE_LEDGER)
             done = scopes.publish_scopes(view, int(latest.version), now, key, cert)
             scopes.compact(KEEP_AFTER_SNAPSHOT)
-        tick = Tick(True, version, done.published, done.snapshots, time.perf_counter() - started)
+        ended = time.monotonic()
+        tick = Tick(
+            True,
+            version,
+            done.published,
+            done.snapshots,
+            ended - started,
+            ended - (previous if previous is not None else started),
+        )
         if self.on_tick is not None:
             self.on_tick(tick)
         return tick

@@ -13,7 +13,7 @@ from coupons.ledger import store_scope
 from coupons.problem import MEDIA_TYPE, Problem
 from coupons.rules import InputError
 from sync import protocol
-from sync.central import flags, schemas, terminals
+from sync.central import flags, metrics, schemas, terminals
 from sync.central.context import Svc, json_object
 from sync.central.delivery import Ahead, LedgerAnswer, NotReady
 from sync.central.ingest import BatchInvalid, flag_refused_batch, ingest, parse_batch
@@ -106,9 +106,12 @@ async def get_ledger(
     try:
         ans = await svc.db(work)
     except Ahead as exc:
+        metrics.count_pull(409, None)
         raise ProblemError(409, "ledger-ahead", str(exc)) from None
     except NotReady as exc:
+        metrics.count_pull(503, None)
         return problem(503, "ledger-not-ready", str(exc), request.url.path, **{"Retry-After": "2"})
+    metrics.count_pull(ans.status, ans.headers.get("X-Ledger-Kind"))
     if ans.status == 416:
         return problem(416, "range", "range not satisfiable", request.url.path, **ans.headers)
     media = ans.headers.pop("Content-Type", None)
@@ -148,7 +151,9 @@ async def get_flags(
     since: int = Query(0, ge=0, le=2**62, description="the last decision id seen"),
 ) -> Response:
     row, _ = await svc.signed(request)
-    return JSONResponse(await svc.db(flags.updates_for_store, row.store, since))
+    answer = await svc.db(flags.updates_for_store, row.store, since)
+    metrics.count_round()  # the last request of a till's round (sync/client.py)
+    return JSONResponse(answer)
 
 
 @router.post(
