@@ -29,7 +29,7 @@ from coupons.clock import Clock, FixedClock
 from coupons.engine import Engine
 from coupons.ledger_store import ImportResult
 from sync import protocol
-from sync.central import scopes
+from sync.central import metrics, scopes
 from sync.central.app import create_app
 from sync.central.publisher import Publisher, Tick
 from sync.central.store import Central
@@ -149,7 +149,7 @@ class Running:
         """One tick of the central's publisher, as the leading instance makes every
         interval: what changed since reaches every store's ledger."""
         if self.publisher is None:
-            self.publisher = Publisher(self.central)
+            self.publisher = Publisher(self.central, on_tick=metrics.observe_tick)
         with self.central.session():
             tick = self.publisher.tick()
             if not tick.leader:  # a `serve` process leads: wait for its tick instead

@@ -23,6 +23,7 @@ from sync.central.app import create_app
 from sync.central.store import Central
 from sync.client import Direct, SyncClient
 from sync.http import CentralLink, Link
+from tests import master_key
 from tests.central_server import BACKENDS, Running, Thread, chain, running_central, serve_process
 from tests.conftest import T0, basket
 
@@ -68,23 +69,29 @@ def test_a_sync_round_moves_the_counters_and_a_replay_shows_as_an_open_flag(
         for t in tokens:
             assert engine.redeem(t, basket(2000)).accepted
         assert not engine.redeem(tokens[0], basket(2000)).accepted  # a replay, and its flag
-        second = client.run_round()  # the sales go up, their version comes back as a delta
+        second = client.run_round()  # the sales go up
         assert second.ok, second.error
+        central.publish()  # the publisher's tick: a version carrying them
+        third = client.run_round()  # which comes back as a delta
+        assert third.ok, third.error
         link.close()
     after = scrape(central.url)
 
     def moved(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    assert moved(P + "sync_rounds_total") == 2
+    assert moved(P + "sync_rounds_total") == 3
     assert moved(P + "journal_entries_total", result="accepted") >= 4  # 2 sales, replay, flag
     assert moved(P + "journal_entries_total", result="refused") == 0
     assert moved(P + "ledger_pulls_total", status="200", kind="snapshot") == 1
     assert moved(P + "ledger_pulls_total", status="200", kind="delta") == 1
-    # The upload that redeemed two serials published a version, its lag measured.
+    # The tick after the upload that redeemed two serials published versions, its lag bound
+    # observed.
     assert moved(P + "versions_published_total") >= 1
     assert moved(P + "publish_lag_seconds_count") >= 1
     assert moved(P + "request_duration_seconds_count", route=protocol.LEDGER, status="2xx") == 2
+    # The second round's pull came before the tick: nothing new yet, a 304.
+    assert moved(P + "request_duration_seconds_count", route=protocol.LEDGER, status="3xx") == 1
     assert moved(P + "request_duration_seconds_count", route=protocol.JOURNAL, status="2xx") >= 1
     assert value(after, P + "open_flags", kind="replay") == 1
     assert value(after, P + "ledger_scopes") == 1
@@ -159,7 +166,7 @@ def test_metrics_only_for_loopback_and_the_networks_allowed(central: Running) ->
 
 
 def test_serve_logs_json_lines_with_its_instance_id(tmp_path: Path) -> None:
-    Central.init(tmp_path / "central").close()
+    Central.init(tmp_path / "central", master_key=master_key.KEY).close()
     env = {"REDEEM_CENTRAL_LOG_LEVEL": "info", "REDEEM_CENTRAL_INSTANCE_ID": "central-b:7"}
     proc, url = serve_process(tmp_path / "central", None, env=env)
     try:
