@@ -9,7 +9,6 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeAlias
 
 import segno
 
@@ -28,41 +27,11 @@ from coupons.ledger import Policy, ledger_file
 from coupons.ledger_store import write_atomic
 from coupons.rules import Campaign, InputError
 from coupons.timeutil import clock_from_env
-from sync.central import keyvault, report, terminals
+from sync.central import archive_cli, report, terminals
+from sync.central.cli_common import Commands as _Commands
+from sync.central.cli_common import add_key_options, new_or_existing_master_key
+from sync.central.cli_common import open_central as _open
 from sync.central.store import Central, CentralError
-
-
-def _open(args: argparse.Namespace) -> Central:
-    data = Path(args.data)
-    not_central = f"{data} is not a central data directory (run `redeem-central init`)"
-    if not args.database and not (data / "central.db").exists():
-        raise UserError(not_central)  # before SQLite would make an empty database there
-    c = Central(data, clock_from_env().now, args.database, master_key=_master_key(args))
-    if not c.initialised():
-        c.close()
-        raise UserError(not_central)
-    return c
-
-
-def _master_key(args: argparse.Namespace) -> bytes:
-    """The master key: --master-key-file, else REDEEM_CENTRAL_MASTER_KEY_FILE, else the
-    systemd credential."""
-    try:
-        return keyvault.load_master_key(args.master_key_file)
-    except keyvault.VaultError as exc:
-        raise UserError(str(exc)) from None
-
-
-def _new_or_existing_master_key(args: argparse.Namespace) -> tuple[bytes, Path | None]:
-    """For init: the master key, and the file it was just written to when the flag or the
-    environment named a file that did not exist yet (a new random key, mode 0600)."""
-    try:
-        source = keyvault.locate(args.master_key_file)
-        if source.creatable and not source.path.exists():
-            return keyvault.create_master_key_file(source.path), source.path
-        return keyvault.read_master_key(source), None
-    except keyvault.VaultError as exc:
-        raise UserError(str(exc)) from None
 
 
 def _root_key_file(path: str) -> cose.SigningKey:
@@ -76,7 +45,7 @@ def _root_key_file(path: str) -> cose.SigningKey:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    master_key, made = _new_or_existing_master_key(args)
+    master_key, made = new_or_existing_master_key(args)
     root_out = Path(args.root_key_out) if args.root_key_out else None
     try:
         c = Central.init(Path(args.data), clock_from_env().now, args.database, master_key, root_out)
@@ -432,35 +401,6 @@ def cmd_openapi(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_key_options(sp: argparse.ArgumentParser, command: str) -> None:
-    """The master key on every command that opens the central; the root key kept off the
-    central on the two commands that need it (docs/deploy-central.md)."""
-    sp.add_argument(
-        "--master-key-file",
-        metavar="PATH",
-        help="file holding the 64-hex-digit master key that opens the keys in the database "
-        f"(else env {keyvault.ENV_FILE}, else the systemd credential {keyvault.CREDENTIAL}); "
-        "init makes a new one when PATH does not exist",
-    )
-    if command == "init":
-        sp.add_argument(
-            "--root-key-out",
-            metavar="FILE",
-            help="write the root key to this new file only, not into the database (keep it "
-            "off the central; rotate-key then needs it)",
-        )
-    if command == "rotate-key":
-        sp.add_argument(
-            "--root-key-file",
-            metavar="FILE",
-            help="the root key `init --root-key-out` wrote, when it is kept off the central",
-        )
-
-
-# Quoted: the class is not subscriptable at run time.
-_Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-
-
 def _command(parent: _Commands, name: str, func: object, help_: str) -> argparse.ArgumentParser:
     """A sub-command that works on a central: --data, --database and --json."""
     sp = parent.add_parser(name, help=help_)
@@ -615,6 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setup_commands(sub)
     _add_ledger_commands(sub)
     _add_service_commands(sub)
+    archive_cli.add_commands(sub, _command)
     return p
 
 
