@@ -22,9 +22,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias, TypedDict
+
+import peewee as pw
 
 from coupons.journal import EXPORT_FIELDS, entry_hash
+from coupons.jsontypes import JSON
 from coupons.ledger_store import write_atomic
 from sync.central.models import FlagRow, JournalRow, TerminalRow
 from sync.central.store import Central
@@ -45,6 +48,26 @@ UNDECIDED = ("open", "acknowledged")
 _SAFE_TERMINAL = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 _FILE_NAME = re.compile(r"\d{12}-\d{12}\.jsonl\.gz(\.tmp)?")
 _FIELDS = frozenset(EXPORT_FIELDS)
+
+# A journal entry as a till exports it and its hash covers: the EXPORT_FIELDS.
+Row: TypeAlias = dict[str, JSON]
+
+
+class TerminalSummary(TypedDict):
+    first_seq: int
+    last_seq: int
+    entries: int
+    chain_after: str
+    gaps: list[list[int]]
+
+
+class Summary(TypedDict):
+    """What archive-verify found: the manifest's hash and each terminal's runs."""
+
+    manifest_sha256: str
+    files: int
+    entries: int
+    terminals: dict[str, TerminalSummary]
 
 
 class ArchiveError(Exception):
@@ -72,7 +95,7 @@ class ArchivedFile:
     last_at_ms: int
 
     @classmethod
-    def from_dict(cls, doc: Any, i: int) -> ArchivedFile:
+    def from_dict(cls, doc: object, i: int) -> ArchivedFile:
         names = [f.name for f in cls.__dataclass_fields__.values()]
         if not isinstance(doc, dict) or set(doc) != set(names):
             raise ArchiveInvalid(f"{MANIFEST}: files[{i}] is not a file entry")
@@ -112,19 +135,19 @@ def cutoff_ms(now_s: float, before_s: float | None, older_than_days: int | None)
 # ---------------------------------------------------------------- the file format
 
 
-def encode(rows: list[dict[str, Any]]) -> bytes:
+def encode(rows: list[Row]) -> bytes:
     lines = "".join(
         json.dumps({k: r[k] for k in EXPORT_FIELDS}, ensure_ascii=False) + "\n" for r in rows
     )
     return gzip.compress(lines.encode(), compresslevel=9, mtime=0)
 
 
-def decode(raw: bytes, name: str) -> list[dict[str, Any]]:
+def decode(raw: bytes, name: str) -> list[Row]:
     try:
         text = gzip.decompress(raw).decode()
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
         raise ArchiveInvalid(f"{name}: not a readable gzip'd JSON-lines file ({exc})") from None
-    rows: list[dict[str, Any]] = []
+    rows: list[Row] = []
     for n, line in enumerate(text.splitlines(), start=1):
         try:
             row = json.loads(line)
@@ -136,7 +159,7 @@ def decode(raw: bytes, name: str) -> list[dict[str, Any]]:
     return rows
 
 
-def check_file(directory: Path, item: ArchivedFile) -> list[dict[str, Any]]:
+def check_file(directory: Path, item: ArchivedFile) -> list[Row]:
     """The file's entries, after checking its SHA-256, each entry's hash (the till's own
     entry_hash), the chain from chain_before to chain_after and the seq range."""
     try:
@@ -194,7 +217,7 @@ def manifest_bytes(items: list[ArchivedFile]) -> bytes:
     return (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode()
 
 
-def verify_archive(directory: Path) -> dict[str, Any]:
+def verify_archive(directory: Path) -> Summary:
     """Check a whole archive offline; raises ArchiveInvalid at the first fault."""
     items = read_manifest(directory)
     listed = {i.path for i in items}
@@ -286,7 +309,7 @@ def _locked(directory: Path) -> Iterator[None]:
         yield
 
 
-def _stored(where: Any, limit: int | None = None) -> list[dict[str, Any]]:
+def _stored(where: pw.Expression, limit: int | None = None) -> list[Row]:
     """Stored entries in seq order, each as the export row (the fields the hash covers)."""
     query: Any = JournalRow.select().where(where).order_by(JournalRow.seq)
     if limit is not None:
@@ -294,9 +317,7 @@ def _stored(where: Any, limit: int | None = None) -> list[dict[str, Any]]:
     return [{k: d[k] for k in EXPORT_FIELDS} for d in query.dicts()]
 
 
-def _segments(
-    term: TerminalRow, cut_ms: int, skip: Callable[[int], bool]
-) -> Iterator[list[dict[str, Any]]]:
+def _segments(term: TerminalRow, cut_ms: int, skip: Callable[[int], bool]) -> Iterator[list[Row]]:
     """The terminal's entries past retention in runs of consecutive seqs, without skipped
     ones. Only the leading run of old entries counts (as the till prunes): one stamped by a
     wrong clock must not leave the database before the younger entries around it."""
@@ -304,10 +325,10 @@ def _segments(
         (JournalRow.terminal == term.id) & (JournalRow.at_ms >= cut_ms)
     )
     first_young = young.order_by(JournalRow.seq).limit(1).scalar()
-    run: list[dict[str, Any]] = []
+    run: list[Row] = []
     for row in _rows(term.id, first_young):
-        seq = row["seq"]
-        if run and (skip(seq) or seq != run[-1]["seq"] + 1 or len(run) >= MAX_FILE_ENTRIES):
+        seq = _int(row, "seq")
+        if run and (skip(seq) or seq != _int(run[-1], "seq") + 1 or len(run) >= MAX_FILE_ENTRIES):
             yield run
             run = []
         if skip(seq):
@@ -319,7 +340,7 @@ def _segments(
         yield run
 
 
-def _rows(terminal: str, below: int | None) -> Iterator[dict[str, Any]]:
+def _rows(terminal: str, below: int | None) -> Iterator[Row]:
     """A terminal's stored entries in seq order (below `below`), a page at a time."""
     after = -1
     while True:
@@ -335,29 +356,46 @@ def _rows(terminal: str, below: int | None) -> Iterator[dict[str, Any]]:
             yield row
         if len(page) < MAX_FILE_ENTRIES:
             return
-        after = page[-1]["seq"]
+        after = _int(page[-1], "seq")
 
 
-def _describe(term: TerminalRow, run: list[dict[str, Any]], sha256: str) -> ArchivedFile:
+def _describe(term: TerminalRow, run: list[Row], sha256: str) -> ArchivedFile:
     first, last = run[0], run[-1]
     return ArchivedFile(
-        path=file_path(term.id, first["seq"], last["seq"]),
+        path=file_path(term.id, _int(first, "seq"), _int(last, "seq")),
         sha256=sha256,
         terminal=term.id,
         store=term.store,
-        first_seq=first["seq"],
-        last_seq=last["seq"],
+        first_seq=_int(first, "seq"),
+        last_seq=_int(last, "seq"),
         entries=len(run),
-        chain_before=first["prev_hash"],
-        chain_after=last["hash"],
-        first_at_ms=first["at_ms"],
-        last_at_ms=last["at_ms"],
+        chain_before=_str(first, "prev_hash"),
+        chain_after=_str(last, "hash"),
+        first_at_ms=_int(first, "at_ms"),
+        last_at_ms=_int(last, "at_ms"),
     )
 
 
+def _int(row: Row, name: str) -> int:
+    value = row[name]
+    if type(value) is not int:
+        raise ArchiveInvalid(f"entry field {name} is not an integer")
+    return value
+
+
+def _str(row: Row, name: str) -> str:
+    value = row[name]
+    if not isinstance(value, str):
+        raise ArchiveInvalid(f"entry field {name} is not text")
+    return value
+
+
 def _runs(
-    cut_ms: int, listed: list[ArchivedFile], keep: set[tuple[str, int]], held: set[Any]
-) -> Iterator[tuple[TerminalRow, list[dict[str, Any]]]]:
+    cut_ms: int,
+    listed: list[ArchivedFile],
+    keep: set[tuple[str, int]],
+    held: set[tuple[str, int]],
+) -> Iterator[tuple[TerminalRow, list[Row]]]:
     """Every terminal's runs to archive: past retention, not evidence, not in a listed file
     (one an earlier run listed but could not prune yet)."""
     covered: dict[str, list[tuple[int, int]]] = {}
