@@ -124,20 +124,15 @@ async def admin_report(request: Request, svc: Svc) -> Response:
     **admin_doc(),
 )
 async def admin_publish(request: Request, svc: Svc) -> Response:
-    """An operator's explicit "publish now": this instance's publisher runs a tick if it
-    is the leader, else the leader is left to its interval. Terminal requests never
-    publish."""
+    """An operator's "publish now": wakes this instance's publisher thread, which publishes
+    at once if it leads (else the leading instance keeps its interval). The request itself
+    signs nothing: requests never publish."""
     await svc.require_admin(request)
-    tick = await svc.db(svc.publisher.tick) if svc.publisher is not None else None
+    woken = svc.publisher is not None and svc.publisher.thread is not None
+    if woken and svc.publisher is not None:
+        svc.publisher.wake()
     latest = await svc.db(svc.central.latest)
-    return JSONResponse(
-        {
-            "published": tick.chain_version if tick is not None else None,
-            "scope_versions": tick.scope_versions if tick is not None else 0,
-            "leader": bool(tick and tick.leader),
-            "version": latest.version if latest else 0,
-        }
-    )
+    return JSONResponse({"woken": woken, "version": latest.version if latest else 0})
 
 
 __all__ = ["admin_doc", "router"]

@@ -188,6 +188,18 @@ def cmd_publish(args: argparse.Namespace) -> int:
     else:
         version = c.publish()
     updates = c.deltas(args.since) if args.since is not None else [c.snapshot()]
+    if (
+        args.since is not None
+        and args.since < version
+        and (
+            not updates
+            or ledger.verify_update(c.anchor, updates[0]).body["version"] != args.since + 1
+        )
+    ):
+        raise UserError(
+            f"the deltas after version {args.since} were compacted (the publisher keeps a "
+            "snapshot and the deltas after it); write a snapshot instead (omit --since)"
+        )
     write_atomic(Path(args.out), ledger_file(updates))
     kind = f"deltas after {args.since}" if args.since is not None else "snapshot"
     emit(

@@ -15,16 +15,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from coupons import ledger
+import peewee as pw
+
+from coupons import cose, ledger
 from coupons.keys import PURPOSE_LEDGER
 from sync.central import scopes
+from sync.central.models import ScopeRow, SnapshotRow, VersionRow
 from sync.central.store import Central
 
 log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL_S = 5.0
 LOCK_LEADER = 0x45445250  # PostgreSQL advisory lock id of the publisher ("EDRP")
-KEEP_AFTER_SNAPSHOT = 64  # deltas kept before a scope's newest snapshot
+KEEP_AFTER_SNAPSHOT = 64  # deltas kept before a (scope's or the chain's) newest snapshot
+CHAIN_SNAPSHOT_EVERY = 256  # the chain-wide ledger gets a snapshot every this many versions
 
 
 @dataclass
@@ -118,6 +122,8 @@ class Publisher:
             key, cert = central.active_key(PURPOSE_LEDGER)
             done = scopes.publish_scopes(view, int(latest.version), now, key, cert)
             scopes.compact(KEEP_AFTER_SNAPSHOT)
+            if version is not None and version % CHAIN_SNAPSHOT_EVERY == 0:
+                self._compact_chain(view, key, cert)
         ended = time.monotonic()
         tick = Tick(
             True,
@@ -130,6 +136,20 @@ class Publisher:
         if self.on_tick is not None:
             self.on_tick(tick)
         return tick
+
+    def _compact_chain(self, view: scopes.ChainView, key: cose.SigningKey, cert: bytes) -> None:
+        """A snapshot of the chain-wide ledger (signed from the state in memory), and its
+        deltas dropped up to KEEP_AFTER_SNAPSHOT before it and before every store scope's
+        base: a new leader then replays a few hundred deltas, not the chain's history."""
+        state = view.state
+        body = ledger.snapshot_body(state)
+        body["signed_at"] = int(self.central.now())
+        raw = ledger.sign_update(key, cert, body)
+        SnapshotRow.insert(version=state.version, signed=raw).on_conflict_ignore().execute()
+        SnapshotRow.delete().where(SnapshotRow.version < state.version).execute()
+        lowest_base = ScopeRow.select(pw.fn.MIN(ScopeRow.base)).scalar()
+        cut = min(state.version, lowest_base or state.version) - KEEP_AFTER_SNAPSHOT
+        VersionRow.delete().where(VersionRow.version <= cut).execute()
 
     def _view(self, version: int) -> scopes.ChainView:
         """The chain-wide state at `version`, advanced from the last one this leader held
