@@ -203,3 +203,19 @@ def test_numbered_serials_travel_as_a_bitmap_under_two_bytes_each(world: World) 
     assert world.engine.import_ledger(_scope_file(world, "S1")).applied
     held = world.engine.ledger.redeemed
     assert all(s in held for s in redeemed) and issued[1].serial not in held
+
+
+def test_a_quiet_store_gets_a_heartbeat_before_its_ledger_would_look_stale(world: World) -> None:
+    pub = _setup(world)
+    world.campaign(id="ALL")
+    pub.tick()
+    assert world.engine.import_ledger(_scope_file(world, "S1")).applied
+    held = world.engine.ledger.version
+    assert pub.tick().scope_versions == 0  # nothing changed: nothing new
+    # A quarter of stale_warn_hours later, still nothing changed: an empty version comes, so
+    # a till that syncs never shows "the ledger is out of date" in a quiet store.
+    world.clock.advance(world.engine.ledger.policy.stale_warn_hours * 3600 // 4 + 1)
+    assert pub.tick().scope_versions == 2  # S1 and S2
+    assert world.engine.import_ledger(_scope_file(world, "S1", held)).applied
+    assert world.engine.ledger.version == held + 1
+    assert world.engine.ledger_age_s() == 0

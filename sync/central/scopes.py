@@ -34,6 +34,7 @@ from sync.central.models import (
 
 ENDED_GRACE_S = 7 * 24 * 3600  # an ended campaign stays this long (late refunds, disputes)
 SNAPSHOT_EVERY = 32  # a scope gets a fresh snapshot after this many deltas
+HEARTBEATS_PER_WARNING = 4  # a quiet scope gets an empty version 4 times per stale_warn_hours
 _LOOKUP_CHUNK = 500
 
 
@@ -304,6 +305,7 @@ def publish_scopes(
     """Bring every store's scope up to the chain-wide version `base` (which `view` shows):
     at most one new version per scope. Runs inside the publisher's transaction."""
     result = ScopeResult()
+    heartbeat_s = view.state.policy.stale_warn_hours * 3600 // HEARTBEATS_PER_WARNING
     view.learn(view.state.revoked)
     view.learn(view.state.redeemed)
     meta = _meta_hash(view.state)
@@ -313,7 +315,7 @@ def publish_scopes(
         scope = ledger.store_scope(store_id)
         result.scopes += 1
         row = rows.get(scope)
-        if row is not None and row.base == base:
+        if row is not None and row.base == base and now - int(row.issued_at) < heartbeat_s:
             continue
         had = frozenset(json.loads(row.campaigns)) if row is not None else frozenset()
         now_in = campaigns_at(view.state, store_id, now)
@@ -329,9 +331,11 @@ def publish_scopes(
             meta_changed=row is None or bytes(row.meta) != meta,
             fresh=fresh,
         )
-        if not body:
+        if not body and row is not None and now - int(row.issued_at) < heartbeat_s:
             ScopeRow.update(base=base).where(ScopeRow.scope == scope).execute()
             continue
+        # An empty delta now and then (a heartbeat) tells a quiet store's tills that their
+        # ledger is still the latest: a till judges staleness by the last version's age.
         version = (row.version if row is not None else 0) + 1
         prev = bytes(row.chain) if row is not None else GENESIS
         full = {"scope": scope, "type": "delta", "version": version, "prev": prev, "issued_at": now}
