@@ -311,6 +311,7 @@ def publish_scopes(
     meta = _meta_hash(view.state)
     rows = {r.scope: r for r in ScopeRow.select()}
     touched_since: dict[int, Touched] = {}
+    contents: dict[tuple[int, frozenset[str], frozenset[str], bool, bool], dict[str, object]] = {}
     for store_id in sorted(store_ids if store_ids is not None else stores()):
         scope = ledger.store_scope(store_id)
         result.scopes += 1
@@ -323,14 +324,15 @@ def publish_scopes(
         if since not in touched_since:
             touched_since[since] = Touched.of(bodies_between(since, base))
         fresh = row is None
-        body = delta_content(
-            view,
-            touched_since[since],
-            had,
-            now_in,
-            meta_changed=row is None or bytes(row.meta) != meta,
-            fresh=fresh,
-        )
+        meta_changed = row is None or bytes(row.meta) != meta
+        # Stores with the same campaigns at the same position get the same content: made
+        # once (a chain-wide change touches thousands of stores alike); signed per store.
+        shape = (since, had, now_in, meta_changed, fresh)
+        if shape not in contents:
+            contents[shape] = delta_content(
+                view, touched_since[since], had, now_in, meta_changed, fresh
+            )
+        body = contents[shape]
         if not body and row is not None and now - int(row.issued_at) < heartbeat_s:
             ScopeRow.update(base=base).where(ScopeRow.scope == scope).execute()
             continue
