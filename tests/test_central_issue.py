@@ -19,8 +19,9 @@ from coupons.tokens import parse
 from sync.central import store
 from sync.central.models import CampaignRow, CouponRow, Setting, db_serial
 from sync.central.store import SERIAL_COUNT_MAX, Central, CentralError
-from tests import postgres
+from tests import master_key, postgres
 from tests.central_server import BACKENDS, ROOT, database_for
+from tests.master_key import KEY as MASTER_KEY
 
 LOW = 0xFFFF_FFFF
 CAMPAIGN = {"currency": "CNY", "kind": "fixed", "amount_minor": 500}
@@ -29,7 +30,7 @@ CAMPAIGN = {"currency": "CNY", "kind": "fixed", "amount_minor": 500}
 @pytest.fixture(params=BACKENDS)
 def central(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Central]:
     database = database_for(request.param, "issue")
-    c = Central.init(tmp_path / "central", database=database)
+    c = Central.init(tmp_path / "central", database=database, master_key=MASTER_KEY)
     try:
         yield c
     finally:
@@ -140,12 +141,12 @@ print(json.dumps(out), flush=True)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_two_instances_issuing_at_once_never_collide(backend: str, tmp_path: Path) -> None:
     database = database_for(backend, "issue2")
-    c = Central.init(tmp_path / "central", database=database)
+    c = Central.init(tmp_path / "central", database=database, master_key=MASTER_KEY)
     try:
         add(c, "PAIR")
         c.close()
         go = tmp_path / "go"
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **master_key.env(tmp_path)}
         procs = [
             subprocess.Popen(
                 [
@@ -172,7 +173,7 @@ def test_two_instances_issuing_at_once_never_collide(backend: str, tmp_path: Pat
             out, _ = p.communicate(timeout=120)
             assert p.returncode == 0
             lists.append(json.loads(out.strip().splitlines()[-1]))
-        c = Central(tmp_path / "central", database=database)
+        c = Central(tmp_path / "central", database=database, master_key=MASTER_KEY)
         number = number_of("PAIR")
         assert sorted(lists[0] + lists[1]) == [(number << 32) | n for n in range(1, 401)]
         assert CouponRow.select().where(CouponRow.campaign == "PAIR").count() == 400
@@ -185,7 +186,7 @@ def test_two_instances_issuing_at_once_never_collide(backend: str, tmp_path: Pat
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_schema_2_database_gains_the_campaign_columns(backend: str, tmp_path: Path) -> None:
     database = database_for(backend, "schema2")
-    c = Central.init(tmp_path / "central", database=database)
+    c = Central.init(tmp_path / "central", database=database, master_key=MASTER_KEY)
     try:
         add(c, "LEGACY")
         legacy = 0x0123_4567_89AB_CDEF
@@ -196,7 +197,7 @@ def test_a_schema_2_database_gains_the_campaign_columns(backend: str, tmp_path: 
         c.db.execute_sql('ALTER TABLE "campaignrow" DROP COLUMN "issued"')
         Setting.update(value="2").where(Setting.key == "schema").execute()
         c.close()
-        c = Central(tmp_path / "central", database=database)
+        c = Central(tmp_path / "central", database=database, master_key=MASTER_KEY)
         assert Setting.get(Setting.key == "schema").value == "3"
         columns = {col.name for col in c.db.get_columns("campaignrow")}
         assert {"number", "issued"} <= columns
@@ -208,7 +209,8 @@ def test_a_schema_2_database_gains_the_campaign_columns(backend: str, tmp_path: 
         assert [i.serial for i in issued] == [(number << 32) | 1, (number << 32) | 2]
         assert CouponRow.get_or_none(CouponRow.serial == db_serial(legacy)) is not None
         c.close()
-        c = Central(tmp_path / "central", database=database)  # a second start changes nothing
+        # A second start changes nothing.
+        c = Central(tmp_path / "central", database=database, master_key=MASTER_KEY)
         assert number_of("LEGACY") == number
     finally:
         c.close()

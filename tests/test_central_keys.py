@@ -12,6 +12,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -80,9 +81,16 @@ def test_a_rotation_on_one_instance_is_in_force_on_another_at_once(
         new_ledger = a.rotate_key(PURPOSE_LEDGER)
         new_issuer = a.rotate_key(PURPOSE_ISSUER)
 
+        before = a.latest()
         r = requests.post(url + protocol.ADMIN_PREFIX + "/publish", headers=admin, timeout=30)
-        assert r.status_code == 200, r.text
-        version = r.json()["published"]
+        assert r.status_code == 200 and r.json()["woken"], r.text  # B's publisher leads
+        deadline = time.monotonic() + 20
+        while (latest := a.latest()) is None or (
+            before is not None and latest.version == before.version
+        ):
+            assert time.monotonic() < deadline, "instance B published nothing"
+            time.sleep(0.05)
+        version = latest.version
         (raw,) = a.deltas(version - 1, version)
         assert signer(raw) == new_ledger  # B signed with the key A made a moment ago
         assert ledger.verify_update(a.anchor, raw).body["version"] == version
