@@ -114,13 +114,18 @@ class Publisher:
             return Tick(leader=False)
         central = self.central
         now = int(central.now())
+        # The chain-wide version in a short transaction of its own: uploads update the same
+        # usage rows, and must not wait for thousands of stores to be signed.
         with central.exclusive():
             version = central.publish_if_changed()
             latest = central.latest()
-            assert latest is not None  # publish_if_changed makes version 1 on a fresh central
-            view = self._view(int(latest.version))
-            key, cert = central.active_key(PURPOSE_LEDGER)
-            done = scopes.publish_scopes(view, int(latest.version), now, key, cert)
+        assert latest is not None  # publish_if_changed makes version 1 on a fresh central
+        view = self._view(int(latest.version))
+        key, cert = central.active_key(PURPOSE_LEDGER)
+        done = scopes.publish_scopes(
+            view, int(latest.version), now, key, cert, transaction=central.exclusive
+        )
+        with central.exclusive():
             scopes.compact(KEEP_AFTER_SNAPSHOT)
             if version is not None and version % CHAIN_SNAPSHOT_EVERY == 0:
                 self._compact_chain(view, key, cert)

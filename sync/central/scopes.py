@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field, replace
 
 import cbor2
+import peewee as pw
 
 from coupons import cose, ledger, serials
 from coupons.jsontypes import JSONObject
@@ -34,6 +36,17 @@ from sync.central.models import (
 
 ENDED_GRACE_S = 7 * 24 * 3600  # an ended campaign stays this long (late refunds, disputes)
 SNAPSHOT_EVERY = 32  # a scope gets a fresh snapshot after this many deltas
+STORES_PER_TRANSACTION = 500  # a tick writes stores' new versions this many at a time
+_INSERT_CHUNK = 100  # rows per INSERT (each delta is a few kB of signed bytes)
+_ROW_FIELDS = (
+    ScopeRow.version,
+    ScopeRow.chain,
+    ScopeRow.base,
+    ScopeRow.campaigns,
+    ScopeRow.meta,
+    ScopeRow.issued_at,
+    ScopeRow.snapshot_version,
+)
 HEARTBEATS_PER_WARNING = 4  # a quiet scope gets an empty version 4 times per stale_warn_hours
 _LOOKUP_CHUNK = 500
 
@@ -294,16 +307,54 @@ def bodies_between(after: int, upto: int) -> list[Mapping[str, object]]:
     return out
 
 
+@dataclass
+class _Writes:
+    """A chunk of stores' new versions, written in one transaction: a store's delta, its
+    snapshot when due and its ScopeRow go together, so a publisher that dies mid-tick
+    leaves each store either fully at its new version or at its old one."""
+
+    versions: list[dict[str, object]] = field(default_factory=list)
+    snapshots: list[dict[str, object]] = field(default_factory=list)
+    rows: list[dict[str, object]] = field(default_factory=list)
+    caught_up: list[str] = field(default_factory=list)  # nothing new: only `base` moves
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.caught_up)
+
+    def flush(self, base: int, transaction: Callable[[], AbstractContextManager[None]]) -> None:
+        if not len(self):
+            return
+        with transaction():
+            for i in range(0, len(self.versions), _INSERT_CHUNK):
+                ScopeVersion.insert_many(self.versions[i : i + _INSERT_CHUNK]).execute()
+            for i in range(0, len(self.snapshots), _INSERT_CHUNK):
+                ScopeSnapshot.insert_many(self.snapshots[i : i + _INSERT_CHUNK]).execute()
+            # (scope, version) is the delta's key: a second publisher racing this one fails
+            # here and rolls the chunk back, so a store's chain never forks.
+            for i in range(0, len(self.rows), _INSERT_CHUNK):
+                ScopeRow.insert_many(self.rows[i : i + _INSERT_CHUNK]).on_conflict(
+                    conflict_target=[ScopeRow.scope],
+                    update={f: pw.EXCLUDED[f.name] for f in _ROW_FIELDS},
+                ).execute()
+            for i in range(0, len(self.caught_up), _INSERT_CHUNK):
+                ScopeRow.update(base=base).where(
+                    ScopeRow.scope.in_(self.caught_up[i : i + _INSERT_CHUNK])
+                ).execute()
+        self.versions, self.snapshots, self.rows, self.caught_up = [], [], [], []
+
+
 def publish_scopes(
     view: ChainView,
     base: int,
     now: int,
     key: cose.SigningKey,
     cert: bytes,
+    transaction: Callable[[], AbstractContextManager[None]],
     store_ids: Iterable[str] | None = None,
 ) -> ScopeResult:
     """Bring every store's scope up to the chain-wide version `base` (which `view` shows):
-    at most one new version per scope. Runs inside the publisher's transaction."""
+    at most one new version per scope, written STORES_PER_TRANSACTION stores at a time,
+    each chunk in its own `transaction()` (so uploads never wait on a whole tick)."""
     result = ScopeResult()
     heartbeat_s = view.state.policy.stale_warn_hours * 3600 // HEARTBEATS_PER_WARNING
     view.learn(view.state.revoked)
@@ -312,47 +363,91 @@ def publish_scopes(
     rows = {r.scope: r for r in ScopeRow.select()}
     touched_since: dict[int, Touched] = {}
     contents: dict[tuple[int, frozenset[str], frozenset[str], bool, bool], dict[str, object]] = {}
+    snapshot_states: dict[frozenset[str], LedgerState] = {}
+    writes = _Writes()
     for store_id in sorted(store_ids if store_ids is not None else stores()):
         scope = ledger.store_scope(store_id)
         result.scopes += 1
         row = rows.get(scope)
-        if row is not None and row.base == base and now - int(row.issued_at) < heartbeat_s:
+        quiet = row is not None and now - int(row.issued_at) < heartbeat_s
+        if row is not None and row.base == base and quiet:
             continue
         had = frozenset(json.loads(row.campaigns)) if row is not None else frozenset()
         now_in = campaigns_at(view.state, store_id, now)
         since = row.base if row is not None else base
         if since not in touched_since:
             touched_since[since] = Touched.of(bodies_between(since, base))
-        fresh = row is None
         meta_changed = row is None or bytes(row.meta) != meta
         # Stores with the same campaigns at the same position get the same content: made
         # once (a chain-wide change touches thousands of stores alike); signed per store.
-        shape = (since, had, now_in, meta_changed, fresh)
+        shape = (since, had, now_in, meta_changed, row is None)
         if shape not in contents:
             contents[shape] = delta_content(
-                view, touched_since[since], had, now_in, meta_changed, fresh
+                view, touched_since[since], had, now_in, meta_changed, row is None
             )
         body = contents[shape]
-        if not body and row is not None and now - int(row.issued_at) < heartbeat_s:
-            ScopeRow.update(base=base).where(ScopeRow.scope == scope).execute()
-            continue
-        # An empty delta now and then (a heartbeat) tells a quiet store's tills that their
-        # ledger is still the latest: a till judges staleness by the last version's age.
-        version = (row.version if row is not None else 0) + 1
-        prev = bytes(row.chain) if row is not None else GENESIS
-        full = {"scope": scope, "type": "delta", "version": version, "prev": prev, "issued_at": now}
-        raw, payload = ledger.signed_update(key, cert, {**full, **body})
-        chain = ledger.chain_next(prev, payload)
-        ScopeVersion.insert(scope=scope, version=version, signed=raw, issued_at=now).execute()
-        snap_at = row.snapshot_version if row is not None else 0
-        if fresh or version - snap_at >= SNAPSHOT_EVERY:
-            state = scope_state(view, scope, now_in)
-            state.version, state.chain, state.issued_at = version, chain, now
-            snap = ledger.sign_update(key, cert, ledger.snapshot_body(state))
-            ScopeSnapshot.insert(scope=scope, version=version, signed=snap).execute()
-            snap_at = version
-            result.snapshots += 1
-        fields = {
+        if not body and quiet:
+            writes.caught_up.append(scope)
+        else:
+            # An empty delta now and then (a heartbeat) tells a quiet store's tills that
+            # their ledger is still the latest: a till judges staleness by its age.
+            _sign_version(
+                writes,
+                view,
+                scope,
+                row,
+                body,
+                base,
+                now,
+                meta,
+                now_in,
+                key,
+                cert,
+                snapshot_states,
+                result,
+            )
+        if len(writes) >= STORES_PER_TRANSACTION:
+            writes.flush(base, transaction)
+    writes.flush(base, transaction)
+    return result
+
+
+def _sign_version(
+    writes: _Writes,
+    view: ChainView,
+    scope: str,
+    row: ScopeRow | None,
+    body: Mapping[str, object],
+    base: int,
+    now: int,
+    meta: bytes,
+    now_in: frozenset[str],
+    key: cose.SigningKey,
+    cert: bytes,
+    snapshot_states: dict[frozenset[str], LedgerState],
+    result: ScopeResult,
+) -> None:
+    """A store's next delta (and its snapshot when due), queued in `writes`."""
+    version = (row.version if row is not None else 0) + 1
+    prev = bytes(row.chain) if row is not None else GENESIS
+    head = {"scope": scope, "type": "delta", "version": version, "prev": prev, "issued_at": now}
+    raw, payload = ledger.signed_update(key, cert, {**head, **body})
+    chain = ledger.chain_next(prev, payload)
+    writes.versions.append({"scope": scope, "version": version, "signed": raw, "issued_at": now})
+    snap_at = row.snapshot_version if row is not None else 0
+    if row is None or version - snap_at >= SNAPSHOT_EVERY:
+        if now_in not in snapshot_states:  # what a store holds depends on its campaigns
+            snapshot_states[now_in] = scope_state(view, "", now_in)
+        state = replace(
+            snapshot_states[now_in], scope=scope, version=version, chain=chain, issued_at=now
+        )
+        snap = ledger.sign_update(key, cert, ledger.snapshot_body(state))
+        writes.snapshots.append({"scope": scope, "version": version, "signed": snap})
+        snap_at = version
+        result.snapshots += 1
+    writes.rows.append(
+        {
+            "scope": scope,
             "version": version,
             "chain": chain,
             "base": base,
@@ -361,30 +456,22 @@ def publish_scopes(
             "issued_at": now,
             "snapshot_version": snap_at,
         }
-        if row is None:
-            ScopeRow.insert(scope=scope, **fields).execute()
-        else:
-            ScopeRow.update(**fields).where(ScopeRow.scope == scope).execute()
-        result.published += 1
-    return result
+    )
+    result.published += 1
 
 
 def compact(keep_after_snapshot: int) -> int:
     """Drop a scope's deltas that lie more than `keep_after_snapshot` versions before its
-    newest snapshot: a till that far behind gets the snapshot anyway. Returns rows dropped."""
-    dropped = 0
-    for row in ScopeRow.select(ScopeRow.scope, ScopeRow.snapshot_version):
-        cut = int(row.snapshot_version) - keep_after_snapshot
-        if cut <= 0:
-            continue
-        dropped += (
-            ScopeVersion.delete()
-            .where((ScopeVersion.scope == row.scope) & (ScopeVersion.version <= cut))
-            .execute()
-        )
-        ScopeSnapshot.delete().where(
-            (ScopeSnapshot.scope == row.scope) & (ScopeSnapshot.version < row.snapshot_version)
-        ).execute()
+    newest snapshot, and its older snapshots: a till that far behind gets the snapshot
+    anyway. Two statements for all stores. Returns the deltas dropped."""
+    newest = ScopeRow.select(ScopeRow.snapshot_version).where(ScopeRow.scope == ScopeVersion.scope)
+    dropped = int(
+        ScopeVersion.delete().where(ScopeVersion.version + keep_after_snapshot <= newest).execute()
+    )
+    newest_snap = ScopeRow.select(ScopeRow.snapshot_version).where(
+        ScopeRow.scope == ScopeSnapshot.scope
+    )
+    ScopeSnapshot.delete().where(ScopeSnapshot.version < newest_snap).execute()
     return dropped
 
 
