@@ -377,3 +377,167 @@ def test_agrees_with_the_old_sorted_array_set(
         assert serials.pack(new) == pack(old)
     finally:
         serials.MERGE_AT = old_merge_at
+
+
+# ------------------------------------------ numbered in the bitmap, random in the array
+
+# Serials on both sides of the line between the two homes, in shared and separate buckets.
+EDGE_LOW = st.sampled_from([0, 1, 2, 2**24 - 1, 2**24, 2**24 + 1, 2**31, 2**32 - 1])
+BUCKET = st.sampled_from([0, 1, 0xABCD, 2**32 - 1])
+MIXED = st.one_of(
+    NUMBERED,
+    U64,  # random: nearly all in the array, one in 256 in the bitmap
+    st.builds(lambda b, low: (b << 32) | low, BUCKET, EDGE_LOW),
+    st.integers(2**24 - 3, 2**24 + 3),
+)
+# What a set is built from or given: every form callers use.
+FORMS = st.sampled_from(["list", "set", "array", "bitmap", "serialset", "generator"])
+
+
+def as_form(values: list[int], form: str) -> Iterable[int]:
+    if form == "list":
+        return list(values)
+    if form == "set":
+        return set(values)
+    if form == "array":
+        return unpack(pack(values))
+    if form == "bitmap":
+        return serials.unpack_rb(serials.pack_rb(values))
+    if form == "serialset":
+        return SerialSet(values)
+    return iter(values)
+
+
+def homes(s: SerialSet) -> tuple[set[int], set[int]]:
+    """(the serials in the bitmap home, those in the array home), read from the inside."""
+    in_bitmap = set(s._numbered) | set(s._numbered_recent)
+    in_array = set(s._random) | s._random_recent
+    return in_bitmap, in_array
+
+
+def assert_homes(s: SerialSet) -> None:
+    in_bitmap, in_array = homes(s)
+    assert not in_bitmap & in_array  # one home each, so the length is a sum
+    assert all(v & 0xFFFF_FFFF < 2**24 for v in in_bitmap)
+    assert all(v & 0xFFFF_FFFF >= 2**24 for v in in_array)
+    assert list(s._random) == sorted(set(s._random))
+    assert not set(s._numbered) & set(s._numbered_recent)
+    assert not set(s._random) & s._random_recent
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    base=st.lists(MIXED, max_size=30),
+    base_form=FORMS,
+    ops=st.lists(
+        st.tuples(st.sampled_from(["add", "discard", "copy"]), st.lists(MIXED, max_size=8), FORMS),
+        max_size=25,
+    ),
+    merge_at=st.integers(1, 6),
+)
+def test_numbered_and_random_together_behave_like_a_python_set(
+    base: list[int], base_form: str, ops: list[tuple[str, list[int], str]], merge_at: int
+) -> None:
+    old = serials.MERGE_AT
+    serials.MERGE_AT = merge_at
+    try:
+        s = SerialSet(as_form(base, base_form))
+        model = set(base)
+        left_behind: list[tuple[SerialSet, list[int]]] = []
+        for op, values, form in ops:
+            if op == "add":
+                s.add_many(as_form(values, form))
+                model |= set(values)
+            elif op == "discard":
+                s.discard_many(as_form(values, form))
+                model -= set(values)
+            else:
+                left_behind.append((s, sorted(model)))
+                s = s.copy()
+            assert_homes(s)
+            assert len(s) == len(model)
+            for v in _probes(values):
+                assert (v in s) == (v in model)
+        assert list(s) == sorted(model)
+        assert all((v in s) == (v in model) for v in _probes(sorted(model)))
+        assert serials.pack(s) == pack(model)
+        assert serials.pack_rb(s) == serials.pack_rb(model)
+        assert serials.pack_best(s) == serials.pack_best(model)
+        for old_set, old_model in left_behind:  # changing a copy never changes the original
+            assert list(old_set) == old_model and len(old_set) == len(old_model)
+    finally:
+        serials.MERGE_AT = old
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(MIXED, max_size=60), form=FORMS)
+def test_every_serial_gets_its_home_whatever_it_comes_in(values: list[int], form: str) -> None:
+    s = SerialSet(as_form(values, form))
+    assert_homes(s)
+    in_bitmap, in_array = homes(s)
+    assert in_bitmap | in_array == set(values)
+    assert list(s) == sorted(set(values)) and len(s) == len(set(values))
+
+
+def test_numbered_serials_stay_in_the_bitmap_and_random_ones_in_the_array() -> None:
+    rng = random.Random(7)
+    numbered_ = numbered(0xC0FFEE, 1, 50_000) + numbered(3, 10, 20_000, 2)
+    random_ = [v for v in (rng.getrandbits(64) for _ in range(3000)) if v & 0xFFFF_FFFF >= 2**24]
+    random_ += [(3 << 32) | 2**24, (3 << 32) | (2**32 - 1)]  # in a campaign's bucket
+    for form in ("bitmap", "array", "list"):
+        s = SerialSet(as_form(numbered_ + random_, form))
+        assert len(s._numbered) == len(numbered_) and not s._numbered_recent
+        assert list(s._random) == sorted(random_)
+        assert list(s) == sorted(numbered_ + random_)
+
+
+def test_a_bitmap_of_only_numbered_serials_is_taken_over_as_it_is() -> None:
+    bitmap = serials.unpack_rb(serials.pack_rb(numbered(9, 1, 1000)))
+    s = SerialSet(bitmap)
+    assert s._numbered is bitmap and len(s._random) == 0
+    arr = unpack(pack([2**40 + 2**30, 2**63 + 2**30]))
+    s = SerialSet(arr)
+    assert s._random is arr and not s._numbered
+
+
+def test_an_unsorted_array_is_sorted_not_trusted() -> None:
+    s = SerialSet(array("Q", [2**63, 5, 2**40 + 2**30, 5, (7 << 32) | 1]))
+    assert list(s) == [5, (7 << 32) | 1, 2**40 + 2**30, 2**63] and len(s) == 4
+
+
+def test_adding_a_set_to_a_set_adds_both_homes_and_leaves_it_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(serials, "MERGE_AT", 1000)
+    mine = SerialSet(numbered(1, 1, 10) + [2**63 + 2**30])
+    theirs = SerialSet(numbered(1, 5, 20) + [2**62 + 2**30])
+    theirs.add_many([2**61 + 2**30, (2 << 32) | 1])  # waiting beside the bases
+    before = list(theirs)
+    mine.add_many(theirs)
+    assert list(theirs) == before
+    assert list(mine) == sorted({*numbered(1, 1, 20), 2**63 + 2**30, *before})
+    mine.discard_many(theirs)
+    assert list(mine) == [*numbered(1, 1, 4), 2**63 + 2**30]
+
+
+def test_pack_best_of_many_random_serials_skips_the_bitmap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = random.Random(3)
+    s = SerialSet([rng.getrandbits(64) for _ in range(5000)] + numbered(4, 1, 100))
+
+    def no_bitmap() -> None:
+        raise AssertionError("built a bitmap of the random serials")
+
+    monkeypatch.setattr(s, "bitmap", no_bitmap)
+    form, blob = serials.pack_best(s)
+    assert form == "list" and blob == pack(list(s))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(MIXED, min_size=1, max_size=60))
+def test_a_bucket_costs_a_serialized_bitmap_at_least_its_minimum(values: list[int]) -> None:
+    """What lets pack_best answer "list" for random serials without their bitmap."""
+    buckets = len({v >> 32 for v in values})
+    assert len(serials.pack_rb(values)) >= 8 + serials.RB_BUCKET_MIN_BYTES * buckets
+    assert serials._buckets(unpack(pack(values))) == buckets
