@@ -64,6 +64,8 @@ bench: venv postgres
 	$(PY) bench/scan_latency.py
 	$(PY) bench/daemon_cpu.py
 	$(PY) -m tests.postgres run -- $(PY) bench/sync.py
+	$(PY) -m tests.postgres run -- $(PY) bench/fleet.py
+	$(PY) -m tests.postgres run -- $(PY) bench/fleet.py --ingest
 	$(PY) bench/systemd_security.py
 
 # Mutation testing of the core's decision functions (mutmut, 2 workers; about 50 min here):

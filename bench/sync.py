@@ -18,114 +18,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import secrets
-import signal
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import requests  # noqa: E402
 
-from bench._world import T0, goal, machine, scratch  # noqa: E402
-from coupons import cose, journal, setup  # noqa: E402
+from bench._central import (  # noqa: E402
+    Serve,
+    chained_rows,
+    concurrent_ingest,
+    new_central,
+    pg_database,
+)
+from bench._world import goal, machine, scratch  # noqa: E402
+from coupons import journal, setup  # noqa: E402
 from coupons.clock import SystemClock  # noqa: E402
-from coupons.journal import GENESIS_HASH, HASHED_FIELDS, entry_hash  # noqa: E402
+from coupons.journal import HASHED_FIELDS  # noqa: E402
 from sync import protocol  # noqa: E402
 from sync.central import terminals  # noqa: E402
-from sync.central.store import Central  # noqa: E402
 from sync.client import run_once  # noqa: E402
 from sync.enroll import enroll  # noqa: E402
-from tests import master_key, postgres  # noqa: E402
-
-
-class Serve:
-    """`redeem-central serve` as its own process on 127.0.0.1."""
-
-    def __init__(self, data: Path, database: str | None) -> None:
-        self.port = postgres.free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        args = [
-            sys.executable,
-            "-m",
-            "sync.central.cli",
-            "serve",
-            "--data",
-            str(data),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-        ]
-        if database:
-            args += ["--database", database]
-        self.proc = subprocess.Popen(
-            args,
-            cwd=ROOT,
-            env={**os.environ, **master_key.env(data.parent)},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(self.url + "/healthz", timeout=1).ok:
-                    return
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("redeem-central serve did not start")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(15)
-
-
-def chained_rows(n: int, terminal: str) -> list[dict[str, Any]]:
-    """n redemption entries as a terminal would upload them, hash chain included."""
-    prev = GENESIS_HASH
-    rows = []
-    for seq in range(1, n + 1):
-        row: dict[str, Any] = {
-            "seq": seq,
-            "at_ms": int(T0 * 1000) + seq * 1000,
-            "kind": "redeem",
-            "op_id": None,
-            "checkout_id": secrets.token_hex(8),
-            "accepted": True,
-            "reason": "ok",
-            "campaign": "FIVE",
-            "serial": f"{secrets.randbits(64):016x}",
-            "customer": None,
-            "discount_minor": 500,
-            "currency": "CNY",
-            "cashier": "C01",
-            "source": "camera",
-            "detail": json.dumps({"detail": "", "gift": None}),
-            "prev_hash": prev,
-        }
-        row["hash"] = entry_hash({k: row[k] for k in HASHED_FIELDS})
-        prev = row["hash"]
-        rows.append(row)
-    return rows
-
-
-def new_central(root: Path, database: str | None) -> Central:
-    central = Central.init(root / "central", database=database, master_key=master_key.KEY)
-    central.add_campaign(
-        {"id": "FIVE", "kind": "fixed", "currency": "CNY", "amount_minor": 500, "stacking": "any"}
-    )
-    central.publish()
-    return central
 
 
 def backlog_upload(root: Path, database: str | None, n: int) -> float:
@@ -143,7 +59,7 @@ def backlog_upload(root: Path, database: str | None, n: int) -> float:
                 fields["detail"] = json.loads(row["detail"])
                 engine.journal.append(**fields)
         engine.journal.__init__()  # type: ignore[misc]  # re-read the head
-        backlog = engine.journal.head_seq
+        backlog = int(engine.journal.head_seq)
         t = time.perf_counter()
         result = run_once(data, engine)
         took = time.perf_counter() - t
@@ -153,45 +69,6 @@ def backlog_upload(root: Path, database: str | None, n: int) -> float:
         return backlog / took
     finally:
         serve.stop()
-
-
-def concurrent_ingest(root: Path, database: str, terminals_n: int, per: int) -> float:
-    central = new_central(root, database)
-    devices = []
-    for _ in range(terminals_n):
-        key = cose.SigningKey.generate()
-        code, _ = terminals.new_enroll_code(central, "S1")
-        enrolled = terminals.enroll(central, code, key.public)
-        devices.append((key, enrolled.terminal, chained_rows(per, enrolled.terminal)))
-    central.close()
-    serve = Serve(root / "central", database)
-    errors: list[str] = []
-
-    def upload(key: cose.SigningKey, terminal: str, rows: list[dict[str, Any]]) -> None:
-        session = requests.Session()
-        for start in range(0, len(rows), protocol.MAX_BATCH):
-            body = json.dumps({"entries": rows[start : start + protocol.MAX_BATCH]}).encode()
-            headers = protocol.sign_headers(
-                key, terminal, "POST", protocol.JOURNAL, body, time.time()
-            )
-            headers["Content-Type"] = "application/json"
-            r = session.post(serve.url + protocol.JOURNAL, data=body, headers=headers, timeout=120)
-            if not r.ok:
-                errors.append(f"{terminal}: {r.status_code} {r.text[:200]}")
-                return
-
-    try:
-        threads = [threading.Thread(target=upload, args=d) for d in devices]
-        t = time.perf_counter()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        took = time.perf_counter() - t
-    finally:
-        serve.stop()
-    assert not errors, errors[:3]
-    return terminals_n * per / took
 
 
 def offline_vs_online(root: Path, n: int) -> tuple[float, float]:
@@ -231,17 +108,6 @@ def offline_vs_online(root: Path, n: int) -> tuple[float, float]:
     finally:
         serve.stop()
     return sorted(offline)[n // 2], sorted(online)[n // 2]
-
-
-@contextmanager
-def pg_database(label: str) -> Iterator[str]:
-    """A fresh database on the test cluster, dropped afterwards (a cluster kept running with
-    `python -m tests.postgres start` would otherwise collect one per run)."""
-    db = postgres.create_database(label)
-    try:
-        yield db
-    finally:
-        postgres.drop_database(db)
 
 
 def main() -> None:
