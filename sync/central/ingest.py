@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import peewee as pw
+import psycopg2
 
 from coupons.journal import EXPORT_FIELDS, entry_hash
 from sync import protocol
@@ -174,9 +175,12 @@ def flag_refused_batch(central: Central, terminal: str, body: bytes, exc: BatchI
 
 
 def _retryable(exc: Exception) -> bool:
-    """A PostgreSQL serialization failure or deadlock, or SQLite busy: run it again."""
+    """A PostgreSQL serialization failure or deadlock, or SQLite busy: run it again.
+    peewee wraps psycopg2's errors by class name, and a deadlock's class
+    (DeadlockDetected, under TransactionRollbackError) is not one it knows: it arrives
+    unwrapped, its code on the exception itself."""
     orig = exc.args[0] if exc.args else None
-    code = getattr(orig, "pgcode", None)
+    code = getattr(exc, "pgcode", None) or getattr(orig, "pgcode", None)
     if code in ("40001", "40P01"):
         return True
     return "database is locked" in str(exc)
@@ -192,7 +196,7 @@ def ingest(central: Central, terminal: str, entries: list[EntryDoc]) -> Reply:
                 term = _lock_terminal(central, terminal)
                 reply, changed = _ingest(central, term, entries)
             break
-        except (pw.OperationalError, pw.IntegrityError) as exc:
+        except (pw.OperationalError, pw.IntegrityError, psycopg2.OperationalError) as exc:
             if attempt == RETRIES - 1 or not _retryable(exc):
                 raise
             log.info("ingest for %s retried after %s", terminal, exc)

@@ -476,12 +476,22 @@ class Central(KeyRing):
                 for r in SunKeyRow.select().where(SunKeyRow.published_in == version)
             }
         }
+        changed = (CampaignUsage.count != CampaignUsage.pub_count) | (
+            CampaignUsage.minor != CampaignUsage.pub_minor
+        )
+        if self.postgres:
+            # Lock the rows in campaign order first, the order an upload's upserts take them
+            # in (reconcile._campaign_usage): an UPDATE takes them in whatever order it
+            # finds them, and two orders over the same rows deadlock.
+            list(
+                CampaignUsage.select(CampaignUsage.campaign)
+                .where(changed)
+                .order_by(CampaignUsage.campaign)
+                .for_update()
+            )
         CampaignUsage.update(
             pub_count=CampaignUsage.count, pub_minor=CampaignUsage.minor, published_in=version
-        ).where(
-            (CampaignUsage.count != CampaignUsage.pub_count)
-            | (CampaignUsage.minor != CampaignUsage.pub_minor)
-        ).execute()
+        ).where(changed).execute()
         usage = {
             r.campaign: [int(r.pub_count), int(r.pub_minor)]
             for r in CampaignUsage.select().where(CampaignUsage.published_in == version)
