@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := libzbar0 python3-venv chromium systemd shellcheck
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench deps venv clean postgres soak mutate
+.PHONY: test demo lint bench deps venv clean postgres nginx soak mutate
 
 deps:
 	@if command -v apt-get >/dev/null; then \
@@ -36,7 +36,20 @@ postgres:
 	    -o Dpkg::Options::=--force-confold postgresql; \
 	fi
 
-test: venv postgres
+# nginx for the central's reference deployment (deploy/nginx/), which
+# tests/test_central_deploy.py runs in front of two instances: Debian's package. The tests
+# start their own nginx on 127.0.0.1 as a foreground process; the system service the
+# package enables on port 80 is stopped and disabled again when this target installed it.
+nginx:
+	@if ! [ -x /usr/sbin/nginx ] && ! command -v nginx >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx; \
+	  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then \
+	    $$SUDO systemctl disable --now -q nginx.service || true; \
+	  fi; \
+	fi
+
+test: venv postgres nginx
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(PY) -m tests.postgres run -- $(VENV)/bin/pytest

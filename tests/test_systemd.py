@@ -15,7 +15,12 @@ from sync.device import CREDENTIAL
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "systemd"
-SYSTEM_UNITS = ["redeem.service", "redeem-central.service", "redeem-camera.service"]
+SYSTEM_UNITS = [
+    "redeem.service",
+    "redeem-central.service",
+    "redeem-central@.service",  # one instance per port, behind nginx
+    "redeem-camera.service",
+]
 USER_UNITS = ["redeem-kiosk.service"]
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(
@@ -182,11 +187,39 @@ def test_units_run_commands_the_cli_has() -> None:
         timeout=60,
     ).stdout
     assert "--config" in run_help
-    central = one("redeem-central.service", "Service", "ExecStart").split()
-    assert central[:2] == ["/opt/edge-redeem/venv/bin/redeem-central", "serve"]
-    for flag in (a for a in central if a.startswith("--")):
-        assert flag in serve_help, flag
-    assert one("redeem-central.service", "Service", "User") == "redeem-central"
+    for unit in ("redeem-central.service", "redeem-central@.service"):
+        central = one(unit, "Service", "ExecStart").split()
+        assert central[:2] == ["/opt/edge-redeem/venv/bin/redeem-central", "serve"]
+        for flag in (a for a in central if a.startswith("--")):
+            assert flag in serve_help, flag
+        assert one(unit, "Service", "User") == "redeem-central"
+
+
+@needs_analyze
+def test_central_instance_verifies_as_an_instance(tmp_path: Path) -> None:
+    """The template as `systemctl enable redeem-central@8701` instantiates it."""
+    text = (UNITS / "redeem-central@.service").read_text()
+    result = verify(tmp_path, "redeem-central@8701.service", user=False, text=text)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_central_instances_are_the_single_unit_on_their_own_port() -> None:
+    """The template is redeem-central.service with the port and instance id from the
+    instance name: the same hardening, user, directories and master-key credential."""
+    single = parse_unit(UNITS / "redeem-central.service")
+    template = parse_unit(UNITS / "redeem-central@.service")
+    differs = {"Description", "ExecStart"}
+    for section in ("Unit", "Service", "Install"):
+        assert [kv for kv in single[section] if kv[0] not in differs] == [
+            kv for kv in template[section] if kv[0] not in differs
+        ], section
+    exec_start = one("redeem-central@.service", "Service", "ExecStart").split()
+    assert exec_start[exec_start.index("--port") + 1] == "%i"
+    assert exec_start[exec_start.index("--instance-id") + 1] == "%H:%i"
+    assert exec_start[exec_start.index("--host") + 1] == "127.0.0.1"  # nginx in front
+    assert values("redeem-central@.service", "Service", "LoadCredential") == [
+        "master-key:/etc/edge-redeem/master-key"
+    ]
 
 
 def test_kiosk_browser_waits_for_the_kiosk_on_loopback() -> None:
