@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL_S = 5.0
 LOCK_LEADER = 0x45445250  # PostgreSQL advisory lock id of the publisher ("EDRP")
-KEEP_AFTER_SNAPSHOT = 64  # deltas kept before a (scope's or the chain's) newest snapshot
+KEEP_AFTER_SNAPSHOT = 32  # deltas kept before a (scope's or the chain's) newest snapshot
 CHAIN_SNAPSHOT_EVERY = 256  # the chain-wide ledger gets a snapshot every this many versions
 
 
