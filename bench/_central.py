@@ -30,6 +30,7 @@ from coupons import cose  # noqa: E402
 from coupons.journal import GENESIS_HASH, HASHED_FIELDS, entry_hash  # noqa: E402
 from sync import protocol  # noqa: E402
 from sync.central import terminals  # noqa: E402
+from sync.central.models import CouponRow, db_serial  # noqa: E402
 from sync.central.store import Central  # noqa: E402
 from tests import master_key, postgres  # noqa: E402
 
@@ -118,8 +119,10 @@ def pg_database(label: str) -> Iterator[str]:
         postgres.drop_database(db)
 
 
-def chained_rows(n: int, terminal: str) -> list[dict[str, Any]]:
-    """n redemption entries as a terminal would upload them, hash chain included."""
+def chained_rows(n: int, terminal: str, serials: list[int] | None = None) -> list[dict[str, Any]]:
+    """n redemption entries as a terminal would upload them, hash chain included: of the
+    `serials` given (coupons the central issued), else of random serials (which the
+    central flags as never issued, one fraud flag an entry: a heavier ingest)."""
     prev = GENESIS_HASH
     rows = []
     for seq in range(1, n + 1):
@@ -132,7 +135,7 @@ def chained_rows(n: int, terminal: str) -> list[dict[str, Any]]:
             "accepted": True,
             "reason": "ok",
             "campaign": "FIVE",
-            "serial": f"{secrets.randbits(64):016x}",
+            "serial": f"{serials[seq - 1] if serials else secrets.randbits(64):016x}",
             "customer": None,
             "discount_minor": 500,
             "currency": "CNY",
@@ -164,12 +167,24 @@ def concurrent_ingest(
     `terminals_n` terminals upload `per` entries each at once (signed batches of MAX_BATCH,
     each terminal talking to one instance, assigned round-robin)."""
     central = new_central(root, database)
+    # Coupons the central issued (numbered serials, rows written at once): each upload is
+    # an honest redemption the central counts, as a till's is.
+    serials = central.allocate_serials("FIVE", terminals_n * per)
+    with central.db.atomic():
+        for i in range(0, len(serials), 10_000):
+            CouponRow.insert_many(
+                [
+                    {"serial": db_serial(s), "campaign": "FIVE", "issued_at": int(T0)}
+                    for s in serials[i : i + 10_000]
+                ]
+            ).execute()
     devices = []
-    for _ in range(terminals_n):
+    for n in range(terminals_n):
         key = cose.SigningKey.generate()
         code, _ = terminals.new_enroll_code(central, "S1")
         enrolled = terminals.enroll(central, code, key.public)
-        devices.append((key, enrolled.terminal, chained_rows(per, enrolled.terminal)))
+        own = serials[n * per : (n + 1) * per]
+        devices.append((key, enrolled.terminal, chained_rows(per, enrolled.terminal, own)))
     central.close()
     serves = [
         Serve(root / "central", database, instance_id=f"ingest-{i}") for i in range(instances)

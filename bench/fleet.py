@@ -159,7 +159,7 @@ def build(central: Central, args: argparse.Namespace) -> World:
         counts[f"R{r:03d}"] = per * len(members) + (PROBE_COUPONS if r == probe_region else 0)
     coupons = 0
     for cid, count in counts.items():
-        serials = central._allocate_serials(cid, count)  # numbered, as issue() does
+        serials = central.allocate_serials(cid, count)  # numbered, as issue() does
         first[cid] = serials[0]
         with central.db.atomic():
             for i in range(0, len(serials), 20_000):

@@ -146,6 +146,14 @@ def _numbered_among(serials: Iterable[int]) -> Iterator[int]:
     return compress(this, map(operator.lt, low, repeat(NUMBERED_END)))
 
 
+def split_numbered(serials: Iterable[int]) -> tuple[AbstractBitMap64, array[int]]:
+    """(the numbered serials as a bitmap, the random ones as a sorted array); neither may
+    be changed afterwards (either can be a part of `serials` itself)."""
+    if isinstance(serials, SerialSet):
+        return serials.bitmap_of_numbered(), serials.random_array()
+    return _split(serials, owned=False)
+
+
 def _split(serials: Iterable[int], owned: bool) -> tuple[AbstractBitMap64, array[int]]:
     """(the numbered serials, the random ones as a sorted array). A part may be `serials`
     itself when it holds only that kind, so it must not change afterwards; an `owned`
@@ -351,6 +359,11 @@ class SerialSet:
         out = BitMap64(random)
         out |= self._numbered
         return out
+
+    def bitmap_of_numbered(self) -> AbstractBitMap64:
+        """The numbered serials: read it, never change it (it may be this set's own)."""
+        self._merge_numbered()
+        return self._numbered
 
     def sorted_array(self) -> array[int]:
         """Every serial, sorted, in a new array of its own."""

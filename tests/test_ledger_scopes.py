@@ -4,6 +4,8 @@ once, before it moves to its store's)."""
 
 from __future__ import annotations
 
+import secrets
+
 from coupons import ledger
 from coupons.ledger import ledger_file, read_file, store_scope
 from coupons.reasons import Reason
@@ -219,3 +221,16 @@ def test_a_quiet_store_gets_a_heartbeat_before_its_ledger_would_look_stale(world
     assert world.engine.import_ledger(_scope_file(world, "S1", held)).applied
     assert world.engine.ledger.version == held + 1
     assert world.engine.ledger_age_s() == 0
+
+
+def test_a_mixed_serial_set_travels_as_a_bitmap_and_a_list() -> None:
+    """Numbered serials in the bitmap, old random ones in the 8-byte list: each in the form
+    that is small on the wire and in the till's memory."""
+    numbered = [(7 << 32) | n for n in range(1, 3001)]
+    random_ = [secrets.randbits(64) | (1 << 31) for _ in range(100)]  # low half >= 2**24
+    field = ledger.serial_field("redeemed", numbered + random_)
+    assert set(field) == {"redeemed_rb", "redeemed"}
+    assert len(field["redeemed"]) == 8 * len(random_) and len(field["redeemed_rb"]) < 8_000
+    assert set(ledger.read_serials(field, "redeemed")) == set(numbered + random_)
+    only_random = ledger.serial_field("revoked", random_)
+    assert set(only_random) == {"revoked"}  # a bitmap of random serials would be bigger

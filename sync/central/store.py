@@ -210,7 +210,7 @@ class Central(KeyRing):
         nbf = max(now, campaign.valid_from or now)
         exp = campaign.valid_until or nbf + validity_s
         out: list[Issued] = []
-        serials_ = self._allocate_serials(cid, count)
+        serials_ = self.allocate_serials(cid, count)
         with self.db.atomic():
             for serial in serials_:
                 code = None
@@ -231,7 +231,7 @@ class Central(KeyRing):
                 out.append(Issued(serial, token, code))
         return out
 
-    def _allocate_serials(self, cid: str, count: int) -> list[int]:
+    def allocate_serials(self, cid: str, count: int) -> list[int]:
         """`count` new numbered serials of a campaign: its number in the high 32 bits, a
         count from 1 in the low ones (never 0, so no serial is just the number shifted).
         The range is taken in a transaction of its own: two instances issuing at once get
