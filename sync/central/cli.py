@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import tzinfo
 from pathlib import Path
 
 import segno
@@ -27,7 +28,7 @@ from coupons.ledger import Policy, ledger_file
 from coupons.ledger_store import write_atomic
 from coupons.rules import Campaign, InputError
 from coupons.timeutil import clock_from_env
-from sync.central import archive_cli, report, terminals
+from sync.central import archive_cli, display, report, terminals
 from sync.central.cli_common import Commands as _Commands
 from sync.central.cli_common import add_key_options, new_or_existing_master_key
 from sync.central.cli_common import open_central as _open
@@ -334,16 +335,18 @@ def cmd_enroll_code(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _zone(args: argparse.Namespace) -> tzinfo:
+    try:
+        return display.zone(args.tz)
+    except ValueError as exc:
+        raise UserError(f"--tz: {exc}") from None
+
+
 def cmd_terminals(args: argparse.Namespace) -> int:
-    items = terminals.list_terminals(_open(args))
-    lines = [
-        f"{t['terminal']:<16} store {t['store']:<10} "
-        f"{'REVOKED ' if t['revoked'] else ''}acked #{t['acked_seq']} "
-        f"ledger v{t['ledger_version'] or 0} last upload {t['last_upload'] or 'never'} "
-        f"last seen {t['last_seen'] or 'never'}"
-        for t in items
-    ]
-    emit(args, {"terminals": items}, "\n".join(lines) or "no terminals enrolled")
+    tz = _zone(args)
+    c = _open(args)
+    items = terminals.list_terminals(c)
+    emit(args, {"terminals": items}, terminals.terminals_text(items, int(c.now()), tz))
     return EXIT_OK
 
 
@@ -360,23 +363,9 @@ def cmd_admin_token(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    tz = _zone(args)
     doc = report.build(_open(args))
-    t = doc["totals"]
-    text = [
-        f"ledger version {doc['ledger_version']}: {t['redemptions']} redemption(s) of "
-        f"{t['issued']} coupon(s) issued, {t['terminals']} terminal(s), "
-        f"{t['open_flags']} open flag(s)"
-    ]
-    for item in doc["by_campaign"]:
-        rate = item["redemption_rate"]
-        text.append(
-            f"  {item['campaign']:<16} {item['redemptions']:>7} redeemed "
-            f"{item['discount_minor']:>12} {item['currency'] or '':<3} off"
-            + (f"  rate {rate:.1%}" if rate is not None else "")
-        )
-    for s in doc["stale_terminals"]:
-        text.append(f"  not synced for a day: {s['terminal']} (store {s['store']})")
-    emit(args, doc, "\n".join(text))
+    emit(args, doc, report.text(doc, tz))
     return EXIT_OK
 
 
@@ -542,14 +531,19 @@ def _add_service_commands(sub: _Commands) -> None:
     )
     sp.add_argument("--store", required=True)
     sp.add_argument("--ttl", type=int, default=terminals.DEFAULT_TTL_S, help="seconds")
-    _command(sub, "terminals", cmd_terminals, "list enrolled terminals")
+    tz_help = "show times in this IANA zone, e.g. Asia/Shanghai (default UTC)"
+    _command(sub, "terminals", cmd_terminals, "list enrolled terminals").add_argument(
+        "--tz", help=tz_help
+    )
     _command(
         sub, "revoke-terminal", cmd_revoke_terminal, "refuse a terminal from now on"
     ).add_argument("--terminal", required=True)
     _command(sub, "admin-token", cmd_admin_token, "print a new admin API token").add_argument(
         "--label", help="who or what the token is for"
     )
-    _command(sub, "report", cmd_report, "redemptions, redemption rate, open flags, quiet terminals")
+    _command(
+        sub, "report", cmd_report, "redemptions, redemption rate, open flags, quiet terminals"
+    ).add_argument("--tz", help=tz_help)
     sp = sub.add_parser(
         "openapi",
         help="write the OpenAPI document of the terminal-facing endpoints (no data needed)",

@@ -1,16 +1,18 @@
 """Fraud flags at the central: raised by terminals (journal entries of kind "flag") and by
 reconciliation; decided by people (acknowledged, resolved, deny-listed); the decisions flow
 back to the terminals of every store the flag involves (a double redemption names each
-store that took the coupon), deny-listing through the ledger."""
+store that took the coupon), deny-listing through the ledger: the flag's coupon serial is
+revoked, and the customer and NFC tag it or its evidence names go on the deny lists."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from typing import TypedDict
 
-from sync.central.models import FlagRow, FlagUpdate
+from sync.central.models import CouponRow, FlagRow, FlagUpdate, JournalRow, Redemption, db_serial
 from sync.central.store import Central, CentralError
 
 STATUSES = ("open", "acknowledged", "resolved", "deny_listed")
@@ -24,6 +26,10 @@ JOURNAL_ALTERED = "journal_altered"
 JOURNAL_CHAIN = "journal_chain_broken"
 # An accepted use the central cannot believe (trust.py): stored, never counted.
 IMPLAUSIBLE = "implausible_entry"
+
+SERIAL_RE = re.compile(r"[0-9a-fA-F]{1,16}")
+TAG_UID_BYTES = (4, 7, 10)  # NFC UIDs; anything else would break the ledger's deny list
+EVIDENCE_MAX = 200  # journal entries read for the customer and tag of one decision
 
 
 class FlagDoc(TypedDict):
@@ -44,6 +50,13 @@ class FlagDoc(TypedDict):
     detail: object  # the JSON document it was raised with
     created_at: int
     updated_at: int
+
+
+class DecidedDoc(FlagDoc):
+    """A flag just decided, with what the decision did (one sentence each), e.g.
+    "revoked coupon 00000001000000a2: every till refuses it from its next ledger"."""
+
+    done: list[str]
 
 
 class DecisionDoc(TypedDict):
@@ -138,9 +151,10 @@ def list_flags(
     return [flag_doc(f) for f in query.order_by(FlagRow.id).limit(limit)]
 
 
-def decide(central: Central, flag_id: int, status: str, note: str | None) -> FlagDoc:
-    """Set a flag's status; deny_listed also puts its tag UID and customer reference on the
-    ledger's deny lists and publishes them."""
+def decide(central: Central, flag_id: int, status: str, note: str | None) -> DecidedDoc:
+    """Set a flag's status and tell the stores involved. deny_listed also takes what the flag
+    is about out of circulation (deny_list); a flag about nothing a ledger can refuse (a
+    campaign's budget, a terminal's journal) is refused with what to do instead."""
     if status not in DECISIONS:
         raise CentralError(f"status must be one of {', '.join(DECISIONS)}")
     now = int(central.now())
@@ -150,34 +164,125 @@ def decide(central: Central, flag_id: int, status: str, note: str | None) -> Fla
         flag = FlagRow.get_or_none(FlagRow.id == flag_id)
         if flag is None:
             raise LookupError(f"no flag {flag_id}")
-        denied: list[str] = []
-        if status == "deny_listed":
-            if flag.tag:
-                central.deny("tag", flag.tag)
-                denied.append(f"tag {flag.tag}")
-            if flag.customer:
-                central.deny("customer", flag.customer)
-                denied.append(f"customer {flag.customer}")
-            if not denied:
-                raise CentralError(f"flag {flag_id} names no tag UID or customer to deny-list")
+        done = deny_list(central, flag) if status == "deny_listed" else []
         FlagRow.update(status=status, note=note, updated_at=now).where(
             FlagRow.id == flag_id
         ).execute()
         # One row per store involved, so each store's terminals read it at ?since=.
-        for store in stores_of(flag):
+        stores = stores_of(flag)
+        for store in stores:
             FlagUpdate.create(flag=flag_id, store=store, status=status, note=note, at=now)
-    return flag_doc(FlagRow.get(FlagRow.id == flag_id))
+    named = ", ".join(s for s in stores if s) or "no store"
+    done.append(f"{status}: the terminals of {named} read the decision at their next sync")
+    return {**flag_doc(FlagRow.get(FlagRow.id == flag_id)), "done": done}
+
+
+def deny_list(central: Central, flag: FlagRow) -> list[str]:
+    """Revoke the flag's coupon serial and deny-list every customer and tag UID that the flag,
+    the coupon or the journal entries it rests on carry (a double redemption names only the
+    serial: its uses hold the rest). Published with the next ledger, so every till refuses
+    them from its next pull. Returns what was done; CentralError when there is nothing."""
+    done: list[str] = []
+    serial = int(flag.serial, 16) if flag.serial and SERIAL_RE.fullmatch(flag.serial) else None
+    if serial is not None:
+        central.mark([serial], "revoked")
+        done.append(f"revoked coupon {serial:016x}: every till refuses it from its next ledger")
+    customers, tags = _holders(flag, serial)
+    for tag in sorted(tags):
+        central.deny("tag", tag)
+        done.append(f"deny-listed NFC tag {tag}")
+    for customer in sorted(customers):
+        central.deny("customer", customer)
+        done.append(f"deny-listed customer {customer}")
+    if not done:
+        raise CentralError(_nothing_to_deny(flag))
+    return done
+
+
+def _nothing_to_deny(flag: FlagRow) -> str:
+    what = f"flag {flag.id} ({flag.kind})"
+    if flag.kind == BUDGET:
+        return (
+            f"{what} is about campaign {flag.campaign}, not a coupon, customer or tag: nothing "
+            "to deny-list; resolve it, or end the campaign"
+        )
+    if flag.terminal and flag.kind in (JOURNAL_ALTERED, JOURNAL_CHAIN, IMPLAUSIBLE):
+        return (
+            f"{what} names no coupon, customer or tag, only terminal {flag.terminal}: nothing "
+            f"to deny-list; to refuse that terminal, revoke it (redeem-central "
+            f"revoke-terminal --terminal {flag.terminal})"
+        )
+    return f"{what} names no coupon serial, customer or NFC tag to deny-list; resolve it instead"
+
+
+def _holders(flag: FlagRow, serial: int | None) -> tuple[set[str], set[str]]:
+    """Customers and tag UIDs (hex) of the flag, its coupon, the central's counted uses of
+    that coupon and the journal entries the flag rests on."""
+    customers: set[str] = {flag.customer} if flag.customer else set()
+    tags: list[object] = [flag.tag]
+    if serial is not None:
+        coupon = CouponRow.get_or_none(CouponRow.serial == db_serial(serial))
+        if coupon is not None and coupon.customer:
+            customers.add(coupon.customer)
+        uses = Redemption.select(Redemption.customer, Redemption.tag).where(
+            Redemption.serial == db_serial(serial)
+        )
+        for use in uses.limit(EVIDENCE_MAX):
+            customers.update([use.customer] if use.customer else [])
+            tags.append(use.tag)
+    for entry in _evidence(flag):
+        customers.update([entry.customer] if entry.customer else [])
+        tags.append(_loads(entry.detail).get("tag"))
+    return customers, {t for t in (_tag_hex(t) for t in tags) if t}
+
+
+def _evidence(flag: FlagRow) -> Iterable[JournalRow]:
+    """The journal entries a flag names: its own (terminal, seq), the entry a till's flag is
+    about (detail.about_seq) and every use a double redemption lists (detail.redemptions)."""
+    detail = _loads(flag.detail)
+    wanted: set[tuple[str, int]] = set()
+    if flag.terminal and flag.seq is not None:
+        wanted.add((flag.terminal, int(flag.seq)))
+        about = detail.get("about_seq")
+        if isinstance(about, int) and not isinstance(about, bool) and abs(about) < 2**62:
+            wanted.add((flag.terminal, about))
+    uses = detail.get("redemptions")
+    for use in uses if isinstance(uses, list) else []:
+        if isinstance(use, dict) and isinstance(use.get("terminal"), str):
+            seq = use.get("seq")
+            if isinstance(seq, int) and not isinstance(seq, bool) and abs(seq) < 2**62:
+                wanted.add((use["terminal"], seq))
+    for terminal, seq in sorted(wanted)[:EVIDENCE_MAX]:
+        row = JournalRow.get_or_none((JournalRow.terminal == terminal) & (JournalRow.seq == seq))
+        if row is not None:
+            yield row
+
+
+def _loads(text: str | None) -> dict[str, object]:
+    try:
+        doc = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _tag_hex(value: object) -> str | None:
+    """A tag UID as the ledger's deny list holds it (lower-case hex of 4, 7 or 10 bytes);
+    None for anything else, which the publisher could not encode."""
+    if not isinstance(value, str):
+        return None
+    try:
+        uid = bytes.fromhex(value.replace(":", "").replace(" ", ""))
+    except ValueError:
+        return None
+    return uid.hex() if len(uid) in TAG_UID_BYTES else None
 
 
 def stores_of(flag: FlagRow) -> list[str | None]:
     """The flag's own store and every store its detail names (reconcile records the stores
     of a double redemption in detail["stores"]); sorted, each once."""
     stores: set[str] = {flag.store} if flag.store else set()
-    try:
-        detail = json.loads(flag.detail)
-    except ValueError:
-        detail = {}
-    named = detail.get("stores") if isinstance(detail, dict) else None
+    named = _loads(flag.detail).get("stores")
     if isinstance(named, list):
         stores.update(s for s in named if isinstance(s, str) and s)
     return [*sorted(stores)] if stores else [None]

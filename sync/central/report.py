@@ -1,15 +1,17 @@
 """The retailer's report: redemptions and discount value by campaign, store and terminal,
-redemption rate (coupons redeemed / issued), open fraud flags, terminals gone quiet."""
+redemption rate (coupons redeemed / issued), open fraud flags, terminals gone quiet; and
+the same as text for a person (`redeem-central report`)."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from datetime import UTC, tzinfo
 from typing import Any, TypedDict
 
 import peewee as pw
 
-from sync.central import flags
+from sync.central import display, flags
 from sync.central.models import CampaignRow, CouponRow, FlagRow, Redemption, TerminalRow
 from sync.central.store import Central
 
@@ -22,6 +24,7 @@ class Sums(TypedDict):
     currency: str | None
     redemptions: int
     discount_minor: int
+    discount_text: str  # discount_minor in major units with the code: "CNY 100.00"
     reversed: int
     coupons_redeemed: int
 
@@ -49,6 +52,7 @@ class StaleTerminal(TypedDict):
     store: str
     last_seen: int | None
     last_upload: int | None
+    last_upload_iso: str | None
     quiet_s: int | None
 
 
@@ -61,6 +65,7 @@ class Totals(TypedDict):
 
 class Report(TypedDict):
     generated_at: int
+    generated_at_iso: str  # UTC
     ledger_version: int
     totals: Totals
     by_campaign: list[CampaignLine]
@@ -92,10 +97,12 @@ def _sums(*group: pw.Field) -> list[tuple[tuple[str, ...], Sums]]:
     )
     out: list[tuple[tuple[str, ...], Sums]] = []
     for row in query:
+        discount = int(row["discount"] or 0)
         sums: Sums = {
             "currency": row["currency"],
             "redemptions": int(row["redemptions"] or 0),
-            "discount_minor": int(row["discount"] or 0),
+            "discount_minor": discount,
+            "discount_text": display.money(discount, row["currency"]),
             "reversed": int(row["reversed"] or 0),
             "coupons_redeemed": int(row["coupons"] or 0),
         }
@@ -103,8 +110,11 @@ def _sums(*group: pw.Field) -> list[tuple[tuple[str, ...], Sums]]:
     return out
 
 
-def _by_campaign(issued: dict[str, int], names: dict[str, str]) -> list[CampaignLine]:
-    """Every campaign that redeemed or issued anything, with its redemption rate."""
+def _by_campaign(
+    issued: dict[str, int], names: dict[str, str], live: set[str]
+) -> list[CampaignLine]:
+    """Every campaign: those that redeemed (one line per currency), then the rest, whether
+    they issued coupons or not (a SUN-tag campaign issues none here), each with its rate."""
     by_campaign: list[CampaignLine] = []
     for (cid,), sums in _sums(Redemption.campaign):
         n = int(issued.get(cid, 0))
@@ -118,7 +128,8 @@ def _by_campaign(issued: dict[str, int], names: dict[str, str]) -> list[Campaign
         }
         by_campaign.append(line)
     seen = {line["campaign"] for line in by_campaign}
-    for cid in sorted(set(issued) - seen):
+    for cid in sorted((set(issued) | live) - seen):
+        n = int(issued.get(cid, 0))
         by_campaign.append(
             {
                 "campaign": cid,
@@ -126,10 +137,11 @@ def _by_campaign(issued: dict[str, int], names: dict[str, str]) -> list[Campaign
                 "currency": None,
                 "redemptions": 0,
                 "discount_minor": 0,
+                "discount_text": display.money(0, None),
                 "reversed": 0,
                 "coupons_redeemed": 0,
-                "issued": int(issued[cid]),
-                "redemption_rate": 0.0,
+                "issued": n,
+                "redemption_rate": 0.0 if n else None,
             }
         )
     return by_campaign
@@ -161,6 +173,7 @@ def _stale(terminals: dict[str, TerminalRow], now: int, stale_after_s: int) -> l
             "store": t.store,
             "last_seen": t.last_seen,
             "last_upload": t.last_upload,
+            "last_upload_iso": display.iso(t.last_upload),
             "quiet_s": None if t.last_upload is None else now - int(t.last_upload),
         }
         for t in sorted(terminals.values(), key=lambda t: t.id)
@@ -177,12 +190,17 @@ def build(central: Central, stale_after_s: int = STALE_AFTER_S) -> Report:
     )
     issued: dict[str, int] = dict(counted)
     names = {}
-    for row in CampaignRow.select(CampaignRow.id, CampaignRow.doc):
+    # A removed campaign appears only with what it issued or redeemed; a live one even when
+    # nothing has happened yet (head office asks "why nothing?" of exactly those).
+    live: set[str] = set()
+    for row in CampaignRow.select(CampaignRow.id, CampaignRow.doc, CampaignRow.removed):
+        if not row.removed:
+            live.add(row.id)
         try:
             names[row.id] = json.loads(row.doc).get("name", row.id)
         except ValueError:
             names[row.id] = row.id
-    by_campaign = _by_campaign(issued, names)
+    by_campaign = _by_campaign(issued, names, live)
     terminals = {t.id: t for t in TerminalRow.select()}
     by_terminal = _by_terminal(terminals)
     stale = _stale(terminals, now, stale_after_s)
@@ -192,6 +210,7 @@ def build(central: Central, stale_after_s: int = STALE_AFTER_S) -> Report:
     latest = central.latest()
     return {
         "generated_at": now,
+        "generated_at_iso": display.iso(now) or "",
         "ledger_version": latest.version if latest else 0,
         "totals": {
             "redemptions": sum(i["redemptions"] for i in by_campaign),
@@ -207,3 +226,107 @@ def build(central: Central, stale_after_s: int = STALE_AFTER_S) -> Report:
         "stale_terminals": stale,
         "stale_after_s": stale_after_s,
     }
+
+
+# ---------------------------------------------------------------- text for a person
+
+
+def _rate(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.1%}"
+
+
+def _campaign_lines(doc: Report) -> list[str]:
+    rows = [
+        [
+            c["campaign"],
+            c["name"] if c["name"] != c["campaign"] else "",
+            str(c["issued"]),
+            str(c["redemptions"]),
+            str(c["reversed"]),
+            c["discount_text"],
+            _rate(c["redemption_rate"]),
+        ]
+        for c in doc["by_campaign"]
+    ]
+    header = ["campaign", "name", "issued", "redeemed", "reversed", "discount", "rate"]
+    return ["campaigns", *display.table(header, rows)] if rows else ["campaigns: none"]
+
+
+def _store_lines(doc: Report) -> list[str]:
+    rows = [
+        [s["store"], str(s["redemptions"]), str(s["reversed"]), s["discount_text"]]
+        for s in doc["by_store"]
+    ]
+    if not rows:
+        return ["stores: no redemptions yet"]
+    return ["stores", *display.table(["store", "redeemed", "reversed", "discount"], rows)]
+
+
+def _flag_stores(f: flags.FlagDoc) -> str:
+    detail = f["detail"]
+    named = detail.get("stores") if isinstance(detail, dict) else None
+    stores = {f["store"]} if f["store"] else set()
+    if isinstance(named, list):
+        stores.update(s for s in named if isinstance(s, str))
+    return ",".join(sorted(stores)) or "-"
+
+
+def _flag_lines(doc: Report, tz: tzinfo) -> list[str]:
+    kinds = doc["open_flags_by_kind"]
+    if not kinds:
+        return ["open flags: none"]
+    head = "open flags: " + ", ".join(f"{kind} {n}" for kind, n in kinds.items())
+    now = doc["generated_at"]
+    rows = [
+        [
+            str(f["id"]),
+            f["kind"],
+            f["serial"] or "-",
+            _flag_stores(f),
+            f["terminal"] or "-",
+            display.iso(f["created_at"], tz) or "-",
+            display.ago(now - f["created_at"]),
+        ]
+        for f in doc["open_flags"]
+    ]
+    header = ["id", "kind", "serial", "stores", "terminal", "raised", "age"]
+    lines = [head, *display.table(header, rows)]
+    shown, total = len(rows), doc["totals"]["open_flags"]
+    if shown < total:
+        lines.append(f"  ({shown} of {total} shown: the admin API lists them all)")
+    return lines
+
+
+def _stale_lines(doc: Report, tz: tzinfo) -> list[str]:
+    stale = doc["stale_terminals"]
+    if not stale:
+        return []
+    rows = [
+        [s["terminal"], s["store"], display.when(s["last_upload"], doc["generated_at"], tz)]
+        for s in stale
+    ]
+    hours = doc["stale_after_s"] // 3600
+    return [
+        f"not synced for {hours} h or more",
+        *display.table(["terminal", "store", "last upload"], rows),
+    ]
+
+
+def text(doc: Report, tz: tzinfo = UTC) -> str:
+    """The report as `redeem-central report` prints it: money in major units with its
+    currency, times in ISO 8601 (UTC unless `tz`), every campaign, every open flag."""
+    t = doc["totals"]
+    out = [
+        f"report at {display.iso(doc['generated_at'], tz)}, ledger version {doc['ledger_version']}",
+        f"{t['redemptions']} redemption(s) of {t['issued']} coupon(s) issued, "
+        f"{t['terminals']} terminal(s), {t['open_flags']} open flag(s)",
+    ]
+    for part in (
+        _campaign_lines(doc),
+        _store_lines(doc),
+        _flag_lines(doc, tz),
+        _stale_lines(doc, tz),
+    ):
+        if part:
+            out += ["", *part]
+    return "\n".join(out)

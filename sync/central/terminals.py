@@ -8,12 +8,14 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, tzinfo
 from typing import TypedDict
 
 import peewee as pw
 
 from coupons.journal import GENESIS_HASH
 from sync import protocol
+from sync.central import display
 from sync.central.models import AdminToken, EnrollCode, TerminalRow
 from sync.central.store import CODE_ALPHABET, Central, CentralError
 
@@ -113,11 +115,14 @@ class TerminalDoc(TypedDict):
 
     terminal: str
     store: str
-    enrolled_at: int
+    enrolled_at: int  # epoch seconds, as every time here; the *_iso fields say it in UTC
+    enrolled_at_iso: str
     revoked: bool
     acked_seq: int
-    last_seen: int | None
-    last_upload: int | None
+    last_seen: int | None  # any signed request
+    last_seen_iso: str | None
+    last_upload: int | None  # the last journal batch that stored entries: its last sync
+    last_upload_iso: str | None
     ledger_version: int | None
     fingerprint: str  # of its device key
 
@@ -128,15 +133,42 @@ def list_terminals(central: Central) -> list[TerminalDoc]:
             "terminal": t.id,
             "store": t.store,
             "enrolled_at": t.enrolled_at,
+            "enrolled_at_iso": display.iso(t.enrolled_at) or "",
             "revoked": bool(t.revoked),
             "acked_seq": int(t.acked_seq),
             "last_seen": t.last_seen,
+            "last_seen_iso": display.iso(t.last_seen),
             "last_upload": t.last_upload,
+            "last_upload_iso": display.iso(t.last_upload),
             "ledger_version": t.ledger_version,
             "fingerprint": "SHA256:" + hashlib.sha256(bytes.fromhex(t.public_key)).hexdigest()[:32],
         }
         for t in TerminalRow.select().order_by(TerminalRow.store, TerminalRow.id)
     ]
+
+
+def terminals_text(items: list[TerminalDoc], now_s: int, tz: tzinfo = UTC) -> str:
+    """`redeem-central terminals` for a person: one row a terminal, times in ISO 8601 with
+    their age. The central does not know a till's backlog (entries it has not uploaded
+    yet): the till reports it on its own screen (`redeem sync status`); here "acked" is
+    the last entry the central holds."""
+    if not items:
+        return "no terminals enrolled"
+    rows = [
+        [
+            t["terminal"],
+            t["store"],
+            "revoked" if t["revoked"] else "active",
+            f"v{t['ledger_version']}" if t["ledger_version"] is not None else "none",
+            f"#{t['acked_seq']}",
+            display.when(t["last_upload"], now_s, tz),
+            display.when(t["last_seen"], now_s, tz),
+            display.iso(t["enrolled_at"], tz) or "-",
+        ]
+        for t in items
+    ]
+    header = ["terminal", "store", "state", "ledger", "acked", "last sync", "last seen"]
+    return "\n".join(display.table([*header, "enrolled"], rows, indent=""))
 
 
 def revoke_terminal(central: Central, terminal: str) -> None:
