@@ -16,11 +16,12 @@ from coupons.ledger import store_scope
 from coupons.reasons import Reason
 from sync.central import scopes
 from sync.central.delivery import Delivery
-from sync.central.models import CampaignUsage
+from sync.central.models import CampaignRow, CampaignUsage
 from sync.central.publisher import Publisher
 from sync.central.store import Central, CentralError
 from sync.central.terminals import new_enroll_code
-from tests import master_key
+from tests import master_key, postgres
+from tests.central_server import BACKENDS, database_for
 from tests.conftest import T0, World, basket
 
 PAUSED_EN = "This promotion is paused for now and cannot be used."
@@ -177,6 +178,26 @@ def test_list_has_every_campaign_with_its_figures(world: World) -> None:
     doc = budget.to_dict()
     assert doc["status"] == "active" and doc["budget_minor_left"] == 96000
     assert doc["document"] == world.central.campaign("BUDGET").to_dict()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_older_database_gains_the_status_columns(backend: str, tmp_path: Path) -> None:
+    database = database_for(backend, "lifecycle")
+    c = Central.init(tmp_path / "central", database=database, master_key=master_key.KEY)
+    try:
+        c.add_campaign({"id": "OLD", "kind": "fixed", "currency": "CNY", "amount_minor": 100})
+        c.db.execute_sql('ALTER TABLE "campaignrow" DROP COLUMN "status"')
+        c.db.execute_sql('ALTER TABLE "campaignrow" DROP COLUMN "ended_at"')
+        c.close()
+        c = Central(tmp_path / "central", database=database, master_key=master_key.KEY)
+        assert {"status", "ended_at"} <= {col.name for col in c.db.get_columns("campaignrow")}
+        row = CampaignRow.get(CampaignRow.id == "OLD")
+        assert row.status == "active" and row.ended_at is None
+        assert c.pause_campaign("OLD").status == "paused"
+    finally:
+        c.close()
+        if database:
+            postgres.drop_database(database)
 
 
 # ---------------------------------------------------------------- the command line
