@@ -98,6 +98,9 @@ class Checks:
         c = coupon.campaign
         try:
             c.check_time(now)
+            # After the time window: an ended campaign keeps its pause (fail closed against
+            # a till clock a little behind) and must still read as expired.
+            c.check_paused()
         except Refusal as exc:
             raise Refuse(exc.reason, exc.detail, coupon=coupon) from None
         if c.stores and self.store not in c.stores:

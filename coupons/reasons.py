@@ -16,6 +16,7 @@ class Reason(StrEnum):
     UNKNOWN_CAMPAIGN = "unknown_campaign"
     NOT_YET_VALID = "not_yet_valid"
     EXPIRED = "expired"
+    CAMPAIGN_PAUSED = "campaign_paused"
     OUTSIDE_HOURS = "outside_hours"
     REVOKED = "revoked"
     ALREADY_REDEEMED = "already_redeemed"
@@ -58,6 +59,7 @@ MESSAGES: dict[Reason, str] = {
     Reason.UNKNOWN_CAMPAIGN: N_("This promotion is not known at this store."),
     Reason.NOT_YET_VALID: N_("This coupon is not valid yet."),
     Reason.EXPIRED: N_("This coupon has expired."),
+    Reason.CAMPAIGN_PAUSED: N_("This promotion is paused for now and cannot be used."),
     Reason.OUTSIDE_HOURS: N_("This coupon can only be used at certain days or hours."),
     Reason.REVOKED: N_("This coupon has been cancelled by the issuer."),
     Reason.ALREADY_REDEEMED: N_("This coupon has already been used."),

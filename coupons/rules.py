@@ -156,6 +156,10 @@ class Campaign:
     order: int | None = None
     reusable_after_refund: bool = True
     per_basket: int = 1
+    # Head office paused it (redeem-central campaign pause): tills refuse it with
+    # campaign_paused until it is resumed. Written only when true, so the documents, ledgers
+    # and hashes of campaigns that were never paused stay what they were before the field.
+    paused: bool = False
 
     @property
     def item_level(self) -> bool:
@@ -225,6 +229,7 @@ class Campaign:
             order=opt(doc, "order", int, where),
             reusable_after_refund=opt(doc, "reusable_after_refund", bool, where, True),
             per_basket=opt(doc, "per_basket", int, where, 1),
+            paused=opt(doc, "paused", bool, where, False),
         )
         camp._check(where)
         return camp
@@ -258,6 +263,8 @@ class Campaign:
         out: JSONObject = {}
         for name in self.__dataclass_fields__:
             value = getattr(self, name)
+            if name == "paused" and not value:
+                continue  # see the field: absent means not paused
             if isinstance(value, frozenset):
                 value = sorted(value)
             if name == "hours":
@@ -283,6 +290,10 @@ class Campaign:
             minute = local.hour * 60 + local.minute
             if self.hours and not any(s <= minute < e for s, e in self.hours):
                 raise Refusal(Reason.OUTSIDE_HOURS)
+
+    def check_paused(self) -> None:
+        if self.paused:
+            raise Refusal(Reason.CAMPAIGN_PAUSED)
 
     def check_store(self, store: str) -> None:
         if self.stores and store not in self.stores:

@@ -79,3 +79,20 @@ def test_po_parser_joins_continued_lines() -> None:
         'msgid "Hello "\n"world."\nmsgstr "你好"\n"，世界。"\n'
     )
     assert catalog == {"Hello world.": "你好，世界。"}
+
+
+def test_the_reasons_page_holds_every_reason_as_the_code_says_it() -> None:
+    # docs/reasons.md's table is generated from Reason, MESSAGES and the zh_CN catalog; this
+    # keeps it equal to them (the "when" column is prose and is only required to be there).
+    from pathlib import Path
+
+    page = Path(__file__).parents[1] / "docs" / "reasons.md"
+    rows = [
+        [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+        for line in page.read_text(encoding="utf-8").splitlines()
+        if line.startswith("| `")
+    ]
+    assert [(r[0], r[2], r[3]) for r in rows] == [
+        (f"`{r.value}`", r.message("en"), r.message("zh_CN")) for r in Reason
+    ]
+    assert all(len(r) == 4 and r[1] for r in rows)

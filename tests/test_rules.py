@@ -885,3 +885,43 @@ def test_a_stated_total_must_match_the_lines() -> None:
         {"currency": "CNY", "total_minor": 1000, "lines": [{"sku": "A", "unit_price_minor": 1000}]}
     )
     assert ok.total_minor == 1000
+
+
+# ---------------------------------------------------------------- paused (issue 14)
+
+
+class TestPaused:
+    def test_absent_means_not_paused(self) -> None:
+        c = camp()
+        assert c.paused is False
+        c.check_paused()
+
+    def test_paused_is_refused_with_its_own_reason(self) -> None:
+        c = camp(paused=True)
+        with pytest.raises(Refusal) as exc:
+            c.check_paused()
+        assert exc.value.reason is Reason.CAMPAIGN_PAUSED
+
+    def test_null_is_not_paused(self) -> None:
+        assert camp(paused=None).paused is False  # as every optional field reads null
+
+    @pytest.mark.parametrize("value", [1, 0, "true", "yes", [True], {"on": True}, 1.0])
+    def test_only_a_boolean_is_read(self, value: object) -> None:
+        with pytest.raises(InputError, match="'paused' has the wrong type"):
+            camp(paused=value)
+
+    def test_to_dict_leaves_it_out_when_false(self) -> None:
+        # Old ledgers and their hashes: a campaign never paused writes what it wrote before.
+        assert "paused" not in camp().to_dict()
+        assert "paused" not in camp(paused=False).to_dict()
+        assert camp(paused=True).to_dict()["paused"] is True
+
+    def test_round_trip(self) -> None:
+        for c in (camp(), camp(paused=True)):
+            assert Campaign.from_dict(c.to_dict()) == c
+
+    def test_toml_reads_it(self) -> None:
+        doc = tomllib.loads(
+            'id = "P"\nkind = "fixed"\ncurrency = "CNY"\namount_minor = 5\npaused = true'
+        )
+        assert Campaign.from_dict(doc).paused is True

@@ -19,16 +19,15 @@ from coupons.cliutil import (
     UserError,
     add_json,
     emit,
-    read_document,
     run_main,
     writable_dir,
 )
 from coupons.keys import PURPOSE_ISSUER, PURPOSE_LEDGER
 from coupons.ledger import Policy, ledger_file
 from coupons.ledger_store import write_atomic
-from coupons.rules import Campaign, InputError
+from coupons.rules import InputError
 from coupons.timeutil import clock_from_env
-from sync.central import archive_cli, display, report, terminals
+from sync.central import archive_cli, campaign_cli, display, report, terminals
 from sync.central.cli_common import Commands as _Commands
 from sync.central.cli_common import add_key_options, new_or_existing_master_key
 from sync.central.cli_common import open_central as _open
@@ -81,20 +80,6 @@ def cmd_init(args: argparse.Namespace) -> int:
         },
         "\n".join(lines),
     )
-    return EXIT_OK
-
-
-def cmd_campaign_add(args: argparse.Namespace) -> int:
-    doc = read_document(args.file)
-    docs = doc.get("campaign", [doc]) if isinstance(doc, dict) else doc
-    if isinstance(docs, dict):
-        docs = [docs]
-    if not isinstance(docs, list):
-        raise UserError(f"{args.file}: expected a campaign or a list of campaigns")
-    c = _open(args)
-    campaigns = [Campaign.from_dict(d) for d in docs]  # all valid, or none is added
-    added = [c.add_campaign(camp.to_dict()).id for camp in campaigns]
-    emit(args, {"added": added}, "added campaign(s): " + ", ".join(added))
     return EXIT_OK
 
 
@@ -424,13 +409,9 @@ def _command(parent: _Commands, name: str, func: object, help_: str) -> argparse
 
 
 def _add_setup_commands(sub: _Commands) -> None:
-    """init, campaign add, issue."""
+    """init, campaign (add, list, show, pause, resume, end, archive), issue."""
     _command(sub, "init", cmd_init, "create keys and the trust-anchor file")
-    camp = sub.add_parser("campaign", help="manage campaigns")
-    csub = camp.add_subparsers(dest="campaign_command", required=True)
-    _command(
-        csub, "add", cmd_campaign_add, "add or update campaigns from a TOML or JSON file"
-    ).add_argument("--file", required=True)
+    campaign_cli.add_commands(sub, _command)
     sp = _command(sub, "issue", cmd_issue, "issue coupons: tokens.txt and one QR PNG per coupon")
     sp.add_argument("--campaign", required=True)
     sp.add_argument("--count", type=int, default=1)

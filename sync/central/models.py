@@ -52,6 +52,10 @@ class CampaignRow(_M):
     # serials, and the last count issued, their low 32 bits (schema 3).
     number = pw.BigIntegerField(null=True, unique=True)
     issued = pw.BigIntegerField(default=0)
+    # The lifecycle head office sees (sync/central/campaigns.py): active, paused, ended or
+    # archived. What tills act on is the document (`paused`, `valid_until`); this says why.
+    status = pw.CharField(default="active")
+    ended_at = pw.BigIntegerField(null=True)  # when `campaign end` ended it
 
 
 class CouponRow(_M):
@@ -346,6 +350,8 @@ MODELS = LEDGER_MODELS + SYNC_MODELS + SCOPE_MODELS
 ADDED_COLUMNS: list[tuple[type[_M], str, str]] = [
     (CampaignRow, "number", "BIGINT"),  # schema 3
     (CampaignRow, "issued", "BIGINT NOT NULL DEFAULT 0"),  # schema 3
+    (CampaignRow, "status", "VARCHAR(255) NOT NULL DEFAULT 'active'"),  # campaign lifecycle
+    (CampaignRow, "ended_at", "BIGINT"),  # campaign lifecycle
 ]
 
 

@@ -9,7 +9,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import peewee as pw
@@ -19,7 +19,7 @@ from coupons.keys import PURPOSE_ISSUER, PURPOSE_LEDGER, TrustAnchor
 from coupons.ledger import GENESIS, LedgerState, Policy
 from coupons.rules import Campaign
 from coupons.tokens import Claims, issue, plain_code_hash
-from sync.central import keyvault
+from sync.central import campaigns, keyvault
 from sync.central.keyring import CentralError, KeyRing
 from sync.central.models import (
     CampaignRow,
@@ -179,14 +179,42 @@ class Central(KeyRing):
     # ---------------------------------------------------------------- campaigns and coupons
 
     def add_campaign(self, doc: Mapping[str, object]) -> Campaign:
+        """Add a campaign, or replace the document of one that has not ended (a pause
+        head office made stays: campaigns.status_on_add)."""
         campaign = Campaign.from_dict(doc)
-        CampaignRow.insert(
-            id=campaign.id, doc=json.dumps(campaign.to_dict()), removed=False
-        ).on_conflict(
-            conflict_target=[CampaignRow.id], preserve=[CampaignRow.doc, CampaignRow.removed]
-        ).execute()
+        with self.writing():
+            status = campaigns.status_on_add(campaign.id, campaign.paused)
+            campaign = replace(campaign, paused=status == campaigns.PAUSED)
+            CampaignRow.insert(
+                id=campaign.id, doc=json.dumps(campaign.to_dict()), removed=False, status=status
+            ).on_conflict(
+                conflict_target=[CampaignRow.id],
+                preserve=[CampaignRow.doc, CampaignRow.removed, CampaignRow.status],
+            ).execute()
         self._campaign_number(campaign.id)
         return campaign
+
+    # The lifecycle (sync/central/campaigns.py); an unknown id is a CentralError.
+
+    def pause_campaign(self, cid: str) -> campaigns.CampaignSummary:
+        return campaigns.pause(self, cid)
+
+    def resume_campaign(self, cid: str) -> campaigns.CampaignSummary:
+        return campaigns.resume(self, cid)
+
+    def end_campaign(self, cid: str) -> campaigns.CampaignSummary:
+        return campaigns.end(self, cid)
+
+    def archive_campaign(self, cid: str) -> campaigns.CampaignSummary:
+        return campaigns.archive(self, cid)
+
+    def list_campaigns(self, archived: bool = True) -> list[campaigns.CampaignSummary]:
+        """Every campaign with its status and figures (archived ones unless told not to)."""
+        found = campaigns.summaries()
+        return found if archived else [s for s in found if s.status != campaigns.ARCHIVED]
+
+    def campaign_summary(self, cid: str) -> campaigns.CampaignSummary:
+        return campaigns.summary(cid)
 
     def campaign(self, cid: str) -> Campaign:
         row = CampaignRow.get_or_none((CampaignRow.id == cid) & ~CampaignRow.removed)
@@ -204,6 +232,7 @@ class Central(KeyRing):
         validity_s: int = 90 * 24 * 3600,
     ) -> list[Issued]:
         campaign = self.campaign(cid)
+        campaigns.require_issuable(cid)
         key, _ = self._active(PURPOSE_ISSUER)
         salt = bytes.fromhex(self._get("plain_salt") or "")
         now = int(self.now())
