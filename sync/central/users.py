@@ -203,7 +203,7 @@ def _count_failure(central: Central, row: UserRow, now: float) -> None:
                 UserRow.id == row.id
             ).execute()
             after = _doc(UserRow.get_by_id(row.id))
-            audit(central, f"user:{row.name}", "user.lock", f"user:{row.name}", before, after)
+            audit(central, row.name, "user.lock", f"user:{row.name}", before, after)
 
 
 # ---------------------------------------------------------------- the audit log
