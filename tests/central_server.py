@@ -196,8 +196,11 @@ class Running:
 
         return new_admin_token(self.central, "tests")
 
-    def cli(self, *args: str, now: str | None = None) -> subprocess.CompletedProcess[str]:
-        """`redeem-central` against this central's data directory and database."""
+    def cli(
+        self, *args: str, now: str | None = None, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """`redeem-central` against this central's data directory and database (`stdin`:
+        what it reads, e.g. a password)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("REDEEM_")}
         env.update(master_key.env(self.work))
         if now:
@@ -210,6 +213,7 @@ class Running:
             env=env,
             cwd=ROOT,
             timeout=60,
+            input=stdin,
         )
 
 

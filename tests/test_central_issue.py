@@ -198,7 +198,7 @@ def test_a_schema_2_database_gains_the_campaign_columns(backend: str, tmp_path: 
         Setting.update(value="2").where(Setting.key == "schema").execute()
         c.close()
         c = Central(tmp_path / "central", database=database, master_key=MASTER_KEY)
-        assert Setting.get(Setting.key == "schema").value == "3"
+        assert Setting.get(Setting.key == "schema").value == "4"
         columns = {col.name for col in c.db.get_columns("campaignrow")}
         assert {"number", "issued"} <= columns
         assert "campaignrow_number" in {i.name for i in c.db.get_indexes("campaignrow")}

@@ -258,7 +258,7 @@ def _import_once(data: Path, database: str | None, caplog: pytest.LogCaptureFixt
         c = Central(data, database=database, master_key=MASTER_KEY)
     try:
         assert f"sealed 3 key(s) from {data / 'keys'} into the database" in caplog.text
-        assert Setting.get(Setting.key == "schema").value == "3"
+        assert Setting.get(Setting.key == "schema").value == "4"
         assert all(r.sealed is not None for r in KeyRow.select())
         assert c.anchor.public_key.hex() == anchor_file["root_public_key"]
         assert c.health_problems() == []

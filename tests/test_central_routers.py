@@ -37,10 +37,11 @@ class StandIn:
             raise self.down  # the database does not answer
         return self.answers[fn]
 
-    async def require_admin(self, request: Request) -> None:
+    async def require(self, request: Request, permission: str) -> terminals.Caller:
         self.admin_checks += 1
         if not self.admin:
             raise ProblemError(401, "admin-token", "a valid admin bearer token is required")
+        return terminals.Caller("token:tests", "admin")
 
 
 def _client(router: Any, stand_in: StandIn) -> TestClient:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from coupons.cliutil import EXIT_OK, UserError, emit, read_document
 from coupons.rules import Campaign, CampaignKind
 from sync.central.campaigns import CampaignSummary
-from sync.central.cli_common import AddCommand, Commands, open_central
+from sync.central.cli_common import AddCommand, Commands, audited, open_central
 
 
 def major(minor: int | None, currency: str) -> str:
@@ -62,6 +62,7 @@ def cmd_campaign_add(args: argparse.Namespace) -> int:
     c = open_central(args)
     campaigns = [Campaign.from_dict(d) for d in docs]  # all valid, or none is added
     added = [c.add_campaign(camp.to_dict()).id for camp in campaigns]
+    audited(c, "campaign.add", ",".join(added), None, [camp.to_dict() for camp in campaigns])
     emit(args, {"added": added}, "added campaign(s): " + ", ".join(added))
     return EXIT_OK
 
@@ -133,7 +134,9 @@ def cmd_campaign_step(args: argparse.Namespace) -> int:
         "end": c.end_campaign,
         "archive": c.archive_campaign,
     }[args.step]
+    before = c.campaign_summary(args.campaign).to_dict()
     s = step(args.campaign)
+    audited(c, f"campaign.{args.step}", args.campaign, before, s.to_dict())
     ended = f", ended at {iso(s.ended_at)}" if s.ended_at is not None else ""
     text = f"campaign {s.campaign.id}: {s.status}{ended}; {AFTER[args.step]}"
     emit(args, s.to_dict(), text)

@@ -27,9 +27,9 @@ from coupons.ledger import Policy, ledger_file
 from coupons.ledger_store import write_atomic
 from coupons.rules import InputError
 from coupons.timeutil import clock_from_env
-from sync.central import archive_cli, campaign_cli, display, report, terminals
+from sync.central import archive_cli, campaign_cli, display, report, terminals, users_cli
 from sync.central.cli_common import Commands as _Commands
-from sync.central.cli_common import add_key_options, new_or_existing_master_key
+from sync.central.cli_common import add_key_options, audited, new_or_existing_master_key
 from sync.central.cli_common import open_central as _open
 from sync.central.store import Central, CentralError
 
@@ -100,6 +100,7 @@ def cmd_issue(args: argparse.Namespace) -> int:
         args.campaign, args.count, codes=args.codes, customer=customer, tag_uid=tag_uid
     )
     lines = [i.token or i.code or "" for i in issued]
+    audited(c, "coupons.issue", f"campaign:{args.campaign}", None, {"count": len(issued)})
     (out / ("codes.txt" if args.codes else "tokens.txt")).write_text("\n".join(lines) + "\n")
     if not args.no_qr:
         for i in issued:
@@ -203,6 +204,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     except ValueError:
         raise UserError("serials are 16 hex digits") from None
     c.mark(serials, "revoked")
+    audited(c, "coupons.revoke", ",".join(args.serial), None, {"revoked": args.serial})
     emit(
         args,
         {"revoked": args.serial},
@@ -214,13 +216,15 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 def cmd_rotate(args: argparse.Namespace) -> int:
     root = _root_key_file(args.root_key_file) if args.root_key_file else None
-    kid = _open(args).rotate_key(args.purpose, root_key=root)
+    kid = (c := _open(args)).rotate_key(args.purpose, root_key=root)
+    audited(c, "key.rotate", f"key:{args.purpose}", None, {"kid": kid})
     emit(args, {"purpose": args.purpose, "kid": kid}, f"new {args.purpose} key {kid}")
     return EXIT_OK
 
 
 def cmd_revoke_key(args: argparse.Namespace) -> int:
-    _open(args).revoke_key(args.kid)
+    (c := _open(args)).revoke_key(args.kid)
+    audited(c, "key.revoke", f"key:{args.kid}", None, {"revoked": True})
     emit(
         args,
         {"revoked_kid": args.kid},
@@ -234,6 +238,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
     the next ledger version carries it to every till."""
     c = _open(args)
     doc = c.policy().to_dict()
+    before = dict(doc)
     for item in args.set or ():
         name, sep, value = item.partition("=")
         name = name.strip()
@@ -246,6 +251,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
             raise UserError(f"--set {name}: {value.strip()!r} is not a whole number") from None
     if args.set:
         c.set_policy(Policy.from_dict(doc))  # refuses negative values, naming the field
+        audited(c, "policy.set", "policy", before, doc)
     lines = [f"{k:<24} {v}" for k, v in sorted(doc.items())]
     if args.set:
         lines.append("terminals receive it with the next ledger version (their next pull)")
@@ -336,14 +342,9 @@ def cmd_terminals(args: argparse.Namespace) -> int:
 
 
 def cmd_revoke_terminal(args: argparse.Namespace) -> int:
-    terminals.revoke_terminal(_open(args), args.terminal)
+    terminals.revoke_terminal(c := _open(args), args.terminal)
+    audited(c, "terminal.revoke", f"terminal:{args.terminal}", None, {"revoked": True})
     emit(args, {"revoked": args.terminal}, f"terminal {args.terminal} revoked")
-    return EXIT_OK
-
-
-def cmd_admin_token(args: argparse.Namespace) -> int:
-    token = terminals.new_admin_token(_open(args), args.label)
-    emit(args, {"token": token, "label": args.label}, token)
     return EXIT_OK
 
 
@@ -473,7 +474,7 @@ def _add_ledger_commands(sub: _Commands) -> None:
 
 
 def _add_service_commands(sub: _Commands) -> None:
-    """serve, enroll-code, terminals, revoke-terminal, admin-token, report, openapi."""
+    """serve, enroll-code, terminals, revoke-terminal, report, openapi."""
     sp = _command(
         sub, "serve", cmd_serve, "serve terminals over HTTP(S): enrollment, ledger, journal"
     )
@@ -519,9 +520,6 @@ def _add_service_commands(sub: _Commands) -> None:
     _command(
         sub, "revoke-terminal", cmd_revoke_terminal, "refuse a terminal from now on"
     ).add_argument("--terminal", required=True)
-    _command(sub, "admin-token", cmd_admin_token, "print a new admin API token").add_argument(
-        "--label", help="who or what the token is for"
-    )
     _command(
         sub, "report", cmd_report, "redemptions, redemption rate, open flags, quiet terminals"
     ).add_argument("--tz", help=tz_help)
@@ -543,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ledger_commands(sub)
     _add_service_commands(sub)
     archive_cli.add_commands(sub, _command)
+    users_cli.add_commands(sub, _command)
     return p
 
 

@@ -5,13 +5,15 @@ registry."""
 from __future__ import annotations
 
 import argparse
+import getpass
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeAlias
 
 from coupons.cliutil import UserError
 from coupons.timeutil import clock_from_env
-from sync.central import keyvault
+from sync.central import keyvault, users
 from sync.central.store import Central
 
 # Quoted: the class is not subscriptable at run time.
@@ -75,3 +77,18 @@ def add_key_options(sp: argparse.ArgumentParser, command: str) -> None:
             metavar="FILE",
             help="the root key `init --root-key-out` wrote, when it is kept off the central",
         )
+
+
+def cli_actor() -> str:
+    """The audit log's actor for a command: the operating-system user who ran it."""
+    try:
+        return "cli:" + getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        return f"cli:uid-{os.getuid()}"
+
+
+def audited(c: Central, action: str, target: str, before: object, after: object) -> None:
+    """One audit entry for a change a command made (docs/central.md, "Users, roles and the
+    audit log")."""
+    with c.session():
+        users.audit(c, cli_actor(), action, target, before, after)

@@ -10,7 +10,7 @@ from typing import Annotated, ParamSpec, TypeVar
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from sync.central import terminals
+from sync.central import terminals, users
 from sync.central.delivery import Delivery
 from sync.central.models import TerminalRow
 from sync.central.online import Online
@@ -18,6 +18,7 @@ from sync.central.problems import ProblemError
 from sync.central.publisher import Publisher
 from sync.central.store import Central
 
+READ_PERMISSIONS = frozenset({"read", "audit.read"})
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -60,11 +61,25 @@ class Services:
         )
         return row, body
 
-    async def require_admin(self, request: Request) -> None:
-        """Refuse a request without a valid admin bearer token (called in the route, for
-        the same reason as `signed`)."""
-        if not await self.db(terminals.admin_allowed, request.headers.get("authorization")):
+    async def require(self, request: Request, permission: str) -> terminals.Caller:
+        """The caller of an admin route, whose token's role holds `permission` (called in
+        the route, for the same reason as `signed`): 401 without a valid admin bearer
+        token, 403 naming the permission when its role lacks it."""
+        caller = await self.db(terminals.admin_caller, request.headers.get("authorization"))
+        if caller is None:
             raise ProblemError(401, "admin-token", "a valid admin bearer token is required")
+        if not users.allowed(caller.role, permission):
+            if permission not in READ_PERMISSIONS:  # an attempted change: on the record
+                where = f"{request.method} {request.url.path}"
+                refused = {"permission": permission, "role": caller.role}
+                actor = caller.actor
+                await self.db(users.audit, self.central, actor, "refused", where, None, refused)
+            raise ProblemError(
+                403,
+                "permission",
+                f"this token's role ({caller.role}) lacks the permission {permission}",
+            )
+        return caller
 
 
 def services(request: Request) -> Services:

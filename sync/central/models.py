@@ -17,8 +17,9 @@ db_proxy = pw.DatabaseProxy()
 SCHEMA_LOCK = 0x45445246  # PostgreSQL advisory lock id for schema changes
 # 1: keys, campaigns, coupons, marks, versions; 2: sync tables; 3: KeyRow.sealed (private
 # keys in the database, sealed under the master key: sync/central/keyvault.py) and the
-# campaign numbers of numbered serials (CampaignRow.number, .issued)
-SCHEMA_VERSION = 3
+# campaign numbers of numbered serials (CampaignRow.number, .issued); 4: console users, the
+# audit log (append-only, guarded by triggers) and roles of admin tokens
+SCHEMA_VERSION = 4
 
 
 class _M(pw.Model):
@@ -273,6 +274,39 @@ class AdminToken(_M):
     token_hash = pw.CharField(primary_key=True)
     label = pw.CharField(null=True)
     created_at = pw.BigIntegerField()
+    # Schema 4: what the token may do (sync/central/users.py PERMISSIONS); tokens made
+    # before roles existed could do everything, so they became admin.
+    role = pw.CharField(default="admin")
+    revoked = pw.BooleanField(default=False)
+
+
+# ---------------------------------------------------------------- users and audit (schema 4)
+
+
+class UserRow(_M):
+    """A console user. The password is kept only as an argon2id hash."""
+
+    id = pw.AutoField()
+    name = pw.CharField(unique=True)
+    role = pw.CharField()
+    password_hash = pw.TextField()
+    disabled = pw.BooleanField(default=False)
+    failed_logins = pw.IntegerField(default=0)  # since the last good one
+    locked_until = pw.BigIntegerField(null=True)  # epoch seconds
+    created_at = pw.BigIntegerField()
+
+
+class AuditRow(_M):
+    """One change, as who made it saw it. Append-only: the code has no update or delete,
+    and triggers refuse both (append_only_guard)."""
+
+    id = pw.AutoField()
+    at = pw.BigIntegerField(index=True)  # epoch seconds, from Central.now
+    actor = pw.CharField()  # user name, "token:LABEL" or "cli:OS_USER"
+    action = pw.CharField(index=True)  # e.g. flag.decide, user.add, campaign.add
+    target = pw.TextField()
+    before = pw.TextField(null=True)  # JSON
+    after = pw.TextField(null=True)  # JSON
 
 
 # ---------------------------------------------------------------- store scopes
@@ -343,6 +377,8 @@ SYNC_MODELS: list[type[_M]] = [
     FlagRow,
     FlagUpdate,
     AdminToken,
+    UserRow,
+    AuditRow,
 ]
 MODELS = LEDGER_MODELS + SYNC_MODELS + SCOPE_MODELS
 # Columns a table gained after it was first created: added to an existing table before
@@ -423,7 +459,52 @@ def _add_sealed_keys(db: pw.Database) -> None:
         )
 
 
-MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {3: _add_sealed_keys}
+def _add_roles_and_audit_guard(db: pw.Database) -> None:
+    """Schema 4: AdminToken.role (existing tokens become admin) and .revoked, and the
+    triggers that keep the audit log append-only."""
+    table = AdminToken._meta.table_name
+    have = {c.name for c in db.get_columns(table)}
+    migrator = SchemaMigrator.from_database(db)
+    steps = []
+    if "role" not in have:
+        steps.append(migrator.add_column(table, "role", pw.CharField(default="admin")))
+    if "revoked" not in have:
+        steps.append(migrator.add_column(table, "revoked", pw.BooleanField(default=False)))
+    if steps:
+        migrate(*steps)
+    append_only_guard(db)
+
+
+AUDIT_GUARD_PG = (
+    "CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger AS $$ BEGIN "
+    "RAISE EXCEPTION 'the audit log is append-only'; END $$ LANGUAGE plpgsql",
+    'DROP TRIGGER IF EXISTS audit_no_change ON "{t}"',
+    'CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE ON "{t}" '
+    "FOR EACH ROW EXECUTE PROCEDURE audit_append_only()",
+    'DROP TRIGGER IF EXISTS audit_no_truncate ON "{t}"',
+    'CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON "{t}" '
+    "FOR EACH STATEMENT EXECUTE PROCEDURE audit_append_only()",
+)
+AUDIT_GUARD_SQLITE = (
+    'CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON "{t}" '
+    "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
+    'CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON "{t}" '
+    "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
+)
+
+
+def append_only_guard(db: pw.Database) -> None:
+    """Triggers refusing UPDATE and DELETE (and on PostgreSQL TRUNCATE) of the audit log.
+    On PostgreSQL a role without ownership of the table cannot drop them; on SQLite anyone
+    who can write the database file can (docs/central.md, "Users, roles and the audit log")."""
+    for sql in AUDIT_GUARD_PG if is_postgres(db) else AUDIT_GUARD_SQLITE:
+        db.execute_sql(sql.format(t=AuditRow._meta.table_name))
+
+
+MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
+    3: _add_sealed_keys,
+    4: _add_roles_and_audit_guard,
+}
 
 
 def _add_columns(db: pw.Database) -> None:

@@ -18,6 +18,7 @@ from sync import protocol
 from sync.central import display
 from sync.central.models import AdminToken, EnrollCode, TerminalRow
 from sync.central.store import CODE_ALPHABET, Central, CentralError
+from sync.central.users import check_role
 
 ID_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
 TERMINAL_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -205,16 +206,72 @@ def authenticate(
 # ---------------------------------------------------------------- admin tokens
 
 
-def new_admin_token(central: Central, label: str | None = None) -> str:
+class TokenDoc(TypedDict):
+    """An admin token as `admin-token list` shows it: never the token, only its id."""
+
+    id: str  # the first 12 hex digits of its hash
+    label: str | None
+    role: str
+    created_at: int
+    revoked: bool
+
+
+TOKEN_ID_CHARS = 12
+
+
+def new_admin_token(central: Central, label: str | None = None, role: str = "admin") -> str:
+    check_role(role)
     token = ADMIN_TOKEN_PREFIX + secrets.token_urlsafe(32)
-    AdminToken.create(token_hash=_digest(token), label=label, created_at=int(central.now()))
+    AdminToken.create(
+        token_hash=_digest(token), label=label, role=role, created_at=int(central.now())
+    )
     return token
 
 
-def admin_allowed(authorization: str | None) -> bool:
+def token_doc(row: AdminToken) -> TokenDoc:
+    return {
+        "id": row.token_hash[:TOKEN_ID_CHARS],
+        "label": row.label,
+        "role": row.role,
+        "created_at": int(row.created_at),
+        "revoked": bool(row.revoked),
+    }
+
+
+def list_admin_tokens() -> list[TokenDoc]:
+    return [token_doc(t) for t in AdminToken.select().order_by(AdminToken.created_at)]
+
+
+def revoke_admin_token(token_id: str) -> tuple[TokenDoc, TokenDoc]:
+    """Revoke the one token whose id (as listed) is this; its documents before and after."""
+    if not re.fullmatch(f"[0-9a-f]{{{TOKEN_ID_CHARS}}}", token_id):
+        raise CentralError(f"a token id is {TOKEN_ID_CHARS} hex digits (`admin-token list`)")
+    rows = list(AdminToken.select().where(AdminToken.token_hash.startswith(token_id)))
+    if len(rows) != 1:
+        raise CentralError(f"no admin token {token_id}")
+    before = token_doc(rows[0])
+    AdminToken.update(revoked=True).where(AdminToken.token_hash == rows[0].token_hash).execute()
+    return before, {**before, "revoked": True}
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who an admin request comes from: the audit log's actor, and the role it holds."""
+
+    actor: str
+    role: str
+
+
+def admin_caller(authorization: str | None) -> Caller | None:
+    """The unrevoked admin token in an Authorization header, or None."""
     if not authorization:
-        return False
+        return None
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        return False
-    return AdminToken.select().where(AdminToken.token_hash == _digest(token.strip())).exists()
+        return None
+    row = AdminToken.get_or_none(
+        (AdminToken.token_hash == _digest(token.strip())) & (AdminToken.revoked == False)  # noqa: E712
+    )
+    if row is None:
+        return None
+    return Caller(f"token:{row.label or row.token_hash[:TOKEN_ID_CHARS]}", row.role)
