@@ -13,7 +13,7 @@ import requests
 
 from coupons import i18n
 from coupons.clock import FixedClock
-from sync.central import users
+from sync.central import flags, users
 from sync.central.console import pages, session
 from sync.central.store import Central
 from tests.central_server import Running, running_central
@@ -191,3 +191,25 @@ def test_every_template_string_is_marked_and_translated() -> None:
     assert used and used <= i18n.MARKED
     missing = {m for m in pages.UI_STRINGS if not CJK.search(i18n.translate(m, "zh_CN"))}
     assert not missing
+
+
+def test_analyst_acknowledges_a_flag_and_the_dashboard_counts_open_ones(central: Running) -> None:
+    c = central.central
+    with c.session():
+        users.add_user(c, "test", "ana", "analyst", PASSWORD)
+        flags.raise_flag(c, "console-test", "double_redemption", "test", store="S1", serial="1a")
+    s, r = login(central, "ana")
+    assert "double_redemption" in r.text  # the dashboard's open flags by kind
+    page = s.get(central.url + "/flags", timeout=10)
+    [flag_id] = re.findall(r'id="flag-(\d+)"', page.text)
+    r = s.post(
+        central.url + f"/flags/{flag_id}/acknowledge",
+        data={"csrftoken": token(page.text), "note": "called the store"},
+        timeout=10,
+    )
+    assert r.status_code == 200 and f'id="flag-{flag_id}"' not in r.text  # left the open queue
+    r = s.get(central.url + "/flags?status=acknowledged", timeout=10)
+    assert "called the store" in r.text
+    with c.session():
+        [entry] = [e for e in entries("flag.decide") if e["actor"] == "user:ana"]
+    assert isinstance(entry["after"], dict) and entry["after"]["status"] == "acknowledged"
