@@ -173,6 +173,16 @@ def start_central(children: Children, central: Path, port: int) -> tuple[Child, 
         time.sleep(0.05)
 
 
+def console_login(central: Path, url: str) -> None:
+    """An admin user for the head-office console with a new random password, printed with
+    the console's address (the demo serves on 127.0.0.1 only, so the password goes no
+    further than this terminal)."""
+    password = secrets.token_urlsafe(12)
+    args = ("user", "add", *at_central(central), "--name", "admin", "--role", "admin")
+    run("redeem-central", *args, "--password-stdin", stdin=password + "\n")
+    say("setup", f"console: {url}/ (log in as admin, password {password})")
+
+
 def enroll(central: Path, url: str, till: Path, fingerprint: str) -> str:
     code = run_json("redeem-central", "enroll-code", *at_central(central), "--store", STORE)
     done = run_json(
@@ -285,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         holder: dict[str, Child] = {}
         holder["central"], url = start_central(children, central_dir, port)
         say("setup", f"redeem-central serve: {url} (pid {holder['central'].pid})")
+        console_login(central_dir, url)
         names = {"A": enroll(central_dir, url, a, fingerprint)}
         names["B"] = enroll(central_dir, url, b, fingerprint)
 

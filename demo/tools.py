@@ -50,12 +50,14 @@ def run(
     *args: str,
     ok_codes: tuple[int, ...] = (0,),
     env: dict[str, str] | None = None,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """One command line, in its own session so a Ctrl-C at the keyboard reaches only the
     demo, which then stops everything in order."""
     proc = subprocess.run(
         [*TOOLS[tool], *args],
         env=env or clean_env(),
+        input=stdin,  # a secret (a password) goes here, never into the argument list
         capture_output=True,
         text=True,
         timeout=60,

@@ -146,6 +146,15 @@ def test_demo_prints_the_kiosk_url_and_the_manager_pin(
     assert "Press Ctrl-C" not in out  # --no-wait
 
 
+def test_demo_prints_the_console_address_and_login(
+    demo: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    line = step(demo[0].stdout, "console: ")
+    assert re.search(
+        r"console: http://127\.0\.0\.1:\d+/ \(log in as admin, password \S{12,}\)", line
+    )
+
+
 def test_demo_morning_uses_every_input_and_the_pos_api(
     demo: tuple[subprocess.CompletedProcess[str], Path],
 ) -> None:

@@ -41,6 +41,7 @@ def test_chinese_catalog_has_no_stale_entries() -> None:
     # translation silently stopped being used.
     import kiosk_ui.api  # noqa: F401  (and the POS API's answers)
     import kiosk_ui.pages  # noqa: F401  (marks the kiosk's strings)
+    import sync.central.console.pages  # noqa: F401  (the head-office console's strings)
     import terminal.daemon.feedback  # noqa: F401  (marks the display strings)
 
     stale = set(i18n.catalog("zh_CN")) - i18n.MARKED
@@ -50,6 +51,7 @@ def test_chinese_catalog_has_no_stale_entries() -> None:
 def test_every_marked_string_is_translated() -> None:
     import kiosk_ui.api  # noqa: F401
     import kiosk_ui.pages  # noqa: F401
+    import sync.central.console.pages  # noqa: F401
     import terminal.daemon.feedback  # noqa: F401
 
     missing = {m for m in i18n.MARKED if i18n.translate(m, "zh_CN") == m}

@@ -3,7 +3,8 @@
 tokens (admin_api.py). Stateless: every answer comes from the database, so several
 instances can serve one PostgreSQL database. Errors are problem+json (RFC 9457,
 problems.py); every response carries X-Server-Time (guard.py). /metrics (metrics.py) is read
-from loopback and the networks allowed."""
+from loopback and the networks allowed. The head-office console (console/) serves its pages
+at / and /login."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from sync import protocol
-from sync.central import admin_api, metrics, openapi_doc, problems, terminal_api
+from sync.central import admin_api, console, metrics, openapi_doc, problems, terminal_api
 from sync.central.context import Services
 from sync.central.guard import Guard
 from sync.central.openapi_doc import terminal_openapi
@@ -69,6 +70,7 @@ def create_app(
     app.include_router(terminal_api.router)
     app.include_router(admin_api.router)
     app.include_router(metrics.router)
+    console.install(app)  # the head-office console's pages at / (left out of the OpenAPI document)
     openapi_doc.install(app)
     app.add_middleware(Guard, central=central, max_body=max_body)
     # Outermost, so the latency counts the Guard's answers (413, a crash's 500) too.

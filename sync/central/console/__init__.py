@@ -1,0 +1,23 @@
+"""The head-office console: server-rendered pages on the central itself (docs/central.md,
+"The console"), one router per page group, templates and assets in this package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from sync.central.console import auth, campaigns, dashboard, flag_pages
+
+STATIC = Path(__file__).parent / "static"
+ROUTERS = (auth.router, dashboard.router, campaigns.router, flag_pages.router)
+
+
+def install(app: FastAPI) -> None:
+    for router in ROUTERS:
+        app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="console-static")
+
+
+__all__ = ["install"]
