@@ -294,6 +294,9 @@ class UserRow(_M):
     failed_logins = pw.IntegerField(default=0)  # since the last good one
     locked_until = pw.BigIntegerField(null=True)  # epoch seconds
     created_at = pw.BigIntegerField()
+    # Console sessions carry the epoch they began in; logging out, a password reset or
+    # disabling the user moves it on, which ends every session of the user at once.
+    session_epoch = pw.IntegerField(default=0)
 
 
 class AuditRow(_M):
@@ -388,6 +391,7 @@ ADDED_COLUMNS: list[tuple[type[_M], str, str]] = [
     (CampaignRow, "issued", "BIGINT NOT NULL DEFAULT 0"),  # schema 3
     (CampaignRow, "status", "VARCHAR(255) NOT NULL DEFAULT 'active'"),  # campaign lifecycle
     (CampaignRow, "ended_at", "BIGINT"),  # campaign lifecycle
+    (UserRow, "session_epoch", "INTEGER NOT NULL DEFAULT 0"),  # console sessions
 ]
 
 

@@ -138,10 +138,18 @@ def disable_user(central: Central, actor: str, name: str) -> UserDoc:
     with central.writing():
         row = _get(name)
         before = _doc(row)
-        UserRow.update(disabled=True).where(UserRow.id == row.id).execute()
+        UserRow.update(disabled=True, session_epoch=UserRow.session_epoch + 1).where(
+            UserRow.id == row.id
+        ).execute()
         after = _doc(UserRow.get_by_id(row.id))
         audit(central, actor, "user.disable", f"user:{name}", before, after)
     return after
+
+
+def end_sessions(name: str) -> None:
+    """End every console session of a user (logging out ends them all: the sessions are
+    signed cookies, and only the user's epoch can take one back)."""
+    UserRow.update(session_epoch=UserRow.session_epoch + 1).where(UserRow.name == name).execute()
 
 
 def reset_password(central: Central, actor: str, name: str, password: str) -> UserDoc:
@@ -151,9 +159,12 @@ def reset_password(central: Central, actor: str, name: str, password: str) -> Us
     with central.writing():
         row = _get(name)
         before = _doc(row)
-        UserRow.update(password_hash=digest, failed_logins=0, locked_until=None).where(
-            UserRow.id == row.id
-        ).execute()
+        UserRow.update(
+            password_hash=digest,
+            failed_logins=0,
+            locked_until=None,
+            session_epoch=UserRow.session_epoch + 1,  # a session begun before ends here
+        ).where(UserRow.id == row.id).execute()
         after = _doc(UserRow.get_by_id(row.id))
         audit(central, actor, "user.reset-password", f"user:{name}", before, after)
     return after

@@ -70,6 +70,9 @@ async def logout(request: Request) -> Response:
     form = await request.form()
     if viewer is not None and not session.csrf_ok(viewer, form.get(session.CSRF_FIELD)):
         return await pages.message(request, viewer, 403, pages.CSRF_REFUSED, "csrf-token")
+    if viewer is not None:  # every session of the user ends, copies of the cookie too
+        svc = services(request)
+        await svc.db(users.end_sessions, viewer.name)
     resp = RedirectResponse("/login", status_code=303)
     session.end(resp)
     return resp

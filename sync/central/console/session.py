@@ -75,7 +75,7 @@ async def read(request: Request) -> tuple[Viewer | None, bool]:
         return None, False
     if not isinstance(data, dict):
         return None, False
-    name, csrf, seen = data.get("u"), data.get("c"), data.get("t")
+    name, csrf, seen, epoch = data.get("u"), data.get("c"), data.get("t"), data.get("e")
     if not (isinstance(name, str) and isinstance(csrf, str) and isinstance(seen, int)):
         return None, False
     svc = services(request)
@@ -83,15 +83,19 @@ async def read(request: Request) -> tuple[Viewer | None, bool]:
     if now - seen > IDLE_S or seen > now + AHEAD_S:
         return None, True
     row = await svc.db(_user, name)
-    if row is None:  # disabled (or removed) since it logged in: out at once
+    if row is None or epoch != row.session_epoch:
+        # Disabled, logged out, or its password reset since this session began: out at once.
         return None, False
     return Viewer(name, str(row.role), csrf), False
 
 
 async def start(request: Request, response: Response, viewer: Viewer) -> None:
     """Set (or refresh: the idle time counts from the last request) the session cookie."""
-    now = int(services(request).central.now())
-    doc = {"u": viewer.name, "c": viewer.csrf, "t": now}
+    svc = services(request)
+    now = int(svc.central.now())
+    row = await svc.db(_user, viewer.name)
+    epoch = int(row.session_epoch) if row is not None else -1  # -1: never valid
+    doc = {"u": viewer.name, "c": viewer.csrf, "t": now, "e": epoch}
     value = (await serializer(request, "session")).dumps(doc)
     response.set_cookie(COOKIE, value, httponly=True, samesite="strict", path="/")
 
