@@ -8,10 +8,16 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from sync.central.console import auth, campaigns, dashboard, flag_pages
+from sync.central.console import auth, campaign_form, campaigns, dashboard, flag_pages
 
 STATIC = Path(__file__).parent / "static"
-ROUTERS = (auth.router, dashboard.router, campaigns.router, flag_pages.router)
+ROUTERS = (
+    auth.router,
+    dashboard.router,
+    campaign_form.router,  # before campaigns: /campaigns/new is not a campaign's id
+    campaigns.router,
+    flag_pages.router,
+)
 
 
 def install(app: FastAPI) -> None:
