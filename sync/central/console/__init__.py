@@ -8,10 +8,16 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from sync.central.console import auth, campaigns, dashboard, flag_pages
+from sync.central.console import auth, campaigns, dashboard, flag_pages, fleet_pages
 
 STATIC = Path(__file__).parent / "static"
-ROUTERS = (auth.router, dashboard.router, campaigns.router, flag_pages.router)
+ROUTERS = (
+    auth.router,
+    dashboard.router,
+    campaigns.router,
+    flag_pages.router,
+    fleet_pages.router,
+)
 
 
 def install(app: FastAPI) -> None:
