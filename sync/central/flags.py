@@ -140,8 +140,15 @@ def list_flags(
     store: str | None = None,
     limit: int = 500,
     after: int = 0,
+    campaign: str | None = None,
+    created_before: int | None = None,
 ) -> list[FlagDoc]:
+    """Flags oldest first; `created_before` (epoch seconds) keeps those raised before it."""
     query = FlagRow.select().where(FlagRow.id > after)
+    if campaign:
+        query = query.where(FlagRow.campaign == campaign)
+    if created_before is not None:
+        query = query.where(FlagRow.created_at < created_before)
     if status:
         query = query.where(FlagRow.status == status)
     if kind:
@@ -234,6 +241,11 @@ def _holders(flag: FlagRow, serial: int | None) -> tuple[set[str], set[str]]:
         customers.update([entry.customer] if entry.customer else [])
         tags.append(_loads(entry.detail).get("tag"))
     return customers, {t for t in (_tag_hex(t) for t in tags) if t}
+
+
+def evidence(flag: FlagRow) -> list[JournalRow]:
+    """The journal entries a flag rests on (see _evidence), ordered by terminal and seq."""
+    return list(_evidence(flag))
 
 
 def _evidence(flag: FlagRow) -> Iterable[JournalRow]:

@@ -8,7 +8,14 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from sync.central.console import auth, campaign_form, campaigns, dashboard, flag_pages
+from sync.central.console import (
+    auth,
+    campaign_form,
+    campaigns,
+    dashboard,
+    flag_pages,
+    fleet_pages,
+)
 
 STATIC = Path(__file__).parent / "static"
 ROUTERS = (
@@ -17,6 +24,7 @@ ROUTERS = (
     campaign_form.router,  # before campaigns: /campaigns/new is not a campaign's id
     campaigns.router,
     flag_pages.router,
+    fleet_pages.router,
 )
 
 

@@ -1,5 +1,5 @@
 """The console's overview pages: the dashboard at / (open flags by kind, campaigns,
-quiet terminals) and the fleet's terminals at /fleet."""
+quiet terminals); the fleet's lines (fleet, used by fleet_pages.py too)."""
 
 from __future__ import annotations
 
@@ -59,13 +59,3 @@ async def dashboard(request: Request) -> Response:
     svc = services(request)
     found = await svc.db(overview, svc.central)
     return await pages.render(request, "dashboard.html", viewer, **found)
-
-
-@router.get("/fleet")
-async def fleet_page(request: Request) -> Response:
-    viewer = await pages.viewer_or_login(request)
-    if isinstance(viewer, Response):
-        return viewer
-    svc = services(request)
-    lines = await svc.db(fleet, svc.central)
-    return await pages.render(request, "fleet.html", viewer, terminals=lines)
