@@ -4,8 +4,11 @@ their CSV, PDF sheets and PNGs."""
 from __future__ import annotations
 
 import csv
+import json
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -18,9 +21,11 @@ from coupons.ledger import store_scope
 from coupons.tokens import parse
 from sync.central import issuing
 from sync.central.delivery import Delivery
-from sync.central.models import CouponRow, IssueJob
+from sync.central.models import AuditRow, CouponRow, IssueJob
 from sync.central.publisher import Publisher
+from sync.central.store import Central
 from sync.central.terminals import new_enroll_code
+from tests import master_key
 from tests.conftest import World, basket
 
 
@@ -134,3 +139,49 @@ def test_a_pdf_of_30_coupons_has_two_pages_and_its_qr_redeems(world: World, tmp_
     serials = {s for s, _, _ in issuing.read_csv(tmp_path)}
     assert any(s in text for s in serials)
     assert _till_accepts(world, sorted(tokens)[0])
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def _cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDEEM_")}
+    env.update(master_key.env(data.parent / "master-key"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "sync.central.cli", "issue-job", *args, "--data", str(data)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    return proc
+
+
+def test_cli_starts_lists_resumes_and_audits_a_job(world: World, tmp_path: Path) -> None:
+    cid = world.campaign(id="CLI", name="Till test")
+    stopped = issuing.create_job(world.central, cid, 30, "token", tmp_path / "old", "test")
+    data = world.central.data
+    world.central.close()
+    out = tmp_path / "new"
+    proc = _cli(data, "start", "--campaign", cid, "--count", "30", "--pdf", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "30 coupon(s) for CLI" in proc.stdout and "sheets-0001.pdf" in proc.stdout
+    assert len(issuing.read_csv(out)) == 30
+    listed = _cli(data, "list", "--json")
+    states = {j["id"]: j["state"] for j in json.loads(listed.stdout)["jobs"]}
+    assert states == {stopped.id: "queued", stopped.id + 1: "done"}
+    assert _cli(data, "resume", "--id", str(stopped.id)).returncode == 0
+    serial = issuing.read_csv(out)[0][0]
+    png = tmp_path / "one.png"
+    assert _cli(data, "png", "--id", "2", "--serial", serial, "--file", str(png)).returncode == 0
+    assert png.read_bytes().startswith(b"\x89PNG")
+    refused = _cli(data, "start", "--campaign", cid, "--count", "0", "--out", str(out))
+    assert refused.returncode == 2 and "count must be between 1 and" in refused.stderr
+    c = Central(data, master_key=master_key.KEY)
+    try:
+        actions = [r.action for r in AuditRow.select().order_by(AuditRow.id)]
+    finally:
+        c.close()
+    assert actions == ["issue_job.start", "issue_job.resume"]
