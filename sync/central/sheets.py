@@ -100,6 +100,7 @@ def _layout(pdf: FPDF, text: SheetText) -> Layout:
     ):
         pdf.set_font("Helvetica", style, size)
         lines = pdf.multi_cell(width, 3, _latin1(words), dry_run=True, output="LINES")
+        assert isinstance(lines, list)  # output="LINES" gives the lines alone
         out.append((style, size, [str(line) for line in lines]))
     return out
 
