@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := libzbar0 python3-venv chromium systemd shellcheck
+APT_PACKAGES := libzbar0 python3-venv chromium systemd shellcheck poppler-utils
 STAMP := $(VENV)/.installed
 
 .PHONY: test demo lint bench deps venv clean postgres nginx soak mutate
@@ -78,7 +78,9 @@ bench: venv postgres
 	$(PY) bench/daemon_cpu.py
 	$(PY) -m tests.postgres run -- $(PY) bench/sync.py
 	$(PY) -m tests.postgres run -- $(PY) bench/fleet.py
-	$(PY) -m tests.postgres run -- $(PY) bench/fleet.py --ingest
+	$(PY) bench/issue.py
+	$(PY) -m tests.postgres run -- $(PY) bench/fleet.py
+	$(PY) bench/issue.py --ingest
 	$(PY) bench/systemd_security.py
 
 # Mutation testing of the core's decision functions (mutmut, 2 workers; about 50 min here):

@@ -27,7 +27,15 @@ from coupons.ledger import Policy, ledger_file
 from coupons.ledger_store import write_atomic
 from coupons.rules import InputError
 from coupons.timeutil import clock_from_env
-from sync.central import archive_cli, campaign_cli, display, report, terminals, users_cli
+from sync.central import (
+    archive_cli,
+    campaign_cli,
+    display,
+    issuing_cli,
+    report,
+    terminals,
+    users_cli,
+)
 from sync.central.cli_common import Commands as _Commands
 from sync.central.cli_common import add_key_options, audited, new_or_existing_master_key
 from sync.central.cli_common import open_central as _open
@@ -542,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_service_commands(sub)
     archive_cli.add_commands(sub, _command)
     users_cli.add_commands(sub, _command)
+    issuing_cli.add_commands(sub, _command)
     return p
 
 

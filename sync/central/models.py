@@ -312,6 +312,27 @@ class AuditRow(_M):
     after = pw.TextField(null=True)  # JSON
 
 
+class IssueJob(_M):
+    """An issuance job (sync/central/issuing.py): coupons issued chunk by chunk, each chunk's
+    rows and `done_count` committed together, so a job that stops resumes where it was."""
+
+    id = pw.AutoField()
+    campaign = pw.CharField(index=True)
+    count = pw.IntegerField()
+    kind = pw.CharField()  # token | code
+    state = pw.CharField(default="queued")  # queued | running | done | failed
+    done_count = pw.IntegerField(default=0)
+    chunk = pw.IntegerField()  # coupons per chunk, fixed for the job: its parts line up
+    not_before = pw.BigIntegerField()  # fixed at creation: a resumed chunk signs the same
+    expires = pw.BigIntegerField()
+    pdf = pw.BooleanField(default=False)
+    out_dir = pw.TextField()
+    error = pw.TextField(null=True)
+    created_by = pw.CharField()
+    created_at = pw.BigIntegerField()
+    finished_at = pw.BigIntegerField(null=True)
+
+
 # ---------------------------------------------------------------- store scopes
 
 
@@ -382,6 +403,7 @@ SYNC_MODELS: list[type[_M]] = [
     AdminToken,
     UserRow,
     AuditRow,
+    IssueJob,
 ]
 MODELS = LEDGER_MODELS + SYNC_MODELS + SCOPE_MODELS
 # Columns a table gained after it was first created: added to an existing table before
