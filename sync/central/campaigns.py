@@ -111,22 +111,23 @@ def require_issuable(cid: str) -> None:
 
 def pause(central: Central, cid: str) -> CampaignSummary:
     """Tills refuse its coupons (campaign_paused) from their next ledger on."""
-    with central.writing():
-        row = _row(cid)
-        if row.status in FINISHED:
-            raise CentralError(f"campaign {cid!r} is {row.status}: only a running one pauses")
-        if row.status != PAUSED:
-            _store(row, {**_document(row), "paused": True}, status=PAUSED)
-    return summary(cid)
+    return _set_paused(central, cid, True, "only a running one pauses")
 
 
 def resume(central: Central, cid: str) -> CampaignSummary:
+    return _set_paused(central, cid, False, "it cannot be resumed")
+
+
+def _set_paused(central: Central, cid: str, paused: bool, refusal: str) -> CampaignSummary:
+    """Pause or resume: the document's `paused` (what the tills read) and the status move
+    together; a campaign already so is left alone, an ended one is refused."""
     with central.writing():
         row = _row(cid)
         if row.status in FINISHED:
-            raise CentralError(f"campaign {cid!r} is {row.status}: it cannot be resumed")
-        if row.status != ACTIVE:
-            _store(row, {**_document(row), "paused": False}, status=ACTIVE)
+            raise CentralError(f"campaign {cid!r} is {row.status}: {refusal}")
+        status = PAUSED if paused else ACTIVE
+        if row.status != status:
+            _store(row, {**_document(row), "paused": paused}, status=status)
     return summary(cid)
 
 
