@@ -20,9 +20,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import TypeAlias, TypedDict
 
 from coupons import cose
+from coupons.journal.export import ExportRow
 
 VERSION = "v1"
 PREFIX = f"/{VERSION}"
@@ -124,27 +125,9 @@ def check_signature(
     return SignedRequest(terminal, when)
 
 
-class EntryDoc(TypedDict):
-    """One journal entry on the wire, as `redeem journal export` writes it and the central
-    checks it (coupons.journal.EXPORT_FIELDS, in that order)."""
-
-    seq: int
-    at_ms: int
-    kind: str
-    op_id: str | None
-    checkout_id: str | None
-    accepted: bool
-    reason: str
-    campaign: str | None
-    serial: str | None  # 16 hex digits
-    customer: str | None
-    discount_minor: int
-    currency: str | None
-    cashier: str | None
-    source: str | None
-    detail: str  # a JSON object, as text
-    prev_hash: str
-    hash: str
+# One journal entry on the wire is exactly what `redeem journal export` writes, and the
+# central checks it field by field (coupons.journal.EXPORT_FIELDS, in that order).
+EntryDoc: TypeAlias = ExportRow
 
 
 class JournalReplyDoc(TypedDict):
