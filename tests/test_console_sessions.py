@@ -10,8 +10,13 @@ import pytest
 import requests
 
 from coupons.clock import FixedClock
-from sync.central import users
-from tests.central_server import Running, running_central
+from sync.central import keyvault, users
+from sync.central.app import create_app
+from sync.central.console import session
+from sync.central.models import Setting
+from sync.central.store import Central
+from tests import master_key
+from tests.central_server import Running, Thread, running_central
 from tests.conftest import T0
 from tests.test_console import PASSWORD, login, token
 
@@ -60,3 +65,26 @@ def test_a_password_reset_and_disabling_end_every_session(central: Running) -> N
     with central.central.session():
         users.disable_user(central.central, "test", "lou")
     assert not _in(central, s2)
+
+
+def test_the_cookie_key_is_sealed_and_every_instance_shares_it(central: Running) -> None:
+    """The signing key is in the database only sealed under the master key (a copy of the
+    database cannot forge a session), a plain key an older release stored is dropped, and
+    a second instance over the same database accepts the first one's cookie."""
+    with central.central.session():
+        Setting.insert(key=session.PLAIN_SECRET_SETTING, value="old plain key").execute()
+    s, r = login(central, "lou")
+    assert r.status_code == 200
+    with central.central.session():
+        assert Setting.get_or_none(Setting.key == session.PLAIN_SECRET_SETTING) is None
+        sealed = bytes.fromhex(str(Setting.get(Setting.key == session.SECRET_SETTING).value))
+    with pytest.raises(keyvault.VaultError):
+        keyvault.Vault(bytes(32)).open(session.SECRET_KID, session.SECRET_PURPOSE, sealed)
+    other = Central(central.data, central.clock.now, central.database, master_key=master_key.KEY)
+    server = Thread(create_app(other, publish_interval_s=None))
+    try:
+        again = s.get(server.url + "/", timeout=10, allow_redirects=False)
+        assert again.status_code == 200 and "lou" in again.text
+    finally:
+        server.stop()
+        other.close()

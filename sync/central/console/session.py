@@ -17,7 +17,12 @@ COOKIE = "console_session"
 LOGIN_COOKIE = "console_login"  # the login form's CSRF token, before there is a session
 CSRF_FIELD = "csrftoken"
 IDLE_S = 30 * 60  # a session unused this long (central's clock) must log in again
-SECRET_SETTING = "console.session_secret"
+# The cookie signing key, sealed under the master key as the signing keys are (a copy of
+# the database alone cannot forge a session). A plain key an older release stored under
+# PLAIN_SECRET_SETTING is dropped: sessions signed with it log in again.
+SECRET_SETTING = "console.session_secret.sealed"
+PLAIN_SECRET_SETTING = "console.session_secret"
+SECRET_KID, SECRET_PURPOSE = "console-session", "cookie-signing"
 # A cookie stamped this far ahead of the central's clock was not made by it (or the clock
 # went back): refused rather than trusted for the skew plus the idle time.
 AHEAD_S = 60
@@ -39,11 +44,13 @@ class Viewer:
 def _secret(central: Central) -> str:
     # Whichever instance comes first writes the key; every other one reads that one, so a
     # cookie made by one instance is accepted by all of them.
+    vault = central.vault
     with central.session():
-        Setting.insert(
-            key=SECRET_SETTING, value=secrets.token_urlsafe(48)
-        ).on_conflict_ignore().execute()
-        return str(Setting.get(Setting.key == SECRET_SETTING).value)
+        Setting.delete().where(Setting.key == PLAIN_SECRET_SETTING).execute()
+        sealed = vault.seal(SECRET_KID, SECRET_PURPOSE, secrets.token_bytes(48))
+        Setting.insert(key=SECRET_SETTING, value=sealed.hex()).on_conflict_ignore().execute()
+        stored = bytes.fromhex(str(Setting.get(Setting.key == SECRET_SETTING).value))
+    return vault.open(SECRET_KID, SECRET_PURPOSE, stored).hex()
 
 
 async def serializer(request: Request, salt: str) -> URLSafeSerializer:
