@@ -4,8 +4,10 @@ coupons.i18n), the page language, and the checks in front of each page and actio
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 
+from babel.dates import format_timedelta
 from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
@@ -120,6 +122,7 @@ DISABLED = N_("This account is disabled: ask an administrator.")
 CSRF_REFUSED = N_("This form has expired: reload the page and try again.")
 NOT_ALLOWED = N_("Your role may not do this: ask an administrator.")
 NOT_FOUND = N_("Not found.")
+JUST_NOW = N_("just now")
 
 
 def lang_of(request: Request) -> str:
@@ -142,6 +145,20 @@ def lang_of(request: Request) -> str:
     return normalize_lang(ranked[0][1]) if ranked else "en"
 
 
+def when(epoch_s: int | None, now_s: int, lang: str) -> str:
+    """ "2026-11-24T08:00:00Z (3 minutes ago)" in the page's language (Babel's words for the
+    age: "3分钟前"), or "never"."""
+    if epoch_s is None:
+        return translate("never", lang)
+    delta = int(epoch_s) - now_s
+    age = (
+        translate(JUST_NOW, lang)
+        if abs(delta) < 5
+        else format_timedelta(timedelta(seconds=delta), add_direction=True, locale=lang)
+    )
+    return f"{display.iso(int(epoch_s))} ({age})"
+
+
 def money(minor: int | None, currency: str | None) -> str:
     return "-" if minor is None else display.money(minor, currency)
 
@@ -162,7 +179,7 @@ async def render(
         lang=lang,
         _=lambda s: translate(s, lang),
         money=money,
-        when=lambda t: translate("never", lang) if t is None else display.when(t, now),
+        when=lambda t: when(t, now, lang),
         path=request.url.path,
         viewer=viewer,
         csrf_token=viewer.csrf if viewer else ctx.get("csrf_token", ""),
