@@ -165,6 +165,7 @@ async def render(
         when=lambda t: translate("never", lang) if t is None else display.when(t, now),
         path=request.url.path,
         viewer=viewer,
+        may=lambda permission: viewer is not None and users.allowed(viewer.role, permission),
         csrf_token=viewer.csrf if viewer else ctx.get("csrf_token", ""),
     )
     resp = TEMPLATES.TemplateResponse(request, template, ctx, status_code=status)
