@@ -225,3 +225,13 @@ def test_an_auditor_reads_everything_and_every_post_is_refused(central: Running)
 
 def test_nice_axis_steps() -> None:
     assert [charts.nice_step(n) for n in (1, 5, 6, 11, 30, 99, 4000)] == [1, 1, 2, 5, 10, 20, 1000]
+
+
+def test_every_refusal_reason_has_one_category() -> None:
+    from coupons import refusals
+    from coupons.reasons import Reason
+
+    held = [r for _, (_, codes) in refusals.CATEGORIES.items() for r in codes]
+    assert len(held) == len(set(held)) and set(held) == set(Reason) - {Reason.OK}
+    assert list(refusals.CATEGORIES)[:4] == ["network", "expired", "budget", "system"]
+    assert refusals.category("a_reason_from_a_newer_till") == refusals.OTHER
