@@ -77,60 +77,61 @@ class Report(TypedDict):
     stale_after_s: int
 
 
-def _sums(*group: pw.Field) -> list[tuple[tuple[str, ...], Sums]]:
-    """Per value of the `group` columns (and currency): those values, and their sums."""
+def sums(*group: pw.Node, where: pw.Node | None = None) -> list[tuple[tuple[Any, ...], Sums]]:
+    """Per value of the `group` columns or expressions (and currency): those values, and
+    their sums; only the redemptions `where` selects (all of them without)."""
     live = Redemption.reversed_seq.is_null()
-    query: Any = (
-        Redemption.select(
-            *group,
-            Redemption.currency,
-            pw.fn.SUM(pw.Case(None, [(live, 1)], 0)).alias("redemptions"),
-            pw.fn.SUM(pw.Case(None, [(live, Redemption.discount_minor)], 0)).alias("discount"),
-            pw.fn.SUM(pw.Case(None, [(live, 0)], 1)).alias("reversed"),
-            pw.fn.COUNT(pw.fn.DISTINCT(pw.Case(None, [(live, Redemption.serial)], None))).alias(
-                "coupons"
-            ),
-        )
-        .group_by(*group, Redemption.currency)
-        .order_by(*group, Redemption.currency)
-        .dicts()
+    query: Any = Redemption.select(
+        *group,
+        Redemption.currency,
+        pw.fn.SUM(pw.Case(None, [(live, 1)], 0)).alias("redemptions"),
+        pw.fn.SUM(pw.Case(None, [(live, Redemption.discount_minor)], 0)).alias("discount"),
+        pw.fn.SUM(pw.Case(None, [(live, 0)], 1)).alias("reversed"),
+        pw.fn.COUNT(pw.fn.DISTINCT(pw.Case(None, [(live, Redemption.serial)], None))).alias(
+            "coupons"
+        ),
     )
-    out: list[tuple[tuple[str, ...], Sums]] = []
-    for row in query:
-        discount = int(row["discount"] or 0)
-        sums: Sums = {
-            "currency": row["currency"],
-            "redemptions": int(row["redemptions"] or 0),
-            "discount_minor": discount,
-            "discount_text": display.money(discount, row["currency"]),
-            "reversed": int(row["reversed"] or 0),
-            "coupons_redeemed": int(row["coupons"] or 0),
+    if where is not None:
+        query = query.where(where)
+    query = query.group_by(*group, Redemption.currency).order_by(*group, Redemption.currency)
+    out: list[tuple[tuple[Any, ...], Sums]] = []
+    n = len(group)
+    for row in query.tuples():
+        currency, redemptions, discount, reversed_, coupons = row[n:]
+        sums_: Sums = {
+            "currency": currency,
+            "redemptions": int(redemptions or 0),
+            "discount_minor": int(discount or 0),
+            "discount_text": display.money(int(discount or 0), currency),
+            "reversed": int(reversed_ or 0),
+            "coupons_redeemed": int(coupons or 0),
         }
-        out.append((tuple(row[f.name] for f in group), sums))
+        out.append((tuple(row[:n]), sums_))
     return out
 
 
-def _by_campaign(
-    issued: dict[str, int], names: dict[str, str], live: set[str]
+def by_campaign(
+    issued: dict[str, int], names: dict[str, str], live: set[str], where: pw.Node | None = None
 ) -> list[CampaignLine]:
-    """Every campaign: those that redeemed (one line per currency), then the rest, whether
-    they issued coupons or not (a SUN-tag campaign issues none here), each with its rate."""
-    by_campaign: list[CampaignLine] = []
-    for (cid,), sums in _sums(Redemption.campaign):
+    """Every campaign: those that redeemed (one line per currency; only the redemptions
+    `where` selects), then the rest, whether they issued coupons or not (a SUN-tag campaign
+    issues none here), each with its rate (coupons redeemed / issued)."""
+    lines: list[CampaignLine] = []
+    for (cid,), got in sums(Redemption.campaign, where=where):
         n = int(issued.get(cid, 0))
-        rate = round(sums["coupons_redeemed"] / n, 4) if n else None
+        rate = round(got["coupons_redeemed"] / n, 4) if n else None
         line: CampaignLine = {
             "campaign": cid,
-            **sums,
+            **got,
             "name": names.get(cid, cid),
             "issued": n,
             "redemption_rate": rate,
         }
-        by_campaign.append(line)
-    seen = {line["campaign"] for line in by_campaign}
+        lines.append(line)
+    seen = {line["campaign"] for line in lines}
     for cid in sorted((set(issued) | live) - seen):
         n = int(issued.get(cid, 0))
-        by_campaign.append(
+        lines.append(
             {
                 "campaign": cid,
                 "name": names.get(cid, cid),
@@ -144,18 +145,18 @@ def _by_campaign(
                 "redemption_rate": 0.0 if n else None,
             }
         )
-    return by_campaign
+    return lines
 
 
 def _by_terminal(terminals: dict[str, TerminalRow]) -> list[TerminalLine]:
     out: list[TerminalLine] = []
-    for (tid, store), sums in _sums(Redemption.terminal, Redemption.store):
+    for (tid, store), line in sums(Redemption.terminal, Redemption.store):
         t = terminals.get(tid)
         out.append(
             {
                 "terminal": tid,
                 "store": store,
-                **sums,
+                **line,
                 "last_seen": t.last_seen if t else None,
                 "last_upload": t.last_upload if t else None,
             }
@@ -181,26 +182,41 @@ def _stale(terminals: dict[str, TerminalRow], now: int, stale_after_s: int) -> l
     ]
 
 
-def build(central: Central, stale_after_s: int = STALE_AFTER_S) -> Report:
-    now = int(central.now())
-    counted: Any = (
-        CouponRow.select(CouponRow.campaign, pw.fn.COUNT(CouponRow.serial))
-        .group_by(CouponRow.campaign)
-        .tuples()
-    )
-    issued: dict[str, int] = dict(counted)
-    names = {}
+def issued_by_campaign(until_s: int | None = None) -> dict[str, int]:
+    """Coupons issued per campaign (up to epoch second `until_s`, all without)."""
+    query: Any = CouponRow.select(CouponRow.campaign, pw.fn.COUNT(CouponRow.serial))
+    if until_s is not None:
+        query = query.where(CouponRow.issued_at < until_s)
+    return dict(query.group_by(CouponRow.campaign).tuples())
+
+
+def campaign_names() -> tuple[dict[str, str], set[str], dict[str, frozenset[str]]]:
+    """Every campaign's name (its id when it has none), the live (not removed) ones, and
+    each one's store scope (empty: every store)."""
+    names: dict[str, str] = {}
     # A removed campaign appears only with what it issued or redeemed; a live one even when
     # nothing has happened yet (head office asks "why nothing?" of exactly those).
     live: set[str] = set()
+    scope: dict[str, frozenset[str]] = {}
     for row in CampaignRow.select(CampaignRow.id, CampaignRow.doc, CampaignRow.removed):
         if not row.removed:
             live.add(row.id)
         try:
-            names[row.id] = json.loads(row.doc).get("name", row.id)
+            doc = json.loads(row.doc)
         except ValueError:
-            names[row.id] = row.id
-    by_campaign = _by_campaign(issued, names, live)
+            doc = {}
+        doc = doc if isinstance(doc, dict) else {}
+        names[row.id] = str(doc.get("name", row.id))
+        stores = doc.get("stores")
+        scope[row.id] = frozenset(stores) if isinstance(stores, list) else frozenset()
+    return names, live, scope
+
+
+def build(central: Central, stale_after_s: int = STALE_AFTER_S) -> Report:
+    now = int(central.now())
+    issued = issued_by_campaign()
+    names, live, _ = campaign_names()
+    campaigns = by_campaign(issued, names, live)
     terminals = {t.id: t for t in TerminalRow.select()}
     by_terminal = _by_terminal(terminals)
     stale = _stale(terminals, now, stale_after_s)
@@ -213,13 +229,13 @@ def build(central: Central, stale_after_s: int = STALE_AFTER_S) -> Report:
         "generated_at_iso": display.iso(now) or "",
         "ledger_version": latest.version if latest else 0,
         "totals": {
-            "redemptions": sum(i["redemptions"] for i in by_campaign),
+            "redemptions": sum(i["redemptions"] for i in campaigns),
             "issued": sum(int(n) for n in issued.values()),
             "terminals": len(terminals),
             "open_flags": sum(kinds.values()),
         },
-        "by_campaign": by_campaign,
-        "by_store": [{"store": store, **sums} for (store,), sums in _sums(Redemption.store)],
+        "by_campaign": campaigns,
+        "by_store": [{"store": store, **line} for (store,), line in sums(Redemption.store)],
         "by_terminal": by_terminal,
         "open_flags": open_flags,
         "open_flags_by_kind": dict(sorted(kinds.items())),

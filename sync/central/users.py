@@ -12,6 +12,7 @@ import peewee as pw
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from coupons import csvsafe
 from sync.central.models import AuditRow, UserRow
 from sync.central.store import Central, CentralError
 
@@ -251,26 +252,46 @@ def audit(
     return int(row.id)
 
 
+def audit_doc(r: AuditRow) -> AuditDoc:
+    return {
+        "id": int(r.id),
+        "at": int(r.at),
+        "actor": r.actor,
+        "action": r.action,
+        "target": r.target,
+        "before": json.loads(r.before) if r.before is not None else None,
+        "after": json.loads(r.after) if r.after is not None else None,
+    }
+
+
 def audit_log(since: int | None = None, after_id: int = 0, limit: int = 1000) -> list[AuditDoc]:
     """Entries in the order they were written: from epoch second `since`, after id."""
     query = AuditRow.select().where(AuditRow.id > after_id)
     if since is not None:
         query = query.where(AuditRow.at >= since)
-    return [
-        {
-            "id": int(r.id),
-            "at": int(r.at),
-            "actor": r.actor,
-            "action": r.action,
-            "target": r.target,
-            "before": json.loads(r.before) if r.before is not None else None,
-            "after": json.loads(r.after) if r.after is not None else None,
-        }
-        for r in query.order_by(AuditRow.id).limit(limit)
+    return [audit_doc(r) for r in query.order_by(AuditRow.id).limit(limit)]
+
+
+AUDIT_COLUMNS = ("id", "at", "actor", "action", "target", "before", "after")
+
+
+def audit_csv_row(e: AuditDoc) -> list[str | int | float]:
+    """One entry as CSV cells (AUDIT_COLUMNS), every one through csvsafe: a target or a
+    note written as =HYPERLINK(...) opens as text in a spreadsheet, never as a formula."""
+    row: list[object] = [
+        e["id"],
+        csvsafe.iso_time(e["at"] * 1000),
+        e["actor"],
+        e["action"],
+        e["target"],
+        "" if e["before"] is None else json.dumps(e["before"], ensure_ascii=False),
+        "" if e["after"] is None else json.dumps(e["after"], ensure_ascii=False),
     ]
+    return [csvsafe.cell(v) for v in row]
 
 
 __all__ = [
+    "AUDIT_COLUMNS",
     "LOCK_S",
     "MAX_FAILURES",
     "PERMISSIONS",
@@ -282,6 +303,8 @@ __all__ = [
     "add_user",
     "allowed",
     "audit",
+    "audit_csv_row",
+    "audit_doc",
     "audit_log",
     "check_role",
     "disable_user",

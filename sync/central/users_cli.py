@@ -7,18 +7,14 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from coupons import csvsafe
 from coupons.cliutil import EXIT_OK, UserError, emit
 from coupons.timeutil import parse_time
 from sync.central import terminals, users
 from sync.central.cli_common import AddCommand, Commands, audited, cli_actor, open_central
-
-AUDIT_COLUMNS = ("id", "at", "actor", "action", "target", "before", "after")
 
 
 def _password_stdin() -> str:
@@ -117,23 +113,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _write_csv(path: Path, entries: list[users.AuditDoc]) -> None:
-    """Every cell through csvsafe: a target or a note written as =HYPERLINK(...) opens as
-    text in a spreadsheet, never as a formula."""
-
     with path.open("w", newline="", encoding="utf-8") as f:
         out = csv.writer(f)
-        out.writerow(AUDIT_COLUMNS)
-        for e in entries:
-            row: list[object] = [
-                e["id"],
-                csvsafe.iso_time(e["at"] * 1000),
-                e["actor"],
-                e["action"],
-                e["target"],
-                "" if e["before"] is None else json.dumps(e["before"], ensure_ascii=False),
-                "" if e["after"] is None else json.dumps(e["after"], ensure_ascii=False),
-            ]
-            out.writerow([csvsafe.cell(v) for v in row])
+        out.writerow(users.AUDIT_COLUMNS)
+        out.writerows(users.audit_csv_row(e) for e in entries)
 
 
 def add_commands(sub: Commands, command: AddCommand) -> None:

@@ -9,12 +9,14 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from sync.central.console import (
+    audit_pages,
     auth,
     campaign_form,
     campaigns,
     dashboard,
     flag_pages,
     fleet_pages,
+    report_pages,
 )
 
 STATIC = Path(__file__).parent / "static"
@@ -25,6 +27,8 @@ ROUTERS = (
     campaigns.router,
     flag_pages.router,
     fleet_pages.router,
+    report_pages.router,
+    audit_pages.router,
 )
 
 

@@ -182,6 +182,7 @@ async def render(
         when=lambda t: when(t, now, lang),
         path=request.url.path,
         viewer=viewer,
+        may=lambda permission: viewer is not None and users.allowed(viewer.role, permission),
         csrf_token=viewer.csrf if viewer else ctx.get("csrf_token", ""),
     )
     resp = TEMPLATES.TemplateResponse(request, template, ctx, status_code=status)
