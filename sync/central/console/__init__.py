@@ -11,6 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from sync.central.console import (
     auth,
     campaign_form,
+    campaign_pages,
     campaigns,
     dashboard,
     flag_pages,
@@ -22,6 +23,7 @@ ROUTERS = (
     auth.router,
     dashboard.router,
     campaign_form.router,  # before campaigns: /campaigns/new is not a campaign's id
+    campaign_pages.router,  # before campaigns: /campaigns/{id}/edit is not a lifecycle step
     campaigns.router,
     flag_pages.router,
     fleet_pages.router,
