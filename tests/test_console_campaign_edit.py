@@ -256,6 +256,15 @@ def test_preview_of_a_percent_campaign_with_a_cap_and_an_item_rule(
     ]
 
 
+def test_preview_of_a_gift_campaign(central: Running, mia: requests.Session) -> None:
+    r = _preview(
+        central, mia, id="TOTE", kind="gift", currency="CNY", gift_sku="TOTE-BAG",
+        amount="15", min_spend="200",
+    )  # fmt: skip
+    assert [why for _, _, why in _outcomes(r.text)] == ["below_minimum", "below_minimum", "ok"]
+    assert "gift <code>TOTE-BAG</code>" in r.text
+
+
 def test_preview_of_an_edit_uses_the_stored_rules_and_the_typed_amount(
     central: Running, mia: requests.Session
 ) -> None:

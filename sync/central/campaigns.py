@@ -201,6 +201,16 @@ def live(cid: str) -> bool:
     return bool(SunKeyRow.select().where(SunKeyRow.campaign == cid).exists())
 
 
+def replacing(central: Central, new: Campaign) -> dict[str, str]:
+    """What `campaign add` over a running campaign of the same id may not change (the rules
+    of an edit; empty for a new id or an allowed replacement)."""
+    row = CampaignRow.get_or_none((CampaignRow.id == new.id) & ~CampaignRow.removed)
+    if row is None or row.status in FINISHED:
+        return {}  # new; or ended, which status_on_add refuses with its own sentence
+    old = Campaign.from_dict(_document(row))
+    return campaign_edit.refusals(old, new, live(new.id), int(central.now()))
+
+
 def edit(central: Central, cid: str, doc: Mapping[str, object]) -> tuple[Campaign, Campaign]:
     """Replace a running campaign's document with an edited one (checked by the tills'
     rules, then by campaign_edit.refusals); the new document goes out with the next
