@@ -260,6 +260,8 @@ def test_cli_list_json(hq: Path) -> None:
     assert set(by_id) == {"FLASH", "NOTHING"}
     assert by_id["FLASH"]["redeemed_minor"] == 6000 and by_id["FLASH"]["issued"] == 4
     assert by_id["FLASH"]["budget_minor_left"] == 994000
+    assert by_id["FLASH"]["redemption_rate"] == 0.5
+    assert by_id["NOTHING"]["redemption_rate"] is None  # issued none here
 
 
 def test_cli_show(hq: Path) -> None:
@@ -271,6 +273,7 @@ def test_cli_show(hq: Path) -> None:
     assert "2026-11-20T00:00:00+00:00" in out and "2026-12-01T00:00:00+00:00" in out
     assert "CNY 9940.00 of CNY 10000.00" in out  # budget left
     assert "redeemed value:" in out and "CNY 60.00" in out
+    assert "redemption rate: 50.0%" in out  # 2 redemptions of 4 issued, as the console shows
     assert "15% off, at most CNY 30.00" in _cli(hq, "show", "NOTHING").stdout
 
 
@@ -300,6 +303,26 @@ def test_cli_unknown_campaign(hq: Path, step: str) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip() == "redeem-central: no campaign 'NOPE'"
     assert proc.stdout == ""
+
+
+def test_cli_add_over_a_running_campaign_follows_the_console_edit_rules(
+    hq: Path, tmp_path: Path
+) -> None:
+    doc = json.loads(_cli(hq, "show", "FLASH", "--json").stdout)["document"]
+    path = tmp_path / "flash.json"
+    path.write_text(json.dumps({**doc, "amount_minor": 1000, "currency": "EUR"}))
+    refused = _cli(hq, "add", "--file", str(path))
+    assert refused.returncode == 2
+    assert "campaign FLASH cannot be replaced so: currency: The currency cannot change" in (
+        refused.stderr
+    )
+    path.write_text(json.dumps({**doc, "amount_minor": 1000}))  # coupons are out: no less
+    refused = _cli(hq, "add", "--file", str(path))
+    assert refused.returncode == 2 and "amount_minor: Coupons of this campaign" in refused.stderr
+    assert "CNY 30.00 off" in _cli(hq, "show", "FLASH").stdout
+    path.write_text(json.dumps({**doc, "amount_minor": 4000}))  # more generous: fine
+    assert _cli(hq, "add", "--file", str(path)).returncode == 0
+    assert "CNY 40.00 off" in _cli(hq, "show", "FLASH").stdout
 
 
 def test_campaigns_still_added_from_a_file(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from coupons.cliutil import EXIT_OK, UserError, emit, read_document
 from coupons.rules import Campaign, CampaignKind
-from sync.central.campaigns import CampaignSummary
+from sync.central.campaigns import CampaignSummary, replacing
 from sync.central.cli_common import AddCommand, Commands, audited, open_central
 
 
@@ -40,6 +40,11 @@ def gives(c: Campaign) -> str:
     return text
 
 
+def rate(s: CampaignSummary) -> str:
+    """Redemptions per coupon issued, as a percentage ("-" when none was issued here)."""
+    return "-" if s.redemption_rate is None else f"{s.redemption_rate * 100:.1f}%"
+
+
 def budget_left(s: CampaignSummary) -> str:
     c = s.campaign
     parts = []
@@ -61,6 +66,11 @@ def cmd_campaign_add(args: argparse.Namespace) -> int:
         raise UserError(f"{args.file}: expected a campaign or a list of campaigns")
     c = open_central(args)
     campaigns = [Campaign.from_dict(d) for d in docs]  # all valid, or none is added
+    for camp in campaigns:  # a file over a running campaign is an edit: the same rules
+        problems = replacing(c, camp)
+        if problems:
+            said = "; ".join(f"{field}: {why}" for field, why in problems.items())
+            raise UserError(f"campaign {camp.id} cannot be replaced so: {said}")
     added = [c.add_campaign(camp.to_dict()).id for camp in campaigns]
     audited(c, "campaign.add", ",".join(added), None, [camp.to_dict() for camp in campaigns])
     emit(args, {"added": added}, "added campaign(s): " + ", ".join(added))
@@ -105,9 +115,10 @@ def show_text(s: CampaignSummary) -> str:
         ("issued", str(s.issued)),
         ("redemptions", str(s.redemptions)),
         ("redeemed value", major(s.redeemed_minor, c.currency)),
+        ("redemption rate", rate(s)),
         ("budget left", budget_left(s)),
     ]
-    return "\n".join([f"campaign {c.id}: {c.name}", *(f"  {k + ':':<16}{v}" for k, v in rows)])
+    return "\n".join([f"campaign {c.id}: {c.name}", *(f"  {k + ':':<17}{v}" for k, v in rows)])
 
 
 def cmd_campaign_show(args: argparse.Namespace) -> int:

@@ -5,15 +5,17 @@ reaches them as the document's `paused`, an end as its `valid_until` (docs/centr
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import peewee as pw
 
 from coupons.jsontypes import JSONObject
 from coupons.rules import Campaign
+from sync.central import campaign_edit
 from sync.central.keyring import CentralError
-from sync.central.models import CampaignRow, CampaignUsage, CouponRow
+from sync.central.models import CampaignRow, CampaignUsage, CouponRow, SunKeyRow
 
 if TYPE_CHECKING:
     from sync.central.store import Central
@@ -45,8 +47,15 @@ class CampaignSummary:
         budget = self.campaign.budget_minor
         return None if budget is None else max(0, budget - self.redeemed_minor)
 
+    @property
+    def redemption_rate(self) -> float | None:
+        """Redemptions per coupon issued here (None when it issued none: SUN-tag campaigns
+        issue their coupons outside the central)."""
+        return None if not self.issued else self.redemptions / self.issued
+
     def to_dict(self) -> JSONObject:
         c = self.campaign
+        rate = self.redemption_rate
         return {
             "id": c.id,
             "name": c.name,
@@ -59,6 +68,7 @@ class CampaignSummary:
             "issued": self.issued,
             "redemptions": self.redemptions,
             "redeemed_minor": self.redeemed_minor,
+            "redemption_rate": None if rate is None else round(rate, 4),
             "budget_count": c.budget_count,
             "budget_count_left": self.budget_count_left,
             "budget_minor": c.budget_minor,
@@ -153,21 +163,71 @@ def end(central: Central, cid: str) -> CampaignSummary:
     return summary(cid)
 
 
+def can_archive(status: str, campaign: Campaign, now: float) -> bool:
+    """Ended, by `campaign end` or by its `valid_until` passing (archived already: no)."""
+    ran_out = campaign.valid_until is not None and campaign.valid_until <= now
+    return status == ENDED or (status != ARCHIVED and ran_out)
+
+
 def archive(central: Central, cid: str) -> CampaignSummary:
-    """Put an ended campaign away (out of `campaign list` unless --all). A campaign whose
-    `valid_until` has passed has ended too, without `campaign end`."""
+    """Put an ended campaign away (out of `campaign list` unless --all)."""
     with central.writing():
         row = _row(cid)
         if row.status == ARCHIVED:
             return summary(cid)
-        until = Campaign.from_dict(_document(row)).valid_until
-        ran_out = until is not None and until <= central.now()
-        if row.status != ENDED and not ran_out:
+        if not can_archive(str(row.status), Campaign.from_dict(_document(row)), central.now()):
             raise CentralError(
                 f"campaign {cid!r} is {row.status}: end it (campaign end) before archiving it"
             )
         CampaignRow.update(status=ARCHIVED).where(CampaignRow.id == cid).execute()
     return summary(cid)
+
+
+class EditRefused(CentralError):
+    """An edit the lifecycle or campaign_edit.refusals refuses: document field -> why
+    (field "" for the campaign as a whole)."""
+
+    def __init__(self, problems: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{k or 'campaign'}: {v}" for k, v in problems.items()))
+        self.problems = problems
+
+
+def live(cid: str) -> bool:
+    """Shoppers may hold its terms: coupons were issued or redeemed, or SUN tags made."""
+    if CouponRow.select().where(CouponRow.campaign == cid).exists():
+        return True
+    if CampaignUsage.select().where(CampaignUsage.campaign == cid).exists():
+        return True
+    return bool(SunKeyRow.select().where(SunKeyRow.campaign == cid).exists())
+
+
+def replacing(central: Central, new: Campaign) -> dict[str, str]:
+    """What `campaign add` over a running campaign of the same id may not change (the rules
+    of an edit; empty for a new id or an allowed replacement)."""
+    row = CampaignRow.get_or_none((CampaignRow.id == new.id) & ~CampaignRow.removed)
+    if row is None or row.status in FINISHED:
+        return {}  # new; or ended, which status_on_add refuses with its own sentence
+    old = Campaign.from_dict(_document(row))
+    return campaign_edit.refusals(old, new, live(new.id), int(central.now()))
+
+
+def edit(central: Central, cid: str, doc: Mapping[str, object]) -> tuple[Campaign, Campaign]:
+    """Replace a running campaign's document with an edited one (checked by the tills'
+    rules, then by campaign_edit.refusals); the new document goes out with the next
+    ledger. Returns (before, after); after is before when nothing changed."""
+    new = Campaign.from_dict(doc)
+    with central.writing():
+        row = _row(cid)
+        if row.status in FINISHED:
+            raise EditRefused({"": campaign_edit.FINISHED})
+        old = Campaign.from_dict(_document(row))
+        new = replace(new, paused=old.paused)  # pause and resume are their own steps
+        problems = campaign_edit.refusals(old, new, live(cid), int(central.now()))
+        if problems:
+            raise EditRefused(problems)
+        if new.to_dict() != old.to_dict():
+            _store(row, new.to_dict())
+    return old, new
 
 
 def summary(cid: str) -> CampaignSummary:

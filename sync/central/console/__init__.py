@@ -12,6 +12,7 @@ from sync.central.console import (
     audit_pages,
     auth,
     campaign_form,
+    campaign_pages,
     campaigns,
     dashboard,
     flag_pages,
@@ -24,6 +25,7 @@ ROUTERS = (
     auth.router,
     dashboard.router,
     campaign_form.router,  # before campaigns: /campaigns/new is not a campaign's id
+    campaign_pages.router,  # before campaigns: /campaigns/{id}/edit is not a lifecycle step
     campaigns.router,
     flag_pages.router,
     fleet_pages.router,

@@ -1,20 +1,24 @@
-"""The console's campaigns: the list with status and figures, and pause, resume and end
-(permission campaigns.write, each audited with the viewer as actor)."""
+"""The console's campaigns: the list with status and figures (archived ones only when asked
+for), and pause, resume, end and archive (permission campaigns.write, each audited with
+the viewer as actor)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
-from sync.central import users
+from coupons.i18n import N_
+from sync.central import campaigns, users
 from sync.central.campaigns import CampaignSummary
 from sync.central.console import pages
+from sync.central.console.campaign_form import refused_attempt
 from sync.central.console.session import Viewer
 from sync.central.context import services
 from sync.central.store import Central, CentralError
 
 router = APIRouter(include_in_schema=False)
-STEPS = ("pause", "resume", "end")
+STEPS = ("pause", "resume", "end", "archive")
+NOT_ENDED = N_("Only an ended campaign can be archived: end it first.")
 
 
 @router.get("/campaigns")
@@ -25,12 +29,23 @@ async def campaigns_page(request: Request) -> Response:
     return await _list(request, viewer, 200, None)
 
 
+def _listed(central: Central, archived: bool) -> tuple[list[CampaignSummary], int, set[str]]:
+    """The campaigns shown, how many archived ones are hidden, and which may be archived."""
+    found = central.list_campaigns()
+    shown = found if archived else [s for s in found if s.status != campaigns.ARCHIVED]
+    now = central.now()
+    archivable = {s.campaign.id for s in shown if campaigns.can_archive(s.status, s.campaign, now)}
+    return shown, len(found) - len(shown), archivable
+
+
 async def _list(request: Request, viewer: Viewer, status: int, error: str | None) -> Response:
     svc = services(request)
-    found = await svc.db(svc.central.list_campaigns)
+    archived = request.query_params.get("archived") == "1"
+    shown, hidden, archivable = await svc.db(_listed, svc.central, archived)
     return await pages.render(
-        request, "campaigns.html", viewer, status, campaigns=found, error=error
-    )
+        request, "campaigns.html", viewer, status,
+        campaigns=shown, hidden=hidden, archived=archived, archivable=archivable, error=error,
+    )  # fmt: skip
 
 
 def _step(central: Central, actor: str, cid: str, step: str) -> CampaignSummary:
@@ -38,11 +53,18 @@ def _step(central: Central, actor: str, cid: str, step: str) -> CampaignSummary:
         "pause": central.pause_campaign,
         "resume": central.resume_campaign,
         "end": central.end_campaign,
+        "archive": central.archive_campaign,
     }[step]
     with central.writing():
-        before = central.campaign_summary(cid).to_dict()
+        before = central.campaign_summary(cid)
+        if (
+            step == "archive"
+            and not campaigns.can_archive(before.status, before.campaign, central.now())
+            and before.status != campaigns.ARCHIVED
+        ):
+            raise CentralError(NOT_ENDED)
         after = act(cid)
-        users.audit(central, actor, f"campaign.{step}", cid, before, after.to_dict())
+        users.audit(central, actor, f"campaign.{step}", cid, before.to_dict(), after.to_dict())
     return after
 
 
@@ -58,6 +80,11 @@ async def campaign_step(request: Request, cid: str, step: str) -> Response:
     try:
         await svc.db(_step, svc.central, viewer.actor, cid, step)
     except CentralError as exc:
-        # The lifecycle's own sentence (e.g. an ended campaign cannot resume), at the list.
+        # The lifecycle's own sentence (e.g. an ended campaign cannot resume), at the list;
+        # the attempt is audited.
+        refused = {"": str(exc)}
+        await svc.db(
+            refused_attempt, svc.central, viewer.actor, f"campaign.{step}", cid, None, refused
+        )
         return await _list(request, viewer, 409, str(exc))
     return RedirectResponse("/campaigns", status_code=303)
