@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 
 import requests
 
-from demo import live
+from demo import console, live
 from demo.procs import Child, Children, free_port, port_free
 from demo.story import Day, play
 from demo.tools import TOOLS, DemoFailed, clean_env, run, run_json, say, yuan
@@ -173,7 +173,7 @@ def start_central(children: Children, central: Path, port: int) -> tuple[Child, 
         time.sleep(0.05)
 
 
-def console_login(central: Path, url: str) -> None:
+def console_login(central: Path, url: str) -> str:
     """An admin user for the head-office console with a new random password, printed with
     the console's address (the demo serves on 127.0.0.1 only, so the password goes no
     further than this terminal)."""
@@ -181,6 +181,7 @@ def console_login(central: Path, url: str) -> None:
     args = ("user", "add", *at_central(central), "--name", "admin", "--role", "admin")
     run("redeem-central", *args, "--password-stdin", stdin=password + "\n")
     say("setup", f"console: {url}/ (log in as admin, password {password})")
+    return password
 
 
 def enroll(central: Path, url: str, till: Path, fingerprint: str) -> str:
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         holder: dict[str, Child] = {}
         holder["central"], url = start_central(children, central_dir, port)
         say("setup", f"redeem-central serve: {url} (pid {holder['central'].pid})")
-        console_login(central_dir, url)
+        console_password = console_login(central_dir, url)
         names = {"A": enroll(central_dir, url, a, fingerprint)}
         names["B"] = enroll(central_dir, url, b, fingerprint)
 
@@ -366,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         play(day, central_report)
         summary(day, central_report(), central_dir)
+        console.show_day(url, console_password, out)
         say("", f"    elapsed: {time.monotonic() - started:.1f} s")
         if not args.no_wait:
             print(

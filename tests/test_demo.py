@@ -155,6 +155,25 @@ def test_demo_prints_the_console_address_and_login(
     )
 
 
+def test_demo_day_ends_in_the_console(
+    demo: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    """The console's report, fraud desk and fleet, read through the login form as head
+    office would, show the day the demo played: its redemptions, the double redemption
+    caught at sync, and both tills."""
+    out, cwd = demo[0].stdout, demo[1]
+    today = step(out, "    today: ")
+    redeemed = re.search(r"today: (\d+) redemptions, (.+) off, (\d+) refused", today)
+    assert redeemed and int(redeemed.group(1)) >= 5, today
+    assert re.search(r"\d+\.\d\d", redeemed.group(2)), today  # money in major units
+    assert "double_redemption" in step(out, "    fraud desk: ")
+    assert re.search(r"fleet: 2 terminals \(\S+, \S+\)", step(out, "    fleet: "))
+    kept = cwd / "demo-out" / "console"
+    for page in ("report", "flags", "fleet"):
+        assert 'id="viewer"' in (kept / f"{page}.html").read_text(encoding="utf-8")
+        assert (kept / f"{page}.png").stat().st_size > 10_000  # a screenshot, not a blank
+
+
 def test_demo_morning_uses_every_input_and_the_pos_api(
     demo: tuple[subprocess.CompletedProcess[str], Path],
 ) -> None:
