@@ -231,10 +231,10 @@ class SyncClient:
         self.link.reset_offset()
         try:
             self._check_stop()
-            self._report()
+            self.report_status()
             result.journal = self.push_journal()
             self._check_stop()
-            self._report()
+            self.report_status()
             result.ledger = self.pull_ledger()
             if self._own_usage is not None:
                 # The ledger just pulled counts every use the central has from us: from now
@@ -242,12 +242,12 @@ class SyncClient:
                 own = self._own_usage
                 self.local.call(lambda e: e.record_own_usage(own))
             self._check_stop()
-            self._report()
+            self.report_status()
             result.flags = self.pull_flags()
             # A ledger applied journals an entry: send it now too.
             if self.local.call(_journal_counts)["backlog"] > 0:
                 self._check_stop()
-                self._report()
+                self.report_status()
                 result.journal = _merge_push(result.journal, self.push_journal())
             result.ok = True
         except SyncError as exc:
@@ -264,17 +264,20 @@ class SyncClient:
         if self.stop.is_set():
             raise SyncError(SyncErrorKind.STOPPED, "sync stopped (the terminal is shutting down)")
 
-    def _report(self) -> None:
-        """What the next requests tell the central (sync/till_status.py): the backlog now,
-        the clock offset (this round's, else the last kept) and the inputs' health."""
-        counts, offset = self.local.call(lambda e: (_journal_counts(e), e.clock_offset_s))
+    def report_status(self) -> None:
+        """What the next requests tell the central (sync/till_status.py): the journal head
+        and ledger version now, the clock offset (this round's, else the last kept) and the
+        inputs' health."""
+        counts, offset, (_, version) = self.local.call(
+            lambda e: (_journal_counts(e), e.clock_offset_s, _scope_and_since(e))
+        )
         offset = self.link.best.offset_s if self.link.best is not None else offset
         try:
             inputs = self.inputs() if self.inputs is not None else None
         except Exception as exc:  # a driver's health must never stop a round
             log.warning("input health not reported: %s", exc)
             inputs = None
-        self.link.status = till_status.report(counts["backlog"], offset, inputs)
+        self.link.status = till_status.report(counts["head_seq"], version, offset, inputs)
 
     def _record_offset(self, best: Offset | None) -> ClockReport | None:
         if best is None or self.stop.is_set():

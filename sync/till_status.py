@@ -1,5 +1,6 @@
 """What a till reports about itself on the signed requests it already makes (docs/
-sync-protocol.md, "Till status"): its journal backlog, clock offset, device health and app
+sync-protocol.md, "Till status"): its journal head (the central counts the backlog from
+it, against what it holds), clock offset, device health and app
 version in one short header, X-Redeem-Status, signed with the device key in a header of its
 own so a central that does not know it (or a retailer's own backend) ignores both and the
 request signature is unchanged. Shared by the sync client (format, sign) and the central
@@ -19,7 +20,8 @@ from sync import protocol
 HEADER_STATUS = "X-Redeem-Status"
 HEADER_STATUS_SIGNATURE = "X-Redeem-Status-Signature"
 MAX_STATUS_CHARS = 256
-MAX_COUNT = 10**12  # backlog entries; and |clock_ms| (about 31 years)
+MAX_COUNT = 10**12  # the journal head; and |clock_ms| (about 31 years)
+MAX_VERSION = 2**31 - 1  # ledger versions, as GET /v1/ledger?since= takes them
 MAX_UNWELL = 8
 HEALTH_STATES = ("ok", "stopped", "degraded", "down")  # worst last
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
@@ -41,7 +43,8 @@ class TillStatus:
     """One report. None (or empty) is "not reported": an old till, or a till that cannot
     tell (no daemon running: no device health)."""
 
-    backlog: int | None = None  # journal entries written and not yet acknowledged
+    head: int | None = None  # the seq of the last journal entry it has written
+    ledger: int | None = None  # the version of its store's ledger it holds
     clock_ms: int | None = None  # the till's clock minus the central's: + when it runs ahead
     health: str | None = None  # the worst state of its inputs (HEALTH_STATES)
     unwell: tuple[str, ...] = ()  # the inputs whose state is not ok, sorted
@@ -49,10 +52,13 @@ class TillStatus:
 
 
 def format_status(s: TillStatus) -> str:
-    """'backlog=3;clock_ms=-120;health=degraded;unwell=camera;app=0.1.0' (set fields only)."""
+    """'head=42;ledger=7;clock_ms=-120;health=degraded;unwell=camera;app=0.1.0' (the set
+    fields only)."""
     parts = []
-    if s.backlog is not None:
-        parts.append(f"backlog={s.backlog}")
+    if s.head is not None:
+        parts.append(f"head={s.head}")
+    if s.ledger is not None:
+        parts.append(f"ledger={s.ledger}")
     if s.clock_ms is not None:
         parts.append(f"clock_ms={s.clock_ms}")
     if s.health is not None:
@@ -87,10 +93,14 @@ def parse_status(text: str) -> TillStatus:
         if not eq or not _KEY_RE.fullmatch(key) or key in fields:
             raise StatusError("syntax", "the status must be key=value pairs joined by ';'")
         fields[key] = value.strip()
-    backlog = clock = health = app = None
+    head = ledger = clock = health = app = None
     unwell: tuple[str, ...] = ()
-    if "backlog" in fields:
-        backlog = _count(fields["backlog"], "backlog", signed=False)
+    if "head" in fields:
+        head = _count(fields["head"], "head", signed=False)
+    if "ledger" in fields:
+        ledger = _count(fields["ledger"], "ledger", signed=False)
+        if ledger > MAX_VERSION:
+            raise StatusError("value", "ledger is out of range")
     if "clock_ms" in fields:
         clock = _count(fields["clock_ms"], "clock_ms", signed=True)
     if "health" in fields:
@@ -106,7 +116,7 @@ def parse_status(text: str) -> TillStatus:
         app = fields["app"]
         if not _APP_RE.fullmatch(app):
             raise StatusError("value", "app must be a version such as 0.1.0")
-    return TillStatus(backlog, clock, health, unwell, app)
+    return TillStatus(head, ledger, clock, health, unwell, app)
 
 
 def status_signing_string(
@@ -183,12 +193,13 @@ def app_version() -> str | None:
     return version if _APP_RE.fullmatch(version) else None
 
 
-def report(backlog: int, offset_s: float | None, inputs: Mapping[str, str] | None) -> str:
+def report(head: int, ledger: int, offset_s: float | None, inputs: Mapping[str, str] | None) -> str:
     """The header a till sends: `offset_s` is central minus ours (the till's own
     convention, coupons.engine), the header's clock_ms ours minus central's."""
     health, unwell = worst_health(inputs) if inputs is not None else (None, ())
     clock_ms = None
     if offset_s is not None and abs(offset_s) * 1000 <= MAX_COUNT:
         clock_ms = -round(offset_s * 1000)
-    backlog = min(max(0, backlog), MAX_COUNT)
-    return format_status(TillStatus(backlog, clock_ms, health, unwell, app_version()))
+    head = min(max(0, head), MAX_COUNT)
+    ledger = min(max(0, ledger), MAX_VERSION)
+    return format_status(TillStatus(head, ledger, clock_ms, health, unwell, app_version()))

@@ -1,5 +1,5 @@
 """What the central knows of each till's state beyond its requests: the status it reports
-on them (sync/till_status.py: backlog, clock offset, device health, app version), stored
+on them (sync/till_status.py: journal head, clock offset, device health, app version), stored
 on its TerminalRow, and when the ledger version it holds was published."""
 
 from __future__ import annotations
@@ -37,8 +37,10 @@ def record_status(
         return
     metrics.count_status("ok")
     changes: dict[str, object] = {}
-    if got.backlog is not None and got.backlog != row.backlog:
-        changes["backlog"] = got.backlog
+    if got.head is not None and got.head != row.journal_head:
+        changes["journal_head"] = got.head
+    if got.ledger is not None and got.ledger != row.ledger_version:
+        changes["ledger_version"] = got.ledger
     if got.clock_ms is not None and (
         row.clock_ms is None or abs(got.clock_ms - row.clock_ms) >= CLOCK_STEP_MS
     ):
@@ -84,3 +86,9 @@ def latest_versions(stores: Iterable[str]) -> dict[str, int]:
     scopes = {store_scope(s) for s in stores}
     rows = ScopeRow.select(ScopeRow.scope, ScopeRow.version).where(ScopeRow.scope.in_(scopes))
     return {r.scope.removeprefix("store:"): int(r.version) for r in rows}
+
+
+def backlog(head: int | None, acked: int) -> int | None:
+    """Entries a till has written that the central does not hold: counted from the head it
+    reported and the central's own mark (never from a figure the till could get wrong)."""
+    return None if head is None else max(0, head - acked)

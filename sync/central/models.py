@@ -143,7 +143,7 @@ class TerminalRow(_M):
     ledger_version = pw.IntegerField(null=True)  # the version it said it holds
     # What the till last reported of itself (sync/till_status.py); NULL: never reported
     # (a till from before the report, or one that cannot tell).
-    backlog = pw.BigIntegerField(null=True)  # journal entries not yet uploaded
+    journal_head = pw.BigIntegerField(null=True)  # its last entry's seq: backlog = head - acked
     clock_ms = pw.BigIntegerField(null=True)  # its clock minus the central's
     health = pw.CharField(null=True)  # ok | stopped | degraded | down
     unwell = pw.CharField(null=True)  # the inputs not ok, comma-separated
@@ -423,7 +423,7 @@ ADDED_COLUMNS: list[tuple[type[_M], str, str]] = [
     (CampaignRow, "status", "VARCHAR(255) NOT NULL DEFAULT 'active'"),  # campaign lifecycle
     (CampaignRow, "ended_at", "BIGINT"),  # campaign lifecycle
     (UserRow, "session_epoch", "INTEGER NOT NULL DEFAULT 0"),  # console sessions
-    (TerminalRow, "backlog", "BIGINT"),  # the till's status report (fleet)
+    (TerminalRow, "journal_head", "BIGINT"),  # the till's status report (fleet)
     (TerminalRow, "clock_ms", "BIGINT"),
     (TerminalRow, "health", "VARCHAR(255)"),
     (TerminalRow, "unwell", "VARCHAR(255)"),

@@ -130,7 +130,7 @@ class TerminalDoc(TypedDict):
     ledger_behind: int | None  # versions of its store's ledger published since
     fingerprint: str  # of its device key
     # What the till last reported (sync/till_status.py); None: never reported (an old till)
-    backlog: int | None  # journal entries not yet uploaded
+    backlog: int | None  # entries it reported having written that the central lacks
     clock_ms: int | None  # its clock minus the central's (+ when it runs ahead)
     health: str | None  # ok | stopped | degraded | down (the worst of its inputs)
     unwell: list[str]  # the inputs not ok
@@ -170,7 +170,7 @@ def _doc(
         if head is None or t.ledger_version is None
         else max(0, head - t.ledger_version),
         "fingerprint": "SHA256:" + hashlib.sha256(bytes.fromhex(t.public_key)).hexdigest()[:32],
-        "backlog": t.backlog,
+        "backlog": fleet.backlog(t.journal_head, int(t.acked_seq)),
         "clock_ms": t.clock_ms,
         "health": t.health,
         "unwell": t.unwell.split(",") if t.unwell else [],
