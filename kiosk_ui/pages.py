@@ -153,6 +153,7 @@ CENTRAL_STATUSES = {
     "open": N_("open"),
     "acknowledged": N_("acknowledged"),
     "resolved": N_("resolved"),
+    "revoked": N_("revoked"),  # its coupon serial
     "deny_listed": N_("deny-listed"),
 }
 

@@ -10,7 +10,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol, TypedDict, TypeVar, cast
@@ -22,7 +22,7 @@ from coupons.journal import EXPORT_FIELDS, Entry, get_meta, set_meta
 from coupons.journal.meta import PRUNED_AT
 from coupons.jsontypes import JSONObject
 from coupons.ledger_store import DEFAULT_MAX_FILE_BYTES
-from sync import protocol
+from sync import protocol, till_status
 from sync.device import Settings, read_device_key
 from sync.http import CentralLink, Link, Offset, SyncError, SyncErrorKind
 from sync.ledger_pull import (
@@ -207,11 +207,13 @@ class SyncClient:
         link: CentralLink,
         local: Local,
         stop: threading.Event | None = None,
+        inputs: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self.data = data
         self.link = link
         self.local = local
         self.stop = stop or threading.Event()
+        self.inputs = inputs  # the daemon's inputs and their health states, to report
         self.work_dir = data / "sync"
         # A ledger download (as sent, and once decompressed) is refused past this: the
         # same bound as `redeem ledger import`, so a central or proxy sending an endless
@@ -229,8 +231,10 @@ class SyncClient:
         self.link.reset_offset()
         try:
             self._check_stop()
+            self.report_status()
             result.journal = self.push_journal()
             self._check_stop()
+            self.report_status()
             result.ledger = self.pull_ledger()
             if self._own_usage is not None:
                 # The ledger just pulled counts every use the central has from us: from now
@@ -238,10 +242,12 @@ class SyncClient:
                 own = self._own_usage
                 self.local.call(lambda e: e.record_own_usage(own))
             self._check_stop()
+            self.report_status()
             result.flags = self.pull_flags()
             # A ledger applied journals an entry: send it now too.
             if self.local.call(_journal_counts)["backlog"] > 0:
                 self._check_stop()
+                self.report_status()
                 result.journal = _merge_push(result.journal, self.push_journal())
             result.ok = True
         except SyncError as exc:
@@ -257,6 +263,21 @@ class SyncClient:
     def _check_stop(self) -> None:
         if self.stop.is_set():
             raise SyncError(SyncErrorKind.STOPPED, "sync stopped (the terminal is shutting down)")
+
+    def report_status(self) -> None:
+        """What the next requests tell the central (sync/till_status.py): the journal head
+        and ledger version now, the clock offset (this round's, else the last kept) and the
+        inputs' health."""
+        counts, offset, (_, version) = self.local.call(
+            lambda e: (_journal_counts(e), e.clock_offset_s, _scope_and_since(e))
+        )
+        offset = self.link.best.offset_s if self.link.best is not None else offset
+        try:
+            inputs = self.inputs() if self.inputs is not None else None
+        except Exception as exc:  # a driver's health must never stop a round
+            log.warning("input health not reported: %s", exc)
+            inputs = None
+        self.link.status = till_status.report(counts["head_seq"], version, offset, inputs)
 
     def _record_offset(self, best: Offset | None) -> ClockReport | None:
         if best is None or self.stop.is_set():

@@ -22,7 +22,7 @@ from urllib3.util.retry import Retry
 
 from coupons import cose
 from coupons.clock import Clock
-from sync import protocol
+from sync import protocol, till_status
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,9 @@ class CentralLink:
         self.session.mount("http://", adapter)
         self.best: Offset | None = None  # the tightest offset measured since reset_offset()
         self._correction_s = 0.0  # added to our clock when signing after a 401 for time
+        # The till's report (sync/till_status.py) that signed requests carry, set by the
+        # sync client before each request; None: none is sent (as by tills before it).
+        self.status: str | None = None
         self._closed = threading.Event()
 
     def close(self) -> None:
@@ -212,16 +215,19 @@ class CentralLink:
                 )
             # What the central sees: the path and query as sent, relative to the host.
             path_qs = prepared.path_url
-            prepared.headers.update(
-                protocol.sign_headers(
-                    self.key,
-                    self.terminal,
-                    method,
-                    path_qs,
-                    body,
-                    self.clock.now() + self._correction_s,
-                )
+            signature = protocol.sign_headers(
+                self.key,
+                self.terminal,
+                method,
+                path_qs,
+                body,
+                self.clock.now() + self._correction_s,
             )
+            prepared.headers.update(signature)
+            if self.status:
+                prepared.headers.update(
+                    till_status.status_headers(self.key, signature, method, path_qs, self.status)
+                )
         where = f"{method} {path}"
         verify: bool | str = self.link.ca or True
         # Always streamed: a body we keep is read by _read_capped, never unbounded.

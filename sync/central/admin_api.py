@@ -46,7 +46,7 @@ def admin_doc(*codes: int, body: str | None = None) -> AdminDoc:
 async def admin_flags(
     request: Request,
     svc: Svc,
-    status: str | None = Query(None, pattern="^(open|acknowledged|resolved|deny_listed)$"),
+    status: str | None = Query(None, pattern="^(open|acknowledged|resolved|revoked|deny_listed)$"),
     kind: str | None = Query(None, pattern="^[A-Za-z0-9_.-]{1,64}$"),
     store: str | None = Query(None, pattern="^[A-Za-z0-9_.-]{1,64}$"),
     after: int = Query(0, ge=0, le=2**62),
@@ -59,7 +59,7 @@ async def admin_flags(
 
 @router.post(
     "/flags/{flag_id}",
-    summary="Decide a flag: acknowledged, resolved or deny_listed, with a note",
+    summary="Decide a flag: acknowledged, resolved, revoked or deny_listed, with a note",
     **admin_doc(400, 404, body="FlagDecision"),
 )
 async def admin_decide(request: Request, svc: Svc, flag_id: int) -> Response:

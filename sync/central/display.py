@@ -75,3 +75,18 @@ def table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[
         indent + "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
         for line in (header, *rows)
     ]
+
+
+def clock(ms: int | None) -> str:
+    """A till's clock offset as it reported it (its clock minus the central's): "+1.2 s"
+    runs ahead, "-0.4 s" behind; "-" never reported."""
+    if ms is None:
+        return "-"
+    return f"{round(ms / 1000, 1) + 0.0:+.1f} s"  # + 0.0: never "-0.0"
+
+
+def health(state: str | None, unwell: list[str]) -> str:
+    """ "ok", "degraded (camera, nfc)"; "-" never reported."""
+    if state is None:
+        return "-"
+    return f"{state} ({', '.join(unwell)})" if unwell else state

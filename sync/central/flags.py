@@ -1,8 +1,10 @@
 """Fraud flags at the central: raised by terminals (journal entries of kind "flag") and by
-reconciliation; decided by people (acknowledged, resolved, deny-listed); the decisions flow
-back to the terminals of every store the flag involves (a double redemption names each
-store that took the coupon), deny-listing through the ledger: the flag's coupon serial is
-revoked, and the customer and NFC tag it or its evidence names go on the deny lists."""
+reconciliation; decided by people (acknowledged, resolved, revoked, deny-listed); the
+decisions flow back to the terminals of every store the flag involves (a double redemption
+names each store that took the coupon), and what they take out of circulation goes through
+the ledger: "revoked" revokes the flag's coupon serial; "deny_listed" puts one customer or
+NFC tag the evidence names on the deny lists, or, asked without one (the admin API, as
+before), revokes the serial and deny-lists every customer and tag the evidence names."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import TypedDict
 from sync.central.models import CouponRow, FlagRow, FlagUpdate, JournalRow, Redemption, db_serial
 from sync.central.store import Central, CentralError
 
-STATUSES = ("open", "acknowledged", "resolved", "deny_listed")
+STATUSES = ("open", "acknowledged", "resolved", "revoked", "deny_listed")
 DECISIONS = STATUSES[1:]
 
 # Raised by the central itself.
@@ -158,10 +160,19 @@ def list_flags(
     return [flag_doc(f) for f in query.order_by(FlagRow.id).limit(limit)]
 
 
-def decide(central: Central, flag_id: int, status: str, note: str | None) -> DecidedDoc:
-    """Set a flag's status and tell the stores involved. deny_listed also takes what the flag
-    is about out of circulation (deny_list); a flag about nothing a ledger can refuse (a
-    campaign's budget, a terminal's journal) is refused with what to do instead."""
+def decide(
+    central: Central,
+    flag_id: int,
+    status: str,
+    note: str | None,
+    holder: tuple[str, str] | None = None,
+) -> DecidedDoc:
+    """Set a flag's status and tell the stores involved. "revoked" revokes the flag's coupon
+    serial; "deny_listed" deny-lists `holder` ("customer" or "tag", and the value, which the
+    evidence must name), or without one takes everything the flag is about out of
+    circulation (deny_list). A flag about nothing a ledger can refuse (a campaign's budget,
+    a terminal's journal) is refused with what to do instead. Without a note, a revocation
+    or deny-listing is noted with what it did."""
     if status not in DECISIONS:
         raise CentralError(f"status must be one of {', '.join(DECISIONS)}")
     now = int(central.now())
@@ -171,7 +182,9 @@ def decide(central: Central, flag_id: int, status: str, note: str | None) -> Dec
         flag = FlagRow.get_or_none(FlagRow.id == flag_id)
         if flag is None:
             raise LookupError(f"no flag {flag_id}")
-        done = deny_list(central, flag) if status == "deny_listed" else []
+        done = _take_out(central, flag, status, holder)
+        if done and not note:
+            note = "; ".join(d.split(":")[0] for d in done)[:2000]
         FlagRow.update(status=status, note=note, updated_at=now).where(
             FlagRow.id == flag_id
         ).execute()
@@ -184,13 +197,62 @@ def decide(central: Central, flag_id: int, status: str, note: str | None) -> Dec
     return {**flag_doc(FlagRow.get(FlagRow.id == flag_id)), "done": done}
 
 
+def _take_out(
+    central: Central, flag: FlagRow, status: str, holder: tuple[str, str] | None
+) -> list[str]:
+    if status == "revoked":
+        return revoke_serial(central, flag)
+    if status == "deny_listed":
+        return deny_list(central, flag) if holder is None else deny_holder(central, flag, *holder)
+    return []
+
+
+def flag_serial(flag: FlagRow) -> int | None:
+    """The coupon serial a flag names, when it names one a ledger can carry."""
+    return int(flag.serial, 16) if flag.serial and SERIAL_RE.fullmatch(flag.serial) else None
+
+
+def revoke_serial(central: Central, flag: FlagRow) -> list[str]:
+    """Revoke the flag's coupon serial: every till refuses it from its next ledger."""
+    serial = flag_serial(flag)
+    if serial is None:
+        raise CentralError(
+            f"flag {flag.id} ({flag.kind}) names no coupon serial to revoke; "
+            "deny-list the customer or tag, or resolve it"
+        )
+    central.mark([serial], "revoked")
+    return [f"revoked coupon {serial:016x}: every till refuses it from its next ledger"]
+
+
+def holders(flag: FlagRow) -> tuple[list[str], list[str]]:
+    """The customers and NFC tag UIDs (hex) the flag and its evidence name, sorted: what
+    the fraud desk offers to deny-list one by one."""
+    customers, tags = _holders(flag, flag_serial(flag))
+    return sorted(customers), sorted(tags)
+
+
+def deny_holder(central: Central, flag: FlagRow, kind: str, value: str) -> list[str]:
+    """Deny-list one customer or tag UID that the flag or its evidence names (never any
+    other value: the desk acts on evidence, not on what a form says)."""
+    customers, tags = holders(flag)
+    named = {"customer": customers, "tag": tags}.get(kind)
+    if named is None:
+        raise CentralError("what to deny-list is a customer or a tag")
+    if value not in named:
+        what = "customer" if kind == "customer" else "NFC tag"
+        raise CentralError(f"flag {flag.id} ({flag.kind}): its evidence names no {what} {value}")
+    central.deny(kind, value)
+    label = "customer" if kind == "customer" else "NFC tag"
+    return [f"deny-listed {label} {value}: every till refuses it from its next ledger"]
+
+
 def deny_list(central: Central, flag: FlagRow) -> list[str]:
     """Revoke the flag's coupon serial and deny-list every customer and tag UID that the flag,
     the coupon or the journal entries it rests on carry (a double redemption names only the
     serial: its uses hold the rest). Published with the next ledger, so every till refuses
     them from its next pull. Returns what was done; CentralError when there is nothing."""
     done: list[str] = []
-    serial = int(flag.serial, 16) if flag.serial and SERIAL_RE.fullmatch(flag.serial) else None
+    serial = flag_serial(flag)
     if serial is not None:
         central.mark([serial], "revoked")
         done.append(f"revoked coupon {serial:016x}: every till refuses it from its next ledger")

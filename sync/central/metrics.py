@@ -96,7 +96,14 @@ TICKS = Histogram(
     buckets=TICK_BUCKETS_S,
     registry=None,
 )
-COUNTED = (REQUESTS, ENTRIES, ROUNDS, PULLS, VERSIONS, LAG, TICKS)
+STATUSES = Counter(
+    f"{PREFIX}_till_status_reports",
+    "till status reports (X-Redeem-Status) on signed requests: ok, or why one was ignored"
+    " (size, syntax, value, signature)",
+    ["result"],
+    registry=None,
+)
+COUNTED = (REQUESTS, ENTRIES, ROUNDS, PULLS, VERSIONS, LAG, TICKS, STATUSES)
 for _result in ("accepted", "refused"):
     ENTRIES.labels(_result)  # both series from the start: a rate over a missing one is empty
 
@@ -109,6 +116,11 @@ def count_ingest(accepted: int, refused: int) -> None:
 
 def count_round() -> None:
     ROUNDS.inc()
+
+
+def count_status(result: str) -> None:
+    """One till status report: stored or unchanged ("ok"), or why it was ignored."""
+    STATUSES.labels(result).inc()
 
 
 def count_pull(status: int, kind: str | None) -> None:

@@ -141,6 +141,15 @@ class TerminalRow(_M):
     last_seen = pw.BigIntegerField(null=True)  # last signed request
     last_upload = pw.BigIntegerField(null=True)  # last journal batch that stored entries
     ledger_version = pw.IntegerField(null=True)  # the version it said it holds
+    # What the till last reported of itself (sync/till_status.py); NULL: never reported
+    # (a till from before the report, or one that cannot tell).
+    journal_head = pw.BigIntegerField(null=True)  # its last entry's seq: backlog = head - acked
+    clock_ms = pw.BigIntegerField(null=True)  # its clock minus the central's
+    health = pw.CharField(null=True)  # ok | stopped | degraded | down
+    unwell = pw.CharField(null=True)  # the inputs not ok, comma-separated
+    app_version = pw.CharField(null=True)
+    status_at = pw.BigIntegerField(null=True)  # when that report was stored
+    status_ignored = pw.IntegerField(default=0)  # reports refused as malformed or forged
 
 
 class JournalRow(_M):
@@ -414,6 +423,13 @@ ADDED_COLUMNS: list[tuple[type[_M], str, str]] = [
     (CampaignRow, "status", "VARCHAR(255) NOT NULL DEFAULT 'active'"),  # campaign lifecycle
     (CampaignRow, "ended_at", "BIGINT"),  # campaign lifecycle
     (UserRow, "session_epoch", "INTEGER NOT NULL DEFAULT 0"),  # console sessions
+    (TerminalRow, "journal_head", "BIGINT"),  # the till's status report (fleet)
+    (TerminalRow, "clock_ms", "BIGINT"),
+    (TerminalRow, "health", "VARCHAR(255)"),
+    (TerminalRow, "unwell", "VARCHAR(255)"),
+    (TerminalRow, "app_version", "VARCHAR(255)"),
+    (TerminalRow, "status_at", "BIGINT"),
+    (TerminalRow, "status_ignored", "INTEGER NOT NULL DEFAULT 0"),
 ]
 
 

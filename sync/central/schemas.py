@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from sync import protocol
+from sync import protocol, till_status
 
 
 class EnrollRequest(BaseModel):
@@ -82,7 +82,7 @@ class JournalReply(BaseModel):
 
 
 class FlagDecision(BaseModel):
-    status: Literal["acknowledged", "resolved", "deny_listed"]
+    status: Literal["acknowledged", "resolved", "revoked", "deny_listed"]
     note: str | None = Field(default=None, max_length=2000)
 
 
@@ -177,16 +177,22 @@ def signed() -> dict[str, object]:
         protocol.HEADER_DIGEST: "hex SHA-256 of the body (of nothing for GET)",
         protocol.HEADER_SIGNATURE: "hex Ed25519 signature over the signing string",
     }
+    optional = {
+        till_status.HEADER_STATUS: "optional: the till's status, key=value pairs joined by ';' "
+        "(head, ledger, clock_ms, health, unwell, app); docs/sync-protocol.md",
+        till_status.HEADER_STATUS_SIGNATURE: "with the status: hex Ed25519 signature over the "
+        "status signing string",
+    }
     return {
         "parameters": [
             {
                 "name": name,
                 "in": "header",
-                "required": True,
+                "required": name not in optional,
                 "schema": {"type": "string"},
                 "description": text,
             }
-            for name, text in describe.items()
+            for name, text in {**describe, **optional}.items()
         ]
     }
 

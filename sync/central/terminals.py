@@ -15,7 +15,7 @@ import peewee as pw
 
 from coupons.journal import GENESIS_HASH
 from sync import protocol
-from sync.central import display
+from sync.central import display, fleet
 from sync.central.models import AdminToken, EnrollCode, TerminalRow
 from sync.central.store import CODE_ALPHABET, Central, CentralError
 from sync.central.users import check_role
@@ -125,34 +125,66 @@ class TerminalDoc(TypedDict):
     last_upload: int | None  # the last journal batch that stored entries: its last sync
     last_upload_iso: str | None
     ledger_version: int | None
+    ledger_published_at: int | None  # when that version of its store's ledger was published
+    ledger_age_s: int | None  # central now minus that
+    ledger_behind: int | None  # versions of its store's ledger published since
     fingerprint: str  # of its device key
+    # What the till last reported (sync/till_status.py); None: never reported (an old till)
+    backlog: int | None  # entries it reported having written that the central lacks
+    clock_ms: int | None  # its clock minus the central's (+ when it runs ahead)
+    health: str | None  # ok | stopped | degraded | down (the worst of its inputs)
+    unwell: list[str]  # the inputs not ok
+    app_version: str | None
+    status_at: int | None  # when the central stored that report
+    status_ignored: int  # reports ignored as malformed or badly signed
 
 
 def list_terminals(central: Central) -> list[TerminalDoc]:
-    return [
-        {
-            "terminal": t.id,
-            "store": t.store,
-            "enrolled_at": t.enrolled_at,
-            "enrolled_at_iso": display.iso(t.enrolled_at) or "",
-            "revoked": bool(t.revoked),
-            "acked_seq": int(t.acked_seq),
-            "last_seen": t.last_seen,
-            "last_seen_iso": display.iso(t.last_seen),
-            "last_upload": t.last_upload,
-            "last_upload_iso": display.iso(t.last_upload),
-            "ledger_version": t.ledger_version,
-            "fingerprint": "SHA256:" + hashlib.sha256(bytes.fromhex(t.public_key)).hexdigest()[:32],
-        }
-        for t in TerminalRow.select().order_by(TerminalRow.store, TerminalRow.id)
-    ]
+    now = int(central.now())
+    rows = list(TerminalRow.select().order_by(TerminalRow.store, TerminalRow.id))
+    published = fleet.published_at((t.store, t.ledger_version) for t in rows)
+    latest = fleet.latest_versions({t.store for t in rows})
+    return [_doc(t, published, latest, now) for t in rows]
+
+
+def _doc(
+    t: TerminalRow, published: dict[tuple[str, int], int], latest: dict[str, int], now: int
+) -> TerminalDoc:
+    at = published.get((t.store, t.ledger_version)) if t.ledger_version else None
+    head = latest.get(t.store)
+    return {
+        "terminal": t.id,
+        "store": t.store,
+        "enrolled_at": t.enrolled_at,
+        "enrolled_at_iso": display.iso(t.enrolled_at) or "",
+        "revoked": bool(t.revoked),
+        "acked_seq": int(t.acked_seq),
+        "last_seen": t.last_seen,
+        "last_seen_iso": display.iso(t.last_seen),
+        "last_upload": t.last_upload,
+        "last_upload_iso": display.iso(t.last_upload),
+        "ledger_version": t.ledger_version,
+        "ledger_published_at": at,
+        "ledger_age_s": None if at is None else now - at,
+        "ledger_behind": None
+        if head is None or t.ledger_version is None
+        else max(0, head - t.ledger_version),
+        "fingerprint": "SHA256:" + hashlib.sha256(bytes.fromhex(t.public_key)).hexdigest()[:32],
+        "backlog": fleet.backlog(t.journal_head, int(t.acked_seq)),
+        "clock_ms": t.clock_ms,
+        "health": t.health,
+        "unwell": t.unwell.split(",") if t.unwell else [],
+        "app_version": t.app_version,
+        "status_at": t.status_at,
+        "status_ignored": int(t.status_ignored or 0),
+    }
 
 
 def terminals_text(items: list[TerminalDoc], now_s: int, tz: tzinfo = UTC) -> str:
     """`redeem-central terminals` for a person: one row a terminal, times in ISO 8601 with
-    their age. The central does not know a till's backlog (entries it has not uploaded
-    yet): the till reports it on its own screen (`redeem sync status`); here "acked" is
-    the last entry the central holds."""
+    their age. "acked" is the last entry the central holds; backlog, clock (the till's
+    minus the central's), health and app are what the till last reported ("-": never,
+    e.g. a till from before the report)."""
     if not items:
         return "no terminals enrolled"
     rows = [
@@ -161,15 +193,21 @@ def terminals_text(items: list[TerminalDoc], now_s: int, tz: tzinfo = UTC) -> st
             t["store"],
             "revoked" if t["revoked"] else "active",
             f"v{t['ledger_version']}" if t["ledger_version"] is not None else "none",
+            display.ago(t["ledger_age_s"]) if t["ledger_age_s"] is not None else "-",
             f"#{t['acked_seq']}",
+            str(t["backlog"]) if t["backlog"] is not None else "-",
+            display.clock(t["clock_ms"]),
+            display.health(t["health"], t["unwell"]),
+            t["app_version"] or "-",
             display.when(t["last_upload"], now_s, tz),
             display.when(t["last_seen"], now_s, tz),
             display.iso(t["enrolled_at"], tz) or "-",
         ]
         for t in items
     ]
-    header = ["terminal", "store", "state", "ledger", "acked", "last sync", "last seen"]
-    return "\n".join(display.table([*header, "enrolled"], rows, indent=""))
+    header = ["terminal", "store", "state", "ledger", "ledger age", "acked", "backlog", "clock"]
+    header += ["health", "app", "last sync", "last seen", "enrolled"]
+    return "\n".join(display.table(header, rows, indent=""))
 
 
 def revoke_terminal(central: Central, terminal: str) -> None:
@@ -200,6 +238,7 @@ def authenticate(
         raise protocol.AuthError(403, f"terminal {row.id} is revoked")
     if row.last_seen is None or row.last_seen < now - SEEN_EVERY_S:
         TerminalRow.update(last_seen=int(now)).where(TerminalRow.id == row.id).execute()
+    fleet.record_status(row, headers, method, path_qs, now)
     return row
 
 

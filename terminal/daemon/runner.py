@@ -99,7 +99,7 @@ class Daemon(DecisionChannel):
         self.control = Control(self, control_mod.socket_path(data))
         self.control.start()
         self._start_kiosk()
-        self.sync = sync_loop.create(self.cfg.sync, data, self.worker)
+        self.sync = sync_loop.create(self.cfg.sync, data, self.worker, self.input_states)
         log.info(
             "terminal %s of store %s running: ledger v%s, %d input(s), %d output(s)",
             self.engine.terminal,
@@ -228,7 +228,9 @@ class Daemon(DecisionChannel):
         if cfg.sync != old_sync:
             if self.sync is not None:
                 self.sync.stop()
-            self.sync = sync_loop.create(cfg.sync, Path(cfg.terminal.data), self.worker)
+            self.sync = sync_loop.create(
+                cfg.sync, Path(cfg.terminal.data), self.worker, self.input_states
+            )
         log.info("config reloaded: %d input(s)", len(self.inputs))
         self.notifier.ready()
 
@@ -403,6 +405,10 @@ class Daemon(DecisionChannel):
 
     def health(self) -> dict[str, Mapping[str, object]]:
         return {d.name: d.health().to_dict() for d in self.inputs}
+
+    def input_states(self) -> dict[str, str]:
+        """Each input's health state, as the sync client reports it to the central."""
+        return {d.name: d.health().state for d in list(self.inputs)}
 
     def healthy(self) -> bool:
         """What systemd's watchdog hears: the engine worker is not stuck in one job (past

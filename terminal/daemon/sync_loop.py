@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from coupons import sync_state as status
@@ -25,11 +25,17 @@ FIRST_ROUND_S = 1.0  # after start-up: the till is serving before the first roun
 MIN_DELAY_S = 0.5
 
 
+Inputs = Callable[[], Mapping[str, str]]  # the inputs' health states, to report
+
+
 class SyncLoop:
-    def __init__(self, cfg: SyncSection, data: Path, worker: EngineWorker) -> None:
+    def __init__(
+        self, cfg: SyncSection, data: Path, worker: EngineWorker, inputs: Inputs | None = None
+    ) -> None:
         self.cfg = cfg
         self.data = data
         self.worker = worker
+        self.inputs = inputs
         self.backoff = Backoff(cfg.retry_base_s, cfg.max_backoff_s)
         self.last: RoundResult | None = None
         self.rounds = 0
@@ -102,7 +108,7 @@ class SyncLoop:
             link = self._link
             if link is None or self._stop.is_set():
                 return RoundResult(error="sync is not running", error_kind=SyncErrorKind.STOPPED)
-            client = SyncClient(self.data, link, self.worker, self._stop)
+            client = SyncClient(self.data, link, self.worker, self._stop, self.inputs)
             try:
                 result = client.run_round()
             except SyncError as exc:
@@ -155,13 +161,15 @@ def _record(result: RoundResult) -> Callable[[Engine], None]:
     return job
 
 
-def create(cfg: SyncSection, data: Path, worker: EngineWorker) -> SyncLoop | None:
+def create(
+    cfg: SyncSection, data: Path, worker: EngineWorker, inputs: Inputs | None = None
+) -> SyncLoop | None:
     """The loop when [sync] names a central and is enabled; None (logged) otherwise or when
     this terminal cannot sync (not enrolled: no device key)."""
     if not cfg.enabled or not cfg.central:
         log.info("sync off: no [sync] central configured (ledgers by USB stick only)")
         return None
-    loop = SyncLoop(cfg, data, worker)
+    loop = SyncLoop(cfg, data, worker, inputs)
     try:
         loop.start()
     except (SyncError, DeviceKeyError) as exc:

@@ -18,11 +18,12 @@ KIND_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 CAMPAIGN_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_AGE_H = 24 * 366 * 10  # ten years: anything older is a typing mistake
 QUEUE_LIMIT = 500
+MAX_HOLDERS = 20  # deny-list buttons on one flag's page
 
 BAD_KIND = N_("The kind must be a flag kind such as double_redemption.")
 BAD_STORE = N_("The store must be 1-32 letters, digits, '-' or '_'.")
 BAD_CAMPAIGN = N_("The campaign must be 1-64 letters, digits, '.', '-' or '_'.")
-BAD_STATE = N_("The state must be open, acknowledged, resolved or deny_listed.")
+BAD_STATE = N_("The state must be open, acknowledged, resolved, revoked or deny_listed.")
 BAD_AGE = N_("Older than must be a whole number of hours from 0 to 87840.")
 
 
@@ -104,6 +105,9 @@ class Evidence(TypedDict):
     terminals: list[str]
     stores: list[str]
     totals: list[str]  # the entries' discounts summed per currency
+    revocable: bool  # it names a coupon serial the ledger can revoke
+    customers: list[str]  # what the desk may deny-list, one button each (flags.holders)
+    tags: list[str]
 
 
 def _listed(flag: flags.FlagDoc) -> list[tuple[str, int]]:
@@ -154,6 +158,7 @@ def evidence(flag_id: int) -> Evidence | None:
     for r in rows:
         if r.accepted:
             sums[r.currency or ""] += int(r.discount_minor)
+    customers, tags = flags.holders(row)
     return {
         "flag": doc,
         "entries": lines,
@@ -161,4 +166,7 @@ def evidence(flag_id: int) -> Evidence | None:
         "terminals": sorted(names | ({doc["terminal"]} if doc["terminal"] else set())),
         "stores": sorted({s for s in flags.stores_of(row) if s}),
         "totals": [display.money(v, c or None) for c, v in sorted(sums.items())],
+        "revocable": flags.flag_serial(row) is not None,
+        "customers": customers[:MAX_HOLDERS],
+        "tags": tags[:MAX_HOLDERS],
     }

@@ -1,12 +1,16 @@
 """The console's fraud desk: the queue of flags with its filters, a flag's evidence at
-/flags/{id}, and acknowledge, resolve or deny-list (permission flags.decide, each audited
-with the viewer as actor)."""
+/flags/{id}, and its one-click actions (permission flags.decide, each audited with the
+viewer as actor): acknowledge, resolve with a note, revoke the serial, deny-list a customer
+or an NFC tag the evidence names."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
+from coupons.i18n import N_
 from sync.central import flags, users
 from sync.central.console import flag_evidence, pages
 from sync.central.console.session import Viewer
@@ -15,8 +19,37 @@ from sync.central.models import FlagRow
 from sync.central.store import Central, CentralError
 
 router = APIRouter(include_in_schema=False)
-ACTIONS = {"acknowledge": "acknowledged", "resolve": "resolved", "deny-list": "deny_listed"}
+
+
+class Action(NamedTuple):
+    status: str  # the flag's state after it (flags.STATUSES)
+    audit: str  # the audit log's action
+    holder: str | None = None  # what the form's `value` names: "customer" or "tag"
+
+
+ACTIONS = {
+    "acknowledge": Action("acknowledged", "flag.decide"),
+    "resolve": Action("resolved", "flag.decide"),
+    "revoke-serial": Action("revoked", "flag.revoke-serial"),
+    "deny-customer": Action("deny_listed", "flag.deny-customer", "customer"),
+    "deny-tag": Action("deny_listed", "flag.deny-tag", "tag"),
+    # Everything at once (the admin API's deny_listed); older pages posted it.
+    "deny-list": Action("deny_listed", "flag.decide"),
+}
 MAX_NOTE_CHARS = 2000  # as the admin API
+MAX_VALUE_CHARS = 200  # a customer reference or a tag UID
+NOTE_NEEDED = N_("Write a note to resolve a flag: what was found or done.")
+FLAG_STRINGS = (
+    N_("Revoke serial"),
+    N_("Deny-list customer"),
+    N_("Deny-list tag"),
+    N_("Deny-list…"),
+    N_("Take out of circulation"),
+    N_("Tills refuse it from their next ledger."),
+    N_("This flag names no coupon serial to revoke."),
+    N_("The evidence names no customer or NFC tag to deny-list."),
+    N_("NFC tag"),
+)
 
 
 @router.get("/flags")
@@ -68,12 +101,24 @@ async def _evidence_page(
     return await pages.render(request, "flag.html", viewer, status, error=error, **found)
 
 
-def _decide(central: Central, actor: str, flag_id: int, status: str, note: str | None) -> None:
+def _decide(
+    central: Central,
+    actor: str,
+    flag_id: int,
+    action: Action,
+    note: str | None,
+    value: str | None,
+) -> None:
     with central.writing():
         row = FlagRow.get_or_none(FlagRow.id == flag_id)
         before = flags.flag_doc(row) if row is not None else None
-        after = flags.decide(central, flag_id, status, note)
-        users.audit(central, actor, "flag.decide", f"flag:{flag_id}", before, after)
+        holder = (action.holder, value or "") if action.holder else None
+        after = flags.decide(central, flag_id, action.status, note, holder)
+        users.audit(central, actor, action.audit, f"flag:{flag_id}", before, after)
+
+
+def _text(value: object, limit: int) -> str:
+    return value.strip()[:limit].replace("\x00", "") if isinstance(value, str) else ""
 
 
 @router.post("/flags/{flag_id}/{action}")
@@ -84,18 +129,25 @@ async def flag_action(request: Request, flag_id: int, action: str) -> Response:
     viewer, form = checked
     if action not in ACTIONS or not 0 < flag_id < 2**62:
         return await pages.message(request, viewer, 404, pages.NOT_FOUND, "not-found")
-    note = form.get("note")
-    text = note.strip()[:MAX_NOTE_CHARS].replace("\x00", "") if isinstance(note, str) else ""
+    back_to_flag = form.get("back") == "flag"
+    note = _text(form.get("note"), MAX_NOTE_CHARS)
+    if action == "resolve" and not note:
+        if back_to_flag:
+            return await _evidence_page(request, viewer, flag_id, 400, NOTE_NEEDED)
+        return await _list(request, viewer, 400, NOTE_NEEDED)
+    value = _text(form.get("value"), MAX_VALUE_CHARS)
     svc = services(request)
     try:
-        await svc.db(_decide, svc.central, viewer.actor, flag_id, ACTIONS[action], text or None)
+        await svc.db(
+            _decide, svc.central, viewer.actor, flag_id, ACTIONS[action], note or None, value
+        )
     except LookupError:
         return await pages.message(request, viewer, 404, pages.NOT_FOUND, "not-found")
     except CentralError as exc:
-        # e.g. deny-listing a flag about nothing a ledger can refuse: the reason, where the
-        # button was (the flag's own page or the queue).
-        if form.get("back") == "flag":
+        # e.g. revoking a flag that names no serial: the reason, where the button was (the
+        # flag's own page or the queue).
+        if back_to_flag:
             return await _evidence_page(request, viewer, flag_id, 409, str(exc))
         return await _list(request, viewer, 409, str(exc))
-    target = f"/flags/{flag_id}" if form.get("back") == "flag" else "/flags"
+    target = f"/flags/{flag_id}" if back_to_flag else "/flags"
     return RedirectResponse(target, status_code=303)
