@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := libzbar0 python3-venv chromium systemd shellcheck poppler-utils
+APT_PACKAGES := libzbar0 python3-venv chromium systemd shellcheck poppler-utils fonts-wqy-microhei
 STAMP := $(VENV)/.installed
 
 .PHONY: test demo lint bench deps venv clean postgres nginx soak mutate

@@ -4,7 +4,7 @@ second on every core.
 
 Goals: >= 20,000 token-only coupons/s (1,000,000 by default); >= 500 PDF coupons/s.
 
-    .venv/bin/python bench/issue.py [--tokens N] [--pdf N]
+    .venv/bin/python bench/issue.py [--tokens N] [--pdf N] [--cjk]
 """
 
 from __future__ import annotations
@@ -29,11 +29,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tokens", type=int, default=1_000_000)
     p.add_argument("--pdf", type=int, default=4_800)
+    p.add_argument("--cjk", action="store_true", help="a Chinese campaign name (Unicode font)")
     args = p.parse_args()
     with scratch("issue") as root:
         central = new_central(root, FixedClock(T0))
         cid = central.add_campaign(
-            {"id": "BENCH", "name": "Bench sale", "kind": "fixed", "currency": "CNY",
+            {"id": "BENCH", "name": "春季大促 Bench sale" if args.cjk else "Bench sale",
+             "kind": "fixed", "currency": "CNY",
              "amount_minor": 1000}
         ).id  # fmt: skip
         job = issuing.create_job(central, cid, args.tokens, "token", root / "tokens", "bench")

@@ -17,6 +17,7 @@ from sync import protocol
 from sync.central import admin_api, console, metrics, openapi_doc, problems, terminal_api
 from sync.central.context import Services
 from sync.central.guard import Guard
+from sync.central.issuing_runner import JobRunner
 from sync.central.openapi_doc import terminal_openapi
 from sync.central.publisher import DEFAULT_INTERVAL_S, Publisher
 from sync.central.store import Central
@@ -34,8 +35,9 @@ def create_app(
     metrics_allow: Sequence[str] = (),
 ) -> FastAPI:
     """The central's ASGI app over one Central (its database and keys). Unless
-    `publish_interval_s` is None, the app runs a publisher thread while it serves (one
-    instance at a time leads: sync/central/publisher.py). `instance` names it in /metrics
+    `publish_interval_s` is None, the app runs a publisher thread and an issuance jobs runner
+    while it serves (one instance at a time leads each: sync/central/publisher.py,
+    issuing_runner.py). `instance` names it in /metrics
     (hostname:pid by default), `metrics_allow` lists the networks besides loopback that may
     read /metrics."""
     publisher = (
@@ -43,14 +45,19 @@ def create_app(
         if publish_interval_s is not None
         else None
     )
+    runner = JobRunner(central) if publish_interval_s is not None else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if publisher is not None:
             publisher.start()
+        if runner is not None:
+            runner.start()
         try:
             yield
         finally:
+            if runner is not None:
+                runner.stop()
             if publisher is not None:
                 publisher.stop()
 
@@ -64,6 +71,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.services = Services.over(central, publisher)
+    app.state.issuing_runner = runner  # the console wakes it when a job is started
     metrics.setup(app, central, instance or metrics.default_instance(), metrics_allow)
     problems.install(app)
     # Terminal routes first: the OpenAPI document lists paths in the order they are added.

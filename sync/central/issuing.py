@@ -35,6 +35,12 @@ VALIDITY_S = 90 * 24 * 3600  # as Central.issue: a campaign without an end
 CSV_NAME = "coupons.csv"
 CSV_HEADER = ("serial", "token", "code")
 
+
+class RunElsewhere(CentralError):
+    """Another runner committed the chunk this one was making: this one stops, and leaves
+    the job's state to the runner that goes on with it."""
+
+
 # Called after each committed chunk with (done, count); an exception it raises stops the
 # job there (the chunk is committed), as an instance restart would.
 Progress = Callable[[int, int], None]
@@ -187,7 +193,7 @@ def _run_chunk(
             .execute()
         )
         if moved != 1:  # another runner took this chunk: ours rolls back
-            raise CentralError(f"issuance job {job.id} is being run elsewhere")
+            raise RunElsewhere(f"issuance job {job.id} is being run elsewhere")
         _write_part(tmp, lines)
     tmp.replace(tmp.with_suffix(""))
     job.done_count = done
@@ -226,11 +232,16 @@ def run_job(central: Central, job_id: int, progress: Progress | None = None) -> 
             _run_chunk(central, job, salt, index, pool)
             if progress is not None:
                 progress(int(job.done_count), int(job.count))
+        if pool is not None:  # the signers are done: their threads end before the sheets
+            pool.shutdown()
+            pool = None
         _join_parts(out, (int(job.count) + chunk - 1) // chunk)
         if job.pdf:
             from sync.central import sheets  # fpdf2 only when sheets are asked for
 
             sheets.render_job(central, JobView.of(job))
+    except RunElsewhere:
+        raise  # not a fault of the job: the other runner finishes it and sets its state
     except BaseException as exc:
         _set_state(job_id, FAILED, error=f"{type(exc).__name__}: {exc}"[:1000])
         raise

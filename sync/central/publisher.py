@@ -43,12 +43,16 @@ class Tick:
     lag_bound_s: float = 0.0
 
 
-class _Leadership:
+class Leadership:
     """Whether this instance is the one that publishes, decided by a lock that the database
     (or the kernel) frees when the holder dies, so another takes over at its next tick."""
 
-    def __init__(self, central: Central) -> None:
+    def __init__(
+        self, central: Central, lock_id: int = LOCK_LEADER, lock_file: str = "publisher.lock"
+    ) -> None:
         self.central = central
+        self.lock_id = lock_id  # another background duty (issuance jobs) has its own lock
+        self.lock_file = lock_file
         self.fd: int | None = None
         self.held = False
 
@@ -58,10 +62,10 @@ class _Leadership:
         if self.central.postgres:
             # Session-level: held as long as this thread's connection lives.
             self.central.db.connect(reuse_if_open=True)
-            cur = self.central.db.execute_sql("SELECT pg_try_advisory_lock(%s)", (LOCK_LEADER,))
+            cur = self.central.db.execute_sql("SELECT pg_try_advisory_lock(%s)", (self.lock_id,))
             self.held = bool(cur.fetchone()[0])
         else:
-            path = self.central.data / "publisher.lock"
+            path = self.central.data / self.lock_file
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -79,7 +83,7 @@ class _Leadership:
             os.close(self.fd)
             self.fd = None
         elif not self.central.db.is_closed():
-            self.central.db.execute_sql("SELECT pg_advisory_unlock(%s)", (LOCK_LEADER,))
+            self.central.db.execute_sql("SELECT pg_advisory_unlock(%s)", (self.lock_id,))
 
 
 class Publisher:
@@ -92,7 +96,7 @@ class Publisher:
         self.central = central
         self.interval_s = interval_s
         self.on_tick = on_tick
-        self.leadership = _Leadership(central)
+        self.leadership = Leadership(central)
         self.view: scopes.ChainView | None = None
         self.stop_event = threading.Event()
         self.wake_event = threading.Event()

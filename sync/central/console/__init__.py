@@ -17,6 +17,7 @@ from sync.central.console import (
     dashboard,
     flag_pages,
     fleet_pages,
+    issuing_pages,
     report_pages,
 )
 
@@ -31,6 +32,7 @@ ROUTERS = (
     fleet_pages.router,
     report_pages.router,
     audit_pages.router,
+    issuing_pages.router,
 )
 
 
