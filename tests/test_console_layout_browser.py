@@ -90,6 +90,7 @@ def test_no_page_scrolls_sideways(
             assert found["scroll"] <= found["width"], f"{where} scrolls sideways: {found}"
             assert not found["nav"], f"{where}: navigation off screen: {found['nav']}"
             assert not found["small"], f"{where}: buttons under 32 px: {found['small']}"
-        shot(page, tmp_path, f"console-{width}x{height}-{lang}")
+            name = path.strip("/") or "dashboard"
+            shot(page, tmp_path, f"console-{name}-{width}x{height}-{lang}")
     finally:
         ctx.close()
