@@ -77,9 +77,9 @@ class Report(TypedDict):
     stale_after_s: int
 
 
-def sums(*group: pw.Node, where: pw.Node | None = None) -> list[tuple[tuple[Any, ...], Sums]]:
-    """Per value of the `group` columns or expressions (and currency): those values, and
-    their sums; only the redemptions `where` selects (all of them without)."""
+def sums(*group: pw.Node, where: pw.Node | None = None) -> list[tuple[tuple[str, ...], Sums]]:
+    """Per value of the `group` columns or expressions (and currency): those values as text
+    (a day number too), and their sums; only the redemptions `where` selects (all without)."""
     live = Redemption.reversed_seq.is_null()
     query: Any = Redemption.select(
         *group,
@@ -94,7 +94,7 @@ def sums(*group: pw.Node, where: pw.Node | None = None) -> list[tuple[tuple[Any,
     if where is not None:
         query = query.where(where)
     query = query.group_by(*group, Redemption.currency).order_by(*group, Redemption.currency)
-    out: list[tuple[tuple[Any, ...], Sums]] = []
+    out: list[tuple[tuple[str, ...], Sums]] = []
     n = len(group)
     for row in query.tuples():
         currency, redemptions, discount, reversed_, coupons = row[n:]
@@ -106,7 +106,7 @@ def sums(*group: pw.Node, where: pw.Node | None = None) -> list[tuple[tuple[Any,
             "reversed": int(reversed_ or 0),
             "coupons_redeemed": int(coupons or 0),
         }
-        out.append((tuple(row[:n]), sums_))
+        out.append((tuple("" if v is None else str(v) for v in row[:n]), sums_))
     return out
 
 

@@ -178,8 +178,8 @@ def by_day(r: DayRange) -> list[Line]:
     the rate is the redemption rate to date (coupons redeemed / issued by that day's end)."""
     day = Redemption.at_ms / DAY_MS
     found: dict[dt.date, list[report.Sums]] = {}
-    for (d,), got in report.sums(day, where=_within(r)):
-        found.setdefault(dt.date(1970, 1, 1) + dt.timedelta(days=int(d)), []).append(got)
+    for (number,), got in report.sums(day, where=_within(r)):
+        found.setdefault(dt.date(1970, 1, 1) + dt.timedelta(days=int(number)), []).append(got)
     to_date = _to_date(r)
     lines: list[Line] = []
     for d in r.days():
