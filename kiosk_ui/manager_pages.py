@@ -25,6 +25,7 @@ from kiosk_ui.pages import (
     CLOCK_UNTRUSTED,
     COOKIE_SESSION,
     DEVICE_DOWN,
+    DEVICES_DOWN,
     LEDGER_OLD,
     NO_SUCH_FLAG,
     OFFLINE_NEVER,
@@ -137,12 +138,7 @@ def attention(
         items.append(("overrides", translate(WAITING, lang).format(n=waiting), "#overrides"))
     if not status.get("clock_ok", True):
         items.append(("clock", translate(CLOCK_UNTRUSTED, lang), "#clock"))
-    for name, h in (status.get("inputs") or {}).items():
-        state = h.get("state")
-        if state != "ok":
-            text = translate(DEVICE_DOWN, lang).format(name=name, state=device_state(state, lang))
-            rank = "device-degraded" if state == "degraded" else "device-down"
-            items.append((rank, text, f"#device-{name}"))
+    items.extend(device_lines(status, lang))
     opened = [f for f in flags if not f.get("review")]
     if opened:  # newest first: the link goes to the newest open one
         text = translate(OPEN_FLAGS, lang).format(n=len(opened))
@@ -162,6 +158,31 @@ def attention(
         }
         for rank, text, href in items
     ]
+
+
+def device_lines(status: daemon_port.Status, lang: str) -> list[tuple[str, str, str]]:
+    """One line for the inputs that are down or stopped, one for those working badly: a
+    till with every reader unplugged still fits the summary on the first screen."""
+    ranked: dict[str, list[tuple[str, object]]] = {"device-down": [], "device-degraded": []}
+    for name, h in (status.get("inputs") or {}).items():
+        state = h.get("state")
+        if state != "ok":  # down, stopped, or a state this page does not know: down
+            ranked["device-degraded" if state == "degraded" else "device-down"].append(
+                (name, state)
+            )
+    out = []
+    for rank, names in ranked.items():
+        if len(names) == 1:
+            (name, state), *_ = names
+            text = translate(DEVICE_DOWN, lang).format(name=name, state=device_state(state, lang))
+        elif names:
+            sep = "、" if lang == "zh_CN" else ", "
+            listed = sep.join(f"{n} ({device_state(state, lang)})" for n, state in names)
+            text = translate(DEVICES_DOWN, lang).format(devices=listed)
+        else:
+            continue
+        out.append((rank, text, f"#device-{names[0][0]}"))
+    return out
 
 
 def ledger_is_old(daemon: DaemonPort, status: daemon_port.Status) -> bool:

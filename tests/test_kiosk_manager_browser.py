@@ -237,7 +237,12 @@ def test_the_summary_orders_by_urgency_whatever_comes_first() -> None:
     """Built from the daemon's status: the order of the checks is not the order shown."""
     status: Any = {
         "clock_ok": False,
-        "inputs": {"nfc": {"state": "degraded"}, "cam": {"state": "down"}},
+        "inputs": {
+            "nfc": {"state": "degraded"},
+            "cam": {"state": "down"},
+            "scan": {"state": "stopped"},
+            "sim": {"state": "ok"},
+        },
         "sync": {"central": "http://c", "last_error": {"kind": "refused"}},
     }
     flags = [{"seq": 9, "review": None}, {"seq": 4, "review": {"status": "acknowledged"}}]
@@ -259,6 +264,12 @@ def test_the_summary_orders_by_urgency_whatever_comes_first() -> None:
         "href": "#flag-9",
     }
     assert got[4]["text"] == "The last sync failed: the central service refused"
-    devices = [a["href"] for a in got if a["rank"].startswith("device")]
-    assert devices == ["#device-cam", "#device-nfc"]
+    # One line for the readers down, one for those working badly, however many there are.
+    devices = [(a["text"], a["href"]) for a in got if a["rank"].startswith("device")]
+    assert devices == [
+        ("Devices: cam (not working), scan (stopped)", "#device-cam"),
+        ("Device nfc: working badly", "#device-nfc"),
+    ]
+    zh = manager_pages.attention(status, True, 2, flags, "zh_CN")
+    assert zh[2]["text"] == "设备：cam (不工作)、scan (已停止)"
     assert manager_pages.attention({"sync": {}}, False, 0, [], "en") == []  # type: ignore[typeddict-item]
