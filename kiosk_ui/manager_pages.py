@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -22,9 +22,19 @@ from kiosk_ui.manager import Manager, Reviews
 from kiosk_ui.pages import (
     BAD_ACTION,
     BAD_DATES,
+    CLOCK_UNTRUSTED,
     COOKIE_SESSION,
+    DEVICE_DOWN,
+    DEVICES_DOWN,
+    LEDGER_OLD,
     NO_SUCH_FLAG,
+    OFFLINE_NEVER,
+    OFFLINE_SINCE,
+    OPEN_FLAGS,
     SYNC_ERRORS,
+    SYNC_FAILED,
+    UNREACHABLE,
+    WAITING,
     device_state,
     lang_of,
     local,
@@ -84,6 +94,105 @@ def sync_view(sync: Mapping[str, object], lang: str) -> dict[str, object]:
     return out
 
 
+def sync_trouble(sync: Mapping[str, object], lang: str) -> str | None:
+    """The sync problem in one sentence, or None: the central out of reach (since when, as
+    the cashier's banner says it), or the last round failing for another reason."""
+    err = sync.get("last_error")
+    if not err:
+        return None
+    if isinstance(err, str):  # the daemon's own words (a stuck engine worker)
+        return translate(SYNC_FAILED, lang).format(reason=err)
+    kind = str(err.get("kind") or "") if isinstance(err, dict) else ""
+    if not sync.get("central"):
+        return None
+    if kind in UNREACHABLE:
+        since = when(sync.get("last_success"))
+        return (
+            translate(OFFLINE_SINCE, lang).format(time=since)
+            if since
+            else translate(OFFLINE_NEVER, lang)
+        )
+    reason = translate(SYNC_ERRORS[kind], lang) if kind in SYNC_ERRORS else kind
+    if not reason and isinstance(err, dict):
+        reason = str(err.get("message") or "")
+    return translate(SYNC_FAILED, lang).format(reason=reason)
+
+
+# Most urgent first: a shopper waiting on an approval, a clock that refuses every coupon, a
+# device down; then what can wait a little. The first three show red, the rest amber.
+RANKS = ("overrides", "clock", "device-down", "flags", "sync", "device-degraded", "ledger")
+URGENT = 3
+
+
+def attention(
+    status: daemon_port.Status,
+    ledger_old: bool,
+    waiting: int,
+    flags: Sequence[Mapping[str, object]],
+    lang: str,
+) -> list[dict[str, str]]:
+    """What needs the manager, in RANKS order, each with the part of the page (an anchor)
+    that has the detail."""
+    items: list[tuple[str, str, str]] = []  # (rank, text, href)
+    if waiting:
+        items.append(("overrides", translate(WAITING, lang).format(n=waiting), "#overrides"))
+    if not status.get("clock_ok", True):
+        items.append(("clock", translate(CLOCK_UNTRUSTED, lang), "#clock"))
+    items.extend(device_lines(status, lang))
+    opened = [f for f in flags if not f.get("review")]
+    if opened:  # newest first: the link goes to the newest open one
+        text = translate(OPEN_FLAGS, lang).format(n=len(opened))
+        items.append(("flags", text, f"#flag-{opened[0]['seq']}"))
+    trouble = sync_trouble(status.get("sync") or {}, lang)
+    if trouble:
+        items.append(("sync", trouble, "#sync"))
+    if ledger_old:
+        items.append(("ledger", translate(LEDGER_OLD, lang), "#sync"))
+    items.sort(key=lambda item: RANKS.index(item[0]))  # stable: devices keep their order
+    return [
+        {
+            "rank": rank,
+            "level": "urgent" if RANKS.index(rank) < URGENT else "warn",
+            "text": text,
+            "href": href,
+        }
+        for rank, text, href in items
+    ]
+
+
+def device_lines(status: daemon_port.Status, lang: str) -> list[tuple[str, str, str]]:
+    """One line for the inputs that are down or stopped, one for those working badly: a
+    till with every reader unplugged still fits the summary on the first screen."""
+    ranked: dict[str, list[tuple[str, object]]] = {"device-down": [], "device-degraded": []}
+    for name, h in (status.get("inputs") or {}).items():
+        state = h.get("state")
+        if state != "ok":  # down, stopped, or a state this page does not know: down
+            ranked["device-degraded" if state == "degraded" else "device-down"].append(
+                (name, state)
+            )
+    out = []
+    for rank, names in ranked.items():
+        if len(names) == 1:
+            (name, state), *_ = names
+            text = translate(DEVICE_DOWN, lang).format(name=name, state=device_state(state, lang))
+        elif names:
+            sep = "、" if lang == "zh_CN" else ", "
+            listed = sep.join(f"{n} ({device_state(state, lang)})" for n, state in names)
+            text = translate(DEVICES_DOWN, lang).format(devices=listed)
+        else:
+            continue
+        out.append((rank, text, f"#device-{names[0][0]}"))
+    return out
+
+
+def ledger_is_old(daemon: DaemonPort, status: daemon_port.Status) -> bool:
+    """The ledger failed to load or is older than the policy's warning age."""
+    ledger = status.get("ledger") or {}
+    age = ledger.get("age_s")
+    warn_s = daemon_port.worker(daemon).call(lambda e: e.ledger.policy.stale_warn_hours * 3600.0)
+    return bool(ledger.get("problem")) or (age is not None and age > warn_s)
+
+
 def devices(status: daemon_port.Status, lang: str) -> list[dict[str, str]]:
     return [
         {
@@ -126,15 +235,19 @@ def manager_page(
         str(status.get("terminal") or ""),
         lang,
     )
+    overrides = [p.to_dict(lang) for p in daemon.awaiting_override()]
+    flags = figures["flags"]
+    assert isinstance(flags, list)
     page = render(
         request,
         "manager.html",
+        attention=attention(status, ledger_is_old(daemon, status), len(overrides), flags, lang),
         stats=figures,
         status=status,
         sync=sync_view(status.get("sync") or {}, lang),
         devices=devices(status, lang),
         today=now.date().isoformat(),
-        overrides=[p.to_dict(lang) for p in daemon.awaiting_override()],
+        overrides=overrides,
         cameras={d.name for d in daemon.inputs if hasattr(d, "snapshot")},
         notice=request.query_params.get("notice"),
         device_time=now.strftime("%Y-%m-%d %H:%M:%S %Z"),

@@ -171,6 +171,17 @@ SYNC_ERRORS = {
 # offline banner. A refusal is an answer: the manager's screen shows it.
 UNREACHABLE = frozenset({"network", "timeout", "server", "protocol"})
 
+# The manager's "Needs attention" summary at the top of the dashboard (built in
+# kiosk_ui/manager_pages.py: `attention`).
+ATTENTION_HEADINGS = (N_("Needs attention"), N_("Nothing needs attention."))
+WAITING = N_("Coupons waiting for your approval: {n}")
+CLOCK_UNTRUSTED = N_("The clock is not trusted: coupons are refused until you check the time.")
+DEVICE_DOWN = N_("Device {name}: {state}")
+DEVICES_DOWN = N_("Devices: {devices}")
+OPEN_FLAGS = N_("Open fraud flags: {n}")
+SYNC_FAILED = N_("The last sync failed: {reason}")
+LEDGER_OLD = N_("The coupon ledger is out of date: connect the terminal to sync.")
+
 
 def local(ts: float) -> dt.datetime:
     """An epoch time in the device's own time zone (the Pi is set to the store's)."""

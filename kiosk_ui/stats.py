@@ -194,11 +194,16 @@ def charts_of(week: Week, decided: Sequence[Redeem], lang: str) -> dict[str, str
         if e.accepted:
             days[bisect.bisect_right(week.bounds, e.at_ms) - 1] += 1
     day_labels = [(week.today + dt.timedelta(days=i - 6)).strftime("%m-%d") for i in range(7)]
+    # Widths in SVG units, sized so both fit side by side at 800 px (charts.min_width):
+    # 24 hours want the room, 7 days less.
     return {
         "hours_svg": charts.bars(
-            hours, [str(h) for h in range(24)], translate("Redemptions by hour (today)", lang)
+            hours,
+            [str(h) for h in range(24)],
+            translate("Redemptions by hour (today)", lang),
+            width=480,
         ),
-        "days_svg": charts.bars(days, day_labels, translate("Redemptions per day", lang)),
+        "days_svg": charts.bars(days, day_labels, translate("Redemptions per day", lang), 300),
     }
 
 

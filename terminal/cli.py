@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from coupons import journal, setup
+from coupons import journal, ledger, setup, tokens
 from coupons.cliutil import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -23,9 +24,12 @@ from coupons.cliutil import (
 from coupons.decision import Context, Decision
 from coupons.engine import Engine
 from coupons.i18n import normalize_lang, translate
+from coupons.journal.schema import MIGRATIONS
 from coupons.ledger_store import DEFAULT_MAX_FILE_BYTES, LedgerTooLarge, read_limited
 from coupons.rules import Basket, InputError
 from coupons.timeutil import clock_from_env, parse_time
+
+DISTRIBUTION = "edge-redeem"  # pyproject.toml's [project] name
 
 
 def _env_float(name: str, default: float) -> float | None:
@@ -327,8 +331,42 @@ def _add_journal_commands(sub: Subcommands) -> None:
     sp.add_argument("--out", help="file to write (default stdout)")
 
 
+def version_text() -> str:
+    """What `redeem --version` prints: the package, then the formats this till speaks, one
+    `name: value` a line, so an installer can check them against the central's."""
+    # Here, not at the top: the core CLI imports no sync code (build_parser's sync commands
+    # are imported lazily too).
+    from sync import protocol
+
+    try:
+        package = importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
+        package = "unknown (not installed)"
+    return "\n".join(
+        [
+            f"redeem {package}",
+            f"sync-protocol: {protocol.VERSION}",
+            f"ledger-format: {ledger.UPDATE_FORMAT}",
+            f"ledger-file-format: {ledger.FILE_FORMAT}",
+            f"journal-schema: {1 + len(MIGRATIONS)}",
+            f"token-prefix: {tokens.PREFIX}",
+        ]
+    )
+
+
+class _Version(argparse.Action):
+    """--version (argparse's own version action would re-wrap the lines into one)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(version_text())
+        parser.exit(EXIT_OK)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="redeem", description=__doc__)
+    p.add_argument(
+        "--version", action=_Version, nargs=0, default=argparse.SUPPRESS, help="print versions"
+    )
     sub = p.add_subparsers(dest="command", required=True)
     # The order here is the order `redeem --help` lists them in.
     _add_setup_commands(sub)

@@ -4,6 +4,7 @@ serve terminals (enrollment, ledger, journal upload), admin tokens and reports."
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import signal
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import segno
 
-from coupons import cose, ledger, logjson, netallow
+from coupons import cose, ledger, logjson, netallow, tokens
 from coupons.cliutil import (
     EXIT_OK,
     UserError,
@@ -27,11 +28,14 @@ from coupons.ledger import Policy, ledger_file
 from coupons.ledger_store import write_atomic
 from coupons.rules import InputError
 from coupons.timeutil import clock_from_env
+from sync import protocol
 from sync.central import (
+    archive,
     archive_cli,
     campaign_cli,
     display,
     issuing_cli,
+    models,
     report,
     terminals,
     users_cli,
@@ -541,8 +545,34 @@ def _add_service_commands(sub: _Commands) -> None:
     sp.set_defaults(func=cmd_openapi)
 
 
+def version_text() -> str:
+    """`redeem-central --version`: the package, then the formats this central speaks, one
+    `name: value` a line (the till's `redeem --version` prints the same names)."""
+    try:
+        package = importlib.metadata.version("edge-redeem")  # pyproject.toml's name
+    except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
+        package = "unknown (not installed)"
+    return (
+        f"redeem-central {package}\nsync-protocol: {protocol.VERSION}\n"
+        f"ledger-format: {ledger.UPDATE_FORMAT}\nledger-file-format: {ledger.FILE_FORMAT}\n"
+        f"database-schema: {models.SCHEMA_VERSION}\narchive-format: {archive.FORMAT}\n"
+        f"token-prefix: {tokens.PREFIX}"
+    )
+
+
+class _Version(argparse.Action):
+    """--version (argparse's own version action would re-wrap the lines into one)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(version_text())
+        parser.exit(EXIT_OK)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="redeem-central", description=__doc__)
+    p.add_argument(
+        "--version", action=_Version, nargs=0, default=argparse.SUPPRESS, help="print versions"
+    )
     sub = p.add_subparsers(dest="command", required=True)
     # In this order: `redeem-central --help` lists the commands as they are added.
     _add_setup_commands(sub)
