@@ -83,10 +83,10 @@ def test_scan_shows_accept_live_and_refusal_reason(
     page.locator("#sale li").wait_for(timeout=2000)  # the sale's coupon list follows
     shot(page, tmp_path, "cashier-accepted")
 
-    kiosk.feed(kiosk.tokens[0])  # the same coupon again
+    kiosk.feed(kiosk.tokens[0])  # the same coupon again, in the same sale
     page.locator("#decision.no").wait_for(timeout=1000)
     text = page.locator("#decision").inner_text()
-    assert Reason.ALREADY_REDEEMED.message("en") in text
+    assert Reason.ALREADY_APPLIED.message("en") in text  # the POS API's sentence too
     shot(page, tmp_path, "cashier-refused")
 
 
