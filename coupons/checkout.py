@@ -21,7 +21,7 @@ from coupons.decision import Context, CouponUse, Decision
 from coupons.engine import Engine
 from coupons.journal import LIVE_USES, Operation, PosCheckout, UseStatus, insert_operation
 from coupons.jsontypes import JSONObject
-from coupons.reasons import Reason
+from coupons.reasons import STEP_REFUSED, Reason
 from coupons.rules import Basket, InputError, best_combination
 
 log = logging.getLogger(__name__)
@@ -72,9 +72,13 @@ REASONS = {
 
 
 class Refused(Exception):
-    def __init__(self, why: Why, detail: str) -> None:
+    """`words`: the sentence for the cashier (a msgid) when the reason's own would be
+    untrue, e.g. a commit of a refunded sale (STEP_REFUSED)."""
+
+    def __init__(self, why: Why, detail: str, words: str | None = None) -> None:
         super().__init__(detail)
         self.why, self.detail, self.reason = why, detail, REASONS[why]
+        self.words = words
 
 
 @dataclass(frozen=True)
@@ -281,6 +285,7 @@ class Checkouts:
             raise Refused(
                 Why.CLOSED,
                 f"checkout {co.id} is {co.state}: coupons go only to an open checkout",
+                STEP_REFUSED.get(("apply", co.state.value)),
             )
         ctx = Context(source="pos", cashier=co.cashier or co.till)
         decision = engine.hold(checkout_id, code, co.basket, ctx, op)
@@ -313,7 +318,9 @@ def step(engine: Engine, till: str, checkout_id: str, kind: Step, op: str) -> De
     if co.state is not need or (kind is Step.REVERSE and not coupons):
         raise _wrong_state(co, kind)
     if not coupons:  # a sale without coupons: answered here, with the engine's promise
-        d = Decision(True, Reason.OK, 0, co.basket.currency, checkout_id=checkout_id)
+        d = Decision(
+            True, Reason.OK, 0, co.basket.currency, checkout_id=checkout_id, step=kind.value
+        )
         with engine.db.atomic():  # the answer and the new state, together
             insert_operation(
                 op,
@@ -331,12 +338,16 @@ def step(engine: Engine, till: str, checkout_id: str, kind: Step, op: str) -> De
 
 def _wrong_state(co: Checkout, kind: Step) -> Refused:
     need, done = TRANSITIONS[kind]
+    words = STEP_REFUSED.get((kind.value, co.state.value))
     if kind is Step.REVERSE:
         why = "has no redeemed coupon" if co.state is need else f"is {co.state}"
         return Refused(
             Why.NOT_COMMITTED,
             f"checkout {co.id} {why}: only a checkout paid with coupons can be reversed",
+            words,
         )
     return Refused(
-        Why.CLOSED, f"checkout {co.id} is {co.state}: only an {need} checkout can be {done}"
+        Why.CLOSED,
+        f"checkout {co.id} is {co.state}: only an {need} checkout can be {done}",
+        words,
     )

@@ -17,6 +17,17 @@ from coupons.ledger_store import LedgerStore
 from coupons.reasons import Reason
 from coupons.rules import Basket, Customer, Refusal, apply_in_order
 
+# What a typed code is made of, as cashiers type them (tokens.normalize_code drops the rest).
+CODE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 -")
+
+
+def well_formed_code(code: str) -> bool:
+    """A typed code as cashiers type it: 4-64 ASCII letters and digits, with spaces and
+    dashes between them. One the ledger does not hold is `unknown_code` (typed wrong);
+    anything else that is neither a token nor a SUN URL is `malformed` (not a code at all)."""
+    text = code.strip().upper()
+    return set(text) <= CODE_CHARS and 4 <= len(tokens.normalize_code(text)) <= 64
+
 
 class Checks:
     """The read-only half of the engine. Holds no state of its own: the ledger, the journal
@@ -245,6 +256,10 @@ class Checks:
             raise Refuse(Reason.MALFORMED, "not a coupon code")
         entry = led.plain_codes.get(tokens.plain_code_hash(led.plain_salt, norm))
         if entry is None:
+            if well_formed_code(code):
+                # A code as cashiers type them that the ledger does not hold: most likely
+                # mistyped, so the cashier is asked to type it again, not to rescan.
+                raise Refuse(Reason.UNKNOWN_CODE, "no such coupon code in the ledger")
             raise Refuse(Reason.MALFORMED, "unknown coupon code")
         campaign = led.campaigns.get(entry.campaign)
         if campaign is None:
@@ -334,7 +349,7 @@ class Checks:
         coupon = self._resolve(code, basket, ctx, now)
         c = coupon.campaign
         if any(o.key == coupon.key for o in others):
-            raise Refuse(Reason.ALREADY_REDEEMED, "already applied to this checkout", coupon=coupon)
+            raise Refuse(Reason.ALREADY_APPLIED, "already applied to this checkout", coupon=coupon)
         # Single use before the basket (DESIGN.md's order): a replayed coupon is reported and
         # flagged as a replay even when the basket would not qualify either.
         self._check_single_use(coupon)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 from coupons.fraud import Flag
-from coupons.reasons import Reason
+from coupons.reasons import STEP_DONE, Reason, step_done
 from coupons.rules import Campaign
 
 
@@ -49,12 +49,19 @@ class Decision:
     warnings: list[str] = field(default_factory=list)
     coupons: list[CouponUse] = field(default_factory=list)
     replayed: bool = False
+    step: str = ""  # commit, release or reverse: the answer to that checkout step
+
+    def message(self, lang: str = "en") -> str:
+        """The sentence for the cashier: the reason's, or a done step's own."""
+        if self.accepted and self.reason is Reason.OK and self.step in STEP_DONE:
+            return step_done(self.step, bool(self.coupons), lang)
+        return self.reason.message(lang)
 
     def to_dict(self, lang: str = "en") -> dict[str, object]:
         return {
             "accepted": self.accepted,
             "reason": self.reason.value,
-            "message": self.reason.message(lang),
+            "message": self.message(lang),
             "discount_minor": self.discount_minor,
             "currency": self.currency,
             "campaign": self.campaign,
@@ -67,6 +74,7 @@ class Decision:
             "warnings": self.warnings,
             "coupons": self.coupons,
             "replayed": self.replayed,
+            "step": self.step,
         }
 
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from functools import cache
 from pathlib import Path
 
@@ -61,3 +62,32 @@ def normalize_lang(lang: str | None) -> str:
 
 def translate(message: str, lang: str = "en") -> str:
     return catalog(normalize_lang(lang)).get(message, message)
+
+
+# The CLDR locale whose numbers, currency symbols and dates a language's pages use.
+BABEL_LOCALES = {"en": "en", "zh_CN": "zh_Hans_CN"}
+
+
+def babel_locale(lang: str | None) -> str:
+    return BABEL_LOCALES[normalize_lang(lang)]
+
+
+def format_day(day: dt.date, lang: str = "en") -> str:
+    """A calendar day as `lang` writes it: "2026年11月25日" in Chinese; ISO 8601
+    ("2026-11-25") in English, the order no reader mistakes (CLDR's English is the US
+    month-first order)."""
+    if normalize_lang(lang) == "en":
+        return day.isoformat()
+    from babel.dates import format_skeleton
+
+    return str(format_skeleton("yMMMd", day, locale=babel_locale(lang)))
+
+
+def format_moment(moment: dt.datetime, lang: str = "en") -> str:
+    """A day and a time to the minute: "2026年11月25日 08:05", or "2026-11-25 08:05"."""
+    if normalize_lang(lang) == "en":
+        return moment.strftime("%Y-%m-%d %H:%M")
+    from babel.dates import format_time
+
+    hm = format_time(moment, "HH:mm", locale=babel_locale(lang))
+    return f"{format_day(moment.date(), lang)} {hm}"

@@ -10,6 +10,7 @@ from coupons.i18n import N_, translate
 class Reason(StrEnum):
     OK = "ok"
     MALFORMED = "malformed"
+    UNKNOWN_CODE = "unknown_code"
     BAD_SIGNATURE = "bad_signature"
     UNKNOWN_KEY = "unknown_key"
     KEY_REVOKED = "key_revoked"
@@ -20,6 +21,7 @@ class Reason(StrEnum):
     OUTSIDE_HOURS = "outside_hours"
     REVOKED = "revoked"
     ALREADY_REDEEMED = "already_redeemed"
+    ALREADY_APPLIED = "already_applied"
     CUSTOMER_LIMIT = "customer_limit"
     BUDGET_EXHAUSTED = "budget_exhausted"
     BELOW_MINIMUM = "below_minimum"
@@ -53,6 +55,7 @@ class Reason(StrEnum):
 MESSAGES: dict[Reason, str] = {
     Reason.OK: N_("Coupon accepted."),
     Reason.MALFORMED: N_("This code is not a coupon we can read. Please show the coupon again."),
+    Reason.UNKNOWN_CODE: N_("This code was not found. Please check it and type it again."),
     Reason.BAD_SIGNATURE: N_("This coupon is not genuine and cannot be used."),
     Reason.UNKNOWN_KEY: N_("This coupon was issued by a source this till does not recognise."),
     Reason.KEY_REVOKED: N_("This coupon's issuer has been withdrawn, so it cannot be used."),
@@ -63,6 +66,7 @@ MESSAGES: dict[Reason, str] = {
     Reason.OUTSIDE_HOURS: N_("This coupon can only be used at certain days or hours."),
     Reason.REVOKED: N_("This coupon has been cancelled by the issuer."),
     Reason.ALREADY_REDEEMED: N_("This coupon has already been used."),
+    Reason.ALREADY_APPLIED: N_("This coupon is already applied to this sale."),
     Reason.CUSTOMER_LIMIT: N_("You have already used this offer the maximum number of times."),
     Reason.BUDGET_EXHAUSTED: N_("This promotion has run out."),
     Reason.BELOW_MINIMUM: N_("Your purchase does not reach this coupon's minimum spend yet."),
@@ -103,3 +107,43 @@ MESSAGES: dict[Reason, str] = {
         "Something went wrong at this till. Please try again or ask a manager."
     ),
 }
+
+
+# What a till hears when a checkout step is done (Reason.OK's "Coupon accepted." is for a
+# coupon, not for a payment or a refund), and when it was done on a sale without a coupon
+# (only a paid sale with coupons can be refunded).
+STEP_DONE: dict[str, str] = {
+    "commit": N_("Payment recorded. The coupons on this sale are now used."),
+    "release": N_("Sale cancelled. Its coupons are free to use again."),
+    "reverse": N_("Refund recorded, together with the coupons used on this sale."),
+}
+STEP_DONE_NO_COUPON: dict[str, str] = {
+    "commit": N_("Payment recorded. No coupon was applied to this checkout."),
+    "release": N_("Checkout cancelled. No coupon was applied to it."),
+}
+
+# Why a step, or a coupon ("apply"), cannot be taken in the checkout's state: (what was
+# asked, the state the checkout is in) -> the sentence. A reverse of a paid checkout that had
+# no coupon says Reason.NOT_COMMITTED's own.
+STEP_REFUSED: dict[tuple[str, str], str] = {
+    ("apply", "committed"): N_("This sale is already paid. No coupon can be added to it."),
+    ("apply", "released"): N_("This sale was cancelled. No coupon can be added to it."),
+    ("apply", "reversed"): N_("This sale was refunded. No coupon can be added to it."),
+    ("commit", "committed"): N_("This sale is already paid."),
+    ("commit", "released"): N_("This sale was cancelled; it cannot be paid."),
+    ("commit", "reversed"): N_("This sale was refunded; it cannot be paid."),
+    ("release", "committed"): N_(
+        "This sale is already paid, so it cannot be cancelled. Refund it instead."
+    ),
+    ("release", "released"): N_("This sale was already cancelled."),
+    ("release", "reversed"): N_("This sale was refunded; it cannot be cancelled."),
+    ("reverse", "open"): N_("This sale is not paid yet, so there is nothing to refund."),
+    ("reverse", "released"): N_("This sale was cancelled, so there is nothing to refund."),
+    ("reverse", "reversed"): N_("This sale was already refunded."),
+}
+
+
+def step_done(step: str, with_coupons: bool, lang: str = "en") -> str:
+    """The sentence for a checkout step done (commit, release, reverse)."""
+    words = STEP_DONE[step] if with_coupons else STEP_DONE_NO_COUPON.get(step, STEP_DONE[step])
+    return translate(words, lang)

@@ -65,12 +65,14 @@ CATEGORIES: dict[str, tuple[str, frozenset[Reason]]] = {
         frozenset(
             {
                 Reason.MALFORMED,
+                Reason.UNKNOWN_CODE,
                 Reason.BAD_SIGNATURE,
                 Reason.UNKNOWN_KEY,
                 Reason.KEY_REVOKED,
                 Reason.UNKNOWN_CAMPAIGN,
                 Reason.REVOKED,
                 Reason.ALREADY_REDEEMED,
+                Reason.ALREADY_APPLIED,
                 Reason.TAG_MISMATCH,
                 Reason.TAG_REPLAYED,
                 Reason.SUSPECTED_FRAUD,

@@ -160,6 +160,7 @@ class TwoPhase(Checks):
                 detail=detail,
                 journal_seq=seqs[-1],
                 coupons=self.checkout_coupons(checkout_id),
+                step=kind,
             )
 
         return self._record(op_id, work, request)

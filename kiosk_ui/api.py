@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PREFIX = "/api/v1"
-API_VERSION = "1.2"  # the contract in docs/pos-api.md ("Changes")
+API_VERSION = "1.3"  # the contract in docs/pos-api.md ("Changes")
 MAX_BODY = 64 * 1024
 # Problem documents are coupons.problem's (one shape for the kiosk and the central).
 PROBLEM = problem.MEDIA_TYPE
@@ -56,15 +56,6 @@ CONFLICTS = {
     Reason.HOLD_EXPIRED,
 }
 UNAVAILABLE = {Reason.STORAGE_FAILURE, Reason.INTERNAL_ERROR}
-# What the cashier hears when a step succeeds on a checkout that never had a coupon
-# (Reason.OK's "Coupon accepted." would be untrue there).
-NO_COUPON_MESSAGES = {
-    "commit": N_("Payment recorded. No coupon was applied to this checkout."),
-    "release": N_("Checkout cancelled. No coupon was applied to it."),
-}
-ALREADY_APPLIED = N_("This coupon is already applied to this sale.")
-# The engine's detail when a coupon is refused because this very checkout holds it.
-SAME_CHECKOUT = "already applied to this checkout"
 # The sentence for each problem the API raises itself (an engine answer carries its
 # reason's own sentence): what the cashier reads on the till's screen.
 CALL_SUPPORT = N_("The till asked for something this terminal does not offer. Please call support.")
@@ -85,7 +76,6 @@ PROBLEM_MESSAGES = {
     "invalid-basket": N_(
         "This terminal cannot accept the items or the total of this sale. Please check them."
     ),
-    "already-applied": ALREADY_APPLIED,
 }
 # Any other refusal (a 4xx the API did not name above).
 REFUSED = N_("This terminal refused the till's request. Please call support.")
@@ -378,7 +368,11 @@ def _fingerprint(*parts: str) -> str:
 
 def _refused(exc: checkout.Refused) -> Problem:
     status = 404 if exc.why is checkout.Why.UNKNOWN else 409
-    return Problem(status, exc.why.value, exc.detail, Decision(False, exc.reason))
+    # The sentence for the checkout's state ("This sale was refunded; it cannot be paid.")
+    # where the reason's own would be untrue.
+    return Problem(
+        status, exc.why.value, exc.detail, Decision(False, exc.reason), message=exc.words
+    )
 
 
 def _call(daemon: DaemonPort, job: Callable[[Engine], T]) -> T:
@@ -465,15 +459,15 @@ def apply_coupon(
     decision = applied.decision
     if decision.reason in UNAVAILABLE:
         raise Problem(503, "unavailable", decision.detail or "try again", decision)
-    if decision.reason is Reason.ALREADY_REDEEMED and decision.detail == SAME_CHECKOUT:
-        # Not "already used": this very checkout holds it. The engine journaled the
-        # attempt as it journals every refusal; the hold is as it was.
+    if decision.reason is Reason.ALREADY_APPLIED:
+        # This very checkout holds it: the same sentence as on the cashier screen. The
+        # engine journaled the attempt as it journals every refusal; the hold is as it was.
         raise Problem(
             409,
             "already-applied",
             f"coupon {decision.serial} of campaign {decision.campaign} is already applied "
             f"to checkout {checkout_id}",
-            message=ALREADY_APPLIED,
+            decision,
         )
     lang = str(daemon.cfg.terminal.lang)
     return {"decision": decision.to_dict(lang), "coupons": applied.coupons}
@@ -503,11 +497,8 @@ def _step(
         status = 409 if decision.reason in CONFLICTS else 422
         detail = decision.detail or f"cannot {kind} checkout {checkout_id}"
         raise Problem(status, decision.reason.value.replace("_", "-"), detail, decision)
-    lang = str(daemon.cfg.terminal.lang)
-    answer = decision.to_dict(lang)
-    if decision.reason is Reason.OK and not decision.coupons and kind in NO_COUPON_MESSAGES:
-        answer["message"] = translate(NO_COUPON_MESSAGES[kind], lang)
-    return answer
+    # The step's own sentence ("Payment recorded. ..."), decided with the answer.
+    return decision.to_dict(str(daemon.cfg.terminal.lang))
 
 
 STEP_ERRORS = _problems(400, 404, 409, 413, 422, 503)

@@ -25,9 +25,9 @@ from kiosk_ui.pages import (
     OFFLINE_SINCE,
     TEMPLATES,
     UNREACHABLE,
+    day,
     device_state,
     lang_of,
-    local,
     money,
     parse_money,
     render,
@@ -95,10 +95,10 @@ def conditions(campaign: Campaign | None, lang: str) -> list[str]:
 
     out = []
     if campaign.min_spend_minor:
-        out.append(f"{_('Minimum spend')} {money(campaign.min_spend_minor, campaign.currency)}")
+        least = money(campaign.min_spend_minor, campaign.currency, lang)
+        out.append(f"{_('Minimum spend')} {least}")
     if campaign.valid_until is not None:
-        until = local(campaign.valid_until).date().isoformat()
-        out.append(f"{_('Valid until')} {until}")
+        out.append(f"{_('Valid until')} {day(campaign.valid_until, lang)}")
     if campaign.item_level or campaign.exclude_categories or campaign.exclude_skus:
         out.append(_("Only on some items"))
     if campaign.new_customers_only:
@@ -208,7 +208,7 @@ def offline_banner(sync: Mapping[str, object], lang: str) -> str | None:
         return None
     if err.get("kind") not in UNREACHABLE:
         return None
-    since = when(sync.get("last_success"))
+    since = when(sync.get("last_success"), lang)
     if not since:
         return translate(OFFLINE_NEVER, lang)
     return translate(OFFLINE_SINCE, lang).format(time=since)

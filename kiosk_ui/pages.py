@@ -10,7 +10,8 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from coupons.i18n import N_, normalize_lang, translate
+from coupons.i18n import N_, format_day, format_moment, normalize_lang, translate
+from coupons.money import format_amount
 from kiosk_ui import guard
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -193,16 +194,22 @@ def local_day_ms(day: dt.date) -> int:
     return int(dt.datetime(day.year, day.month, day.day).astimezone().timestamp() * 1000)
 
 
-def when(ts: object) -> str:
-    """A stored time for a person: local, to the minute; '' for none or nonsense."""
+def when(ts: object, lang: str = "en") -> str:
+    """A stored time for a person: local, to the minute, in the language's order
+    ("2026-11-25 08:05", "2026年11月25日 08:05"); '' for none or nonsense."""
     if isinstance(ts, bool) or not isinstance(ts, int | float):
         return ""
     if ts > 1e11:  # milliseconds
         ts = ts / 1000
     try:
-        return local(ts).strftime("%Y-%m-%d %H:%M")
+        return format_moment(local(ts), lang)
     except (OverflowError, OSError, ValueError):
         return ""
+
+
+def day(ts: float, lang: str = "en") -> str:
+    """The local calendar day of an epoch time: "2026-11-25", "2026年11月25日"."""
+    return format_day(local(ts).date(), lang)
 
 
 def flag_kind(kind: str, lang: str) -> str:
@@ -221,10 +228,14 @@ def lang_of(request: Request) -> str:
     return normalize_lang(request.query_params.get("lang") or request.cookies.get(COOKIE_LANG))
 
 
-def money(minor: int | None, currency: str | None = None) -> str:
+def money(
+    minor: int | None, currency: str | None = None, lang: str = "en", plus: bool = False
+) -> str:
+    """An amount as coupons.money.format_amount writes it in `lang` ("¥20.00", "-¥20.00",
+    never split over two lines); '' for none."""
     if minor is None:
         return ""
-    return f"{currency + ' ' if currency else ''}{minor / 100:.2f}"
+    return format_amount(minor, currency, lang, plus)
 
 
 def parse_money(text: str) -> int:
@@ -247,7 +258,7 @@ def render(request: Request, name: str, **ctx: object) -> HTMLResponse:
         request=request,
         lang=lang,
         _=lambda s: translate(s, lang),
-        money=money,
+        money=lambda minor, currency=None, plus=False: money(minor, currency, lang, plus),
         path=request.url.path,
         csrf_token=guard.csrf_token(request),  # every POST form carries it
     )

@@ -56,7 +56,7 @@ def central(
             cmd = [i.token or "" for i in c.central.issue("CMD", 2)]
         t1, t2 = c.till("S1"), c.till("S2")
         # Day 1: S1 redeems one of each campaign, then a used coupon and a non-coupon.
-        assert _redeem(t1, [spring[0], cmd[0], spring[0], "NOT A COUPON"]) == [
+        assert _redeem(t1, [spring[0], cmd[0], spring[0], "<not a coupon>"]) == [
             "ok",
             "ok",
             "already_redeemed",

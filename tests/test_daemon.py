@@ -224,7 +224,7 @@ def test_scans_become_decisions_and_a_sale_takes_pending_coupons(
         pipe.feed(b)  # a second coupon of the same campaign: one per basket
         wait_for(lambda: daemon.published_count == 5)
         reasons = [p.decision.reason for p in list(daemon.recent)[3:] if p.decision]
-        assert reasons == [Reason.ALREADY_REDEEMED, Reason.NOT_STACKABLE]
+        assert reasons == [Reason.ALREADY_APPLIED, Reason.NOT_STACKABLE]
     finally:
         daemon.stop()
     world.reopen()

@@ -98,3 +98,13 @@ def test_the_reasons_page_holds_every_reason_as_the_code_says_it() -> None:
         (f"`{r.value}`", r.message("en"), r.message("zh_CN")) for r in Reason
     ]
     assert all(len(r) == 4 and r[1] for r in rows)
+
+
+def test_the_reasons_page_is_what_its_generator_writes() -> None:
+    # `python -m coupons.reasons_doc` regenerates both tables (reasons, checkout steps); a
+    # page that differs was edited by hand or not regenerated after a change in the code.
+    from coupons import reasons_doc
+
+    page = reasons_doc.PAGE.read_text(encoding="utf-8")
+    assert reasons_doc.render(page) == page
+    assert reasons_doc.UNDESCRIBED not in page.split("## Checkout steps")[0]

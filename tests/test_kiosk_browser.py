@@ -79,14 +79,14 @@ def test_scan_shows_accept_live_and_refusal_reason(
     kiosk.feed(kiosk.tokens[0])
     page.locator("#decision.ok").wait_for(timeout=1000)
     assert time.monotonic() - start < 1.0
-    assert "CNY 20.00" in page.locator("#decision").inner_text()
+    assert "CN¥20.00" in page.locator("#decision").inner_text()
     page.locator("#sale li").wait_for(timeout=2000)  # the sale's coupon list follows
     shot(page, tmp_path, "cashier-accepted")
 
-    kiosk.feed(kiosk.tokens[0])  # the same coupon again
+    kiosk.feed(kiosk.tokens[0])  # the same coupon again, in the same sale
     page.locator("#decision.no").wait_for(timeout=1000)
     text = page.locator("#decision").inner_text()
-    assert Reason.ALREADY_REDEEMED.message("en") in text
+    assert Reason.ALREADY_APPLIED.message("en") in text  # the POS API's sentence too
     shot(page, tmp_path, "cashier-refused")
 
 
@@ -111,7 +111,7 @@ def test_keypad_entry_and_total(page: Any, kiosk: Kiosk, tmp_path: Path) -> None
     page.fill("#total", "128")
     page.click("#set-total")
     page.wait_for_url("**/")
-    assert "CNY 128.00" in page.locator("#sale-total").inner_text()
+    assert "CN¥128.00" in page.locator("#sale-total").inner_text()
     page.click(".keypad .key[data-key='1']")
     assert page.input_value("#code") == "1"
     page.fill("#code", kiosk.tokens[1])
@@ -203,7 +203,7 @@ def test_a_typed_code_keyed_in_on_the_keypad(
     assert page.input_value("#code") == code
     page.click("#check")
     page.locator("#decision.ok").wait_for(timeout=2000)
-    assert "CNY 15.00" in page.locator("#decision").inner_text()
+    assert "CN¥15.00" in page.locator("#decision").inner_text()
     page.locator("#best").wait_for(timeout=2000)
     assert page.input_value("#code") == ""  # ready for the next coupon
     assert_inside(page, 800, 480)

@@ -115,13 +115,13 @@ def test_session_cookie_is_checked(kiosk: Kiosk) -> None:
 def test_manager_dashboard_and_csv_export(kiosk: Kiosk) -> None:
     kiosk.daemon.set_basket(Basket.from_dict({"currency": "CNY", "total_minor": 12800}))
     kiosk.feed(kiosk.tokens[0])
-    kiosk.feed(kiosk.tokens[0])  # refused: already redeemed
+    kiosk.feed(kiosk.tokens[0])  # refused: already on this sale
     wait_for(lambda: kiosk.daemon.published_count == 2)
     with client(kiosk.url, follow_redirects=True) as c:
         r = c.post("/manager/login", data={"pin": PIN})
         assert r.status_code == 200 and "Acceptance rate" in r.text
         assert "<svg" in r.text and "50%" in r.text  # one of two accepted
-        assert "already_redeemed" in r.text
+        assert "already_applied" in r.text
         csv = c.get("/manager/export.csv", params={"since": "2026-11-25", "until": "2026-11-25"})
         assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
         lines = csv.text.strip().splitlines()
@@ -152,7 +152,7 @@ def test_keypad_and_basket_posts_reach_the_daemon(kiosk: Kiosk) -> None:
         wait_for(lambda: kiosk.daemon.published_count == 1)
         pub = kiosk.daemon.recent[-1]
         assert pub.scan.source == "keypad" and pub.decision and pub.decision.accepted
-        assert "CNY 20.00" in c.get("/fragments/sale").text
+        assert "CN¥20.00" in c.get("/fragments/sale").text
 
 
 def test_pin_hash_is_salted_scrypt(tmp_path: Path) -> None:
@@ -238,16 +238,16 @@ def test_the_cashier_takes_back_the_last_coupon_within_the_window(kiosk: Kiosk) 
     wait_for(lambda: kiosk.daemon.published_count == 1)
     with client(kiosk.url) as c:
         sale = c.get("/fragments/sale").text
-        assert "CNY 20.00" in sale and "Take back last coupon" in sale
+        assert "CN¥20.00" in sale and "Take back last coupon" in sale
         # The decision names the campaign's conditions, in the shopper's language too.
-        assert "Minimum spend CNY 100.00" in c.get("/").text
-        assert "最低消费 CNY 100.00" in httpx.get(kiosk.url + "/?lang=zh_CN").text
+        assert "Minimum spend CN¥100.00" in c.get("/").text
+        assert "最低消费 ¥100.00" in httpx.get(kiosk.url + "/?lang=zh_CN").text
         assert c.post("/void", headers={"HX-Request": "true"}).status_code == 204
         page = c.get("/").text
-        assert "Coupon taken back" in page and "+CNY 20.00" in page
+        assert "Coupon taken back" in page and "+\u2060CN¥20.00" in page
         assert 'data-reason="voided"' in page
         sale = c.get("/fragments/sale").text
-        assert "CNY 20.00" not in sale and "Take back last coupon" not in sale
+        assert "CN¥20.00" not in sale and "Take back last coupon" not in sale
         # Nothing left to take back: a second void is refused, and says so.
         c.post("/void", headers={"HX-Request": "true"})
         assert 'data-reason="void_refused"' in c.get("/").text
@@ -268,7 +268,7 @@ def test_the_void_button_goes_once_the_window_has_passed(kiosk: Kiosk) -> None:
         assert "Take back last coupon" not in c.get("/fragments/sale").text
         c.post("/void", headers={"HX-Request": "true"})
         assert "void_refused" in c.get("/").text
-        assert "CNY 20.00" in c.get("/fragments/sale").text  # still applied
+        assert "CN¥20.00" in c.get("/fragments/sale").text  # still applied
 
 
 def test_a_manager_approves_a_coupon_refused_for_a_stale_ledger(kiosk: Kiosk, world: World) -> None:
@@ -296,7 +296,7 @@ def test_a_manager_approves_a_coupon_refused_for_a_stale_ledger(kiosk: Kiosk, wo
         assert "No coupon is waiting for approval." in r.text
         assert "stale_ledger_override" in r.text  # the approval is a flag to review
         cashier = c.get("/").text
-        assert 'data-reason="ok"' in cashier and "CNY 60.00" in cashier
+        assert 'data-reason="ok"' in cashier and "CN¥60.00" in cashier
         again = c.post("/manager/override/1")
         assert "no longer waiting for approval" in again.text
         assert daemon.published_count == 2
@@ -391,15 +391,15 @@ def test_the_sale_panel_shows_the_best_combination(kiosk: Kiosk, world: World) -
     wait_for(lambda: daemon.published_count == 2)
     with client(kiosk.url) as c:
         sale = c.get("/fragments/sale").text
-        assert "Best combination" in sale and "CNY 40.00" in sale
-        assert re.search(r'id="best-pay">CNY 88.00<', sale)
+        assert "Best combination" in sale and "CN¥40.00" in sale
+        assert re.search(r'id="best-pay">CN¥88.00<', sale)
         assert sale.count('class="picked"') == 2 and "Left out" not in sale
         # Head office makes the bigger coupon exclusive: the two no longer combine, and the
         # best is the thirty alone; the ten is left out, saying why.
         world.campaign(id="THIRTY", name="Thirty off", amount_minor=3000, stacking="exclusive")
         publish_to(daemon, world)
         sale = c.get("/fragments/sale").text
-        assert re.search(r'id="best-pay">CNY 98.00<', sale)
+        assert re.search(r'id="best-pay">CN¥98.00<', sale)
         picked = re.findall(r'<li class="picked"[^>]*>([^<]*)<', sale)
         assert len(picked) == 1 and "Thirty off" in picked[0]
         left = re.search(r'<li class="left-out"[^>]*>(.*?)</li>', sale)
@@ -426,7 +426,7 @@ def test_the_cashier_sees_when_the_central_cannot_be_reached(
             k.daemon.worker.call(lambda e, r=result: sync_status.record_round(e, r))  # type: ignore[union-attr]
         page = c.get("/").text
         assert "Cannot reach the central service since 2026-11-25 19:00." in page
-        assert "自 2026-11-25 19:00 起无法连接中心服务。" in zh(c, "/")
+        assert "自 2026年11月25日 19:00 起无法连接中心服务。" in zh(c, "/")
         # The manager's sync card: local times, the error in words, the offset with a sign.
         k.daemon.worker.call(lambda e: e.record_clock_offset(-2.5))  # type: ignore[union-attr]
         login(c)

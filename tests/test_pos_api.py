@@ -322,7 +322,7 @@ def test_the_same_coupon_twice_in_one_checkout_is_409_already_applied(pos: Pos) 
     # raised no replay flag (the coupon was not used anywhere else).
     assert pos.state(cid) == before == ("open", [(serial, "held")])
     (entry,) = pos.entries_after(seq)
-    assert (entry.kind, entry.accepted, entry.reason) == ("hold", False, "already_redeemed")
+    assert (entry.kind, entry.accepted, entry.reason) == ("hold", False, "already_applied")
     assert entry.serial == serial and entry.checkout_id == cid
     assert "already applied" in json.loads(entry.detail)["detail"]
     best = pos.get(f"/api/v1/checkouts/{cid}").json()["best"]

@@ -427,8 +427,8 @@ def test_unknown_and_unsynced_codes_are_refused(world: World) -> None:
     (known,) = world.issue("CODE", 1, codes=True)
     world.sync_ledger()
     (late,) = world.issue("CODE", 1, codes=True)  # not yet in the terminal's ledger
-    bad = world.engine.check("ZZZZ-ZZZZ-ZZZZ", basket(5000))
-    assert not bad.accepted and bad.reason is Reason.MALFORMED
+    bad = world.engine.check("ZZZZ-ZZZZ-ZZZZ", basket(5000))  # shaped like a code: typed wrong?
+    assert not bad.accepted and bad.reason is Reason.UNKNOWN_CODE
     assert not world.engine.check(late, basket(5000)).accepted
     assert not world.engine.check(known[:-1], basket(5000)).accepted
     world.sync_ledger()

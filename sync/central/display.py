@@ -4,25 +4,23 @@ currency's own digits, ISO 8601 in UTC (or a zone asked for), "3 min ago"."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, tzinfo
-from decimal import Decimal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from babel.numbers import format_currency, get_currency_precision
-
-# The ISO code before the amount, grouping, and as many decimals as the currency has
-# (CNY 2, JPY 0, KWD 3): never the symbol, which is ambiguous (¥ is CNY and JPY).
-_PATTERN = "¤¤ #,##0.00"
+from coupons.money import format_amount
 
 
-def money(minor: int, currency: str | None) -> str:
-    """Integer minor units as major units with the currency code: 10000 CNY -> "CNY 100.00".
-    Without a currency (a campaign that redeemed nothing) the bare number of minor units is
-    meaningless, so a dash for nothing and the raw count otherwise."""
+def money(minor: int, currency: str | None, lang: str | None = None) -> str:
+    """Integer minor units as major units, as coupons.money.format_amount writes them: for a
+    page in `lang` with the language's symbol ("¥100.00", never split over two lines); for
+    plain text (no `lang`: the CLI, CSV) with the currency's code, unambiguous where ¥ is
+    CNY and JPY: 10000 CNY -> "CNY 100.00", 500 JPY -> "JPY 500", as many decimals as the
+    currency has. Without a currency (a campaign that redeemed nothing) the bare number of
+    minor units is meaningless, so a dash for nothing and the raw count otherwise."""
     if not currency:
         return "-" if minor == 0 else f"{minor} (minor units, no currency)"
-    exponent = get_currency_precision(currency)
-    amount = Decimal(minor).scaleb(-exponent)  # exact: money never goes through a float
-    return str(format_currency(amount, currency, format=_PATTERN, locale="en_US"))
+    if lang is None:
+        return format_amount(minor, currency, "en", code=True, one_unit=False)
+    return format_amount(minor, currency, lang)
 
 
 def zone(name: str | None) -> tzinfo:

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from coupons.decision import Decision
 from coupons.i18n import N_, translate
+from coupons.money import format_amount
 from coupons.reasons import Reason
 from terminal.daemon.config import OutputSection
 
@@ -37,17 +38,27 @@ class Device(Protocol):
     def show(self, accepted: bool, lines: tuple[str, str]) -> None: ...
 
 
-def money(minor: int, currency: str | None) -> str:
-    return f"{minor // 100}.{minor % 100:02d}{' ' + currency if currency else ''}"
+def money(minor: int, currency: str | None, lang: str = "en", encoding: str | None = None) -> str:
+    """The amount as every screen writes it (coupons.money.format_amount): "-¥20.00"; with
+    the currency's code ("-CNY 20.00") on a display whose character set has no symbol for
+    it. A display's line never wraps: no joiners, which it would show as spaces."""
+    text = format_amount(minor, currency, lang, one_unit=False)
+    if encoding is not None:
+        try:
+            text.encode(encoding)
+        except UnicodeEncodeError:
+            text = format_amount(minor, currency, lang, code=True, one_unit=False)
+    return text
 
 
-def lines_for(decision: Decision, lang: str) -> tuple[str, str]:
-    """Two short lines for a customer display: the verdict, then the amount or the reason."""
+def lines_for(decision: Decision, lang: str, encoding: str | None = None) -> tuple[str, str]:
+    """Two short lines for a customer display: the verdict, then the amount or the reason
+    (amounts in what the display's `encoding` can show)."""
     if decision.accepted:
         head = translate(ACCEPTED, lang)
         if decision.gift_sku:
             return head, translate(GIFT, lang) + f": {decision.gift_sku}"
-        return head, f"-{money(decision.discount_minor, decision.currency)}"
+        return head, money(-decision.discount_minor, decision.currency, lang, encoding)
     if decision.reason is Reason.NEEDS_TOTAL:
         return translate(READY, lang), decision.reason.message(lang)
     return translate(REFUSED, lang), decision.reason.message(lang)
@@ -76,7 +87,8 @@ class _Queued:
     def _run(self) -> None:
         while (decision := self._queue.get()) is not None:
             try:
-                self.device.show(decision.accepted, lines_for(decision, self.lang))
+                encoding = getattr(self.device, "encoding", None)
+                self.device.show(decision.accepted, lines_for(decision, self.lang, encoding))
             except Exception as exc:  # an unplugged display is a warning, not a fault
                 log.warning("output %s failed: %s", self.name, exc)
 
