@@ -1,6 +1,7 @@
 """Frames to codes: grayscale, region of interest, downscale, then pyzbar, zxing-cpp or the
-cascade (a quick zxing-cpp pass on every frame, a thorough one on the full-size frame only
-when the quick pass saw a code it could not read, or every `hard_every`th frame)."""
+cascade (a quick zxing-cpp pass on every frame, light-on-dark codes included; a QR-only look
+at the full-size frame when the scaled one held none; a thorough pass on the full-size frame
+only when a code was seen but not read, or every `hard_every`th frame)."""
 
 from __future__ import annotations
 
@@ -113,7 +114,11 @@ class Pyzbar:
 
 
 class Zxing:
-    """zxing-cpp; `thorough` adds its rotated, downscaled and inverted tries."""
+    """zxing-cpp; `thorough` adds its rotated and downscaled tries. Both try the inverted
+    image (light modules on dark: phones in dark mode): zxing-cpp inverts the bit matrix it
+    already binarized and runs the readers again, which costs the quick pass ~5-10 % on a
+    frame without a code (docs/camera.md), far less than a second pass over an inverted
+    copy of the frame."""
 
     def __init__(self, symbologies: Sequence[str], thorough: bool) -> None:
         self.lib = _import_zxingcpp()
@@ -130,7 +135,7 @@ class Zxing:
             formats=self.lib.BarcodeFormats(self.formats),
             try_rotate=self.thorough,
             try_downscale=self.thorough,
-            try_invert=self.thorough,
+            try_invert=True,
             return_errors=True,
         )
         codes = []
@@ -153,7 +158,7 @@ class Pipeline:
         symbologies: Sequence[str],
         max_width: int = 640,
         roi: Sequence[float] | None = None,
-        hard_every: int = 8,
+        hard_every: int = 30,
     ) -> None:
         if decoder not in ("cascade", "zxing", "pyzbar"):
             raise ValueError(f"unknown decoder {decoder!r}")
@@ -166,6 +171,7 @@ class Pipeline:
         self.quick: Zxing | None = None
         self.thorough: Zxing | None = None
         self.zbar: Pyzbar | None = None
+        self.detail: Zxing | None = None  # QR only, at full size, when the frame was scaled
         try:
             if decoder == "pyzbar":
                 self.zbar = Pyzbar(symbologies)
@@ -173,11 +179,14 @@ class Pipeline:
                 self.thorough = Zxing(symbologies, thorough=True)
                 if decoder == "cascade":
                     self.quick = Zxing(symbologies, thorough=False)
+                    if "QRCODE" in symbologies:
+                        self.detail = Zxing(["QRCODE"], thorough=False)
         except DecoderUnavailable as exc:
             raise DecoderUnavailable(f"decoder {decoder!r}: {exc}") from exc.__cause__
         self.frames = 0
         self.hard_passes = 0  # thorough passes the cascade ran
         self.rescued = 0  # frames only the thorough pass could read
+        self.detailed = 0  # frames only the full-size QR look could read
 
     def describe(self) -> str:
         size = f"max_width {self.max_width}" if self.max_width else "full size"
@@ -196,15 +205,29 @@ class Pipeline:
         codes, hint = self.quick.scan(small)
         if codes:
             return codes
+        if self.detail is not None and small is not full:
+            # Scaled down, a code of a few pixels a module (a phone further away, a 720p
+            # camera) is too fine to read or even to see. QR alone at full size costs about
+            # a third of the three-format quick pass (the linear readers are the expensive
+            # part), so a code in a 1280x720 frame is read on its first frame as at 640x480,
+            # and most codes seen but not read at the small size need no thorough pass.
+            codes, seen = self.detail.scan(full)
+            if codes:
+                self.detailed += 1
+                return codes
+            hint = hint or seen
         periodic = self.hard_every > 0 and self.frames % self.hard_every == 0
         if not (hint or periodic):
             return []
-        # A hard frame: the detector saw something it could not read, or it is time for
-        # the periodic look for codes the quick pass cannot see at all (too small at this
-        # scale, light on dark). Look at the full-size frame, with every try.
+        # A hard frame: the detector saw something it could not read (look at the full-size
+        # frame with every try), or it is time for the periodic look for codes the quick
+        # passes cannot see at all (a linear code turned on its side, one only a downscaled
+        # try reads).
         self.hard_passes += 1
         # (zbar after it read none of bench/decode.py's 825 hard frames: not worth its time.)
-        codes = self.thorough.read(full)
+        # The periodic look needs no full size (small codes were looked for at full size
+        # above), and at 720p the scaled frame costs a quarter as much.
+        codes = self.thorough.read(full if hint else small)
         if codes:
             self.rescued += 1
         return codes
