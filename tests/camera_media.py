@@ -85,6 +85,66 @@ def put(frame: np.ndarray, code: np.ndarray, cx: int, cy: int) -> np.ndarray:
     return out
 
 
+def inverted(code: np.ndarray) -> np.ndarray:
+    """Light modules on dark, as a phone in dark mode shows a code."""
+    return 255 - code
+
+
+def mirrored(code: np.ndarray) -> np.ndarray:
+    """The code seen in a mirror (left and right swapped)."""
+    return np.ascontiguousarray(code[:, ::-1])
+
+
+def photo(
+    seed: int, w: int, h: int, code: np.ndarray, cx: int, cy: int, blur: float = 0.7
+) -> np.ndarray:
+    """A code pasted at its own size in pixels, the way a photo of one is placed in a frame
+    of any size: slightly turned, softened by the lens, JPEG-compressed like a camera's."""
+    rng = np.random.default_rng(seed)
+    frame = scene(seed, w, h)
+    ch, cw = code.shape
+    turn = cv2.getRotationMatrix2D((cw / 2, ch / 2), float(rng.uniform(-8, 8)), 1.0)
+    turn[:, 2] += (cx - cw / 2, cy - ch / 2)
+    ink = cv2.warpAffine(code, turn, (w, h), flags=cv2.INTER_LINEAR)
+    mask = cv2.warpAffine(np.full_like(code, 255), turn, (w, h), flags=cv2.INTER_LINEAR)
+    a = (mask.astype(np.float32) / 255)[..., None]
+    out = (frame * (1 - a) + ink[..., None] * a).astype(np.uint8)
+    out = cv2.GaussianBlur(out, (0, 0), blur)
+    return cv2.imdecode(np.frombuffer(jpeg_bytes(out, 80), np.uint8), cv2.IMREAD_COLOR)
+
+
+def phone_dark_mode(seed: int, text: str, w: int = W, h: int = H, module: int = 4) -> np.ndarray:
+    """A phone in dark mode held up at the till: light modules on a dark screen, a black
+    bezel, moire from the screen's pixel grid, a reflection, the phone tilted in
+    perspective; `module` pixels a module whatever the frame size (a photo of a phone)."""
+    rng = np.random.default_rng(seed)
+    code = qr(text, module)
+    side = code.shape[0]
+    screen = np.full((side * 2, int(side * 1.25)), 30, np.uint8)
+    x0, y0 = (screen.shape[1] - side) // 2, int(side * 0.6)
+    screen[y0 : y0 + side, x0 : x0 + side] = np.where(code < 128, 215, 30)
+    cv2.putText(screen, "-20 CNY", (x0, y0 // 2), cv2.FONT_HERSHEY_SIMPLEX, 1.0, 215, 2)
+    yy, xx = np.mgrid[0 : screen.shape[0], 0 : screen.shape[1]].astype(np.float32)
+    screen = (screen * (1 + 0.12 * np.sin((xx * 0.8 + yy * 0.6) * 2 * np.pi / 7))).clip(0, 255)
+    phone = cv2.copyMakeBorder(screen.astype(np.uint8), *[12] * 4, cv2.BORDER_CONSTANT, value=8)
+    ph, pw = phone.shape
+    scale = min(1.0, 0.95 * h / ph)
+    src = np.float32([[0, 0], [pw, 0], [pw, ph], [0, ph]])
+    cx, cy = w / 2, h / 2
+    dst = np.float32([[-pw, -ph], [pw, -ph], [pw, ph], [-pw, ph]]) * scale / 2 + [cx, cy]
+    dst += rng.uniform(-0.08, 0.08, (4, 2)).astype(np.float32) * side * scale
+    m = cv2.getPerspectiveTransform(src, dst.astype(np.float32))
+    ink = cv2.warpPerspective(phone, m, (w, h), flags=cv2.INTER_LINEAR)
+    mask = cv2.warpPerspective(np.full_like(phone, 255), m, (w, h), flags=cv2.INTER_LINEAR)
+    a = (mask.astype(np.float32) / 255)[..., None]
+    out = scene(seed, w, h) * (1 - a) + ink[..., None] * a
+    glare = np.zeros((h, w), np.float32)
+    cv2.ellipse(glare, (int(cx + side * 0.15), int(cy)), (side // 3, side // 10), 30, 0, 360, 1, -1)
+    out += cv2.GaussianBlur(glare, (0, 0), side * 0.08)[..., None] * 110
+    out = cv2.GaussianBlur(out.clip(0, 255).astype(np.uint8), (0, 0), 0.8)
+    return cv2.imdecode(np.frombuffer(jpeg_bytes(out, 80), np.uint8), cv2.IMREAD_COLOR)
+
+
 def write_video(path: Path, frames: Iterable[np.ndarray], fps: float = 30.0) -> Path:
     """Motion-JPEG in AVI: written and read back by the FFmpeg inside opencv-python."""
     frames = list(frames)

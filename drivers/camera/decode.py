@@ -1,6 +1,8 @@
 """Frames to codes: grayscale, region of interest, downscale, then pyzbar, zxing-cpp or the
-cascade (a quick zxing-cpp pass on every frame, a thorough one on the full-size frame only
-when the quick pass saw a code it could not read, or every `hard_every`th frame)."""
+cascade (a quick zxing-cpp pass on every frame, light-on-dark codes included; a QR-only look
+at the full-size frame when the scaled one held none; a thorough pass on the full-size frame
+only when a code was seen but not read, then on an evened-out and a smoothed copy; and
+every `hard_every`th frame)."""
 
 from __future__ import annotations
 
@@ -113,14 +115,19 @@ class Pyzbar:
 
 
 class Zxing:
-    """zxing-cpp; `thorough` adds its rotated, downscaled and inverted tries."""
+    """zxing-cpp; `thorough` adds its rotated and downscaled tries. Both try the inverted
+    image (light modules on dark: phones in dark mode): zxing-cpp inverts the bit matrix it
+    already binarized and runs the readers again, which costs the quick pass ~5-10 % on a
+    frame without a code (docs/camera.md), far less than a second pass over an inverted
+    copy of the frame."""
 
-    def __init__(self, symbologies: Sequence[str], thorough: bool) -> None:
+    def __init__(self, symbologies: Sequence[str], thorough: bool, invert: bool = True) -> None:
         self.lib = _import_zxingcpp()
         # A plain list: a BarcodeFormats object alive at interpreter exit makes nanobind
         # print leak warnings.
         self.formats = [getattr(self.lib.BarcodeFormat, _ZXING[s]) for s in symbologies]
         self.thorough = thorough
+        self.invert = invert
         self.name = "zxing" if thorough else "zxing-quick"
 
     def scan(self, image: Image) -> tuple[list[Code], bool]:
@@ -130,7 +137,7 @@ class Zxing:
             formats=self.lib.BarcodeFormats(self.formats),
             try_rotate=self.thorough,
             try_downscale=self.thorough,
-            try_invert=self.thorough,
+            try_invert=self.invert,
             return_errors=True,
         )
         codes = []
@@ -153,7 +160,7 @@ class Pipeline:
         symbologies: Sequence[str],
         max_width: int = 640,
         roi: Sequence[float] | None = None,
-        hard_every: int = 8,
+        hard_every: int = 30,
     ) -> None:
         if decoder not in ("cascade", "zxing", "pyzbar"):
             raise ValueError(f"unknown decoder {decoder!r}")
@@ -163,7 +170,8 @@ class Pipeline:
         self.hard_every = hard_every
         # Only the readers this decoder uses: without pyzbar (or libzbar0) the zxing-cpp
         # decoders still work, and the other way round.
-        self.quick: Zxing | None = None
+        self.quick: Zxing | None = None  # cascade: QR, with the inverted try
+        self.linear: Zxing | None = None  # cascade: the linear codes, on every other row
         self.thorough: Zxing | None = None
         self.zbar: Pyzbar | None = None
         try:
@@ -172,12 +180,19 @@ class Pipeline:
             else:
                 self.thorough = Zxing(symbologies, thorough=True)
                 if decoder == "cascade":
-                    self.quick = Zxing(symbologies, thorough=False)
+                    linear = [s for s in symbologies if s != "QRCODE"]
+                    if "QRCODE" in symbologies:
+                        self.quick = Zxing(["QRCODE"], thorough=False)
+                    if linear:
+                        self.linear = Zxing(linear, thorough=False, invert=False)
         except DecoderUnavailable as exc:
             raise DecoderUnavailable(f"decoder {decoder!r}: {exc}") from exc.__cause__
         self.frames = 0
         self.hard_passes = 0  # thorough passes the cascade ran
         self.rescued = 0  # frames only the thorough pass could read
+        self.detailed = 0  # frames only the full-size QR look could read
+        self.retouched = 0  # of the rescued, frames read only after `_retouched`
+        self.clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
 
     def describe(self) -> str:
         size = f"max_width {self.max_width}" if self.max_width else "full size"
@@ -191,20 +206,62 @@ class Pipeline:
         if self.zbar is not None:
             return self.zbar.read(small)
         assert self.thorough is not None
-        if self.quick is None:
+        if self.decoder == "zxing":
             return self.thorough.read(small)
-        codes, hint = self.quick.scan(small)
+        codes, hint = self._quick(small)
         if codes:
             return codes
+        if self.quick is not None and small is not full:
+            # Scaled down, a code of a few pixels a module (a phone further away, a 720p
+            # camera) is too fine to read or even to see. QR alone at full size costs about
+            # a third of the three-format quick pass (the linear readers are the expensive
+            # part), so a code in a 1280x720 frame is read on its first frame as at 640x480,
+            # and most codes seen but not read at the small size need no thorough pass.
+            codes, seen = self.quick.scan(full)
+            if codes:
+                self.detailed += 1
+                return codes
+            hint = hint or seen
         periodic = self.hard_every > 0 and self.frames % self.hard_every == 0
         if not (hint or periodic):
             return []
-        # A hard frame: the detector saw something it could not read, or it is time for
-        # the periodic look for codes the quick pass cannot see at all (too small at this
-        # scale, light on dark). Look at the full-size frame, with every try.
+        # A hard frame: the detector saw something it could not read (look at the full-size
+        # frame with every try), or it is time for the periodic look for codes the quick
+        # passes cannot see at all (a linear code turned on its side, one only a downscaled
+        # try reads).
         self.hard_passes += 1
         # (zbar after it read none of bench/decode.py's 825 hard frames: not worth its time.)
-        codes = self.thorough.read(full)
+        # The periodic look needs no full size (small codes were looked for at full size
+        # above), and at 720p the scaled frame costs a quarter as much.
+        codes = self.thorough.read(full if hint else small)
+        if not codes and hint:
+            codes = self._retouched(full)
         if codes:
             self.rescued += 1
         return codes
+
+    def _quick(self, small: Image) -> tuple[list[Code], bool]:
+        """QR on the scaled frame, the linear codes on every other row of it: a linear code
+        is read along a row, and half the rows lose none of a bar's width while they halve
+        what its readers cost (the larger part of the quick pass, docs/camera.md)."""
+        codes: list[Code] = []
+        hint = False
+        for reader, image in ((self.quick, small), (self.linear, small[::2])):
+            if reader is not None:
+                found, seen = reader.scan(image)
+                codes += found
+                hint = hint or seen
+        return _unique(codes), hint
+
+    def _retouched(self, full: Image) -> list[Code]:
+        """A code seen but not read even by the thorough pass: once more with the contrast
+        evened out locally (a reflection over part of a phone's screen), then smoothed
+        (sensor noise, JPEG blocks). Only frames with a hint pay for it; a frame with no
+        code never gives one (docs/camera.md)."""
+        assert self.thorough is not None
+        for image in (self.clahe.apply(full), cv2.GaussianBlur(full, (0, 0), 1.2)):
+            codes = self.thorough.read(image)
+            if codes:
+                self.retouched += 1
+                return codes
+        return []

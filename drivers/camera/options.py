@@ -28,9 +28,10 @@ class CameraOptions:
     # Region of interest [x, y, w, h] as fractions of the frame, e.g. [0.25, 0, 0.5, 1]
     # for a mount that only ever sees codes in the middle; none = the whole frame.
     roi: list[float] | None = None
-    # cascade: run the thorough pass every Nth frame even with no hint of a code, so an
-    # inverted or very small code is still read within N frames (0 = only on hints).
-    hard_every: int = 8
+    # cascade: run the thorough pass every Nth frame even with no hint of a code, so a
+    # linear code turned on its side is still read within N frames (0 = only on hints).
+    # Light-on-dark and small codes no longer need it (docs/camera.md).
+    hard_every: int = 30
     # A code counts again only after it was out of view this long.
     debounce_s: float = 1.0
     # Files: start again at the end instead of stopping.
