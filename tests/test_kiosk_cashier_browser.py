@@ -356,3 +356,41 @@ def test_config_check_refuses_an_idle_timeout_of_zero_or_less(
         cwd=REPO,
     )
     assert check.returncode != 0 and "kiosk.idle_after_s" in check.stdout + check.stderr
+
+
+@needs_chromium
+@pytest.mark.parametrize("lang", ["en", "zh_CN"])
+def test_a_long_sale_scrolls_its_coupon_list_not_the_page(
+    browser: Any,  # noqa: F811
+    kiosk: Kiosk,  # noqa: F811
+    world: World,
+    tmp_path: Path,
+    lang: str,
+) -> None:
+    codes = []
+    for i in range(8):
+        world.campaign(id=f"S{i}", name=f"Store coupon {i}", amount_minor=500, stacking="any")
+        codes += world.issue(f"S{i}")
+    publish_to(kiosk.daemon, world)
+    kiosk.daemon.set_basket(Basket.from_dict({"currency": "CNY", "total_minor": 50000}))
+    page = open_screen(browser, kiosk, 800, 480, lang)
+    try:
+        for code in codes:
+            kiosk.feed(code)
+        page.locator("#sale li").nth(len(codes) - 1).wait_for()
+        page.locator("#best").wait_for()
+        check_screen(page, 800, 480)
+        assert page.locator("#void").is_visible()
+        box = page.locator("#void").bounding_box()
+        assert box is not None and box["y"] + box["height"] <= 480
+        # The newest coupon is in view at the bottom of the list.
+        page.wait_for_function(
+            """n => { const items = document.querySelectorAll("#sale li");
+                      const list = document.querySelector("#sale ul");
+                      return items.length === n && items[n - 1].getBoundingClientRect().bottom
+                             <= list.getBoundingClientRect().bottom + 1; }""",
+            arg=len(codes),
+        )
+        shot(page, tmp_path, f"cashier-800x480-{lang}-long-sale")
+    finally:
+        page.context.close()
