@@ -33,6 +33,7 @@ from coupons.reasons import Reason
 from coupons.rules import Basket, InputError
 from kiosk_ui import daemon_port
 from kiosk_ui.daemon_port import Daemon, DaemonPort, get_daemon
+from kiosk_ui.hub import CashierHub
 from kiosk_ui.tills import Tills
 
 log = logging.getLogger(__name__)
@@ -511,9 +512,15 @@ STEP_ERRORS = _problems(400, 404, 409, 413, 422, 503)
     responses=STEP_ERRORS,
 )
 def commit_checkout(
-    daemon: Daemon, till: TillName, checkout_id: str = CheckoutId, idempotency_key: str = Key
+    daemon: Daemon,
+    hub: CashierHub,
+    till: TillName,
+    checkout_id: str = CheckoutId,
+    idempotency_key: str = Key,
 ) -> dict[str, object]:
-    return _step(daemon, till, checkout_id, checkout.Step.COMMIT, idempotency_key)
+    answer = _step(daemon, till, checkout_id, checkout.Step.COMMIT, idempotency_key)
+    hub.sale_ended(checkout_id)  # the sale is over: the cashier screen is ready for the next
+    return answer
 
 
 @router.post(
@@ -523,9 +530,15 @@ def commit_checkout(
     responses=STEP_ERRORS,
 )
 def release_checkout(
-    daemon: Daemon, till: TillName, checkout_id: str = CheckoutId, idempotency_key: str = Key
+    daemon: Daemon,
+    hub: CashierHub,
+    till: TillName,
+    checkout_id: str = CheckoutId,
+    idempotency_key: str = Key,
 ) -> dict[str, object]:
-    return _step(daemon, till, checkout_id, checkout.Step.RELEASE, idempotency_key)
+    answer = _step(daemon, till, checkout_id, checkout.Step.RELEASE, idempotency_key)
+    hub.sale_ended(checkout_id)  # the sale is over: the cashier screen is ready for the next
+    return answer
 
 
 @router.post(

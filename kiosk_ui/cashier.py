@@ -1,15 +1,15 @@
-"""The cashier screen (/): the last decision, the running sale, code and total entry, the
-void, and live decisions over Server-Sent Events (/events)."""
+"""The cashier screen (/): the last decision while its sale is open (else "Ready for the next
+coupon"), the running sale, code and total entry, the void, and live decisions over
+Server-Sent Events (/events)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Form, Request
+from fastapi import APIRouter, FastAPI, Form, Header, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 from coupons.engine import Engine
@@ -19,6 +19,8 @@ from coupons.reasons import Reason
 from coupons.rules import Basket, Campaign, Stacking, best_combination
 from kiosk_ui import daemon_port
 from kiosk_ui.daemon_port import Daemon, DaemonPort, Published
+from kiosk_ui.hub import CashierHub, Hub, get_hub
+from kiosk_ui.hub import setup as setup_hub
 from kiosk_ui.pages import (
     NOT_AN_AMOUNT,
     OFFLINE_NEVER,
@@ -36,53 +38,26 @@ from kiosk_ui.pages import (
 from ports.scan import Scan
 
 router = APIRouter()
-Client = tuple[asyncio.AbstractEventLoop, "asyncio.Queue[Published]"]
-
-
-class Hub:
-    """Fans published decisions out to SSE clients. The daemon calls `publish` on its worker
-    thread: it only hands the item to each client's event loop, never waits."""
-
-    def __init__(self) -> None:
-        self._clients: set[Client] = set()
-        self._lock = threading.Lock()
-
-    def publish(self, item: Published) -> None:
-        with self._lock:
-            clients = list(self._clients)
-        for loop, queue in clients:
-            try:
-                loop.call_soon_threadsafe(_offer, queue, item)
-            except RuntimeError:  # the client's loop is closed
-                self.leave(loop, queue)
-
-    def join(self) -> Client:
-        client = (asyncio.get_running_loop(), asyncio.Queue[Published](maxsize=100))
-        with self._lock:
-            self._clients.add(client)
-        return client
-
-    def leave(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Published]) -> None:
-        with self._lock:
-            self._clients.discard((loop, queue))
-
-
-def _offer(queue: asyncio.Queue[Published], item: Published) -> None:
-    if not queue.full():  # a client that stopped reading loses events, not the daemon
-        queue.put_nowait(item)
-
-
+# The engine's detail for a coupon scanned again in the sale that holds it (coupons/checks.py;
+# kiosk_ui.api answers it as `already-applied`): not a refusal the shopper hears about.
 def setup(app: FastAPI, daemon: DaemonPort) -> None:
-    """The app's SSE hub, listening to the daemon's decisions (it never blocks the engine
-    worker)."""
-    hub = Hub()
-    daemon.listeners.append(hub.publish)
-    app.state.hub = hub
+    """The app's SSE hub (kiosk_ui.hub), listening to the daemon's decisions."""
+    setup_hub(app, daemon)
 
 
-def get_hub(request: Request) -> Hub:
-    hub: Hub = request.app.state.hub
-    return hub
+def panel(decision: Mapping[str, object]) -> str:
+    """The decision panel's kind (its class in _decision.html and kiosk.css): each has a
+    mark and a word besides its colour, for cashiers who cannot tell red from green."""
+    reason = decision.get("reason")
+    if reason == Reason.VOIDED.value:
+        return "void"
+    if decision.get("accepted"):
+        return "ok"
+    if reason == Reason.NEEDS_TOTAL.value:
+        return "wait"  # a good coupon waiting for the total: nothing to refuse
+    if reason == Reason.ALREADY_APPLIED.value:
+        return "same"
+    return "no"
 
 
 def conditions(campaign: Campaign | None, lang: str) -> list[str]:
@@ -186,6 +161,9 @@ def sale(daemon: DaemonPort, lang: str) -> dict[str, object]:
 def described(daemon: DaemonPort, pub: Published, lang: str) -> dict[str, object]:
     """A published decision for the decision panel, with its campaign's conditions."""
     doc = pub.to_dict(lang)
+    decision = doc.get("decision")
+    if isinstance(decision, Mapping):
+        doc["panel"] = panel(decision)
     campaign = pub.decision.campaign if pub.decision else None
     if campaign:
         # A plain read, not a worker call: it runs in the SSE stream's event loop too.
@@ -196,10 +174,10 @@ def described(daemon: DaemonPort, pub: Published, lang: str) -> dict[str, object
     return doc
 
 
-def last(daemon: DaemonPort, lang: str) -> tuple[int, dict[str, object] | None]:
-    recent = [p for p in list(daemon.recent) if p.decision is not None]
+def last(daemon: DaemonPort, hub: Hub, lang: str) -> tuple[int, dict[str, object] | None]:
     number = daemon.published_count
-    return number, (described(daemon, recent[-1], lang) if recent else None)
+    shown = hub.showing()
+    return number, (described(daemon, shown, lang) if shown else None)
 
 
 def offline_banner(sync: Mapping[str, object], lang: str) -> str | None:
@@ -242,12 +220,13 @@ def faults(status: daemon_port.Status, lang: str) -> list[str]:
 def cashier_page(request: Request, daemon: DaemonPort, **extra: object) -> HTMLResponse:
     lang = lang_of(request)
     status = daemon.status()
-    number, pub = last(daemon, lang)
+    number, pub = last(daemon, get_hub(request), lang)
     return render(
         request,
         "cashier.html",
         number=number,
         pub=pub,
+        sound=daemon.cfg.kiosk.sound,
         sale=sale(daemon, lang),
         banners=banners(daemon, status, lang),
         faults=faults(status, lang),
@@ -277,9 +256,13 @@ def scan(request: Request, daemon: Daemon, code: str = Form(..., max_length=2000
 
 
 @router.post("/basket")
-def basket(request: Request, daemon: Daemon, total: str = Form("", max_length=20)) -> Response:
+def basket(
+    request: Request, daemon: Daemon, hub: CashierHub, total: str = Form("", max_length=20)
+) -> Response:
+    """A new total (or none) starts a new sale: every screen is ready for its coupons."""
     if not total.strip():
         daemon.set_basket(None)
+        hub.wake()
         return _done(request)
     try:
         minor = parse_money(total)
@@ -290,6 +273,7 @@ def basket(request: Request, daemon: Daemon, total: str = Form("", max_length=20
         return page
     doc = {"currency": daemon.cfg.terminal.currency, "total_minor": minor}
     daemon.set_basket(Basket.from_dict(doc))
+    hub.wake()
     return _done(request)
 
 
@@ -306,36 +290,67 @@ def sale_fragment(request: Request, daemon: Daemon) -> HTMLResponse:
 
 @router.get("/events")
 async def events(
-    request: Request, daemon: Daemon, hub: Annotated[Hub, Depends(get_hub)], after: int = 0
+    request: Request,
+    daemon: Daemon,
+    hub: CashierHub,
+    after: int = 0,
+    idle: bool = False,
+    last_event_id: Annotated[int, Header()] = 0,
 ) -> StreamingResponse:
+    """The decision panel, live: event `decision` (its HTML) and `decision-json` for each
+    decision, with the decision's number as the event id (a reconnecting browser sends it
+    back as Last-Event-ID: nothing shown twice), and event `idle` (the idle panel) when the
+    sale on screen ends or its decision times out. A comment every second keeps it alive."""
     lang = lang_of(request)
     loop, queue = hub.join()
-    backlog = [p for p in daemon.published_after(after) if p.decision is not None]
     env = TEMPLATES.env
 
-    def frame(pub: Published) -> str:
-        html = env.get_template("_decision.html").render(
-            pub=described(daemon, pub, lang), _=lambda s: translate(s, lang), money=money
+    def panel_html(pub: Published | None) -> str:
+        return env.get_template("_decision.html").render(
+            pub=described(daemon, pub, lang) if pub else None,
+            _=lambda s: translate(s, lang),
+            money=money,
         )
-        lines = "".join(f"data: {line}\n" for line in html.splitlines() or [""])
+
+    def frame(pub: Published) -> str:
         payload = json.dumps(pub.to_dict(lang), ensure_ascii=False)
-        return f"event: decision\n{lines}\nevent: decision-json\ndata: {payload}\n\n"
+        return (
+            f"id: {pub.number}\nevent: decision\n{_data(panel_html(pub))}\n"
+            f"event: decision-json\ndata: {payload}\n\n"
+        )
+
+    idle_frame = f"event: idle\n{_data(panel_html(None))}\n"
 
     async def stream() -> AsyncIterator[str]:
+        # The page showed decisions up to `after` (idle, or not), and the browser has had
+        # those up to Last-Event-ID since (then it may show one: send idle again if due).
+        sent, idle_shown = max(after, last_event_id), idle and last_event_id <= after
         try:
             yield "retry: 1000\n\n"
-            for pub in backlog:
-                yield frame(pub)
-            while not await request.is_disconnected():
+            while True:
+                shown = hub.showing()
+                if shown is None and not idle_shown:
+                    yield idle_frame
+                    idle_shown = True
+                elif shown is not None and shown.number > sent:
+                    yield frame(shown)  # one missed while connecting or queued behind
+                    sent, idle_shown = shown.number, False
+                if await request.is_disconnected():
+                    return
                 try:
                     pub = await asyncio.wait_for(queue.get(), 1.0)
                 except TimeoutError:
                     yield ": keep-alive\n\n"
                     continue
-                if pub.decision is not None:
+                if pub is not None and pub.decision is not None and pub.number > sent:
                     yield frame(pub)
+                    sent, idle_shown = pub.number, False
         finally:
             hub.leave(loop, queue)
 
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+
+def _data(html: str) -> str:
+    return "".join(f"data: {line}\n" for line in html.splitlines() or [""])

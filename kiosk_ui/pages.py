@@ -21,7 +21,12 @@ COOKIE_LANG, COOKIE_SESSION = "lang", "kiosk_manager"
 UI_STRINGS = (
     N_("Cashier"),
     N_("Manager"),
-    N_("Waiting for a coupon"),
+    N_("Ready for the next coupon"),
+    N_("Scan a coupon or type its code."),
+    N_("Already on this sale"),
+    N_("Coupon ready"),
+    N_("Sound on"),
+    N_("Sound off"),
     N_("Accepted"),
     N_("Refused"),
     N_("Discount"),

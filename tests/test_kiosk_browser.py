@@ -83,8 +83,8 @@ def test_scan_shows_accept_live_and_refusal_reason(
     page.locator("#sale li").wait_for(timeout=2000)  # the sale's coupon list follows
     shot(page, tmp_path, "cashier-accepted")
 
-    kiosk.feed(kiosk.tokens[0])  # the same coupon again, in the same sale
-    page.locator("#decision.no").wait_for(timeout=1000)
+    kiosk.feed(kiosk.tokens[0])  # the same coupon again: already on this sale, not refused
+    page.locator("#decision.same").wait_for(timeout=1000)
     text = page.locator("#decision").inner_text()
     assert Reason.ALREADY_APPLIED.message("en") in text  # the POS API's sentence too
     shot(page, tmp_path, "cashier-refused")
@@ -124,7 +124,7 @@ def test_language_switch(page: Any, tmp_path: Path) -> None:
     page.goto("/")
     page.click("#lang-zh")
     page.wait_for_url("**lang=zh_CN")
-    assert "等待扫描优惠券" in page.content()
+    assert "可以扫下一张券了" in page.content()
     page.goto("/manager")  # the choice is kept in a cookie
     assert "店长密码" in page.content()
     shot(page, tmp_path, "manager-login-zh")

@@ -84,9 +84,9 @@ def client(url: str, **kwargs: Any) -> httpx.Client:
 def test_pages_render_in_both_languages(kiosk: Kiosk) -> None:
     with client(kiosk.url) as c:
         en = c.get("/")
-        assert en.status_code == 200 and "Waiting for a coupon" in en.text
+        assert en.status_code == 200 and "Ready for the next coupon" in en.text
         zh = c.get("/?lang=zh_CN")
-        assert "等待扫描优惠券" in zh.text and zh.cookies.get("lang") == "zh_CN"
+        assert "可以扫下一张券了" in zh.text and zh.cookies.get("lang") == "zh_CN"
         again = c.get("/manager")  # the cookie keeps the language
         assert "店长密码" in again.text
         assert c.get("/static/htmx.min.js").status_code == 200

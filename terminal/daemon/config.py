@@ -87,8 +87,20 @@ class KioskSection:
     # Client networks let in (CIDR, e.g. "192.168.1.0/24"); 127.0.0.1 and ::1 always are.
     # Required when allow_network is true; every other client gets 403.
     allowed_clients: list[str] = field(default_factory=list)
+    # The cashier screen goes back to "Ready for the next coupon" this long after the last
+    # decision (a commit, a cancel or a new total end the sale's panel at once); above 0.
+    idle_after_s: float = 20.0
+    # A short beep in the cashier's browser on an accept or a refusal (Web Audio); the
+    # cashier can switch it on or off on the screen itself, which that browser remembers.
+    sound: bool = False
 
     def check(self) -> None:
+        if not self.idle_after_s > 0:
+            raise OptionError(
+                "idle_after_s",
+                f"must be more than 0 seconds, not {self.idle_after_s}: the cashier screen"
+                " shows a decision this long before it is ready for the next coupon",
+            )
         if not 1 <= self.port <= 65535:
             raise OptionError("port", f"must be a TCP port from 1 to 65535, not {self.port}")
         for name in self.hostnames:
