@@ -38,8 +38,8 @@ from kiosk_ui.pages import (
 from ports.scan import Scan
 
 router = APIRouter()
-# The engine's detail for a coupon scanned again in the sale that holds it (coupons/checks.py;
-# kiosk_ui.api answers it as `already-applied`): not a refusal the shopper hears about.
+
+
 def setup(app: FastAPI, daemon: DaemonPort) -> None:
     """The app's SSE hub (kiosk_ui.hub), listening to the daemon's decisions."""
     setup_hub(app, daemon)
