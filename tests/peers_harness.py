@@ -117,9 +117,23 @@ class Store:
     tills: list[Till]
     coupons: list[str]
     ledger: bytes  # the store's ledger file, as every till imported it
+    revoked: list[Till] = field(default_factory=list)  # listed as revoked; never started
 
     def by_id(self, terminal: str) -> Till:
         return next(t for t in self.tills if t.terminal == terminal)
+
+    def partition(self, till: Till) -> None:
+        """Cut `till` off from the others, both ways (its port blocked at its proxy, and
+        what it sends dropped at theirs)."""
+        till.proxy.set_mode("drop")
+        for other in self.tills:
+            if other is not till:
+                other.proxy.drop_from.add(till.host)
+
+    def heal(self, till: Till) -> None:
+        till.proxy.set_mode("pass")
+        for other in self.tills:
+            other.proxy.drop_from.discard(till.host)
 
     def start(self) -> None:
         for t in self.tills:
@@ -145,18 +159,25 @@ def peers_config(till: Till, others: list[Till], extra: str = "") -> str:
 
 
 def build_store(
-    tmp: Path, n: int = 4, coupons: int = 10, campaign: dict[str, Any] | None = None
+    tmp: Path,
+    n: int = 4,
+    coupons: int = 10,
+    campaign: dict[str, Any] | None = None,
+    codes: bool = False,
+    revoked: int = 0,
 ) -> Store:
-    """The central makes a campaign and its coupons and enrolls n tills of S1; each till
-    gets the store's ledger (listing all n tills), a POS token and a daemon config with
-    [peers]. Nothing is started: `Store.start()` runs the daemons."""
+    """The central makes a campaign and its coupons (typed codes with `codes`: no signing
+    cost for thousands) and enrolls n tills of S1, then `revoked` more that it revokes at
+    once (their data directories hold their keys: a stolen till); each of the n tills gets
+    the store's ledger (listing all of them), a POS token and a daemon config with [peers].
+    Nothing is started: `Store.start()` runs the daemons."""
     clock = FixedClock(T0)
     central = Central.init(tmp / "central", clock.now, master_key=MASTER_KEY)
     doc = {"id": "ONCE", "currency": "CNY", "kind": "fixed", "amount_minor": 1000}
     central.add_campaign({**doc, **(campaign or {})})
-    issued = [i.token or i.code or "" for i in central.issue("ONCE", coupons)]
+    issued = [i.token or i.code or "" for i in central.issue("ONCE", coupons, codes=codes)]
     tills: list[Till] = []
-    for i in range(1, n + 1):
+    for i in range(1, n + revoked + 1):
         data = tmp / f"till{i}"
         key, *_ = ensure_device_key(data)
         code, _ = terminals.new_enroll_code(central, STORE)
@@ -166,6 +187,10 @@ def build_store(
         port = free_udp_port(host)
         proxy = UdpFaultProxy((host, port)).start()
         tills.append(Till(enrolled.terminal, data, key.public, host, port, proxy, free_port()))
+    for gone in tills[n:]:
+        terminals.revoke_terminal(central, gone.terminal)
+        gone.proxy.stop()
+    revoked_tills, tills = tills[n:], tills[:n]
     Publisher(central).tick()
     answer = Delivery(central).answer(store_scope(STORE), 0, {})
     assert answer.status == 200, answer.status
@@ -180,4 +205,4 @@ def build_store(
         others = [o for o in tills if o is not t]
         kiosk = f'\n[kiosk]\nhost = "127.0.0.1"\nport = {t.kiosk_port}\n'
         t.cfg = write_config(t.data / "daemon.toml", t.data, kiosk + peers_config(t, others))
-    return Store(central, tills, issued, answer.body)
+    return Store(central, tills, issued, answer.body, revoked_tills)

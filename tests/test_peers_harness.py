@@ -61,14 +61,28 @@ def test_the_udp_proxy_passes_drops_delays_and_duplicates(upstream: socket.socke
         assert proxy.captured == [b"one", b"lost", b"twice", b"late"]
         with pytest.raises(ValueError, match="unknown mode"):
             proxy.set_mode("block")
+        # It forwards from the sender's own address, and drops one sender on demand.
+        proxy.set_mode("pass")
+        other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with other:
+            other.bind(("127.0.0.13", 0))
+            other.sendto(b"from 13", proxy.address)
+            data, (src, _) = upstream.recvfrom(100)
+            assert (data, src) == (b"from 13", "127.0.0.13")
+            proxy.drop_from.add("127.0.0.13")
+            other.sendto(b"cut off", proxy.address)
+            sender.sendto(b"still here", proxy.address)
+            assert _received(upstream) == [b"still here"]
 
 
 def test_the_harness_enrolls_four_tills_whose_ledgers_list_each_other(tmp_path: Path) -> None:
-    store = build_store(tmp_path, coupons=3)
+    store = build_store(tmp_path, coupons=3, revoked=1)
     try:
         ids = [t.terminal for t in store.tills]
         assert ids == ["S1-001", "S1-002", "S1-003", "S1-004"]
         want = {t.terminal: TillKey(t.public_key, False) for t in store.tills}
+        [stolen] = store.revoked
+        want[stolen.terminal] = TillKey(stolen.public_key, True)  # listed, as revoked
         for till in store.tills:
             engine = setup.open_engine(till.data, FixedClock(T0))
             try:
@@ -81,7 +95,7 @@ def test_the_harness_enrolls_four_tills_whose_ledgers_list_each_other(tmp_path: 
             peers = tomllib.loads(till.cfg.read_text())["peers"]
             assert peers["listen"] == f"{till.host}:{till.port}"
             book = {a.split("@")[0]: a.split("@")[1] for a in peers["addresses"]}
-            assert set(book) == set(ids) - {till.terminal}  # the others, via their proxies
+            assert set(book) == set(ids) - {till.terminal}  # the others (never the revoked)
             assert all(book[o.terminal] == o.proxy.hostport for o in store.tills if o != till)
         assert len(set(store.coupons)) == 3
     finally:
