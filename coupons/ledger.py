@@ -4,6 +4,7 @@ root-certified ledger key. Verifying and applying updates; building them for the
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -20,6 +21,7 @@ FILE_FORMAT = "edge-redeem-ledger-file/1"
 CHAIN_WIDE = ""  # the scope of the chain-wide ledger (and of ledgers from before scopes)
 UPDATE_FORMAT = "edge-redeem-ledger/1"
 GENESIS = bytes(32)
+TILL_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # as sync.central.terminals.TERMINAL_RE
 
 
 class LedgerRefused(Exception):
@@ -73,6 +75,16 @@ class PlainCode:
     serial: int
 
 
+@dataclass(frozen=True, slots=True)
+class TillKey:
+    """A till of the store as its ledger lists it: its device key (Ed25519, 32 bytes) and
+    whether the central revoked it. Tills of one store vouch for each other with these
+    (docs/store-peers.md); a revoked till stays listed so that its messages are refused."""
+
+    public_key: bytes
+    revoked: bool = False
+
+
 def store_scope(store: str) -> str:
     """The scope of one store's ledger: its own hash chain, holding what can matter there."""
     return f"store:{store}"
@@ -102,6 +114,8 @@ class LedgerState:
     policy: Policy = field(default_factory=Policy)
     # Per campaign, the AES-128 SDM key of its NTAG 424 DNA (SUN) tags.
     sun_keys: dict[str, bytes] = field(default_factory=dict)
+    # The store's enrolled tills (a store scope only; the chain-wide ledger lists none).
+    tills: dict[str, TillKey] = field(default_factory=dict)
 
     def summary(self) -> JSONObject:
         return {
@@ -115,6 +129,7 @@ class LedgerState:
             "redeemed_serials": len(self.redeemed),
             "plain_codes": len(self.plain_codes),
             "sun_keys": len(self.sun_keys),
+            "tills": len(self.tills),
         }
 
 
@@ -197,7 +212,13 @@ def snapshot_body(state: LedgerState) -> dict[str, object]:
         "plain_codes": [[h, p.campaign, p.serial] for h, p in state.plain_codes.items()],
         "policy": state.policy.to_dict(),
         "sun_keys": dict(sorted(state.sun_keys.items())),
+        **({"tills": pack_tills(state.tills)} if state.tills else {}),
     }
+
+
+def pack_tills(tills: Mapping[str, TillKey]) -> dict[str, dict[str, object]]:
+    """The ledger's `tills` map: {terminal id: {"key": 32 bytes, "revoked": bool}}."""
+    return {t: {"key": k.public_key, "revoked": k.revoked} for t, k in sorted(tills.items())}
 
 
 def _ref_out(ref: str) -> bytes | str:
@@ -336,6 +357,25 @@ def _sun_keys(doc: Mapping[str, bytes] | None) -> dict[str, bytes]:
     return out
 
 
+def _tills(doc: object) -> dict[str, TillKey]:
+    """The `tills` map of an update; the whole map, replacing the till's (as issuer_certs)."""
+    if doc is None:
+        return {}
+    if not isinstance(doc, Mapping):
+        raise InputError("tills: not a map")
+    out = {}
+    for tid, entry in doc.items():
+        if not isinstance(tid, str) or not TILL_ID_RE.fullmatch(tid):
+            raise InputError("tills: a terminal id is 1-64 letters, digits, '_', '.' or '-'")
+        if not isinstance(entry, Mapping) or "key" not in entry or "revoked" not in entry:
+            raise InputError("tills: each entry is {key, revoked}")
+        key, revoked = entry["key"], entry["revoked"]
+        if not isinstance(key, bytes) or len(key) != 32 or not isinstance(revoked, bool):
+            raise InputError("tills: a key is 32 bytes and 'revoked' a boolean")
+        out[tid] = TillKey(key, revoked)
+    return out
+
+
 def _campaigns(docs: Iterable[Mapping[str, object]] | None) -> dict[str, Campaign]:
     out = {}
     for doc in docs or ():
@@ -423,6 +463,7 @@ def _from_snapshot(anchor: TrustAnchor, b: Mapping[str, Any], scope: str) -> Led
         plain_codes={bytes(h): PlainCode(c, s) for h, c, s in b.get("plain_codes", ())},
         policy=Policy.from_dict(dict(b.get("policy", {}))),
         sun_keys=_sun_keys(b.get("sun_keys")),
+        tills=_tills(b.get("tills")),
     )
 
 
@@ -476,4 +517,5 @@ def _apply_delta(
             **{cid: k for cid, k in s.sun_keys.items() if cid not in gone},
             **_sun_keys(b.get("sun_keys")),
         },
+        tills=_tills(b["tills"]) if "tills" in b else s.tills,
     )

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import secrets
 
-from coupons import ledger
+import cbor2
+
+from coupons import cose, ledger
+from coupons.keys import PURPOSE_LEDGER
 from coupons.ledger import ledger_file, read_file, store_scope
 from coupons.reasons import Reason
 from sync.central import scopes
 from sync.central.delivery import Delivery
+from sync.central.models import TerminalRow
 from sync.central.publisher import Publisher
-from sync.central.terminals import new_enroll_code
+from sync.central.terminals import enroll, new_enroll_code, revoke_terminal
 from tests.conftest import World, basket
 
 
@@ -121,7 +125,12 @@ def test_deltas_replayed_from_nothing_equal_the_scopes_snapshot(world: World) ->
     world.campaign(id="B", stores=["S1"])
     world.campaign(id="C", stores=["S2"])
     issued = {cid: world.central.issue(cid, 4) for cid in "ABC"}
+    tills = [_enroll(world, "S1") for _ in range(3)]
     for n in range(scopes.SNAPSHOT_EVERY + 2):
+        if n == 3:
+            revoke_terminal(world.central, tills[1])
+        if n == 9:
+            _enroll(world, "S1")
         cid = "ABC"[n % 3]
         world.central.mark([issued[cid][n % 4].serial], "redeemed" if n % 5 else "revoked")
         if n == 7:
@@ -147,6 +156,8 @@ def test_deltas_replayed_from_nothing_equal_the_scopes_snapshot(world: World) ->
     assert list(replayed.redeemed) == list(from_snapshot.redeemed)
     assert list(replayed.revoked) == list(from_snapshot.revoked)
     assert replayed.usage == from_snapshot.usage
+    assert replayed.tills == from_snapshot.tills and len(replayed.tills) == 4
+    assert replayed.tills[tills[1]].revoked and not replayed.tills[tills[0]].revoked
 
 
 def test_a_scope_delta_out_of_order_is_a_gap_and_an_old_one_a_rollback(world: World) -> None:
@@ -234,3 +245,114 @@ def test_a_mixed_serial_set_travels_as_a_bitmap_and_a_list() -> None:
     assert set(ledger.read_serials(field, "redeemed")) == set(numbered + random_)
     only_random = ledger.serial_field("revoked", random_)
     assert set(only_random) == {"revoked"}  # a bitmap of random serials would be bigger
+
+
+# ---------------------------------------------------------------- the store's tills (issue 16)
+
+
+def _enroll(world: World, store: str) -> str:
+    code, _ = new_enroll_code(world.central, store)
+    return enroll(world.central, code, secrets.token_bytes(32)).terminal
+
+
+def _scope_state(world: World, store: str) -> ledger.LedgerState:
+    state = ledger.LedgerState()
+    for raw in read_file(_scope_file(world, store)):
+        state, _ = ledger.apply(world.central.anchor, state, raw, store)
+    return state
+
+
+def _newest_body(store: str) -> dict[str, object]:
+    row = (
+        scopes.ScopeVersion.select()
+        .where(scopes.ScopeVersion.scope == store_scope(store))
+        .order_by(scopes.ScopeVersion.version.desc())
+        .first()
+    )
+    _, signed = cbor2.loads(bytes(row.signed))
+    return dict(cbor2.loads(cose.parse_sign1(signed).payload))
+
+
+def test_a_store_ledger_lists_its_own_tills_and_not_another_stores(world: World) -> None:
+    pub = _setup(world)
+    world.campaign(id="ALL")
+    a, b, other = _enroll(world, "S1"), _enroll(world, "S1"), _enroll(world, "S2")
+    pub.tick()
+    keys = {r.id: bytes.fromhex(r.public_key) for r in TerminalRow.select()}
+    s1 = _scope_state(world, "S1")
+    assert s1.tills == {t: ledger.TillKey(keys[t], False) for t in (a, b)}
+    assert set(_scope_state(world, "S2").tills) == {other}
+    assert world.central.state_at(world.central.latest().version).tills == {}  # chain-wide
+    # The till takes them with its store's ledger, and keeps them over a restart.
+    assert world.engine.import_ledger(_scope_file(world, "S1")).applied
+    assert world.engine.ledger.tills == s1.tills
+    assert world.engine.ledger.summary()["tills"] == 2
+    assert world.reopen().ledger.tills == s1.tills
+
+
+def test_an_enrollment_and_a_revocation_reach_the_stores_tills_at_the_next_tick(
+    world: World,
+) -> None:
+    pub = _setup(world)
+    world.campaign(id="ALL")
+    a = _enroll(world, "S1")
+    pub.tick()
+    assert world.engine.import_ledger(_scope_file(world, "S1")).applied
+    assert pub.tick().scope_versions == 0  # nothing changed: nothing new
+    b = _enroll(world, "S1")
+    assert pub.tick().scope_versions == 1  # S1 only: S2's tills did not change
+    assert set(_newest_body("S1")["tills"]) == {a, b}  # type: ignore[arg-type]
+    revoke_terminal(world.central, a)
+    assert pub.tick().scope_versions == 1
+    assert _newest_body("S1")["tills"][a]["revoked"] is True  # type: ignore[index]
+    held = world.engine.ledger.version
+    assert world.engine.import_ledger(_scope_file(world, "S1", held)).applied
+    tills = world.engine.ledger.tills
+    assert set(tills) == {a, b} and tills[a].revoked and not tills[b].revoked
+    # A change elsewhere leaves the tills out of the delta (the till keeps its map).
+    world.central.mark([10**9], "revoked")
+    pub.tick()
+    assert "tills" not in _newest_body("S1")
+    held = world.engine.ledger.version
+    assert world.engine.import_ledger(_scope_file(world, "S1", held)).applied
+    assert world.engine.ledger.tills == tills
+
+
+def _delta_with(world: World, tills: object) -> bytes:
+    key, cert = world.central.active_key(PURPOSE_LEDGER)
+    state = world.engine.ledger
+    body = {
+        "scope": state.scope,
+        "type": "delta",
+        "version": state.version + 1,
+        "prev": state.chain,
+        "issued_at": state.issued_at,
+        "tills": tills,
+    }
+    return ledger_file([ledger.sign_update(key, cert, body)])
+
+
+def test_a_malformed_tills_map_is_a_damaged_update(world: World) -> None:
+    pub = _setup(world)
+    world.campaign(id="ALL")
+    _enroll(world, "S1")
+    pub.tick()
+    assert world.engine.import_ledger(_scope_file(world, "S1")).applied
+    have = world.engine.ledger.tills
+    good = {"key": bytes(32), "revoked": False}
+    for bad in (
+        [["S1-001", good]],  # not a map
+        {"bad id!": good},
+        {"x" * 65: good},
+        {"S1-009": {"key": bytes(31), "revoked": False}},
+        {"S1-009": {"key": "00" * 32, "revoked": False}},
+        {"S1-009": {"key": bytes(32), "revoked": 1}},
+        {"S1-009": {"key": bytes(32)}},
+        {"S1-009": bytes(32)},
+    ):
+        refused = world.engine.import_ledger(_delta_with(world, bad)).refused
+        assert [r.kind for r in refused] == ["damaged"], bad
+        assert world.engine.ledger.tills == have
+    # The same delta, well formed, replaces the map whole.
+    assert world.engine.import_ledger(_delta_with(world, {"S1-009": good})).applied
+    assert world.engine.ledger.tills == {"S1-009": ledger.TillKey(bytes(32), False)}

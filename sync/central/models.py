@@ -358,6 +358,9 @@ class ScopeRow(_M):
     meta = pw.BlobField()
     issued_at = pw.BigIntegerField()
     snapshot_version = pw.IntegerField(default=0)
+    # A hash of the store's tills (keys, revocations) it last published; NULL: none yet
+    # (a scope from before store peers: its next version carries them).
+    tills = pw.BlobField(null=True)
 
 
 class ScopeVersion(_M):
@@ -430,6 +433,7 @@ ADDED_COLUMNS: list[tuple[type[_M], str, str]] = [
     (TerminalRow, "app_version", "VARCHAR(255)"),
     (TerminalRow, "status_at", "BIGINT"),
     (TerminalRow, "status_ignored", "INTEGER NOT NULL DEFAULT 0"),
+    (ScopeRow, "tills", "BLOB"),  # store peers (BYTEA on PostgreSQL: _add_columns)
 ]
 
 
@@ -554,5 +558,7 @@ def _add_columns(db: pw.Database) -> None:
         table = model._meta.table_name
         if not db.table_exists(table):
             continue  # create_tables makes it whole
+        if is_postgres(db):
+            sql = sql.replace("BLOB", "BYTEA")
         if column not in {c.name for c in db.get_columns(table)}:
             db.execute_sql(f'ALTER TABLE "{table}" ADD COLUMN "{column}" {sql}')

@@ -21,7 +21,7 @@ import peewee as pw
 
 from coupons import cose, ledger, serials
 from coupons.jsontypes import JSONObject
-from coupons.ledger import GENESIS, LedgerState
+from coupons.ledger import GENESIS, LedgerState, TillKey
 from sync.central.models import (
     CouponRow,
     EnrollCode,
@@ -46,6 +46,7 @@ _ROW_FIELDS = (
     ScopeRow.meta,
     ScopeRow.issued_at,
     ScopeRow.snapshot_version,
+    ScopeRow.tills,
 )
 HEARTBEATS_PER_WARNING = 4  # a quiet scope gets an empty version 4 times per stale_warn_hours
 _LOOKUP_CHUNK = 500
@@ -56,6 +57,28 @@ def stores() -> list[str]:
     have = {r.store for r in TerminalRow.select(TerminalRow.store).distinct()}
     have |= {r.store for r in EnrollCode.select(EnrollCode.store).distinct()}
     return sorted(have)
+
+
+def tills_by_store() -> dict[str, dict[str, TillKey]]:
+    """Every store's enrolled tills with their device keys, revoked ones included (a listed
+    revoked till's messages are refused and flagged by its peers): one query per tick."""
+    out: dict[str, dict[str, TillKey]] = {}
+    rows = TerminalRow.select(
+        TerminalRow.id, TerminalRow.store, TerminalRow.public_key, TerminalRow.revoked
+    )
+    for r in rows:
+        try:
+            key = bytes.fromhex(r.public_key)
+        except ValueError:
+            continue  # never written so (terminals.enroll checks it); not worth a tick
+        if len(key) == 32:
+            out.setdefault(r.store, {})[r.id] = TillKey(key, bool(r.revoked))
+    return out
+
+
+def tills_hash(tills: Mapping[str, TillKey]) -> bytes:
+    """What ScopeRow.tills keeps: a store's tills are sent again only when this changes."""
+    return hashlib.sha256(cbor2.dumps(ledger.pack_tills(tills), canonical=True)).digest()
 
 
 def campaigns_at(state: LedgerState, store: str, now: int) -> frozenset[str]:
@@ -363,6 +386,7 @@ def publish_scopes(
     view.learn(view.state.redeemed)
     meta = _meta_hash(view.state)
     rows = {r.scope: r for r in ScopeRow.select()}
+    tills = tills_by_store()
     touched_since: dict[int, Touched] = {}
     contents: dict[tuple[int, frozenset[str], frozenset[str], bool, bool], dict[str, object]] = {}
     snapshot_states: dict[frozenset[str], LedgerState] = {}
@@ -372,7 +396,10 @@ def publish_scopes(
         result.scopes += 1
         row = rows.get(scope)
         quiet = row is not None and now - int(row.issued_at) < heartbeat_s
-        if row is not None and row.base == base and quiet:
+        mine = tills.get(store_id, {})
+        mine_hash = tills_hash(mine)
+        tills_changed = row is None or bytes(row.tills or b"") != mine_hash
+        if row is not None and row.base == base and quiet and not tills_changed:
             continue
         had = frozenset(json.loads(row.campaigns)) if row is not None else frozenset()
         now_in = campaigns_at(view.state, store_id, now)
@@ -388,6 +415,8 @@ def publish_scopes(
                 view, touched_since[since], had, now_in, meta_changed, row is None
             )
         body = contents[shape]
+        if tills_changed:  # the whole map, replacing the till's; a copy: `body` is shared
+            body = {**body, "tills": ledger.pack_tills(mine)}
         if not body and quiet:
             writes.caught_up.append(scope)
         else:
@@ -403,6 +432,7 @@ def publish_scopes(
                 now,
                 meta,
                 now_in,
+                (mine, mine_hash),
                 key,
                 cert,
                 snapshot_states,
@@ -424,6 +454,7 @@ def _sign_version(
     now: int,
     meta: bytes,
     now_in: frozenset[str],
+    tills: tuple[Mapping[str, TillKey], bytes],
     key: cose.SigningKey,
     cert: bytes,
     snapshot_states: dict[frozenset[str], LedgerState],
@@ -441,7 +472,12 @@ def _sign_version(
         if now_in not in snapshot_states:  # what a store holds depends on its campaigns
             snapshot_states[now_in] = scope_state(view, "", now_in)
         state = replace(
-            snapshot_states[now_in], scope=scope, version=version, chain=chain, issued_at=now
+            snapshot_states[now_in],
+            scope=scope,
+            version=version,
+            chain=chain,
+            issued_at=now,
+            tills=dict(tills[0]),
         )
         snap = ledger.sign_update(key, cert, ledger.snapshot_body(state))
         writes.snapshots.append({"scope": scope, "version": version, "signed": snap})
@@ -457,6 +493,7 @@ def _sign_version(
             "meta": meta,
             "issued_at": now,
             "snapshot_version": snap_at,
+            "tills": tills[1],
         }
     )
     result.published += 1
