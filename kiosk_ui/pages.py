@@ -152,6 +152,12 @@ FLAG_KINDS = {
     "journal_altered": N_("Journal entry altered"),
     "journal_chain_broken": N_("Journal chain broken"),
     "implausible_entry": N_("A till reported a redemption the central cannot believe"),
+    "peer_replay": N_("A coupon used at another till of this store was shown again"),
+    "peer_forged": N_("A message claiming to be from a till of this store was forged"),
+    "peer_replayed": N_("A till message was sent again by someone else"),
+    "peer_revoked": N_("A withdrawn till of this store is still sending"),
+    "peer_flood": N_("A till of this store sent too many messages"),
+    "peer_conflict": N_("Coupon accepted here and at another till of this store"),
 }
 
 # The central's decision on a flag (sync.central.flags.STATUSES).
