@@ -153,6 +153,9 @@ class DecisionOut(BaseModel):
     warnings: list[str] = []
     coupons: list[CouponOut] = []
     replayed: bool = False
+    used_at: str | None = Field(
+        default=None, description="the till of this store that already used the coupon"
+    )
 
 
 class BestOut(BaseModel):
