@@ -110,7 +110,20 @@ UI_STRINGS = (
     N_("positive: this terminal's clock is ahead of the central service's"),
     N_("Head office"),
     N_("Head office decisions on other flags"),
+    N_("Store group"),
+    N_("Till"),
+    N_("Last exchange"),
+    N_("Round trip"),
+    N_("No other till of this store is listed yet."),
+    N_("Peers up"),
 )
+
+# A peer till's state on the manager's "Store group" card (Daemon.peers_status()).
+PEER_STATES = {
+    "up": N_("answering"),
+    "down": N_("not answering"),
+    "revoked": N_("withdrawn"),
+}
 
 # Strings built in Python (not in a template): each is translated before it is shown.
 OFFLINE_SINCE = N_("Cannot reach the central service since {time}.")
