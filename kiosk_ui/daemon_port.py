@@ -3,6 +3,7 @@ answers with, and the FastAPI dependency that hands it to a route."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, NotRequired, Protocol, TypedDict, TypeVar
@@ -16,6 +17,7 @@ from coupons.rules import Basket
 from ports.scan import Health, Scan
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # Members are read-only properties: the daemon's own attributes are more precise types
 # (terminal.daemon's config sections, its EngineWorker), which a settable Protocol member
@@ -193,7 +195,11 @@ def peers_status(daemon: DaemonPort) -> Mapping[str, object]:
     read = getattr(daemon, "peers_status", None)
     if read is None:
         return PEERS_DISABLED
-    status = read()
+    try:
+        status = read()
+    except Exception:
+        log.warning("store peers status unavailable", exc_info=True)
+        return PEERS_DISABLED
     return status if isinstance(status, Mapping) else PEERS_DISABLED
 
 
