@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 from coupons.fraud import Flag
-from coupons.reasons import STEP_DONE, Reason, step_done
+from coupons.reasons import STEP_DONE, Reason, step_done, used_at_message
 from coupons.rules import Campaign
 
 
@@ -50,11 +50,14 @@ class Decision:
     coupons: list[CouponUse] = field(default_factory=list)
     replayed: bool = False
     step: str = ""  # commit, release or reverse: the answer to that checkout step
+    used_at: str | None = None  # the till of this store that holds the coupon (store peers)
 
     def message(self, lang: str = "en") -> str:
         """The sentence for the cashier: the reason's, or a done step's own."""
         if self.accepted and self.reason is Reason.OK and self.step in STEP_DONE:
             return step_done(self.step, bool(self.coupons), lang)
+        if self.used_at and self.reason is Reason.ALREADY_REDEEMED:
+            return used_at_message(self.used_at, lang)
         return self.reason.message(lang)
 
     def to_dict(self, lang: str = "en") -> dict[str, object]:
@@ -75,6 +78,7 @@ class Decision:
             "coupons": self.coupons,
             "replayed": self.replayed,
             "step": self.step,
+            "used_at": self.used_at,
         }
 
     @classmethod

@@ -19,6 +19,7 @@ from pathlib import Path
 import peewee as pw
 
 from coupons import fraud
+from coupons.claims import ClaimKey, ClaimResult
 from coupons.clock import Clock
 from coupons.decision import Context, Coupon, Decision, Refuse
 from coupons.fraud import Flag
@@ -45,6 +46,7 @@ from coupons.journal.meta import OWN_CUSTOMER_USAGE as META_OWN_CUSTOMER_USAGE
 from coupons.ledger import Policy, clamped_usage
 from coupons.ledger_store import LedgerStore
 from coupons.ledger_sync import LedgerSync
+from coupons.peer_claims import PeerClaims
 from coupons.reasons import Reason
 from coupons.rules import Basket, best_combination
 from coupons.twophase import TwoPhase
@@ -97,9 +99,10 @@ def _recent_attempts(db: pw.Database, now: float, policy: Policy) -> list[fraud.
 _TRANSACTION = object()
 
 
-class Engine(TwoPhase, LedgerSync):
+class Engine(TwoPhase, LedgerSync, PeerClaims):
     """The engine's state and its one write path (`_record`). The two-phase checkout steps
-    are in coupons/twophase.py, what sync and a manager tell it in coupons/ledger_sync.py."""
+    are in coupons/twophase.py, what sync and a manager tell it in coupons/ledger_sync.py,
+    the claims on the store's other tills in coupons/peer_claims.py."""
 
     def __init__(
         self, ledger_store: LedgerStore, clock: Clock, store: str, terminal: str, db: pw.Database
@@ -269,8 +272,18 @@ class Engine(TwoPhase, LedgerSync):
         coupon: Coupon | None = None,
         checkout_id: str | None = None,
         flags: Sequence[Flag] = (),
+        peer: dict[str, object] | None = None,
     ) -> int:
         at_ms = int(now * 1000)
+        detail: dict[str, object] = {
+            "detail": decision.detail,
+            "gift": decision.gift_sku,
+            "basket_minor": basket.total_minor if basket else None,
+            "tag": ctx.tag_uid.hex() if ctx.tag_uid else None,
+            "override": ctx.manager_override,
+        }
+        if peer is not None:  # only when peers were asked: other entries' bytes stay as they were
+            detail["peer"] = peer
         seq = self.journal.write(
             NewEntry(
                 at_ms=at_ms,
@@ -286,13 +299,7 @@ class Engine(TwoPhase, LedgerSync):
                 currency=decision.currency or (basket.currency if basket else None),
                 cashier=ctx.cashier,
                 source=ctx.source,
-                detail={
-                    "detail": decision.detail,
-                    "gift": decision.gift_sku,
-                    "basket_minor": basket.total_minor if basket else None,
-                    "tag": ctx.tag_uid.hex() if ctx.tag_uid else None,
-                    "override": ctx.manager_override,
-                },
+                detail=detail,
             )
         )
         decision.journal_seq = seq
@@ -331,6 +338,7 @@ class Engine(TwoPhase, LedgerSync):
             if status == UseStatus.HELD or same_sale
             else ([], False)
         )
+        claims: list[ClaimResult] = []  # the peers' answer, settled after COMMIT
 
         def work() -> Decision:
             flags: list[Flag] = []
@@ -341,6 +349,10 @@ class Engine(TwoPhase, LedgerSync):
                 decision, coupon = self._refusal(r, basket), r.coupon
                 flags = [r.flag] if r.flag else []
                 restacked = {}
+            peer = None
+            if decision.accepted and coupon is not None:
+                # Only an acceptance asks the peers, and they can only turn it into a refusal.
+                decision, peer = self._claim(coupon, decision, basket, flags, claims)
             if coupon is not None:
                 burst = self.bursts.on_attempt(coupon.key, now, self.ledger.policy)
                 if burst:
@@ -348,7 +360,7 @@ class Engine(TwoPhase, LedgerSync):
             # A standalone redemption is its own one-coupon checkout: its id is what a refund
             # (reverse) names.
             decision.checkout_id = checkout_id
-            self._append(kind, decision, basket, ctx, now, op_id, coupon, checkout_id, flags)
+            self._append(kind, decision, basket, ctx, now, op_id, coupon, checkout_id, flags, peer)
             if decision.accepted and coupon is not None:
                 self._add_use(coupon, decision, checkout_id, status, now)
                 if coupon.via == "sun":
@@ -363,6 +375,8 @@ class Engine(TwoPhase, LedgerSync):
             return decision
 
         decision = self._record(op_id, work, request)
+        for claim in claims:  # a storage fault refused: the claim is given back
+            self.claimer.settle(claim, decision.accepted, decision.journal_seq)
         if decision.accepted:
             self.bursts.on_accept(self.terminal, ctx.cashier, now)
         return decision
@@ -493,6 +507,8 @@ class Engine(TwoPhase, LedgerSync):
         if now < self._next_expiry:
             return
 
+        released: list[ClaimKey] = []
+
         def work() -> Decision:
             expired = list(
                 Use.select().where((Use.status == UseStatus.HELD) & (Use.expires_at <= now))
@@ -502,6 +518,7 @@ class Engine(TwoPhase, LedgerSync):
                     Use.id == u.id
                 ).execute()
                 self._count(u, -1)
+                released.append(self._use_key(u))
                 self._append(
                     "expire",
                     Decision(
@@ -520,7 +537,8 @@ class Engine(TwoPhase, LedgerSync):
                 )
             return Decision(True, Reason.OK)
 
-        self._record(None, work)
+        if self._record(None, work).accepted and released:
+            self.claimer.release(released)
         nxt = Use.select(pw.fn.MIN(Use.expires_at)).where(Use.status == UseStatus.HELD).scalar()
         self._next_expiry = nxt if nxt is not None else float("inf")
 

@@ -23,6 +23,25 @@ FLAG_BURST_CASHIER = "burst_cashier"
 FLAG_LEDGER_REFUSED = "ledger_refused"
 FLAG_STALE_OVERRIDE = "stale_ledger_override"
 FLAG_CLOCK_RESET = "clock_reset"
+# Store peers (coupons/claims.py, sync/peers): a till of the store holds the coupon, and what
+# the peer service saw on the wire (a bad signature, a replayed or revoked sender, a flood), or
+# a `held` that came after this till had accepted (both accepted: the central reconciles it).
+FLAG_PEER_REPLAY = "peer_replay"
+FLAG_PEER_FORGED = "peer_forged"
+FLAG_PEER_REPLAYED = "peer_replayed"
+FLAG_PEER_REVOKED = "peer_revoked"
+FLAG_PEER_FLOOD = "peer_flood"
+FLAG_PEER_CONFLICT = "peer_conflict"
+PEER_FLAGS = frozenset(
+    (
+        FLAG_PEER_REPLAY,
+        FLAG_PEER_FORGED,
+        FLAG_PEER_REPLAYED,
+        FLAG_PEER_REVOKED,
+        FLAG_PEER_FLOOD,
+        FLAG_PEER_CONFLICT,
+    )
+)
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,15 @@ MESSAGES: dict[Reason, str] = {
 }
 
 
+# Reason.ALREADY_REDEEMED when a till of the same store holds the coupon (coupons/claims.py):
+# the cashier can tell the shopper where it went.
+USED_AT = N_("This coupon was already used at till {till}.")
+
+
+def used_at_message(till: str, lang: str = "en") -> str:
+    return translate(USED_AT, lang).format(till=till)
+
+
 # What a till hears when a checkout step is done (Reason.OK's "Coupon accepted." is for a
 # coupon, not for a payment or a refund), and when it was done on a sale without a coupon
 # (only a paid sale with coupons can be refunded).

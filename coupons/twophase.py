@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import peewee as pw
 
 from coupons.checks import Checks
+from coupons.claims import Claimer, ClaimKey
 from coupons.decision import Context, Coupon, CouponUse, Decision
 from coupons.fraud import Flag
 from coupons.journal import LIVE_USES, Entry, Use, UseStatus
@@ -22,6 +23,9 @@ class TwoPhase(Checks):
     below for the type checker only."""
 
     if TYPE_CHECKING:
+        claimer: Claimer
+
+        def _use_key(self, u: Use) -> ClaimKey: ...
 
         @staticmethod
         def request_key(*parts: str) -> str: ...
@@ -111,6 +115,7 @@ class TwoPhase(Checks):
         now = self.now()
         self._expire_holds(now)
         detail = "void" if use_id is not None else ""
+        released: list[ClaimKey] = []  # uses that stop counting: the peers may take them
 
         def work() -> Decision:
             which = (Use.checkout_id == checkout_id) & (Use.status == from_status)
@@ -133,6 +138,7 @@ class TwoPhase(Checks):
                 )
                 if u.counts and not counts:
                     self._count(u, -1)
+                    released.append(self._use_key(u))
                 Use.update(status=to_status, counts=counts, expires_at=None).where(
                     Use.id == u.id
                 ).execute()
@@ -163,7 +169,10 @@ class TwoPhase(Checks):
                 step=kind,
             )
 
-        return self._record(op_id, work, request)
+        decision = self._record(op_id, work, request)
+        if decision.accepted and released:
+            self.claimer.release(released)
+        return decision
 
     def _why_none(self, kind: str, checkout_id: str, missing: Reason) -> Reason:
         """Why a step found no coupon to move: the checkout is unknown, its coupons are in

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PREFIX = "/api/v1"
-API_VERSION = "1.3"  # the contract in docs/pos-api.md ("Changes")
+API_VERSION = "1.4"  # the contract in docs/pos-api.md ("Changes")
 MAX_BODY = 64 * 1024
 # Problem documents are coupons.problem's (one shape for the kiosk and the central).
 PROBLEM = problem.MEDIA_TYPE
@@ -153,6 +153,9 @@ class DecisionOut(BaseModel):
     warnings: list[str] = []
     coupons: list[CouponOut] = []
     replayed: bool = False
+    used_at: str | None = Field(
+        default=None, description="the till of this store that already used the coupon"
+    )
 
 
 class BestOut(BaseModel):

@@ -3,9 +3,10 @@ answers with, and the FastAPI dependency that hands it to a route."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Protocol, TypedDict, TypeVar
+from typing import Annotated, NotRequired, Protocol, TypedDict, TypeVar
 
 from fastapi import Depends, Request
 
@@ -16,6 +17,7 @@ from coupons.rules import Basket
 from ports.scan import Health, Scan
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # Members are read-only properties: the daemon's own attributes are more precise types
 # (terminal.daemon's config sections, its EngineWorker), which a settable Protocol member
@@ -127,6 +129,7 @@ class Status(TypedDict):
     ignored: int
     till: TillStatus
     sync: Mapping[str, object]  # Daemon.sync_status(brief=True)
+    peers: NotRequired[Mapping[str, object]]  # Daemon.peers_status(), where the daemon has it
 
 
 class DaemonPort(Protocol):
@@ -170,6 +173,34 @@ class DaemonPort(Protocol):
     def override(self, number: int, manager: str) -> Decision | None: ...
     def awaiting_override(self) -> Sequence[Published]: ...
     def published_after(self, number: int) -> Sequence[Published]: ...
+
+
+class PeersPort(Protocol):
+    """The daemon's store group (sync/peers, issue 16): `{"enabled", "terminal", "listen",
+    "bound_ms", "peers": [{"terminal", "address", "up", "revoked", "last_exchange",
+    "rtt_ms"}], "claims": {outcome: n}, "conflicts", "dropped": {why: n}, "latency":
+    {"buckets": [[le_s, cumulative n]...], "sum_s", "count"}, "held", "digest"}`. Kept apart
+    from DaemonPort until every daemon has it: the kiosk reads it through `peers_status()`
+    below, which answers "disabled" for a daemon without it."""
+
+    def peers_status(self) -> Mapping[str, object]: ...
+
+
+PEERS_DISABLED: Mapping[str, object] = {"enabled": False}
+
+
+def peers_status(daemon: DaemonPort) -> Mapping[str, object]:
+    """The daemon's store group status; `{"enabled": False}` for a daemon without peers (or
+    one whose status cannot be read: the pages and /metrics must not fail for it)."""
+    read = getattr(daemon, "peers_status", None)
+    if read is None:
+        return PEERS_DISABLED
+    try:
+        status = read()
+    except Exception:
+        log.warning("store peers status unavailable", exc_info=True)
+        return PEERS_DISABLED
+    return status if isinstance(status, Mapping) else PEERS_DISABLED
 
 
 def worker(daemon: DaemonPort) -> Worker:

@@ -31,6 +31,7 @@ from kiosk_ui.pages import (
     OFFLINE_NEVER,
     OFFLINE_SINCE,
     OPEN_FLAGS,
+    PEER_STATES,
     SYNC_ERRORS,
     SYNC_FAILED,
     UNREACHABLE,
@@ -205,6 +206,31 @@ def devices(status: daemon_port.Status, lang: str) -> list[dict[str, str]]:
     ]
 
 
+def peers_view(peers: Mapping[str, object], lang: str) -> dict[str, object] | None:
+    """The "Store group" card: each peer till up, down or withdrawn, when it was last heard
+    from and its round trip; None when this till has no store group (the card is hidden)."""
+    if not peers.get("enabled"):
+        return None
+    listed = peers.get("peers")
+    rows = []
+    for p in listed if isinstance(listed, list) else []:
+        if not isinstance(p, Mapping):
+            continue
+        state = "revoked" if p.get("revoked") else "up" if p.get("up") else "down"
+        rtt = p.get("rtt_ms")
+        rows.append(
+            {
+                "terminal": str(p.get("terminal") or ""),
+                "state": state,
+                "text": translate(PEER_STATES[state], lang),
+                "last_exchange": when(p.get("last_exchange"), lang) or "-",
+                "rtt": f"{rtt:.1f} ms" if isinstance(rtt, int | float) else "-",
+            }
+        )
+    up = sum(1 for r in rows if r["state"] == "up")
+    return {"terminal": str(peers.get("terminal") or ""), "peers": rows, "up": up, "of": len(rows)}
+
+
 def _day_ms(day: str, later: int = 0) -> int:
     """The start of a local calendar day typed by the manager (YYYY-MM-DD), or of the day
     `later` days after it."""
@@ -246,6 +272,7 @@ def manager_page(
         status=status,
         sync=sync_view(status.get("sync") or {}, lang),
         devices=devices(status, lang),
+        peers=peers_view(daemon_port.peers_status(daemon), lang),
         today=now.date().isoformat(),
         overrides=overrides,
         cameras={d.name for d in daemon.inputs if hasattr(d, "snapshot")},

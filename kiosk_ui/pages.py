@@ -110,7 +110,20 @@ UI_STRINGS = (
     N_("positive: this terminal's clock is ahead of the central service's"),
     N_("Head office"),
     N_("Head office decisions on other flags"),
+    N_("Store group"),
+    N_("Till"),
+    N_("Last exchange"),
+    N_("Round trip"),
+    N_("No other till of this store is listed yet."),
+    N_("Peers up"),
 )
+
+# A peer till's state on the manager's "Store group" card (Daemon.peers_status()).
+PEER_STATES = {
+    "up": N_("answering"),
+    "down": N_("not answering"),
+    "revoked": N_("withdrawn"),
+}
 
 # Strings built in Python (not in a template): each is translated before it is shown.
 OFFLINE_SINCE = N_("Cannot reach the central service since {time}.")
@@ -152,6 +165,12 @@ FLAG_KINDS = {
     "journal_altered": N_("Journal entry altered"),
     "journal_chain_broken": N_("Journal chain broken"),
     "implausible_entry": N_("A till reported a redemption the central cannot believe"),
+    "peer_replay": N_("A coupon used at another till of this store was shown again"),
+    "peer_forged": N_("A message claiming to be from a till of this store was forged"),
+    "peer_replayed": N_("A till message was sent again by someone else"),
+    "peer_revoked": N_("A withdrawn till of this store is still sending"),
+    "peer_flood": N_("A till of this store sent too many messages"),
+    "peer_conflict": N_("Coupon accepted here and at another till of this store"),
 }
 
 # The central's decision on a flag (sync.central.flags.STATUSES).

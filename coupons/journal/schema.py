@@ -15,7 +15,7 @@ class _Base(pw.Model):
 class Entry(_Base):
     seq = pw.IntegerField(primary_key=True)
     at_ms = pw.IntegerField()
-    kind = pw.CharField()  # redeem, hold, commit, release, expire, reverse, flag, ledger
+    kind = pw.CharField()  # redeem, hold, commit, release, expire, reverse, flag, ledger, peer
     op_id = pw.CharField(null=True)
     checkout_id = pw.CharField(null=True)
     accepted = pw.BooleanField()

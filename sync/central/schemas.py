@@ -45,7 +45,10 @@ class JournalEntry(BaseModel):
 
     seq: int = Field(ge=1)
     at_ms: int
-    kind: str = Field(description="redeem, hold, commit, release, expire, reverse, flag, ledger")
+    kind: str = Field(
+        description="redeem, hold, commit, release, expire, reverse, flag, ledger, peer "
+        "(what a till of the same store said about a claim; stored, not reconciled)"
+    )
     op_id: str | None
     checkout_id: str | None
     accepted: bool
