@@ -140,7 +140,7 @@ class PeerStore:
             (since, limit),
         )
         return [
-            wire.event_to_wire(p, t, [_key(w) for w in cbor2.loads(k)], s, a)
+            wire.event_to_wire(p, t, [wire.key_from_wire(w) for w in cbor2.loads(k)], s, a)
             for p, t, k, s, a in cur
         ]
 
