@@ -127,6 +127,7 @@ class Status(TypedDict):
     ignored: int
     till: TillStatus
     sync: Mapping[str, object]  # Daemon.sync_status(brief=True)
+    peers: Mapping[str, object]  # Daemon.peers_status()
 
 
 class DaemonPort(Protocol):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -275,3 +276,27 @@ def test_oversized_messages_are_not_sent() -> None:
     with pytest.raises(wire.WireError) as err:
         wire.encode(key, "sync", "S1-001", "*", "S1", 0, {"pad": b"x" * 2000})
     assert err.value.why == "oversized"
+
+
+# the daemon's [peers] section ----------------------------------------------------------
+def test_peers_section_is_validated(tmp_path: Path) -> None:
+    from terminal.daemon import config
+
+    path = tmp_path / "redeem.toml"
+    good = (
+        '[peers]\nenabled = true\nlisten = "127.0.0.1:7311"\n'
+        'addresses = ["S1-002@127.0.0.12:7311"]\n'
+    )
+    cfg = config.parse(tomllib.loads(good), path, good)
+    assert cfg.peers.enabled and cfg.peers.addresses == ["S1-002@127.0.0.12:7311"]
+    assert cfg.peers.claim_bound_ms == 150 and not config.Config(path).peers.enabled
+    for bad, key in (
+        ('[peers]\naddresses = ["127.0.0.12:7311"]\n', "peers.addresses"),
+        ('[peers]\nlisten = "nowhere"\n', "peers.listen"),
+        ("[peers]\ndown_after_s = 1\nhello_interval_s = 2\n", "peers.down_after_s"),
+        ("[peers]\nmax_datagram = 9000\n", "peers.max_datagram"),
+        ('[[input]]\nname = "peers"\nkind = "fake"\n', "input[0].name"),
+    ):
+        with pytest.raises(config.ConfigError) as err:
+            config.parse(tomllib.loads(bad), path, bad)
+        assert err.value.key == key, bad

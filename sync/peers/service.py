@@ -516,8 +516,8 @@ class PeerService:
 
     @classmethod
     def create(cls, section: Any, data: Path, submit: Submit, engine: Any) -> PeerService | None:
-        """The daemon's service from its [peers] section, or None (with the reason logged):
-        no device key, or a ledger that lists no tills of this store."""
+        """The daemon's service from its [peers] section, started; None (with the reason
+        logged) without a device key."""
         from sync.device import DeviceKeyError, read_device_key
 
         try:
@@ -525,10 +525,10 @@ class PeerService:
         except DeviceKeyError as exc:
             log.warning("peers: off, no device key: %s", exc)
             return None
-        tills = getattr(getattr(engine, "ledger", None), "tills", None) or {}
-        if not tills:
-            log.warning("peers: off until the ledger lists this store's tills")
-            return None
+        if not getattr(getattr(engine, "ledger", None), "tills", None):
+            # Membership is read again at each ledger version: the peers start answering
+            # once a ledger that lists this store's tills arrives.
+            log.warning("peers: no tills in the ledger yet; deciding alone until there are")
         settings = PeerSettings(
             terminal=engine.terminal,
             store=engine.store,
