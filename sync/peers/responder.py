@@ -39,9 +39,9 @@ def on_claim(svc: PeerService, msg: wire.Message) -> None:
                     rnd.yielded = (msg.sender, k)
     now = svc.now_ms()
     # Durable before it is said: a grant survives a crash of this till (the SIGKILL test).
-    svc.store.put(keys, msg.sender, "granted", cid, prio[0], now)
-    svc.store.mirror(PeerRecord(now, "granted", msg.sender, k, cid.hex()) for k in keys)
+    svc.store.put(keys, msg.sender, "granted", cid, prio[0], now, durable=True)
     svc.send(msg.sender, "grant", {"re": cid})
+    svc.store.mirror(PeerRecord(now, "granted", msg.sender, k, cid.hex()) for k in keys)
 
 
 def on_grant(svc: PeerService, msg: wire.Message) -> None:

@@ -5,9 +5,10 @@ on disk before the grant message leaves."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,8 +58,27 @@ class PeerStore:
     def __init__(self, path: Path | str, synchronous: str = "FULL") -> None:
         self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(f"PRAGMA synchronous={'NORMAL' if synchronous == 'NORMAL' else 'FULL'}")
+        self.durable_mode = "NORMAL" if synchronous == "NORMAL" else "FULL"
+        self._mode = ""
         self.db.executescript(SCHEMA)
+
+    @contextlib.contextmanager
+    def _tx(self, durable: bool = False) -> Iterator[None]:
+        """One transaction. Only a grant must be on disk before it is sent (its commit
+        also syncs every WAL frame before it); everything else is rebuilt after a crash
+        (pending rounds are dropped, uses seeded from the journal, outboxes synced
+        again), so it skips the fsync (WAL with synchronous=NORMAL)."""
+        mode = self.durable_mode if durable else "NORMAL"
+        if mode != self._mode:
+            self.db.execute(f"PRAGMA synchronous={mode}")
+            self._mode = mode
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     def close(self) -> None:
         self.db.close()
@@ -72,9 +92,16 @@ class PeerStore:
         return [Row(_key(w), h, s, bytes(c), p) for h, s, c, p, w in cur]
 
     def put(
-        self, keys: Iterable[ClaimKey], holder: str, state: str, claim_id: bytes, prio: int, at: int
+        self,
+        keys: Iterable[ClaimKey],
+        holder: str,
+        state: str,
+        claim_id: bytes,
+        prio: int,
+        at: int,
+        durable: bool = False,
     ) -> None:
-        with self.db:
+        with self._tx(durable):
             self.db.executemany(
                 "INSERT OR REPLACE INTO claim VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(key_text(k), holder, state, claim_id, prio, at, _wire(k)) for k in keys],
@@ -85,7 +112,7 @@ class PeerStore:
         args: tuple[object, ...] = (state, claim_id, holder)
         if only is not None:
             sql, args = sql + " AND state = ?", (*args, only)
-        with self.db:
+        with self._tx():
             return self.db.execute(sql, args).rowcount
 
     def states_of(self, claim_id: bytes, holder: str) -> set[str]:
@@ -96,7 +123,7 @@ class PeerStore:
 
     def delete_claim(self, claim_id: bytes, holder: str, states: Sequence[str]) -> int:
         marks = ",".join("?" * len(states))
-        with self.db:
+        with self._tx():
             return self.db.execute(
                 f"DELETE FROM claim WHERE claim_id = ? AND holder = ? AND state IN ({marks})",  # noqa: S608
                 (claim_id, holder, *states),
@@ -105,7 +132,7 @@ class PeerStore:
     def delete_keys(self, keys: Iterable[ClaimKey], holder: str, states: Sequence[str]) -> int:
         marks = ",".join("?" * len(states))
         sql = f"DELETE FROM claim WHERE key = ? AND holder = ? AND state IN ({marks})"  # noqa: S608
-        with self.db:
+        with self._tx():
             return sum(self.db.execute(sql, (key_text(k), holder, *states)).rowcount for k in keys)
 
     def held_set(self, me: str) -> list[str]:
@@ -124,7 +151,7 @@ class PeerStore:
 
     # outbox --------------------------------------------------------------------------
     def append(self, t: str, keys: Sequence[ClaimKey], seq: int | None, at: int) -> int:
-        with self.db:
+        with self._tx():
             cur = self.db.execute(
                 "INSERT INTO outbox (at_ms, type, keys, seq) VALUES (?, ?, ?, ?)",
                 (at, t, cbor2.dumps([wire.key_to_wire(k) for k in keys]), seq),
@@ -150,7 +177,7 @@ class PeerStore:
         return int(row[0]) if row else 0
 
     def set_last_pseq(self, peer: str, pseq: int) -> None:
-        with self.db:
+        with self._tx():
             self.db.execute(
                 "INSERT INTO peer (terminal, last_pseq) VALUES (?, ?) "
                 "ON CONFLICT(terminal) DO UPDATE SET last_pseq = excluded.last_pseq",
@@ -159,7 +186,7 @@ class PeerStore:
 
     # the journal mirror --------------------------------------------------------------
     def mirror(self, recs: Iterable[PeerRecord]) -> None:
-        with self.db:
+        with self._tx():
             self.db.executemany(
                 "INSERT INTO mirror (at_ms, what, peer, key, claim_id, pseq) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -174,7 +201,7 @@ class PeerStore:
         return [(i, PeerRecord(a, w, p, _key(k), c, q)) for i, a, w, p, k, c, q in cur]
 
     def mirrored(self, upto: int) -> None:
-        with self.db:
+        with self._tx():
             self.db.execute("DELETE FROM mirror WHERE id <= ?", (upto,))
 
 
