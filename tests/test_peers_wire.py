@@ -300,3 +300,39 @@ def test_peers_section_is_validated(tmp_path: Path) -> None:
         with pytest.raises(config.ConfigError) as err:
             config.parse(tomllib.loads(bad), path, bad)
         assert err.value.key == key, bad
+
+
+def test_the_daemon_runs_its_peer_service(tmp_path: Path) -> None:
+    from coupons import setup
+    from coupons.clock import SystemClock
+    from coupons.keys import TrustAnchor
+    from sync.device import ensure_device_key
+    from terminal.daemon import config, control
+    from terminal.daemon.runner import Daemon
+
+    data = tmp_path / "t"
+    anchor = tmp_path / "anchor.json"
+    anchor.write_text(TrustAnchor(cose.SigningKey.generate().public).to_json())
+    setup.init(data, anchor, "S1", "T1")
+    ensure_device_key(data)
+    text = (
+        f'[terminal]\ndata = "{data}"\n[kiosk]\nenabled = false\n'
+        '[peers]\nenabled = true\nlisten = "127.0.0.21:0"\ndiscovery = false\n'
+        'addresses = ["T2@127.0.0.22:7311"]\n'
+    )
+    cfg = config.parse(tomllib.loads(text), tmp_path / "d.toml", text)
+    daemon = Daemon(cfg, SystemClock())
+    daemon.start()
+    try:
+        assert daemon.peers is not None and daemon.engine is not None
+        assert getattr(daemon.engine, "claimer") is daemon.peers  # noqa: B009
+        status = daemon.status()["peers"]
+        assert status["enabled"] is True and status["terminal"] == "T1"
+        line = daemon.health()["peers"]  # no tills listed in the ledger yet
+        assert line["state"] == "degraded" and "no tills" in str(line["detail"])
+        assert daemon.healthy()  # decides alone: nothing for the watchdog
+        reply = control.request(data, {"op": "peers"})
+        assert reply["ok"] and reply["keys"] == [] and reply["dropped"]["garbage"] == 0
+    finally:
+        daemon.stop()
+    assert daemon.peers is None

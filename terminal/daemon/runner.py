@@ -155,6 +155,8 @@ class Daemon(DecisionChannel):
         if peers is None:
             return Health("stopped", "store peers off")
         listed = [p for p in peers.status()["peers"] if not p["revoked"]]
+        if not listed:
+            return Health("degraded", "no tills of this store in the ledger yet")
         up = sum(1 for p in listed if p["up"])
         state = "ok" if up == len(listed) else "down" if up == 0 else "degraded"
         return Health(state, f"{up} of {len(listed)} peers up")
