@@ -16,7 +16,8 @@ import pytest
 from coupons import cose
 from coupons.claims import NO_PEERS, ClaimKey, ClaimOutcome, ClaimResult
 from sync.peers import wire
-from sync.peers.service import PeerService, PeerSettings, parse_book
+from sync.peers.service import PeerService, PeerSettings
+from sync.peers.wire import parse_book
 
 BOUND_S = 0.15
 

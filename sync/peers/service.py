@@ -17,7 +17,7 @@ from coupons.claims import ClaimKey, ClaimOutcome, ClaimResult, PeerRecord
 from coupons.clock import Clock, SystemClock
 from sync.peers import responder, wire
 from sync.peers.limits import Buckets, Histogram, SeenCache, Throttle
-from sync.peers.store import PeerStore, digest
+from sync.peers.store import PeerStore, digest, key_text
 
 log = logging.getLogger(__name__)
 Submit = Callable[[Callable[[Any], Any]], Any]
@@ -112,7 +112,7 @@ class PeerService:
 
     # lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
-        self._recover()
+        dropped = self._recover()
         fam = socket.AF_INET6 if ":" in self.cfg.listen[0] else socket.AF_INET
         self.sock = socket.socket(fam, socket.SOCK_DGRAM)
         self.sock.bind(self.cfg.listen)
@@ -126,6 +126,9 @@ class PeerService:
             t = threading.Thread(target=run, name=name, daemon=True)
             t.start()
             self._threads.append(t)
+        with self._cond:
+            for cid in dropped:  # best effort: a peer that misses it keeps refusing (safe)
+                self._broadcast("release", {"re": cid})
 
     @property
     def address(self) -> tuple[str, int]:
@@ -150,23 +153,40 @@ class PeerService:
         with self._cond:
             self.store.close()
 
-    def _recover(self) -> None:
-        """A round cut short by a crash gave nothing away: its pending rows go. A `won` claim
-        stays (the sale may have committed before the crash), and so do live uses."""
+    def _recover(self) -> list[bytes]:
+        """A round cut short by a crash gave nothing away: its pending rows go, and the
+        claim ids are returned for a `release` to the peers that may have granted them. A
+        `won` claim stays when the sale committed before the crash (the journal's live uses
+        say so) and goes otherwise; live uses missing here are added."""
         with self._cond:
-            self.store.db.execute(
-                "DELETE FROM claim WHERE holder = ? AND state IN ('pending', 'yielded')",
+            cur = self.store.db.execute(
+                "SELECT DISTINCT claim_id FROM claim WHERE holder = ? AND state IN "
+                "('pending', 'yielded')",
                 (self.me,),
             )
+            dropped = [bytes(c) for (c,) in cur]
+            for cid in dropped:
+                self.store.delete_claim(cid, self.me, ("pending", "yielded"))
         live = self._engine_call(lambda e: e.live_claim_keys())
-        if not live:
-            return
+        if not isinstance(live, list | tuple | set | frozenset):
+            return dropped
+        live_keys = [k for k in live if isinstance(k, ClaimKey)]
         now = self.now_ms()
         with self._cond:
-            new = [k for k in live if not any(r.holder == self.me for r in self.store.rows(k))]
+            live_text = {key_text(k) for k in live_keys}
+            cur = self.store.db.execute(
+                "SELECT DISTINCT claim_id, key FROM claim WHERE holder = ? AND state = 'won'",
+                (self.me,),
+            )
+            for cid, text in list(cur):
+                if text.startswith("serial\x1f") and text not in live_text:
+                    dropped.append(bytes(cid))
+                    self.store.delete_claim(bytes(cid), self.me, ("won",))
+            new = [k for k in live_keys if not any(r.holder == self.me for r in self.store.rows(k))]
             if new:
                 self.store.put(new, self.me, "held", b"\0" * wire.ID_LEN, now, now)
                 self.store.append("used", new, None, now)
+        return dropped
 
     def _engine_call(self, job: Callable[[Any], Any]) -> Any:
         if self.submit is None:
@@ -188,11 +208,13 @@ class PeerService:
             version = getattr(ledger, "version", None)
             source = getattr(ledger, "tills", None) or {}
         if version != self._members_version:
-            self._members = {t: _till(v, t in self._revoked_explicit) for t, v in source.items()}
-            self._members = {t: m for t, m in self._members.items() if len(m[0]) == 32}
-            self._by_kid = {}
-            for t, (pub, _) in self._members.items():
-                self._by_kid.setdefault(cose.key_id(pub), []).append(t)
+            members = {t: _till(v, t in self._revoked_explicit) for t, v in source.items()}
+            members = {t: m for t, m in members.items() if len(m[0]) == 32}
+            by_kid: dict[bytes, list[str]] = {}
+            for t, (pub, _) in members.items():
+                by_kid.setdefault(cose.key_id(pub), []).append(t)
+            # Whole maps swapped in: the rx thread reads them without the lock.
+            self._members, self._by_kid = members, by_kid
             self._members_version = version
         return self._members
 
@@ -532,8 +554,8 @@ class PeerService:
         settings = PeerSettings(
             terminal=engine.terminal,
             store=engine.store,
-            listen=parse_address(section.listen),
-            addresses=parse_book(section.addresses),
+            listen=wire.parse_address(section.listen),
+            addresses=wire.parse_book(section.addresses),
             bound_ms=int(section.claim_bound_ms),
             hello_interval_s=float(section.hello_interval_s),
             down_after_s=float(section.down_after_s),
@@ -545,24 +567,6 @@ class PeerService:
         service = cls(settings, key, data / "peers.db", engine=engine, submit=submit)
         service.start()
         return service
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
-        raise ValueError(f"{text!r} is not host:port")
-    return host.strip("[]"), int(port)
-
-
-def parse_book(entries: Sequence[str]) -> dict[str, tuple[str, int]]:
-    """["S1-002@192.168.1.12:7311", ...] -> {terminal: (host, port)}."""
-    book = {}
-    for entry in entries:
-        terminal, sep, addr = entry.partition("@")
-        if not sep or not wire.TERMINAL_RE.fullmatch(terminal):
-            raise ValueError(f"{entry!r} is not terminal@host:port")
-        book[terminal] = parse_address(addr)
-    return book
 
 
 def _till(value: Any, revoked: bool) -> tuple[bytes, bool]:

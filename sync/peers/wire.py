@@ -218,3 +218,21 @@ _CHECKS = {
     "sync": _check_sync,
     "events": _check_events,
 }
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
+        raise ValueError(f"{text!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def parse_book(entries: Sequence[str]) -> dict[str, tuple[str, int]]:
+    """["S1-002@192.168.1.12:7311", ...] -> {terminal: (host, port)}."""
+    book = {}
+    for entry in entries:
+        terminal, sep, addr = entry.partition("@")
+        if not sep or not TERMINAL_RE.fullmatch(terminal):
+            raise ValueError(f"{entry!r} is not terminal@host:port")
+        book[terminal] = parse_address(addr)
+    return book

@@ -212,7 +212,7 @@ class PeersSection:
     max_datagram: int = 1200  # bytes; under the IPv6 minimum MTU, so never fragmented
 
     def check(self) -> None:
-        from sync.peers.service import parse_address, parse_book
+        from sync.peers.wire import parse_address, parse_book
 
         try:
             parse_address(self.listen)
