@@ -107,6 +107,20 @@ def test_second_claim_a_second_later_is_held_naming_the_first(pair: Group) -> No
     assert claim(b, serial("other")).outcome is ClaimOutcome.GRANTED
 
 
+def test_a_counter_takes_the_next_free_slot(pair: Group) -> None:
+    a, b = pair.svcs
+    first = ClaimKey("customer", "C1", "cust-9", slot=1, limit=2)
+    r = claim(a, first)
+    a.settle(r, True, 1)
+    eventually(lambda: len(b.held_keys()) == 1)
+    r = claim(b, first)  # slot 1 is a's: b gets slot 2
+    assert r.outcome is ClaimOutcome.GRANTED
+    b.settle(r, True, 1)
+    eventually(lambda: len(a.held_keys()) == 2)
+    r = claim(b, first)
+    assert r.outcome is ClaimOutcome.HELD and r.key is not None and r.key.slot == 2
+
+
 def test_a_refused_sale_gives_its_grants_back(pair: Group) -> None:
     a, b = pair.svcs
     r = claim(a, serial("s2"))

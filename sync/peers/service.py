@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -256,7 +256,16 @@ class PeerService:
         are up."""
         t0 = time.monotonic()
         try:
-            return self._claim(tuple(keys), deadline, t0)
+            todo = tuple(keys)
+            while True:
+                result = self._claim(todo, deadline, t0)
+                k = result.key
+                if result.outcome is not ClaimOutcome.HELD or k is None or k.kind == "serial":
+                    return result
+                if k.slot >= k.limit or time.monotonic() >= deadline:
+                    return result
+                # A counter (per customer, a budget count): that slot is taken, try the next.
+                todo = tuple(replace(x, slot=k.slot + 1) if x == k else x for x in todo)
         except Exception:
             log.exception("peers: claim failed; deciding alone")
             return ClaimResult(ClaimOutcome.NO_PEERS, elapsed_s=time.monotonic() - t0)
@@ -302,10 +311,13 @@ class PeerService:
             return self._finish(rnd, t0)
 
     def _local_holder(self, keys: Sequence[ClaimKey]) -> tuple[str, ClaimKey] | None:
-        """A key a peer used, or one we granted to a peer and it has not given back."""
+        """A key a peer used, or one we granted to a peer and it has not given back; for a
+        counter, also a slot we hold ourselves (the next claim must take another)."""
         for k in keys:
             for row in self.store.rows(k):
                 if row.holder != self.me and row.state in ("used", "granted"):
+                    return row.holder, row.key
+                if row.holder == self.me and k.kind != "serial" and row.state in ("won", "held"):
                     return row.holder, row.key
         return None
 
