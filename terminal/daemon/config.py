@@ -194,6 +194,44 @@ class WatchdogSection:
 
 
 @dataclass(frozen=True)
+class PeersSection:
+    """The tills of one store vouch for each other (docs/store-peers.md)."""
+
+    enabled: bool = False
+    listen: str = "0.0.0.0:7311"  # UDP host:port the peer messages arrive on
+    # The other tills of the store, "S1-002@192.168.1.12:7311" (this till's own entry is
+    # skipped, so one list serves the whole store); zeroconf adds the ones it finds.
+    addresses: list[str] = field(default_factory=list)
+    discovery: bool = True  # find the store's tills with mDNS (_redeem-peers._udp)
+    # Longest a sale waits for the peers that are up; a silent peer never makes it longer.
+    claim_bound_ms: float = 150.0
+    hello_interval_s: float = 2.0
+    down_after_s: float = 6.0  # a peer silent this long is down: claims stop waiting for it
+    replay_window_s: float = 60.0  # messages further from our clock are refused as stale
+    rate_per_s: float = 100.0  # messages per second a peer may send (burst: twice that)
+    max_datagram: int = 1200  # bytes; under the IPv6 minimum MTU, so never fragmented
+
+    def check(self) -> None:
+        from sync.peers.wire import parse_address, parse_book
+
+        try:
+            parse_address(self.listen)
+        except ValueError as exc:
+            raise OptionError("listen", str(exc)) from None
+        try:
+            parse_book(self.addresses)
+        except ValueError as exc:
+            raise OptionError("addresses", str(exc)) from None
+        for key in ("claim_bound_ms", "hello_interval_s", "down_after_s", "rate_per_s"):
+            if getattr(self, key) <= 0:
+                raise OptionError(key, "must be positive")
+        if self.down_after_s <= self.hello_interval_s:
+            raise OptionError("down_after_s", "must be longer than hello_interval_s")
+        if not 256 <= self.max_datagram <= 1200:
+            raise OptionError("max_datagram", "must be 256 to 1200 bytes")
+
+
+@dataclass(frozen=True)
 class LogSection:
     format: str = "auto"  # json under systemd (JOURNAL_STREAM set), text otherwise
     level: str = "INFO"  # DEBUG, INFO, WARNING, ERROR or CRITICAL; SIGHUP applies a change
@@ -224,6 +262,7 @@ class Config:
     sync: SyncSection = field(default_factory=SyncSection)
     watchdog: WatchdogSection = field(default_factory=WatchdogSection)
     log: LogSection = field(default_factory=LogSection)
+    peers: PeersSection = field(default_factory=PeersSection)
 
 
 SECTIONS: dict[str, type] = {
@@ -232,6 +271,7 @@ SECTIONS: dict[str, type] = {
     "sync": SyncSection,
     "watchdog": WatchdogSection,
     "log": LogSection,
+    "peers": PeersSection,
 }
 _HEADER = re.compile(r"^\s*\[(\[)?\s*([A-Za-z0-9_.-]+)\s*\]?\]\s*(#.*)?$")
 
@@ -331,6 +371,8 @@ def parse(doc: dict[str, Any], path: Path, text: str = "") -> Config:
         for key in ("name", "kind"):
             if not isinstance(raw.get(key), str) or not raw[key]:
                 raise fail("input", i, key, "is required (a string)")
+        if raw["name"] == "peers":  # the health line of the store peers
+            raise fail("input", i, "name", "'peers' is reserved for the store peers")
         if raw["name"] in names:
             raise fail("input", i, "name", f"'{raw['name']}' is used twice")
         names.add(raw["name"])

@@ -114,7 +114,10 @@ class Control:
                 result = d.sync.run_round()
                 return {"ok": True, "round": result.to_dict(), "status": d.sync_status()}
             return {"ok": True, "status": d.sync_status()}
-        raise ValueError(f"unknown op {op!r} (status, basket, decisions, sync)")
+        if op == "peers":
+            keys = d.peers.held_keys() if d.peers is not None else []
+            return {"ok": True, **d.peers_status(), "keys": keys}
+        raise ValueError(f"unknown op {op!r} (status, basket, decisions, sync, peers)")
 
 
 def request(data: Path, req: dict[str, Any], timeout: float = 35.0) -> dict[str, Any]:

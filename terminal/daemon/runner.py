@@ -28,6 +28,8 @@ from coupons.reasons import Reason
 from coupons.rules import Basket
 from drivers import registry
 from drivers.scan import DOWN, Driver, Scan
+from ports.scan import Health
+from sync.peers.service import PeerService
 from terminal.daemon import config as config_mod
 from terminal.daemon import control as control_mod
 from terminal.daemon import feedback, logs, sync_loop
@@ -73,6 +75,7 @@ class Daemon(DecisionChannel):
         self.control: Control | None = None
         self.kiosk: Any = None
         self.sync: sync_loop.SyncLoop | None = None
+        self.peers: PeerService | None = None
         self.listeners: list[Callable[[Published], None]] = []
         self.ignored = 0
         self._stop = threading.Event()
@@ -95,6 +98,7 @@ class Daemon(DecisionChannel):
         ]
         for out in self.outputs:
             out.start()
+        self._start_peers()  # before the inputs: the first scan can already claim
         self._start_inputs()
         self.control = Control(self, control_mod.socket_path(data))
         self.control.start()
@@ -109,6 +113,53 @@ class Daemon(DecisionChannel):
             len(self.outputs),
         )
         self.notifier.ready(f"ledger v{self.engine.ledger.version}")
+
+    def _start_peers(self) -> None:
+        """The store peers (docs/store-peers.md): without a device key, or switched off, the
+        engine keeps its NO_PEERS claimer and decides alone as before."""
+        cfg, engine, worker = self.cfg.peers, self.engine, self.worker
+        if not cfg.enabled or engine is None or worker is None:
+            return
+        try:
+            self.peers = PeerService.create(
+                cfg, Path(self.cfg.terminal.data), worker.submit, engine
+            )
+        except (OSError, ValueError) as exc:
+            log.error("peers: cannot listen on %s: %s; deciding alone", cfg.listen, exc)
+            self.peers = None
+        if self.peers is None:
+            return
+        # Class attributes on the Engine (coupons/engine.py): reload() re-runs __init__ and
+        # keeps what is set here.
+        setattr(engine, "claimer", self.peers)  # noqa: B010
+        setattr(engine, "claim_bound_s", cfg.claim_bound_ms / 1000)  # noqa: B010
+
+    def _stop_peers(self) -> None:
+        peers, self.peers = self.peers, None
+        if self.engine is not None:
+            from coupons.claims import NO_PEERS
+
+            setattr(self.engine, "claimer", NO_PEERS)  # noqa: B010
+        if peers is not None:
+            peers.stop()
+
+    def peers_status(self) -> JSONObject:
+        """All the kiosk reads of the store peers; `{"enabled": False}` when off."""
+        if self.peers is None:
+            return {"enabled": False, "terminal": self.engine.terminal if self.engine else None}
+        status: JSONObject = self.peers.status()
+        return status
+
+    def _peers_health(self) -> Health:
+        peers = self.peers
+        if peers is None:
+            return Health("stopped", "store peers off")
+        listed = [p for p in peers.status()["peers"] if not p["revoked"]]
+        if not listed:
+            return Health("degraded", "no tills of this store in the ledger yet")
+        up = sum(1 for p in listed if p["up"])
+        state = "ok" if up == len(listed) else "down" if up == 0 else "degraded"
+        return Health(state, f"{up} of {len(listed)} peers up")
 
     def _start_kiosk(self) -> None:
         """The cashier screen, manager dashboard and POS API. Enabled but not serving (a
@@ -174,6 +225,8 @@ class Daemon(DecisionChannel):
             producers.append(("kiosk", self.kiosk.stop))
         if self.control is not None:
             producers.append(("control socket", self.control.stop))
+        if self.peers is not None:  # claim() answers NO_PEERS at once from here on
+            producers.append(("peers", self._stop_peers))
         late = _in_parallel(producers, until)
         self.inputs = []
         drained = True
@@ -218,13 +271,16 @@ class Daemon(DecisionChannel):
         self._stop_inputs()
         for out in reversed(self.outputs):
             out.stop()
-        old_sync, self.cfg = self.cfg.sync, cfg
+        old_sync, old_peers, self.cfg = self.cfg.sync, self.cfg.peers, cfg
         assert self.worker is not None
         self.worker.stall_s = cfg.watchdog.engine_stall_s
         self.outputs = [feedback.create(o, cfg.terminal.lang) for o in cfg.outputs if o.enabled]
         for out in self.outputs:
             out.start()
         self._start_inputs()
+        if cfg.peers != old_peers:
+            self._stop_peers()
+            self._start_peers()
         if cfg.sync != old_sync:
             if self.sync is not None:
                 self.sync.stop()
@@ -382,6 +438,7 @@ class Daemon(DecisionChannel):
                 "pending": len(self.till.pending),
             },
             "sync": self.sync_status(brief=True),
+            "peers": self.peers_status(),
         }
 
     def sync_status(self, brief: bool = False) -> JSONObject:
@@ -404,7 +461,10 @@ class Daemon(DecisionChannel):
     # ------------------------------------------------------------------ supervision
 
     def health(self) -> dict[str, Mapping[str, object]]:
-        return {d.name: d.health().to_dict() for d in self.inputs}
+        lines: dict[str, Mapping[str, object]] = {d.name: d.health().to_dict() for d in self.inputs}
+        if self.cfg.peers.enabled:  # the name `peers` is reserved for this line
+            lines["peers"] = self._peers_health().to_dict()
+        return lines
 
     def input_states(self) -> dict[str, str]:
         """Each input's health state, as the sync client reports it to the central."""
