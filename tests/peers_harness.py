@@ -165,6 +165,7 @@ def build_store(
     campaign: dict[str, Any] | None = None,
     codes: bool = False,
     revoked: int = 0,
+    peers_extra: str = "",
 ) -> Store:
     """The central makes a campaign and its coupons (typed codes with `codes`: no signing
     cost for thousands) and enrolls n tills of S1, then `revoked` more that it revokes at
@@ -204,5 +205,7 @@ def build_store(
         t.token = pos_tills.issue(t.data, "till-1")
         others = [o for o in tills if o is not t]
         kiosk = f'\n[kiosk]\nhost = "127.0.0.1"\nport = {t.kiosk_port}\n'
-        t.cfg = write_config(t.data / "daemon.toml", t.data, kiosk + peers_config(t, others))
+        t.cfg = write_config(
+            t.data / "daemon.toml", t.data, kiosk + peers_config(t, others, peers_extra)
+        )
     return Store(central, tills, issued, answer.body, revoked_tills)

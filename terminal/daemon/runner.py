@@ -28,7 +28,6 @@ from coupons.reasons import Reason
 from coupons.rules import Basket
 from drivers import registry
 from drivers.scan import DOWN, Driver, Scan
-from ports.scan import Health
 from sync.peers.service import PeerService
 from terminal.daemon import config as config_mod
 from terminal.daemon import control as control_mod
@@ -36,6 +35,7 @@ from terminal.daemon import feedback, logs, sync_loop
 from terminal.daemon.control import Control
 from terminal.daemon.decisions import DecisionChannel, Published
 from terminal.daemon.notify import Notifier
+from terminal.daemon.peers import PeersPart
 from terminal.daemon.worker import EngineWorker
 
 if TYPE_CHECKING:  # the kiosk (and FastAPI) load only when it is enabled
@@ -58,7 +58,7 @@ class Till:
     pending: list[Scan] = field(default_factory=list)
 
 
-class Daemon(DecisionChannel):
+class Daemon(DecisionChannel, PeersPart):
     def __init__(
         self, cfg: config_mod.Config, clock: Clock, notifier: Notifier | None = None
     ) -> None:
@@ -75,7 +75,7 @@ class Daemon(DecisionChannel):
         self.control: Control | None = None
         self.kiosk: Any = None
         self.sync: sync_loop.SyncLoop | None = None
-        self.peers: PeerService | None = None
+        self.peers: PeerService | None = None  # terminal/daemon/peers.py
         self.listeners: list[Callable[[Published], None]] = []
         self.ignored = 0
         self._stop = threading.Event()
@@ -113,53 +113,6 @@ class Daemon(DecisionChannel):
             len(self.outputs),
         )
         self.notifier.ready(f"ledger v{self.engine.ledger.version}")
-
-    def _start_peers(self) -> None:
-        """The store peers (docs/store-peers.md): without a device key, or switched off, the
-        engine keeps its NO_PEERS claimer and decides alone as before."""
-        cfg, engine, worker = self.cfg.peers, self.engine, self.worker
-        if not cfg.enabled or engine is None or worker is None:
-            return
-        try:
-            self.peers = PeerService.create(
-                cfg, Path(self.cfg.terminal.data), worker.submit, engine
-            )
-        except (OSError, ValueError) as exc:
-            log.error("peers: cannot listen on %s: %s; deciding alone", cfg.listen, exc)
-            self.peers = None
-        if self.peers is None:
-            return
-        # Class attributes on the Engine (coupons/engine.py): reload() re-runs __init__ and
-        # keeps what is set here.
-        setattr(engine, "claimer", self.peers)  # noqa: B010
-        setattr(engine, "claim_bound_s", cfg.claim_bound_ms / 1000)  # noqa: B010
-
-    def _stop_peers(self) -> None:
-        peers, self.peers = self.peers, None
-        if self.engine is not None:
-            from coupons.claims import NO_PEERS
-
-            setattr(self.engine, "claimer", NO_PEERS)  # noqa: B010
-        if peers is not None:
-            peers.stop()
-
-    def peers_status(self) -> JSONObject:
-        """All the kiosk reads of the store peers; `{"enabled": False}` when off."""
-        if self.peers is None:
-            return {"enabled": False, "terminal": self.engine.terminal if self.engine else None}
-        status: JSONObject = self.peers.status()
-        return status
-
-    def _peers_health(self) -> Health:
-        peers = self.peers
-        if peers is None:
-            return Health("stopped", "store peers off")
-        listed = [p for p in peers.status()["peers"] if not p["revoked"]]
-        if not listed:
-            return Health("degraded", "no tills of this store in the ledger yet")
-        up = sum(1 for p in listed if p["up"])
-        state = "ok" if up == len(listed) else "down" if up == 0 else "degraded"
-        return Health(state, f"{up} of {len(listed)} peers up")
 
     def _start_kiosk(self) -> None:
         """The cashier screen, manager dashboard and POS API. Enabled but not serving (a
@@ -438,7 +391,7 @@ class Daemon(DecisionChannel):
                 "pending": len(self.till.pending),
             },
             "sync": self.sync_status(brief=True),
-            "peers": self.peers_status(),
+            "peers": self.peers_status_or_off(),
         }
 
     def sync_status(self, brief: bool = False) -> JSONObject:
