@@ -65,6 +65,7 @@ def run(size: int, coupons: int) -> dict[str, float]:
             if not up:
                 raise SystemExit(f"{size} tills: the peers never all came up")
             ns, accepted = [], 0
+            refused: dict[str, int] = {}
             for n, code in enumerate(store.coupons):
                 till = store.tills[n % size]
                 r = till.post(
@@ -82,13 +83,17 @@ def run(size: int, coupons: int) -> dict[str, float]:
                     headers=headers,
                 )
                 ns.append(time.perf_counter_ns() - start)
-                accepted += bool(r.json()["decision"]["accepted"])
+                decision = r.json()["decision"]
+                accepted += bool(decision["accepted"])
+                if not decision["accepted"]:
+                    refused[decision["reason"]] = refused.get(decision["reason"], 0) + 1
             claims, claim_mean, claim_p99 = _claim_figures(store.tills)
         finally:
             store.stop()
     figures = latency_summary(ns)
     print(
-        f"{size} tills: {coupons} coupons, {accepted} accepted; apply p50 {figures['p50']:.2f} ms, "
+        f"{size} tills: {coupons} coupons, {accepted} accepted (refused: {refused or 0}); "
+        f"apply p50 {figures['p50']:.2f} ms, "
         f"p99 {figures['p99']:.2f} ms, max {figures['max']:.2f} ms; claim round trip over "
         f"{claims} claims: mean {claim_mean:.2f} ms, p99 <= {claim_p99:.2f} ms",
         flush=True,
