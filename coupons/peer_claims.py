@@ -38,10 +38,10 @@ class PeerClaims(Checks):
     # claimer and bound must survive it. The daemon sets them on the instance.
     claimer: Claimer = NO_PEERS
     claim_bound_s: float = 0.15
-    # Also claim the per-customer and budget-count slots (the serial is always claimed). Off
-    # until the claimer walks slot+1..limit when a slot is held; `budget_minor` is never
-    # claimed: the central reconciles money budgets as before.
-    claim_counters: bool = False
+    # Also claim the per-customer and budget-count slots (the serial is always claimed; the
+    # claimer walks slot+1..limit when a slot is held). `budget_minor` is never claimed: the
+    # central reconciles money budgets as before. `[peers] claim_counters` switches it off.
+    claim_counters: bool = True
 
     if TYPE_CHECKING:
 

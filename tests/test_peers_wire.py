@@ -121,6 +121,38 @@ def test_a_counter_takes_the_next_free_slot(pair: Group) -> None:
     assert r.outcome is ClaimOutcome.HELD and r.key is not None and r.key.slot == 2
 
 
+def test_a_counter_slot_a_till_used_is_not_granted_to_it_again(pair: Group) -> None:
+    """A till that lost its own record of a customer's use (its peers.db gone) claims the
+    same slot again: the peer that saw the use says it is held by the claimant itself, and
+    the claim walks on to the next slot instead of counting one use twice."""
+    a, b = pair.svcs
+    slot1 = ClaimKey("customer", "C1", "cust-7", slot=1, limit=2)
+    r = claim(a, slot1)
+    a.settle(r, True, 1)
+    eventually(lambda: len(b.held_keys()) == 1)
+    with a._cond:
+        a.store.delete_keys([slot1], a.me, ("held",))
+    r = claim(a, slot1)
+    assert r.outcome is ClaimOutcome.GRANTED
+    slot2 = ClaimKey("customer", "C1", "cust-7", slot=2, limit=2)
+    assert [row.state for row in a.store.rows(slot2) if row.holder == a.me] == ["won"]
+    a.settle(r, True, 2)
+    r = claim(a, slot1)  # both slots used: the customer's limit is reached
+    assert r.outcome is ClaimOutcome.HELD and r.key == slot2 and r.holder == a.me
+
+
+def test_a_void_gives_back_the_counter_slots_of_its_claim(pair: Group) -> None:
+    a, b = pair.svcs
+    cust = ClaimKey("customer", "C1", "cust-8", slot=1, limit=1)
+    r = a.claim([serial("v1"), cust], time.monotonic() + BOUND_S)
+    a.settle(r, True, 1)
+    eventually(lambda: len(b.held_keys()) == 2)
+    assert claim(b, cust).outcome is ClaimOutcome.HELD
+    a.release([serial("v1")])  # the sale was voided: the engine names the serial
+    eventually(lambda: b.held_keys() == [])
+    assert claim(b, cust).outcome is ClaimOutcome.GRANTED
+
+
 def test_a_refused_sale_gives_its_grants_back(pair: Group) -> None:
     a, b = pair.svcs
     r = claim(a, serial("s2"))

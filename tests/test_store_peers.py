@@ -25,7 +25,14 @@ from sync.device import read_device_key  # noqa: E402
 from sync.peers import wire  # noqa: E402
 from terminal.daemon import control  # noqa: E402
 from tests.conftest import T0  # noqa: E402
-from tests.peers_harness import CLAIM_BOUND_MS, STORE, Store, Till, build_store  # noqa: E402
+from tests.peers_harness import (  # noqa: E402
+    BASKET,
+    CLAIM_BOUND_MS,
+    STORE,
+    Store,
+    Till,
+    build_store,
+)
 from tests.udpproxy import wait_for  # noqa: E402
 
 SCALE = float(os.environ.get("PEERS_TRIES_SCALE", "1"))
@@ -253,3 +260,30 @@ def test_forged_replayed_revoked_garbage_oversized_and_flooding_messages(
     assert a.apply(store.coupons[-4])["accepted"]
     again = a.apply(store.coupons[-4])
     assert not again["accepted"] and again["reason"] == "already_redeemed"
+
+
+def test_a_customer_limit_and_a_coupon_budget_hold_across_the_store(tmp_path: Path) -> None:
+    """One use per customer and three coupons in all: the tills count each other's uses."""
+    limits = {"uses_per_customer": 1, "budget_count": 3}
+    s = build_store(tmp_path, n=3, coupons=6, campaign=limits, codes=True)
+    try:
+        s.start()
+        assert wait_for(lambda: _all_up(s), 15), [_peers(t) for t in s.tills]
+        a, b, c = s.tills
+
+        def sale(ref: str) -> dict[str, Any]:
+            return {**BASKET, "customer": {"ref": ref}}
+
+        assert a.apply(s.coupons[0], sale("c0ffee01"))["accepted"]
+        time.sleep(0.2)
+        again = b.apply(s.coupons[1], sale("c0ffee01"))
+        assert not again["accepted"] and again["reason"] == "customer_limit", again
+        assert again["used_at"] == a.terminal, again
+        assert b.apply(s.coupons[2], sale("c0ffee02"))["accepted"]
+        assert c.apply(s.coupons[3], sale("c0ffee03"))["accepted"]
+        time.sleep(0.2)
+        over = a.apply(s.coupons[4], sale("c0ffee04"))  # the fourth coupon of a budget of 3
+        assert not over["accepted"] and over["reason"] == "budget_exhausted", over
+        assert over["used_at"] in (b.terminal, c.terminal), over
+    finally:
+        s.stop()

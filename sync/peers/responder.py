@@ -27,6 +27,10 @@ def on_claim(svc: PeerService, msg: wire.Message) -> None:
                 (mine and row.state in ("won", "held"))
                 or (mine and row.state == "pending" and (row.prio_ms, svc.me) < prio)
                 or (not mine and row.holder != msg.sender and row.state in ("used", "granted"))
+                # A counter slot the claimant itself used: after a restart it no longer
+                # knows its own slots (only serials are seeded from its journal), and
+                # granting it again would count one use twice. Held by itself, it walks on.
+                or (row.holder == msg.sender and row.state == "used" and k.kind != "serial")
             ):
                 svc.send(msg.sender, "held", _held(cid, row.holder, k))
                 return

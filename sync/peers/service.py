@@ -390,6 +390,9 @@ class PeerService:
             return
         try:
             with self._cond:
+                # The counter slots the same claim took go with the serial (a void gives
+                # the customer's use and the budget's back too).
+                keys = self.store.with_claim_mates(keys, self.me, ("held", "won"))
                 if not self.store.delete_keys(keys, self.me, ("held", "won")):
                     return
                 pseq = self.store.append("unused", keys, None, self.now_ms())

@@ -135,6 +135,29 @@ class PeerStore:
         with self._tx():
             return sum(self.db.execute(sql, (key_text(k), holder, *states)).rowcount for k in keys)
 
+    def with_claim_mates(
+        self, keys: Sequence[ClaimKey], holder: str, states: Sequence[str]
+    ) -> list[ClaimKey]:
+        """`keys`, and every other key `holder` took in the same claim as one of them (a
+        use's customer and budget slots beside its serial). Rows seeded at start share the
+        zero claim id and are not mates."""
+        out, seen = list(keys), {key_text(k) for k in keys}
+        marks = ",".join("?" * len(states))
+        for k in keys:
+            for row in self.rows(k):
+                if row.holder != holder or row.state not in states:
+                    continue
+                if row.claim_id.strip(b"\0") == b"":
+                    continue
+                sql = f"SELECT wire FROM claim WHERE claim_id = ? AND holder = ? AND state IN ({marks})"  # noqa: S608, E501
+                cur = self.db.execute(sql, (row.claim_id, holder, *states))
+                for (w,) in cur:
+                    mate = _key(w)
+                    if key_text(mate) not in seen:
+                        seen.add(key_text(mate))
+                        out.append(mate)
+        return out
+
     def held_set(self, me: str) -> list[str]:
         """The uses this till knows of: its own and the ones peers told it about."""
         cur = self.db.execute(

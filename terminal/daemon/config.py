@@ -205,6 +205,8 @@ class PeersSection:
     discovery: bool = True  # find the store's tills with mDNS (_redeem-peers._udp)
     # Longest a sale waits for the peers that are up; a silent peer never makes it longer.
     claim_bound_ms: float = 150.0
+    # Also claim per-customer limits and coupon-count budgets, not only single-use coupons.
+    claim_counters: bool = True
     hello_interval_s: float = 2.0
     down_after_s: float = 6.0  # a peer silent this long is down: claims stop waiting for it
     replay_window_s: float = 60.0  # messages further from our clock are refused as stale

@@ -47,6 +47,7 @@ class PeersPart:
         # keeps what is set here.
         engine.claimer = self.peers
         engine.claim_bound_s = cfg.claim_bound_ms / 1000
+        engine.claim_counters = cfg.claim_counters
 
     def _stop_peers(self) -> None:
         peers, self.peers = self.peers, None
