@@ -99,6 +99,7 @@ class PeerClaims(Checks):
             "asked": claim.asked,
             "answered": claim.answered,
             "unreachable": list(claim.unreachable),
+            "ms": round(claim.elapsed_s * 1000, 1),  # how long the sale waited on the peers
         }
 
     def _held_by_peer(self, coupon: Coupon, claim: ClaimResult, basket: Basket) -> Decision:

@@ -91,6 +91,27 @@ def add_problem_handlers(app: FastAPI, lang: Callable[[], str]) -> None:
     app.add_exception_handler(Exception, on_fault)
 
 
+def listen_tcp(host: str, port: int) -> socket.socket:
+    """A listening TCP socket whose connections send without Nagle's delay.
+
+    socket.create_server() makes a socket with protocol 0, and asyncio turns Nagle off only
+    on sockets that say IPPROTO_TCP: uvicorn then wrote each response's headers and body in
+    two segments, the body waiting for the client's delayed ACK, 40 ms on every answer of a
+    kept-alive connection (a POS apply took 48 ms instead of 7). Here the protocol is named
+    and TCP_NODELAY is set on the listener too (accepted sockets inherit it on Linux)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+        sock.listen(socket.SOMAXCONN)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class KioskServer:
     """uvicorn in a thread; stops with the daemon."""
 
@@ -111,10 +132,7 @@ class KioskServer:
         # Bound here, not in uvicorn's thread: a port in use or an address this machine
         # does not have is an OSError the daemon reports (and stops on), not a thread that
         # quietly dies.
-        self.sock = socket.create_server(
-            (host.strip("[]"), port),
-            family=socket.AF_INET6 if ":" in host else socket.AF_INET,
-        )
+        self.sock = listen_tcp(host.strip("[]"), port)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.sock]}, name="kiosk", daemon=True
         )

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import termios
+import threading
 import time
 from pathlib import Path
 
@@ -264,6 +265,10 @@ def write_scans(fifo: Path, *payloads: str, timeout: float = 15.0) -> None:
 
 
 class Running:
+    """A `redeem run` subprocess. Its output is read all the time by a thread: a daemon
+    logging a thousand decisions would otherwise fill the pipe (64 KB) and stop, mid-sale,
+    on its next log line (it did, in tests/test_store_peers.py)."""
+
     def __init__(self, cfg: Path, env: dict[str, str] | None = None) -> None:
         full = {**os.environ, "REDEEM_NOW": str(T0), "PYTHONPATH": str(REPO), **(env or {})}
         self.proc = subprocess.Popen(
@@ -274,6 +279,20 @@ class Running:
             stderr=subprocess.STDOUT,
             text=True,
         )
+        self._out: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._out.append(line)
+
+    def output(self, timeout: float = 10) -> str:
+        """Everything the daemon wrote, once it has exited."""
+        self.proc.wait(timeout)
+        self._reader.join(timeout)
+        return "".join(self._out)
 
     def wait_ready(self, data: Path) -> None:
         wait_for(lambda: (data / "control.sock").exists() and self.proc.poll() is None, 15)
@@ -281,8 +300,9 @@ class Running:
     def terminate(self) -> tuple[int, float, str]:
         start = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=10)
-        return self.proc.returncode, time.monotonic() - start, out
+        self.proc.wait(timeout=10)
+        elapsed = time.monotonic() - start
+        return self.proc.returncode, elapsed, self.output()
 
 
 def test_sigterm_stops_within_5s_and_loses_no_scan_in_flight(world: World, tmp_path: Path) -> None:
@@ -394,7 +414,7 @@ def test_an_input_that_keeps_failing_exhausts_the_budget_and_exits(
     )
     run = Running(cfg)
     code = run.proc.wait(timeout=20)
-    out = run.proc.stdout.read() if run.proc.stdout else ""
+    out = run.output()
     assert code == 3
     assert out.count("restarting input pipe") == 2 and "giving up" in out
 

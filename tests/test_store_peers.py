@@ -13,6 +13,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import pytest
 
 pytest.importorskip("sync.peers.service")  # until the transport (sync/peers) lands
 
+from coupons.ledger import Policy  # noqa: E402
 from sync.device import read_device_key  # noqa: E402
 from sync.peers import wire  # noqa: E402
 from terminal.daemon import control  # noqa: E402
@@ -74,7 +76,15 @@ def _peer_detail(till: Till) -> dict[str, Any]:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    s = build_store(tmp_path, coupons=APART_TRIES + RACE_TRIES + 20, codes=True, revoked=1)
+    # No velocity limits: a thousand sales at one instant (a FixedClock) would trip them, and
+    # a velocity refusal is not what these tests are about.
+    s = build_store(
+        tmp_path,
+        coupons=APART_TRIES + RACE_TRIES + 20,
+        codes=True,
+        revoked=1,
+        policy=Policy(burst_per_terminal=0, burst_per_cashier=0, burst_per_coupon=0),
+    )
     try:
         s.start()
         assert wait_for(lambda: _all_up(s), 15), [_peers(t) for t in s.tills]
@@ -105,18 +115,30 @@ def test_a_coupon_used_at_one_till_is_refused_at_another_a_second_later(store: S
 
 def test_two_tills_within_20_ms_never_both_accept(store: Store) -> None:
     codes = store.coupons[APART_TRIES:]
-    both = none = 0
+    both = none = retried_ok = 0
     lock = threading.Lock()
+    refusals: Counter[str] = Counter()
+    refused_again: list[tuple[str, str, dict[str, Any]]] = []
 
     def racer(pair: tuple[Till, Till], mine: list[str]) -> None:
         # Two races at a time, on two pairs of tills: every claim still goes to all four.
-        nonlocal both, none
+        nonlocal both, none, retried_ok
         for n, code in enumerate(mine):
             a, b = pair if n % 2 == 0 else pair[::-1]
-            accepted = [d for d in _race(a, b, code).values() if d["accepted"]]
+            decisions = _race(a, b, code).values()
+            accepted = [d for d in decisions if d["accepted"]]
             with lock:
                 both += len(accepted) == 2
                 none += not accepted
+                if not accepted:
+                    refusals.update(d["reason"] for d in decisions)
+            if not accepted:  # both gave way: the claims are given back, so a retry sells
+                time.sleep(0.3)
+                retry = a.apply(code)
+                with lock:
+                    retried_ok += bool(retry["accepted"])
+                    if not retry["accepted"]:
+                        refused_again.append((code, a.terminal, retry))
 
     t = store.tills
     racers = [
@@ -127,8 +149,12 @@ def test_two_tills_within_20_ms_never_both_accept(store: Store) -> None:
         r.start()
     for r in racers:
         r.join()
-    print(f"\n{RACE_TRIES} races within 20 ms: both accepted {both}, none accepted {none}")
+    print(
+        f"\n{RACE_TRIES} races within 20 ms: both accepted {both}, none accepted {none} "
+        f"({dict(refusals)})"
+    )
     assert both == 0
+    assert retried_ok == none, refused_again  # the cashier's second try is accepted
 
 
 def _race(a: Till, b: Till, code: str) -> dict[str, dict[str, Any]]:
@@ -172,17 +198,23 @@ def test_a_partitioned_peer_never_delays_a_sale_beyond_the_bound(store: Store) -
     a, _, _, d = store.tills
     bound_s = CLAIM_BOUND_MS / 1000
     store.partition(d)
-    times = []
-    for code in store.coupons[-6:-3]:  # the first waits for D (still "up"), later ones not
+    times, waits = [], []
+    for code in store.coupons[-6:-3]:  # each waits for D (still "up") until it is down
         start = time.monotonic()
         assert a.apply(code)["accepted"]
         times.append(time.monotonic() - start)
+        waits.append(_peer_detail(a)["ms"] / 1000)
     assert wait_for(lambda: not _up(a, d.terminal), 15)
     start = time.monotonic()
     assert a.apply(store.coupons[-3])["accepted"]
     times.append(time.monotonic() - start)
+    waits.append(_peer_detail(a)["ms"] / 1000)
     assert d.apply(store.coupons[-2])["accepted"]  # D alone: it sells on, as offline today
-    print(f"\nsales at A with D partitioned (bound {bound_s:.3f} s): {times}")
+    print(f"\nsales at A with D partitioned (bound {bound_s:.3f} s): {times}, claims {waits}")
+    # The claim inside the sale (the journal's `peer.ms`) keeps to the bound within a
+    # scheduler's tick; the whole sale (two HTTP requests) gets slack for a loaded machine.
+    assert max(waits) <= bound_s + 0.05, waits
+    assert waits[-1] < bound_s / 2, waits  # D is down: nobody waits for it
     assert max(times) <= bound_s + SLACK_S
     store.heal(d)
 

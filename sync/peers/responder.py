@@ -49,10 +49,15 @@ def on_claim(svc: PeerService, msg: wire.Message) -> None:
 
 
 def on_grant(svc: PeerService, msg: wire.Message) -> None:
-    rnd = svc.rounds.get(bytes(msg.body["re"]))
+    cid = bytes(msg.body["re"])
+    rnd = svc.rounds.get(cid)
     if rnd is not None and msg.sender in rnd.targets:
         rnd.answered.add(msg.sender)
         rnd.granted.add(msg.sender)
+    elif rnd is None and not svc.store.states_of(cid, svc.me) & {"won", "held"}:
+        # A grant for a claim we gave up (refused, or a resend that crossed our release):
+        # give it back, or that peer would hold the coupon for us forever.
+        svc.send(msg.sender, "release", {"re": cid})
 
 
 def on_held(svc: PeerService, msg: wire.Message) -> None:

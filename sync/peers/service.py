@@ -325,7 +325,9 @@ class PeerService:
         states = self.store.states_of(rnd.id, self.me)
         if rnd.held is not None or "yielded" in states or not states:
             self.store.delete_claim(rnd.id, self.me, ("pending", "yielded"))
-            for peer in rnd.granted:
+            # To every peer asked, not only those whose grant is in: a grant still on its
+            # way would otherwise stick there, and the coupon stay refused at every till.
+            for peer in rnd.targets:
                 self.send(peer, "release", {"re": rnd.id})
             yielded = rnd.held is None
             self.claims["yielded" if yielded else "held"] += 1
