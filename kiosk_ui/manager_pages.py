@@ -200,10 +200,25 @@ def devices(status: daemon_port.Status, lang: str) -> list[dict[str, str]]:
             "name": name,
             "state": str(h.get("state") or ""),
             "text": device_state(h.get("state"), lang),
-            "detail": str(h.get("detail") or ""),
+            "detail": health_detail(h, lang),
         }
         for name, h in (status.get("inputs") or {}).items()
     ]
+
+
+def health_detail(h: Mapping[str, object], lang: str) -> str:
+    """A device's detail: in the page's language when the line gave its words (the store
+    peers' do), else as the driver wrote it (a technical note, shown small)."""
+    message = h.get("message")
+    if isinstance(message, Mapping) and isinstance(message.get("id"), str):
+        words = message.get("words")
+        try:
+            return translate(str(message["id"]), lang).format_map(
+                words if isinstance(words, Mapping) else {}
+            )
+        except (KeyError, ValueError, IndexError):  # a catalog entry that lost a field
+            pass
+    return str(h.get("detail") or "")
 
 
 def peers_view(peers: Mapping[str, object], lang: str) -> dict[str, object] | None:

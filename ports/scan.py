@@ -37,14 +37,20 @@ class Health:
     detail: str = ""
     since: float = 0.0
     counters: Mapping[str, int] = field(default_factory=dict)
+    # With `words`, `detail` is a marked message (coupons.i18n.N_) to fill with these: the
+    # kiosk shows it in the manager's language, everyone else reads it filled in English.
+    words: Mapping[str, int | str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "state": self.state,
-            "detail": self.detail,
+            "detail": self.detail if self.words is None else self.detail.format_map(self.words),
             "since": self.since,
             "counters": dict(self.counters),
         }
+        if self.words is not None:
+            out["message"] = {"id": self.detail, "words": dict(self.words)}
+        return out
 
 
 class Driver(Protocol):

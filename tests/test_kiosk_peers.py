@@ -111,3 +111,17 @@ def test_a_daemon_without_peers_shows_no_store_group(kiosk: Kiosk) -> None:
             assert page.status_code == 200 and 'id="peers"' not in page.text
             metrics = httpx.get(kiosk.url + "/metrics").text
             assert "redeem_device_up" in metrics and "redeem_peer_" not in metrics
+
+
+def test_the_store_group_health_line_is_in_the_managers_language(kiosk: Kiosk) -> None:
+    from ports.scan import Health
+    from terminal.daemon.peers import PEERS_UP
+
+    inputs = kiosk.daemon.health
+    line = Health("degraded", PEERS_UP, words={"up": 1, "listed": 2}).to_dict()
+    assert line["detail"] == "1 of 2 peers up"  # what logs, the CLI and the central read
+    kiosk.daemon.health = lambda: {**inputs(), "peers": line}  # type: ignore[method-assign]
+    with client(kiosk.url) as c:
+        login(c)
+        assert "1 of 2 peers up" in c.get("/manager").text
+        assert "2 台收银台中 1 台在线" in c.get("/manager?lang=zh_CN").text

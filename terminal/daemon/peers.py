@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from coupons.i18n import N_
 from coupons.jsontypes import JSONObject
 from ports.scan import Health
 from sync.peers.service import PeerService
@@ -17,6 +18,11 @@ if TYPE_CHECKING:
     from terminal.daemon.worker import EngineWorker
 
 log = logging.getLogger(__name__)
+
+# The health line's words (the kiosk shows them in the manager's language).
+PEERS_OFF = N_("store peers off")
+NO_TILLS_LISTED = N_("no tills of this store in the ledger yet")
+PEERS_UP = N_("{up} of {listed} peers up")
 
 
 class PeersPart:
@@ -68,13 +74,13 @@ class PeersPart:
     def _peers_health(self) -> Health:
         peers = self.peers
         if peers is None:
-            return Health("stopped", "store peers off")
+            return Health("stopped", PEERS_OFF, words={})
         listed = [p for p in peers.status()["peers"] if not p["revoked"]]
         if not listed:
-            return Health("degraded", "no tills of this store in the ledger yet")
+            return Health("degraded", NO_TILLS_LISTED, words={})
         up = sum(1 for p in listed if p["up"])
         state = "ok" if up == len(listed) else "down" if up == 0 else "degraded"
-        return Health(state, f"{up} of {len(listed)} peers up")
+        return Health(state, PEERS_UP, words={"up": up, "listed": len(listed)})
 
     def peers_status_or_off(self) -> JSONObject:
         """`peers_status()`, or off with the reason when it cannot be read (a status page
