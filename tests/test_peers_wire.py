@@ -318,6 +318,38 @@ def test_a_flood_is_rate_limited(tmp_path: Path) -> None:
         g.close()
 
 
+def test_claims_left_in_flight_are_capped_below_the_rate(tmp_path: Path) -> None:
+    """Claims at 25 a second (a quarter of the rate) that are never used nor released: after
+    MAX_GRANTS_IN_FLIGHT the claimant is a flood, however slowly it sends. (S1-002's own
+    service is stopped: the key is a stolen one, and a live S1-002 would give back grants
+    for claims it never made.)"""
+    from sync.peers.responder import MAX_GRANTS_IN_FLIGHT
+
+    g = Group(tmp_path, 2)
+    try:
+        a, kb = g.svcs[0], g.keys[1]
+        g.svcs[1].stop()
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tx.bind(("127.0.0.52", 0))
+        for n in range(MAX_GRANTS_IN_FLIGHT + 8):
+            claim_fields = {
+                "id": wire.new_claim_id(),
+                "prio": [int(time.time() * 1000), "S1-002"],
+                "keys": [["serial", "C1", f"slow-{n}", 1, 1]],
+            }
+            at = int(time.time() * 1000)
+            datagram = wire.encode(kb, "claim", "S1-002", "S1-001", "S1", at, claim_fields)
+            tx.sendto(datagram, a.address)
+            time.sleep(0.04)
+        eventually(lambda: a.status()["dropped"]["rate_limited"] >= 8)
+        assert any(k == "peer_flood" for k, _ in a.flags)
+        with a._cond:
+            assert a.store.grants_in_flight("S1-002", 0) == MAX_GRANTS_IN_FLIGHT
+        tx.close()
+    finally:
+        g.close()
+
+
 def test_oversized_messages_are_not_sent() -> None:
     key = cose.SigningKey.generate()
     with pytest.raises(wire.WireError) as err:

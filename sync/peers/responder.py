@@ -17,9 +17,21 @@ log = logging.getLogger(__name__)
 EVENTS_PER_BATCH = 16
 
 
+# Claims one peer may have in flight here (granted, neither used nor released) within the
+# replay window. A till rings up one sale at a time and settles each claim in milliseconds;
+# a flood is over this whatever pace this till's disk takes the claims in (each grant is
+# fsynced, so a slow disk paces a flood under the per-peer rate).
+MAX_GRANTS_IN_FLIGHT = 32
+
+
 def on_claim(svc: PeerService, msg: wire.Message) -> None:
     cid, keys = bytes(msg.body["id"]), wire.keys_from_wire(msg.body["keys"])
     prio = (int(msg.body["prio"][0]), msg.sender)
+    since = svc.now_ms() - int(svc.cfg.replay_window_s * 1000)
+    if svc.store.grants_in_flight(msg.sender, since) >= MAX_GRANTS_IN_FLIGHT:
+        svc.dropped["rate_limited"] += 1
+        svc.flag("peer_flood", msg.sender, {"in_flight": MAX_GRANTS_IN_FLIGHT})
+        return
     for k in keys:
         for row in svc.store.rows(k):
             mine = row.holder == svc.me

@@ -135,6 +135,16 @@ class PeerStore:
         with self._tx():
             return sum(self.db.execute(sql, (key_text(k), holder, *states)).rowcount for k in keys)
 
+    def grants_in_flight(self, holder: str, since_ms: int) -> int:
+        """Claims of `holder` we granted since `since_ms` that it has neither used nor
+        released."""
+        row = self.db.execute(
+            "SELECT count(DISTINCT claim_id) FROM claim WHERE holder = ? AND state = 'granted' "
+            "AND at_ms >= ?",
+            (holder, since_ms),
+        ).fetchone()
+        return int(row[0])
+
     def with_claim_mates(
         self, keys: Sequence[ClaimKey], holder: str, states: Sequence[str]
     ) -> list[ClaimKey]:
