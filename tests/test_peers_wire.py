@@ -415,3 +415,47 @@ def test_the_daemon_runs_its_peer_service(tmp_path: Path) -> None:
     finally:
         daemon.stop()
     assert daemon.peers is None
+
+
+# discovery ------------------------------------------------------------------------------
+def test_discovery_adds_only_listed_tills_of_our_store(pair: Group) -> None:
+    """What mDNS announces goes through the same filter as any hint: another store's till,
+    a till the ledger does not list and one the config already names are left out. (No
+    multicast here: the tests send nothing beyond 127.0.0.0/8, so the announcements are
+    zeroconf's own ServiceInfo records handed to the browser's callback.)"""
+    import zeroconf
+
+    from sync.peers import discovery
+
+    a, b = pair.svcs
+    a.book.pop(b.me)
+
+    def announced(terminal: str, store: str, host: str) -> zeroconf.ServiceInfo:
+        return zeroconf.ServiceInfo(
+            discovery.SERVICE_TYPE,
+            f"{terminal}.{discovery.SERVICE_TYPE}",
+            addresses=[socket.inet_aton(host)],
+            port=7311,
+            properties={"v": "1", "store": store, "terminal": terminal},
+        )
+
+    records = {
+        "other-store": announced("S2-001", "S2", "127.0.0.61"),
+        "unlisted": announced("S1-099", "S1", "127.0.0.62"),
+        "ours": announced(b.me, "S1", "127.0.0.63"),
+    }
+
+    class Network:  # the outermost edge: what a Zeroconf would have read off the LAN
+        def get_service_info(self, _type: str, name: str, timeout: int) -> object:
+            return records[name]
+
+    found = discovery.Discovery.__new__(discovery.Discovery)
+    found._zc_mod, found.service, found.configured = zeroconf, a, set()
+    added = zeroconf.ServiceStateChange.Added
+    for name in records:
+        found._changed(Network(), discovery.SERVICE_TYPE, name, added)
+    assert a.book == {b.me: ("127.0.0.63", 7311)}
+    found.configured = {b.me}  # an address in the config wins over an announcement
+    records["ours"] = announced(b.me, "S1", "127.0.0.64")
+    found._changed(Network(), discovery.SERVICE_TYPE, "ours", added)
+    assert a.book[b.me] == ("127.0.0.63", 7311)
