@@ -276,6 +276,28 @@ def running_central(backend: str, work: Path, clock: Clock | None = None) -> Ite
             postgres.drop_database(database)
 
 
+class Drained:
+    """A child's pipe read all the time by a thread, so a chatty process never blocks on a
+    full pipe (64 KB; the till daemons did, tests/test_daemon.py `Running`). `read()` waits
+    for the end of the stream, as the pipe's own would."""
+
+    def __init__(self, pipe: Any) -> None:
+        self._pipe, self._lines = pipe, []
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        for line in self._pipe:
+            self._lines.append(line)
+
+    def read(self) -> str:
+        self._thread.join(30)
+        return "".join(self._lines)
+
+    def close(self) -> None:
+        self._pipe.close()
+
+
 def serve_process(
     data: Path,
     database: str | None,
@@ -307,6 +329,7 @@ def serve_process(
         stderr=subprocess.PIPE,
         text=True,
     )
+    proc.stderr = Drained(proc.stderr)  # type: ignore[assignment]
     url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     verify: Any = str(tls[0]) if tls else True
     deadline = time.monotonic() + 20
