@@ -89,7 +89,7 @@ def test_a_peer_hold_refuses_with_the_till_that_holds_it(world: World, peers: Fa
     assert json.loads(flag.detail)["about_seq"] == d.journal_seq
     assert flag.serial == key_of(tok) and "S1-002" in json.loads(flag.detail)["detail"]
     peer = detail_of(d.journal_seq)["peer"]
-    assert peer == {"holder": "S1-002", "asked": 2, "answered": 2, "unreachable": []}
+    assert peer == {"holder": "S1-002", "asked": 2, "answered": 2, "unreachable": [], "ms": 0.0}
     (keys,) = peers.claims
     assert keys == [ClaimKey("serial", "TEN", key_of(tok), 1, 1)]
     assert peers.in_transaction_at_claim == [True]  # inside the attempt: _decide ran once
@@ -141,6 +141,7 @@ def test_a_granted_claim_accepts_and_is_settled_once_after_commit(
         "asked": 2,
         "answered": 2,
         "unreachable": [],
+        "ms": 0.0,  # how long the sale waited on the peers (this claimer answers at once)
     }
     ((result, accepted, seq, visible),) = peers.settled
     assert result.outcome is ClaimOutcome.GRANTED and accepted and seq == d.journal_seq
