@@ -303,6 +303,24 @@ def test_hostile_datagrams_are_dropped_and_counted(tmp_path: Path) -> None:
         g.close()
 
 
+def test_a_use_out_of_order_is_not_applied_but_asked_for_again(pair: Group) -> None:
+    """A `used` whose number skips ahead of what we have from that peer is dropped and
+    counted (`out_of_order`), and the peer's outbox is synced from where we are: what its
+    real events say is what we hold, not the stray message."""
+    a, b = pair.svcs
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.bind(("127.0.0.53", 0))
+    stray = {"pseq": 5, "keys": [["serial", "C1", "ooo", 1, 1]], "seq": 9}
+    at = int(time.time() * 1000)
+    tx.sendto(wire.encode(pair.keys[1], "used", b.me, a.me, "S1", at, stray), a.address)
+    eventually(lambda: a.status()["dropped"]["out_of_order"] == 1)
+    r = claim(b, serial("real"))  # b's own first use: its outbox's event 1
+    b.settle(r, True, 1)
+    eventually(lambda: a.held_keys() == b.held_keys() and len(a.held_keys()) == 1)
+    assert "ooo" not in " ".join(a.held_keys())
+    tx.close()
+
+
 def test_a_flood_is_rate_limited(tmp_path: Path) -> None:
     g = Group(tmp_path, 2)
     try:
