@@ -17,7 +17,7 @@ from coupons.claims import ClaimKey, ClaimOutcome, ClaimResult, PeerRecord
 from coupons.clock import Clock, SystemClock
 from sync.peers import responder, wire
 from sync.peers.limits import Buckets, Histogram, SeenCache, Throttle
-from sync.peers.store import PeerStore, digest, key_text
+from sync.peers.store import PeerStore, digest
 
 log = logging.getLogger(__name__)
 Submit = Callable[[Callable[[Any], Any]], Any]
@@ -159,33 +159,14 @@ class PeerService:
         `won` claim stays when the sale committed before the crash (the journal's live uses
         say so) and goes otherwise; live uses missing here are added."""
         with self._cond:
-            cur = self.store.db.execute(
-                "SELECT DISTINCT claim_id FROM claim WHERE holder = ? AND state IN "
-                "('pending', 'yielded')",
-                (self.me,),
-            )
-            dropped = [bytes(c) for (c,) in cur]
-            for cid in dropped:
-                self.store.delete_claim(cid, self.me, ("pending", "yielded"))
+            dropped = self.store.drop_unfinished(self.me)
         live = self._engine_call(lambda e: e.live_claim_keys())
         if not isinstance(live, list | tuple | set | frozenset):
             return dropped
         live_keys = [k for k in live if isinstance(k, ClaimKey)]
-        now = self.now_ms()
         with self._cond:
-            live_text = {key_text(k) for k in live_keys}
-            cur = self.store.db.execute(
-                "SELECT DISTINCT claim_id, key FROM claim WHERE holder = ? AND state = 'won'",
-                (self.me,),
-            )
-            for cid, text in list(cur):
-                if text.startswith("serial\x1f") and text not in live_text:
-                    dropped.append(bytes(cid))
-                    self.store.delete_claim(bytes(cid), self.me, ("won",))
-            new = [k for k in live_keys if not any(r.holder == self.me for r in self.store.rows(k))]
-            if new:
-                self.store.put(new, self.me, "held", b"\0" * wire.ID_LEN, now, now)
-                self.store.append("used", new, None, now)
+            dropped += self.store.drop_unsold(self.me, live_keys)
+            self.store.seed(self.me, live_keys, self.now_ms())
         return dropped
 
     def _engine_call(self, job: Callable[[Any], Any]) -> Any:

@@ -168,6 +168,40 @@ class PeerStore:
                         out.append(mate)
         return out
 
+    # recovery after a crash (PeerService._recover) -----------------------------------------
+    def drop_unfinished(self, me: str) -> list[bytes]:
+        """Our rounds a crash cut short (pending, yielded): deleted; their claim ids."""
+        cur = self.db.execute(
+            "SELECT DISTINCT claim_id FROM claim WHERE holder = ? AND state IN "
+            "('pending', 'yielded')",
+            (me,),
+        )
+        dropped = [bytes(c) for (c,) in cur]
+        for cid in dropped:
+            self.delete_claim(cid, me, ("pending", "yielded"))
+        return dropped
+
+    def drop_unsold(self, me: str, live: Sequence[ClaimKey]) -> list[bytes]:
+        """Our `won` claims whose serial is no live use in the journal (the sale never
+        committed): deleted; their claim ids."""
+        live_text = {key_text(k) for k in live}
+        cur = self.db.execute(
+            "SELECT DISTINCT claim_id, key FROM claim WHERE holder = ? AND state = 'won'", (me,)
+        )
+        dropped = []
+        for cid, text in list(cur):
+            if text.startswith("serial\x1f") and text not in live_text:
+                dropped.append(bytes(cid))
+                self.delete_claim(bytes(cid), me, ("won",))
+        return dropped
+
+    def seed(self, me: str, live: Sequence[ClaimKey], now: int) -> None:
+        """The journal's live uses we hold no row for: held, and in the outbox as `used`."""
+        new = [k for k in live if not any(r.holder == me for r in self.rows(k))]
+        if new:
+            self.put(new, me, "held", b"\0" * wire.ID_LEN, now, now)
+            self.append("used", new, None, now)
+
     def held_set(self, me: str) -> list[str]:
         """The uses this till knows of: its own and the ones peers told it about."""
         cur = self.db.execute(
