@@ -52,7 +52,7 @@ nginx:
 test: venv postgres nginx
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(PY) -m tests.postgres run -- $(VENV)/bin/pytest
+	$(PY) -m tests.postgres run -- $(VENV)/bin/pytest -n 2
 
 # The full reliability suite (tests/reliability): 50 power-cut rounds, storage and clock
 # faults, and over 1,000,000 fuzzed inputs. `make test` runs a short version of each.
