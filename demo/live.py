@@ -4,6 +4,7 @@ and reading the decisions the daemon publishes over its control socket."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -65,6 +66,52 @@ def tag_message(token: str) -> bytes:
     return b"".join(ndef.message_encoder([ndef.Record(COUPON_MIME, "", token.encode())]))
 
 
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def peers_section(listen: int, others: dict[str, int]) -> str:
+    """`[peers]` for a till of the demo's store group: its UDP port on loopback and the
+    other tills' (docs/store-peers.md); no mDNS, the addresses are given."""
+    book = ", ".join(f'"{t}@127.0.0.1:{port}"' for t, port in others.items())
+    return (
+        f'[peers]\nenabled = true\nlisten = "127.0.0.1:{listen}"\naddresses = [{book}]\n'
+        "discovery = false\n"
+    )
+
+
+def write_till_c(path: Path, till: Path, kiosk_port: int, central: str, peers: str) -> Path:
+    """Terminal C: the till beside A, rung up through its POS API, in A's store group."""
+    path.write_text(f"""# Terminal C of the demo: written by demo/live.py
+[terminal]
+data = "{till}"
+lang = "en"
+mode = "standalone"
+currency = "CNY"
+cashier = "C21"
+
+[kiosk]
+host = "127.0.0.1"
+port = {kiosk_port}
+
+[sync]
+central = "{central}"
+interval_s = 30
+retry_base_s = 2
+max_backoff_s = 10
+connect_timeout_s = 2
+read_timeout_s = 10
+
+{peers}
+[log]
+format = "text"
+level = "WARNING"
+""")
+    return path
+
+
 def write_config(
     path: Path,
     till: Path,
@@ -73,6 +120,7 @@ def write_config(
     scanner: Path,
     kiosk_port: int,
     central: str,
+    peers: str = "",
 ) -> Path:
     path.write_text(f"""# Terminal A of the demo: written by demo/live.py
 [terminal]
@@ -114,6 +162,7 @@ max_backoff_s = 10
 connect_timeout_s = 2
 read_timeout_s = 10
 
+{peers}
 [log]
 format = "text"
 level = "WARNING"

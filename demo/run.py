@@ -1,7 +1,8 @@
-"""`make demo` (`python -m demo.run`): one command starts the central service, enrolls two
+"""`make demo` (`python -m demo.run`): one command starts the central service, enrolls three
 tills, runs terminal A as the real daemon with a simulated camera (a generated video), an
-NFC reader (nfcpy's udp: emulation) and a serial scanner (a pty), serves its kiosk, and
-plays a day of shopping with an offline period and a double redemption caught at sync.
+NFC reader (nfcpy's udp: emulation) and a serial scanner (a pty), serves its kiosk, runs
+terminal C as a second daemon in A's store group, and plays a day of shopping with an
+offline period: C refuses what A took, and a double redemption at B is caught at sync.
 Then it keeps the kiosk up until Ctrl-C (not with --no-wait or DEMO_WAIT=0).
 
 Everything is written under ./demo-out/ (wiped first). Every process runs on the real
@@ -38,7 +39,7 @@ from terminal.daemon import control
 OUT = Path("demo-out")
 CAMPAIGNS = Path(__file__).with_name("campaigns.toml")
 STORE = "SH-PD-001"
-ISSUE = {"SPEND100": 5, "PCT15": 3, "NEW10": 1, "TOTE200": 2, "FLASH": 1}
+ISSUE = {"SPEND100": 6, "PCT15": 3, "NEW10": 1, "TOTE200": 2, "FLASH": 1}
 CENTRAL_PORT = 8700
 
 
@@ -213,9 +214,9 @@ def enroll(central: Path, url: str, till: Path, fingerprint: str) -> str:
 # ---------------------------------------------------------------- terminal A
 
 
-def start_daemon(children: Children, cfg: Path, till: Path) -> Child:
+def start_daemon(children: Children, cfg: Path, till: Path, name: str = "daemon") -> Child:
     child = children.start(
-        "daemon", [*TOOLS["redeem"], "run", "--config", str(cfg)], clean_env(), OUT / "daemon.log"
+        name, [*TOOLS["redeem"], "run", "--config", str(cfg)], clean_env(), OUT / f"{name}.log"
     )
     deadline = time.monotonic() + 20
     while True:
@@ -225,7 +226,7 @@ def start_daemon(children: Children, cfg: Path, till: Path) -> Child:
         except (OSError, ValueError):
             pass
         if child.proc.poll() is not None or time.monotonic() > deadline:
-            raise DemoFailed(f"the daemon did not start; see {OUT}/daemon.log")
+            raise DemoFailed(f"the {name} did not start; see {OUT}/{name}.log")
         time.sleep(0.05)
 
 
@@ -252,7 +253,7 @@ def summary(day: Day, report: dict[str, Any], central_dir: Path) -> None:
             f"    terminal {till} {t['terminal']}: {t['redemptions']} redemptions, "
             f"{yuan(t['discount_minor'])} off",
         )
-    for till in ("A", "B"):
+    for till in ("A", "B", "C"):
         reasons = ", ".join(f"{r} x{n}" for r, n in sorted(day.refusals[till].items()))
         say("", f"    refused at {till}: {reasons or 'none'}")
     kinds = report["open_flags_by_kind"]
@@ -261,7 +262,7 @@ def summary(day: Day, report: dict[str, Any], central_dir: Path) -> None:
         "    fraud flags at the central: "
         + ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items())),
     )
-    for till in ("A", "B"):
+    for till in ("A", "B", "C"):
         s = day.backlog(till)
         say(
             "",
@@ -290,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         OUT.mkdir()
         out = OUT.resolve()
         central_dir, a, b = out / "central", out / "terminal-a", out / "terminal-b"
-        print(f"edge-redeem demo: store {STORE}, two tills, one central; output in {out}/")
+        c = out / "terminal-c"
+        print(f"edge-redeem demo: store {STORE}, three tills, one central; output in {out}/")
         coupons, fingerprint = set_up_central(central_dir)
         port = args.central_port if port_free(args.central_port) else free_port()
         holder: dict[str, Child] = {}
@@ -299,10 +301,13 @@ def main(argv: list[str] | None = None) -> int:
         console_password = console_login(central_dir, url)
         names = {"A": enroll(central_dir, url, a, fingerprint)}
         names["B"] = enroll(central_dir, url, b, fingerprint)
+        names["C"] = enroll(central_dir, url, c, fingerprint)
 
         pin = f"{secrets.randbelow(10**6):06d}"
         run("redeem", "manager", "set-pin", "--data", str(a), env=clean_env(REDEEM_MANAGER_PIN=pin))
         pos_token = run_json("redeem", "pos-token", "--data", str(a), "--till", "pos-1")["token"]
+        c_token = run_json("redeem", "pos-token", "--data", str(c), "--till", "pos-2")["token"]
+        udp = {"A": live.free_udp_port(), "C": live.free_udp_port()}
 
         shown = [coupons["SPEND100"][0], "https://shop.example.com/menu", coupons["PCT15"][0]]
         video, frames = live.make_video(out / "video", shown)
@@ -313,10 +318,15 @@ def main(argv: list[str] | None = None) -> int:
         tag.remove()  # on the counter, not on the reader yet
         scanner = Pty(out / "scanner")
         kport = kiosk_port(args.kiosk_port)
+        peers_a = live.peers_section(udp["A"], {names["C"]: udp["C"]})
         cfg = live.write_config(
-            out / "terminal-a.toml", a, video, tag.port, scanner.path, kport, url
+            out / "terminal-a.toml", a, video, tag.port, scanner.path, kport, url, peers_a
         )
         daemon = start_daemon(children, cfg, a)
+        c_port = free_port()
+        peers_c = live.peers_section(udp["C"], {names["A"]: udp["A"]})
+        cfg_c = live.write_till_c(out / "terminal-c.toml", c, c_port, url, peers_c)
+        daemon_c = start_daemon(children, cfg_c, c, "daemon-c")
         kiosk = f"http://127.0.0.1:{kport}"
         say(
             "setup",
@@ -324,13 +334,19 @@ def main(argv: list[str] | None = None) -> int:
             f"({frames} frames at {live.FPS} fps), NFC on udp:127.0.0.1:{tag.port}, "
             f"scanner on {scanner.path}",
         )
+        say(
+            "setup",
+            f"redeem run --config {cfg_c} (pid {daemon_c.pid}): terminal C, POS API on "
+            f"127.0.0.1:{c_port}; A and C are a store group (UDP {udp['A']} and {udp['C']})",
+        )
         print(
             "\n"
             + "=" * 72
             + f"\n  Kiosk (terminal A):  {kiosk}/\n  Manager dashboard:   {kiosk}/manager"
             + f"\n  Manager PIN:         {pin}\n"
             + "=" * 72
-            + f"\npids: central {holder['central'].pid} daemon {daemon.pid}\n",
+            + f"\npids: central {holder['central'].pid} daemon {daemon.pid} "
+            + f"daemon-c {daemon_c.pid}\n",
             flush=True,
         )
 
@@ -362,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
             scanner=scanner,
             kiosk_url=kiosk,
             pos_token=pos_token,
+            c=c,
+            c_url=f"http://127.0.0.1:{c_port}",
+            c_token=c_token,
             central_down=central_down,
             central_up=central_up,
         )
@@ -383,7 +402,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{why}: stopping", flush=True)
     except (DemoFailed, TimeoutError, OSError, ValueError, requests.RequestException) as exc:
         print(f"demo failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        print(f"(logs: {OUT}/central.log, {OUT}/daemon.log)", file=sys.stderr, flush=True)
+        print(
+            f"(logs: {OUT}/central.log, {OUT}/daemon.log, {OUT}/daemon-c.log)",
+            file=sys.stderr,
+            flush=True,
+        )
         code = 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut cleanup

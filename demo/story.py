@@ -1,8 +1,10 @@
-"""The scripted day at two tills of one store: terminal A is the real daemon (camera, NFC,
-serial scanner, kiosk and POS API), terminal B a second till driven through `redeem redeem`
-and `redeem sync --once`. The central goes away in the middle of the day; both tills keep
-redeeming, and the same single-use coupon is accepted at both. When the central is back,
-reconciliation catches it."""
+"""The scripted day at three tills of one store: terminal A is the real daemon (camera, NFC,
+serial scanner, kiosk and POS API), terminal B a till driven through `redeem redeem` and
+`redeem sync --once`, terminal C a second daemon beside A, rung up through its POS API. A
+and C form a store group (docs/store-peers.md); B is not in it. The central goes away in the
+middle of the day; the tills keep redeeming. C refuses a coupon A has just taken, asking A
+over the store LAN; B, alone, accepts the same single-use coupon as A, and reconciliation
+catches it when the central is back."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from demo.live import Decisions
 from demo.tools import DemoFailed, run_json, say, yuan
 from drivers.nfc.emulator import Type2Tag
 from drivers.scanner.pty import Pty
+from terminal.daemon import control
 
 
 def tamper_one_char(token: str) -> str:
@@ -58,12 +61,15 @@ class Day:
     scanner: Pty
     kiosk_url: str
     pos_token: str
+    c: Path  # terminal C's data directory (its own daemon)
+    c_url: str  # terminal C's kiosk and POS API
+    c_token: str
     central_down: Callable[[], None]
     central_up: Callable[[], None]
     phase: str = "morning"
     number: int = 0
     refusals: dict[str, Counter[str]] = field(
-        default_factory=lambda: {"A": Counter(), "B": Counter()}
+        default_factory=lambda: {"A": Counter(), "B": Counter(), "C": Counter()}
     )
     outcomes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
@@ -112,15 +118,22 @@ class Day:
         return self.show("A", "serial", label, self.decisions.next("hand-scanner")["decision"])
 
     def pos(
-        self, path: str, body: dict[str, Any] | None = None, method: str = "POST"
+        self,
+        path: str,
+        body: dict[str, Any] | None = None,
+        method: str = "POST",
+        till: str = "A",
     ) -> dict[str, Any]:
-        """One call to terminal A's POS API as the till software makes it (its bearer
-        token, a fresh idempotency key per state change)."""
+        """One call to a till's POS API (A's, or C's) as the till software makes it (its
+        bearer token, a fresh idempotency key per state change)."""
+        token, base = (
+            (self.c_token, self.c_url) if till == "C" else (self.pos_token, self.kiosk_url)
+        )
         headers = {
-            "Authorization": f"Bearer {self.pos_token}",
+            "Authorization": f"Bearer {token}",
             "Idempotency-Key": uuid.uuid4().hex,
         }
-        url = f"{self.kiosk_url}/api/v1{path}"
+        url = f"{base}/api/v1{path}"
         r = requests.request(method, url, json=body, headers=headers, timeout=10)
         if r.status_code >= 400:
             raise DemoFailed(f"POS API {path}: {r.status_code} {r.text}")
@@ -178,6 +191,42 @@ class Day:
             self.show("A", "pos-api", "payment done: commit the held coupons", paid, "PAID"), "ok"
         )
 
+    # ------------------------------------------------------------------ terminal C
+
+    def till_c(self, label: str, total: int, token: str) -> dict[str, Any]:
+        basket = {"currency": "CNY", "total_minor": total}
+        cid = self.pos("/checkouts", {"basket": basket, "cashier": "C21"}, till="C")["checkout_id"]
+        applied = self.pos(f"/checkouts/{cid}/coupons", {"code": token}, till="C")
+        return self.show("C", "pos-api", label, applied["decision"])
+
+    def store_group(self, timeout_s: float = 30.0) -> None:
+        """Wait until A and C hear each other (each lists the other in its ledger, and its
+        hellos arrive); a sync round brings a ledger that lists a till enrolled later."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            up = {t: self._peers_up(t) for t in ("A", "C")}
+            if up["A"] and up["C"]:
+                say(
+                    self.phase,
+                    f"    store group: A ({self.names['A']}) and C ({self.names['C']}) hear "
+                    "each other on the store LAN (signed UDP); B is not in it",
+                )
+                return
+            if time.monotonic() > deadline:
+                raise DemoFailed(f"tills A and C never formed their store group: {up}")
+            for t in ("A", "C"):
+                if not up[t]:
+                    self._round(t)
+            time.sleep(0.5)
+
+    def _peers_up(self, till: str) -> bool:
+        other = self.names["C" if till == "A" else "A"]
+        status = control.request(self._data(till), {"op": "peers"}, timeout=5)
+        return any(p["terminal"] == other and p["up"] for p in status.get("peers") or [])
+
+    def _data(self, till: str) -> Path:
+        return {"A": self.a, "B": self.b, "C": self.c}[till]
+
     # ------------------------------------------------------------------ terminal B
 
     def till_b(self, label: str, total: int, token: str) -> dict[str, Any]:
@@ -216,8 +265,7 @@ class Day:
             time.sleep(0.2)
 
     def _round(self, till: str) -> dict[str, Any]:
-        data = self.a if till == "A" else self.b
-        r = run_json("redeem", "sync", "--once", "--data", str(data), ok_codes=(0, 1))
+        r = run_json("redeem", "sync", "--once", "--data", str(self._data(till)), ok_codes=(0, 1))
         return r  # type: ignore[no-any-return]
 
     def _show_round(self, till: str, r: dict[str, Any]) -> dict[str, Any]:
@@ -238,7 +286,7 @@ class Day:
         return r
 
     def backlog(self, till: str) -> dict[str, Any]:
-        data = self.a if till == "A" else self.b
+        data = self._data(till)
         return run_json("redeem", "sync", "status", "--data", str(data))  # type: ignore[no-any-return]
 
 
@@ -247,6 +295,7 @@ def play(day: Day, central_report: Callable[[], dict[str, Any]]) -> dict[str, An
     c = day.coupons
     spend, pct = c["SPEND100"], c["PCT15"]
     x, y = spend[2], spend[3]  # x: redeemed twice while offline; y: once, at B
+    z = spend[5]  # z: taken at A while offline, refused at C (A's store group)
 
     def ok(d: dict[str, Any]) -> None:
         day.expect(d, "ok")
@@ -267,9 +316,11 @@ def play(day: Day, central_report: Callable[[], dict[str, Any]]) -> dict[str, An
     ok(day.till_b("the same TOTE200, now a ¥236.00 sale", 23600, tote[0]))
     no(day.till_b("FLASH coupon outside its flash-sale hours", 18800, flash[0]), "outside_hours")
     ok(day.till_b("SPEND100 at the second till, ¥200.00", 20000, spend[4]))
-    say(day.phase, "    both tills sync with the central (online):")
+    say(day.phase, "    the tills sync with the central (online):")
     day.sync("A")
     day.sync("B")
+    day.sync("C")
+    day.store_group()
     say(day.phase, "    the central publishes the next ledger version; B pulls it:")
     day.sync_new_ledger("B")
     used = day.till_b("the SPEND100 from step 1 (used at A), ¥160.00", 16000, spend[0])
@@ -283,11 +334,14 @@ def play(day: Day, central_report: Callable[[], dict[str, Any]]) -> dict[str, An
     ok(day.serial("SPEND100 coupon X, ¥168.00 sale", 16800, x))
     ok(day.till_b("the SAME coupon X at the second till, ¥120.00", 12000, x))
     ok(day.till_b("SPEND100 coupon Y, ¥300.00", 30000, y))
-    waiting = {t: day.backlog(t)["backlog"] for t in ("A", "B")}
+    ok(day.serial("SPEND100 coupon Z, ¥150.00 sale", 15000, z))
+    no(day.till_c("the SAME coupon Z at till C, beside A", 15000, z), "already_redeemed")
+    waiting = {t: day.backlog(t)["backlog"] for t in ("A", "B", "C")}
     say(
         day.phase,
-        f"    both tills accepted coupon X (the offline trade-off); waiting to sync: "
-        f"A {entries(waiting['A'])}, B {entries(waiting['B'])}",
+        "    A and B both accepted coupon X (B is in no store group: the offline trade-off); "
+        "C asked A before accepting coupon Z and refused it; waiting to sync: "
+        f"A {entries(waiting['A'])}, B {entries(waiting['B'])}, C {entries(waiting['C'])}",
     )
 
     day.phase = "online"
@@ -311,9 +365,10 @@ def play(day: Day, central_report: Callable[[], dict[str, Any]]) -> dict[str, An
     no(day.serial("coupon X a third time, ¥168.00", 16800, x), "already_redeemed")
     no(day.serial("coupon Y (used offline at B), ¥300.00", 30000, y), "already_redeemed")
     no(day.till_b("coupon X again at the second till, ¥120.00", 12000, x), "already_redeemed")
-    say(day.phase, "    closing: both tills sync")
+    say(day.phase, "    closing: the tills sync")
     day.sync("A")
     day.sync("B")
+    day.sync("C")
     return {"serial_x": serial_x}
 
 

@@ -167,7 +167,7 @@ def test_demo_day_ends_in_the_console(
     assert redeemed and int(redeemed.group(1)) >= 5, today
     assert re.search(r"\d+\.\d\d", redeemed.group(2)), today  # money in major units
     assert "double_redemption" in step(out, "    fraud desk: ")
-    assert re.search(r"fleet: 2 terminals \(\S+, \S+\)", step(out, "    fleet: "))
+    assert re.search(r"fleet: 3 terminals \(\S+, \S+, \S+\)", step(out, "    fleet: "))
     kept = cwd / "demo-out" / "console"
     for page in ("report", "flags", "fleet"):
         assert 'id="viewer"' in (kept / f"{page}.html").read_text(encoding="utf-8")
@@ -213,6 +213,11 @@ def test_the_double_redemption_offline_is_caught_at_sync(
     assert "FAILED (network)" in step(out, "offline      sync A")
     assert "ACCEPTED" in step(out, "A serial  SPEND100 coupon X")
     assert "ACCEPTED" in step(out, "B cli     the SAME coupon X")
+    # C is in A's store group: offline, it asks A and refuses what A has just taken.
+    assert "ACCEPTED" in step(out, "A serial  SPEND100 coupon Z")
+    refused_at_c = step(out, "C pos-api the SAME coupon Z")
+    assert "REFUSED   already_redeemed" in refused_at_c
+    assert re.search(r"already used at till \S+-001\.", refused_at_c), refused_at_c
     assert "FRAUD FLAG double_redemption of coupon X" in out
     assert "REFUSED   already_redeemed" in step(out, "coupon X a third time")
     assert "REFUSED   already_redeemed" in step(out, "coupon Y (used offline at B)")
@@ -223,15 +228,18 @@ def test_the_summary_comes_from_the_central_and_the_tills(
     demo: tuple[subprocess.CompletedProcess[str], Path],
 ) -> None:
     out = demo[0].stdout
-    assert re.search(r"terminal A SH-PD-001-001: 8 redemptions, ¥160\.00 off", out)
+    assert re.search(r"terminal A SH-PD-001-001: 9 redemptions, ¥180\.00 off", out)
     assert re.search(r"terminal B SH-PD-001-002: 4 redemptions, ¥60\.00 off", out)
     assert "refused at A: already_redeemed x2, bad_signature x1" in out
     assert "refused at B: already_redeemed x2, below_minimum x1, outside_hours x1" in out
+    assert "refused at C: already_redeemed x1" in out  # coupon Z, which A holds
     flags = step(out, "fraud flags at the central")
     assert "double_redemption x1" in flags and "forged_token x1" in flags
     assert re.search(r"sync A: backlog 0, .* clock ok", out)
     assert re.search(r"sync B: backlog 0, .* clock ok", out)
+    assert re.search(r"sync C: backlog 0, .* clock ok", out)
     assert re.search(r"daemon \(pid \d+\) exited 0", out)
+    assert re.search(r"daemon-c \(pid \d+\) exited 0", out)
 
 
 def test_demo_writes_its_artefacts_under_the_working_directory(
@@ -240,7 +248,7 @@ def test_demo_writes_its_artefacts_under_the_working_directory(
     _, cwd = demo
     out = cwd / "demo-out"
     assert not (out / "stale-file").exists()  # wiped at start
-    assert len((out / "coupons" / "SPEND100" / "tokens.txt").read_text().splitlines()) == 5
+    assert len((out / "coupons" / "SPEND100" / "tokens.txt").read_text().splitlines()) == 6
     assert list((out / "coupons" / "SPEND100").glob("*.png"))
     assert (out / "video" / "counter.avi").stat().st_size > 0  # what the camera played
     assert (out / "central" / "trust-anchor.json").exists()
