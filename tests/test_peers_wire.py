@@ -248,6 +248,26 @@ def test_grants_survive_a_restart(pair: Group) -> None:
         assert again.outcome is ClaimOutcome.HELD and again.holder == b.me, key
 
 
+def test_a_release_lost_while_a_peer_was_down_is_sent_when_it_is_back(pair: Group) -> None:
+    """A restarts with a claim a crash cut short (b granted it) while b is down too: the
+    release A sends at start is lost. It is sent again when b is next heard from, so b
+    does not hold the coupon for A for ever."""
+    a, b = pair.svcs
+    key = serial("lost")
+    r = claim(a, key)
+    assert r.outcome is ClaimOutcome.GRANTED  # b durably granted it
+    with a._cond:
+        a.store.set_state(r.claim_id, a.me, "pending")  # as if A died inside the round
+    port_a, port_b = a.address[1], b.address[1]
+    a.stop()
+    b.stop()
+    a = pair.svcs[0] = pair.open(0, port_a)  # its release at start reaches nobody
+    b = pair.svcs[1] = pair.open(1, port_b)
+    assert claim(b, key).outcome is ClaimOutcome.HELD  # b still holds it for A
+    b.book[a.me], a.book[b.me] = a.address, b.address
+    eventually(lambda: claim(b, key).outcome is ClaimOutcome.GRANTED)
+
+
 # hostile datagrams -------------------------------------------------------------------
 def craft(key: cose.SigningKey, sender: str, **over: object) -> bytes:
     doc: dict[str, object] = {

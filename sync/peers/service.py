@@ -92,6 +92,9 @@ class PeerService:
         self.rounds: dict[bytes, _Round] = {}
         self._settling: dict[bytes, tuple[ClaimKey, ...]] = {}
         self._seen_at: dict[str, float] = {}
+        # Claims a crash cut short, whose `release` each peer is still owed: sent again the
+        # first time that peer is heard from (it may have been down when we restarted).
+        self._owed: dict[str, list[bytes]] = {}
         self._rtt: dict[str, float] = {}
         self._last_exchange: dict[str, int] = {}
         self.dropped = dict.fromkeys(DROPS, 0)
@@ -127,8 +130,10 @@ class PeerService:
             t.start()
             self._threads.append(t)
         with self._cond:
-            for cid in dropped:  # best effort: a peer that misses it keeps refusing (safe)
+            for cid in dropped:
                 self._broadcast("release", {"re": cid})
+            if dropped:
+                self._owed = {t: list(dropped) for t in self.members() if t != self.me}
 
     @property
     def address(self) -> tuple[str, int]:
@@ -443,6 +448,8 @@ class PeerService:
             raise wire.WireError("rate_limited", f"{sender} over its rate")
         with self._cond:
             self._seen_at[sender] = now
+            for cid in self._owed.pop(sender, ()):
+                self.send(sender, "release", {"re": cid})
             self._last_exchange[sender] = self.now_ms()
             responder.HANDLERS[msg.t](self, msg)
             self._cond.notify_all()
