@@ -279,23 +279,34 @@ def running_central(backend: str, work: Path, clock: Clock | None = None) -> Ite
 class Drained:
     """A child's pipe read all the time by a thread, so a chatty process never blocks on a
     full pipe (64 KB; the till daemons did, tests/test_daemon.py `Running`). `read()` waits
-    for the end of the stream, as the pipe's own would."""
+    for the end of the stream, as the pipe's own would; `lines` and `tail()` show what came
+    so far."""
 
     def __init__(self, pipe: Any) -> None:
-        self._pipe, self._lines = pipe, []
+        self._pipe = pipe
+        self.lines: list[str] = []
         self._thread = threading.Thread(target=self._drain, daemon=True)
         self._thread.start()
 
     def _drain(self) -> None:
         for line in self._pipe:
-            self._lines.append(line)
+            self.lines.append(line.rstrip())
 
     def read(self) -> str:
         self._thread.join(30)
-        return "".join(self._lines)
+        return "".join(line + "\n" for line in self.lines)
+
+    def tail(self, n: int = 20) -> str:
+        return "\n".join(self.lines[-n:])
 
     def close(self) -> None:
         self._pipe.close()
+
+
+def stderr_of(proc: Any) -> Drained:
+    """The drained stderr of a process `serve_process` started."""
+    assert isinstance(proc.stderr, Drained)
+    return proc.stderr
 
 
 def serve_process(

@@ -40,7 +40,15 @@ from sync.central.models import JournalRow, ScopeRow
 from sync.central.store import Central
 from sync.http import CentralLink, Link, SyncError
 from tests import master_key, postgres
-from tests.central_server import ROOT, Running, chain, database_for, serve_process
+from tests.central_server import (
+    ROOT,
+    Drained,
+    Running,
+    chain,
+    database_for,
+    serve_process,
+    stderr_of,
+)
 
 CONF = ROOT / "deploy" / "nginx" / "edge-redeem-central.conf"
 STORES = ["S1", "S2", "S3", "S4"]
@@ -127,25 +135,8 @@ http {{
 """
 
 
-class Drain:
-    """A child's stderr read in a thread: a pipe nobody reads would stall the child."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.lines: list[str] = []
-        self.thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
-        self.thread.start()
-
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            self.lines.append(line.rstrip())
-
-    def tail(self, n: int = 20) -> str:
-        return "\n".join(self.lines[-n:])
-
-
 @contextmanager
-def nginx(work: Path, instances: list[int]) -> Iterator[tuple[str, Path, Drain]]:
+def nginx(work: Path, instances: list[int]) -> Iterator[tuple[str, Path, Drained]]:
     """nginx in the foreground on a free port of 127.0.0.1: (its URL, access log, stderr)."""
     binary = nginx_binary()
     prefix = work / "nginx"
@@ -160,7 +151,7 @@ def nginx(work: Path, instances: list[int]) -> Iterator[tuple[str, Path, Drain]]
         stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
-    drain = Drain(proc)
+    drain = Drained(proc.stderr)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
@@ -187,7 +178,7 @@ def nginx(work: Path, instances: list[int]) -> Iterator[tuple[str, Path, Drain]]
 class Instance:
     proc: subprocess.Popen[str]
     url: str
-    drain: Drain
+    drain: Drained
 
     @property
     def port(self) -> int:
@@ -379,7 +370,7 @@ def test_fleet_through_nginx_survives_an_instance_killed(tmp_path: Path) -> None
             central.add_campaign({"id": f"ST-{store}", **fixed, "stores": [store]})
         for name in ("a", "b"):
             proc, url = serve_process(data, database, {"REDEEM_CENTRAL_INSTANCE_ID": name})
-            instances.append(Instance(proc, url, Drain(proc)))
+            instances.append(Instance(proc, url, stderr_of(proc)))
         running = Running(central, instances[0].url, SystemClock(), data, database, tmp_path)
         running.wait_published()  # every store's scope exists before its tills pull
         anchor = TrustAnchor.load(data / "trust-anchor.json")
