@@ -72,6 +72,8 @@ bench: venv postgres
 	$(PY) bench/ledger.py
 	$(PY) bench/ledger_scope.py
 	$(PY) bench/token_size.py
+	$(PY) bench/nfc_tag_size.py
+	$(PY) bench/ledger_import_limits.py
 	$(PY) bench/journal_start.py
 	$(PY) bench/decode.py
 	$(PY) bench/scan_latency.py
@@ -79,8 +81,9 @@ bench: venv postgres
 	$(PY) -m tests.postgres run -- $(PY) bench/sync.py
 	$(PY) -m tests.postgres run -- $(PY) bench/fleet.py
 	$(PY) bench/issue.py
-	$(PY) -m tests.postgres run -- $(PY) bench/fleet.py
 	$(PY) bench/issue.py --ingest
+	$(PY) bench/pos_api.py
+	$(PY) bench/peers.py
 	$(PY) bench/systemd_security.py
 
 # Mutation testing of the core's decision functions (mutmut, 2 workers; about 50 min here):
