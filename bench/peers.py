@@ -20,10 +20,8 @@ Goal (issue 16): scan-to-decision p99 under 15 ms with 4 peers.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,30 +35,13 @@ from bench._world import goal, machine, percentile, scratch  # noqa: E402
 WARMUP_S = 5.0
 
 
-def _write_frames(frames: Path, tokens: list[str], blanks: int) -> None:
-    import cv2
-    import numpy as np
-
-    from bench.scan_latency import frame_with
-
-    frames.mkdir()
-    blank = np.full((480, 640), 190, dtype=np.uint8)
-    n = 0
-    for _ in range(blanks):
-        cv2.imwrite(str(frames / f"{n:05d}.png"), blank)
-        n += 1
-    for token in tokens:
-        cv2.imwrite(str(frames / f"{n:05d}.png"), frame_with(token))
-        n += 1
-
-
 def run(peers: int, scans: int, fps: float) -> dict[str, Any]:
+    from bench.scan_latency import DecisionTimer, write_frames
     from coupons.claims import ClaimResult
     from coupons.clock import FixedClock
     from coupons.ledger import Policy
-    from coupons.rules import Basket
     from terminal.daemon import config as config_mod
-    from terminal.daemon.runner import Daemon, Published
+    from terminal.daemon.runner import Daemon
     from tests.conftest import T0
     from tests.peers_harness import build_store
 
@@ -69,36 +50,20 @@ def run(peers: int, scans: int, fps: float) -> dict[str, Any]:
         store = build_store(root, n=peers + 1, coupons=scans, policy=no_bursts)
         me, others = store.tills[0], store.tills[1:]
         frames = root / "frames"
-        _write_frames(frames, store.coupons, int(fps * WARMUP_S))
+        write_frames(frames, store.coupons, int(fps * WARMUP_S))
         assert me.cfg is not None
-        me.cfg.write_text(
-            me.cfg.read_text()
-            + f'\n[[input]]\nname = "cam"\nkind = "camera"\nsource = "{frames}/%05d.png"\n'
+        camera = (
+            f'\n[[input]]\nname = "cam"\nkind = "camera"\nsource = "{frames}/%05d.png"\n'
             f"fps = {fps}\ndebounce_s = 0.0\n"
         )
         text = me.cfg.read_text().replace('format = "json"', 'format = "text"\nlevel = "WARNING"')
-        me.cfg.write_text(text)
+        me.cfg.write_text(text + camera)
         for t in others:
             t.start()
         daemon = Daemon(config_mod.load(me.cfg), FixedClock(T0))
-        latencies: list[float] = []
+        timer = DecisionTimer(daemon, scans)
         claims: list[tuple[float, int]] = []  # (elapsed s, peers that answered)
-        outcomes: dict[str, int] = {}
-        done = threading.Event()
-        basket = Basket.from_dict({"currency": "CNY", "total_minor": 12800})
-
-        def on_decision(pub: Published) -> None:
-            if pub.decision is None:
-                return
-            latencies.append(pub.latency_s)
-            reason = pub.decision.reason.value
-            outcomes[reason] = outcomes.get(reason, 0) + 1
-            daemon.start_sale(basket)  # the cashier rings up the next shopper
-            if len(latencies) >= scans:
-                done.set()
-
         try:
-            daemon.listeners.append(on_decision)
             daemon.start()  # the camera shows blank frames for WARMUP_S: the peers meet
             if daemon.peers is None:
                 raise SystemExit("the measured till has no peer service")
@@ -110,12 +75,12 @@ def run(peers: int, scans: int, fps: float) -> dict[str, Any]:
                 return result
 
             daemon.peers.claim = timed_claim  # type: ignore[method-assign]
-            daemon.set_basket(basket)
-            done.wait(scans / fps * 3 + WARMUP_S + 60)
+            daemon.set_basket(timer.basket)
+            timer.done.wait(scans / fps * 3 + WARMUP_S + 60)
         finally:
             daemon.stop()
             store.stop()
-    return _report(peers, scans, fps, latencies, claims, outcomes)
+    return _report(peers, scans, fps, timer.latencies, claims, timer.outcomes)
 
 
 def _report(
@@ -151,13 +116,6 @@ def main() -> None:
     ap.add_argument("--sizes", default="2,4,8")
     ap.add_argument("--fps", type=float, default=50.0)
     args = ap.parse_args()
-    try:
-        built = importlib.util.find_spec("sync.peers.service") is not None
-    except ModuleNotFoundError:  # no sync.peers package at all
-        built = False
-    if not built:
-        print("store peers are not built yet (no sync.peers.service): nothing to measure")
-        return
     print(f"bench/peers.py: {machine()}")
     start = time.monotonic()
     results = {int(s): run(int(s), args.scans, args.fps) for s in args.sizes.split(",")}

@@ -10,6 +10,7 @@ the decoder to the decision being published. Goal: p99 under 15 ms.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import threading
@@ -48,6 +49,39 @@ def frame_with(text: str) -> np.ndarray:
     return frame
 
 
+def write_frames(frames: Path, tokens: list[str], blanks: int = 15) -> None:
+    """An image sequence for cv2.VideoCapture: `blanks` empty counters, then one frame per
+    coupon."""
+    frames.mkdir()
+    blank = np.full((480, 640), 190, dtype=np.uint8)
+    shown = itertools.chain([blank] * blanks, (frame_with(token) for token in tokens))
+    for n, frame in enumerate(shown):  # one frame in memory at a time
+        cv2.imwrite(str(frames / f"{n:05d}.png"), frame)
+
+
+class DecisionTimer:
+    """A daemon listener: the latency and reason of each decision the daemon publishes, a
+    new sale rung up after each (the cashier's next shopper), `done` after `want`."""
+
+    def __init__(self, daemon: Daemon, want: int) -> None:
+        self.daemon, self.want = daemon, want
+        self.basket = Basket.from_dict({"currency": "CNY", "total_minor": 12800})
+        self.latencies: list[float] = []
+        self.outcomes: dict[str, int] = {}
+        self.done = threading.Event()
+        daemon.listeners.append(self)
+
+    def __call__(self, pub: Published) -> None:
+        if pub.decision is None:
+            return
+        self.latencies.append(pub.latency_s)
+        reason = pub.decision.reason.value
+        self.outcomes[reason] = self.outcomes.get(reason, 0) + 1
+        self.daemon.start_sale(self.basket)
+        if len(self.latencies) >= self.want:
+            self.done.set()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--scans", type=int, default=1000)
@@ -72,19 +106,7 @@ def main() -> None:
         tokens = [i.token for i in issued]  # type: ignore[attr-defined]
         data = terminal_for_daemon(root, clock, central)
         frames = root / "frames"
-        frames.mkdir()
-
-        def write_frames() -> None:
-            n = 0
-            blank = np.full((480, 640), 190, dtype=np.uint8)
-            for _ in range(15):
-                cv2.imwrite(str(frames / f"{n:05d}.png"), blank)
-                n += 1
-            for token in tokens:
-                cv2.imwrite(str(frames / f"{n:05d}.png"), frame_with(token))
-                n += 1
-
-        timed(f"write {args.scans} frames", write_frames)
+        timed(f"write {args.scans} frames", lambda: write_frames(frames, tokens))
         cfg_path = root / "daemon.toml"
         cfg_path.write_text(f"""
 [terminal]
@@ -99,28 +121,14 @@ debounce_s = 0.0
 level = "WARNING"
 """)
         daemon = Daemon(config_mod.load(cfg_path), clock)
-        latencies: list[float] = []
-        outcomes: dict[str, int] = {}
-        done = threading.Event()
-        basket = Basket.from_dict({"currency": "CNY", "total_minor": 12800})
-
-        def on_decision(pub: Published) -> None:
-            if pub.decision is None:
-                return
-            latencies.append(pub.latency_s)
-            reason = pub.decision.reason.value
-            outcomes[reason] = outcomes.get(reason, 0) + 1
-            daemon.start_sale(basket)  # the cashier rings up the next shopper
-            if len(latencies) >= args.scans:
-                done.set()
-
-        daemon.listeners.append(on_decision)
+        timer = DecisionTimer(daemon, args.scans)
         started = time.monotonic()
         daemon.start()
-        daemon.set_basket(basket)
-        done.wait(args.scans / args.fps * 3 + 30)
+        daemon.set_basket(timer.basket)
+        timer.done.wait(args.scans / args.fps * 3 + 30)
         wall = time.monotonic() - started
         daemon.stop()
+    latencies, outcomes = timer.latencies, timer.outcomes
     ms = sorted(x * 1000 for x in latencies)
     print(
         f"\n{len(ms)} decisions in {wall:.1f} s from a camera paced at {args.fps:g} fps "

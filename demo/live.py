@@ -82,16 +82,20 @@ def peers_section(listen: int, others: dict[str, int]) -> str:
     )
 
 
-def write_till_c(path: Path, till: Path, kiosk_port: int, central: str, peers: str) -> Path:
-    """Terminal C: the till beside A, rung up through its POS API, in A's store group."""
-    path.write_text(f"""# Terminal C of the demo: written by demo/live.py
+def _write_till(
+    path: Path, name: str, till: Path, cashier: str, body: str, kiosk_port: int, central: str,
+    peers: str,
+) -> Path:  # fmt: skip
+    """A till's daemon config: `body` holds its inputs and outputs (none for a till rung up
+    through its POS API only)."""
+    path.write_text(f"""# Terminal {name} of the demo: written by demo/live.py
 [terminal]
 data = "{till}"
 lang = "en"
 mode = "standalone"
 currency = "CNY"
-cashier = "C21"
-
+cashier = "{cashier}"
+{body}
 [kiosk]
 host = "127.0.0.1"
 port = {kiosk_port}
@@ -112,6 +116,11 @@ level = "WARNING"
     return path
 
 
+def write_till_c(path: Path, till: Path, kiosk_port: int, central: str, peers: str) -> Path:
+    """Terminal C: the till beside A, rung up through its POS API, in A's store group."""
+    return _write_till(path, "C", till, "C21", "", kiosk_port, central, peers)
+
+
 def write_config(
     path: Path,
     till: Path,
@@ -122,14 +131,7 @@ def write_config(
     central: str,
     peers: str = "",
 ) -> Path:
-    path.write_text(f"""# Terminal A of the demo: written by demo/live.py
-[terminal]
-data = "{till}"
-lang = "en"
-mode = "standalone"
-currency = "CNY"
-cashier = "C07"
-
+    devices = f"""
 [[input]]
 name = "counter-camera"
 kind = "camera"
@@ -149,25 +151,8 @@ port = "{scanner}"
 [[output]]
 name = "log"
 kind = "log"
-
-[kiosk]
-host = "127.0.0.1"
-port = {kiosk_port}
-
-[sync]
-central = "{central}"
-interval_s = 30
-retry_base_s = 2
-max_backoff_s = 10
-connect_timeout_s = 2
-read_timeout_s = 10
-
-{peers}
-[log]
-format = "text"
-level = "WARNING"
-""")
-    return path
+"""
+    return _write_till(path, "A", till, "C07", devices, kiosk_port, central, peers)
 
 
 class Decisions:

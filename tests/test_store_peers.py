@@ -21,14 +21,12 @@ from typing import Any
 import httpx
 import pytest
 
-pytest.importorskip("sync.peers.service")  # until the transport (sync/peers) lands
-
-from coupons.ledger import Policy  # noqa: E402
-from sync.device import read_device_key  # noqa: E402
-from sync.peers import wire  # noqa: E402
-from terminal.daemon import control  # noqa: E402
-from tests.conftest import T0  # noqa: E402
-from tests.peers_harness import (  # noqa: E402
+from coupons.ledger import Policy
+from sync.device import read_device_key
+from sync.peers import wire
+from terminal.daemon import control
+from tests.conftest import T0
+from tests.peers_harness import (
     BASKET,
     CLAIM_BOUND_MS,
     STORE,
@@ -36,7 +34,7 @@ from tests.peers_harness import (  # noqa: E402
     Till,
     build_store,
 )
-from tests.udpproxy import wait_for  # noqa: E402
+from tests.udpproxy import wait_for
 
 SCALE = float(os.environ.get("PEERS_TRIES_SCALE", "1"))
 APART_TRIES = max(2, int(100 * SCALE))

@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS claim (
   prio_ms INTEGER NOT NULL, at_ms INTEGER NOT NULL, wire BLOB NOT NULL,
   PRIMARY KEY (key, holder));
 CREATE INDEX IF NOT EXISTS claim_id ON claim (claim_id);
+CREATE INDEX IF NOT EXISTS claim_holder ON claim (holder, state, at_ms);
 CREATE TABLE IF NOT EXISTS outbox (
   pseq INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, type TEXT NOT NULL, keys BLOB NOT NULL,
   seq INTEGER);
